@@ -1,0 +1,1 @@
+"""RQ wiring and job functions."""

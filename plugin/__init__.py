@@ -1,0 +1,1 @@
+"""CareDesk: a SMART on FHIR help desk inside the EHR."""

@@ -1,0 +1,1 @@
+"""The SMART App Launch client side: discovery, authorization, tokens and the FHIR HTTP client."""
