@@ -1,1 +1,56 @@
-"""CareDesk: a SMART on FHIR help desk inside the EHR."""
+"""CareDesk: a SMART on FHIR help desk that lives inside the EHR."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from plugin import config as _config
+
+__version__ = "0.1.0"
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app: configuration, extensions, blueprints, error handlers.
+
+    Configuration comes from ``CAREDESK_*`` environment variables over documented defaults
+    (``plugin.config.SETTINGS``); ``test_config`` overrides both.
+    """
+    app = Flask(__name__, instance_relative_config=True)
+    app.config.update(_config.load(app.instance_path, test_config))
+    register_extensions(app)
+    register_blueprints(app)
+    register_errorhandlers(app)
+    return app
+
+
+def register_extensions(app: Flask) -> None:
+    from jobs import queue
+    from plugin import crypto, db, logs, security
+
+    logs.configure(app)
+    db.init_app(app)
+    crypto.init_app(app)
+    queue.init_app(app)
+    security.init_app(app)
+    if app.config.get("PROXY_FIX"):
+        hops = int(app.config["PROXY_FIX"])
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops
+        )
+
+
+def register_blueprints(app: Flask) -> None:
+    from plugin import health, home
+
+    app.register_blueprint(health.bp)
+    app.register_blueprint(home.bp)
+
+
+def register_errorhandlers(app: Flask) -> None:
+    from plugin import errors
+
+    errors.register(app)

@@ -1,0 +1,49 @@
+"""Worker entry points. Jobs run inside ``app.app_context()`` made here, never at import."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask
+from rq import SimpleWorker, Worker
+from rq.timeouts import TimerDeathPenalty
+
+from plugin.logs import request_id_var
+
+log = logging.getLogger("caredesk.jobs")
+
+
+class _AppContextMixin:
+    app: Flask
+
+    def perform_job(self, job: Any, queue: Any, execution: Any) -> bool:
+        token = request_id_var.set(f"job:{job.id}")
+        try:
+            with self.app.app_context():
+                return bool(super().perform_job(job, queue, execution))  # type: ignore[misc]
+        finally:
+            request_id_var.reset(token)
+
+
+class AppWorker(_AppContextMixin, Worker):
+    """The production worker: forks a work horse per job, so a crash kills one job only."""
+
+    def __init__(self, *args: Any, app: Flask, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.app = app
+
+
+class EmbeddedWorker(_AppContextMixin, SimpleWorker):
+    """The demo's in-process worker thread: no fork, no signals (not the main thread)."""
+
+    death_penalty_class = TimerDeathPenalty
+
+    def __init__(self, *args: Any, app: Flask, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.app = app
+
+    def _install_signal_handlers(self) -> None:
+        # signal.signal() only works in the main thread; the demo stops the thread by
+        # process exit (it is a daemon thread).
+        return None

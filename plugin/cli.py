@@ -1,0 +1,153 @@
+"""The ``caredesk`` command: a Flask CLI group. Every command has ``--help``.
+
+Commands are attached to the group (not to ``app.cli``) so ``caredesk --help`` works before
+any configuration exists; the ones that need the app build it on demand.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+from flask import current_app
+from flask.cli import FlaskGroup, with_appcontext
+
+from plugin import create_app
+
+
+@click.group(
+    cls=FlaskGroup,
+    create_app=create_app,
+    add_version_option=False,
+    load_dotenv=False,
+    set_debug_flag=False,
+    help="CareDesk: the SMART on FHIR help desk that lives inside the EHR.",
+)
+def main() -> None:
+    pass
+
+
+# --- db ---------------------------------------------------------------------------------
+
+
+@main.group(help="The help-desk store: migrations.")
+def db() -> None:
+    pass
+
+
+@db.command("upgrade", help="Migrate the store to the newest schema (or to --revision).")
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+@with_appcontext
+def db_upgrade(revision: str) -> None:
+    from plugin import migrate
+
+    migrate.upgrade(current_app.config["DATABASE_URL"], revision)
+    click.echo(f"store at {revision} ({current_app.extensions['caredesk.db'].backend})")
+
+
+@db.command("downgrade", help="Step the store back to --revision (e.g. base).")
+@click.option("--revision", required=True, help="Target revision, e.g. -1 or base.")
+@with_appcontext
+def db_downgrade(revision: str) -> None:
+    from plugin import migrate
+
+    migrate.downgrade(current_app.config["DATABASE_URL"], revision)
+    click.echo(f"store at {revision}")
+
+
+@db.command("current", help="Print the store's current revision.")
+@with_appcontext
+def db_current() -> None:
+    from plugin import migrate
+
+    migrate.current(current_app.config["DATABASE_URL"])
+
+
+# --- worker -----------------------------------------------------------------------------
+
+
+@main.command(help="Run an RQ worker (with the scheduler) on CAREDESK_REDIS_URL.")
+@click.option("--queues", "-q", default=None, help="Comma-separated queues (default: config).")
+@click.option("--burst", is_flag=True, help="Work until the queues are empty, then exit.")
+@click.option("--no-scheduler", is_flag=True, help="Do not run RQ's scheduler in this worker.")
+@click.option("--name", default=None, help="Worker name (default: RQ's).")
+@with_appcontext
+def worker(queues: str | None, burst: bool, no_scheduler: bool, name: str | None) -> None:
+    from jobs.queue import get_queue_state
+    from jobs.worker import AppWorker
+
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    state = get_queue_state(app)
+    if state.embedded:
+        raise click.ClickException(
+            "CAREDESK_REDIS_URL is not set: `caredesk worker` needs a real Redis. "
+            "(The demo runs its own in-process worker.)"
+        )
+    names = [q.strip() for q in (queues or ",".join(state.queue_names)).split(",") if q.strip()]
+    w = AppWorker([state.queue(n) for n in names], connection=state.connection, app=app, name=name)
+    click.echo(f"worker {w.name} on {', '.join(names)}", err=True)
+    w.work(burst=burst, with_scheduler=not no_scheduler, logging_level="INFO")
+
+
+# --- config -----------------------------------------------------------------------------
+
+
+@main.command("config", help="Print every CAREDESK_* setting, its default and meaning.")
+def config_table() -> None:
+    from plugin.config import markdown_table
+
+    click.echo(markdown_table())
+
+
+# --- sandbox and demo -------------------------------------------------------------------
+
+
+@main.command(
+    "sandbox",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+    help="Run the sandbox EHR alone (all options: caredesk sandbox --help).",
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def sandbox_cmd(args: tuple[str, ...]) -> None:
+    # The sandbox is the other side of the protocol and is never imported by the product:
+    # it runs as its own process.
+    raise SystemExit(subprocess.call([sys.executable, "-m", "sandbox", *args]))  # noqa: S603
+
+
+@main.command(help="Run CareDesk and the sandbox EHR on loopback, ready to click through.")
+@click.option("--port", default=5000, show_default=True, help="CareDesk's port; sandbox: +1.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--no-sandbox", is_flag=True, help="Serve only CareDesk.")
+@click.option(
+    "--profile",
+    default="smart",
+    show_default=True,
+    type=click.Choice(["smart", "epic", "oracle"]),
+    help="Sandbox vendor profile.",
+)
+def demo(port: int, host: str, no_sandbox: bool, profile: str) -> None:
+    from plugin.demo import run_demo
+
+    os.environ["CAREDESK_ENV"] = "demo"
+    instance = Path(os.environ.get("CAREDESK_INSTANCE", "instance")).resolve()
+    os.environ.setdefault("CAREDESK_SECRET_KEY", _demo_secret(instance))
+    run_demo(host=host, port=port, with_sandbox=not no_sandbox, profile=profile)
+
+
+def _demo_secret(instance: Path) -> str:
+    """One generated secret per checkout, so demo data encrypted at rest stays readable."""
+    instance.mkdir(parents=True, exist_ok=True)
+    path = instance / "demo-secret-key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(48))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

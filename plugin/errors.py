@@ -1,0 +1,109 @@
+"""Every failure becomes one JSON error shape or a sidebar-sized page; never a traceback.
+
+JSON shape: ``{"error": {"code": str, "message": str, "request_id": str}}``. The request
+id is also on the log line, so a user's screenshot leads straight to the log.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException
+
+from plugin.logs import current_request_id
+
+log = logging.getLogger("caredesk.errors")
+
+
+class AppError(Exception):
+    """An error a user can cause, with a message safe to show them."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        if code is not None:
+            self.code = code
+
+
+class NotFound(AppError):
+    status = 404
+    code = "not_found"
+
+
+class Forbidden(AppError):
+    status = 403
+    code = "forbidden"
+
+
+def wants_json() -> bool:
+    if request.path.startswith("/api/") or request.is_json:
+        return True
+    best = request.accept_mimetypes.best_match(["text/html", "application/json"])
+    return (
+        best == "application/json"
+        and request.accept_mimetypes[best] > request.accept_mimetypes["text/html"]
+    )
+
+
+def error_response(status: int, code: str, message: str, *, title: str | None = None) -> Response:
+    rid = current_request_id()
+    if wants_json():
+        response = jsonify({"error": {"code": code, "message": message, "request_id": rid}})
+    else:
+        response = Response(
+            render_template(
+                "error.html",
+                status=status,
+                code=code,
+                message=message,
+                request_id=rid,
+                title=title or _TITLES.get(status, "Something went wrong"),
+            ),
+            mimetype="text/html",
+        )
+    response.status_code = status
+    return response
+
+
+_TITLES = {
+    400: "That request could not be used",
+    401: "Please launch CareDesk again",
+    403: "Not allowed",
+    404: "Not found",
+    405: "Not allowed",
+    429: "Too many requests",
+    500: "Something went wrong on our side",
+    502: "The EHR did not answer as expected",
+    503: "Temporarily unavailable",
+}
+
+
+def register(app: Flask) -> None:
+    @app.errorhandler(AppError)
+    def _app_error(exc: AppError) -> Response:
+        log.info("request failed: %s (%s)", exc.code, exc.status)
+        return error_response(exc.status, exc.code, exc.message)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        code = (exc.name or "error").lower().replace(" ", "_")
+        if status >= 500:
+            log.error("HTTP %s", status)
+        return error_response(status, code, exc.description or exc.name or "Error")
+
+    @app.errorhandler(Exception)
+    def _unhandled(exc: Exception) -> Response:
+        # The traceback goes to the log with the request id; the client gets the id only.
+        log.exception("unhandled error")
+        return error_response(
+            500,
+            "internal_error",
+            "CareDesk hit an unexpected error. Quote the request id to support.",
+        )

@@ -1,0 +1,275 @@
+"""The help-desk store: the only data CareDesk owns. Clinical data stays in the EHR.
+
+Rows carry FHIR references (``Patient/123``), never copies of patient data, so the store
+holds no names, phones or addresses. Secrets (client secrets, private keys, token sets)
+are stored encrypted by ``plugin.crypto``; columns holding ciphertext end in ``_enc``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from plugin.timeutil import utcnow
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stored as UTC, always returned aware. SQLite drops tzinfo; this puts it back."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime written to the store")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON(), list[Any]: JSON()}
+
+
+class TimestampMixin:
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class EhrRegistration(TimestampMixin, Base):
+    """One EHR (FHIR base) CareDesk is registered with. Only these may launch it."""
+
+    __tablename__ = "ehr_registration"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slug: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    iss: Mapped[str] = mapped_column(String(1024), unique=True)
+    client_id: Mapped[str] = mapped_column(String(255))
+    # public | confidential-symmetric | confidential-asymmetric
+    client_type: Mapped[str] = mapped_column(String(32))
+    client_secret_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
+    scopes: Mapped[str] = mapped_column(Text)
+    backend_client_id: Mapped[str | None] = mapped_column(String(255))
+    backend_scopes: Mapped[str | None] = mapped_column(Text)
+    frame_origins: Mapped[list[Any]] = mapped_column(default=list)
+    # Allows write-back (ServiceRequest/Task/QuestionnaireResponse) where the EHR permits.
+    allow_writes: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Last `caredesk ehr check` result: capabilities CareDesk relies on.
+    capabilities: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    checked_at: Mapped[datetime | None]
+
+    signing_keys: Mapped[list[SigningKey]] = relationship(
+        back_populates="registration", cascade="all, delete-orphan", order_by="SigningKey.id"
+    )
+
+
+class SigningKey(Base):
+    """A private key CareDesk signs client assertions with; its public half is in our JWKS.
+
+    A rotated key is ``retired`` (no longer used to sign) but stays published until it is
+    removed, so the EHR can still verify assertions made just before the rotation.
+    """
+
+    __tablename__ = "signing_key"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    registration_id: Mapped[int] = mapped_column(ForeignKey("ehr_registration.id"))
+    kid: Mapped[str] = mapped_column(String(128), unique=True)
+    alg: Mapped[str] = mapped_column(String(16))
+    private_key_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    public_jwk: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    retired_at: Mapped[datetime | None]
+
+    registration: Mapped[EhrRegistration] = relationship(back_populates="signing_keys")
+
+
+class LaunchSession(TimestampMixin, Base):
+    """One SMART launch: pending (state + PKCE verifier) until the callback, then active.
+
+    ``id`` is the per-launch id carried in the URL; the browser also holds a cookie whose
+    hash is ``browser_hash``, so knowing a launch id alone is not enough to use it.
+    """
+
+    __tablename__ = "launch_session"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    registration_id: Mapped[int] = mapped_column(ForeignKey("ehr_registration.id"))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    state_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    state_expires_at: Mapped[datetime | None]
+    code_verifier_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
+    launch_param_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
+    browser_hash: Mapped[str | None] = mapped_column(String(64))
+    token_set_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
+    scope_requested: Mapped[str | None] = mapped_column(Text)
+    scope_granted: Mapped[str | None] = mapped_column(Text)
+    access_expires_at: Mapped[datetime | None]
+    has_refresh_token: Mapped[bool] = mapped_column(Boolean, default=False)
+    patient_ref: Mapped[str | None] = mapped_column(String(300))
+    encounter_ref: Mapped[str | None] = mapped_column(String(300))
+    fhir_user: Mapped[str | None] = mapped_column(String(1024))
+    context: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    last_seen_at: Mapped[datetime | None]
+
+    registration: Mapped[EhrRegistration] = relationship()
+
+
+class Ticket(TimestampMixin, Base):
+    __tablename__ = "ticket"
+    __table_args__ = (
+        Index("ix_ticket_reg_patient_status", "registration_id", "patient_ref", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    registration_id: Mapped[int] = mapped_column(ForeignKey("ehr_registration.id"))
+    patient_ref: Mapped[str | None] = mapped_column(String(300))
+    subject: Mapped[str] = mapped_column(String(300))
+    description: Mapped[str] = mapped_column(Text, default="")
+    # open | pending | resolved | closed
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    # low | normal | high | urgent
+    priority: Mapped[str] = mapped_column(String(16), default="normal")
+    # scheduling | billing | insurance | clinical-question | referral | feedback
+    category: Mapped[str] = mapped_column(String(32))
+    assignee: Mapped[str | None] = mapped_column(String(300))
+    due_at: Mapped[datetime | None]
+    created_by: Mapped[str | None] = mapped_column(String(1024))
+    source: Mapped[str] = mapped_column(String(32), default="staff")
+    survey_response_id: Mapped[int | None] = mapped_column(ForeignKey("survey_response.id"))
+
+    notes: Mapped[list[TicketNote]] = relationship(
+        back_populates="ticket", cascade="all, delete-orphan", order_by="TicketNote.id"
+    )
+
+
+class TicketNote(Base):
+    __tablename__ = "ticket_note"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("ticket.id"))
+    author: Mapped[str | None] = mapped_column(String(1024))
+    # phone | email | sms | chat | portal | in-person | internal
+    channel: Mapped[str] = mapped_column(String(16), default="internal")
+    # inbound | outbound | internal
+    direction: Mapped[str] = mapped_column(String(16), default="internal")
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    ticket: Mapped[Ticket] = relationship(back_populates="notes")
+
+
+class CareTask(TimestampMixin, Base):
+    """The outbox row of a follow-up, referral, reminder or survey job.
+
+    The row is committed before its job is enqueued; a sweeper re-enqueues rows whose job
+    vanished. Jobs receive only ``id``; everything else is read from here.
+    """
+
+    __tablename__ = "care_task"
+    __table_args__ = (Index("ix_care_task_status_due", "status", "due_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    registration_id: Mapped[int] = mapped_column(ForeignKey("ehr_registration.id"))
+    patient_ref: Mapped[str | None] = mapped_column(String(300))
+    # follow-up | referral | reminder | survey-invite | survey-writeback
+    kind: Mapped[str] = mapped_column(String(32))
+    # queued | scheduled | running | waiting | done | failed | needs-authorization | cancelled
+    status: Mapped[str] = mapped_column(String(24), default="queued")
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    due_at: Mapped[datetime | None]
+    assignee: Mapped[str | None] = mapped_column(String(300))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=5)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    job_id: Mapped[str | None] = mapped_column(String(128))
+    launch_session_id: Mapped[str | None] = mapped_column(ForeignKey("launch_session.id"))
+    fhir_refs: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_by: Mapped[str | None] = mapped_column(String(1024))
+    # Makes "never twice" a database guarantee (e.g. reminder:<appointment>:<offset>).
+    dedupe_key: Mapped[str | None] = mapped_column(String(300), unique=True)
+    finished_at: Mapped[datetime | None]
+
+
+class SurveyInvite(TimestampMixin, Base):
+    """A single-use survey link. Only the SHA-256 of the link token is stored."""
+
+    __tablename__ = "survey_invite"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    registration_id: Mapped[int] = mapped_column(ForeignKey("ehr_registration.id"))
+    patient_ref: Mapped[str] = mapped_column(String(300))
+    appointment_ref: Mapped[str | None] = mapped_column(String(300))
+    encounter_ref: Mapped[str | None] = mapped_column(String(300))
+    location_ref: Mapped[str | None] = mapped_column(String(300))
+    practitioner_ref: Mapped[str | None] = mapped_column(String(300))
+    language: Mapped[str] = mapped_column(String(16), default="en")
+    channel: Mapped[str | None] = mapped_column(String(16))
+    token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    # pending | sent | answered | expired | skipped
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    send_at: Mapped[datetime | None]
+    sent_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]
+    answered_at: Mapped[datetime | None]
+    visit_at: Mapped[datetime | None]
+
+
+class SurveyResponse(Base):
+    """The patient's answer, committed before anything else happens to it."""
+
+    __tablename__ = "survey_response"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    invite_id: Mapped[str] = mapped_column(ForeignKey("survey_invite.id"), unique=True)
+    answers: Mapped[dict[str, Any]]
+    csat: Mapped[int | None]
+    nps: Mapped[int | None]
+    comment: Mapped[str | None] = mapped_column(Text)
+    contact_ok: Mapped[bool | None]
+    submitted_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # pending | written | not-supported | failed
+    writeback_status: Mapped[str] = mapped_column(String(16), default="pending")
+    fhir_id: Mapped[str | None] = mapped_column(String(300))
+    writeback_error: Mapped[str | None] = mapped_column(Text)
+
+
+class AuditEvent(Base):
+    """Who read or changed what, about which patient. Never the data itself."""
+
+    __tablename__ = "audit_event"
+    __table_args__ = (Index("ix_audit_event_patient", "patient_ref", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    registration_id: Mapped[int | None] = mapped_column(ForeignKey("ehr_registration.id"))
+    actor: Mapped[str | None] = mapped_column(String(1024))
+    action: Mapped[str] = mapped_column(String(64))
+    patient_ref: Mapped[str | None] = mapped_column(String(300))
+    entity: Mapped[str | None] = mapped_column(String(300))
+    outcome: Mapped[str] = mapped_column(String(16), default="success")
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
