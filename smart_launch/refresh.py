@@ -1,0 +1,142 @@
+"""Serialized refresh: web workers and RQ workers share grants, and a rotated refresh
+token must be used exactly once, so every refresh of one grant runs under a Redis lock.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+import redis as redis_lib
+import requests
+
+from . import launch
+from .config import Registration
+from .discovery import SmartConfiguration
+from .errors import NeedsAuthorization, RefreshBusy
+from .tokens import TokenSet
+
+log = logging.getLogger(__name__)
+
+REFRESH_MARGIN = timedelta(seconds=60)
+# Longer than one token request (15 s timeout) plus id_token JWKS fetch, so the lock
+# does not lapse mid-refresh and let a second worker spend the same refresh token.
+LOCK_TIMEOUT = 45.0
+LOCK_WAIT = 50.0
+
+
+class TokenStore(Protocol):
+    def load(self, grant_id: str) -> TokenSet | None: ...
+
+    def save(self, grant_id: str, token_set: TokenSet) -> None: ...
+
+
+def lock_name(grant_id: str) -> str:
+    return f"caredesk:refresh:{grant_id}"
+
+
+def refresh_serialized(
+    grant_id: str,
+    reg: Registration,
+    conf: SmartConfiguration,
+    *,
+    store: TokenStore,
+    redis: redis_lib.Redis,
+    http: requests.Session,
+    now: datetime | None = None,
+    rejected_access_token: str | None = None,
+    margin: timedelta = REFRESH_MARGIN,
+) -> TokenSet:
+    """Refresh ``grant_id`` unless someone else just did; return the current TokenSet.
+
+    Without ``rejected_access_token`` a refresh happens only if the stored token expires
+    within ``margin``. With it (the server answered 401 to that token) a refresh happens
+    unless the stored token is already a different one.
+    """
+    lock = redis.lock(lock_name(grant_id), timeout=LOCK_TIMEOUT, blocking_timeout=LOCK_WAIT)
+    if not lock.acquire():
+        raise RefreshBusy("The EHR session is being renewed elsewhere; try again shortly.")
+    try:
+        # Reload under the lock: the worker that held it before us may have rotated it.
+        current = store.load(grant_id)
+        if current is None:
+            raise NeedsAuthorization("The EHR session has ended. Launch CareDesk again.")
+        check_time = now or datetime.now(UTC)
+        if rejected_access_token is not None:
+            if current.access_token != rejected_access_token:
+                return current
+        elif not current.expires_soon(check_time, margin):
+            return current
+        fresh = launch.refresh(reg, conf, current, http=http, now=now)
+        store.save(grant_id, fresh)
+        log.info("grant %s refreshed; expires %s", grant_id, fresh.expires_at.isoformat())
+        return fresh
+    finally:
+        try:
+            lock.release()
+        except redis_lib.exceptions.LockError:
+            # The lock lapsed (a very slow token endpoint); nothing left to release.
+            log.warning("refresh lock for grant %s expired before release", grant_id)
+
+
+def ensure_fresh(
+    grant_id: str,
+    reg: Registration,
+    conf: SmartConfiguration,
+    *,
+    store: TokenStore,
+    redis: redis_lib.Redis,
+    http: requests.Session,
+    now: datetime | None = None,
+    margin: timedelta = REFRESH_MARGIN,
+) -> TokenSet:
+    """The grant's TokenSet, refreshed first when it expires within ``margin``."""
+    current = store.load(grant_id)
+    if current is None:
+        raise NeedsAuthorization("The EHR session has ended. Launch CareDesk again.")
+    if not current.expires_soon(now or datetime.now(UTC), margin):
+        return current
+    if not current.refresh_token:
+        raise NeedsAuthorization("The EHR session has expired. Launch CareDesk again.")
+    return refresh_serialized(
+        grant_id, reg, conf, store=store, redis=redis, http=http, now=now, margin=margin
+    )
+
+
+def token_callbacks(
+    grant_id: str,
+    reg: Registration,
+    conf: SmartConfiguration,
+    *,
+    store: TokenStore,
+    redis: redis_lib.Redis,
+    http: requests.Session,
+) -> tuple[Callable[[], str], Callable[[], str]]:
+    """``(token, on_unauthorized)`` for :class:`smart_launch.fhir.FhirClient`."""
+    last: dict[str, str] = {}
+
+    def token() -> str:
+        current = ensure_fresh(grant_id, reg, conf, store=store, redis=redis, http=http)
+        last["access_token"] = current.access_token
+        return current.access_token
+
+    def on_unauthorized() -> str:
+        rejected = last.get("access_token")
+        if rejected is None:
+            stored = store.load(grant_id)
+            rejected = stored.access_token if stored else None
+        fresh = refresh_serialized(
+            grant_id,
+            reg,
+            conf,
+            store=store,
+            redis=redis,
+            http=http,
+            rejected_access_token=rejected or "",
+        )
+        last["access_token"] = fresh.access_token
+        return fresh.access_token
+
+    return token, on_unauthorized
