@@ -1,7 +1,8 @@
-"""The ``caredesk`` command: a Flask CLI group. Every command has ``--help``.
+"""The ``caredesk`` command. Every command has ``--help``.
 
-Commands are attached to the group (not to ``app.cli``) so ``caredesk --help`` works before
-any configuration exists; the ones that need the app build it on demand.
+A plain click group rather than Flask's ``FlaskGroup``: ``caredesk --help`` must work before
+any configuration exists (FlaskGroup builds the app just to list commands). Commands that
+need the app build it with ``with_app`` and run inside its app context.
 """
 
 from __future__ import annotations
@@ -10,31 +11,56 @@ import os
 import secrets
 import subprocess
 import sys
+from collections.abc import Callable
+from functools import wraps
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 from flask import current_app
-from flask.cli import FlaskGroup, with_appcontext
 
-from plugin import create_app
+from plugin import __version__, create_app
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @click.group(
-    cls=FlaskGroup,
-    create_app=create_app,
-    add_version_option=False,
-    load_dotenv=False,
-    set_debug_flag=False,
-    help="CareDesk: the SMART on FHIR help desk that lives inside the EHR.",
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    help="CareDesk: the SMART on FHIR help desk that lives inside the EHR.\n\n"
+    "Configuration comes from CAREDESK_* environment variables (see `caredesk config`).",
 )
-def main() -> None:
+@click.version_option(__version__, prog_name="caredesk")
+def cli() -> None:
     pass
+
+
+def with_appcontext(func: F) -> F:
+    """Build the app from the environment and run the command inside its app context."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        app = create_app()
+        with app.app_context():
+            return func(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def main() -> None:
+    """Console entry point: a configuration error is one clear line, not a traceback."""
+    from plugin.config import ConfigError
+
+    try:
+        cli.main(prog_name="caredesk")
+    except ConfigError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        raise SystemExit(2) from None
 
 
 # --- db ---------------------------------------------------------------------------------
 
 
-@main.group(help="The help-desk store: migrations.")
+@cli.group(help="The help-desk store: migrations.")
 def db() -> None:
     pass
 
@@ -70,7 +96,7 @@ def db_current() -> None:
 # --- worker -----------------------------------------------------------------------------
 
 
-@main.command(help="Run an RQ worker (with the scheduler) on CAREDESK_REDIS_URL.")
+@cli.command(help="Run an RQ worker (with the scheduler) on CAREDESK_REDIS_URL.")
 @click.option("--queues", "-q", default=None, help="Comma-separated queues (default: config).")
 @click.option("--burst", is_flag=True, help="Work until the queues are empty, then exit.")
 @click.option("--no-scheduler", is_flag=True, help="Do not run RQ's scheduler in this worker.")
@@ -96,7 +122,7 @@ def worker(queues: str | None, burst: bool, no_scheduler: bool, name: str | None
 # --- config -----------------------------------------------------------------------------
 
 
-@main.command("config", help="Print every CAREDESK_* setting, its default and meaning.")
+@cli.command("config", help="Print every CAREDESK_* setting, its default and meaning.")
 def config_table() -> None:
     from plugin.config import markdown_table
 
@@ -106,7 +132,7 @@ def config_table() -> None:
 # --- sandbox and demo -------------------------------------------------------------------
 
 
-@main.command(
+@cli.command(
     "sandbox",
     context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
     add_help_option=False,
@@ -119,7 +145,7 @@ def sandbox_cmd(args: tuple[str, ...]) -> None:
     raise SystemExit(subprocess.call([sys.executable, "-m", "sandbox", *args]))  # noqa: S603
 
 
-@main.command(help="Run CareDesk and the sandbox EHR on loopback, ready to click through.")
+@cli.command(help="Run CareDesk and the sandbox EHR on loopback, ready to click through.")
 @click.option("--port", default=5000, show_default=True, help="CareDesk's port; sandbox: +1.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--no-sandbox", is_flag=True, help="Serve only CareDesk.")

@@ -1,0 +1,51 @@
+# CareDesk. `make demo` and `make test` are each the only command a new user types:
+# both create .venv and install what they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+PORT ?= 5000
+PYTEST_ARGS ?=
+
+.PHONY: help demo test lint typecheck pytest services browser bench bench-quick clean
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(INSTALLED): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "CareDesk needs Python 3.11 or newer")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+demo: $(INSTALLED) ## Run CareDesk + the sandbox EHR on loopback (PORT=5000, sandbox PORT+1)
+	$(BIN)/caredesk demo --port $(PORT)
+
+test: $(INSTALLED) services browser lint typecheck pytest ## Lint, type-check and run every test
+
+lint: $(INSTALLED) ## ruff check + ruff format --check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(INSTALLED) ## mypy --strict on the typed packages
+	$(BIN)/mypy fhir_mappers smart_launch
+
+pytest: $(INSTALLED)
+	$(BIN)/pytest -v --cov --cov-report=term $(PYTEST_ARGS)
+
+services: ## Make sure PostgreSQL and Redis answer (start them if installed but stopped)
+	@bash scripts/ensure-services.sh
+
+browser: ## Make sure Debian's Chromium is installed for the browser tests
+	@bash scripts/ensure-chromium.sh
+
+bench: $(INSTALLED) services ## Benchmarks (not tests): prints a table, writes bench/results.json
+	$(BIN)/python -m bench
+
+bench-quick: $(INSTALLED) services ## A reduced benchmark run (< 2 minutes)
+	$(BIN)/python -m bench --quick
+
+clean: ## Remove the venv and local state
+	rm -rf $(VENV) instance .pytest_cache .mypy_cache .ruff_cache .coverage

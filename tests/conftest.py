@@ -1,0 +1,92 @@
+"""Shared fixtures: the real PostgreSQL and Redis, and per-test apps (flaskr style).
+
+PostgreSQL isolation: each test gets its own schema (search_path), dropped afterwards.
+Redis isolation: tests use database 13 and flush it before and after each test that asks.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import create_engine, text
+
+PG_BASE = os.environ.get("CAREDESK_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("CAREDESK_TEST_REDIS", "redis://127.0.0.1:6379/13")
+
+STORE_BACKENDS: set[str] = set()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    schema = "t_" + secrets.token_hex(6)
+    admin = create_engine(PG_BASE)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{PG_BASE}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'caredesk.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest) -> str:
+    """Runs a store test once on SQLite and once on the real PostgreSQL."""
+    STORE_BACKENDS.add(request.param)
+    if request.param == "sqlite":
+        return str(request.getfixturevalue("sqlite_url"))
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    conn = redis.Redis.from_url(REDIS_URL)
+    conn.flushdb()
+    try:
+        yield REDIS_URL
+    finally:
+        conn.flushdb()
+        conn.close()
+
+
+@pytest.fixture
+def app(sqlite_url: str, redis_url: str):  # type: ignore[no-untyped-def]
+    from plugin import create_app, migrate
+
+    app = create_app({"ENV": "test", "DATABASE_URL": sqlite_url, "REDIS_URL": redis_url})
+    migrate.upgrade(sqlite_url)
+    yield app
+    _dispose(app)
+
+
+@pytest.fixture
+def client(app):  # type: ignore[no-untyped-def]
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):  # type: ignore[no-untyped-def]
+    return app.test_cli_runner()
+
+
+def _dispose(app) -> None:  # type: ignore[no-untyped-def]
+    app.extensions["caredesk.db"].engine.dispose()
+    app.extensions["caredesk.queue"].connection.close()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # type: ignore[no-untyped-def]
+    if STORE_BACKENDS:
+        terminalreporter.write_line(
+            "store tests ran on: " + ", ".join(sorted(STORE_BACKENDS)), bold=True
+        )

@@ -1,0 +1,159 @@
+"""The app factory: configuration, errors with request ids, security headers, health."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from plugin import create_app
+from plugin.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_production_without_secret_key_refuses_to_start(monkeypatch) -> None:
+    monkeypatch.delenv("CAREDESK_SECRET_KEY", raising=False)
+    with pytest.raises(ConfigError, match="CAREDESK_SECRET_KEY"):
+        create_app({"ENV": "production"})
+
+
+def test_wsgi_without_secret_key_exits_nonzero_naming_the_variable(tmp_path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAREDESK_")}
+    env["CAREDESK_ENV"] = "production"
+    proc = subprocess.run(
+        [sys.executable, "-c", "import wsgi"], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "CAREDESK_SECRET_KEY" in proc.stderr
+
+
+def test_cli_db_upgrade_in_production_without_secret_names_the_variable(tmp_path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAREDESK_")}
+    env["CAREDESK_ENV"] = "production"
+    proc = subprocess.run(
+        [sys.executable, "-m", "plugin.cli", "db", "upgrade"], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "CAREDESK_SECRET_KEY" in proc.stderr + proc.stdout
+
+
+def test_environment_variables_configure_the_app(monkeypatch, sqlite_url) -> None:
+    monkeypatch.setenv("CAREDESK_SECRET_KEY", "k" * 40)
+    monkeypatch.setenv("CAREDESK_DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("CAREDESK_EMBEDDED_WORKER", "false")
+    monkeypatch.setenv("CAREDESK_LOG_LEVEL", "DEBUG")
+    app = create_app()
+    assert app.config["SECRET_KEY"] == "k" * 40
+    assert app.config["DATABASE_URL"] == sqlite_url
+    assert app.config["EMBEDDED_WORKER"] is False
+    assert app.config["ENV"] == "production"
+    app.extensions["caredesk.db"].engine.dispose()
+
+
+def test_unknown_environment_name_is_refused() -> None:
+    with pytest.raises(ConfigError, match="CAREDESK_ENV"):
+        create_app({"ENV": "staging-ish"})
+
+
+@pytest.fixture
+def failing_app(app):  # type: ignore[no-untyped-def]
+    @app.get("/boom")
+    def boom() -> str:
+        raise RuntimeError("secret internal detail")
+
+    @app.get("/api/boom")
+    def api_boom() -> str:
+        raise RuntimeError("secret internal detail")
+
+    return app
+
+
+def test_json_request_that_raises_gets_the_json_error_shape(failing_app, caplog) -> None:
+    caplog.set_level(logging.ERROR, logger="caredesk")
+    response = failing_app.test_client().get("/api/boom")
+    assert response.status_code == 500
+    error = response.get_json()["error"]
+    assert set(error) == {"code", "message", "request_id"}
+    assert error["code"] == "internal_error"
+    assert "secret internal detail" not in response.get_data(as_text=True)
+    assert "Traceback" not in response.get_data(as_text=True)
+    assert response.headers["X-Request-Id"] == error["request_id"]
+    logged = [r for r in caplog.records if r.getMessage() == "unhandled error"]
+    assert logged and logged[0].request_id == error["request_id"]
+
+
+def test_browser_request_that_raises_gets_the_html_error_page(failing_app, caplog) -> None:
+    caplog.set_level(logging.ERROR, logger="caredesk")
+    response = failing_app.test_client().get("/boom", headers={"Accept": "text/html"})
+    assert response.status_code == 500
+    assert response.mimetype == "text/html"
+    body = response.get_data(as_text=True)
+    rid = response.headers["X-Request-Id"]
+    assert rid in body
+    assert "Traceback" not in body and "secret internal detail" not in body
+    assert any(getattr(r, "request_id", None) == rid for r in caplog.records)
+
+
+def test_unknown_page_is_a_readable_404(client) -> None:
+    response = client.get("/nope", headers={"Accept": "text/html"})
+    assert response.status_code == 404
+    assert "Not found" in response.get_data(as_text=True)
+    assert client.get("/api/nope").get_json()["error"]["code"] == "not_found"
+
+
+def test_incoming_request_id_is_kept_only_when_it_looks_like_an_id(client) -> None:
+    assert client.get("/healthz", headers={"X-Request-Id": "abc12345-xyz"}).headers[
+        "X-Request-Id"] == "abc12345-xyz"
+    injected = client.get("/healthz", headers={"X-Request-Id": "John Smith 555-1234"})
+    assert injected.headers["X-Request-Id"] != "John Smith 555-1234"
+
+
+def test_security_headers(client) -> None:
+    response = client.get("/")
+    csp = response.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'self'" in csp
+    assert "script-src 'self'" in csp
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert "Strict-Transport-Security" not in response.headers
+    secure = client.get("/", base_url="https://caredesk.example")
+    assert "max-age=" in secure.headers["Strict-Transport-Security"]
+
+
+def test_csp_frame_ancestors_lists_registered_ehr_origins(app, client) -> None:
+    from plugin import registry
+    from plugin.crypto import get_vault
+    from plugin.db import get_store
+
+    with app.app_context(), get_store(app).session() as session:
+        registry.upsert(session, get_vault(app), slug="e", iss="https://ehr.example/fhir",
+                        client_id="c", frame_origins=["https://ehr.example",
+                                                      "https://evil; script-src *"])
+    app.extensions["caredesk.frame_origins"].invalidate()
+    csp = client.get("/").headers["Content-Security-Policy"]
+    assert "frame-ancestors 'self' https://ehr.example" in csp
+    assert "evil" not in csp
+
+
+def test_healthz_reports_store_and_queue_backends(client) -> None:
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["status"] == "ok"
+    assert body["store"] == {"backend": "sqlite", "ok": True}
+    assert body["queue"]["backend"] == "redis" and body["queue"]["ok"] is True
+
+
+def test_healthz_is_503_when_the_queue_is_down(sqlite_url) -> None:
+    app = create_app({"ENV": "test", "DATABASE_URL": sqlite_url,
+                      "REDIS_URL": "redis://127.0.0.1:1/0"})
+    response = app.test_client().get("/healthz")
+    assert response.status_code == 503
+    assert response.get_json()["queue"]["ok"] is False
+    app.extensions["caredesk.db"].engine.dispose()

@@ -1,0 +1,48 @@
+"""Every `caredesk` command answers --help, without any configuration."""
+
+from __future__ import annotations
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from plugin.cli import cli
+
+
+def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    found: list[tuple[str, ...]] = []
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        assert command is not None
+        path = (*prefix, name)
+        found.append(path)
+        if isinstance(command, click.Group):
+            found.extend(_commands(command, path))
+    return found
+
+
+ALL_COMMANDS = _commands(cli)
+
+
+def test_the_command_tree_has_the_documented_commands() -> None:
+    names = {" ".join(c) for c in ALL_COMMANDS}
+    assert {"demo", "db", "db upgrade", "worker", "config", "sandbox"} <= names
+
+
+@pytest.mark.parametrize("path", [c for c in ALL_COMMANDS if c != ("sandbox",)], ids=" ".join)
+def test_every_command_has_help(path: tuple[str, ...], monkeypatch) -> None:
+    monkeypatch.setenv("CAREDESK_ENV", "production")
+    monkeypatch.delenv("CAREDESK_SECRET_KEY", raising=False)
+    result = CliRunner().invoke(cli, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+
+
+def test_config_lists_every_setting() -> None:
+    from plugin.config import SETTINGS
+
+    result = CliRunner().invoke(cli, ["config"])
+    assert result.exit_code == 0
+    for setting in SETTINGS:
+        assert f"`{setting.env}`" in result.output
