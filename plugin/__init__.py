@@ -29,13 +29,14 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
 def register_extensions(app: Flask) -> None:
     from jobs import queue
-    from plugin import crypto, db, logs, security
+    from plugin import crypto, db, ehr, logs, security
 
     logs.configure(app)
     db.init_app(app)
     crypto.init_app(app)
     queue.init_app(app)
     security.init_app(app)
+    ehr.init_app(app)
     if app.config.get("PROXY_FIX"):
         hops = int(app.config["PROXY_FIX"])
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
@@ -44,10 +45,12 @@ def register_extensions(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from plugin import health, home
+    from plugin import health, home, launch, sidebar
 
     app.register_blueprint(health.bp)
     app.register_blueprint(home.bp)
+    app.register_blueprint(launch.bp)
+    app.register_blueprint(sidebar.bp)
 
 
 def register_errorhandlers(app: Flask) -> None:

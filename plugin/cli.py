@@ -175,5 +175,8 @@ def _demo_secret(instance: Path) -> str:
     return path.read_text().strip()
 
 
+# Command groups defined in their own modules attach themselves to `cli` on import.
+from plugin import ehr_cli as _ehr_cli  # noqa: E402,F401
+
 if __name__ == "__main__":  # pragma: no cover
     main()
