@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 PORT ?= 5000
 PYTEST_ARGS ?=
 
-.PHONY: help demo test lint typecheck pytest services browser bench bench-quick clean
+.PHONY: help demo test lint typecheck pytest services browser bench bench-quick clean migration
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -49,3 +49,6 @@ bench-quick: $(INSTALLED) services ## A reduced benchmark run (< 2 minutes)
 
 clean: ## Remove the venv and local state
 	rm -rf $(VENV) instance .pytest_cache .mypy_cache .ruff_cache .coverage
+
+migration: $(INSTALLED) ## Regenerate the baseline migration from plugin/models.py (pre-release only)
+	@bash scripts/regen-baseline.sh

@@ -2,7 +2,6 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-27 06:57:25.877193
 """
 
 from __future__ import annotations
