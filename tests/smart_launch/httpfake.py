@@ -83,7 +83,9 @@ class FakeServer:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.server.daemon_threads = True
         self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
 
     def route(self, method: str, path: str, handler: Handler | Response) -> None:
         self.routes[(method, path)] = handler if callable(handler) else (lambda _r: handler)
