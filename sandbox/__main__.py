@@ -1,0 +1,172 @@
+"""`python -m sandbox`: run the sandbox EHR on its own (what `caredesk sandbox` runs)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from werkzeug.serving import make_server
+
+from sandbox.app import create_app
+from sandbox.clients import client_from_json, load_clients_file
+from sandbox.options import FEATURES, PROFILES, SandboxOptions
+
+DESCRIPTION = """\
+A local SMART on FHIR R4 EHR for development, demos, tests and benchmarks.
+
+  FHIR base (the iss)   http://HOST:PORT/fhir
+  SMART configuration   http://HOST:PORT/fhir/.well-known/smart-configuration
+  OAuth endpoints       http://HOST:PORT/auth/{authorize,token,jwks,introspect}
+  EHR page              http://HOST:PORT/ehr
+  Admin API             http://HOST:PORT/admin/{knobs,clients,launch,requests,stats,
+                        generate-appointments,reset}
+
+The admin API has no authentication: keep the sandbox on 127.0.0.1.
+"""
+
+EPILOG = (
+    """\
+profiles:
+"""
+    + "\n".join(f"  {name:7} {p.description}" for name, p in PROFILES.items())
+    + """
+
+examples:
+  python -m sandbox --port 8090 --clients clients.json
+  python -m sandbox --port 8090 --profile epic --latency-ms 100 --disable batch
+  python -m sandbox --port 8090 --client-id caredesk --client-type public \\
+      --redirect-uri http://127.0.0.1:5000/callback --launch-url http://127.0.0.1:5000/launch
+"""
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m sandbox",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--port", type=int, default=8090, help="TCP port (0: pick a free one)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="smart")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="keep writes, runtime clients, grants and the signing key here across restarts",
+    )
+    parser.add_argument("--latency-ms", type=float, default=0, help="added latency per request")
+    parser.add_argument(
+        "--error-rate", type=float, default=0.0, help="share (0..1) of FHIR requests given 503"
+    )
+    parser.add_argument(
+        "--token-lifetime",
+        type=int,
+        dest="token_lifetime_s",
+        help="access token lifetime in seconds (default: 3600; oracle profile: 600)",
+    )
+    parser.add_argument(
+        "--disable",
+        action="append",
+        default=[],
+        choices=FEATURES,
+        metavar="FEATURE",
+        help=f"switch a feature off (repeatable): {', '.join(FEATURES)}",
+    )
+    parser.add_argument("--timezone", default="America/Chicago", help="the clinic's time zone")
+    parser.add_argument(
+        "--extra-appointments",
+        type=int,
+        default=0,
+        help="add N generated booked appointments today (load tests)",
+    )
+    parser.add_argument(
+        "--clients", type=Path, help="client registrations: a JSON list or a TOML [[clients]] file"
+    )
+    reg = parser.add_argument_group("one client from flags")
+    reg.add_argument("--client-id")
+    reg.add_argument(
+        "--client-type",
+        choices=["public", "confidential-symmetric", "confidential-asymmetric"],
+        default="public",
+    )
+    reg.add_argument("--client-secret", help="for confidential-symmetric clients")
+    reg.add_argument("--jwks-uri", help="for confidential-asymmetric clients")
+    reg.add_argument("--jwks-file", type=Path, help="inline JWKS (JSON file) for asymmetric")
+    reg.add_argument("--redirect-uri", action="append", default=[], help="repeatable")
+    reg.add_argument("--launch-url", help="where the EHR page launches the app")
+    reg.add_argument("--scopes", help="space-separated allowed scopes (default: any)")
+    reg.add_argument("--backend", action="store_true", help="may use client_credentials")
+    parser.add_argument("--log-level", default="WARNING")
+    return parser
+
+
+def options_from_args(args: argparse.Namespace) -> SandboxOptions:
+    clients: list[dict[str, Any]] = []
+    if args.clients:
+        clients.extend(load_clients_file(args.clients))
+    if args.client_id:
+        data: dict[str, Any] = {
+            "client_id": args.client_id,
+            "type": args.client_type,
+            "redirect_uris": args.redirect_uri,
+            "backend": args.backend,
+        }
+        if args.client_secret:
+            data["client_secret"] = args.client_secret
+        if args.jwks_uri:
+            data["jwks_uri"] = args.jwks_uri
+        if args.jwks_file:
+            import json
+
+            data["jwks"] = json.loads(args.jwks_file.read_text(encoding="utf-8"))
+        if args.launch_url:
+            data["launch_url"] = args.launch_url
+        if args.scopes:
+            data["scopes"] = args.scopes
+        clients.append(data)
+    for data in clients:
+        client_from_json(data)  # fail at start-up, with the message, on a bad registration
+    return SandboxOptions(
+        profile=args.profile,
+        host=args.host,
+        port=args.port,
+        data_dir=args.data_dir,
+        latency_ms=args.latency_ms,
+        clients=clients,
+        token_lifetime_s=args.token_lifetime_s,
+        error_rate=args.error_rate,
+        disabled=args.disable,
+        timezone=args.timezone,
+        extra_appointments=args.extra_appointments,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s %(message)s")
+    try:
+        options = options_from_args(args)
+        app = create_app(options)
+    except (ValueError, OSError) as exc:
+        print(f"sandbox: {exc}", file=sys.stderr)  # noqa: T201 - CLI error message
+        return 2
+    server = make_server(options.host, options.port, app, threaded=True)
+    port = server.server_port
+    # One line on stdout that a parent process can wait for.
+    print(f"sandbox listening on http://{options.host}:{port}/fhir", flush=True)  # noqa: T201
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""The admin API: knobs, clients, launches, the request log, stats, bulk data, reset.
+
+No authentication: the sandbox is a loopback-only development and test tool. Never
+expose it on a shared network.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from flask import Blueprint, jsonify, request
+from flask.wrappers import Response
+
+from sandbox.auth import create_launch
+from sandbox.clients import client_from_json
+from sandbox.web import state
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+MAX_GENERATE = 200_000
+
+
+def _error(message: str, status: int = 400) -> Response:
+    resp = jsonify({"error": message})
+    resp.status_code = status
+    return resp
+
+
+def _body() -> dict[str, Any]:
+    data = request.get_json(silent=True)
+    return data if isinstance(data, dict) else {}
+
+
+@bp.get("/knobs")
+def get_knobs() -> Response:
+    return jsonify(state().knobs.to_json())
+
+
+@bp.post("/knobs")
+def set_knobs() -> Response:
+    st = state()
+    try:
+        with st.lock:
+            st.knobs.update(_body())
+    except ValueError as exc:
+        return _error(str(exc))
+    return jsonify(st.knobs.to_json())
+
+
+@bp.get("/clients")
+def list_clients() -> Response:
+    return jsonify([c.public_json() for c in state().iter_clients()])
+
+
+@bp.post("/clients")
+def add_client() -> tuple[Response, int] | Response:
+    try:
+        client = client_from_json(_body())
+    except ValueError as exc:
+        return _error(str(exc))
+    state().add_client(client)
+    return jsonify(client.public_json()), 201
+
+
+@bp.post("/launch")
+def launch() -> Response:
+    body = _body()
+    try:
+        result = create_launch(
+            state(),
+            str(body.get("client_id", "")),
+            patient=body.get("patient"),
+            encounter=body.get("encounter"),
+            user=body.get("user"),
+            intent=body.get("intent"),
+            need_patient_banner=bool(body.get("need_patient_banner", False)),
+        )
+    except LookupError as exc:
+        return _error(str(exc.args[0]), 404)
+    return jsonify(result)
+
+
+@bp.get("/requests")
+def get_requests() -> Response:
+    return jsonify(state().requests())
+
+
+@bp.delete("/requests")
+def clear_requests() -> tuple[str, int]:
+    st = state()
+    with st.lock:
+        st.request_log.clear()
+    return "", 204
+
+
+@bp.get("/stats")
+def stats() -> Response:
+    st = state()
+    with st.lock:
+        counters = dict(st.counters)
+        fhir_requests = st.fhir_request_count
+    by_prefix: dict[str, dict[str, int]] = {}
+    for key, value in counters.items():
+        group, _, name = key.partition(".")
+        by_prefix.setdefault(group, {})[name] = value
+    token_requests = {"authorization_code": 0, "refresh_token": 0, "client_credentials": 0}
+    token_requests.update(by_prefix.pop("token_requests", {}))
+    return jsonify(
+        {
+            "token_requests": token_requests,
+            "token_errors": by_prefix.pop("token_errors", {}),
+            "fhir_requests": fhir_requests,
+            "fhir_status": by_prefix.pop("fhir_status", {}),
+            "faults": by_prefix.pop("faults", {}),
+            "resources": {t: st.store.count(t) for t in st.store.types()},
+        }
+    )
+
+
+@bp.post("/generate-appointments")
+def generate_appointments() -> Response:
+    st = state()
+    body = _body()
+    try:
+        day = dt.date.fromisoformat(str(body.get("date")))
+    except ValueError:
+        return _error("date must be YYYY-MM-DD")
+    count = body.get("count")
+    if not isinstance(count, int) or isinstance(count, bool) or not 0 < count <= MAX_GENERATE:
+        return _error(f"count must be an integer in 1..{MAX_GENERATE}")
+    location = body.get("location")
+    try:
+        added = st.generate_appointments(day, count, location)
+    except LookupError as exc:
+        return _error(str(exc.args[0]), 404)
+    st.journal({"op": "generate", "date": day.isoformat(), "count": count, "location": location})
+    return jsonify({"added": added, "date": day.isoformat()})
+
+
+@bp.post("/reset")
+def reset() -> Response:
+    st = state()
+    st.reset()
+    return jsonify({"reset": True, "resources": {t: st.store.count(t) for t in st.store.types()}})

@@ -1,0 +1,181 @@
+"""Start-up options, vendor profiles and the runtime fault knobs of the sandbox."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Features a test can switch off (`--disable F`, or the `disabled` knob). Each one is
+# also reflected in the CapabilityStatement and smart-configuration the sandbox serves.
+FEATURES = (
+    "well-known",
+    "questionnaire-response-create",
+    "task-create",
+    "service-request-create",
+    "conditional-create",
+    "batch",
+    "questionnaire-write",
+    # Whole resource type gone (Oracle Health has no Task in its R4 API).
+    "task",
+)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How one vendor's EHR behaves, as far as CareDesk can tell from outside."""
+
+    name: str
+    description: str
+    # Path of the OIDC issuer below the base URL; None means the issuer is the FHIR base.
+    issuer_path: str | None = None
+    opaque_tokens: bool = False
+    disabled: tuple[str, ...] = ()
+    token_lifetime_s: int = 3600
+    # Epic: a refresh token is issued although `offline_access` is left out of `scope`.
+    hide_offline_scope: bool = False
+    # Rewrite some resource ids to more than 64 characters (legal in R4 only loosely:
+    # the spec says 64, Epic and others go beyond it).
+    long_ids: bool = False
+
+
+PROFILES: dict[str, Profile] = {
+    "smart": Profile(
+        name="smart",
+        description="A by-the-book SMART App Launch 2.x / FHIR R4 server.",
+    ),
+    "epic": Profile(
+        name="epic",
+        description=(
+            "Epic-like: id_token issuer is the OAuth server (/oauth2), not the FHIR base; "
+            "refresh token returned while the granted scope omits offline_access; "
+            "opaque access tokens; no conditional create (If-None-Exist is ignored); "
+            "Questionnaire is read-only; some ids are longer than 64 characters."
+        ),
+        issuer_path="/oauth2",
+        opaque_tokens=True,
+        disabled=("conditional-create", "questionnaire-write"),
+        hide_offline_scope=True,
+        long_ids=True,
+    ),
+    "oracle": Profile(
+        name="oracle",
+        description=(
+            "Oracle Health (Cerner)-like: no QuestionnaireResponse create, no Task; "
+            "access tokens live 10 minutes; a refresh token only when online_access or "
+            "offline_access was granted."
+        ),
+        disabled=("questionnaire-response-create", "task", "task-create"),
+        token_lifetime_s=600,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class SandboxOptions:
+    """What the sandbox is started with. Everything under `Knobs` can change later."""
+
+    profile: str = "smart"
+    host: str = "127.0.0.1"
+    port: int = 0
+    data_dir: Path | None = None
+    latency_ms: float = 0
+    clients: Sequence[Mapping[str, Any]] = ()
+    # None: the profile's default (3600 s; oracle 600 s).
+    token_lifetime_s: int | None = None
+    error_rate: float = 0.0
+    disabled: Sequence[str] = ()
+    timezone: str = "America/Chicago"
+    extra_appointments: int = 0
+    # Population to serve instead of fixtures.population (tests with tiny data sets).
+    population: Mapping[str, Sequence[Mapping[str, Any]]] | None = None
+    # Other initial knobs (rate_limit, drop_refresh_tokens, empty_for, fail_next).
+    knobs: Mapping[str, Any] = field(default_factory=dict)
+    seed: int = 20261127
+
+
+@dataclass
+class Knobs:
+    """Fault knobs: settable at start and at runtime through /admin/knobs."""
+
+    latency_ms: float = 0
+    error_rate: float = 0.0
+    rate_limit: dict[str, float] | None = None
+    token_lifetime_s: int = 3600
+    drop_refresh_tokens: bool = False
+    empty_for: list[str] = field(default_factory=list)
+    disabled: list[str] = field(default_factory=list)
+    fail_next: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def update(self, changes: Mapping[str, Any]) -> None:
+        """Apply a partial update, checking each value; raises ValueError on bad input."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = set(changes) - names
+        if unknown:
+            raise ValueError(f"unknown knobs: {sorted(unknown)}")
+        new = dataclasses.replace(self)
+        for name, value in changes.items():
+            setattr(new, name, _check_knob(name, value))
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(new, f.name))
+
+
+def _check_knob(name: str, value: Any) -> Any:
+    if name == "latency_ms":
+        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+            raise ValueError("latency_ms must be a number >= 0")
+        return float(value)
+    if name == "error_rate":
+        if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1:
+            raise ValueError("error_rate must be a number in 0..1")
+        return float(value)
+    if name == "rate_limit":
+        if value is None:
+            return None
+        if (
+            not isinstance(value, dict)
+            or not isinstance(value.get("every"), int)
+            or value["every"] < 1
+        ):
+            raise ValueError('rate_limit must be null or {"every": N>=1, "retry_after": S}')
+        return {"every": value["every"], "retry_after": float(value.get("retry_after", 1))}
+    if name == "token_lifetime_s":
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError("token_lifetime_s must be an integer >= 1")
+        return value
+    if name == "drop_refresh_tokens":
+        if not isinstance(value, bool):
+            raise ValueError("drop_refresh_tokens must be a boolean")
+        return value
+    if name in ("empty_for", "disabled"):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"{name} must be a list of strings")
+        if name == "disabled":
+            bad = set(value) - set(FEATURES)
+            if bad:
+                raise ValueError(f"unknown features {sorted(bad)}; known: {list(FEATURES)}")
+        return list(value)
+    if name == "fail_next":
+        if not isinstance(value, list) or not all(
+            isinstance(v, dict) and isinstance(v.get("status"), int) for v in value
+        ):
+            raise ValueError('fail_next must be a list of {"status": int, ...}')
+        return [dict(v) for v in value]
+    raise ValueError(f"unknown knob {name}")  # pragma: no cover - guarded by update()
+
+
+def initial_knobs(options: SandboxOptions) -> Knobs:
+    profile = PROFILES[options.profile]
+    knobs = Knobs(
+        latency_ms=float(options.latency_ms),
+        error_rate=float(options.error_rate),
+        token_lifetime_s=options.token_lifetime_s or profile.token_lifetime_s,
+        disabled=sorted(set(profile.disabled) | set(options.disabled)),
+    )
+    knobs.update(dict(options.knobs))
+    return knobs

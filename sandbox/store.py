@@ -1,0 +1,540 @@
+"""An in-memory FHIR resource store with the search parameters the sandbox supports.
+
+Resources are kept as compact JSON bytes beside a few pre-extracted search keys, so that
+tens of thousands of generated appointments stay cheap in memory and fast to search.
+Resources are stored as given: no validation on read, messy fixtures are served as-is.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from zoneinfo import ZoneInfo
+
+# Types that are not in the Patient compartment: a patient/ scope may read them freely
+# (a patient's Practitioner and Location come along with `_include`).
+NON_COMPARTMENT_TYPES = frozenset(
+    {
+        "Practitioner",
+        "PractitionerRole",
+        "Location",
+        "Organization",
+        "Questionnaire",
+        "HealthcareService",
+        "Endpoint",
+        "Schedule",
+        "Slot",
+        "ValueSet",
+        "CodeSystem",
+    }
+)
+
+
+class SearchError(ValueError):
+    """A search parameter the sandbox cannot make sense of (answered with 400)."""
+
+
+# --- references and dates -----------------------------------------------------------
+
+
+def ref_key(reference: str | None) -> str | None:
+    """`Type/id` for a relative or absolute literal reference; None for `#x` or junk."""
+    if not reference or reference.startswith("#"):
+        return None
+    parts = reference.split("?")[0].rstrip("/").split("/")
+    if "_history" in parts:
+        parts = parts[: parts.index("_history")]
+    if len(parts) < 2 or not parts[-2][:1].isupper() or not parts[-1]:
+        return None
+    return f"{parts[-2]}/{parts[-1]}"
+
+
+def _refs(value: Any) -> list[str]:
+    """Reference keys found in a Reference or a list of them."""
+    items = value if isinstance(value, list) else [value]
+    out = []
+    for item in items:
+        if isinstance(item, dict):
+            key = ref_key(item.get("reference"))
+            if key:
+                out.append(key)
+    return out
+
+
+_PRECISION_FORMATS = {4: "%Y", 7: "%Y-%m", 10: "%Y-%m-%d"}
+
+
+def parse_range(value: str, tz: dt.tzinfo) -> tuple[float, float]:
+    """The [start, end) range in epoch seconds that a FHIR date/dateTime/instant covers.
+
+    Values without an offset are taken in the sandbox's time zone (messy data has them).
+    """
+    value = value.strip()
+    if len(value) in _PRECISION_FORMATS:
+        start = dt.datetime.strptime(value, _PRECISION_FORMATS[len(value)]).replace(tzinfo=tz)
+        if len(value) == 4:
+            end = start.replace(year=start.year + 1)
+        elif len(value) == 7:
+            end = (start + dt.timedelta(days=32)).replace(day=1)
+        else:
+            end = (start + dt.timedelta(days=1)).replace(tzinfo=tz)
+        return start.timestamp(), end.timestamp()
+    text = value.replace("Z", "+00:00")
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise SearchError(f"not a FHIR date or dateTime: {value!r}") from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=tz)
+    # The range is as wide as the value's precision: a minute, a second or a millisecond.
+    time_part = re.search(r"T\d\d:\d\d(:\d\d(\.\d+)?)?", text)
+    step = 1.0
+    if time_part and not time_part.group(1):
+        step = 60.0
+    elif time_part and time_part.group(2):
+        step = 0.001
+    return moment.timestamp(), moment.timestamp() + step
+
+
+def _safe_range(value: Any, tz: dt.tzinfo) -> tuple[float, float] | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return parse_range(value, tz)
+    except (SearchError, ValueError):
+        return None
+
+
+# --- search parameter catalogue ------------------------------------------------------
+
+Extractor = Callable[[Mapping[str, Any]], list[str]]
+
+
+def _tokens_of_identifiers(res: Mapping[str, Any]) -> list[str]:
+    out = []
+    idents = res.get("identifier")
+    for ident in idents if isinstance(idents, list) else [idents]:
+        if isinstance(ident, dict) and isinstance(ident.get("value"), str):
+            out.append(f"{ident.get('system', '')}|{ident['value']}")
+    return out
+
+
+def _code(field_name: str) -> Extractor:
+    def extract(res: Mapping[str, Any]) -> list[str]:
+        value = res.get(field_name)
+        return [f"|{value}"] if isinstance(value, str) else []
+
+    return extract
+
+
+def _ref_field(*field_names: str, only: str | None = None) -> Extractor:
+    def extract(res: Mapping[str, Any]) -> list[str]:
+        out: list[str] = []
+        for name in field_names:
+            out.extend(_refs(res.get(name)))
+        return [r for r in out if only is None or r.startswith(only + "/")]
+
+    return extract
+
+
+def _participants(only: str | None = None) -> Extractor:
+    def extract(res: Mapping[str, Any]) -> list[str]:
+        out: list[str] = []
+        for part in res.get("participant") or []:
+            if isinstance(part, dict):
+                out.extend(_refs(part.get("actor")))
+        return [r for r in out if only is None or r.startswith(only + "/")]
+
+    return extract
+
+
+def _names(res: Mapping[str, Any]) -> list[str]:
+    out: list[str] = []
+    names = res.get("name")
+    if isinstance(names, str):  # Organization.name, Location.name
+        return [names.lower()]
+    for name in names if isinstance(names, list) else []:
+        if not isinstance(name, dict):
+            continue
+        parts = [name.get("family"), name.get("text"), *(name.get("given") or [])]
+        parts += list(name.get("prefix") or []) + list(name.get("suffix") or [])
+        out.extend(p.lower() for p in parts if isinstance(p, str))
+    return out
+
+
+def _name_part(part: str) -> Extractor:
+    def extract(res: Mapping[str, Any]) -> list[str]:
+        out: list[str] = []
+        for name in res.get("name") or []:
+            if isinstance(name, dict):
+                value = name.get(part)
+                for v in value if isinstance(value, list) else [value]:
+                    if isinstance(v, str):
+                        out.append(v.lower())
+        return out
+
+    return extract
+
+
+def _plain(field_name: str) -> Extractor:
+    def extract(res: Mapping[str, Any]) -> list[str]:
+        value = res.get(field_name)
+        return [value] if isinstance(value, str) else []
+
+    return extract
+
+
+@dataclass(frozen=True)
+class Param:
+    kind: str  # token | reference | string | uri | date
+    extract: Extractor
+    target: str | None = None  # default target type for a bare id in a reference param
+
+
+_ID = Param("token", lambda r: [f"|{r.get('id')}"])
+_IDENT = Param("token", _tokens_of_identifiers)
+_STATUS = Param("token", _code("status"))
+_NAME = Param("string", _names)
+
+SEARCH_PARAMS: dict[str, dict[str, Param]] = {
+    "Patient": {
+        "identifier": _IDENT,
+        "name": _NAME,
+        "family": Param("string", _name_part("family")),
+        "given": Param("string", _name_part("given")),
+        "birthdate": Param("date", _plain("birthDate")),
+        "gender": Param("token", _code("gender")),
+    },
+    "Practitioner": {"identifier": _IDENT, "name": _NAME},
+    "PractitionerRole": {
+        "identifier": _IDENT,
+        "practitioner": Param("reference", _ref_field("practitioner"), "Practitioner"),
+        "location": Param("reference", _ref_field("location"), "Location"),
+    },
+    "Location": {"identifier": _IDENT, "name": _NAME, "status": _STATUS},
+    "Organization": {"identifier": _IDENT, "name": _NAME},
+    "Appointment": {
+        "identifier": _IDENT,
+        "status": _STATUS,
+        "patient": Param("reference", _participants("Patient"), "Patient"),
+        "actor": Param("reference", _participants(), None),
+        "practitioner": Param("reference", _participants("Practitioner"), "Practitioner"),
+        "location": Param("reference", _participants("Location"), "Location"),
+        "date": Param("date", _plain("start")),
+    },
+    "Coverage": {
+        "identifier": _IDENT,
+        "status": _STATUS,
+        "beneficiary": Param("reference", _ref_field("beneficiary"), "Patient"),
+        "patient": Param("reference", _ref_field("beneficiary", only="Patient"), "Patient"),
+        "payor": Param("reference", _ref_field("payor"), None),
+    },
+    "Encounter": {
+        "identifier": _IDENT,
+        "status": _STATUS,
+        "patient": Param("reference", _ref_field("subject", only="Patient"), "Patient"),
+        "subject": Param("reference", _ref_field("subject"), "Patient"),
+        "appointment": Param("reference", _ref_field("appointment"), "Appointment"),
+    },
+    "Questionnaire": {
+        "identifier": _IDENT,
+        "status": _STATUS,
+        "url": Param("uri", _plain("url")),
+        "version": Param("token", _code("version")),
+        "name": _NAME,
+    },
+    "QuestionnaireResponse": {
+        "identifier": _IDENT,
+        "status": _STATUS,
+        "subject": Param("reference", _ref_field("subject"), "Patient"),
+        "patient": Param("reference", _ref_field("subject", only="Patient"), "Patient"),
+        "encounter": Param("reference", _ref_field("encounter"), "Encounter"),
+        "questionnaire": Param("uri", _plain("questionnaire")),
+    },
+    "ServiceRequest": {
+        "identifier": _IDENT,
+        "status": _STATUS,
+        "patient": Param("reference", _ref_field("subject", only="Patient"), "Patient"),
+        "subject": Param("reference", _ref_field("subject"), "Patient"),
+    },
+    "Task": {
+        "identifier": _IDENT,
+        "status": _STATUS,
+        "patient": Param("reference", _ref_field("for", only="Patient"), "Patient"),
+        "subject": Param("reference", _ref_field("for"), "Patient"),
+        "focus": Param("reference", _ref_field("focus"), None),
+    },
+}
+
+# Where a resource names its patient, for the Patient compartment (patient/ scopes).
+_COMPARTMENT_FIELDS: dict[str, tuple[str, ...]] = {
+    "Coverage": ("beneficiary", "subscriber", "policyHolder"),
+    "QuestionnaireResponse": ("subject", "author", "source"),
+    "Task": ("for",),
+}
+_DEFAULT_COMPARTMENT_FIELDS = ("subject", "patient", "beneficiary")
+
+
+def compartment_patients(res: Mapping[str, Any]) -> list[str]:
+    """Ids of the patients whose compartment holds this resource."""
+    rtype = res.get("resourceType")
+    if rtype == "Patient":
+        return [str(res.get("id"))]
+    if rtype == "Appointment":
+        refs = _participants("Patient")(res)
+    else:
+        fields = _COMPARTMENT_FIELDS.get(str(rtype), _DEFAULT_COMPARTMENT_FIELDS)
+        refs = _ref_field(*fields, only="Patient")(res)
+    return [r.split("/", 1)[1] for r in refs]
+
+
+def search_param_names(rtype: str) -> list[str]:
+    return ["_id", *SEARCH_PARAMS.get(rtype, {})]
+
+
+# --- the store ---------------------------------------------------------------------
+
+
+class Record:
+    __slots__ = ("seq", "data", "keys", "span", "compartment")
+
+    def __init__(
+        self,
+        seq: int,
+        data: bytes,
+        keys: dict[str, list[str]],
+        span: dict[str, tuple[float, float]],
+        compartment: tuple[str, ...],
+    ) -> None:
+        self.seq = seq
+        self.data = data
+        self.keys = keys
+        self.span = span
+        self.compartment = compartment
+
+
+@dataclass(frozen=True)
+class Criterion:
+    name: str
+    modifier: str
+    values: tuple[str, ...]  # alternatives (comma-separated in the query): OR
+
+
+def parse_criteria(rtype: str, params: Iterable[tuple[str, str]]) -> list[Criterion]:
+    """Turn query pairs into criteria; `_`-parameters other than `_id` are skipped.
+
+    Unknown parameters are ignored, as lenient FHIR servers do by default.
+    """
+    known = SEARCH_PARAMS.get(rtype, {})
+    out = []
+    for raw_name, raw_value in params:
+        name, _, modifier = raw_name.partition(":")
+        if name != "_id" and (name.startswith("_") or name not in known):
+            continue
+        if modifier == "missing":
+            raise SearchError(f"modifier :missing is not supported on {name}")
+        values = tuple(v for v in raw_value.split(",") if v != "")
+        if not values:
+            raise SearchError(f"empty value for search parameter {name}")
+        out.append(Criterion(name, modifier, values))
+    return out
+
+
+class FhirStore:
+    """Resources by type and id; thread-safe; searches are cached per store generation."""
+
+    def __init__(self, tz: str) -> None:
+        self.tz = ZoneInfo(tz)
+        self._lock = threading.RLock()
+        self._types: dict[str, dict[str, Record]] = {}
+        self._seq = 0
+        self.generation = 0
+        self._cache: OrderedDict[tuple[Any, ...], list[str]] = OrderedDict()
+
+    # -- writes
+
+    def put(self, resource: Mapping[str, Any]) -> None:
+        """Store a resource exactly as given (it must carry resourceType and id)."""
+        rtype = str(resource["resourceType"])
+        rid = str(resource["id"])
+        params = SEARCH_PARAMS.get(rtype, {})
+        keys: dict[str, list[str]] = {"_id": [f"|{rid}"]}
+        span: dict[str, tuple[float, float]] = {}
+        for name, param in params.items():
+            try:
+                values = param.extract(resource)
+            except (AttributeError, TypeError):
+                values = []  # odd shapes in messy data: not searchable, still served
+            if param.kind == "date":
+                rng = _safe_range(values[0], self.tz) if values else None
+                if rng is not None:
+                    span[name] = rng
+            elif values:
+                keys[name] = values
+        data = json.dumps(resource, separators=(",", ":"), ensure_ascii=False).encode()
+        with self._lock:
+            self._seq += 1
+            self._types.setdefault(rtype, {})[rid] = Record(
+                self._seq, data, keys, span, tuple(compartment_patients(resource))
+            )
+            self.generation += 1
+            self._cache.clear()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._types.clear()
+            self.generation += 1
+            self._cache.clear()
+
+    # -- reads
+
+    def get(self, rtype: str, rid: str) -> dict[str, Any] | None:
+        with self._lock:
+            rec = self._types.get(rtype, {}).get(rid)
+        return json.loads(rec.data) if rec else None
+
+    def compartment_of(self, rtype: str, rid: str) -> tuple[str, ...]:
+        with self._lock:
+            rec = self._types.get(rtype, {}).get(rid)
+        return rec.compartment if rec else ()
+
+    def count(self, rtype: str) -> int:
+        with self._lock:
+            return len(self._types.get(rtype, {}))
+
+    def types(self) -> list[str]:
+        with self._lock:
+            return sorted(self._types)
+
+    def all_of(self, rtype: str) -> Iterator[dict[str, Any]]:
+        with self._lock:
+            records = list(self._types.get(rtype, {}).values())
+        for rec in records:
+            yield json.loads(rec.data)
+
+    def search(
+        self,
+        rtype: str,
+        criteria: Sequence[Criterion],
+        *,
+        compartment: str | None = None,
+    ) -> list[str]:
+        """Ids matching all criteria, in insertion order; within one patient if given."""
+        cache_key = (rtype, tuple(criteria), compartment, self.generation)
+        with self._lock:
+            cached = self._cache.get(cache_key)
+            if cached is not None:
+                self._cache.move_to_end(cache_key)
+                return cached
+            records = list(self._types.get(rtype, {}).items())
+        matchers = [self._matcher(rtype, c) for c in criteria]
+        ids = [
+            rid
+            for rid, rec in records
+            if (compartment is None or compartment in rec.compartment)
+            and all(m(rec) for m in matchers)
+        ]
+        with self._lock:
+            if self.generation == cache_key[-1]:
+                self._cache[cache_key] = ids
+                while len(self._cache) > 64:
+                    self._cache.popitem(last=False)
+        return ids
+
+    def _matcher(self, rtype: str, crit: Criterion) -> Callable[[Record], bool]:
+        param = _ID if crit.name == "_id" else SEARCH_PARAMS[rtype][crit.name]
+        name = crit.name
+        if param.kind == "date":
+            tests = [self._date_test(v) for v in crit.values]
+            return lambda rec: name in rec.span and any(t(rec.span[name]) for t in tests)
+        if param.kind == "token":
+            wanted = [_token_test(v) for v in crit.values]
+            if crit.modifier == "not":
+                return lambda rec: not any(t(k) for k in rec.keys.get(name, ()) for t in wanted)
+            if crit.modifier:
+                raise SearchError(f"modifier :{crit.modifier} is not supported on {name}")
+            return lambda rec: any(t(k) for k in rec.keys.get(name, ()) for t in wanted)
+        if param.kind == "reference":
+            refs = set()
+            for value in crit.values:
+                target = crit.modifier or param.target
+                key = ref_key(value) if "/" in value else (f"{target}/{value}" if target else None)
+                if key is None and target is None:
+                    # A bare id on a polymorphic parameter (actor=123): match any type.
+                    return lambda rec, v=value: any(
+                        k.split("/", 1)[1] == v for k in rec.keys.get(name, ())
+                    )
+                if key:
+                    refs.add(key)
+            return lambda rec: any(k in refs for k in rec.keys.get(name, ()))
+        if param.kind == "uri":
+            return _uri_matcher(name, crit.values)
+        # string: starts-with, case-insensitive (":exact" and ":contains" as in the spec)
+        lowered = [v.lower() for v in crit.values]
+        if crit.modifier == "exact":
+            exact = set(crit.values)
+            return lambda rec: any(k in {e.lower() for e in exact} for k in rec.keys.get(name, ()))
+        if crit.modifier == "contains":
+            return lambda rec: any(v in k for k in rec.keys.get(name, ()) for v in lowered)
+        if crit.modifier:
+            raise SearchError(f"modifier :{crit.modifier} is not supported on {name}")
+        return lambda rec: any(k.startswith(v) for k in rec.keys.get(name, ()) for v in lowered)
+
+    def _date_test(self, value: str) -> Callable[[tuple[float, float]], bool]:
+        prefix = value[:2] if value[:2].isalpha() else "eq"
+        lo, hi = parse_range(value[2:] if value[:2].isalpha() else value, self.tz)
+        # The resource's value is an instant range [s, e]; comparisons per FHIR R4 3.1.1.4.
+        tests: dict[str, Callable[[tuple[float, float]], bool]] = {
+            "eq": lambda s: lo <= s[0] and s[1] <= hi,
+            "ne": lambda s: not (lo <= s[0] and s[1] <= hi),
+            "gt": lambda s: s[1] >= hi,
+            "ge": lambda s: s[1] >= lo,
+            "lt": lambda s: s[0] < lo,
+            "le": lambda s: s[0] < hi,
+            "sa": lambda s: s[0] >= hi,
+            "eb": lambda s: s[1] < lo,
+        }
+        if prefix not in tests:
+            raise SearchError(f"unsupported date prefix {prefix!r}")
+        return tests[prefix]
+
+
+def _token_test(value: str) -> Callable[[str], bool]:
+    if "|" not in value:
+        return lambda key: key.split("|", 1)[1] == value
+    system, _, code = value.partition("|")
+    if not code:
+        return lambda key: key.split("|", 1)[0] == system
+    return lambda key: key == f"{system}|{code}"
+
+
+def _uri_matcher(name: str, values: Sequence[str]) -> Callable[[Record], bool]:
+    """Canonical matching: `url` or `url|version` (Questionnaire.url, QR.questionnaire)."""
+    wanted = [v.partition("|") for v in values]
+
+    def match(rec: Record) -> bool:
+        for key in rec.keys.get(name, ()):
+            url, _, version = key.partition("|")
+            for w_url, _, w_version in wanted:
+                if url == w_url and (not w_version or version == w_version):
+                    return True
+        return False
+
+    if name == "url":
+        # For Questionnaire.url the version lives in its own element.
+        def match_url(rec: Record) -> bool:
+            urls = rec.keys.get("url", ())
+            versions = [k.split("|", 1)[1] for k in rec.keys.get("version", ())]
+            for w_url, _, w_version in wanted:
+                if w_url in urls and (not w_version or w_version in versions):
+                    return True
+            return False
+
+        return match_url
+    return match
