@@ -1,0 +1,204 @@
+"""Coverage -> Insurance: is the patient covered today, by whom, under which plan and id.
+
+EHRs leave `Coverage.status` at `active` after `period.end` (Epic and Oracle Health both
+do), so the state is decided by the period first and the status second.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fhir_mappers import issues
+from fhir_mappers.fhirutil import (
+    codes,
+    date_bounds,
+    get_dict,
+    get_int,
+    get_list,
+    get_str,
+    reference_of,
+    require_aware,
+)
+from fhir_mappers.issues import DataWarning
+
+_V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+_CLASS_SYSTEM = "http://terminology.hl7.org/CodeSystem/coverage-class"
+
+# Per policy and overall. `none`: looked, nothing on file. `unknown`: can't tell (draft,
+# no status, period not started, or coverage could not be fetched).
+STATES = ("active", "expiring", "expired", "cancelled", "none", "unknown")
+_USABLE = ("active", "expiring")
+
+
+@dataclass(frozen=True)
+class Policy:
+    coverage_id: str | None
+    state: str  # active | expiring | expired | cancelled | unknown
+    status: str | None  # Coverage.status as sent
+    payor: str | None
+    payor_ref: str | None
+    plan: str | None  # plan name, else plan value
+    plan_id: str | None
+    group: str | None
+    member_id: str | None  # subscriberId, else the identifier of type MB
+    order: int | None
+    period_start: dt.date | None
+    period_end: dt.date | None  # last covered day
+    days_left: int | None  # days from today to period_end (negative once expired)
+    warnings: tuple[DataWarning, ...]
+
+
+@dataclass(frozen=True)
+class Insurance:
+    state: str
+    primary: Policy | None  # the usable policy with the lowest order
+    policies: tuple[Policy, ...]  # usable ones first, by order; then the rest
+    expiring_days: int
+
+
+def _class_value(resource: Mapping[str, Any], kind: str) -> tuple[str | None, str | None]:
+    for cls in get_list(resource, "class"):
+        if any(c == kind and s in (None, _CLASS_SYSTEM) for s, c in codes(get_dict(cls, "type"))):
+            return get_str(cls, "name"), get_str(cls, "value")
+    return None, None
+
+
+def _member_id(resource: Mapping[str, Any]) -> str | None:
+    subscriber = get_str(resource, "subscriberId")
+    if subscriber:
+        return subscriber
+    for ident in get_list(resource, "identifier"):
+        if any(c == "MB" and s in (None, _V2_0203) for s, c in codes(get_dict(ident, "type"))):
+            value = get_str(ident, "value")
+            if value:
+                return value
+    return None
+
+
+def to_policy(
+    resource: Mapping[str, Any],
+    *,
+    today: dt.date,
+    expiring_days: int = 30,
+    included: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Policy:
+    rid = get_str(resource, "id")
+    warnings: list[DataWarning] = []
+
+    def warn(field: str, message: str, code: str) -> None:
+        warnings.append(DataWarning("Coverage", rid, field, message, code))
+
+    status = get_str(resource, "status")
+    period = get_dict(resource, "period")
+    start_raw, end_raw = get_str(period, "start"), get_str(period, "end")
+    start_bounds, end_bounds = date_bounds(start_raw), date_bounds(end_raw)
+    if start_raw and start_bounds is None:
+        warn("period.start", "not a readable date", issues.BAD_VALUE)
+    if end_raw and end_bounds is None:
+        warn("period.end", "not a readable date", issues.BAD_VALUE)
+    # A partial period means its widest reading: from the first day, through the last.
+    start = start_bounds[0] if start_bounds else None
+    end = end_bounds[1] if end_bounds else None
+    days_left = (end - today).days if end else None
+
+    if status is None:
+        warn("status", "no status", issues.MISSING)
+    if status == "cancelled":
+        state = "cancelled"
+    elif end is not None and end < today:
+        state = "expired"
+    elif status != "active":
+        state = "unknown"  # draft, or missing
+    elif start is not None and start > today:
+        warn("period.start", "coverage starts in the future", issues.NOT_YET_ACTIVE)
+        state = "unknown"
+    elif days_left is not None and days_left <= expiring_days:
+        state = "expiring"
+    else:
+        state = "active"
+
+    payor_name: str | None = None
+    payor_ref: str | None = None
+    payors = get_list(resource, "payor")
+    if not payors:
+        warn("payor", "required element is missing", issues.MISSING_REQUIRED)
+    else:
+        first = payors[0]
+        ref = reference_of(first)
+        if get_str(first, "reference") and ref is None:
+            warn("payor[0]", "reference is not a FHIR reference", issues.BAD_REFERENCE)
+        target = (included or {}).get(ref.key) if ref else None
+        payor_name = get_str(target, "name") or get_str(first, "display")
+        payor_ref = ref.key if ref and not ref.contained else None
+        if ref is None and payor_name:
+            warn("payor[0]", "payor has a display but no reference", issues.DISPLAY_ONLY_REFERENCE)
+        elif payor_name is None:
+            warn("payor[0]", "payor has no name", issues.UNRESOLVED_REFERENCE)
+
+    plan_name, plan_value = _class_value(resource, "plan")
+    group_name, group_value = _class_value(resource, "group")
+    member = _member_id(resource)
+    if member is None:
+        warn("subscriberId", "no member id (subscriberId or MB identifier)", issues.MISSING)
+    return Policy(
+        coverage_id=rid,
+        state=state,
+        status=status,
+        payor=payor_name,
+        payor_ref=payor_ref,
+        plan=plan_name or plan_value,
+        plan_id=plan_value,
+        group=group_value or group_name,
+        member_id=member,
+        order=get_int(resource, "order"),
+        period_start=start,
+        period_end=end,
+        days_left=days_left,
+        warnings=tuple(warnings),
+    )
+
+
+def to_insurance(
+    coverages: Sequence[Mapping[str, Any]],
+    *,
+    now: dt.datetime,
+    expiring_days: int = 30,
+    included: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Insurance:
+    """Map all of a patient's Coverages; `included` may hold `_include`d payor Organizations.
+
+    The calendar day is `now`'s own: pass `now` in the viewer's zone.
+    """
+    require_aware(now)
+    today = now.date()
+    policies = [
+        to_policy(c, today=today, expiring_days=expiring_days, included=included)
+        for c in coverages
+        if isinstance(c, Mapping) and get_str(c, "status") != "entered-in-error"
+    ]
+    indexed = list(enumerate(policies))
+    # Usable first, by `order` (1 = primary; no order after any order), then the rest by
+    # how recently they ended.
+    indexed.sort(
+        key=lambda item: (
+            0 if item[1].state in _USABLE else 1,
+            item[1].order if item[1].order is not None else 1_000_000,
+            -(item[1].period_end.toordinal() if item[1].period_end else 0)
+            if item[1].state not in _USABLE
+            else 0,
+            item[0],
+        )
+    )
+    ordered = tuple(p for _, p in indexed)
+    primary = next((p for p in ordered if p.state in _USABLE), None)
+    if not ordered:
+        state = "none"
+    elif primary is not None:
+        state = primary.state
+    else:
+        present = {p.state for p in ordered}
+        state = next(s for s in ("expired", "cancelled", "unknown") if s in present)
+    return Insurance(state=state, primary=primary, policies=ordered, expiring_days=expiring_days)

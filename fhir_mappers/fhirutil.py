@@ -1,0 +1,324 @@
+"""The one place that reads FHIR references, dates and times, and picks values out of dicts.
+
+Every other mapper calls these instead of splitting strings itself: a reference can be
+relative (`Patient/1`), absolute (`https://ehr/fhir/Patient/1`), versioned
+(`Patient/1/_history/2`), contained (`#p1`) or a bundle-local `urn:uuid:`; a dateTime can
+be partial (`2026`, `2026-11`) or, from some EHR interfaces, lack its offset.
+
+Parsing references is strict (`parse_reference` raises ValueError on garbage, because a
+wrong reference silently resolved is worse than none); parsing dates is graceful (returns
+None) because a bad date must never stop the rest of a record from showing.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+Resource = Mapping[str, Any]
+
+# FHIR ids are [A-Za-z0-9-.]{1,64}; Epic sends longer ones, so the length is not checked
+# here (validation.py warns about it).
+_ID = r"[A-Za-z0-9\-.]+"
+_TYPE = r"[A-Z][A-Za-z]+"
+_RELATIVE = re.compile(rf"^(?P<type>{_TYPE})/(?P<id>{_ID})(?:/_history/(?P<version>{_ID}))?$")
+_ABSOLUTE = re.compile(
+    rf"^(?P<base>https?://[^\s?#]+?)/(?P<type>{_TYPE})/(?P<id>{_ID})"
+    rf"(?:/_history/(?P<version>{_ID}))?/?$"
+)
+_CONTAINED = re.compile(rf"^#(?P<id>{_ID})$")
+_URN = re.compile(r"^urn:(?:uuid|oid):(?P<id>[A-Za-z0-9\-.]+)$")
+
+_DATETIME = re.compile(
+    r"^(?P<year>\d{4})(?:-(?P<month>\d{2})(?:-(?P<day>\d{2})"
+    r"(?:T(?P<hour>\d{2}):(?P<minute>\d{2})(?::(?P<second>\d{2})(?P<fraction>\.\d+)?)?"
+    r"(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$"
+)
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A parsed reference. `type` is None only for contained and urn references."""
+
+    type: str | None
+    id: str
+    contained: bool = False
+    url: str | None = None  # the server base of an absolute reference, or the urn itself
+    version: str | None = None
+
+    @property
+    def key(self) -> str:
+        """`Type/id`, the key the `included` mappings use; `#id` for contained."""
+        if self.contained:
+            return f"#{self.id}"
+        if self.type is None:
+            return self.url or self.id
+        return f"{self.type}/{self.id}"
+
+
+def parse_reference(ref: str, base: str | None = None) -> Ref:
+    """Parse a Reference.reference string; raise ValueError if it is not one.
+
+    Conditional references (`Patient?identifier=...`) only make sense inside a transaction
+    being processed by a server, so they are refused too. `base` is recorded as the url of
+    a relative reference when given.
+    """
+    if not isinstance(ref, str):
+        raise ValueError("reference is not a string")
+    text = ref.strip()
+    if match := _CONTAINED.match(text):
+        return Ref(type=None, id=match["id"], contained=True)
+    if match := _RELATIVE.match(text):
+        return Ref(
+            type=match["type"],
+            id=match["id"],
+            url=base.rstrip("/") if base else None,
+            version=match["version"],
+        )
+    if match := _ABSOLUTE.match(text):
+        return Ref(type=match["type"], id=match["id"], url=match["base"], version=match["version"])
+    if match := _URN.match(text):
+        return Ref(type=None, id=match["id"], url=text)
+    raise ValueError("not a FHIR reference")
+
+
+def reference_of(value: object) -> Ref | None:
+    """The parsed `reference` of a Reference dict, or None when absent or unparseable."""
+    if not isinstance(value, Mapping):
+        return None
+    raw = value.get("reference")
+    if not isinstance(raw, str):
+        return None
+    try:
+        return parse_reference(raw)
+    except ValueError:
+        return None
+
+
+def zone(name: object) -> ZoneInfo | None:
+    """A ZoneInfo for an IANA name, or None for anything else (never raises)."""
+    if not isinstance(name, str) or not name or name.startswith(("/", ".")) or ".." in name:
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+
+
+def lacks_timezone(value: object) -> bool:
+    """True for a dateTime that has a time of day but no offset (e.g. `2026-11-27T14:00`)."""
+    if not isinstance(value, str):
+        return False
+    match = _DATETIME.match(value.strip())
+    return bool(match and match["hour"] is not None and match["tz"] is None)
+
+
+def is_partial_date(value: object) -> bool:
+    """True for `2026` or `2026-11`: valid FHIR, but not a day."""
+    if not isinstance(value, str):
+        return False
+    match = _DATETIME.match(value.strip())
+    return bool(match and match["day"] is None)
+
+
+def parse_datetime(value: object, default_tz: dt.tzinfo | str) -> dt.datetime | None:
+    """Parse a FHIR date, dateTime or instant into an aware datetime; None if unreadable.
+
+    Partial values start at their beginning (`2026-11` -> Nov 1st 00:00). A value without
+    an offset, and a plain date, is taken in `default_tz`; callers that care should check
+    `lacks_timezone()` and record a warning, because the guess may be wrong.
+    """
+    if not isinstance(value, str):
+        return None
+    match = _DATETIME.match(value.strip())
+    if not match:
+        return None
+    tz: dt.tzinfo | None = default_tz if isinstance(default_tz, dt.tzinfo) else zone(default_tz)
+    if tz is None:
+        tz = dt.UTC
+    try:
+        year = int(match["year"])
+        month = int(match["month"] or 1)
+        day = int(match["day"] or 1)
+        hour = int(match["hour"] or 0)
+        minute = int(match["minute"] or 0)
+        second = int(match["second"] or 0)
+        micro = int((match["fraction"] or ".0")[1:7].ljust(6, "0"))
+        offset = match["tz"]
+        if offset is not None:
+            if offset == "Z":
+                tz = dt.UTC
+            else:
+                sign = -1 if offset[0] == "-" else 1
+                delta = dt.timedelta(hours=int(offset[1:3]), minutes=int(offset[4:6]))
+                tz = dt.timezone(sign * delta)
+        if second == 60:  # a leap second, allowed by the instant regex
+            second = 59
+        return dt.datetime(year, month, day, hour, minute, second, micro, tzinfo=tz)
+    except ValueError:
+        return None
+
+
+def date_bounds(value: object) -> tuple[dt.date, dt.date] | None:
+    """The first and last calendar day a (possibly partial) date or dateTime can mean.
+
+    `1980-07` -> (1980-07-01, 1980-07-31); `2026-11-27T10:00:00-06:00` -> that day twice
+    (the calendar date as written, in the writer's zone). None if unreadable.
+    """
+    if not isinstance(value, str):
+        return None
+    match = _DATETIME.match(value.strip())
+    if not match:
+        return None
+    try:
+        year = int(match["year"])
+        if match["month"] is None:
+            return dt.date(year, 1, 1), dt.date(year, 12, 31)
+        month = int(match["month"])
+        if match["day"] is None:
+            last = calendar.monthrange(year, month)[1]
+            return dt.date(year, month, 1), dt.date(year, month, last)
+        day = dt.date(year, month, int(match["day"]))
+    except ValueError:
+        return None
+    return day, day
+
+
+def parse_date(value: object) -> dt.date | None:
+    """The first day a (possibly partial) date means, or None if unreadable."""
+    bounds = date_bounds(value)
+    return bounds[0] if bounds else None
+
+
+def require_aware(now: dt.datetime) -> dt.datetime:
+    """Refuse a naive `now`: every comparison in the mappers is between aware datetimes."""
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("now must be timezone-aware")
+    return now
+
+
+# --- tolerant getters: real EHR JSON has wrong types, empty strings and nulls ------------
+
+
+def get_str(obj: object, key: str) -> str | None:
+    """A non-empty string field, stripped; None for anything else."""
+    if not isinstance(obj, Mapping):
+        return None
+    value = obj.get(key)
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    return None
+
+
+def get_dict(obj: object, key: str) -> Mapping[str, Any] | None:
+    if not isinstance(obj, Mapping):
+        return None
+    value = obj.get(key)
+    return value if isinstance(value, Mapping) else None
+
+
+def get_list(obj: object, key: str) -> list[Mapping[str, Any]]:
+    """The dict items of a list field (an object where a list belongs counts as one item)."""
+    if not isinstance(obj, Mapping):
+        return []
+    value = obj.get(key)
+    if isinstance(value, Mapping):
+        return [value]
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return [v for v in value if isinstance(v, Mapping)]
+    return []
+
+
+def get_str_list(obj: object, key: str) -> list[str]:
+    if not isinstance(obj, Mapping):
+        return []
+    value = obj.get(key)
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, Sequence):
+        return [v.strip() for v in value if isinstance(v, str) and v.strip()]
+    return []
+
+
+def get_int(obj: object, key: str) -> int | None:
+    if not isinstance(obj, Mapping):
+        return None
+    value = obj.get(key)
+    # bool is an int in Python; `"rank": true` is not a rank.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return None
+
+
+def codes(concept: object) -> list[tuple[str | None, str]]:
+    """(system, code) pairs of a CodeableConcept or a single Coding."""
+    if not isinstance(concept, Mapping):
+        return []
+    codings = get_list(concept, "coding") if "coding" in concept else [concept]
+    out: list[tuple[str | None, str]] = []
+    for coding in codings:
+        code = get_str(coding, "code")
+        if code:
+            out.append((get_str(coding, "system"), code))
+    return out
+
+
+def concept_text(concept: object) -> str | None:
+    """The words for a CodeableConcept: its text, else the first coding display, else code."""
+    if not isinstance(concept, Mapping):
+        return None
+    text = get_str(concept, "text")
+    if text:
+        return text
+    codings = get_list(concept, "coding") if "coding" in concept else [concept]
+    for coding in codings:
+        display = get_str(coding, "display")
+        if display:
+            return display
+    for coding in codings:
+        code = get_str(coding, "code")
+        if code:
+            return code
+    return None
+
+
+def resource_id(resource: object) -> str | None:
+    return get_str(resource, "id")
+
+
+def resource_type(resource: object) -> str:
+    return get_str(resource, "resourceType") or "Unknown"
+
+
+def human_name(names: object, *, prefer: Sequence[str] = ("official", "usual")) -> str | None:
+    """Display text for the best HumanName in a list: `prefix given family`, or `text`."""
+    if not isinstance(names, Sequence) or isinstance(names, str | bytes):
+        return None
+    candidates = [n for n in names if isinstance(n, Mapping)]
+    usable = [n for n in candidates if get_str(n, "use") not in ("old", "maiden")]
+    ranked = sorted(
+        usable or candidates,
+        key=lambda n: prefer.index(u) if (u := get_str(n, "use")) in prefer else len(prefer),
+    )
+    for name in ranked:
+        text = format_name(name)
+        if text:
+            return text
+    return None
+
+
+def format_name(name: Mapping[str, Any]) -> str | None:
+    parts = [*get_str_list(name, "prefix"), *get_str_list(name, "given")]
+    family = get_str(name, "family")
+    if family:
+        parts.append(family)
+    suffix = get_str_list(name, "suffix")
+    text = " ".join(parts)
+    if text and suffix:
+        text = f"{text}, {' '.join(suffix)}"
+    return text or get_str(name, "text")

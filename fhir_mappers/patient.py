@@ -1,0 +1,270 @@
+"""Patient -> Contact: who the patient is and how (and how not) to reach them."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fhir_mappers import issues
+from fhir_mappers.fhirutil import (
+    codes,
+    concept_text,
+    date_bounds,
+    get_dict,
+    get_int,
+    get_list,
+    get_str,
+    get_str_list,
+    human_name,
+    is_partial_date,
+    parse_datetime,
+    require_aware,
+)
+from fhir_mappers.issues import DataWarning
+
+# CareDesk's own extension for channel restrictions; core R4 has none. One extension per
+# restricted channel, valueCoding (or valueCode) one of RESTRICTION_CODES.
+CONTACT_RESTRICTION_URL = "https://caredesk.example/fhir/StructureDefinition/contact-restriction"
+RESTRICTION_CODES = ("no-sms", "no-email", "no-call")
+_V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+
+
+@dataclass(frozen=True)
+class Telecom:
+    system: str  # phone | sms | email (FHIR ContactPoint.system)
+    value: str
+    use: str | None
+    rank: int | None
+    preferred: bool  # the contact point the preferred channel uses
+
+
+@dataclass(frozen=True)
+class PostalAddress:
+    text: str  # one line, for display
+    lines: tuple[str, ...]
+    city: str | None
+    state: str | None
+    postal_code: str | None
+    country: str | None
+    use: str | None
+
+
+@dataclass(frozen=True)
+class Contact:
+    patient_id: str | None
+    display_name: str | None
+    preferred_name: str | None
+    mrn: str | None
+    birth_date: str | None  # as written; may be partial (`1980-07`)
+    age: int | None
+    age_is_approximate: bool  # a partial birthDate that straddles a birthday
+    gender: str | None
+    deceased: bool
+    preferred_language: str | None  # BCP-47 code, e.g. `es`
+    language_display: str | None
+    phones: tuple[Telecom, ...]
+    emails: tuple[Telecom, ...]
+    preferred_channel: str | None  # sms | phone | email | None (no allowed channel)
+    restrictions: tuple[str, ...]  # e.g. ("no-sms",)
+    address: PostalAddress | None
+    warnings: tuple[DataWarning, ...]
+
+
+def _age_on(birth: dt.date, today: dt.date) -> int:
+    return today.year - birth.year - ((today.month, today.day) < (birth.month, birth.day))
+
+
+def _is_current(element: Mapping[str, Any], now: dt.datetime) -> bool:
+    """False for a ContactPoint/Address whose period has ended (kept in charts as history)."""
+    raw = get_str(get_dict(element, "period"), "end")
+    if raw is None:
+        return True
+    if "T" not in raw:
+        # A date (or partial date) end means "through that day / month".
+        bounds = date_bounds(raw)
+        return bounds is None or bounds[1] >= now.date()
+    end = parse_datetime(raw, now.tzinfo or dt.UTC)
+    return end is None or end > now
+
+
+def restrictions_of(resource: Mapping[str, Any]) -> tuple[str, ...]:
+    found: list[str] = []
+    for ext in get_list(resource, "extension"):
+        if get_str(ext, "url") != CONTACT_RESTRICTION_URL:
+            continue
+        code = get_str(ext, "valueCode") or get_str(get_dict(ext, "valueCoding"), "code")
+        if code and code not in found:
+            found.append(code)
+    return tuple(found)
+
+
+def _channel(system: str, use: str | None, restrictions: tuple[str, ...]) -> str | None:
+    """The channel a contact point offers, given the restrictions; None if none allowed.
+
+    A mobile number is taken as textable: that is what reminders use first. If texting is
+    refused, the same number can still be called.
+    """
+    if system == "sms" or (system == "phone" and use == "mobile"):
+        if "no-sms" not in restrictions:
+            return "sms"
+        return "phone" if system == "phone" and "no-call" not in restrictions else None
+    if system == "phone":
+        return None if "no-call" in restrictions else "phone"
+    if system == "email":
+        return None if "no-email" in restrictions else "email"
+    return None
+
+
+def _telecoms(
+    resource: Mapping[str, Any], now: dt.datetime, restrictions: tuple[str, ...]
+) -> tuple[tuple[Telecom, ...], tuple[Telecom, ...], str | None]:
+    current = [
+        (i, cp)
+        for i, cp in enumerate(get_list(resource, "telecom"))
+        if get_str(cp, "value") and get_str(cp, "use") != "old" and _is_current(cp, now)
+    ]
+    # rank 1 is most preferred; unranked come after ranked, in the order the EHR sent them.
+    current.sort(key=lambda item: (get_int(item[1], "rank") or 1_000_000, item[0]))
+    preferred_idx: int | None = None
+    channel: str | None = None
+    for i, cp in current:
+        system = get_str(cp, "system") or ""
+        found = _channel(system, get_str(cp, "use"), restrictions)
+        if found:
+            preferred_idx, channel = i, found
+            break
+    phones: list[Telecom] = []
+    emails: list[Telecom] = []
+    for i, cp in current:
+        system = get_str(cp, "system") or ""
+        telecom = Telecom(
+            system=system,
+            value=get_str(cp, "value") or "",
+            use=get_str(cp, "use"),
+            rank=get_int(cp, "rank"),
+            preferred=i == preferred_idx,
+        )
+        if system in ("phone", "sms"):
+            phones.append(telecom)
+        elif system == "email":
+            emails.append(telecom)
+    return tuple(phones), tuple(emails), channel
+
+
+def _mrn(resource: Mapping[str, Any]) -> str | None:
+    for ident in get_list(resource, "identifier"):
+        type_codes = codes(get_dict(ident, "type"))
+        if any(code == "MR" and system in (None, _V2_0203) for system, code in type_codes):
+            value = get_str(ident, "value")
+            if value:
+                return value
+    return None
+
+
+def _language(resource: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    comms = get_list(resource, "communication")
+    chosen = next((c for c in comms if c.get("preferred") is True), comms[0] if comms else None)
+    if chosen is None:
+        return None, None
+    concept = get_dict(chosen, "language")
+    pairs = codes(concept)
+    code = next((c for s, c in pairs if s == "urn:ietf:bcp:47"), pairs[0][1] if pairs else None)
+    return code, concept_text(concept)
+
+
+def _preferred_name(resource: Mapping[str, Any], display: str | None) -> str | None:
+    for name in get_list(resource, "name"):
+        if get_str(name, "use") not in ("usual", "nickname"):
+            continue
+        given = get_str_list(name, "given")
+        text = given[0] if given else get_str(name, "text")
+        official_first = (display or "").split(" ")[0]
+        if text and text != official_first and text != display:
+            return text
+    return None
+
+
+def _address(resource: Mapping[str, Any], now: dt.datetime) -> PostalAddress | None:
+    candidates = [
+        a
+        for a in get_list(resource, "address")
+        if get_str(a, "use") != "old" and _is_current(a, now)
+    ]
+    candidates.sort(key=lambda a: 0 if get_str(a, "use") == "home" else 1)
+    for addr in candidates:
+        lines = tuple(get_str_list(addr, "line"))
+        city, state = get_str(addr, "city"), get_str(addr, "state")
+        postal, country = get_str(addr, "postalCode"), get_str(addr, "country")
+        place = ", ".join(p for p in (city, " ".join(p for p in (state, postal) if p)) if p)
+        built = ", ".join(p for p in (*lines, place) if p)
+        if country and country.upper() not in ("US", "USA"):
+            built = f"{built}, {country}" if built else country
+        text = get_str(addr, "text") or built
+        if text:
+            return PostalAddress(text, lines, city, state, postal, country, get_str(addr, "use"))
+    return None
+
+
+def to_contact(resource: Mapping[str, Any], *, now: dt.datetime) -> Contact:
+    """Map a Patient. Never raises on odd data; what is missing comes back as warnings."""
+    require_aware(now)
+    rid = get_str(resource, "id")
+    warnings: list[DataWarning] = []
+
+    def warn(field: str, message: str, code: str) -> None:
+        warnings.append(DataWarning("Patient", rid, field, message, code))
+
+    display = human_name(resource.get("name"))
+    if display is None:
+        warn("name", "no usable name", issues.MISSING)
+    mrn = _mrn(resource)
+    if mrn is None:
+        warn("identifier", "no MRN (identifier of type MR)", issues.MISSING)
+
+    birth = get_str(resource, "birthDate")
+    age: int | None = None
+    approximate = False
+    bounds = date_bounds(birth)
+    today = now.date()
+    if birth is not None and bounds is None:
+        warn("birthDate", "birthDate is not a readable date", issues.BAD_VALUE)
+    elif bounds is not None:
+        earliest, latest = bounds
+        if earliest > today:
+            warn("birthDate", "birthDate is in the future", issues.BAD_VALUE)
+        else:
+            oldest = _age_on(earliest, today)
+            youngest = _age_on(min(latest, today), today)
+            age, approximate = youngest, oldest != youngest
+        if is_partial_date(birth):
+            warn("birthDate", "birthDate is partial; age may be approximate", issues.PARTIAL_DATE)
+
+    restrictions = restrictions_of(resource)
+    phones, emails, channel = _telecoms(resource, now, restrictions)
+    if not phones and not emails:
+        warn("telecom", "no phone or email on file", issues.MISSING)
+    language, language_display = _language(resource)
+    deceased = resource.get("deceasedBoolean") is True or bool(
+        get_str(resource, "deceasedDateTime")
+    )
+    return Contact(
+        patient_id=rid,
+        display_name=display,
+        preferred_name=_preferred_name(resource, display),
+        mrn=mrn,
+        birth_date=birth,
+        age=age,
+        age_is_approximate=approximate,
+        gender=get_str(resource, "gender"),
+        deceased=deceased,
+        preferred_language=language,
+        language_display=language_display,
+        phones=phones,
+        emails=emails,
+        preferred_channel=channel,
+        restrictions=restrictions,
+        address=_address(resource, now),
+        warnings=tuple(warnings),
+    )

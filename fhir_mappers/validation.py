@@ -1,0 +1,94 @@
+"""Strict R4B validation, used only to produce warnings: a resource is never refused.
+
+fhir.resources rejects much of what real EHRs send (dateTimes without an offset, unknown
+fields, a Coverage without `payor`), while the mappers read the dict itself, so a failure
+here becomes DataWarnings and the mapping goes on. Messages are built from pydantic's
+error *type* and location only: its `msg` and `input` may echo patient data.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import pydantic
+from fhir.resources.R4B import get_fhir_model_class
+
+from fhir_mappers import issues
+from fhir_mappers.fhirutil import get_str, lacks_timezone, resource_type
+from fhir_mappers.issues import DataWarning
+
+_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+
+_MISSING_TYPES = {"missing", "model_field_validation.missing"}
+_TYPE_WORDS = {
+    "list_type": "should be a list",
+    "dict_type": "should be an object",
+    "model_type": "should be an object",
+    "model_attributes_type": "should be an object",
+    "string_type": "should be a string",
+    "int_parsing": "should be an integer",
+    "int_type": "should be an integer",
+    "bool_parsing": "should be true or false",
+    "bool_type": "should be true or false",
+    "decimal_parsing": "should be a number",
+    "float_parsing": "should be a number",
+    "string_pattern_mismatch": "does not match the FHIR format for its type",
+    "string_too_short": "is empty",
+    "value_error": "does not match the FHIR format for its type",
+    "literal_error": "is not an allowed value",
+    "enum": "is not an allowed value",
+}
+
+
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """`('extension', 0, 'url')` -> `extension[0].url`."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            name = "resourceType" if part == "resource_type" else str(part)
+            out += f".{name}" if out else name
+    return out or "(resource)"
+
+
+def validation_warnings(resource: Mapping[str, Any]) -> list[DataWarning]:
+    """Validate one resource against its fhir.resources R4B model; return what failed."""
+    rtype = resource_type(resource)
+    rid = get_str(resource, "id")
+    found: list[DataWarning] = []
+
+    def add(field: str, message: str, code: str) -> None:
+        warning = DataWarning(rtype, rid, field, message, code)
+        if warning not in found:
+            found.append(warning)
+
+    if rid is not None and len(rid) > 64 and _FHIR_ID.match(rid[:64]):
+        # fhir.resources does not check the length; Epic ids exceed it. Anything keyed on
+        # the id (URLs, database columns) must allow more than 64 characters.
+        add("id", "id is longer than FHIR's 64 characters", issues.ID_TOO_LONG)
+    try:
+        model = get_fhir_model_class(rtype)
+    except (KeyError, ValueError, AttributeError, ImportError):
+        add("resourceType", "not a FHIR R4 resource type", issues.UNKNOWN_RESOURCE_TYPE)
+        return found
+    try:
+        model.model_validate(dict(resource))
+    except pydantic.ValidationError as exc:
+        for err in exc.errors(include_url=False, include_input=True):
+            path = field_path(tuple(err["loc"]))
+            kind = str(err["type"])
+            if kind == "extra_forbidden":
+                add(path, "element is not defined in FHIR R4", issues.UNKNOWN_ELEMENT)
+            elif kind in _MISSING_TYPES:
+                add(path, "required element is missing", issues.MISSING_REQUIRED)
+            elif lacks_timezone(err.get("input")):
+                add(path, "time has no timezone offset", issues.NO_TIMEZONE)
+            else:
+                words = _TYPE_WORDS.get(kind, f"is invalid ({kind})")
+                add(path, f"value {words}", issues.INVALID)
+    except Exception as exc:  # fhir.resources raises assorted types on odd input
+        add("(resource)", f"could not be validated ({type(exc).__name__})", issues.INVALID)
+    return found
