@@ -212,6 +212,57 @@ class CareTask(TimestampMixin, Base):
     # Makes "never twice" a database guarantee (e.g. reminder:<appointment>:<offset>).
     dedupe_key: Mapped[str | None] = mapped_column(String(300), unique=True)
     finished_at: Mapped[datetime | None]
+    # The RQ queue the job runs on (per registration) and when the current attempt began.
+    queue: Mapped[str | None] = mapped_column(String(64))
+    started_at: Mapped[datetime | None]
+    # What the sidebar says beside the status ("the EHR cannot take writes: kept here").
+    status_note: Mapped[str | None] = mapped_column(Text)
+
+
+class TaskAttempt(Base):
+    """One run of a CareTask's job: the audit trail behind ``CareTask.attempts``."""
+
+    __tablename__ = "task_attempt"
+    __table_args__ = (Index("ix_task_attempt_task", "task_id", "attempt"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("care_task.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    job_id: Mapped[str | None] = mapped_column(String(128))
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+    # running | done | retry | failed | needs-authorization | abandoned
+    outcome: Mapped[str] = mapped_column(String(24), default="running")
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class OutboundMessage(Base):
+    """A patient-facing message CareDesk sent (or handed to the demo outbox).
+
+    The address and the rendered text are patient data, so they are stored encrypted;
+    the plain columns say only which task, which channel and what happened.
+    """
+
+    __tablename__ = "outbound_message"
+    __table_args__ = (Index("ix_outbound_message_task", "task_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int | None] = mapped_column(ForeignKey("care_task.id", ondelete="SET NULL"))
+    registration_id: Mapped[int | None] = mapped_column(ForeignKey("ehr_registration.id"))
+    patient_ref: Mapped[str | None] = mapped_column(String(300))
+    # email | sms
+    channel: Mapped[str] = mapped_column(String(16))
+    # smtp | twilio | outbox
+    adapter: Mapped[str] = mapped_column(String(16))
+    template: Mapped[str] = mapped_column(String(64))
+    language: Mapped[str] = mapped_column(String(16))
+    to_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    subject_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
+    body_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    provider_id: Mapped[str | None] = mapped_column(String(128))
+    # sent | failed
+    status: Mapped[str] = mapped_column(String(16), default="sent")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class SurveyInvite(TimestampMixin, Base):

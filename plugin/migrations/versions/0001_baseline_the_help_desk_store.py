@@ -152,6 +152,9 @@ def upgrade() -> None:
         sa.Column("created_by", sa.String(length=1024), nullable=True),
         sa.Column("dedupe_key", sa.String(length=300), nullable=True),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("queue", sa.String(length=64), nullable=True),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("status_note", sa.Text(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
@@ -188,6 +191,48 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("invite_id"),
     )
+    op.create_table(
+        "outbound_message",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("task_id", sa.Integer(), nullable=True),
+        sa.Column("registration_id", sa.Integer(), nullable=True),
+        sa.Column("patient_ref", sa.String(length=300), nullable=True),
+        sa.Column("channel", sa.String(length=16), nullable=False),
+        sa.Column("adapter", sa.String(length=16), nullable=False),
+        sa.Column("template", sa.String(length=64), nullable=False),
+        sa.Column("language", sa.String(length=16), nullable=False),
+        sa.Column("to_enc", sa.LargeBinary(), nullable=False),
+        sa.Column("subject_enc", sa.LargeBinary(), nullable=True),
+        sa.Column("body_enc", sa.LargeBinary(), nullable=False),
+        sa.Column("provider_id", sa.String(length=128), nullable=True),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["registration_id"],
+            ["ehr_registration.id"],
+        ),
+        sa.ForeignKeyConstraint(["task_id"], ["care_task.id"], ondelete="SET NULL"),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    with op.batch_alter_table("outbound_message", schema=None) as batch_op:
+        batch_op.create_index("ix_outbound_message_task", ["task_id"], unique=False)
+
+    op.create_table(
+        "task_attempt",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("task_id", sa.Integer(), nullable=False),
+        sa.Column("attempt", sa.Integer(), nullable=False),
+        sa.Column("job_id", sa.String(length=128), nullable=True),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("outcome", sa.String(length=24), nullable=False),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.ForeignKeyConstraint(["task_id"], ["care_task.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    with op.batch_alter_table("task_attempt", schema=None) as batch_op:
+        batch_op.create_index("ix_task_attempt_task", ["task_id", "attempt"], unique=False)
+
     op.create_table(
         "ticket",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -247,6 +292,14 @@ def downgrade() -> None:
         batch_op.drop_index("ix_ticket_reg_patient_status")
 
     op.drop_table("ticket")
+    with op.batch_alter_table("task_attempt", schema=None) as batch_op:
+        batch_op.drop_index("ix_task_attempt_task")
+
+    op.drop_table("task_attempt")
+    with op.batch_alter_table("outbound_message", schema=None) as batch_op:
+        batch_op.drop_index("ix_outbound_message_task")
+
+    op.drop_table("outbound_message")
     op.drop_table("survey_response")
     with op.batch_alter_table("care_task", schema=None) as batch_op:
         batch_op.drop_index("ix_care_task_status_due")
