@@ -82,6 +82,52 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "VIEWER_TIMEZONE", "America/Chicago", "Time zone for times when the location has none."
     ),
+    # --- patient satisfaction surveys (issue 7) ---
+    Setting(
+        "SURVEY_DELAY_MINUTES",
+        120,
+        "Minutes after a visit is fulfilled before its survey invitation is sent.",
+    ),
+    Setting(
+        "SURVEY_QUIET_HOURS",
+        "21:00-08:00",
+        "`HH:MM-HH:MM` in the patient's time zone when no invitation is sent; a send that "
+        "falls inside waits for the end. Empty: no quiet hours.",
+    ),
+    Setting(
+        "SURVEY_FATIGUE_DAYS",
+        30,
+        "At most one survey invitation per patient within this many days.",
+    ),
+    Setting(
+        "SURVEY_SAMPLE_PERCENT",
+        100,
+        "Share (0-100) of eligible visits that get an invitation; the choice is a stable "
+        "hash of the appointment, so retries decide the same way.",
+    ),
+    Setting("SURVEY_LINK_DAYS", 7, "Days a survey link stays valid after it is sent."),
+    Setting(
+        "SURVEY_RATE_PER_IP",
+        30,
+        "Survey page requests allowed per client IP per minute.",
+    ),
+    Setting(
+        "SURVEY_RATE_PER_TOKEN",
+        10,
+        "Survey page requests allowed per survey link per minute.",
+    ),
+    Setting(
+        "SURVEY_PUBLIC_URL",
+        None,
+        "Base URL patients open survey links at (`<url>/s/<token>`). Default: "
+        "`CAREDESK_PUBLIC_URL`.",
+    ),
+    Setting(
+        "SURVEY_IDENTIFIER_SYSTEM",
+        "https://caredesk.example/fhir/sid/survey-invitation",
+        "QuestionnaireResponse.identifier.system; the value is the invitation id, so "
+        "write-back retries find the response they already created.",
+    ),
 )
 
 _SETTING_BY_NAME = {s.name: s for s in SETTINGS}

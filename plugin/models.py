@@ -287,6 +287,14 @@ class SurveyInvite(TimestampMixin, Base):
     expires_at: Mapped[datetime | None]
     answered_at: Mapped[datetime | None]
     visit_at: Mapped[datetime | None]
+    # Shown on the public page and grouped by in /reports/csat: the clinic's and the
+    # clinician's names are not patient data, and the page must not need the EHR to render.
+    clinic_name: Mapped[str | None] = mapped_column(String(200))
+    practitioner_name: Mapped[str | None] = mapped_column(String(200))
+    # IANA zone the visit date is shown in and quiet hours are counted in.
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    # fatigue | opted-out | not-sampled | unreachable | no-patient (when status is skipped)
+    skip_reason: Mapped[str | None] = mapped_column(String(32))
 
 
 class SurveyResponse(Base):
@@ -306,6 +314,7 @@ class SurveyResponse(Base):
     writeback_status: Mapped[str] = mapped_column(String(16), default="pending")
     fhir_id: Mapped[str | None] = mapped_column(String(300))
     writeback_error: Mapped[str | None] = mapped_column(Text)
+    written_at: Mapped[datetime | None]
 
 
 class AuditEvent(Base):

@@ -124,6 +124,10 @@ def upgrade() -> None:
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("answered_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("visit_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("clinic_name", sa.String(length=200), nullable=True),
+        sa.Column("practitioner_name", sa.String(length=200), nullable=True),
+        sa.Column("timezone", sa.String(length=64), nullable=True),
+        sa.Column("skip_reason", sa.String(length=32), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
@@ -184,6 +188,7 @@ def upgrade() -> None:
         sa.Column("writeback_status", sa.String(length=16), nullable=False),
         sa.Column("fhir_id", sa.String(length=300), nullable=True),
         sa.Column("writeback_error", sa.Text(), nullable=True),
+        sa.Column("written_at", sa.DateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["invite_id"],
             ["survey_invite.id"],
