@@ -262,7 +262,9 @@ def running_sandbox(
         )
         app = create_app(options)
         server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=_QuietHandler)
-        thread = threading.Thread(target=server.serve_forever, name="sandbox", daemon=True)
+        thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="sandbox", daemon=True
+        )
         thread.start()
         try:
             yield SandboxHandle(f"http://127.0.0.1:{server.server_port}", server.server_port)
