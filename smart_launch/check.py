@@ -67,17 +67,19 @@ class CheckReport:
         return next(line for line in self.lines if line.name == name)
 
     def feature_blockers(self) -> dict[str, list[str]]:
-        """Feature -> names of lines that are missing (or unknown) and stop it."""
+        """Feature -> names of missing lines that stop it."""
         blockers: dict[str, list[str]] = {f: [] for f in FEATURES}
         groups: dict[tuple[str, str], list[CheckLine]] = {}
+        # Only "missing" blocks: "unknown" (e.g. no smart-configuration to list
+        # capabilities) is reported, but SMART 1.0 servers work without saying so.
         for line in self.lines:
             for feature in line.features:
                 if line.group:
                     groups.setdefault((feature, line.group), []).append(line)
-                elif line.status != "supported":
+                elif line.status == "missing":
                     blockers[feature].append(line.name)
         for (feature, _), members in groups.items():
-            if not any(m.status == "supported" for m in members):
+            if all(m.status == "missing" for m in members):
                 blockers[feature].append(" or ".join(m.name for m in members))
         return blockers
 
@@ -124,7 +126,16 @@ class CheckReport:
         blockers = self.feature_blockers()
         for feature, works in self.verdict().items():
             required = " (required)" if feature in self.required_features else ""
-            if works:
+            unverified = [
+                line.name
+                for line in self.lines
+                if feature in line.features and line.status == "unknown"
+            ]
+            if works and unverified:
+                out.append(
+                    f"  {feature}{required}: should work (unverified: {', '.join(unverified)})"
+                )
+            elif works:
                 out.append(f"  {feature}{required}: will work")
             else:
                 out.append(

@@ -55,6 +55,7 @@ def refresh_serialized(
     within ``margin``. With it (the server answered 401 to that token) a refresh happens
     unless the stored token is already a different one.
     """
+    before = store.load(grant_id)
     lock = redis.lock(lock_name(grant_id), timeout=LOCK_TIMEOUT, blocking_timeout=LOCK_WAIT)
     if not lock.acquire():
         raise RefreshBusy("The EHR session is being renewed elsewhere; try again shortly.")
@@ -64,6 +65,10 @@ def refresh_serialized(
         if current is None:
             raise NeedsAuthorization("The EHR session has ended. Launch CareDesk again.")
         check_time = now or datetime.now(UTC)
+        if before is not None and current.access_token != before.access_token:
+            # Another worker refreshed while we waited for the lock: use its result
+            # (even if it is "expiring soon" again, as very short-lived tokens are).
+            return current
         if rejected_access_token is not None:
             if current.access_token != rejected_access_token:
                 return current

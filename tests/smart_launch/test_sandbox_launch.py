@@ -1,0 +1,193 @@
+"""EHR and standalone launch against the sandbox over real HTTP, per client type and per
+vendor profile, ending in an authenticated FHIR read, then a refresh after expiry."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+import requests
+
+from sandbox.testing import running_sandbox
+from smart_launch.check import check_ehr
+from smart_launch.fhir import FhirClient
+from smart_launch.refresh import refresh_serialized, token_callbacks
+from tests.smart_launch.sandbox_flow import (
+    EHR_SCOPES,
+    STANDALONE_SCOPES,
+    MemoryStore,
+    client_and_registration,
+    run_launch,
+)
+
+REDIS_URL = "redis://127.0.0.1:6379/13"
+CLIENT_TYPES = ["public", "confidential-symmetric", "confidential-asymmetric"]
+PROFILES = ["smart", "epic", "oracle"]
+
+
+@pytest.fixture
+def redis_conn() -> Iterator[redis.Redis]:
+    conn = redis.Redis.from_url(REDIS_URL)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def http() -> Iterator[requests.Session]:
+    with requests.Session() as session:
+        yield session
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("client_type", CLIENT_TYPES)
+@pytest.mark.parametrize("ehr", [True, False], ids=["ehr-launch", "standalone"])
+def test_launch_reads_patient_and_refreshes_after_expiry(
+    profile: str,
+    client_type: str,
+    ehr: bool,
+    http: requests.Session,
+    redis_conn: redis.Redis,
+) -> None:
+    with running_sandbox(profile=profile, token_lifetime_s=2) as sb:
+        reg = client_and_registration(
+            sb, client_type, scopes=EHR_SCOPES if ehr else STANDALONE_SCOPES
+        )
+        launched = run_launch(sb, reg, http, ehr=ehr)
+        tokens = launched.tokens
+        assert tokens.patient, "launch context must carry the patient"
+        assert tokens.fhir_user, "fhirUser from the verified id_token"
+        assert tokens.refresh_token, "offline_access was asked for"
+        with FhirClient(sb.fhir_base, lambda: tokens.access_token, session=http) as fhir:
+            assert fhir.read("Patient", tokens.patient)["id"] == tokens.patient
+
+        store, grant = MemoryStore(), f"grant-{uuid.uuid4().hex}"
+        store.save(grant, tokens)
+        time.sleep(2.2)  # the sandbox now answers 401 to the first access token
+        token, on_unauthorized = token_callbacks(
+            grant, reg, launched.conf, store=store, redis=redis_conn, http=http
+        )
+        with FhirClient(sb.fhir_base, token, session=http, on_unauthorized=on_unauthorized) as f:
+            assert f.read("Patient", tokens.patient)["id"] == tokens.patient
+        refreshed = store.load(grant)
+        assert refreshed is not None and refreshed.access_token != tokens.access_token
+        assert refreshed.patient == tokens.patient
+        assert sb.stats()["token_requests"].get("refresh_token", 0) >= 1
+
+
+def test_token_with_fewer_scopes_reports_what_is_missing(http: requests.Session) -> None:
+    with running_sandbox(profile="smart") as sb:
+        reg = client_and_registration(sb, "public", scopes=EHR_SCOPES)
+        # The EHR allows this client less than it asks for.
+        sb.register_client(
+            {
+                "client_id": reg.client_id,
+                "type": "public",
+                "redirect_uris": [reg.redirect_uri],
+                "scopes": "launch openid fhirUser patient/Patient.read",
+            }
+        )
+        tokens = run_launch(sb, reg, http, ehr=True).tokens
+        # The sandbox advertises permission-v2, so CareDesk asked in v2 syntax.
+        assert tokens.missing_scopes() == [
+            "offline_access",
+            "patient/Appointment.rs",
+            "patient/Coverage.rs",
+        ]
+        with FhirClient(sb.fhir_base, lambda: tokens.access_token, session=http) as fhir:
+            assert fhir.read("Patient", tokens.patient or "")["resourceType"] == "Patient"
+
+
+def test_two_workers_refresh_rotating_token_once(
+    http: requests.Session, redis_conn: redis.Redis
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with running_sandbox(profile="smart", token_lifetime_s=2) as sb:
+        reg = client_and_registration(sb, "confidential-symmetric", scopes=EHR_SCOPES)
+        launched = run_launch(sb, reg, http, ehr=True)
+        store, grant = MemoryStore(), f"grant-{uuid.uuid4().hex}"
+        store.save(grant, launched.tokens)
+        before = sb.stats()["token_requests"].get("refresh_token", 0)
+
+        def worker() -> str:
+            with requests.Session() as own:
+                return refresh_serialized(
+                    grant, reg, launched.conf, store=store, redis=redis_conn, http=own
+                ).access_token
+
+        with ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(lambda _: worker(), range(2)))
+        assert sb.stats()["token_requests"].get("refresh_token", 0) - before == 1
+        assert results[0] == results[1] != launched.tokens.access_token
+        stored = store.load(grant)
+        assert stored is not None and stored.refresh_token != launched.tokens.refresh_token
+
+
+def test_no_token_secret_or_code_in_logs(
+    http: requests.Session, redis_conn: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    with running_sandbox(profile="smart", token_lifetime_s=2) as sb:
+        reg = client_and_registration(sb, "confidential-symmetric", scopes=EHR_SCOPES)
+        launched = run_launch(sb, reg, http, ehr=True)
+        store, grant = MemoryStore(), f"grant-{uuid.uuid4().hex}"
+        store.save(grant, launched.tokens)
+        time.sleep(2.2)
+        token, on_unauthorized = token_callbacks(
+            grant, reg, launched.conf, store=store, redis=redis_conn, http=http
+        )
+        with FhirClient(sb.fhir_base, token, session=http, on_unauthorized=on_unauthorized) as f:
+            f.read("Patient", launched.tokens.patient or "")
+        after = store.load(grant)
+        assert after is not None
+    secrets_ = [
+        launched.tokens.access_token,
+        launched.tokens.refresh_token,
+        launched.tokens.id_token,
+        after.access_token,
+        after.refresh_token,
+        reg.client_secret,
+        launched.pending.code_verifier,
+    ]
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert caplog.records, "DEBUG logging must have captured something"
+    for secret in secrets_:
+        assert secret and secret not in text
+
+
+def test_ehr_check_on_full_sandbox_reports_everything_supported(http: requests.Session) -> None:
+    with running_sandbox(profile="smart") as sb:
+        report = check_ehr(sb.fhir_base, http=http)
+    assert [line.name for line in report.lines if line.status != "supported"] == []
+    assert report.exit_code == 0
+    assert "FAIL" not in report.render_text()
+
+
+def test_ehr_check_reports_disabled_features_exactly(http: requests.Session) -> None:
+    with running_sandbox(
+        profile="smart", disabled=("well-known", "questionnaire-response-create")
+    ) as sb:
+        report = check_ehr(sb.fhir_base, http=http)
+    not_supported = {line.name: line.status for line in report.lines if line.status != "supported"}
+    assert not_supported.pop(".well-known/smart-configuration") == "missing"
+    assert not_supported.pop("QuestionnaireResponse create") == "missing"
+    # No create at all means no conditional create either (the sandbox says so too).
+    assert not_supported.pop("QuestionnaireResponse conditional create") == "missing"
+    # Without smart-configuration, capabilities/grant types cannot be known: "unknown".
+    assert set(not_supported.values()) == {"unknown"}
+    assert report.discovery_source == "capability-statement (fallback)"
+    assert report.verdict()["launch"] is True
+    assert report.verdict()["survey write-back"] is False
+    assert report.exit_code == 0
+    text = report.render_text()
+    assert "survey write-back: will NOT work - missing QuestionnaireResponse create" in text
+    assert "backend jobs: should work (unverified: grant client_credentials)" in text
+    assert report.to_json()["features"]["survey write-back"]["blocked_by"] == [
+        "QuestionnaireResponse create"
+    ]
