@@ -182,9 +182,9 @@ def do_search(
     else:
         try:
             criteria = parse_criteria(rtype, params)
+            ids = st.store.search(rtype, criteria, compartment=compartment)
         except SearchError as exc:
             raise FhirError(400, str(exc), "invalid") from exc
-        ids = st.store.search(rtype, criteria, compartment=compartment)
         if acc.queries:
             allowed = _query_ids(st, rtype, acc.queries)
             ids = [i for i in ids if i in allowed]
@@ -342,7 +342,10 @@ def do_create(
             raise FhirError(400, "If-None-Exist has no supported search parameter")
         compartment = ctx.patient if acc.patient_only else None
         with st.lock:
-            found = st.store.search(rtype, criteria, compartment=compartment)
+            try:
+                found = st.store.search(rtype, criteria, compartment=compartment)
+            except SearchError as exc:
+                raise FhirError(400, f"If-None-Exist: {exc}") from exc
             if len(found) > 1:
                 raise FhirError(412, "If-None-Exist matches more than one resource", "duplicate")
             if found:

@@ -77,7 +77,11 @@ def parse_range(value: str, tz: dt.tzinfo) -> tuple[float, float]:
     """
     value = value.strip()
     if len(value) in _PRECISION_FORMATS:
-        start = dt.datetime.strptime(value, _PRECISION_FORMATS[len(value)]).replace(tzinfo=tz)
+        try:
+            start = dt.datetime.strptime(value, _PRECISION_FORMATS[len(value)])
+        except ValueError as exc:
+            raise SearchError(f"not a FHIR date: {value!r}") from exc
+        start = start.replace(tzinfo=tz)
         if len(value) == 4:
             end = start.replace(year=start.year + 1)
         elif len(value) == 7:
