@@ -26,7 +26,11 @@ def test_wsgi_without_secret_key_exits_nonzero_naming_the_variable(tmp_path) -> 
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAREDESK_")}
     env["CAREDESK_ENV"] = "production"
     proc = subprocess.run(
-        [sys.executable, "-c", "import wsgi"], cwd=ROOT, env=env, capture_output=True, text=True,
+        [sys.executable, "-c", "import wsgi"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=60,
     )
     assert proc.returncode != 0
@@ -37,8 +41,12 @@ def test_cli_db_upgrade_in_production_without_secret_names_the_variable(tmp_path
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAREDESK_")}
     env["CAREDESK_ENV"] = "production"
     proc = subprocess.run(
-        [sys.executable, "-m", "plugin.cli", "db", "upgrade"], cwd=tmp_path, env=env,
-        capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "plugin.cli", "db", "upgrade"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode != 0
     assert "CAREDESK_SECRET_KEY" in proc.stderr + proc.stdout
@@ -109,8 +117,10 @@ def test_unknown_page_is_a_readable_404(client) -> None:
 
 
 def test_incoming_request_id_is_kept_only_when_it_looks_like_an_id(client) -> None:
-    assert client.get("/healthz", headers={"X-Request-Id": "abc12345-xyz"}).headers[
-        "X-Request-Id"] == "abc12345-xyz"
+    assert (
+        client.get("/healthz", headers={"X-Request-Id": "abc12345-xyz"}).headers["X-Request-Id"]
+        == "abc12345-xyz"
+    )
     injected = client.get("/healthz", headers={"X-Request-Id": "John Smith 555-1234"})
     assert injected.headers["X-Request-Id"] != "John Smith 555-1234"
 
@@ -132,9 +142,14 @@ def test_csp_frame_ancestors_lists_registered_ehr_origins(app, client) -> None:
     from plugin.db import get_store
 
     with app.app_context(), get_store(app).session() as session:
-        registry.upsert(session, get_vault(app), slug="e", iss="https://ehr.example/fhir",
-                        client_id="c", frame_origins=["https://ehr.example",
-                                                      "https://evil; script-src *"])
+        registry.upsert(
+            session,
+            get_vault(app),
+            slug="e",
+            iss="https://ehr.example/fhir",
+            client_id="c",
+            frame_origins=["https://ehr.example", "https://evil; script-src *"],
+        )
     app.extensions["caredesk.frame_origins"].invalidate()
     csp = client.get("/").headers["Content-Security-Policy"]
     assert "frame-ancestors 'self' https://ehr.example" in csp
@@ -151,8 +166,9 @@ def test_healthz_reports_store_and_queue_backends(client) -> None:
 
 
 def test_healthz_is_503_when_the_queue_is_down(sqlite_url) -> None:
-    app = create_app({"ENV": "test", "DATABASE_URL": sqlite_url,
-                      "REDIS_URL": "redis://127.0.0.1:1/0"})
+    app = create_app(
+        {"ENV": "test", "DATABASE_URL": sqlite_url, "REDIS_URL": "redis://127.0.0.1:1/0"}
+    )
     response = app.test_client().get("/healthz")
     assert response.status_code == 503
     assert response.get_json()["queue"]["ok"] is False

@@ -27,8 +27,16 @@ def store_app(store_url: str):  # type: ignore[no-untyped-def]
 def test_migrations_create_every_table_and_match_the_models(store_app, store_url: str) -> None:
     tables = set(inspect(get_store(store_app).engine).get_table_names())
     assert {
-        "ehr_registration", "signing_key", "launch_session", "ticket", "ticket_note",
-        "care_task", "survey_invite", "survey_response", "audit_event", "alembic_version",
+        "ehr_registration",
+        "signing_key",
+        "launch_session",
+        "ticket",
+        "ticket_note",
+        "care_task",
+        "survey_invite",
+        "survey_response",
+        "audit_event",
+        "alembic_version",
     } <= tables
     migrate.check(store_url)  # raises if a model change has no migration
 
@@ -44,13 +52,23 @@ def test_ticket_with_notes_round_trips_with_aware_datetimes(store_app) -> None:
     due = datetime(2026, 11, 30, 9, 0, tzinfo=CHICAGO_WINTER)
     with store_app.app_context(), get_store(store_app).session() as session:
         reg = registry.upsert(
-            session, get_vault(store_app), slug="ehr-a", iss="https://ehr.example/fhir/",
-            client_id="cd", frame_origins=["https://ehr.example"],
+            session,
+            get_vault(store_app),
+            slug="ehr-a",
+            iss="https://ehr.example/fhir/",
+            client_id="cd",
+            frame_origins=["https://ehr.example"],
         )
-        ticket = Ticket(registration_id=reg.id, patient_ref="Patient/123", subject="Call back",
-                        category="scheduling", due_at=due)
-        ticket.notes.append(TicketNote(body="Left voicemail", channel="phone",
-                                       direction="outbound"))
+        ticket = Ticket(
+            registration_id=reg.id,
+            patient_ref="Patient/123",
+            subject="Call back",
+            category="scheduling",
+            due_at=due,
+        )
+        ticket.notes.append(
+            TicketNote(body="Left voicemail", channel="phone", direction="outbound")
+        )
         session.add(ticket)
     with get_store(store_app).session() as session:
         loaded = session.scalars(select(Ticket)).one()
@@ -63,8 +81,9 @@ def test_ticket_with_notes_round_trips_with_aware_datetimes(store_app) -> None:
 
 def test_registration_iss_is_exact_and_unique(store_app) -> None:
     with store_app.app_context(), get_store(store_app).session() as session:
-        reg = registry.upsert(session, get_vault(store_app), slug="a",
-                              iss="https://ehr.example/fhir/", client_id="x")
+        reg = registry.upsert(
+            session, get_vault(store_app), slug="a", iss="https://ehr.example/fhir/", client_id="x"
+        )
         assert reg.iss == "https://ehr.example/fhir"
         assert registry.find_by_iss(session, "https://ehr.example/fhir") is reg
         assert registry.find_by_iss(session, "https://ehr.example/FHIR") is None
@@ -73,23 +92,36 @@ def test_registration_iss_is_exact_and_unique(store_app) -> None:
 
 def test_client_secret_is_stored_encrypted(store_app) -> None:
     with store_app.app_context(), get_store(store_app).session() as session:
-        reg = registry.upsert(session, get_vault(store_app), slug="s", iss="https://e/fhir",
-                              client_id="x", client_type="confidential-symmetric",
-                              client_secret="s3cret-value")
+        reg = registry.upsert(
+            session,
+            get_vault(store_app),
+            slug="s",
+            iss="https://e/fhir",
+            client_id="x",
+            client_type="confidential-symmetric",
+            client_secret="s3cret-value",
+        )
         assert reg.client_secret_enc and b"s3cret-value" not in reg.client_secret_enc
         assert get_vault(store_app).decrypt(reg.client_secret_enc) == "s3cret-value"
 
 
 def test_care_task_dedupe_key_is_unique(store_app) -> None:
     with store_app.app_context(), get_store(store_app).session() as session:
-        reg = registry.upsert(session, get_vault(store_app), slug="d", iss="https://d/fhir",
-                              client_id="x")
+        reg = registry.upsert(
+            session, get_vault(store_app), slug="d", iss="https://d/fhir", client_id="x"
+        )
         reg_id = reg.id
-        session.add(CareTask(registration_id=reg_id, kind="reminder",
-                             dedupe_key="reminder:Appointment/1:72h"))
+        session.add(
+            CareTask(
+                registration_id=reg_id, kind="reminder", dedupe_key="reminder:Appointment/1:72h"
+            )
+        )
     with pytest.raises(IntegrityError), get_store(store_app).session() as session:
-        session.add(CareTask(registration_id=reg_id, kind="reminder",
-                             dedupe_key="reminder:Appointment/1:72h"))
+        session.add(
+            CareTask(
+                registration_id=reg_id, kind="reminder", dedupe_key="reminder:Appointment/1:72h"
+            )
+        )
 
 
 def test_naive_datetime_is_refused(store_app) -> None:

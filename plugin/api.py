@@ -1,0 +1,581 @@
+"""The sidebar's JSON API (``bp``, under ``/api/``) and its no-JavaScript HTML pages for
+tickets (``html_bp``, under ``/l/<launch_id>/tickets``).
+
+Every route names its launch in the path. Before any view runs, the launch is
+authenticated (``plugin.launch.current_launch``: the id in the URL plus this browser's
+cookie) and, for a state-changing method, its CSRF token is checked (``plugin.csrf``):
+the cookie is ambient, so the JSON API is as CSRF-able as a form.
+
+Each JSON view carries its OpenAPI description (``@doc``); ``plugin.openapi`` walks the
+URL map and builds ``/api/openapi.json`` from those and ``plugin.schemas``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from flask.blueprints import BlueprintSetupState
+from marshmallow import Schema, ValidationError
+
+from plugin import tickets as svc
+from plugin.audit import audit
+from plugin.csrf import check_csrf, csrf_token
+from plugin.db import get_db
+from plugin.errors import AppError
+from plugin.launch import current_launch
+from plugin.logs import current_request_id
+from plugin.models import LaunchSession, Ticket
+from plugin.schemas import (
+    BoardQuerySchema,
+    BoardSchema,
+    ContextSchema,
+    NoteCreateSchema,
+    NoteSchema,
+    TaskListQuerySchema,
+    TaskListSchema,
+    TaskSchema,
+    TicketCreateSchema,
+    TicketDetailSchema,
+    TicketListQuerySchema,
+    TicketPageSchema,
+    TicketSchema,
+    TicketUpdateSchema,
+    load_task_create,
+)
+from plugin.timeutil import utcnow
+from smart_launch.errors import FhirError, NeedsAuthorization, SmartError
+
+log = logging.getLogger("caredesk.api")
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+html_bp = Blueprint("tickets", __name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+# --- OpenAPI metadata on views -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Doc:
+    summary: str
+    responses: Mapping[int, type[Schema] | str | None]
+    description: str = ""
+    tags: tuple[str, ...] = ()
+    query: type[Schema] | None = None
+    body: type[Schema] | str | None = None
+    errors: tuple[int, ...] = field(default=())
+    public: bool = False
+
+
+def doc(**kwargs: Any) -> Callable[[F], F]:
+    """Attach an OpenAPI description to a view (read by ``plugin.openapi``)."""
+
+    def decorate(view: F) -> F:
+        view.__openapi__ = Doc(**kwargs)  # type: ignore[attr-defined]
+        return view
+
+    return decorate
+
+
+# --- authentication, CSRF and errors, for every route with a launch -----------------------
+
+
+def _authenticate() -> None:
+    launch_id = (request.view_args or {}).get("launch_id")
+    if launch_id is None:
+        return  # the OpenAPI document: public, no patient data
+    launch = current_launch(str(launch_id))
+    check_csrf(launch)
+
+
+bp.before_request(_authenticate)
+html_bp.before_request(_authenticate)
+
+
+def _launch() -> LaunchSession:
+    launch: LaunchSession = g.launch
+    return launch
+
+
+@bp.errorhandler(ValidationError)
+def _validation_failed(exc: ValidationError) -> tuple[Response, int]:
+    # The one error shape (plugin.errors) plus the messages per field.
+    messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+    body = {
+        "error": {
+            "code": "validation_failed",
+            "message": "Some fields are missing or invalid.",
+            "request_id": current_request_id(),
+            "fields": messages,
+        }
+    }
+    return jsonify(body), 422
+
+
+def _json_body() -> Any:
+    if not request.is_json:
+        raise AppError(
+            "Send a JSON body (Content-Type: application/json).",
+            status=415,
+            code="unsupported_media_type",
+        )
+    data = request.get_json(silent=True)
+    if data is None:
+        raise AppError("The body is not valid JSON.", code="invalid_json")
+    return data
+
+
+def _sla() -> dict[str, float]:
+    return svc.sla_hours(current_app.config)
+
+
+def _viewer_zone() -> Any:
+    return svc.viewer_zone(str(current_app.config.get("VIEWER_TIMEZONE") or "UTC"))
+
+
+# --- serialization -------------------------------------------------------------------------
+
+
+def ticket_json(ticket: Ticket, *, now: datetime, detail: bool = False) -> dict[str, Any]:
+    data = {
+        "id": ticket.id,
+        "patient_ref": ticket.patient_ref,
+        "subject": ticket.subject,
+        "description": ticket.description,
+        "status": ticket.status,
+        "priority": ticket.priority,
+        "category": ticket.category,
+        "assignee": ticket.assignee,
+        "due_at": ticket.due_at,
+        "overdue": svc.is_overdue(ticket, now),
+        "allowed_transitions": list(svc.allowed_transitions(ticket.status)),
+        "created_by": ticket.created_by,
+        "source": ticket.source,
+        "created_at": ticket.created_at,
+        "updated_at": ticket.updated_at,
+    }
+    if detail:
+        data["notes"] = ticket.notes
+        out: dict[str, Any] = TicketDetailSchema().dump(data)
+        return out
+    dumped: dict[str, Any] = TicketSchema().dump(data)
+    return dumped
+
+
+# --- tickets -------------------------------------------------------------------------------
+
+_TICKET_ERRORS = (401, 403, 404)
+
+
+@bp.get("/l/<launch_id>/tickets")
+@doc(
+    summary="List tickets of this EHR",
+    description="Filters combine; most urgent (soonest due) first. Writes an audit event "
+    "per patient shown.",
+    tags=("tickets",),
+    query=TicketListQuerySchema,
+    responses={200: TicketPageSchema},
+    errors=(401, 422),
+)
+def list_tickets(launch_id: str) -> Response:
+    query = TicketListQuerySchema().load(request.args.to_dict())
+    page = svc.list_tickets(
+        get_db(),
+        _launch(),
+        svc.TicketFilters(
+            status=query.get("status", ()),
+            patient=query.get("patient"),
+            category=query.get("category"),
+            assignee=query.get("assignee"),
+            page=query["page"],
+            per_page=query["per_page"],
+        ),
+    )
+    now = utcnow()
+    return jsonify(
+        {
+            "items": [ticket_json(t, now=now) for t in page.items],
+            "total": page.total,
+            "page": page.page,
+            "per_page": page.per_page,
+        }
+    )
+
+
+@bp.post("/l/<launch_id>/tickets")
+@doc(
+    summary="Open a ticket",
+    description="The ticket is due after its category's SLA. A launch with patient "
+    "context opens tickets for that patient only.",
+    tags=("tickets",),
+    body=TicketCreateSchema,
+    responses={201: TicketDetailSchema},
+    errors=(401, 403, 415, 422),
+)
+def create_ticket(launch_id: str) -> tuple[Response, int, dict[str, str]]:
+    data = TicketCreateSchema().load(_json_body())
+    ticket = svc.create_ticket(get_db(), _launch(), sla=_sla(), **data)
+    location = url_for("api.get_ticket", launch_id=launch_id, ticket_id=ticket.id)
+    return jsonify(ticket_json(ticket, now=utcnow(), detail=True)), 201, {"Location": location}
+
+
+@bp.get("/l/<launch_id>/tickets/<int:ticket_id>")
+@doc(
+    summary="Read a ticket with its notes",
+    tags=("tickets",),
+    responses={200: TicketDetailSchema},
+    errors=(401, 404),
+)
+def get_ticket(launch_id: str, ticket_id: int) -> Response:
+    ticket = svc.get_ticket(get_db(), _launch(), ticket_id)
+    return jsonify(ticket_json(ticket, now=utcnow(), detail=True))
+
+
+@bp.patch("/l/<launch_id>/tickets/<int:ticket_id>")
+@doc(
+    summary="Change a ticket",
+    description="Status changes follow the allowed transitions (see `allowed_transitions` "
+    "on the ticket); a disallowed one is 409. A category change moves the due time to the "
+    "new category's SLA unless `due_at` is given.",
+    tags=("tickets",),
+    body=TicketUpdateSchema,
+    responses={200: TicketDetailSchema},
+    errors=(401, 403, 404, 409, 415, 422),
+)
+def update_ticket(launch_id: str, ticket_id: int) -> Response:
+    changes = TicketUpdateSchema().load(_json_body())
+    ticket = svc.update_ticket(get_db(), _launch(), ticket_id, changes, sla=_sla())
+    return jsonify(ticket_json(ticket, now=utcnow(), detail=True))
+
+
+@bp.post("/l/<launch_id>/tickets/<int:ticket_id>/notes")
+@doc(
+    summary="Add a note (a call, message or internal remark) to a ticket",
+    description="A non-internal channel needs a direction (inbound or outbound). A closed "
+    "ticket takes no notes (409).",
+    tags=("tickets",),
+    body=NoteCreateSchema,
+    responses={201: NoteSchema},
+    errors=(401, 403, 404, 409, 415, 422),
+)
+def add_note(launch_id: str, ticket_id: int) -> tuple[Response, int]:
+    data = NoteCreateSchema().load_note(_json_body())
+    note = svc.add_note(get_db(), _launch(), ticket_id, **data)
+    return jsonify(NoteSchema().dump(note)), 201
+
+
+# --- tasks ---------------------------------------------------------------------------------
+
+
+@bp.get("/l/<launch_id>/tasks")
+@doc(
+    summary="Follow-up and referral tasks of this launch's patient",
+    description="Newest first, with their job state (status, attempts, last_error).",
+    tags=("tasks",),
+    query=TaskListQuerySchema,
+    responses={200: TaskListSchema},
+    errors=(401, 422),
+)
+def list_tasks(launch_id: str) -> Response:
+    query = TaskListQuerySchema().load(request.args.to_dict())
+    tasks = svc.list_tasks(get_db(), _launch(), **query)
+    return jsonify({"items": TaskSchema(many=True).dump(tasks)})
+
+
+@bp.post("/l/<launch_id>/tasks")
+@doc(
+    summary="Queue a follow-up or a referral",
+    description="The task row is stored first, then its job is queued; the answer is the "
+    "row with its state. A follow-up's `due` phrase is read in the viewer's time zone.",
+    tags=("tasks",),
+    body="TaskCreate",
+    responses={201: TaskSchema},
+    errors=(401, 403, 415, 422),
+)
+def create_task(launch_id: str) -> tuple[Response, int]:
+    data = load_task_create(_json_body())
+    launch = _launch()
+    kind = data.pop("kind")
+    patient = data.pop("patient", None)
+    assignee = data.get("assignee")
+    due_at: datetime | None = None
+    if kind == "follow-up":
+        now = utcnow()
+        if "due_at" in data:
+            due_at = data.pop("due_at")
+            if due_at is not None and due_at <= now:
+                raise ValidationError("This time is already past.", "due_at")
+        else:
+            phrase = data.pop("due", None) or "tomorrow morning"
+            try:
+                due_at = svc.parse_due(phrase, now=now, tz=_viewer_zone())
+            except svc.DuePhraseError as exc:
+                raise ValidationError(str(exc), "due") from exc
+            data["due_phrase"] = phrase
+    elif not data.get("appointment"):
+        # The EHR may have launched us from an appointment: refer out of that one.
+        for item in (launch.context or {}).get("fhir_context") or []:
+            ref = item.get("reference") if isinstance(item, dict) else None
+            if isinstance(ref, str) and ref.startswith("Appointment/"):
+                data["appointment"] = ref
+                break
+    payload = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in data.items()}
+    task = svc.create_task(
+        get_db(),
+        launch,
+        kind=kind,
+        payload=payload,
+        due_at=due_at,
+        assignee=assignee,
+        patient=patient,
+    )
+    return jsonify(TaskSchema().dump(task)), 201
+
+
+# --- context and board (built by plugin.context) -------------------------------------------
+
+
+def _context_module() -> Any:
+    # Looked up at call time so the lead's module (and a test's stand-in) is what runs.
+    return importlib.import_module("plugin.context")
+
+
+def _ehr_failure(exc: SmartError) -> AppError:
+    if isinstance(exc, NeedsAuthorization):
+        return AppError(exc.message, status=401, code=exc.code or "needs_authorization")
+    if isinstance(exc, FhirError):
+        return AppError(exc.message, status=502, code=exc.code or "fhir_error")
+    return AppError(exc.message, status=502, code=exc.code or "ehr_error")
+
+
+@bp.get("/l/<launch_id>/context")
+@doc(
+    summary="The launched patient's help-desk context",
+    description="Contact, visits, insurance, open tickets and tasks, read live from the "
+    "EHR. Parts that could not be fetched are listed in `unavailable`.",
+    tags=("context",),
+    responses={200: ContextSchema},
+    errors=(401, 409, 502),
+)
+def context(launch_id: str) -> Response:
+    launch = _launch()
+    if not launch.patient_ref:
+        raise AppError(
+            "This launch has no patient; open CareDesk from a chart.",
+            status=409,
+            code="no_patient",
+        )
+    try:
+        data = _context_module().fetch_context(launch)
+    except SmartError as exc:
+        raise _ehr_failure(exc) from exc
+    audit("context.read", launch=launch, entity=launch.patient_ref)
+    return jsonify(data)
+
+
+@bp.get("/l/<launch_id>/board")
+@doc(
+    summary="The day board: appointments with flags",
+    tags=("board",),
+    query=BoardQuerySchema,
+    responses={200: BoardSchema},
+    errors=(401, 422, 502),
+)
+def board(launch_id: str) -> Response:
+    query = BoardQuerySchema().load(request.args.to_dict())
+    launch = _launch()
+    day: date = query.get("date") or utcnow().astimezone(_viewer_zone()).date()
+    kwargs: dict[str, Any] = {
+        "day": day,
+        "location": query.get("location"),
+        "practitioner": query.get("practitioner"),
+    }
+    if "sort" in query:
+        kwargs["sort"] = query["sort"]
+    try:
+        data = _context_module().fetch_board(launch, **kwargs)
+    except SmartError as exc:
+        raise _ehr_failure(exc) from exc
+    refs = sorted(
+        {str(r["patient_ref"]) for r in data.get("rows") or () if r.get("patient_ref")}
+    )
+    detail = {"date": day.isoformat()}
+    if not refs:
+        audit("board.read", launch=launch, patient_ref=None, entity="Appointment", detail=detail)
+    for ref in refs:
+        audit("board.read", launch=launch, patient_ref=ref, entity="Appointment", detail=detail)
+    return jsonify(data)
+
+
+# --- the OpenAPI document ------------------------------------------------------------------
+
+
+@bp.get("/openapi.json")
+@doc(
+    summary="This document",
+    tags=("meta",),
+    responses={200: "OpenApiDocument"},
+    public=True,
+)
+def openapi_json() -> Response:
+    from plugin.openapi import spec_for
+
+    return jsonify(spec_for(current_app))
+
+
+# --- HTML pages: the same operations, for forms without JavaScript --------------------------
+
+
+@html_bp.record_once
+def _template_helpers(state: BlueprintSetupState) -> None:
+    state.app.add_template_global(csrf_token, "csrf_token")
+    state.app.add_template_global(ticket_overdue, "ticket_overdue")
+    state.app.add_template_filter(local_time, "local_time")
+    state.app.jinja_env.globals.setdefault("ticket_choices", _CHOICES)
+
+
+_CHOICES = {
+    "statuses": svc.STATUSES,
+    "priorities": svc.PRIORITIES,
+    "categories": svc.CATEGORIES,
+    "channels": svc.NOTE_CHANNELS,
+    "directions": svc.NOTE_DIRECTIONS,
+}
+
+
+def ticket_overdue(ticket: Ticket) -> bool:
+    return svc.is_overdue(ticket, utcnow())
+
+
+def local_time(value: datetime | None) -> str:
+    """A stored (UTC) time as the viewer reads it: "Mar 6, 14:05 CST"."""
+    if value is None:
+        return ""
+    local = value.astimezone(_viewer_zone())
+    return local.strftime("%b %-d, %H:%M %Z")
+
+
+def _form(*names: str) -> dict[str, str]:
+    """The named form fields that were filled in (blank inputs mean "not given")."""
+    return {n: v.strip() for n in names if (v := request.form.get(n, "")).strip()}
+
+
+def _back(launch_id: str, fallback: str) -> Response:
+    """Redirect to the form's ``next`` if it is one of this launch's pages, else fallback:
+    never to another site or another launch (an open redirect would carry the launch id)."""
+    target = request.form.get("next", "")
+    parts = urlsplit(target)
+    if (
+        target
+        and not parts.scheme
+        and not parts.netloc
+        and target.startswith(f"/l/{launch_id}/")
+        and "\\" not in target
+    ):
+        return redirect(target, code=303)
+    return redirect(fallback, code=303)
+
+
+def _errors_text(exc: ValidationError) -> dict[str, str]:
+    messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+    return {
+        str(k): " ".join(map(str, v)) if isinstance(v, list) else str(v)
+        for k, v in messages.items()
+    }
+
+
+@html_bp.get("/l/<launch_id>/tickets")
+def tickets_page(launch_id: str) -> str:
+    launch = _launch()
+    page = svc.list_tickets(
+        get_db(),
+        launch,
+        svc.TicketFilters(status=svc.ACTIVE_STATUSES, patient=launch.patient_ref),
+    )
+    return render_template("tickets/index.html", launch=launch, tickets=page.items, page=page)
+
+
+@html_bp.get("/l/<launch_id>/tickets/new")
+def new_ticket_page(launch_id: str) -> str:
+    return render_template("tickets/new.html", launch=_launch(), form={}, errors={})
+
+
+@html_bp.post("/l/<launch_id>/tickets")
+def create_ticket_form(launch_id: str) -> Response | tuple[str, int]:
+    launch = _launch()
+    form = _form("subject", "description", "category", "priority", "assignee", "patient")
+    try:
+        data = TicketCreateSchema().load(form)
+        ticket = svc.create_ticket(get_db(), launch, sla=_sla(), **data)
+    except ValidationError as exc:
+        errors = _errors_text(exc)
+        return render_template("tickets/new.html", launch=launch, form=form, errors=errors), 422
+    except svc.NoPatient as exc:
+        errors = {"patient": exc.message}
+        return render_template("tickets/new.html", launch=launch, form=form, errors=errors), 422
+    return _back(launch_id, url_for("tickets.ticket_page", launch_id=launch_id, ticket_id=ticket.id))
+
+
+@html_bp.get("/l/<launch_id>/tickets/<int:ticket_id>")
+def ticket_page(launch_id: str, ticket_id: int) -> str:
+    launch = _launch()
+    ticket = svc.get_ticket(get_db(), launch, ticket_id)
+    return render_template("tickets/detail.html", launch=launch, ticket=ticket, errors={})
+
+
+def _detail_with_errors(
+    launch: LaunchSession, ticket_id: int, errors: dict[str, str], status: int
+) -> tuple[str, int]:
+    ticket = svc.get_ticket(get_db(), launch, ticket_id)
+    html = render_template("tickets/detail.html", launch=launch, ticket=ticket, errors=errors)
+    return html, status
+
+
+@html_bp.post("/l/<launch_id>/tickets/<int:ticket_id>")
+def update_ticket_form(launch_id: str, ticket_id: int) -> Response | tuple[str, int]:
+    launch = _launch()
+    changes: dict[str, Any] = _form("status", "priority", "category")
+    if "assignee" in request.form:
+        changes["assignee"] = request.form["assignee"].strip() or None
+    try:
+        loaded = TicketUpdateSchema().load(changes)
+        svc.update_ticket(get_db(), launch, ticket_id, loaded, sla=_sla())
+    except ValidationError as exc:
+        return _detail_with_errors(launch, ticket_id, _errors_text(exc), 422)
+    except svc.TransitionError as exc:
+        return _detail_with_errors(launch, ticket_id, {"status": exc.message}, 409)
+    return redirect(
+        url_for("tickets.ticket_page", launch_id=launch_id, ticket_id=ticket_id), code=303
+    )
+
+
+@html_bp.post("/l/<launch_id>/tickets/<int:ticket_id>/notes")
+def add_note_form(launch_id: str, ticket_id: int) -> Response | tuple[str, int]:
+    launch = _launch()
+    form = _form("body", "channel", "direction")
+    try:
+        svc.add_note(get_db(), launch, ticket_id, **NoteCreateSchema().load_note(form))
+    except ValidationError as exc:
+        return _detail_with_errors(launch, ticket_id, _errors_text(exc), 422)
+    except svc.TransitionError as exc:
+        return _detail_with_errors(launch, ticket_id, {"body": exc.message}, 409)
+    fallback = url_for("tickets.ticket_page", launch_id=launch_id, ticket_id=ticket_id)
+    return _back(launch_id, fallback + "#notes")

@@ -1,0 +1,334 @@
+"""Fetching what the sidebar and the board show: FHIR reads that go out together, never
+one after another, plus the store's rows; then the pure mappers make the context.
+
+A part that cannot be fetched (scope not granted, 403, EHR error) is marked unavailable;
+the rest of the page still renders.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from flask import current_app
+from sqlalchemy import select
+
+from fhir_mappers.board import board_rows, coverages_by_patient, patient_of, sort_by_flags
+from plugin import ehr
+from plugin.db import get_db
+from plugin.models import CareTask, LaunchSession, Ticket
+from plugin.timeutil import utcnow
+from smart_launch.errors import FhirError, NeedsAuthorization, SmartError
+from smart_launch.fhir import FhirClient, parallel
+
+log = logging.getLogger("caredesk.context")
+
+CONTEXT_TTL_SECONDS = 30.0
+PAST_DAYS = 365
+UPCOMING_DAYS = 180
+PAGE = 100
+CHUNK = 50  # ids per `_id=` / `patient=` search on the board: requests grow per 50 rows
+
+
+class _TtlCache:
+    """Per-process, per-launch, short-lived: the sidebar re-renders without re-fetching.
+    Memory only (it holds PHI): nothing is written to Redis or disk."""
+
+    def __init__(self, ttl: float, max_entries: int = 512) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._data: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            hit = self._data.get(key)
+            if hit and hit[0] > time.monotonic():
+                return hit[1]
+            self._data.pop(key, None)
+            return None
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        with self._lock:
+            if len(self._data) >= self.max_entries:
+                oldest = min(self._data, key=lambda k: self._data[k][0])
+                self._data.pop(oldest, None)
+            self._data[key] = (time.monotonic() + self.ttl, value)
+
+    def drop(self, key: str) -> None:
+        with self._lock:
+            self._data.pop(key, None)
+
+
+_cache = _TtlCache(CONTEXT_TTL_SECONDS)
+
+
+def invalidate(launch_id: str) -> None:
+    _cache.drop(launch_id)
+
+
+def viewer_tz() -> str:
+    return str(current_app.config.get("VIEWER_TIMEZONE") or "UTC")
+
+
+def _client(launch: LaunchSession) -> FhirClient:
+    reg = ehr.to_registration(launch.registration)
+    return ehr.fhir_client(launch, reg, ehr.configuration(reg))
+
+
+def _unavailable(exc: Exception) -> str:
+    if isinstance(exc, FhirError) and exc.status in (401, 403):
+        return "not permitted by the EHR for this session"
+    if isinstance(exc, FhirError) and exc.status == 404:
+        return "not found in the EHR"
+    if isinstance(exc, SmartError):
+        return exc.message
+    return "the EHR did not answer"
+
+
+def _entries(bundle: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
+    matches: list[dict[str, Any]] = []
+    included: list[dict[str, Any]] = []
+    for entry in bundle.get("entry") or []:
+        resource = entry.get("resource")
+        if not isinstance(resource, dict):
+            continue
+        mode = (entry.get("search") or {}).get("mode", "match")
+        (included if mode == "include" else matches).append(resource)
+    more = any(link.get("relation") == "next" for link in bundle.get("link") or [])
+    return matches, included, more
+
+
+def fetch_context(launch: LaunchSession, *, use_cache: bool = True) -> dict[str, Any]:
+    """The patient's help-desk context as JSON (see ``fhir_mappers.context``)."""
+    from fhir_mappers.context import build_context
+
+    if use_cache and (hit := _cache.get(launch.id)) is not None:
+        return hit
+    if not launch.patient_ref:
+        raise NeedsAuthorization("This launch has no patient; open CareDesk from a chart.")
+    patient_id = launch.patient_ref.split("/", 1)[1]
+    tz = ZoneInfo(viewer_tz())
+    now = utcnow().astimezone(tz)
+    client = _client(launch)
+    window = [
+        ("patient", patient_id),
+        ("date", f"ge{(now - dt.timedelta(days=PAST_DAYS)).date().isoformat()}"),
+        ("date", f"le{(now + dt.timedelta(days=UPCOMING_DAYS)).date().isoformat()}"),
+        ("_include", "Appointment:actor"),
+        ("_count", str(PAGE)),
+    ]
+    calls: Sequence[Callable[[], dict[str, Any]]] = (
+        lambda: client.read("Patient", patient_id),
+        lambda: client.search("Appointment", window),
+        lambda: client.search("Coverage", [("beneficiary", f"Patient/{patient_id}")]),
+    )
+    # One wave: the three reads overlap, so the sidebar costs one EHR round trip.
+    patient, appts, coverages = parallel(calls, max_workers=3)
+    unavailable: dict[str, str] = {}
+    if isinstance(patient, Exception):
+        unavailable["patient"] = _unavailable(patient)
+        patient = None
+    appointments: list[dict[str, Any]] = []
+    included: list[dict[str, Any]] = []
+    more_visits = False
+    if isinstance(appts, Exception):
+        unavailable["visits"] = _unavailable(appts)
+    else:
+        appointments, included, more_visits = _entries(appts)
+    coverage_list: list[dict[str, Any]] | None = None
+    if isinstance(coverages, Exception):
+        unavailable["coverage"] = _unavailable(coverages)
+    else:
+        coverage_list = _entries(coverages)[0]
+    for part, exc in (("patient", patient), ("visits", appts), ("coverage", coverages)):
+        if isinstance(exc, Exception):
+            log.info("context part %s unavailable: %s", part, type(exc).__name__)
+
+    db = get_db()
+    tickets = [
+        {
+            "id": t.id,
+            "subject": t.subject,
+            "status": t.status,
+            "priority": t.priority,
+            "category": t.category,
+            "due_at": t.due_at.isoformat() if t.due_at else None,
+        }
+        for t in db.scalars(
+            select(Ticket)
+            .where(
+                Ticket.registration_id == launch.registration_id,
+                Ticket.patient_ref == launch.patient_ref,
+                Ticket.status.in_(("open", "pending")),
+            )
+            .order_by(Ticket.id.desc())
+        )
+    ]
+    tasks = [
+        {
+            "id": t.id,
+            "kind": t.kind,
+            "status": t.status,
+            "attempts": t.attempts,
+            "due_at": t.due_at.isoformat() if t.due_at else None,
+            "last_error": t.last_error,
+            "reason": (t.payload or {}).get("reason"),
+        }
+        for t in db.scalars(
+            select(CareTask)
+            .where(
+                CareTask.registration_id == launch.registration_id,
+                CareTask.patient_ref == launch.patient_ref,
+                CareTask.status.notin_(("done", "cancelled")),
+            )
+            .order_by(CareTask.id.desc())
+            .limit(20)
+        )
+    ]
+    surveys = _surveys(launch)
+    context = build_context(
+        patient=patient,
+        appointments=appointments,
+        included=included,
+        coverages=coverage_list,
+        now=now,
+        viewer_tz=viewer_tz(),
+        tickets=tickets,
+        tasks=tasks,
+        surveys=surveys,
+        unavailable=unavailable,
+    ).to_json()
+    context["more_visits_in_ehr"] = more_visits
+    context["missing_scopes"] = (launch.context or {}).get("missing_scopes") or []
+    _cache.put(launch.id, context)
+    return context
+
+
+def _surveys(launch: LaunchSession) -> list[dict[str, Any]]:
+    try:
+        from plugin.survey import latest_for_patient
+    except ImportError:  # the survey module is optional in this build
+        return []
+    latest = latest_for_patient(get_db(), launch.registration_id, launch.patient_ref or "")
+    return [latest] if latest else []
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def fetch_board(
+    launch: LaunchSession,
+    *,
+    day: dt.date,
+    location: str | None = None,
+    practitioner: str | None = None,
+    sort: str = "time",
+) -> dict[str, Any]:
+    """The day's appointments with flags, from paged searches (requests per 50 rows, not
+    per row): appointments with their actors, then patients and coverages by id lists."""
+    tz = ZoneInfo(viewer_tz())
+    start = dt.datetime.combine(day, dt.time.min, tz)
+    end = start + dt.timedelta(days=1)
+    params: list[tuple[str, str]] = [
+        ("date", f"ge{start.isoformat()}"),
+        ("date", f"lt{end.isoformat()}"),
+        ("_include", "Appointment:actor"),
+        ("_count", str(PAGE)),
+    ]
+    if location:
+        params.append(("location", location))
+    if practitioner:
+        params.append(("practitioner", practitioner))
+    client = _client(launch)
+    appointments: list[dict[str, Any]] = []
+    included: dict[str, dict[str, Any]] = {}
+    for resource in client.search_all("Appointment", params, max_pages=100):
+        if resource.get("resourceType") == "Appointment":
+            appointments.append(resource)
+        else:
+            included[f"{resource.get('resourceType')}/{resource.get('id')}"] = resource
+    patient_refs = sorted({ref for a in appointments if (ref := patient_of(a))})
+    ids = [ref.split("/", 1)[1] for ref in patient_refs]
+    calls: list[Callable[[], list[dict[str, Any]]]] = []
+    for chunk in _chunks(ids, CHUNK):
+        joined = ",".join(chunk)
+        calls.append(lambda j=joined: list(client.search_all("Patient", [("_id", j)])))
+        calls.append(
+            lambda j=joined: list(
+                client.search_all(
+                    "Coverage", [("patient", ",".join(f"Patient/{i}" for i in j.split(",")))]
+                )
+            )
+        )
+    results = parallel(calls, max_workers=4)
+    patients: dict[str, dict[str, Any]] = {}
+    coverage_resources: list[dict[str, Any]] = []
+    unavailable: dict[str, str] = {}
+    for index, result in enumerate(results):
+        if isinstance(result, Exception):
+            unavailable["patients" if index % 2 == 0 else "coverage"] = _unavailable(result)
+            continue
+        if index % 2 == 0:
+            patients.update({f"Patient/{p.get('id')}": p for p in result})
+        else:
+            coverage_resources.extend(result)
+    db = get_db()
+    open_ticket_patients = (
+        frozenset(
+            db.scalars(
+                select(Ticket.patient_ref).where(
+                    Ticket.registration_id == launch.registration_id,
+                    Ticket.patient_ref.in_(patient_refs),
+                    Ticket.status.in_(("open", "pending")),
+                )
+            )
+        )
+        if patient_refs
+        else frozenset()
+    )
+    appointment_refs = [f"Appointment/{a.get('id')}" for a in appointments]
+    failed = (
+        frozenset(
+            ref
+            for ref in db.scalars(
+                select(CareTask.payload).where(
+                    CareTask.registration_id == launch.registration_id,
+                    CareTask.kind == "reminder",
+                    CareTask.status == "failed",
+                    CareTask.patient_ref.in_(patient_refs),
+                )
+            )
+            for ref in [str((ref or {}).get("appointment_ref", ""))]
+            if ref in appointment_refs
+        )
+        if patient_refs
+        else frozenset()
+    )
+    rows = board_rows(
+        appointments=appointments,
+        included=included,
+        patients=patients,
+        coverages=coverages_by_patient(coverage_resources),
+        open_ticket_patients=open_ticket_patients,
+        failed_reminder_appointments=failed,
+        now=utcnow().astimezone(tz),
+        viewer_tz=viewer_tz(),
+    )
+    if sort == "flags":
+        rows = sort_by_flags(rows)
+    return {
+        "date": day.isoformat(),
+        "location": location,
+        "practitioner": practitioner,
+        "sort": sort,
+        "rows": [r.to_json() for r in rows],
+        "unavailable": unavailable,
+    }

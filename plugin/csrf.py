@@ -1,0 +1,59 @@
+"""CSRF protection for the sidebar's forms and the JSON API.
+
+The browser cookie (``caredesk_browser``) is ambient: the browser sends it with any
+request to CareDesk, including one a hostile page makes. So every state-changing request
+must also carry a token that only a page CareDesk rendered can know: the HMAC of the
+launch id and the browser binding under ``SECRET_KEY``. It needs no server-side storage,
+is different for every launch and every browser, and dies with the launch.
+
+Forms send it as the field ``csrf_token``; scripts send the header ``X-CSRF-Token`` (the
+sidebar page puts the token in ``<meta name="csrf-token">``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from flask import Flask, current_app, request
+
+from plugin.errors import AppError
+from plugin.models import LaunchSession
+
+HEADER = "X-CSRF-Token"
+FORM_FIELD = "csrf_token"
+SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
+
+
+class CsrfFailed(AppError):
+    status = 403
+    code = "csrf_failed"
+
+
+def csrf_token(launch: LaunchSession) -> str:
+    key = str(current_app.config["SECRET_KEY"]).encode()
+    message = f"caredesk-csrf:{launch.id}:{launch.browser_hash or ''}".encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def check_csrf(launch: LaunchSession) -> None:
+    """Refuse a state-changing request without this launch's token (403 ``csrf_failed``)."""
+    if request.method in SAFE_METHODS:
+        return
+    sent = request.headers.get(HEADER) or ""
+    if not sent and request.mimetype in (
+        "application/x-www-form-urlencoded",
+        "multipart/form-data",
+    ):
+        sent = request.form.get(FORM_FIELD, "")
+    if not sent or not hmac.compare_digest(sent, csrf_token(launch)):
+        raise CsrfFailed(
+            "This request did not come from a CareDesk page (missing or wrong CSRF token). "
+            "Reload the sidebar and try again."
+        )
+
+
+def init_app(app: Flask) -> None:
+    """Makes ``csrf_token(launch)`` a Jinja global. (Registering ``plugin.api``'s blueprints
+    does this too, so templates work whichever is set up.)"""
+    app.add_template_global(csrf_token, "csrf_token")

@@ -1,0 +1,308 @@
+"""The public survey page a patient opens from the invitation: ``/s/<token>``.
+
+No login: the link token is the credential (random, stored only as its SHA-256, single
+use, expiring). A GET only shows the form and records nothing, so mail and SMS link
+scanners cannot answer for the patient; the answer is a POST carrying a CSRF token bound
+to the invitation. Both are rate-limited per client IP and per link. The page shows the
+clinic and the visit date and nothing else about the patient.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import logging
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from flask import Blueprint, Response, current_app, make_response, render_template, request
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from fhir_mappers import survey as mapper
+from fhir_mappers.fhirutil import zone
+from jobs import outbox
+from jobs import survey as domain
+from jobs.queue import get_queue_state
+from plugin.db import get_db
+from plugin.models import SurveyInvite
+from plugin.timeutil import utcnow
+
+bp = Blueprint("survey", __name__)
+log = logging.getLogger("caredesk.survey")
+
+# The sidebar's summary of a patient's last answer lives with the rest of the survey logic.
+latest_for_patient = domain.latest_for_patient
+
+RATE_WINDOW_SECONDS = 60
+
+# Page chrome in the patient's language; the questions come from the Questionnaire.
+TEXT: dict[str, dict[str, str]] = {
+    "en": {
+        "intro": "Your visit at {clinic} on {date}. Three short questions; it takes a minute.",
+        "intro_no_date": "Your visit at {clinic}. Three short questions; it takes a minute.",
+        "the_clinic": "our clinic",
+        "submit": "Send my answers",
+        "optional": "optional",
+        "yes": "Yes",
+        "no": "No",
+        "nps_low": "0 = not at all likely",
+        "nps_high": "10 = extremely likely",
+        "fix": "Please check the answers marked below.",
+        "required": "Please choose an answer.",
+        "invalid": "This answer could not be used.",
+        "thanks_title": "Thank you!",
+        "thanks": "Your answers were sent to your care team. You can close this page.",
+        "done_title": "Already answered",
+        "done": "This survey has already been answered. Thank you for your time.",
+        "expired_title": "This survey link has expired",
+        "expired": "Survey links stay open for a few days. Thank you for visiting us.",
+        "unknown_title": "This survey link is not valid",
+        "unknown": "Please check that the whole link was opened. Nothing was recorded.",
+        "stale_title": "Please open the survey again",
+        "stale": "This form could not be accepted. Open the link from your message again.",
+        "busy_title": "Too many requests",
+        "busy": "Please wait a minute and try again.",
+    },
+    "es": {
+        "intro": "Su visita a {clinic} el {date}. Tres preguntas breves; toma un minuto.",
+        "intro_no_date": "Su visita a {clinic}. Tres preguntas breves; toma un minuto.",
+        "the_clinic": "nuestra clínica",
+        "submit": "Enviar mis respuestas",
+        "optional": "opcional",
+        "yes": "Sí",
+        "no": "No",
+        "nps_low": "0 = nada probable",
+        "nps_high": "10 = muy probable",
+        "fix": "Revise las respuestas marcadas abajo.",
+        "required": "Elija una respuesta.",
+        "invalid": "No se pudo usar esta respuesta.",
+        "thanks_title": "¡Gracias!",
+        "thanks": "Sus respuestas se enviaron a su equipo de atención. Puede cerrar esta página.",
+        "done_title": "Ya respondida",
+        "done": "Esta encuesta ya fue respondida. Gracias por su tiempo.",
+        "expired_title": "Este enlace de encuesta ha vencido",
+        "expired": "Los enlaces de encuesta están abiertos unos días. Gracias por visitarnos.",
+        "unknown_title": "Este enlace de encuesta no es válido",
+        "unknown": "Verifique que abrió el enlace completo. No se registró nada.",
+        "stale_title": "Abra la encuesta de nuevo",
+        "stale": "No se pudo aceptar este formulario. Abra otra vez el enlace de su mensaje.",
+        "busy_title": "Demasiadas solicitudes",
+        "busy": "Espere un minuto e inténtelo de nuevo.",
+    },
+}
+_MONTHS = {
+    "en": "January February March April May June July August September October November "
+    "December".split(),
+    "es": "enero febrero marzo abril mayo junio julio agosto septiembre octubre noviembre "
+    "diciembre".split(),
+}
+
+
+def _lang(language: str | None) -> str:
+    base = (language or "en").split("-")[0].lower()
+    return base if base in TEXT else "en"
+
+
+def _visit_date(invite: SurveyInvite, lang: str) -> str | None:
+    if invite.visit_at is None:
+        return None
+    tz = zone(invite.timezone) or ZoneInfo(str(current_app.config["VIEWER_TIMEZONE"]))
+    day = invite.visit_at.astimezone(tz).date()
+    month = _MONTHS[lang][day.month - 1]
+    return (
+        f"{month} {day.day}, {day.year}" if lang == "en" else f"{day.day} de {month} de {day.year}"
+    )
+
+
+def csrf_token(invite_id: str, secret_key: str | None = None) -> str:
+    """The form's CSRF token: an HMAC of the invitation id, so it needs no cookie (the page
+    is opened from a message, often in an in-app browser that drops cookies)."""
+    key = str(secret_key or current_app.config["SECRET_KEY"]).encode("utf-8")
+    return hmac.new(key, f"survey-form:{invite_id}".encode(), hashlib.sha256).hexdigest()
+
+
+def _rate_limited() -> bool:
+    """Fixed one-minute windows in Redis per client IP and per link. Keys hold hashes
+    only (an IP address is personal data too). Redis down: let the patient through."""
+    token = request.view_args.get("token", "") if request.view_args else ""
+    ip = request.remote_addr or "unknown"
+    window = int(utcnow().timestamp()) // RATE_WINDOW_SECONDS
+    checks = (
+        ("ip", hashlib.sha256(ip.encode()).hexdigest()[:32], "SURVEY_RATE_PER_IP"),
+        ("link", domain.hash_token(token)[:32], "SURVEY_RATE_PER_TOKEN"),
+    )
+    try:
+        conn = get_queue_state().connection
+        pipe = conn.pipeline()
+        for kind, digest, _ in checks:
+            key = f"caredesk:rate:survey:{kind}:{digest}:{window}"
+            pipe.incr(key)
+            pipe.expire(key, RATE_WINDOW_SECONDS * 2)
+        counts = pipe.execute()[0::2]
+    except Exception:  # noqa: BLE001 - availability of the page beats the limiter
+        log.warning("survey rate limiter unavailable; request allowed")
+        return False
+    return any(
+        int(count) > int(current_app.config[setting])
+        for count, (_, _, setting) in zip(counts, checks, strict=True)
+    )
+
+
+def _message(lang: str, key: str, status: int) -> Response:
+    text = TEXT[lang]
+    response = make_response(
+        render_template(
+            "survey/message.html",
+            lang=lang,
+            title=text[f"{key}_title"],
+            message=text[key],
+            kind=key,
+        ),
+        status,
+    )
+    if status == 429:
+        response.headers["Retry-After"] = str(RATE_WINDOW_SECONDS)
+    return response
+
+
+def _find(session: Session, token: str) -> SurveyInvite | None:
+    if not token or len(token) > 128:
+        return None
+    return session.scalars(
+        select(SurveyInvite).where(SurveyInvite.token_hash == domain.hash_token(token))
+    ).first()
+
+
+def _state(invite: SurveyInvite | None, now: dt.datetime) -> str:
+    if invite is None or invite.status in ("pending", "skipped"):
+        return "unknown"
+    if invite.status == "answered":
+        return "done"
+    if invite.status == "expired" or invite.expires_at is None or invite.expires_at <= now:
+        return "expired"
+    return "open"
+
+
+_STATE_STATUS = {"unknown": 404, "done": 200, "expired": 410}
+
+
+def _form_page(
+    invite: SurveyInvite,
+    lang: str,
+    *,
+    values: dict[str, str] | None = None,
+    errors: dict[str, str] | None = None,
+    status: int = 200,
+) -> Response:
+    form = mapper.to_form(domain.questionnaire(), invite.language)
+    text = TEXT[lang]
+    date = _visit_date(invite, lang)
+    clinic = invite.clinic_name or text["the_clinic"]
+    intro = (
+        text["intro"].format(clinic=clinic, date=date)
+        if date
+        else text["intro_no_date"].format(clinic=clinic)
+    )
+    return make_response(
+        render_template(
+            "survey/form.html",
+            lang=lang,
+            text=text,
+            intro=intro,
+            form=form,
+            csrf=csrf_token(invite.id),
+            values=values or {},
+            errors=errors or {},
+        ),
+        status,
+    )
+
+
+@bp.get("/s/<token>")
+def show(token: str) -> Response:
+    if _rate_limited():
+        return _message("en", "busy", 429)
+    invite = _find(get_db(), token)
+    lang = _lang(invite.language if invite else None)
+    state = _state(invite, utcnow())
+    if state != "open" or invite is None:
+        return _message(lang, state, _STATE_STATUS[state])
+    return _form_page(invite, lang)
+
+
+@bp.post("/s/<token>")
+def answer(token: str) -> Response:
+    if _rate_limited():
+        return _message("en", "busy", 429)
+    session = get_db()
+    now = utcnow()
+    invite = _find(session, token)
+    lang = _lang(invite.language if invite else None)
+    state = _state(invite, now)
+    if state != "open" or invite is None:
+        return _message(lang, state, _STATE_STATUS[state])
+    posted = request.form.get("csrf", "")
+    if not hmac.compare_digest(posted.encode(), csrf_token(invite.id).encode()):
+        log.info("survey answer refused: missing or wrong CSRF token")
+        return _message(lang, "stale", 400)
+    form = mapper.to_form(domain.questionnaire(), invite.language)
+    values = {item.link_id: request.form.get(item.link_id, "") for item in form.items}
+    try:
+        answers = mapper.parse_answers(form, values)
+    except mapper.AnswerError as exc:
+        text = TEXT[lang]
+        errors = {
+            k: text["required"] if v == "required" else text["invalid"]
+            for k, v in exc.errors.items()
+        }
+        return _form_page(invite, lang, values=values, errors=errors, status=422)
+    try:
+        response, task_ids = domain.record_answer(session, invite, answers, now=now)
+        session.commit()
+    except domain.NotAnswerable:
+        session.rollback()
+        return _message(lang, "done", 200)
+    log.info("survey answered: invite %s, response %s", invite.id, response.id)
+    outbox.dispatch(task_ids, app=current_app._get_current_object())  # type: ignore[attr-defined]
+    return _message(lang, "thanks", 200)
+
+
+def export_rows(
+    session: Session, registration_id: int, *, status: str | None
+) -> list[dict[str, Any]]:
+    """Stored answers for export (e.g. the ones an EHR could not take), oldest first."""
+    from plugin.models import SurveyResponse
+
+    query = (
+        select(SurveyResponse, SurveyInvite)
+        .join(SurveyInvite, SurveyInvite.id == SurveyResponse.invite_id)
+        .where(SurveyInvite.registration_id == registration_id)
+        .order_by(SurveyResponse.submitted_at, SurveyResponse.id)
+    )
+    if status:
+        query = query.where(SurveyResponse.writeback_status == status)
+    rows = []
+    for response, invite in session.execute(query):
+        rows.append(
+            {
+                "invitation_id": invite.id,
+                "patient": invite.patient_ref,
+                "encounter": invite.encounter_ref or "",
+                "appointment": invite.appointment_ref or "",
+                "visit_at": invite.visit_at.isoformat() if invite.visit_at else "",
+                "clinic": invite.clinic_name or "",
+                "practitioner": invite.practitioner_name or "",
+                "submitted_at": response.submitted_at.isoformat(),
+                "csat": "" if response.csat is None else response.csat,
+                "nps": "" if response.nps is None else response.nps,
+                "contact_ok": ""
+                if response.contact_ok is None
+                else str(response.contact_ok).lower(),
+                "comment": response.comment or "",
+                "writeback_status": response.writeback_status,
+                "fhir_id": response.fhir_id or "",
+            }
+        )
+    return rows

@@ -1,0 +1,409 @@
+"""SMART launches of the whole app against the sandbox EHR, over real HTTP.
+
+A requests.Session plays the browser: it keeps cookies and follows redirects, so what is
+exercised is exactly what a browser in the EHR iframe would do.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+from sqlalchemy import select
+
+from plugin import create_app, migrate, registry
+from plugin.crypto import get_vault
+from plugin.db import get_store
+from plugin.models import EhrRegistration, LaunchSession, SigningKey
+from sandbox.testing import running_sandbox
+from smart_launch.keys import generate_signing_key
+from smart_launch.tokens import TokenSet
+from tests.live import serve
+
+CLIENT_ID = "caredesk-test"
+SECRET = "symmetric-secret-value-1234567890"
+PATIENT = "pat-001"
+
+
+@dataclass
+class Env:
+    app: object
+    url: str
+    sb: object
+
+    def session(self) -> requests.Session:
+        return requests.Session()
+
+
+def _make_app(sqlite_url: str, redis_url: str):  # type: ignore[no-untyped-def]
+    app = create_app(
+        {"ENV": "test", "DATABASE_URL": sqlite_url, "REDIS_URL": redis_url, "LOG_LEVEL": "DEBUG"}
+    )
+    migrate.upgrade(sqlite_url)
+    return app
+
+
+def _register(
+    app,
+    sb,
+    url: str,
+    client_type: str,
+    *,
+    scopes: str | None = None,  # type: ignore[no-untyped-def]
+    sandbox_scopes: str | None = None,
+) -> None:
+    client = {
+        "client_id": CLIENT_ID,
+        "type": client_type,
+        "redirect_uris": [f"{url}/callback"],
+        "launch_url": f"{url}/launch",
+        "scopes": sandbox_scopes or registry.DEFAULT_SCOPES,
+    }
+    with app.app_context(), get_store(app).session() as session:
+        reg = registry.upsert(
+            session,
+            get_vault(app),
+            slug="sb",
+            iss=sb.fhir_base,
+            client_id=CLIENT_ID,
+            client_type=client_type,
+            scopes=scopes or registry.DEFAULT_SCOPES,
+            client_secret=SECRET if client_type == "confidential-symmetric" else None,
+            frame_origins=[sb.base_url],
+        )
+        if client_type == "confidential-asymmetric":
+            key = generate_signing_key("RS384")
+            reg.signing_keys.append(
+                SigningKey(
+                    kid=key.kid,
+                    alg=key.alg,
+                    private_key_enc=get_vault(app).encrypt(key.private_pem),
+                    public_jwk=key.public_jwk(),
+                )
+            )
+    if client_type == "confidential-symmetric":
+        client["client_secret"] = SECRET
+    if client_type == "confidential-asymmetric":
+        # The sandbox fetches CareDesk's published JWKS, as a real EHR would.
+        client["jwks_uri"] = f"{url}/.well-known/jwks.json"
+    sb.register_client(client)
+
+
+@pytest.fixture
+def live(sqlite_url, redis_url) -> Iterator[tuple]:  # type: ignore[type-arg]
+    app = _make_app(sqlite_url, redis_url)
+    with serve(app) as url:
+        yield app, url
+    app.extensions["caredesk.ehr"].close()
+    app.extensions["caredesk.db"].engine.dispose()
+
+
+def _ehr_launch(
+    sb,
+    url: str,
+    browser: requests.Session,
+    patient: str | None = PATIENT,  # type: ignore[no-untyped-def]
+    user: str = "Practitioner/prac-clinician-lee",
+) -> requests.Response:
+    launch = sb.launch(CLIENT_ID, patient=patient, user=user)
+    assert launch["url"].startswith(f"{url}/launch?")
+    return browser.get(launch["url"], timeout=30)
+
+
+def _launch_row(app, launch_url: str) -> LaunchSession:  # type: ignore[no-untyped-def]
+    launch_id = re.search(r"/l/([^/]+)/", launch_url).group(1)  # type: ignore[union-attr]
+    with get_store(app).session() as session:
+        row = session.get(LaunchSession, launch_id)
+        assert row is not None
+        return row
+
+
+CLIENT_TYPES = ["public", "confidential-symmetric", "confidential-asymmetric"]
+
+
+@pytest.mark.parametrize("client_type", CLIENT_TYPES)
+@pytest.mark.parametrize("profile", ["smart", "epic", "oracle"])
+def test_ehr_launch_reaches_the_patient(live, profile: str, client_type: str) -> None:
+    app, url = live
+    with running_sandbox(profile=profile) as sb:
+        _register(app, sb, url, client_type)
+        browser = requests.Session()
+        page = _ehr_launch(sb, url, browser)
+        assert page.status_code == 200, page.text[:500]
+        assert "/l/" in page.url
+        assert "Okonkwo" in page.text  # read from the sandbox with the launch's token
+        row = _launch_row(app, page.url)
+        assert row.status == "active" and row.patient_ref == f"Patient/{PATIENT}"
+        assert row.fhir_user and "prac-clinician-lee" in row.fhir_user
+        assert row.token_set_enc and b"access_token" not in row.token_set_enc
+        assert sb.stats()["token_requests"]["authorization_code"] == 1
+
+
+@pytest.mark.parametrize("client_type", CLIENT_TYPES)
+@pytest.mark.parametrize("profile", ["smart", "epic", "oracle"])
+def test_standalone_launch_with_patient_picker(live, profile: str, client_type: str) -> None:
+    app, url = live
+    with running_sandbox(profile=profile) as sb:
+        _register(app, sb, url, client_type)
+        browser = requests.Session()
+        start = browser.get(f"{url}/start?ehr=sb", allow_redirects=False, timeout=30)
+        assert start.status_code == 302
+        authorize = start.headers["Location"]
+        assert "launch=" not in authorize
+        callback = sb.approve(authorize, user="prac-scheduler-ortiz", patient="pat-002")
+        page = browser.get(callback, timeout=30)
+        assert page.status_code == 200, page.text[:500]
+        assert "Hernández" in page.text
+
+
+@pytest.mark.parametrize("profile", ["smart", "epic", "oracle"])
+def test_expired_access_token_is_refreshed_on_the_next_page(live, profile: str) -> None:
+    app, url = live
+    with running_sandbox(profile=profile, token_lifetime_s=2) as sb:
+        _register(app, sb, url, "confidential-symmetric")
+        browser = requests.Session()
+        page = _ehr_launch(sb, url, browser)
+        assert page.status_code == 200
+        before = _launch_row(app, page.url)
+        old = TokenSet.from_json(get_vault(app).decrypt(before.token_set_enc))
+        assert old.refresh_token  # epic: issued although offline_access is not in the scope
+        refreshes = sb.stats()["token_requests"]["refresh_token"]
+        time.sleep(2.5)  # the access token is now expired
+        again = browser.get(page.url, timeout=30)
+        assert again.status_code == 200 and "Okonkwo" in again.text
+        assert sb.stats()["token_requests"]["refresh_token"] == refreshes + 1
+        after = TokenSet.from_json(get_vault(app).decrypt(_launch_row(app, page.url).token_set_enc))
+        assert after.access_token != old.access_token
+
+
+def test_unregistered_iss_is_refused_without_any_outbound_request(live) -> None:
+    app, url = live
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(5)
+    listener.settimeout(0.2)
+    port = listener.getsockname()[1]
+    connections: list[object] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            connections.append(conn)
+            conn.close()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        response = requests.get(
+            f"{url}/launch",
+            params={"iss": f"http://127.0.0.1:{port}/fhir", "launch": "x"},
+            allow_redirects=False,
+            timeout=30,
+            headers={"Accept": "text/html"},
+        )
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+    assert response.status_code == 400
+    assert "not registered" in response.text
+    assert "Location" not in response.headers
+    assert connections == []
+
+
+def test_state_is_single_use(live) -> None:
+    app, url = live
+    with running_sandbox() as sb:
+        _register(app, sb, url, "public")
+        browser = requests.Session()
+        launch = sb.launch(CLIENT_ID, patient=PATIENT)
+        to_authorize = browser.get(launch["url"], allow_redirects=False, timeout=30)
+        callback = sb.approve(to_authorize.headers["Location"])
+        assert browser.get(callback, timeout=30).status_code == 200
+        replay = browser.get(callback, timeout=30, headers={"Accept": "text/html"})
+        assert replay.status_code == 400
+        assert "already used" in replay.text
+
+
+def test_unknown_state_is_refused(live) -> None:
+    _, url = live
+    response = requests.get(
+        f"{url}/callback",
+        params={"code": "c", "state": "made-up"},
+        timeout=30,
+        headers={"Accept": "text/html"},
+    )
+    assert response.status_code == 400
+    assert "unknown or was already used" in response.text
+
+
+def test_callback_from_another_browser_is_refused(live) -> None:
+    app, url = live
+    with running_sandbox() as sb:
+        _register(app, sb, url, "public")
+        victim = requests.Session()
+        launch = sb.launch(CLIENT_ID, patient=PATIENT)
+        to_authorize = victim.get(launch["url"], allow_redirects=False, timeout=30)
+        callback = sb.approve(to_authorize.headers["Location"])
+        attacker = requests.Session()
+        response = attacker.get(callback, timeout=30, headers={"Accept": "text/html"})
+        assert response.status_code == 400
+        assert "did not start in this browser" in response.text
+
+
+def test_access_denied_callback_shows_a_clear_page(live) -> None:
+    _, url = live
+    response = requests.get(
+        f"{url}/callback",
+        params={"error": "access_denied", "error_description": "The user declined.", "state": "s"},
+        timeout=30,
+        headers={"Accept": "text/html"},
+    )
+    assert response.status_code == 403
+    assert "did not authorize CareDesk (access_denied)" in response.text
+    assert "The user declined." in response.text
+
+
+def test_fewer_scopes_granted_runs_and_says_what_is_missing(live) -> None:
+    app, url = live
+    with running_sandbox() as sb:
+        limited = " ".join(s for s in registry.DEFAULT_SCOPES.split() if "Coverage" not in s)
+        _register(app, sb, url, "public", sandbox_scopes=limited)
+        page = _ehr_launch(sb, url, requests.Session())
+        assert page.status_code == 200
+        assert "Okonkwo" in page.text
+        assert "patient/Coverage.rs" in page.text  # named as not available
+
+
+def test_two_tabs_keep_two_patients_apart(live) -> None:
+    app, url = live
+    with running_sandbox() as sb:
+        _register(app, sb, url, "public")
+        browser = requests.Session()
+        first = _ehr_launch(sb, url, browser, patient="pat-001")
+        second = _ehr_launch(sb, url, browser, patient="pat-002")
+        assert first.url != second.url
+        assert "Okonkwo" in browser.get(first.url, timeout=30).text
+        assert "Hernández" in browser.get(second.url, timeout=30).text
+        stranger = requests.Session().get(first.url, timeout=30, headers={"Accept": "text/html"})
+        assert stranger.status_code == 401
+
+
+def test_cookie_is_httponly_and_lax_on_plain_http_loopback(live) -> None:
+    app, url = live
+    with running_sandbox() as sb:
+        _register(app, sb, url, "public")
+        launch = sb.launch(CLIENT_ID, patient=PATIENT)
+        response = requests.get(launch["url"], allow_redirects=False, timeout=30)
+        cookie = response.headers["Set-Cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+
+
+def test_cookie_is_secure_samesite_none_partitioned_over_https(app) -> None:
+    with app.app_context(), get_store(app).session() as session:
+        registry.upsert(
+            session, get_vault(app), slug="x", iss="https://ehr.invalid/fhir", client_id="c"
+        )
+    # No EHR answers at ehr.invalid: discovery is primed in the cache, as after an
+    # earlier launch, so the test sees the redirect and the cookie over https.
+    from smart_launch.discovery import parse_smart_configuration
+
+    conf = parse_smart_configuration(
+        {
+            "issuer": "https://ehr.invalid",
+            "authorization_endpoint": "https://ehr.invalid/authorize",
+            "token_endpoint": "https://ehr.invalid/token",
+            "capabilities": ["permission-v2"],
+            "code_challenge_methods_supported": ["S256"],
+        },
+        fhir_base="https://ehr.invalid/fhir",
+        document_url="https://ehr.invalid/fhir/.well-known/smart-configuration",
+    )
+    app.extensions["caredesk.ehr"].discovery.put("https://ehr.invalid/fhir", conf, {})
+    response = app.test_client().get(
+        "/launch?iss=https://ehr.invalid/fhir&launch=abc", base_url="https://caredesk.example"
+    )
+    assert response.status_code == 302
+    cookie = response.headers["Set-Cookie"]
+    for part in ("Secure", "HttpOnly", "SameSite=None", "Partitioned"):
+        assert part in cookie
+
+
+def test_no_token_secret_or_code_reaches_the_logs(live, caplog) -> None:
+    app, url = live
+    caplog.set_level(logging.DEBUG)
+    with running_sandbox(token_lifetime_s=2) as sb:
+        _register(app, sb, url, "confidential-symmetric")
+        browser = requests.Session()
+        launch = sb.launch(CLIENT_ID, patient=PATIENT)
+        to_authorize = browser.get(launch["url"], allow_redirects=False, timeout=30)
+        callback = sb.approve(to_authorize.headers["Location"])
+        code = parse_qs(urlsplit(callback).query)["code"][0]
+        page = browser.get(callback, timeout=30)
+        first = TokenSet.from_json(get_vault(app).decrypt(_launch_row(app, page.url).token_set_enc))
+        time.sleep(2.5)
+        assert browser.get(page.url, timeout=30).status_code == 200  # refresh happened
+        second = TokenSet.from_json(
+            get_vault(app).decrypt(_launch_row(app, page.url).token_set_enc)
+        )
+    secrets_seen = [
+        code,
+        SECRET,
+        first.access_token,
+        first.refresh_token,
+        second.access_token,
+        second.refresh_token,
+        launch["launch"],
+    ]
+    app_port = url.rsplit(":", 1)[1]
+
+    def from_the_test_browser(record: logging.LogRecord) -> bool:
+        # urllib3 also logs the requests this test's own "browser" makes (to CareDesk and
+        # to the EHR's authorize page); those URLs carry the code by design of OAuth.
+        message = record.getMessage()
+        return record.name.startswith("urllib3") and (
+            f":{app_port} " in message
+            or '"GET /auth/authorize' in message
+            or "/auth/authorize/decide" in message
+        )
+
+    app_records = [r for r in caplog.records if not from_the_test_browser(r)]
+    text = "\n".join(r.getMessage() + str(r.args) for r in app_records)
+    assert any(r.name.startswith("smart_launch") for r in app_records)  # DEBUG was captured
+    for value in secrets_seen:
+        assert value and value not in text
+
+
+def test_jwks_publishes_current_and_retired_keys(app, client) -> None:
+    with app.app_context(), get_store(app).session() as session:
+        reg = registry.upsert(
+            session, get_vault(app), slug="k", iss="https://k/fhir", client_id="c"
+        )
+        for alg in ("RS384", "ES384"):
+            key = generate_signing_key(alg)
+            reg.signing_keys.append(
+                SigningKey(
+                    kid=key.kid,
+                    alg=alg,
+                    private_key_enc=get_vault(app).encrypt(key.private_pem),
+                    public_jwk=key.public_jwk(),
+                )
+            )
+    keys = client.get("/.well-known/jwks.json").get_json()["keys"]
+    assert {k["alg"] for k in keys} == {"RS384", "ES384"}
+    assert all("kid" in k and "d" not in k for k in keys)
+    with get_store(app).session() as session:
+        assert session.scalars(select(EhrRegistration)).one().signing_keys
