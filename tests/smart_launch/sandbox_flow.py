@@ -36,6 +36,7 @@ class Launched:
     conf: SmartConfiguration
     pending: PendingLaunch
     tokens: TokenSet
+    code: str
 
 
 def client_and_registration(
@@ -114,7 +115,7 @@ def run_launch(
         http=http,
         scope_requested=pending.scope_requested,
     )
-    return Launched(reg, conf, pending, tokens)
+    return Launched(reg, conf, pending, tokens, code)
 
 
 class MemoryStore:

@@ -13,8 +13,12 @@ import redis
 import requests
 
 from sandbox.testing import running_sandbox
+from smart_launch.backend import BackendTokenCache, backend_token
 from smart_launch.check import check_ehr
+from smart_launch.config import Registration
+from smart_launch.discovery import discover
 from smart_launch.fhir import FhirClient
+from smart_launch.keys import generate_signing_key, jwks
 from smart_launch.refresh import refresh_serialized, token_callbacks
 from tests.smart_launch.sandbox_flow import (
     EHR_SCOPES,
@@ -154,6 +158,7 @@ def test_no_token_secret_or_code_in_logs(
         after.refresh_token,
         reg.client_secret,
         launched.pending.code_verifier,
+        launched.code,
     ]
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert caplog.records, "DEBUG logging must have captured something"
@@ -191,3 +196,37 @@ def test_ehr_check_reports_disabled_features_exactly(http: requests.Session) -> 
     assert report.to_json()["features"]["survey write-back"]["blocked_by"] == [
         "QuestionnaireResponse create"
     ]
+
+
+def test_backend_services_token_is_cached_and_reads_fhir(http: requests.Session) -> None:
+    key = generate_signing_key("ES384")
+    with running_sandbox(profile="smart") as sb:
+        sb.register_client(
+            {
+                "client_id": "caredesk-jobs",
+                "type": "confidential-asymmetric",
+                "jwks": jwks([key]),
+                "backend": True,
+                "redirect_uris": [],
+            }
+        )
+        reg = Registration(
+            id="reg-backend",
+            iss=sb.fhir_base,
+            client_id="caredesk",
+            client_type="public",
+            scopes="launch",
+            redirect_uri="http://127.0.0.1:9/callback",
+            signing_keys=(key,),
+            backend_client_id="caredesk-jobs",
+            backend_scopes="system/Patient.read",
+        )
+        conf = discover(reg, http=http, cache=None)
+        cache = BackendTokenCache()
+        first = backend_token(reg, conf, http=http, cache=cache)
+        second = backend_token(reg, conf, http=http, cache=cache)
+        assert first is second
+        assert sb.stats()["token_requests"]["client_credentials"] == 1
+        assert first.scope_requested == "system/Patient.rs"
+        with FhirClient(sb.fhir_base, lambda: first.access_token, session=http) as fhir:
+            assert fhir.read("Patient", "pat-001")["id"] == "pat-001"
