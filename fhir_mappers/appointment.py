@@ -141,7 +141,9 @@ def _actors(
             or "Unknown"
         )
         name = (_target_name(target, included) if target else None) or display
-        if name is None:
+        if kind == "Patient":
+            pass  # the context's own patient: known by reference, its name is not needed here
+        elif name is None:
             warn(
                 field,
                 "actor has neither a resolvable reference nor a display",

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from fhir_mappers.context import build_context, patient_refs
-from fhir_mappers.fhirutil import get_list, get_str, parse_reference, zone
+from fhir_mappers.fhirutil import get_list, get_str, zone
 
 _MAX_NESTING = 4  # a batch-response Bundle holds searchset Bundles; deeper is not FHIR use
 
@@ -18,34 +20,55 @@ class NotFhirError(ValueError):
     """The input is not FHIR JSON; the message is one line, safe to print."""
 
 
-def _entries(
-    data: Mapping[str, Any], where: str, depth: int = 0
-) -> list[tuple[str | None, dict[str, Any]]]:
+_SEARCH_TYPE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/?(?:\?|$)")
+
+
+@dataclass
+class _Reading:
+    entries: list[tuple[str | None, dict[str, Any]]] = field(default_factory=list)
+    # Resource types a searchset in the input says it searched (from its `self` link), so
+    # an empty result means "none on file" rather than "not asked".
+    searched: set[str] = field(default_factory=set)
+
+
+def _searched_type(bundle: Mapping[str, Any]) -> str | None:
+    if get_str(bundle, "type") != "searchset":
+        return None
+    for link in get_list(bundle, "link"):
+        url = get_str(link, "url")
+        if get_str(link, "relation") == "self" and url:
+            match = _SEARCH_TYPE.search(url.split("#", 1)[0])
+            if match:
+                return match[1]
+    return None
+
+
+def _collect(data: Mapping[str, Any], where: str, reading: _Reading, depth: int = 0) -> None:
     rtype = data.get("resourceType")
     if not isinstance(rtype, str) or not rtype:
         raise NotFhirError(f"{where} is JSON but not a FHIR resource (no resourceType)")
     if rtype != "Bundle":
-        return [(None, dict(data))]
+        reading.entries.append((None, dict(data)))
+        return
     if depth >= _MAX_NESTING:
         raise NotFhirError(f"{where} nests Bundles too deeply")
-    out: list[tuple[str | None, dict[str, Any]]] = []
+    searched = _searched_type(data)
+    if searched:
+        reading.searched.add(searched)
     for entry in get_list(data, "entry"):
         resource = entry.get("resource")
         if not isinstance(resource, Mapping):
             continue  # e.g. a transaction-response entry with only `response`
-        nested = _entries(resource, where, depth + 1)
-        if len(nested) == 1 and nested[0][1].get("resourceType") != "Bundle":
-            out.append((get_str(entry, "fullUrl"), nested[0][1]))
-        else:
-            out.extend(nested)
-    return out
+        _collect(resource, where, reading, depth + 1)
+        if resource.get("resourceType") != "Bundle":
+            reading.entries[-1] = (get_str(entry, "fullUrl"), reading.entries[-1][1])
 
 
-def read_entries(text: str) -> list[tuple[str | None, dict[str, Any]]]:
-    """(fullUrl, resource) pairs from a Bundle, a single resource, or NDJSON."""
+def _read(text: str) -> _Reading:
     stripped = text.lstrip("\ufeff").strip()
     if not stripped:
         raise NotFhirError("input is empty")
+    reading = _Reading()
     try:
         data = json.loads(stripped)
     except json.JSONDecodeError:
@@ -57,8 +80,8 @@ def read_entries(text: str) -> list[tuple[str | None, dict[str, Any]]]:
     if data is not None:
         if not isinstance(data, Mapping):
             raise NotFhirError("input is JSON but not a FHIR resource (not an object)")
-        return _entries(data, "input")
-    out: list[tuple[str | None, dict[str, Any]]] = []
+        _collect(data, "input", reading)
+        return reading
     for number, line in enumerate(stripped.splitlines(), start=1):
         if not line.strip():
             continue
@@ -70,8 +93,13 @@ def read_entries(text: str) -> list[tuple[str | None, dict[str, Any]]]:
             ) from None
         if not isinstance(item, Mapping):
             raise NotFhirError(f"line {number} is JSON but not a FHIR resource")
-        out.extend(_entries(item, f"line {number}"))
-    return out
+        _collect(item, f"line {number}", reading)
+    return reading
+
+
+def read_entries(text: str) -> list[tuple[str | None, dict[str, Any]]]:
+    """(fullUrl, resource) pairs from a Bundle, a single resource, or NDJSON."""
+    return _read(text).entries
 
 
 def read_resources(text: str) -> list[dict[str, Any]]:
@@ -84,47 +112,52 @@ def contexts_for_file(text: str, *, now: dt.datetime, viewer_tz: str) -> list[di
     """One context JSON per patient in the input, in order of first appearance.
 
     Appointments go to the patients among their participants, Coverages to their
-    beneficiary; everything else is available as `_include`d targets. A patient that is
+    beneficiary; everything else is available as `_include`d targets. Coverage counts as
+    "not available" unless the input holds a Coverage or a searchset whose `self` link
+    searched Coverage (a batch-response of the context searches does). A patient that is
     referenced but whose Patient resource is absent still gets a context (without
     contact). Appointments and Coverages that name no patient are not shown.
     """
-    entries = read_entries(text)
-    # Transactions refer to each other by fullUrl (`urn:uuid:...`): map those to Type/id.
+    reading = _read(text)
+    # Transaction entries refer to each other by fullUrl (`urn:uuid:...`) and may have no
+    # id yet. Do what the server would: give each an id and rewrite those references.
     alias: dict[str, str] = {}
+    resources: list[dict[str, Any]] = []
+    for index, (full_url, res) in enumerate(reading.entries):
+        rtype, rid = get_str(res, "resourceType"), get_str(res, "id")
+        if rid is None and full_url and full_url.startswith("urn:"):
+            rid = full_url.rsplit(":", 1)[-1]
+            res = {**res, "id": rid}
+        if full_url and full_url.startswith("urn:"):
+            alias[full_url] = f"{rtype}/{rid or '#' + str(index)}"
+        resources.append(res)
+    if alias:
+        resources = [_rewrite_refs(res, alias) for res in resources]
+
     included: list[dict[str, Any]] = []
     order: list[str] = []
     patients: dict[str, dict[str, Any]] = {}
-    for index, (full_url, res) in enumerate(entries):
+    for index, res in enumerate(resources):
         rtype, rid = get_str(res, "resourceType"), get_str(res, "id")
-        key = f"{rtype}/{rid}" if rid else (full_url or f"{rtype}/#{index}")
-        if full_url:
-            alias[full_url] = key
-            try:
-                alias[parse_reference(full_url).key] = key
-            except ValueError:
-                pass
+        key = f"{rtype}/{rid}" if rid else f"{rtype}/#{index}"
         if rtype == "Patient":
             if key not in patients:
                 patients[key] = res
                 order.append(key)
         elif rtype not in ("Appointment", "Coverage"):
-            if not rid and full_url:
-                # give unidentified resources their urn so references can still resolve
-                res = {**res, "id": full_url.rsplit(":", 1)[-1]}
             included.append(res)
 
     appts: dict[str, list[dict[str, Any]]] = {}
     covs: dict[str, list[dict[str, Any]]] = {}
-    any_coverage = False
-    for _, res in entries:
+    any_coverage = "Coverage" in reading.searched
+    for res in resources:
         rtype = get_str(res, "resourceType")
         if rtype not in ("Appointment", "Coverage"):
             continue
         any_coverage = any_coverage or rtype == "Coverage"
         target = appts if rtype == "Appointment" else covs
-        for ref in patient_refs(res):
-            key = alias.get(ref, ref)
-            if not key.startswith("Patient/") and key not in patients:
+        for key in patient_refs(res):
+            if not key.startswith("Patient/"):
                 continue
             target.setdefault(key, []).append(res)
             if key not in order:
@@ -150,6 +183,18 @@ def contexts_for_file(text: str, *, now: dt.datetime, viewer_tz: str) -> list[di
             data["patient_id"] = key.removeprefix("Patient/")
         contexts.append(data)
     return contexts
+
+
+def _rewrite_refs(node: Any, alias: Mapping[str, str]) -> Any:
+    if isinstance(node, Mapping):
+        out = {k: _rewrite_refs(v, alias) for k, v in node.items()}
+        ref = node.get("reference")
+        if isinstance(ref, str) and ref in alias:
+            out["reference"] = alias[ref]
+        return out
+    if isinstance(node, list):
+        return [_rewrite_refs(v, alias) for v in node]
+    return node
 
 
 def run_map(text: str, *, now: dt.datetime, viewer_tz: str) -> tuple[int, str]:

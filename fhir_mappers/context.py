@@ -241,8 +241,6 @@ def patient_refs(resource: Mapping[str, Any]) -> list[str]:
             continue
         if ref.type == "Patient" and ref.key not in keys:
             keys.append(ref.key)
-        elif ref.type is None and not ref.contained and ref.key not in keys:
-            keys.append(ref.key)  # urn:uuid: inside a transaction; the caller resolves it
     return keys
 
 
