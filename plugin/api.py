@@ -33,6 +33,7 @@ from flask import (
 )
 from flask.blueprints import BlueprintSetupState
 from marshmallow import Schema, ValidationError
+from werkzeug.wrappers import Response as BaseResponse
 
 from plugin import tickets as svc
 from plugin.audit import audit
@@ -155,7 +156,7 @@ def _viewer_zone() -> Any:
 
 
 def ticket_json(ticket: Ticket, *, now: datetime, detail: bool = False) -> dict[str, Any]:
-    data = {
+    data: dict[str, Any] = {
         "id": ticket.id,
         "patient_ref": ticket.patient_ref,
         "subject": ticket.subject,
@@ -414,9 +415,7 @@ def board(launch_id: str) -> Response:
         data = _context_module().fetch_board(launch, **kwargs)
     except SmartError as exc:
         raise _ehr_failure(exc) from exc
-    refs = sorted(
-        {str(r["patient_ref"]) for r in data.get("rows") or () if r.get("patient_ref")}
-    )
+    refs = sorted({str(r["patient_ref"]) for r in data.get("rows") or () if r.get("patient_ref")})
     detail = {"date": day.isoformat()}
     if not refs:
         audit("board.read", launch=launch, patient_ref=None, entity="Appointment", detail=detail)
@@ -458,6 +457,7 @@ _CHOICES = {
     "categories": svc.CATEGORIES,
     "channels": svc.NOTE_CHANNELS,
     "directions": svc.NOTE_DIRECTIONS,
+    "transitions": svc.TRANSITIONS,
 }
 
 
@@ -478,7 +478,7 @@ def _form(*names: str) -> dict[str, str]:
     return {n: v.strip() for n in names if (v := request.form.get(n, "")).strip()}
 
 
-def _back(launch_id: str, fallback: str) -> Response:
+def _back(launch_id: str, fallback: str) -> BaseResponse:
     """Redirect to the form's ``next`` if it is one of this launch's pages, else fallback:
     never to another site or another launch (an open redirect would carry the launch id)."""
     target = request.form.get("next", "")
@@ -519,7 +519,7 @@ def new_ticket_page(launch_id: str) -> str:
 
 
 @html_bp.post("/l/<launch_id>/tickets")
-def create_ticket_form(launch_id: str) -> Response | tuple[str, int]:
+def create_ticket_form(launch_id: str) -> BaseResponse | tuple[str, int]:
     launch = _launch()
     form = _form("subject", "description", "category", "priority", "assignee", "patient")
     try:
@@ -531,7 +531,9 @@ def create_ticket_form(launch_id: str) -> Response | tuple[str, int]:
     except svc.NoPatient as exc:
         errors = {"patient": exc.message}
         return render_template("tickets/new.html", launch=launch, form=form, errors=errors), 422
-    return _back(launch_id, url_for("tickets.ticket_page", launch_id=launch_id, ticket_id=ticket.id))
+    return _back(
+        launch_id, url_for("tickets.ticket_page", launch_id=launch_id, ticket_id=ticket.id)
+    )
 
 
 @html_bp.get("/l/<launch_id>/tickets/<int:ticket_id>")
@@ -550,7 +552,7 @@ def _detail_with_errors(
 
 
 @html_bp.post("/l/<launch_id>/tickets/<int:ticket_id>")
-def update_ticket_form(launch_id: str, ticket_id: int) -> Response | tuple[str, int]:
+def update_ticket_form(launch_id: str, ticket_id: int) -> BaseResponse | tuple[str, int]:
     launch = _launch()
     changes: dict[str, Any] = _form("status", "priority", "category")
     if "assignee" in request.form:
@@ -568,7 +570,7 @@ def update_ticket_form(launch_id: str, ticket_id: int) -> Response | tuple[str, 
 
 
 @html_bp.post("/l/<launch_id>/tickets/<int:ticket_id>/notes")
-def add_note_form(launch_id: str, ticket_id: int) -> Response | tuple[str, int]:
+def add_note_form(launch_id: str, ticket_id: int) -> BaseResponse | tuple[str, int]:
     launch = _launch()
     form = _form("body", "channel", "direction")
     try:

@@ -131,8 +131,8 @@ def build_spec(app: Flask) -> dict[str, Any]:
             "description": "The sidebar's JSON API. Every route but this document names "
             "a launch (`/api/l/{launch_id}/...`) and needs this browser's launch cookie; "
             "state-changing requests also need the launch's CSRF token in `X-CSRF-Token` "
-            "(the sidebar page carries it in `<meta name=\"csrf-token\">`). Errors have "
-            "one shape: `{\"error\": {\"code\", \"message\", \"request_id\"}}`."
+            '(the sidebar page carries it in `<meta name="csrf-token">`). Errors have '
+            'one shape: `{"error": {"code", "message", "request_id"}}`.'
         },
     )
     for name, schema in _COMPONENTS:

@@ -361,10 +361,9 @@ def create_task(
 ) -> CareTask:
     """The outbox pattern: the CareTask row is committed first, then its job is dispatched.
 
-    If the queue is down the row stays ``queued`` and the outbox sweeper enqueues it later,
-    so the caller gets its task either way and never retries into a duplicate."""
-    from redis.exceptions import RedisError
-
+    ``dispatch`` does not raise for queue trouble: the row stays queued and the outbox
+    sweeper enqueues it later, so the caller gets its task either way and never retries
+    into a duplicate."""
     from jobs import outbox
 
     patient_ref = patient_for(launch, patient)
@@ -377,15 +376,13 @@ def create_task(
         due_at=due_at,
         launch_session_id=launch.id,
         created_by=launch.fhir_user,
+        assignee=assignee,
     )
-    if assignee:
-        task.assignee = assignee
+    # None only for a duplicate dedupe_key, and a user's task has none.
+    assert task is not None
     db.commit()
     audit("task.create", launch=launch, patient_ref=patient_ref, entity=f"CareTask/{task.id}")
-    try:
-        outbox.dispatch([task.id])
-    except RedisError:
-        log.warning("queue unavailable; CareTask/%s left for the outbox sweeper", task.id)
+    outbox.dispatch([task.id])
     db.refresh(task)
     return task
 
@@ -410,9 +407,7 @@ _RELATIVE = re.compile(
     r"^in\s+(?P<n>\d{1,3}|a|an|one|two|three|four|five)\s+"
     r"(?P<unit>minute|hour|day|week)s?$"
 )
-_CLOCK = re.compile(
-    r"(?:^|\s)(?P<at>at\s+)?(?P<h>\d{1,2})(?::(?P<m>\d{2}))?\s*(?P<ampm>am|pm)?$"
-)
+_CLOCK = re.compile(r"(?:^|\s)(?P<at>at\s+)?(?P<h>\d{1,2})(?::(?P<m>\d{2}))?\s*(?P<ampm>am|pm)?$")
 
 
 class DuePhraseError(ValueError):
