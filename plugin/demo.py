@@ -12,7 +12,7 @@ from types import FrameType
 
 import click
 import requests
-from werkzeug.serving import run_simple
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 from plugin import create_app, migrate, registry
 from plugin.crypto import get_vault
@@ -64,9 +64,13 @@ def run_demo(*, host: str, port: int, with_sandbox: bool, profile: str) -> None:
                     frame_origins=[sandbox_origin],
                 )
             app.extensions["caredesk.frame_origins"].invalidate()
+        # Bind before printing: whoever reads the URLs can use them at once.
+        server = make_server(host, port, app, threaded=True, request_handler=_NoQueryLog)
+        if with_sandbox:
             click.secho(f"\n  EHR (sandbox): {sandbox_origin}/ehr   <- open this", bold=True)
         click.secho(f"  CareDesk:      {app_origin}/   health: {app_origin}/healthz\n", bold=True)
-        run_simple(host, port, app, threaded=True, use_reloader=False)
+        click.echo("Ctrl-C stops CareDesk and the sandbox.")
+        server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
@@ -77,6 +81,15 @@ def run_demo(*, host: str, port: int, with_sandbox: bool, profile: str) -> None:
             except subprocess.TimeoutExpired:
                 sandbox.kill()
         click.echo("CareDesk demo stopped.")
+
+
+class _NoQueryLog(WSGIRequestHandler):
+    """Access log lines without query strings: callbacks carry the authorization code and
+    launches the launch token, and neither may reach a log, not even the demo's."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        path = self.path.split("?", 1)[0]
+        self.log("info", '"%s %s" %s %s', self.command, path, code, size)
 
 
 def _demo_client(app_origin: str) -> dict[str, object]:
