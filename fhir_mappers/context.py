@@ -10,7 +10,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fhir_mappers import issues
 from fhir_mappers.appointment import Visit, to_visit
 from fhir_mappers.coverage import Insurance, to_insurance
 from fhir_mappers.fhirutil import get_str, parse_reference, require_aware, resource_type, zone
@@ -244,4 +243,4 @@ def patient_refs(resource: Mapping[str, Any]) -> list[str]:
     return keys
 
 
-__all__ = ["HelpdeskContext", "build_context", "issues", "patient_refs"]
+__all__ = ["HelpdeskContext", "build_context", "patient_refs"]

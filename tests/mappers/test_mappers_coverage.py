@@ -184,3 +184,13 @@ def test_the_calendar_day_is_nows_own() -> None:
     late = dt.datetime(2026, 11, 26, 23, 30, tzinfo=CHI)
     assert to_insurance([cov(end="2026-11-26")], now=late).state == "expiring"
     assert to_insurance([cov(end="2026-11-26")], now=late.astimezone(dt.UTC)).state == "expired"
+
+
+def test_unreadable_period_dates_are_warned_and_do_not_decide_the_state() -> None:
+    (policy,) = to_insurance([cov(start="01/01/2026", end="soon")], now=NOW).policies
+    assert policy.state == "active"
+    assert (policy.period_start, policy.period_end, policy.days_left) == (None, None, None)
+    assert [(w.field, w.code) for w in policy.warnings] == [
+        ("period.start", "bad-value"),
+        ("period.end", "bad-value"),
+    ]
