@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -380,7 +381,8 @@ class FhirStore:
                 if rng is not None:
                     span[name] = rng
             elif values:
-                keys[name] = values
+                # Interned: 50,000 appointments share a handful of patients and places.
+                keys[name] = [sys.intern(v) for v in values]
         data = json.dumps(resource, separators=(",", ":"), ensure_ascii=False).encode()
         with self._lock:
             self._seq += 1
