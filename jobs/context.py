@@ -1,0 +1,244 @@
+"""What a job handler gets: the app, a session, the registration, the clock, FHIR, send."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from flask import Flask
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from jobs import contact
+from jobs.outbound import (
+    Adapter,
+    Message,
+    NoReachableChannel,
+    OutboundError,
+    OutboundResult,
+    languages_of,
+    mask,
+    render,
+)
+from plugin.crypto import get_vault
+from plugin.models import CareTask, EhrRegistration, LaunchSession, OutboundMessage
+from smart_launch.backend import BackendTokenCache, backend_token
+from smart_launch.errors import NeedsAuthorization
+from smart_launch.fhir import FhirClient
+
+# One per worker process: a backend token serves every job of a registration until it
+# is about to expire, instead of one token request per job.
+BACKEND_TOKENS = BackendTokenCache()
+JOB_REDIRECT = "urn:caredesk:job"  # jobs never redirect; the config type wants a value
+
+
+@dataclass
+class JobContext:
+    app: Flask
+    session: Session
+    task: CareTask
+    now: datetime
+    _registration: EhrRegistration | None = field(default=None, init=False)
+    _fhir: FhirClient | None = field(default=None, init=False)
+
+    @property
+    def registration(self) -> EhrRegistration:
+        if self._registration is None:
+            reg = self.session.get(EhrRegistration, self.task.registration_id)
+            if reg is None:
+                from jobs.errors import TaskError
+
+                raise TaskError(f"registration {self.task.registration_id} no longer exists")
+            self._registration = reg
+        return self._registration
+
+    @property
+    def capabilities(self) -> dict[str, Any]:
+        return dict(self.registration.capabilities or {})
+
+    def capability(self, line_name: str) -> bool | None:
+        """Status of one `caredesk ehr check` line: True/False, None when never checked."""
+        for line in self.capabilities.get("lines") or []:
+            if isinstance(line, dict) and line.get("name") == line_name:
+                status = line.get("status")
+                return True if status == "supported" else (False if status == "missing" else None)
+        return None
+
+    # -- FHIR -----------------------------------------------------------------------
+
+    def fhir(self) -> FhirClient:
+        """Backend Services where the registration has a backend client and key, else the
+        refresh token of the launch that created the task; else NeedsAuthorization."""
+        if self._fhir is None:
+            self._fhir = self._make_fhir()
+        return self._fhir
+
+    def _make_fhir(self) -> FhirClient:
+        from plugin.ehr import DbTokenStore, clients, to_registration
+        from smart_launch.discovery import discover
+        from smart_launch.refresh import token_callbacks
+
+        row = self.registration
+        reg = to_registration(row, vault=get_vault(self.app), redirect=JOB_REDIRECT)
+        shared = clients(self.app)
+        http = shared.http(row.id)
+        conf = discover(reg, http=http, cache=shared.discovery)
+        backend_error: NeedsAuthorization | None = None
+        if reg.backend_client_id and reg.signing_keys:
+            try:
+                backend_token(reg, conf, http=http, cache=BACKEND_TOKENS)
+
+                def token() -> str:
+                    return backend_token(reg, conf, http=http, cache=BACKEND_TOKENS).access_token
+
+                def renew() -> str:
+                    # A 401 with a cached token: the EHR revoked or forgot it; fetch anew.
+                    BACKEND_TOKENS.clear()
+                    return token()
+
+                return FhirClient(reg.fhir_base, token, session=http, on_unauthorized=renew)
+            except NeedsAuthorization as exc:
+                backend_error = exc
+        launch_id = self.task.launch_session_id
+        if launch_id:
+            launch = self.session.get(LaunchSession, launch_id)
+            if launch is not None and launch.token_set_enc is not None:
+                from jobs.queue import get_queue_state
+
+                token_fn, on_unauth = token_callbacks(
+                    launch_id,
+                    reg,
+                    conf,
+                    store=DbTokenStore(self.app),
+                    redis=get_queue_state(self.app).connection,
+                    http=http,
+                )
+                token_fn()  # NeedsAuthorization now rather than mid-handler
+                return FhirClient(reg.fhir_base, token_fn, session=http, on_unauthorized=on_unauth)
+        if backend_error is not None:
+            raise backend_error
+        raise NeedsAuthorization(
+            "No backend-services client is registered for this EHR and the task has no "
+            "launch with a refresh token."
+        )
+
+    def close(self) -> None:
+        # The HTTP session belongs to the app's pool; nothing of ours to close.
+        self._fhir = None
+
+    # -- outbound -------------------------------------------------------------------
+
+    def adapter_for(self, channel: str) -> Adapter:
+        from jobs.outbound.outbox import OutboxAdapter
+
+        cfg = self.app.config
+        if channel == "email" and cfg.get("OUTBOUND_EMAIL") == "smtp":
+            from jobs.outbound.smtp import SmtpAdapter
+
+            return SmtpAdapter(
+                str(cfg["SMTP_HOST"]),
+                int(cfg["SMTP_PORT"]),
+                str(cfg["SMTP_FROM"]),
+                starttls=bool(cfg.get("SMTP_STARTTLS")),
+                username=cfg.get("SMTP_USERNAME"),
+                password=cfg.get("SMTP_PASSWORD"),
+            )
+        if channel == "sms" and cfg.get("OUTBOUND_SMS") == "twilio":
+            from jobs.outbound.twilio import TwilioAdapter
+
+            if not cfg.get("SMS_ACCOUNT_SID") or not cfg.get("SMS_AUTH_TOKEN"):
+                raise OutboundError("OUTBOUND_SMS=twilio needs SMS_ACCOUNT_SID and SMS_AUTH_TOKEN")
+            return TwilioAdapter(
+                str(cfg["SMS_API_URL"]),
+                str(cfg["SMS_ACCOUNT_SID"]),
+                str(cfg["SMS_AUTH_TOKEN"]),
+                str(cfg.get("SMS_FROM") or ""),
+            )
+        return OutboxAdapter()
+
+    def send(
+        self,
+        *,
+        patient: dict[str, Any],
+        channel: str | None,
+        template: str,
+        language: str | None,
+        params: dict[str, Any],
+    ) -> OutboundResult:
+        """Send ``template`` to the patient on ``channel`` (or their best reachable one).
+
+        Never twice for one task and template: a retry after a send finds the first
+        message and returns it.
+        """
+        vault = get_vault(self.app)
+        previous = self.session.scalar(
+            select(OutboundMessage).where(
+                OutboundMessage.task_id == self.task.id,
+                OutboundMessage.template == template,
+                OutboundMessage.status == "sent",
+            )
+        )
+        if previous is not None:
+            return OutboundResult(
+                previous.channel,
+                previous.adapter,
+                template,
+                previous.language,
+                previous.id,
+                previous.provider_id,
+                mask(vault.decrypt(previous.to_enc)),
+                already_sent=True,
+            )
+        options = contact.reachable(patient, today=self.now.date(), requested=channel)
+        if not options:
+            what = f"by {channel}" if channel else "by SMS or email"
+            raise NoReachableChannel(
+                f"The patient cannot be reached {what} (nothing on file, or they asked "
+                "not to be contacted that way)."
+            )
+        target = options[0]
+        available = languages_of(template)
+        lang = language if language in available else contact.language(patient, available)
+        full = {"name": _first_name(patient), "clinic": self.app.config["CLINIC_NAME"]}
+        full.update(params)
+        subject, body = render(template, lang, full)
+        adapter = self.adapter_for(target.channel)
+        message = Message(target.channel, target.address, subject, body, template, lang)
+        provider_id = adapter.send(message)
+        row = OutboundMessage(
+            task_id=self.task.id,
+            registration_id=self.task.registration_id,
+            patient_ref=self.task.patient_ref,
+            channel=target.channel,
+            adapter=adapter.name,
+            template=template,
+            language=lang,
+            to_enc=vault.encrypt(target.address),
+            subject_enc=vault.encrypt_optional(subject),
+            body_enc=vault.encrypt(body),
+            provider_id=provider_id,
+            status="sent",
+        )
+        self.session.add(row)
+        # Committed at once: the message is out, and a retry must know that.
+        self.session.commit()
+        return OutboundResult(
+            target.channel,
+            adapter.name,
+            template,
+            lang,
+            row.id,
+            provider_id,
+            mask(target.address),
+        )
+
+
+def _first_name(patient: dict[str, Any]) -> str:
+    names = [n for n in patient.get("name") or [] if isinstance(n, dict)]
+    names.sort(key=lambda n: {"usual": 0, "official": 1}.get(str(n.get("use")), 2))
+    for name in names:
+        given = name.get("given") or []
+        if given and isinstance(given[0], str):
+            return given[0]
+    return ""

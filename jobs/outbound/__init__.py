@@ -1,0 +1,93 @@
+"""Outbound messages to patients: templates per language and the adapters that send them.
+
+Adapters: SMTP email (``smtp``), a Twilio-compatible HTTP SMS API (``twilio``) and the
+demo's ``outbox`` (stored, shown on /jobs/outbox). Which one serves a channel is set by
+``CAREDESK_OUTBOUND_EMAIL`` / ``CAREDESK_OUTBOUND_SMS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+from typing import Any, Protocol
+
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates" / "messages"
+LANGUAGES = ("en", "es")
+
+
+class OutboundError(Exception):
+    """The message was refused (bad number, rejected sender): retrying will not help."""
+
+
+class TemporaryOutboundError(OutboundError):
+    """The mail server or SMS provider is down or throttling: try again later."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class NoReachableChannel(OutboundError):
+    """The patient has no channel that fits (none on file, or restricted)."""
+
+
+@dataclass(frozen=True)
+class Message:
+    channel: str  # sms | email
+    to: str
+    subject: str | None
+    body: str
+    template: str
+    language: str
+
+
+@dataclass(frozen=True)
+class OutboundResult:
+    channel: str
+    adapter: str
+    template: str
+    language: str
+    message_id: int | None  # OutboundMessage row
+    provider_id: str | None
+    to_masked: str
+    already_sent: bool = False
+
+
+class Adapter(Protocol):
+    name: str
+
+    def send(self, message: Message) -> str | None:
+        """Send; return the provider's message id. Raise (Temporary)OutboundError."""
+
+
+def render(template: str, language: str, params: dict[str, Any]) -> tuple[str | None, str]:
+    """(subject, body) of ``<template>.<language>.txt``; a first line ``Subject: ...``
+    is the email subject. A missing parameter is a bug at the call site: KeyError."""
+    path = TEMPLATE_DIR / f"{template}.{language}.txt"
+    if not path.is_file():
+        path = TEMPLATE_DIR / f"{template}.en.txt"
+    if not path.is_file():
+        raise OutboundError(f"no message template {template!r}")
+    text = Template(path.read_text(encoding="utf-8")).substitute(
+        {k: str(v) for k, v in params.items()}
+    )
+    subject = None
+    if text.startswith("Subject:"):
+        first, _, text = text.partition("\n")
+        subject = first.removeprefix("Subject:").strip()
+    return subject, text.strip() + "\n"
+
+
+def languages_of(template: str) -> tuple[str, ...]:
+    found = tuple(lang for lang in LANGUAGES if (TEMPLATE_DIR / f"{template}.{lang}.txt").is_file())
+    return found or ("en",)
+
+
+def mask(address: str) -> str:
+    """Enough to tell two addresses apart on a staff screen, not enough to use."""
+    if "@" in address:
+        user, _, domain = address.partition("@")
+        return f"{user[:1]}***@{domain}"
+    digits = [c for c in address if c.isdigit()]
+    return "***" + "".join(digits[-2:])

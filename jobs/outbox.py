@@ -1,0 +1,287 @@
+"""The outbox: a CareTask row is committed first, its RQ job enqueued second.
+
+If the enqueue never happens (Redis down, the process died between the two) or the job
+vanishes later (FLUSHALL, a SIGKILLed worker), ``sweep`` finds the row and enqueues it
+again. Jobs carry the row id only; ``jobs.tasks.run_task`` refuses to run a row twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import redis
+from flask import Flask, current_app, has_app_context
+from rq.job import Job, JobStatus
+from rq.rate_limit import RateLimit
+from rq.registry import StartedJobRegistry
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from jobs.queue import get_queue_state
+from plugin.db import get_store
+from plugin.models import CareTask, TaskAttempt
+from plugin.timeutil import as_utc, utcnow
+
+log = logging.getLogger("caredesk.jobs")
+
+OPEN_STATUSES = ("queued", "scheduled", "running")
+# Job states in which RQ will still run the job (or is running it).
+LIVE_JOB_STATES = {
+    JobStatus.QUEUED,
+    JobStatus.SCHEDULED,
+    JobStatus.DEFERRED,
+    JobStatus.STARTED,
+    JobStatus.RATE_LIMITED,
+}
+RUN_TASK = "jobs.tasks.run_task"
+JOB_TIMEOUT = 600
+
+
+def job_id_for(task_id: int, attempt: int) -> str:
+    """Unique per task and attempt, so a re-enqueue of one attempt never makes two jobs."""
+    return f"task-{task_id}-a{attempt}"
+
+
+def lease_key(task_id: int) -> str:
+    return f"caredesk:task-lease:{task_id}"
+
+
+def create_task(
+    session: Session,
+    *,
+    registration_id: int,
+    kind: str,
+    patient_ref: str | None,
+    payload: dict[str, Any],
+    due_at: datetime | None = None,
+    dedupe_key: str | None = None,
+    launch_session_id: str | None = None,
+    created_by: str | None = None,
+    max_attempts: int = 5,
+    assignee: str | None = None,
+) -> CareTask | None:
+    """Add a task row (the caller commits, then calls ``dispatch``).
+
+    Returns None when ``dedupe_key`` exists already: a reminder or an invitation is never
+    made twice. The unique index makes that true across processes too (the loser of a race
+    gets IntegrityError at commit, which callers sweeping in bulk treat as "exists").
+    """
+    if dedupe_key is not None:
+        found = session.scalar(select(CareTask.id).where(CareTask.dedupe_key == dedupe_key))
+        if found is not None:
+            return None
+    now = utcnow()
+    due = as_utc(due_at) if due_at is not None else None
+    task = CareTask(
+        registration_id=registration_id,
+        kind=kind,
+        patient_ref=patient_ref,
+        payload=dict(payload),
+        due_at=due,
+        status="scheduled" if due is not None and due > now else "queued",
+        dedupe_key=dedupe_key,
+        launch_session_id=launch_session_id,
+        created_by=created_by,
+        max_attempts=max_attempts,
+        assignee=assignee,
+        queue=str(current_app.config.get("TASK_QUEUE") or "default") if has_app_context() else None,
+    )
+    session.add(task)
+    return task
+
+
+@dataclass(frozen=True)
+class _Pending:
+    task_id: int
+    job_id: str
+    queue: str
+    registration_id: int
+    due_at: datetime | None
+    kind: str
+
+
+def _enqueue(app: Flask, item: _Pending, now: datetime) -> None:
+    state = get_queue_state(app)
+    queue = state.queue(item.queue)
+    options: dict[str, Any] = {
+        "job_id": item.job_id,
+        "job_timeout": JOB_TIMEOUT,
+        "result_ttl": 3600,
+        "failure_ttl": 7 * 86400,
+        "description": f"{item.kind} task {item.task_id}",
+    }
+    if not state.embedded:
+        # Per-EHR concurrency: at most N jobs of one registration queued or running;
+        # the rest wait in RQ's rate-limit set, so other EHRs' jobs are not stuck
+        # behind a slow one. (Not on the demo's fakeredis.)
+        options["rate_limit"] = RateLimit(
+            f"caredesk-ehr-{item.registration_id}", int(app.config["EHR_CONCURRENCY"])
+        )
+    if item.due_at is not None and item.due_at > now:
+        queue.enqueue_at(item.due_at, RUN_TASK, item.task_id, **options)
+    else:
+        queue.enqueue(RUN_TASK, item.task_id, **options)
+
+
+def dispatch(task_ids: Iterable[int], *, app: Flask | None = None) -> None:
+    """Enqueue the tasks' jobs. Call only after the rows are committed.
+
+    The job id is written on the row before the enqueue, so a worker that picks the job
+    up at once finds it. Never raises for Redis trouble: the rows are safe in the store
+    and the sweeper will enqueue them; a warning says so.
+    """
+    app = app or current_app._get_current_object()  # type: ignore[attr-defined]
+    ids = list(task_ids)
+    if not ids:
+        return
+    now = utcnow()
+    pending: list[_Pending] = []
+    default_queue = str(app.config.get("TASK_QUEUE") or "default")
+    with get_store(app).session() as session:
+        for task in session.scalars(select(CareTask).where(CareTask.id.in_(ids))):
+            if task.status not in ("queued", "scheduled"):
+                continue
+            task.job_id = job_id_for(task.id, task.attempts + 1)
+            task.queue = task.queue or default_queue
+            pending.append(
+                _Pending(
+                    task.id, task.job_id, task.queue, task.registration_id, task.due_at, task.kind
+                )
+            )
+    for item in pending:
+        try:
+            _enqueue(app, item, now)
+        except redis.exceptions.RedisError as exc:
+            log.warning(
+                "task %s not enqueued (%s); the sweeper will enqueue it",
+                item.task_id,
+                type(exc).__name__,
+            )
+
+
+@dataclass
+class SweepResult:
+    checked: int = 0
+    requeued: list[int] = field(default_factory=list)
+    dead: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "checked": self.checked,
+            "requeued": self.requeued,
+            "dead": self.dead,
+            "failed": self.failed,
+        }
+
+
+def _job_alive(conn: redis.Redis, job_id: str | None) -> bool:
+    if not job_id:
+        return False
+    try:
+        job = Job.fetch(job_id, connection=conn)
+    except Exception:  # noqa: BLE001 - NoSuchJobError or an unreadable job: both mean gone
+        return False
+    return job.get_status(refresh=False) in LIVE_JOB_STATES
+
+
+def sweep(
+    app: Flask, *, grace: timedelta | None = None, now: datetime | None = None, batch: int = 500
+) -> SweepResult:
+    """Re-enqueue open rows whose job is gone; take running rows without a lease for dead.
+
+    A running row keeps a Redis lease while its job runs (``run_task`` renews it). No
+    lease means the worker died mid-job (SIGKILL, OOM, a lost machine): the attempt is
+    marked ``abandoned`` and the task runs again, or fails when it has no attempts left.
+    """
+    now = now or utcnow()
+    if grace is None:
+        grace = timedelta(seconds=int(app.config["TASK_SWEEP_GRACE_SECONDS"]))
+    conn = get_queue_state(app).connection
+    result = SweepResult()
+    last_id = 0
+    to_dispatch: list[int] = []
+    store = get_store(app)
+    while True:
+        with store.session() as session:
+            rows = list(
+                session.scalars(
+                    select(CareTask)
+                    .where(
+                        CareTask.status.in_(OPEN_STATUSES),
+                        CareTask.id > last_id,
+                        CareTask.updated_at <= now - grace,
+                    )
+                    .order_by(CareTask.id)
+                    .limit(batch)
+                )
+            )
+            if not rows:
+                break
+            last_id = rows[-1].id
+            for task in rows:
+                result.checked += 1
+                if task.status == "running":
+                    if conn.exists(lease_key(task.id)):
+                        continue
+                    _abandon(session, app, task, now)
+                    result.dead.append(task.id)
+                    if task.status == "failed":
+                        result.failed.append(task.id)
+                        continue
+                elif _job_alive(conn, task.job_id):
+                    continue
+                to_dispatch.append(task.id)
+                result.requeued.append(task.id)
+    _cleanup_started(app)
+    # Dispatch after the commit above, like every other enqueue.
+    for start in range(0, len(to_dispatch), batch):
+        dispatch(to_dispatch[start : start + batch], app=app)
+    if result.requeued or result.dead:
+        log.warning(
+            "sweeper: %d re-enqueued, %d from dead workers", len(result.requeued), len(result.dead)
+        )
+    return result
+
+
+def _abandon(session: Session, app: Flask, task: CareTask, now: datetime) -> None:
+    attempt = session.scalar(
+        select(TaskAttempt)
+        .where(TaskAttempt.task_id == task.id, TaskAttempt.attempt == task.attempts)
+        .order_by(TaskAttempt.id.desc())
+        .limit(1)
+    )
+    reason = "the worker running this task stopped (killed or lost) before it finished"
+    if attempt is not None and attempt.outcome == "running":
+        attempt.outcome = "abandoned"
+        attempt.error = reason
+        attempt.finished_at = now
+    task.last_error = reason
+    if task.attempts >= task.max_attempts:
+        task.status = "failed"
+        task.finished_at = now
+        from jobs.tasks import final_failure
+
+        final_failure(session, app, task)
+    else:
+        task.status = "queued"
+        task.due_at = None
+
+
+def _cleanup_started(app: Flask) -> None:
+    """Let RQ move jobs of dead workers out of its started registries (to failed)."""
+    state = get_queue_state(app)
+    for name in state.queue_names:
+        try:
+            StartedJobRegistry(name, connection=state.connection).cleanup()
+        except redis.exceptions.RedisError as exc:
+            log.warning("started-registry cleanup of %s failed: %s", name, type(exc).__name__)
+
+
+def sweep_job() -> dict[str, Any]:
+    """The cron entry point (runs inside the worker's app context)."""
+    return sweep(current_app._get_current_object()).to_json()  # type: ignore[attr-defined]

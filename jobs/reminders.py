@@ -1,0 +1,257 @@
+"""Appointment reminders: a cron sweep per registration queues one reminder task per
+appointment and offset (72 h and 24 h before by default); the task's job sends it.
+
+The sweep pages through the EHR's Appointment search (one page in memory), creates rows
+with a dedupe key (``reminder:<registration>:<appointment>:<offset>h``), commits and
+dispatches per page, and clears the session: memory does not grow with the number of
+appointments, and a second sweep over the same day adds nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from flask import Flask, current_app
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from jobs.context import JobContext
+from jobs.errors import split_reference
+from jobs.outbound import NoReachableChannel
+from jobs.outbox import create_task, dispatch
+from jobs.tasks import handler
+from plugin.db import get_store
+from plugin.models import CareTask, EhrRegistration
+from plugin.timeutil import utcnow
+
+log = logging.getLogger("caredesk.jobs")
+
+PAGE_SIZE = 200
+REMIND_STATUSES = "booked,pending,proposed"
+WEEKDAYS = {
+    "en": ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"),
+    "es": ("lunes", "martes", "miércoles", "jueves", "viernes", "sábado", "domingo"),
+}
+MONTHS = {
+    "en": (
+        "January February March April May June July August September October November December"
+    ).split(),
+    "es": (
+        "enero febrero marzo abril mayo junio julio agosto septiembre octubre noviembre diciembre"
+    ).split(),
+}
+
+
+def offsets(app: Flask) -> list[int]:
+    raw = str(app.config.get("REMINDER_OFFSETS_HOURS") or "72,24")
+    return sorted({int(x) for x in raw.split(",") if x.strip()}, reverse=True)
+
+
+def windows(hours: list[int], now: datetime) -> list[tuple[int, datetime, datetime]]:
+    """(offset, after, up_to): an appointment starting in (after, up_to] gets that offset's
+    reminder now. Each offset covers the time down to the next smaller offset, so a visit
+    booked 30 h ahead gets its 72 h reminder at once and its 24 h one later."""
+    ordered = sorted(hours)
+    out = []
+    for i, hours_before in enumerate(ordered):
+        lower = ordered[i - 1] if i else 0
+        out.append(
+            (hours_before, now + timedelta(hours=lower), now + timedelta(hours=hours_before))
+        )
+    return out
+
+
+@dataclass
+class ReminderSweep:
+    registration_id: int
+    seen: int = 0
+    created: int = 0
+    pages: int = 0
+    per_offset: dict[int, int] = field(default_factory=dict)
+
+
+def _patient_of(appt: dict[str, Any]) -> str | None:
+    for part in appt.get("participant") or []:
+        ref = (part.get("actor") or {}).get("reference")
+        if isinstance(ref, str) and (ref.startswith("Patient/") or "/Patient/" in ref):
+            return "Patient/" + ref.rsplit("Patient/", 1)[1]
+    return None
+
+
+def sweep_registration(
+    app: Flask, registration_id: int, *, now: datetime | None = None
+) -> ReminderSweep:
+    now = now or utcnow()
+    result = ReminderSweep(registration_id)
+    store = get_store(app)
+    with store.session() as session:
+        reg = session.get(EhrRegistration, registration_id)
+        if reg is None:
+            raise LookupError(f"registration {registration_id} not found")
+        # The sweep's FHIR client authenticates like a job (backend services).
+        probe = CareTask(id=0, registration_id=registration_id, kind="reminder-sweep", payload={})
+        ctx = JobContext(app=app, session=session, task=probe, now=now)
+        client = ctx.fhir()
+    for hours_before, after, up_to in windows(offsets(app), now):
+        params = [
+            ("date", "gt" + after.isoformat()),
+            ("date", "le" + up_to.isoformat()),
+            ("status", REMIND_STATUSES),
+            ("_count", str(PAGE_SIZE)),
+            ("_elements", "id,status,start,participant"),
+        ]
+        batch: list[tuple[str, str]] = []
+        for appt in client.search_all("Appointment", params, max_pages=10_000):
+            if appt.get("resourceType") != "Appointment" or not appt.get("id"):
+                continue
+            patient = _patient_of(appt)
+            if patient is None:
+                continue
+            result.seen += 1
+            batch.append((f"Appointment/{appt['id']}", patient))
+            if len(batch) >= PAGE_SIZE:
+                result.created += _queue(app, registration_id, hours_before, batch)
+                result.pages += 1
+                batch = []
+        if batch:
+            result.created += _queue(app, registration_id, hours_before, batch)
+            result.pages += 1
+        result.per_offset[hours_before] = result.created - sum(result.per_offset.values())
+    log.info(
+        "reminder sweep of registration %s: %d appointments, %d reminders queued",
+        registration_id,
+        result.seen,
+        result.created,
+    )
+    return result
+
+
+def _queue(
+    app: Flask, registration_id: int, hours_before: int, batch: list[tuple[str, str]]
+) -> int:
+    keys = {
+        f"reminder:{registration_id}:{appt}:{hours_before}h": (appt, patient)
+        for appt, patient in batch
+    }
+    store = get_store(app)
+    with store.session() as session:
+        existing = set(
+            session.scalars(select(CareTask.dedupe_key).where(CareTask.dedupe_key.in_(keys)))
+        )
+    fresh = {k: v for k, v in keys.items() if k not in existing}
+    if not fresh:
+        return 0
+    try:
+        with store.session() as session:
+            tasks = [
+                create_task(
+                    session,
+                    registration_id=registration_id,
+                    kind="reminder",
+                    patient_ref=patient,
+                    payload={"appointment_ref": appt, "offset_hours": hours_before},
+                    dedupe_key=key,
+                    max_attempts=3,
+                )
+                for key, (appt, patient) in fresh.items()
+            ]
+            session.flush()
+            ids = [t.id for t in tasks if t is not None]
+    except IntegrityError:
+        # Another sweep inserted some of these between our check and our insert: go row
+        # by row (rare; only under concurrent sweeps).
+        ids = []
+        for key, (appt, patient) in fresh.items():
+            try:
+                with store.session() as session:
+                    task = create_task(
+                        session,
+                        registration_id=registration_id,
+                        kind="reminder",
+                        patient_ref=patient,
+                        payload={"appointment_ref": appt, "offset_hours": hours_before},
+                        dedupe_key=key,
+                        max_attempts=3,
+                    )
+                    session.flush()
+                    if task is not None:
+                        ids.append(task.id)
+            except IntegrityError:
+                continue
+    dispatch(ids, app=app)
+    return len(ids)
+
+
+def sweep_all(app: Flask, *, now: datetime | None = None) -> list[ReminderSweep]:
+    with get_store(app).session() as session:
+        reg_ids = list(session.scalars(select(EhrRegistration.id).order_by(EhrRegistration.id)))
+    out = []
+    for reg_id in reg_ids:
+        try:
+            out.append(sweep_registration(app, reg_id, now=now))
+        except Exception:
+            # One EHR down must not stop the others' reminders; the next sweep tries again.
+            log.exception("reminder sweep of registration %s failed", reg_id)
+    return out
+
+
+def sweep_reminders_job() -> int:
+    """The cron entry point."""
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    return sum(s.created for s in sweep_all(app))
+
+
+def when_text(start: str, language: str) -> tuple[str, str]:
+    """(date, time) in the appointment's own offset, worded for the language."""
+    at = datetime.fromisoformat(start)
+    lang = language if language in WEEKDAYS else "en"
+    date = (
+        f"{WEEKDAYS[lang][at.weekday()]}, {MONTHS[lang][at.month - 1]} {at.day}"
+        if lang == "en"
+        else f"{WEEKDAYS[lang][at.weekday()]} {at.day} de {MONTHS[lang][at.month - 1]}"
+    )
+    if lang == "en":
+        time = f"{(at.hour % 12) or 12}:{at.minute:02d} {'AM' if at.hour < 12 else 'PM'}"
+    else:
+        time = f"{at.hour:02d}:{at.minute:02d}"
+    return date, time
+
+
+@handler("reminder")
+def reminder(task: CareTask, ctx: JobContext) -> None:
+    appt_ref = str(task.payload.get("appointment_ref") or "")
+    rtype, rid = split_reference(appt_ref)
+    client = ctx.fhir()
+    appt = client.read(rtype, rid)
+    start = appt.get("start")
+    if appt.get("status") not in REMIND_STATUSES.split(",") or not isinstance(start, str):
+        task.status_note = f"Not sent: the appointment is {appt.get('status')}."
+        return
+    if datetime.fromisoformat(start) <= ctx.now:
+        task.status_note = "Not sent: the appointment has started."
+        return
+    ptype, pid = split_reference(task.patient_ref or "")
+    patient = client.read(ptype, pid)
+    from jobs.contact import language as pick_language
+    from jobs.outbound import languages_of
+
+    lang = pick_language(patient, languages_of("appointment-reminder"))
+    date, time = when_text(start, lang)
+    try:
+        sent = ctx.send(
+            patient=patient,
+            channel=None,
+            template="appointment-reminder",
+            language=lang,
+            params={"date": date, "time": time, "where": ""},
+        )
+    except NoReachableChannel as exc:
+        # Not a failure of the job: the board shows "reminder not sent" with the reason.
+        task.status_note = f"Not sent: {exc}"
+        task.fhir_refs = {**task.fhir_refs, "reminder_sent": False}
+        return
+    task.fhir_refs = {**task.fhir_refs, "reminder_sent": True, "message": sent.message_id}
+    task.status_note = f"Reminder sent by {sent.channel} to {sent.to_masked}."

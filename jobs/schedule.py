@@ -1,0 +1,38 @@
+"""The cron schedule, on RQ's built-in CronScheduler (no rq-scheduler).
+
+`caredesk jobs cron` runs it; any number may run (RQ's cron keeps one schedule per
+name). Each entry enqueues a plain function by path onto the task queue.
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+from rq.cron import CronScheduler
+
+from jobs.queue import get_queue_state
+
+
+def build_cron(app: Flask) -> CronScheduler:
+    state = get_queue_state(app)
+    queue = str(app.config.get("TASK_QUEUE") or "default")
+    cron = CronScheduler(connection=state.connection, name="caredesk-cron")
+    from jobs import outbox, referral, reminders
+
+    cron.register(
+        reminders.sweep_reminders_job,
+        queue,
+        interval=int(app.config["REMINDER_SWEEP_SECONDS"]),
+        job_timeout=1800,
+        name="reminder-sweep",
+    )
+    cron.register(
+        outbox.sweep_job, queue, interval=int(app.config["TASK_SWEEP_SECONDS"]), name="task-sweep"
+    )
+    cron.register(
+        referral.check_referrals_job,
+        queue,
+        interval=int(app.config["REFERRAL_CHECK_SECONDS"]),
+        job_timeout=1800,
+        name="referral-check",
+    )
+    return cron

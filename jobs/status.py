@@ -1,0 +1,116 @@
+"""What `caredesk jobs status` and the admin page show: counts, oldest waiting, failures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import redis
+from flask import Flask
+from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+from sqlalchemy import func, select
+
+from jobs.queue import get_queue_state
+from plugin.db import get_store
+from plugin.models import CareTask
+
+
+@dataclass(frozen=True)
+class Failure:
+    task_id: int
+    kind: str
+    attempts: int
+    error: str | None
+    finished_at: datetime | None
+
+
+def snapshot(app: Flask, *, failures: int = 20) -> dict[str, Any]:
+    with get_store(app).session() as session:
+        rows = session.execute(
+            select(CareTask.status, CareTask.queue, CareTask.kind, func.count()).group_by(
+                CareTask.status, CareTask.queue, CareTask.kind
+            )
+        ).all()
+        oldest = session.execute(
+            select(CareTask.id, CareTask.kind, CareTask.created_at)
+            .where(CareTask.status.in_(("queued", "scheduled", "needs-authorization")))
+            .order_by(CareTask.created_at)
+            .limit(1)
+        ).first()
+        failed = session.scalars(
+            select(CareTask)
+            .where(CareTask.status == "failed")
+            .order_by(CareTask.updated_at.desc())
+            .limit(failures)
+        ).all()
+        failure_rows = [
+            Failure(t.id, t.kind, t.attempts, t.last_error, t.finished_at) for t in failed
+        ]
+    by_state: dict[str, int] = {}
+    by_queue: dict[str, dict[str, int]] = {}
+    by_kind: dict[str, dict[str, int]] = {}
+    for status, queue, kind, count in rows:
+        by_state[status] = by_state.get(status, 0) + count
+        q = by_queue.setdefault(queue or "default", {})
+        q[status] = q.get(status, 0) + count
+        k = by_kind.setdefault(kind, {})
+        k[status] = k.get(status, 0) + count
+    state = get_queue_state(app)
+    rq_info: dict[str, Any] = {}
+    try:
+        for name in state.queue_names:
+            rq_info[name] = {
+                "queued": len(state.queue(name)),
+                "started": StartedJobRegistry(name, connection=state.connection).count,
+                "scheduled": ScheduledJobRegistry(name, connection=state.connection).count,
+                "failed": FailedJobRegistry(name, connection=state.connection).count,
+            }
+    except redis.exceptions.RedisError as exc:
+        rq_info = {"error": f"Redis unavailable: {type(exc).__name__}"}
+    return {
+        "by_state": by_state,
+        "by_queue": by_queue,
+        "by_kind": by_kind,
+        "oldest_waiting": (
+            {"task_id": oldest[0], "kind": oldest[1], "since": oldest[2].isoformat()}
+            if oldest
+            else None
+        ),
+        "failures": [
+            {
+                "task_id": f.task_id,
+                "kind": f.kind,
+                "attempts": f.attempts,
+                "error": f.error,
+                "finished_at": f.finished_at.isoformat() if f.finished_at else None,
+            }
+            for f in failure_rows
+        ],
+        "rq": rq_info,
+    }
+
+
+def retry(app: Flask, task_ids: list[int]) -> list[int]:
+    """Put failed / needs-authorization tasks back in the queue with fresh attempts."""
+    from jobs.outbox import dispatch
+
+    retried: list[int] = []
+    with get_store(app).session() as session:
+        for task in session.scalars(select(CareTask).where(CareTask.id.in_(task_ids))):
+            if task.status not in ("failed", "needs-authorization", "cancelled"):
+                continue
+            task.status = "queued"
+            task.due_at = None
+            task.finished_at = None
+            # A manual retry earns a full set of attempts on top of those spent.
+            task.max_attempts = task.attempts + max(1, task.max_attempts - task.attempts, 3)
+            task.status_note = None
+            retried.append(task.id)
+    dispatch(retried, app=app)
+    return retried
+
+
+def failed_ids(app: Flask) -> list[int]:
+    with get_store(app).session() as session:
+        return list(session.scalars(select(CareTask.id).where(CareTask.status == "failed")))

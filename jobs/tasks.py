@@ -1,0 +1,299 @@
+"""``run_task``: the only function RQ runs for CareTasks, and the handler registry.
+
+    @handler("survey-writeback")
+    def write_back(task: CareTask, ctx: JobContext) -> None: ...
+
+A handler does one thing and writes the outcome on ``task``; it may set ``task.status``
+(e.g. ``waiting``: on a work list, or tracking a referral) and ``task.status_note``;
+otherwise the task is ``done`` when it returns. What it raises decides the rest:
+
+- ``TemporaryFhirError``, ``TemporaryOutboundError``, ``TemporaryTaskError``, discovery
+  or refresh trouble: the attempt is recorded and the next one scheduled (exponential
+  backoff, never sooner than the server's Retry-After) with its own job id;
+- ``NeedsAuthorization``: the task waits, visibly, in ``needs-authorization``;
+- ``FatalFhirError`` (the OperationOutcome text kept), ``OutboundError``, ``TaskError``:
+  the task fails with the reason on the row; the exception goes on to RQ (failed registry);
+- anything else: recorded, retried while attempts remain, and re-raised so RQ sees it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from flask import Flask, current_app
+from rq import get_current_job
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from jobs.context import JobContext
+from jobs.errors import TaskError, TemporaryTaskError
+from jobs.outbound import OutboundError, TemporaryOutboundError
+from jobs.outbox import dispatch, lease_key
+from jobs.queue import get_queue_state
+from plugin.db import get_store
+from plugin.models import CareTask, TaskAttempt
+from plugin.timeutil import utcnow
+from smart_launch.errors import (
+    DiscoveryError,
+    FatalFhirError,
+    NeedsAuthorization,
+    RefreshBusy,
+    TemporaryFhirError,
+)
+
+log = logging.getLogger("caredesk.jobs")
+
+Handler = Callable[[CareTask, JobContext], None]
+FailureHook = Callable[[Session, Flask, CareTask], None]
+H = TypeVar("H", bound=Handler)
+
+
+@dataclass(frozen=True)
+class Registered:
+    run: Handler
+    on_final_failure: FailureHook | None
+
+
+HANDLERS: dict[str, Registered] = {}
+
+
+def handler(kind: str, *, on_final_failure: FailureHook | None = None) -> Callable[[H], H]:
+    """Register the function that runs tasks of ``kind``."""
+
+    def register(func: H) -> H:
+        HANDLERS[kind] = Registered(func, on_final_failure)
+        return func
+
+    return register
+
+
+# Modules whose import registers handlers. Other parts (surveys) add theirs here or list
+# them in the ``JOB_HANDLER_MODULES`` config value (comma-separated).
+HANDLER_MODULES: list[str] = ["jobs.followup", "jobs.referral", "jobs.reminders"]
+
+
+def _load_handlers() -> None:
+    import importlib
+
+    extra = ""
+    try:
+        extra = str(current_app.config.get("JOB_HANDLER_MODULES") or "")
+    except RuntimeError:
+        pass  # no app context: the built-in kinds only
+    for name in [*HANDLER_MODULES, *(m.strip() for m in extra.split(",") if m.strip())]:
+        importlib.import_module(name)
+
+
+def backoff(app: Flask, attempt: int, retry_after: float | None) -> float:
+    base = float(app.config["RETRY_BASE_SECONDS"])
+    cap = float(app.config["RETRY_MAX_SECONDS"])
+    delay = min(cap, base * (2 ** max(0, attempt - 1)))
+    # The server's Retry-After is a floor: retrying sooner only earns another 429.
+    return max(delay, retry_after or 0.0)
+
+
+def run_task(task_id: int) -> None:
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    _load_handlers()
+    job = get_current_job()
+    job_id = job.id if job is not None else None
+    store = get_store(app)
+    now = utcnow()
+    with store.session() as session:
+        claimed = session.execute(
+            update(CareTask)
+            .where(
+                CareTask.id == task_id,
+                CareTask.status.in_(("queued", "scheduled")),
+                # A stale job (an older attempt, or one re-enqueued by the sweeper while
+                # the original was still about) must not run the task a second time.
+                (CareTask.job_id == job_id) if job_id else CareTask.job_id.is_(None),
+            )
+            .values(
+                status="running",
+                attempts=CareTask.attempts + 1,
+                started_at=now,
+                updated_at=now,
+                last_error=None,
+            )
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if not claimed:
+            log.info("task %s: job %s skipped (task not waiting for this job)", task_id, job_id)
+            return
+        task = session.get(CareTask, task_id)
+        assert task is not None
+        session.add(TaskAttempt(task_id=task.id, attempt=task.attempts, job_id=job_id))
+    lease = _Lease(app, task_id, job_id or "inline")
+    lease.start()
+    try:
+        _run_claimed(app, task_id)
+    finally:
+        lease.stop()
+
+
+def _run_claimed(app: Flask, task_id: int) -> None:
+    store = get_store(app)
+    session = store.sessions()
+    try:
+        task = session.get(CareTask, task_id)
+        assert task is not None
+        registered = HANDLERS.get(task.kind)
+        try:
+            if registered is None:
+                raise TaskError(f"no handler for tasks of kind {task.kind!r}")
+            ctx = JobContext(app=app, session=session, task=task, now=utcnow())
+            try:
+                registered.run(task, ctx)
+            finally:
+                ctx.close()
+        except Exception as exc:
+            session.rollback()
+            _record_failure(app, task_id, exc)
+            return
+        now = utcnow()
+        if task.status == "running":
+            task.status = "done"
+        if task.status in ("done", "cancelled"):
+            task.finished_at = now
+        task.updated_at = now
+        _finish_attempt(session, task, "done", None, now)
+        session.commit()
+    finally:
+        session.close()
+
+
+def _finish_attempt(
+    session: Session, task: CareTask, outcome: str, error: str | None, now: datetime
+) -> None:
+    session.execute(
+        update(TaskAttempt)
+        .where(
+            TaskAttempt.task_id == task.id,
+            TaskAttempt.attempt == task.attempts,
+            TaskAttempt.outcome == "running",
+        )
+        .values(outcome=outcome, error=error, finished_at=now)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _message(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text or type(exc).__name__
+
+
+def _record_failure(app: Flask, task_id: int, exc: Exception) -> None:
+    """Write what happened on the row, then retry, wait or fail. Re-raises where RQ
+    should see the failure."""
+    now = utcnow()
+    temporary = isinstance(
+        exc,
+        TemporaryFhirError
+        | TemporaryOutboundError
+        | TemporaryTaskError
+        | DiscoveryError
+        | RefreshBusy,
+    )
+    fatal = isinstance(exc, FatalFhirError | OutboundError | TaskError) and not temporary
+    retry_after = getattr(exc, "retry_after", None)
+    reraise = not temporary
+    with get_store(app).session() as session:
+        task = session.get(CareTask, task_id)
+        assert task is not None
+        task.last_error = _message(exc)
+        task.updated_at = now
+        if isinstance(exc, NeedsAuthorization):
+            task.status = "needs-authorization"
+            task.status_note = (
+                "Waiting for authorization: no backend-services credentials and no usable "
+                "refresh token. Launch CareDesk from the EHR, then retry."
+            )
+            _finish_attempt(session, task, "needs-authorization", task.last_error, now)
+            log.warning("task %s needs authorization", task_id)
+            return
+        if not fatal and task.attempts < task.max_attempts:
+            delay = backoff(app, task.attempts, retry_after)
+            task.status = "scheduled"
+            task.due_at = now + timedelta(seconds=delay)
+            _finish_attempt(session, task, "retry", task.last_error, now)
+            log.warning(
+                "task %s attempt %d failed (%s); retry in %.1fs",
+                task_id,
+                task.attempts,
+                type(exc).__name__,
+                delay,
+            )
+        else:
+            task.status = "failed"
+            task.finished_at = now
+            if not fatal:
+                task.last_error = f"gave up after {task.attempts} attempts: {task.last_error}"
+            _finish_attempt(session, task, "failed", task.last_error, now)
+            final_failure(session, app, task)
+            log.warning("task %s failed: %s", task_id, type(exc).__name__)
+            reraise = True
+        retry_id = task.id if task.status == "scheduled" else None
+    if retry_id is not None:
+        # The row is committed; the next attempt's job (its own id) comes after.
+        dispatch([retry_id], app=app)
+    if reraise:
+        raise exc
+
+
+def final_failure(session: Session, app: Flask, task: CareTask) -> None:
+    """Give the kind's hook (e.g. open a ticket) a chance; its own errors are logged."""
+    _load_handlers()
+    registered = HANDLERS.get(task.kind)
+    if registered is None or registered.on_final_failure is None:
+        return
+    try:
+        with session.begin_nested():
+            registered.on_final_failure(session, app, task)
+    except Exception:
+        # The task is failed either way; a broken hook must not hide that.
+        log.exception("final-failure hook for task %s raised", task.id)
+
+
+class _Lease:
+    """A Redis key that says "a live worker is running this task", renewed by a thread."""
+
+    def __init__(self, app: Flask, task_id: int, holder: str) -> None:
+        self.conn = get_queue_state(app).connection
+        self.key = lease_key(task_id)
+        self.holder = holder
+        self.ttl = max(1, int(app.config["TASK_LEASE_SECONDS"]))
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._renew, name=f"lease-{task_id}", daemon=True)
+
+    def start(self) -> None:
+        self.conn.set(self.key, self.holder, ex=self.ttl)
+        self.thread.start()
+
+    def _renew(self) -> None:
+        while not self.stop_event.wait(self.ttl / 3):
+            try:
+                self.conn.set(self.key, self.holder, ex=self.ttl)
+            except Exception:  # noqa: BLE001 - the sweeper copes with a lapsed lease
+                log.warning("could not renew lease %s", self.key)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=5)
+        try:
+            self.conn.delete(self.key)
+        except Exception:  # noqa: BLE001
+            log.warning("could not drop lease %s", self.key)
+
+
+def run_inline(task_id: int) -> None:
+    """Run a task in this process (tests, `caredesk jobs run`), as RQ would."""
+    run_task(task_id)
+
+
+__all__: list[Any] = ["handler", "run_task", "HANDLERS", "backoff", "final_failure"]

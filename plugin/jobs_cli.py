@@ -1,0 +1,108 @@
+"""`caredesk jobs ...`: task state, retries, sweeps and the cron schedule."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from flask import current_app
+
+from plugin.cli import cli, with_appcontext
+
+
+@cli.group(help="Follow-up, referral, reminder and survey jobs (CareTask rows + RQ).")
+def jobs() -> None:
+    pass
+
+
+def _app():  # type: ignore[no-untyped-def]
+    return current_app._get_current_object()  # type: ignore[attr-defined]
+
+
+@jobs.command("status", help="Counts per state and queue, oldest waiting, failures.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@with_appcontext
+def status(as_json: bool) -> None:
+    from jobs.status import snapshot
+
+    snap = snapshot(_app())
+    if as_json:
+        click.echo(json.dumps(snap, indent=2))
+        return
+    click.echo(
+        "tasks by state: "
+        + (", ".join(f"{k} {v}" for k, v in sorted(snap["by_state"].items())) or "none")
+    )
+    for queue, counts in sorted(snap["by_queue"].items()):
+        click.echo(f"  queue {queue}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    for name, info in snap["rq"].items():
+        click.echo(f"rq {name}: {info}")
+    oldest = snap["oldest_waiting"]
+    click.echo(
+        f"oldest waiting: task {oldest['task_id']} ({oldest['kind']}) since {oldest['since']}"
+        if oldest
+        else "oldest waiting: none"
+    )
+    if snap["failures"]:
+        click.echo("failures:")
+        for f in snap["failures"]:
+            click.echo(
+                f"  task {f['task_id']} {f['kind']} after {f['attempts']} attempt(s): {f['error']}"
+            )
+
+
+@jobs.command("retry", help="Retry one task (by id) or every failed task (--failed).")
+@click.argument("task_id", required=False, type=int)
+@click.option("--failed", "all_failed", is_flag=True, help="Retry every failed task.")
+@with_appcontext
+def retry(task_id: int | None, all_failed: bool) -> None:
+    from jobs.status import failed_ids
+    from jobs.status import retry as do_retry
+
+    if (task_id is None) == (not all_failed):
+        raise click.UsageError("give a task id or --failed (not both)")
+    ids = failed_ids(_app()) if all_failed else [int(task_id or 0)]
+    done = do_retry(_app(), ids)
+    if task_id is not None and not done:
+        raise click.ClickException(f"task {task_id} is not failed or waiting for authorization")
+    click.echo(
+        f"re-queued {len(done)} task(s)" + (f": {', '.join(map(str, done))}" if done else "")
+    )
+
+
+@jobs.command("sweep", help="Re-enqueue tasks whose job vanished; recover dead workers' tasks.")
+@with_appcontext
+def sweep() -> None:
+    from jobs.outbox import sweep as do_sweep
+
+    click.echo(json.dumps(do_sweep(_app()).to_json()))
+
+
+@jobs.command("remind", help="Sweep upcoming appointments now and queue due reminders.")
+@with_appcontext
+def remind() -> None:
+    from jobs.reminders import sweep_all
+
+    for result in sweep_all(_app()):
+        click.echo(
+            f"registration {result.registration_id}: {result.seen} appointments, "
+            f"{result.created} reminders queued"
+        )
+
+
+@jobs.command("check-referrals", help="Check open referrals for an appointment now.")
+@with_appcontext
+def check_referrals() -> None:
+    from jobs.referral import check_referrals as do_check
+
+    click.echo(json.dumps(do_check(_app())))
+
+
+@jobs.command("cron", help="Run the cron schedule (reminder sweep, task sweep, referral check).")
+@with_appcontext
+def cron() -> None:
+    from jobs.schedule import build_cron
+
+    scheduler = build_cron(_app())
+    click.echo(f"cron {scheduler.name}: {len(scheduler.get_jobs())} entries", err=True)
+    scheduler.start()
