@@ -15,7 +15,7 @@ from werkzeug.exceptions import HTTPException
 from sandbox import admin, auth, ehr, fhir
 from sandbox.options import SandboxOptions
 from sandbox.state import SandboxState, sha
-from sandbox.web import FhirError, fhir_response, operation_outcome, state
+from sandbox.web import FhirError, OAuthError, fhir_response, operation_outcome, state
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def create_app(options: SandboxOptions | Mapping[str, Any] | None = None) -> Fla
     app.before_request(_before)
     app.after_request(_after)
     app.register_error_handler(FhirError, _fhir_error)
-    app.register_error_handler(auth.OAuthError, lambda exc: exc.response())
+    app.register_error_handler(OAuthError, lambda exc: exc.response())
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)
     return app

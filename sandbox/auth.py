@@ -18,9 +18,11 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import requests
 from flask import Blueprint, jsonify, redirect, render_template, request
+from flask.typing import ResponseReturnValue
 from flask.wrappers import Response
 from joserfc import jwk, jwt
 from joserfc.errors import JoseError
+from werkzeug.wrappers import Response as BaseResponse
 
 from sandbox import scopes as scope_rules
 from sandbox.clients import Client
@@ -197,7 +199,7 @@ class AuthorizeError(Exception):
     redirect_uri: redirecting would hand the error to an unverified address)."""
 
 
-def _redirect_with(uri: str, params: Mapping[str, str | None]) -> Response:
+def _redirect_with(uri: str, params: Mapping[str, str | None]) -> BaseResponse:
     parts = urlsplit(uri)
     extra = urlencode({k: v for k, v in params.items() if v is not None})
     query = f"{parts.query}&{extra}" if parts.query else extra
@@ -209,7 +211,7 @@ def _same_url(a: str, b: str) -> bool:
 
 
 @bp.route("/auth/authorize", methods=["GET", "POST"])
-def authorize() -> Response | tuple[str, int]:
+def authorize() -> ResponseReturnValue:
     st = state()
     params = request.form if request.method == "POST" else request.args
     client = st.clients.get(params.get("client_id", ""))
@@ -221,7 +223,7 @@ def authorize() -> Response | tuple[str, int]:
         return render_template("error.html", message="redirect_uri is not registered."), 400
     req_state = params.get("state")
 
-    def fail(error: str, description: str) -> Response:
+    def fail(error: str, description: str) -> BaseResponse:
         return _redirect_with(
             redirect_uri, {"error": error, "error_description": description, "state": req_state}
         )
@@ -294,7 +296,7 @@ def _launch_context(launch: Mapping[str, Any], granted: list[str]) -> dict[str, 
 
 
 @bp.post("/auth/authorize/decide")
-def decide() -> Response | tuple[str, int]:
+def decide() -> ResponseReturnValue:
     """The login / patient picker's answer (standalone launch)."""
     st = state()
     st.expire_old()
@@ -320,7 +322,7 @@ def decide() -> Response | tuple[str, int]:
     return _issue_code(st, info, context)
 
 
-def _issue_code(st: SandboxState, info: Mapping[str, Any], context: dict[str, Any]) -> Response:
+def _issue_code(st: SandboxState, info: Mapping[str, Any], context: dict[str, Any]) -> BaseResponse:
     code = secrets.token_urlsafe(32)
     with st.lock:
         st.codes[sha(code)] = {

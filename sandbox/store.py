@@ -467,18 +467,23 @@ class FhirStore:
                 raise SearchError(f"modifier :{crit.modifier} is not supported on {name}")
             return lambda rec: any(t(k) for k in rec.keys.get(name, ()) for t in wanted)
         if param.kind == "reference":
-            refs = set()
+            refs: set[str] = set()
+            bare: set[str] = set()  # ids on a polymorphic parameter (actor=123): any type
+            target = crit.modifier or param.target
             for value in crit.values:
-                target = crit.modifier or param.target
-                key = ref_key(value) if "/" in value else (f"{target}/{value}" if target else None)
-                if key is None and target is None:
-                    # A bare id on a polymorphic parameter (actor=123): match any type.
-                    return lambda rec, v=value: any(
-                        k.split("/", 1)[1] == v for k in rec.keys.get(name, ())
-                    )
-                if key:
-                    refs.add(key)
-            return lambda rec: any(k in refs for k in rec.keys.get(name, ()))
+                if "/" in value:
+                    key = ref_key(value)
+                    if key:
+                        refs.add(key)
+                elif target:
+                    refs.add(f"{target}/{value}")
+                else:
+                    bare.add(value)
+
+            def match_ref(rec: Record) -> bool:
+                return any(k in refs or k.split("/", 1)[1] in bare for k in rec.keys.get(name, ()))
+
+            return match_ref
         if param.kind == "uri":
             return _uri_matcher(name, crit.values)
         # string: starts-with, case-insensitive (":exact" and ":contains" as in the spec)

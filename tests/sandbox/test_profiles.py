@@ -173,3 +173,13 @@ def test_disabled_features_refuse_and_show_in_metadata(sb: SandboxHandle) -> Non
     assert "create" not in _interactions(caps["Task"])
     assert "create" not in _interactions(caps["ServiceRequest"])
     assert "create" in _interactions(caps["QuestionnaireResponse"])
+
+
+@pytest.mark.parametrize("profile", ["smart", "epic", "oracle"])
+def test_capability_statement_is_valid_r4(profile: str) -> None:
+    from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+
+    with running_sandbox(profile=profile, population=population()) as sb:
+        cap = CapabilityStatement.model_validate(_capability(sb))
+    assert cap.software is not None
+    assert cap.software.version == f"profile-{profile}"
