@@ -14,6 +14,7 @@ from flask.wrappers import Response
 from sandbox.auth import create_launch, display_name, users
 from sandbox.clients import Client
 from sandbox.state import SandboxState
+from sandbox.store import parse_criteria
 from sandbox.web import state
 
 bp = Blueprint("ehr", __name__)
@@ -71,6 +72,40 @@ def _header(st: SandboxState, patient: dict[str, Any]) -> dict[str, str]:
     }
 
 
+def _chart(st: SandboxState, patient_id: str) -> dict[str, list[dict[str, str]]]:
+    """A few visits and coverages for the chart body (the EHR's own view, not FHIR)."""
+    visits = []
+    for rid in st.store.search(
+        "Appointment", parse_criteria("Appointment", [("patient", patient_id)])
+    ):
+        appt = st.store.get("Appointment", rid) or {}
+        visits.append(
+            {
+                "start": str(appt.get("start", "")).replace("T", " ")[:16],
+                "status": str(appt.get("status", "")),
+                "what": str(
+                    (appt.get("serviceType") or [{}])[0].get("text") or appt.get("description", "")
+                ),
+            }
+        )
+    visits.sort(key=lambda v: v["start"], reverse=True)
+    coverage = []
+    for rid in st.store.search(
+        "Coverage", parse_criteria("Coverage", [("beneficiary", patient_id)])
+    ):
+        cov = st.store.get("Coverage", rid) or {}
+        payors = cov.get("payor") or [{}]
+        period = cov.get("period") or {}
+        coverage.append(
+            {
+                "payor": str(payors[0].get("display") or payors[0].get("reference") or "?"),
+                "status": str(cov.get("status", "")),
+                "period": f"{period.get('start', '')} to {period.get('end', '')}",
+            }
+        )
+    return {"visits": visits[:8], "coverage": coverage}
+
+
 @bp.get("/")
 def home() -> Response:
     return redirect(url_for("ehr.ehr"))  # type: ignore[return-value]
@@ -86,12 +121,14 @@ def ehr() -> str:
     patients.sort(key=lambda p: p["name"].lower())
     mode = request.args.get("mode", "sidebar")
     patient = None
+    chart: dict[str, list[dict[str, str]]] = {"visits": [], "coverage": []}
     launch_url = None
     if user is not None and client is not None:
         pid = request.args.get("patient")
         resource = st.store.get("Patient", pid) if pid else None
         if resource is not None:
             patient = _header(st, resource)
+            chart = _chart(st, patient["id"])
             launch_url = create_launch(
                 st, client.client_id, patient=patient["id"], user=user["fhirUser"], intent=None
             )["url"]
@@ -109,6 +146,7 @@ def ehr() -> str:
         clients=_launch_clients(st),
         client=client,
         launch_url=launch_url,
+        chart=chart,
         mode=mode,
         profile=st.profile.name,
     )
