@@ -516,6 +516,7 @@ def record_answer(
             dedupe_key=f"survey-writeback:{response.id}",
         )
         if task is not None:
+            session.flush()  # the id is what gets dispatched
             task_ids.append(task.id)
     if mapper.needs_recovery(answers.csat, answers.nps):
         task_ids.extend(_open_recovery(session, invite, response))
@@ -567,7 +568,10 @@ def _open_recovery(session: Session, invite: SurveyInvite, response: SurveyRespo
         dedupe_key=f"survey-recovery:{response.id}",
         created_by="survey",
     )
-    return [task.id] if task is not None else []
+    if task is None:
+        return []
+    session.flush()
+    return [task.id]
 
 
 # --- the write-back job -----------------------------------------------------------------

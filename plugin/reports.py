@@ -261,12 +261,22 @@ def _csv(header: Iterable[str], rows: Iterable[Iterable[object]], filename: str)
     writer = csv.writer(out)
     writer.writerow(list(header))
     for row in rows:
-        # A leading = + - @ makes spreadsheets run the cell as a formula: neutralize it.
-        writer.writerow([f"'{v}" if isinstance(v, str) and v[:1] in "=+-@" else v for v in row])
+        writer.writerow([_cell(v) for v in row])
     response = Response(out.getvalue(), mimetype="text/csv")
     response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def _cell(value: object) -> object:
+    # A text cell starting with = + - @ is run as a formula by spreadsheets: neutralize it.
+    # Numbers (a negative NPS) stay numbers.
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
+        try:
+            float(value)
+        except ValueError:
+            return "'" + value
+    return value
 
 
 def _num(value: float | None) -> str:
