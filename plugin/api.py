@@ -119,7 +119,8 @@ def _launch() -> LaunchSession:
 @bp.errorhandler(ValidationError)
 def _validation_failed(exc: ValidationError) -> tuple[Response, int]:
     # The one error shape (plugin.errors) plus the messages per field.
-    messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+    # normalized_messages(): {field: [...]} also for errors raised outside a schema.
+    messages = exc.normalized_messages()
     body = {
         "error": {
             "code": "validation_failed",
@@ -495,7 +496,7 @@ def _back(launch_id: str, fallback: str) -> BaseResponse:
 
 
 def _errors_text(exc: ValidationError) -> dict[str, str]:
-    messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
+    messages = exc.normalized_messages()
     return {
         str(k): " ".join(map(str, v)) if isinstance(v, list) else str(v)
         for k, v in messages.items()
