@@ -1,0 +1,227 @@
+"""Job tests: a per-test app on SQLite + the real Redis, the sandbox EHR over HTTP, a
+backend-services registration, and real worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from plugin import create_app, migrate, registry
+from plugin.crypto import get_vault
+from plugin.db import get_store
+from plugin.models import CareTask, SigningKey
+from sandbox.testing import SandboxHandle, running_sandbox
+from smart_launch.keys import generate_signing_key
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = "jobs-test-secret-key-0123456789abcdef"
+BACKEND_SCOPES = "system/Patient.rs system/Appointment.rs system/ServiceRequest.crs system/Task.crs"
+# Short leases and retries so fault tests take seconds, not minutes.
+JOB_CONFIG = {
+    "TASK_LEASE_SECONDS": 2,
+    "RETRY_BASE_SECONDS": 1,
+    "TASK_SWEEP_GRACE_SECONDS": 0,
+    "CLINIC_NAME": "Test Clinic",
+}
+
+
+@pytest.fixture
+def sandbox() -> Iterator[SandboxHandle]:
+    with running_sandbox() as sb:
+        yield sb
+
+
+@pytest.fixture
+def job_app(sqlite_url: str, redis_url: str):  # type: ignore[no-untyped-def]
+    app = create_app(
+        {"ENV": "test", "DATABASE_URL": sqlite_url, "REDIS_URL": redis_url, "SECRET_KEY": SECRET}
+        | JOB_CONFIG
+    )
+    migrate.upgrade(sqlite_url)
+    yield app
+    app.extensions["caredesk.ehr"].close()
+    app.extensions["caredesk.db"].engine.dispose()
+    app.extensions["caredesk.queue"].connection.close()
+
+
+def register_backend(
+    app, sb: SandboxHandle, *, allow_writes: bool = True, capabilities=None
+) -> int:  # type: ignore[no-untyped-def]
+    """A registration whose jobs authenticate with SMART Backend Services."""
+    key = generate_signing_key("RS384")
+    sb.register_client(
+        {
+            "client_id": "caredesk-jobs",
+            "type": "confidential-asymmetric",
+            "jwks": {"keys": [key.public_jwk()]},
+            "backend": True,
+        }
+    )
+    with app.app_context(), get_store(app).session() as session:
+        reg = registry.upsert(
+            session,
+            get_vault(app),
+            slug="sandbox",
+            iss=sb.fhir_base,
+            client_id="caredesk-jobs",
+            client_type="confidential-asymmetric",
+            backend_client_id="caredesk-jobs",
+            backend_scopes=BACKEND_SCOPES,
+            allow_writes=allow_writes,
+        )
+        reg.signing_keys.append(
+            SigningKey(
+                kid=key.kid,
+                alg=key.alg,
+                private_key_enc=get_vault(app).encrypt(key.private_pem),
+                public_jwk=key.public_jwk(),
+            )
+        )
+        if capabilities is not None:
+            reg.capabilities = capabilities
+        session.flush()
+        return reg.id
+
+
+def new_task(app, **kwargs: Any) -> int:  # type: ignore[no-untyped-def]
+    from jobs.outbox import create_task, dispatch
+
+    with app.app_context():
+        with get_store(app).session() as session:
+            task = create_task(session, **kwargs)
+            assert task is not None
+            session.flush()
+            task_id = task.id
+        dispatch([task_id], app=app)
+    return task_id
+
+
+def load_task(app, task_id: int) -> CareTask:  # type: ignore[no-untyped-def]
+    with get_store(app).session() as session:
+        task = session.get(CareTask, task_id)
+        assert task is not None
+        session.expunge(task)
+        return task
+
+
+def worker_env(app) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAREDESK_")}
+    env.update(
+        CAREDESK_ENV="test",
+        CAREDESK_SECRET_KEY=SECRET,
+        CAREDESK_DATABASE_URL=app.config["DATABASE_URL"],
+        CAREDESK_REDIS_URL=app.config["REDIS_URL"],
+        PYTHONUNBUFFERED="1",
+    )
+    for key, value in JOB_CONFIG.items():
+        env[f"CAREDESK_{key}"] = str(value)
+    for key in ("OUTBOUND_EMAIL", "OUTBOUND_SMS", "SMTP_HOST", "SMTP_PORT", "SMTP_FROM"):
+        if app.config.get(key) is not None:
+            env[f"CAREDESK_{key}"] = str(app.config[key])
+    return env
+
+
+def run_burst(app, timeout: float = 90) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+    proc = subprocess.run(
+        [sys.executable, "-m", "plugin.cli", "worker", "--burst", "--no-scheduler"],
+        cwd=ROOT,
+        env=worker_env(app),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@contextmanager
+def worker(app, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:  # type: ignore[no-untyped-def]
+    """A long-running worker (with RQ's scheduler) in its own process group."""
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "plugin.cli", "worker"],
+            cwd=ROOT,
+            env=worker_env(app),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def sandbox_token(
+    sb: SandboxHandle, scopes: str = "system/ServiceRequest.rs system/Task.rs"
+) -> str:
+    """A backend token of a separate client, for reading the sandbox in assertions."""
+    import requests
+
+    from smart_launch.backend import backend_token
+    from smart_launch.config import Registration
+    from smart_launch.discovery import discover
+
+    key = generate_signing_key("RS384")
+    sb.register_client(
+        {
+            "client_id": "assertions",
+            "type": "confidential-asymmetric",
+            "jwks": {"keys": [key.public_jwk()]},
+            "backend": True,
+        }
+    )
+    reg = Registration(
+        id="assertions",
+        iss=sb.fhir_base,
+        client_id="assertions",
+        client_type="confidential-asymmetric",
+        scopes="",
+        redirect_uri="urn:test",
+        signing_keys=(key,),
+        backend_client_id="assertions",
+        backend_scopes=scopes,
+    )
+    with requests.Session() as http:
+        return backend_token(reg, discover(reg, http=http), http=http).access_token
+
+
+def service_requests(sb: SandboxHandle, task_id: int) -> dict[str, Any]:
+    import requests
+
+    from jobs.referral import IDENTIFIER_SYSTEM
+
+    resp = requests.get(
+        f"{sb.fhir_base}/ServiceRequest",
+        params={"identifier": f"{IDENTIFIER_SYSTEM}|task-{task_id}"},
+        headers={"Authorization": f"Bearer {sandbox_token(sb)}"},
+        timeout=10,
+    )
+    assert resp.status_code == 200, resp.text
+    result: dict[str, Any] = resp.json()
+    return result

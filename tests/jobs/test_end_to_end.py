@@ -1,0 +1,111 @@
+"""A follow-up, a referral and a reminder, each end to end: row -> RQ -> a real worker
+process -> the sandbox EHR over HTTP -> the row and the outbox."""
+
+from __future__ import annotations
+
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+import requests
+from sqlalchemy import select
+
+from jobs.referral import IDENTIFIER_SYSTEM
+from jobs.reminders import sweep_registration
+from plugin.crypto import get_vault
+from plugin.db import get_store
+from plugin.models import CareTask, OutboundMessage, TaskAttempt
+from tests.jobs.conftest import load_task, new_task, register_backend, run_burst, sandbox_token
+
+
+def _messages(app, task_id):  # type: ignore[no-untyped-def]
+    vault = get_vault(app)
+    with get_store(app).session() as session:
+        rows = session.scalars(select(OutboundMessage).where(OutboundMessage.task_id == task_id))
+        return [
+            (m.channel, m.language, vault.decrypt(m.to_enc), vault.decrypt(m.body_enc))
+            for m in rows
+        ]
+
+
+def test_sms_follow_up_goes_on_the_work_list_and_texts_the_patient(job_app, sandbox) -> None:
+    reg_id = register_backend(job_app, sandbox)
+    task_id = new_task(
+        job_app,
+        registration_id=reg_id,
+        kind="follow-up",
+        patient_ref="Patient/pat-002",
+        payload={"reason": "resultados de laboratorio", "channel": "sms"},
+        assignee="Practitioner/prac-clinician-lee",
+    )
+    run_burst(job_app)
+    task = load_task(job_app, task_id)
+    assert task.status == "waiting", task.last_error
+    assert task.attempts == 1
+    assert "Practitioner/prac-clinician-lee" in (task.status_note or "")
+    [(channel, language, to, body)] = _messages(job_app, task_id)
+    # pat-002 prefers Spanish and has a mobile phone ranked first.
+    assert channel == "sms" and language == "es"
+    assert to.startswith("+1 ")
+    assert "resultados de laboratorio" in body and body.startswith("Hola ")
+    with get_store(job_app).session() as session:
+        attempts = session.scalars(select(TaskAttempt).where(TaskAttempt.task_id == task_id)).all()
+        assert [(a.attempt, a.outcome) for a in attempts] == [(1, "done")]
+
+
+def test_referral_writes_one_service_request_found_by_identifier(job_app, sandbox) -> None:
+    reg_id = register_backend(job_app, sandbox)
+    task_id = new_task(
+        job_app,
+        registration_id=reg_id,
+        kind="referral",
+        patient_ref="Patient/pat-001",
+        payload={
+            "reason": "knee pain",
+            "urgency": "urgent",
+            "target": {
+                "specialty": "Orthopedics",
+                "practitioner": "Practitioner/prac-clinician-lee",
+            },
+        },
+    )
+    run_burst(job_app)
+    task = load_task(job_app, task_id)
+    assert task.status == "waiting", task.last_error
+    sr_ref = task.fhir_refs["ServiceRequest"]
+    found = requests.get(
+        f"{sandbox.fhir_base}/ServiceRequest",
+        params={"identifier": f"{IDENTIFIER_SYSTEM}|task-{task_id}"},
+        headers={"Authorization": f"Bearer {sandbox_token(sandbox)}"},
+        timeout=10,
+    ).json()
+    assert found["total"] == 1
+    resource = found["entry"][0]["resource"]
+    assert f"ServiceRequest/{resource['id']}" == sr_ref
+    assert resource["subject"]["reference"] == "Patient/pat-001"
+    assert resource["priority"] == "urgent"
+
+
+def test_reminder_sweep_queues_and_sends_one_reminder_per_appointment(job_app, sandbox) -> None:
+    reg_id = register_backend(job_app, sandbox)
+    # Far ahead of the fixture population's own appointments.
+    day = dt.date.today() + dt.timedelta(days=400)
+    sandbox.generate_appointments(day.isoformat(), 3)
+    # 06:00 at the clinic (Chicago), an hour before the first slot: the whole day
+    # (07:00-19:15) is within 24 h, so each visit gets its 24 h reminder now.
+    now = dt.datetime.combine(day, dt.time(6, 0), tzinfo=ZoneInfo("America/Chicago"))
+    with job_app.app_context():
+        first = sweep_registration(job_app, reg_id, now=now)
+    assert first.created == 3 and first.per_offset[24] == 3
+    run_burst(job_app)
+    with get_store(job_app).session() as session:
+        tasks = session.scalars(select(CareTask).where(CareTask.kind == "reminder")).all()
+        assert len(tasks) == 3
+        assert {t.status for t in tasks} == {"done"}, [t.last_error for t in tasks]
+        sent = [t for t in tasks if t.fhir_refs.get("reminder_sent")]
+        not_sent = [t for t in tasks if not t.fhir_refs.get("reminder_sent")]
+        assert all("Not sent" in (t.status_note or "") for t in not_sent)
+        messages = session.scalars(select(OutboundMessage)).all()
+        assert len(messages) == len(sent)
+    with job_app.app_context():
+        again = sweep_registration(job_app, reg_id, now=now)
+    assert again.seen == 3 and again.created == 0
