@@ -35,15 +35,17 @@ _ERROR_TEXT = {
     502: "The EHR failed or answered unexpectedly.",
 }
 
+# Nested schemas before the schemas that nest them: apispec registers a nested schema
+# under its default name on first sight, and a later explicit name would clash.
 _COMPONENTS: tuple[tuple[str, type[Schema]], ...] = (
-    ("Error", schemas.ErrorSchema),
     ("ErrorBody", schemas.ErrorBodySchema),
+    ("Error", schemas.ErrorSchema),
+    ("Note", schemas.NoteSchema),
     ("Ticket", schemas.TicketSchema),
     ("TicketDetail", schemas.TicketDetailSchema),
     ("TicketPage", schemas.TicketPageSchema),
     ("TicketCreate", schemas.TicketCreateSchema),
     ("TicketUpdate", schemas.TicketUpdateSchema),
-    ("Note", schemas.NoteSchema),
     ("NoteCreate", schemas.NoteCreateSchema),
     ("Task", schemas.TaskSchema),
     ("TaskList", schemas.TaskListSchema),

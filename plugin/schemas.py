@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from marshmallow import (
+    INCLUDE,
     RAISE,
     Schema,
     ValidationError,
@@ -304,6 +305,9 @@ def load_task_create(data: Any) -> dict[str, Any]:
 class ContextSchema(Schema):
     """The patient's help-desk context (``fhir_mappers.context.HelpdeskContext``)."""
 
+    class Meta:
+        unknown = INCLUDE  # free-form: plugin.context owns the shape; these are its keys
+
     patient_id = fields.String(allow_none=True)
     generated_at = fields.AwareDateTime()
     viewer_tz = fields.String()
@@ -320,6 +324,9 @@ class ContextSchema(Schema):
 
 class BoardSchema(Schema):
     """The day board (``plugin.context.fetch_board``)."""
+
+    class Meta:
+        unknown = INCLUDE
 
     date = fields.Date()
     location = fields.String(allow_none=True)
