@@ -44,11 +44,16 @@ def survey_app(sqlite_url: str, redis_url: str):  # type: ignore[no-untyped-def]
             "DATABASE_URL": sqlite_url,
             "REDIS_URL": redis_url,
             "SURVEY_PUBLIC_URL": "http://127.0.0.1:9",
+            # Short leases and retries so fault tests take seconds.
+            "TASK_LEASE_SECONDS": 2,
+            "RETRY_BASE_SECONDS": 1,
+            "TASK_SWEEP_GRACE_SECONDS": 0,
         }
     )
     register_survey(app)
     migrate.upgrade(sqlite_url)
     yield app
+    app.extensions["caredesk.ehr"].close()
     app.extensions["caredesk.db"].engine.dispose()
     app.extensions["caredesk.queue"].connection.close()
 
@@ -134,3 +139,112 @@ def make_invite(  # type: ignore[no-untyped-def]
         )
         session.add(invite)
         return token, invite.id
+
+
+# --- jobs against the sandbox -------------------------------------------------------------
+
+SURVEY_SCOPES = (
+    "system/Patient.rs system/Appointment.rs system/Location.rs system/Encounter.rs "
+    "system/Questionnaire.rs system/QuestionnaireResponse.crs"
+)
+
+
+def register_backend_ehr(app, sb, *, capabilities=None, allow_writes: bool = True) -> int:  # type: ignore[no-untyped-def]
+    """A registration whose jobs authenticate with SMART Backend Services at the sandbox."""
+    from plugin.models import SigningKey
+    from smart_launch.keys import generate_signing_key
+
+    key = generate_signing_key("RS384")
+    sb.register_client(
+        {
+            "client_id": "caredesk-survey",
+            "type": "confidential-asymmetric",
+            "jwks": {"keys": [key.public_jwk()]},
+            "backend": True,
+        }
+    )
+    with app.app_context(), get_store(app).session() as session:
+        reg = registry.upsert(
+            session,
+            get_vault(app),
+            slug="sandbox",
+            iss=sb.fhir_base,
+            client_id="caredesk-survey",
+            client_type="confidential-asymmetric",
+            backend_client_id="caredesk-survey",
+            backend_scopes=SURVEY_SCOPES,
+            allow_writes=allow_writes,
+        )
+        reg.signing_keys.append(
+            SigningKey(
+                kid=key.kid,
+                alg=key.alg,
+                private_key_enc=get_vault(app).encrypt(key.private_pem),
+                public_jwk=key.public_jwk(),
+            )
+        )
+        if capabilities is not None:
+            reg.capabilities = capabilities
+        session.flush()
+        return int(reg.id)
+
+
+def work(app, *, include_scheduled: bool = False) -> None:  # type: ignore[no-untyped-def]
+    """Run every queued job in this process with RQ (real Redis), as a burst worker.
+
+    In-process (no fork) because the survey handlers are registered by importing
+    jobs.survey, which a separate worker process only does once the app registers the
+    survey blueprint. ``include_scheduled`` first moves scheduled jobs (retries, sends
+    after quiet hours) onto the queue, as RQ's scheduler would when they fall due.
+    """
+    from jobs.queue import get_queue_state
+    from jobs.worker import EmbeddedWorker
+
+    state = get_queue_state(app)
+    queues = [state.queue(n) for n in ("default",)]
+    if include_scheduled:
+        for queue in queues:
+            registry_ = queue.scheduled_job_registry
+            for job_id in registry_.get_job_ids():
+                registry_.requeue(job_id)
+    worker = EmbeddedWorker(queues, connection=state.connection, app=app)
+    worker.work(burst=True, with_scheduler=False, logging_level="WARNING")
+
+
+def questionnaire_responses(sb, identifier: str) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    """The sandbox's QuestionnaireResponses with this identifier, read by a separate client."""
+    from smart_launch.backend import backend_token
+    from smart_launch.config import Registration
+    from smart_launch.discovery import discover
+    from smart_launch.keys import generate_signing_key
+
+    key = generate_signing_key("RS384")
+    sb.register_client(
+        {
+            "client_id": "assertions",
+            "type": "confidential-asymmetric",
+            "jwks": {"keys": [key.public_jwk()]},
+            "backend": True,
+        }
+    )
+    reg = Registration(
+        id="assertions",
+        iss=sb.fhir_base,
+        client_id="assertions",
+        client_type="confidential-asymmetric",
+        scopes="",
+        redirect_uri="urn:test",
+        signing_keys=(key,),
+        backend_client_id="assertions",
+        backend_scopes="system/QuestionnaireResponse.rs",
+    )
+    with requests.Session() as http:
+        token = backend_token(reg, discover(reg, http=http), http=http).access_token
+        resp = http.get(
+            f"{sb.fhir_base}/QuestionnaireResponse",
+            params={"identifier": identifier},
+            headers={"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"},
+            timeout=10,
+        )
+    assert resp.status_code == 200, resp.text
+    return [e["resource"] for e in resp.json().get("entry") or []]

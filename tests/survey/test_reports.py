@@ -119,7 +119,7 @@ def _expected(truth: list[dict]) -> dict[tuple[str, str, str], dict[str, str]]: 
             "csat_percent": f"{100 * len([c for c in csats if c in (4, 5)]) / len(csats):.1f}"
             if csats
             else "",
-            "nps": f"{(100 * len([n for n in npss if n >= 9]) - 100 * len([n for n in npss if n <= 6])) / len(npss):.1f}"
+            "nps": f"{100 * (sum(n > 8 for n in npss) - sum(n < 7 for n in npss)) / len(npss):.1f}"
             if npss
             else "",
         }
