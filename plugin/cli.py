@@ -129,6 +129,46 @@ def config_table() -> None:
     click.echo(markdown_table())
 
 
+# --- map -------------------------------------------------------------------------------
+
+
+@cli.command(
+    "map",
+    help="Print the help-desk context CareDesk makes of a FHIR Bundle (searchset, collection, "
+    "transaction, batch-response) or NDJSON file, with warnings. FILE may be - for stdin. "
+    "Exit code 2 when the input is not FHIR.",
+)
+@click.argument("file", type=click.Path(allow_dash=True, dir_okay=False), default="-")
+@click.option("--timezone", "viewer_tz", default=None,
+              help="Viewer time zone (default: CAREDESK_VIEWER_TIMEZONE or America/Chicago).")
+@click.option("--now", "now_text", default=None, metavar="ISO-DATETIME",
+              help="Evaluate as of this moment (with offset), e.g. 2026-11-27T09:30-06:00.")
+def map_cmd(file: str, viewer_tz: str | None, now_text: str | None) -> None:
+    import datetime as dt
+
+    from fhir_mappers.bundle import run_map
+
+    tz = viewer_tz or os.environ.get("CAREDESK_VIEWER_TIMEZONE", "America/Chicago")
+    if now_text:
+        try:
+            now = dt.datetime.fromisoformat(now_text)
+        except ValueError:
+            raise click.BadParameter("not an ISO 8601 datetime", param_hint="--now") from None
+        if now.tzinfo is None:
+            raise click.BadParameter("needs a UTC offset, e.g. -06:00", param_hint="--now")
+    else:
+        now = dt.datetime.now(dt.UTC)
+    try:
+        with click.open_file(file, "r", encoding="utf-8") as handle:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        click.echo(f"caredesk map: cannot read {file}: {exc}", err=True)
+        raise SystemExit(2) from None
+    code, output = run_map(text, now=now, viewer_tz=tz)
+    click.echo(output, err=code != 0, nl=not output.endswith("\n"))
+    raise SystemExit(code)
+
+
 # --- sandbox and demo -------------------------------------------------------------------
 
 

@@ -129,53 +129,6 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SMS_ACCOUNT_SID", None, "Account SID (the Basic-auth user)."),
     Setting("SMS_AUTH_TOKEN", None, "Auth token (the Basic-auth password)."),
     Setting("SMS_FROM", None, "Sender number of patient texts, E.164."),
-    # --- jobs: follow-ups, referrals, reminders (issue 6) ---
-    Setting("TASK_QUEUE", "default", "RQ queue CareTask jobs are enqueued on."),
-    Setting(
-        "EHR_CONCURRENCY",
-        4,
-        "Most jobs of one EHR queued or running at once (RQ rate limit per registration), "
-        "so one slow EHR cannot take every worker.",
-    ),
-    Setting(
-        "TASK_LEASE_SECONDS",
-        30,
-        "A running task holds a Redis lease renewed every third of this; when it lapses "
-        "the sweeper takes the worker for dead and runs the task again.",
-    ),
-    Setting(
-        "TASK_SWEEP_GRACE_SECONDS",
-        15,
-        "The sweeper leaves rows younger than this alone (their job is being enqueued).",
-    ),
-    Setting("RETRY_BASE_SECONDS", 10, "First retry delay; doubles per attempt (or Retry-After)."),
-    Setting("RETRY_MAX_SECONDS", 1800, "Longest delay between two attempts of a task."),
-    Setting(
-        "REMINDER_OFFSETS_HOURS",
-        "72,24",
-        "Comma-separated hours before an appointment at which a reminder is sent.",
-    ),
-    Setting("REMINDER_SWEEP_SECONDS", 900, "How often the cron sweeps upcoming appointments."),
-    Setting("TASK_SWEEP_SECONDS", 60, "How often the cron re-enqueues tasks whose job vanished."),
-    Setting("REFERRAL_CHECK_SECONDS", 3600, "How often open referrals are checked in the EHR."),
-    Setting("REFERRAL_OVERDUE_DAYS", 30, "A referral with no appointment after this is overdue."),
-    Setting("CLINIC_NAME", "CareDesk Community Health", "Name used in patient messages."),
-    Setting(
-        "OUTBOUND_EMAIL",
-        "outbox",
-        "`smtp` or `outbox` (the demo outbox page: nothing leaves the machine).",
-    ),
-    Setting("OUTBOUND_SMS", "outbox", "`twilio` (any Twilio-compatible API) or `outbox`."),
-    Setting("SMTP_HOST", "127.0.0.1", "Mail server for `OUTBOUND_EMAIL=smtp`."),
-    Setting("SMTP_PORT", 25, "Mail server port."),
-    Setting("SMTP_STARTTLS", False, "Use STARTTLS."),
-    Setting("SMTP_USERNAME", None, "SMTP login (optional)."),
-    Setting("SMTP_PASSWORD", None, "SMTP password (optional)."),
-    Setting("SMTP_FROM", "caredesk@localhost", "Sender address of patient emails."),
-    Setting("SMS_API_URL", "https://api.twilio.com", "Base URL of the Twilio-compatible API."),
-    Setting("SMS_ACCOUNT_SID", None, "Account SID (the Basic-auth user)."),
-    Setting("SMS_AUTH_TOKEN", None, "Auth token (the Basic-auth password)."),
-    Setting("SMS_FROM", None, "Sender number of patient texts, E.164."),
     # --- patient satisfaction surveys (issue 7) ---
     Setting(
         "SURVEY_DELAY_MINUTES",

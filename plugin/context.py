@@ -64,12 +64,21 @@ class _TtlCache:
         with self._lock:
             self._data.pop(key, None)
 
+    def drop_prefix(self, prefix: str) -> None:
+        with self._lock:
+            for key in [k for k in self._data if k.startswith(prefix)]:
+                self._data.pop(key, None)
+
 
 _cache = _TtlCache(CONTEXT_TTL_SECONDS)
 
 
-def invalidate(launch_id: str) -> None:
-    _cache.drop(launch_id)
+def invalidate(launch_id: str, patient_ref: str | None = None) -> None:
+    """Forget cached context after a change (a new ticket or task shows at once)."""
+    if patient_ref is None:
+        _cache.drop_prefix(f"{launch_id}:")
+    else:
+        _cache.drop(f"{launch_id}:{patient_ref}")
 
 
 def viewer_tz() -> str:
@@ -104,15 +113,20 @@ def _entries(bundle: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[st
     return matches, included, more
 
 
-def fetch_context(launch: LaunchSession, *, use_cache: bool = True) -> dict[str, Any]:
-    """The patient's help-desk context as JSON (see ``fhir_mappers.context``)."""
+def fetch_context(
+    launch: LaunchSession, *, patient_ref: str | None = None, use_cache: bool = True
+) -> dict[str, Any]:
+    """A patient's help-desk context as JSON (see ``fhir_mappers.context``): the launch's
+    patient, or ``patient_ref`` when a scheduler opens one from the board."""
     from fhir_mappers.context import build_context
 
-    if use_cache and (hit := _cache.get(launch.id)) is not None:
-        return hit
-    if not launch.patient_ref:
+    patient_ref = patient_ref or launch.patient_ref
+    if not patient_ref or not patient_ref.startswith("Patient/"):
         raise NeedsAuthorization("This launch has no patient; open CareDesk from a chart.")
-    patient_id = launch.patient_ref.split("/", 1)[1]
+    cache_key = f"{launch.id}:{patient_ref}"
+    if use_cache and (hit := _cache.get(cache_key)) is not None:
+        return hit
+    patient_id = patient_ref.split("/", 1)[1]
     tz = ZoneInfo(viewer_tz())
     now = utcnow().astimezone(tz)
     client = _client(launch)
@@ -191,7 +205,7 @@ def fetch_context(launch: LaunchSession, *, use_cache: bool = True) -> dict[str,
             .limit(20)
         )
     ]
-    surveys = _surveys(launch)
+    surveys = _surveys(launch, patient_ref)
     context = build_context(
         patient=patient,
         appointments=appointments,
@@ -206,16 +220,17 @@ def fetch_context(launch: LaunchSession, *, use_cache: bool = True) -> dict[str,
     ).to_json()
     context["more_visits_in_ehr"] = more_visits
     context["missing_scopes"] = (launch.context or {}).get("missing_scopes") or []
-    _cache.put(launch.id, context)
+    context["patient_ref"] = patient_ref
+    _cache.put(cache_key, context)
     return context
 
 
-def _surveys(launch: LaunchSession) -> list[dict[str, Any]]:
+def _surveys(launch: LaunchSession, patient_ref: str) -> list[dict[str, Any]]:
     try:
         from plugin.survey import latest_for_patient
     except ImportError:  # the survey module is optional in this build
         return []
-    latest = latest_for_patient(get_db(), launch.registration_id, launch.patient_ref or "")
+    latest = latest_for_patient(get_db(), launch.registration_id, patient_ref)
     return [latest] if latest else []
 
 

@@ -1,53 +1,169 @@
-"""The sidebar: what a launched user sees. (Grows into the full help-desk view.)"""
+"""The sidebar and the scheduler board: what people in the EHR see.
+
+Pages render server-side in one pass after the FHIR reads (which go out together), so
+nothing shifts as parts load and everything works without JavaScript.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import re
+from typing import Any
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
-from flask import Blueprint, render_template
+import requests
+from flask import Blueprint, Response, make_response, redirect, render_template, request, url_for
 
+from plugin import context as ctx
 from plugin import ehr
 from plugin.audit import audit
+from plugin.errors import AppError
 from plugin.launch import current_launch
+from plugin.timeutil import utcnow
 from smart_launch.errors import FhirError, SmartError
 
 bp = Blueprint("sidebar", __name__)
 log = logging.getLogger("caredesk.sidebar")
 
+_PATIENT_REF = re.compile(r"^Patient/[A-Za-z0-9\-.]{1,256}$")
 
-def _display_name(patient: dict) -> str:  # type: ignore[type-arg]
-    names = patient.get("name") or []
-    for name in names:
-        if isinstance(name, dict):
-            if name.get("text"):
-                return str(name["text"])
-            given = " ".join(str(g) for g in name.get("given") or [])
-            return f"{given} {name.get('family', '')}".strip() or "(no name on file)"
-    return "(no name on file)"
+
+def _problem(exc: SmartError) -> AppError:
+    if isinstance(exc, FhirError):
+        log.info("EHR request failed: HTTP %s", exc.status)
+        return AppError(
+            f"The EHR answered with an error: {exc.message}", status=502, code="ehr_error"
+        )
+    return AppError(exc.message, status=401, code=exc.code)
 
 
 @bp.get("/l/<launch_id>/")
-def home(launch_id: str) -> str:
+def home(launch_id: str) -> Response | str:
     launch = current_launch(launch_id)
-    reg = ehr.to_registration(launch.registration)
-    patient_name = None
-    problem = None
-    if launch.patient_ref:
-        try:
-            conf = ehr.configuration(reg)
-            with_client = ehr.fhir_client(launch, reg, conf)
-            patient = with_client.read("Patient", launch.patient_ref.split("/", 1)[1])
-            patient_name = _display_name(patient)
-            audit("read", launch=launch, entity=launch.patient_ref)
-        except FhirError as exc:
-            log.info("patient read failed: HTTP %s", exc.status)
-            problem = exc.message
-        except SmartError as exc:
-            problem = exc.message
-    return render_template(
-        "sidebar_min.html",
+    if not launch.patient_ref:
+        return redirect(url_for("sidebar.board", launch_id=launch.id))
+    return _patient_page(launch, launch.patient_ref)
+
+
+@bp.get("/l/<launch_id>/patient/<path:patient_ref>")
+def patient(launch_id: str, patient_ref: str) -> str:
+    """A patient opened from the board (a launch without patient context)."""
+    launch = current_launch(launch_id)
+    if not _PATIENT_REF.match(patient_ref):
+        raise AppError("That is not a patient reference.", status=404, code="not_found")
+    return _patient_page(launch, patient_ref)
+
+
+def _patient_page(launch: Any, patient_ref: str) -> str:
+    try:
+        context = ctx.fetch_context(
+            launch, patient_ref=patient_ref, use_cache=request.args.get("refresh") != "1"
+        )
+    except SmartError as exc:
+        raise _problem(exc) from exc
+    audit(
+        "read",
         launch=launch,
-        patient_name=patient_name,
-        problem=problem,
-        missing_scopes=(launch.context or {}).get("missing_scopes") or [],
+        patient_ref=patient_ref,
+        entity=patient_ref,
+        detail={"view": "sidebar"},
     )
+    visits = context.get("visits") or []
+    return render_template(
+        "sidebar.html",
+        launch=launch,
+        c=context,
+        upcoming=[v for v in visits if v.get("timing") in ("today", "upcoming")],
+        recent=[v for v in visits if v.get("timing") == "past"][:5],
+        # The EHR shows its own banner when it says so; from the board there is none.
+        show_banner=patient_ref != launch.patient_ref
+        or (launch.context or {}).get("need_patient_banner") is not False,
+        from_board=patient_ref != launch.patient_ref,
+        has_style=bool((launch.context or {}).get("smart_style_url")),
+    )
+
+
+@bp.get("/l/<launch_id>/board")
+def board(launch_id: str) -> str:
+    launch = current_launch(launch_id)
+    tz = ZoneInfo(ctx.viewer_tz())
+    try:
+        day = dt.date.fromisoformat(request.args.get("date") or "")
+    except ValueError:
+        day = utcnow().astimezone(tz).date()
+    sort = "flags" if request.args.get("sort") == "flags" else "time"
+    location = request.args.get("location") or None
+    practitioner = request.args.get("practitioner") or None
+    try:
+        data = ctx.fetch_board(
+            launch, day=day, location=location, practitioner=practitioner, sort=sort
+        )
+    except SmartError as exc:
+        raise _problem(exc) from exc
+    audit(
+        "read",
+        launch=launch,
+        entity="Appointment?date=" + day.isoformat(),
+        detail={"view": "board", "rows": len(data["rows"])},
+    )
+    return render_template(
+        "board.html",
+        launch=launch,
+        b=data,
+        day=day,
+        prev_day=(day - dt.timedelta(days=1)).isoformat(),
+        next_day=(day + dt.timedelta(days=1)).isoformat(),
+        has_style=bool((launch.context or {}).get("smart_style_url")),
+    )
+
+
+_COLOR = re.compile(r"^(#[0-9a-fA-F]{3,8}|rgba?\([0-9.,\s%]+\)|[a-zA-Z]{3,20})$")
+_FONT = re.compile(r"^[A-Za-z0-9 ,\-\"']{1,120}$")
+STYLE_KEYS = {
+    "color_background": "--cd-bg",
+    "color_error": "--cd-bad",
+    "color_highlight": "--cd-accent",
+    "color_modal_backdrop": None,
+    "color_success": "--cd-ok",
+    "color_text": "--cd-fg",
+    "dim_border_radius": None,
+    "font_family_body": "--cd-font",
+}
+
+
+@bp.get("/l/<launch_id>/style.css")
+def ehr_style(launch_id: str) -> Response:
+    """The EHR's smart_style_url as CSS variables (CSP allows only same-origin styles).
+
+    Fetched only from the registered EHR's own origin, and every value is checked against
+    a strict pattern so an EHR cannot inject CSS.
+    """
+    launch = current_launch(launch_id)
+    url = (launch.context or {}).get("smart_style_url")
+    css = ""
+    if url and _same_origin(url, launch.registration.iss):
+        try:
+            http = ehr.clients().http(launch.registration_id)
+            answer = http.get(url, timeout=3, allow_redirects=False)
+            style = answer.json() if answer.status_code == 200 else {}
+        except (requests.RequestException, ValueError):
+            style = {}
+        rules = []
+        for key, var in STYLE_KEYS.items():
+            value = style.get(key) if isinstance(style, dict) else None
+            if var and isinstance(value, str):
+                pattern = _FONT if key.startswith("font") else _COLOR
+                if pattern.match(value.strip()):
+                    rules.append(f"  {var}: {value.strip()};")
+        css = ":root {\n" + "\n".join(rules) + "\n}\n" if rules else ""
+    response = make_response(css)
+    response.mimetype = "text/css"
+    response.headers["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+def _same_origin(url: str, iss: str) -> bool:
+    a, b = urlsplit(url), urlsplit(iss)
+    return (a.scheme, a.netloc) == (b.scheme, b.netloc) and a.scheme in ("http", "https")
