@@ -145,7 +145,7 @@ def make_invite(  # type: ignore[no-untyped-def]
 
 SURVEY_SCOPES = (
     "system/Patient.rs system/Appointment.rs system/Location.rs system/Encounter.rs "
-    "system/Questionnaire.rs system/QuestionnaireResponse.crs"
+    "system/Questionnaire.crs system/QuestionnaireResponse.crs"
 )
 
 
