@@ -1,0 +1,127 @@
+"""The sidebar and the board as people see them: launched from the sandbox EHR page in
+Chromium, inside the EHR's ~400 px iframe. Screenshots go to test-artifacts/screenshots/."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from urllib.parse import urlencode
+
+import pytest
+
+from plugin import create_app, migrate, registry
+from plugin.crypto import get_vault
+from plugin.db import get_store
+from sandbox.testing import running_sandbox
+from tests.live import serve
+
+CLIENT_ID = "caredesk-browser"
+CLINICIAN = "prac-clinician-lee"
+SCHEDULER = "prac-scheduler-ortiz"
+
+
+@pytest.fixture
+def ehr(sqlite_url, redis_url) -> Iterator[tuple[str, object]]:
+    app = create_app({"ENV": "test", "DATABASE_URL": sqlite_url, "REDIS_URL": redis_url})
+    migrate.upgrade(sqlite_url)
+    with serve(app) as url, running_sandbox() as sb:
+        with app.app_context(), get_store(app).session() as session:
+            registry.upsert(
+                session,
+                get_vault(app),
+                slug="sb",
+                iss=sb.fhir_base,
+                client_id=CLIENT_ID,
+                frame_origins=[sb.base_url],
+            )
+        app.extensions["caredesk.frame_origins"].invalidate()
+        sb.register_client(
+            {
+                "client_id": CLIENT_ID,
+                "type": "public",
+                "redirect_uris": [f"{url}/callback"],
+                "launch_url": f"{url}/launch",
+                "scopes": registry.DEFAULT_SCOPES,
+            }
+        )
+        yield sb.base_url, sb
+    app.extensions["caredesk.ehr"].close()
+    app.extensions["caredesk.db"].engine.dispose()
+
+
+def _open(chromium, base: str, **params: str):  # type: ignore[no-untyped-def]
+    page = chromium.new_page(viewport={"width": 1280, "height": 1100})
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.goto(f"{base}/ehr?{urlencode(params)}")
+    frame_el = page.locator("#app-frame")
+    frame_el.wait_for()
+    frame = page.frame_locator("#app-frame")
+    return page, frame, frame_el, dialogs
+
+
+CASES = [
+    ("pat-001", "complete-patient", "Okonkwo", "Active"),
+    ("pat-015", "no-contact-expired-coverage", "Johnson", "Expired"),
+    ("pat-002", "spanish-speaker", "Hernández", "Active"),
+]
+
+
+@pytest.mark.parametrize(
+    ("patient", "name", "family", "coverage"), CASES, ids=[c[1] for c in CASES]
+)
+def test_sidebar_screenshots_at_400px(
+    ehr, chromium, screenshots, patient, name, family, coverage
+) -> None:
+    base, _ = ehr
+    page, frame, frame_el, dialogs = _open(
+        chromium, base, user=CLINICIAN, patient=patient, client=CLIENT_ID
+    )
+    frame.get_by_test_id("coverage-state").wait_for(timeout=20_000)
+    box = frame_el.bounding_box()
+    assert box and 380 <= box["width"] <= 420
+    assert family in frame.get_by_test_id("patient-name").inner_text()
+    assert frame.get_by_test_id("coverage-state").inner_text() == coverage
+    if name == "no-contact-expired-coverage":
+        body = frame.locator("body").inner_text()
+        assert "No phone on file" in body and "No email on file" in body
+        assert "No way to reach them on file" in body
+    if name == "spanish-speaker":
+        assert "Spanish" in frame.locator("body").inner_text()
+    # Nothing spills past the sidebar's width.
+    overflow = (
+        frame_el.element_handle()
+        .content_frame()
+        .evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    )
+    assert overflow <= 0
+    frame_el.screenshot(path=str(screenshots / f"sidebar-{name}.png"))
+    assert dialogs == []
+    page.close()
+
+
+def test_board_screenshot_and_link_into_a_patient(ehr, chromium, screenshots) -> None:
+    base, _ = ehr
+    page, frame, frame_el, dialogs = _open(
+        chromium, base, user=SCHEDULER, mode="board", client=CLIENT_ID
+    )
+    board = frame.get_by_test_id("board")
+    board.wait_for(timeout=20_000)
+    rows = board.locator("li.cd-row")
+    assert rows.count() > 3
+    frame_el.screenshot(path=str(screenshots / "board.png"))
+    rows.first.locator("a").first.click()
+    frame.get_by_test_id("coverage-state").wait_for(timeout=20_000)
+    assert dialogs == []
+    page.close()
+
+
+def test_patient_named_script_renders_as_text(ehr, chromium) -> None:
+    base, _ = ehr
+    page, frame, _, dialogs = _open(
+        chromium, base, user=CLINICIAN, patient="pat-messy-script", client=CLIENT_ID
+    )
+    frame.get_by_test_id("coverage-state").wait_for(timeout=20_000)
+    assert "<script>alert(1)</script>" in frame.locator("body").inner_text()
+    assert frame.locator("script").count() == 0
+    assert dialogs == []
+    page.close()
