@@ -1,0 +1,126 @@
+"""The reminder sweep at clinic-day scale, and what lands in Redis."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import resource
+from zoneinfo import ZoneInfo
+
+import redis
+from sqlalchemy import func, select
+
+from jobs.reminders import sweep_registration
+from plugin.db import get_store
+from plugin.models import CareTask
+from tests.jobs.conftest import register_backend, run_burst
+
+CHICAGO = ZoneInfo("America/Chicago")
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _count(app) -> int:  # type: ignore[no-untyped-def]
+    with get_store(app).session() as session:
+        return int(session.scalar(select(func.count()).select_from(CareTask)) or 0)
+
+
+def test_sweep_of_5000_appointments_has_flat_memory_and_never_duplicates(job_app, sandbox) -> None:
+    reg_id = register_backend(job_app, sandbox)
+    small_day = dt.date.today() + dt.timedelta(days=400)
+    big_day = small_day + dt.timedelta(days=7)
+    sandbox.generate_appointments(small_day.isoformat(), 1000)
+    sandbox.generate_appointments(big_day.isoformat(), 5000)
+    with job_app.app_context():
+        at = dt.datetime.combine(small_day, dt.time(6, 0), tzinfo=CHICAGO)
+        small = sweep_registration(job_app, reg_id, now=at)
+        after_small = _peak_rss_mb()
+        at_big = dt.datetime.combine(big_day, dt.time(6, 0), tzinfo=CHICAGO)
+        big = sweep_registration(job_app, reg_id, now=at_big)
+        after_big = _peak_rss_mb()
+        again = sweep_registration(job_app, reg_id, now=at_big)
+    print(f"peak RSS after 1,000: {after_small:.1f} MB; after 5,000: {after_big:.1f} MB")
+    assert small.created == 1000 and big.created == 5000
+    assert again.seen == 5000 and again.created == 0
+    assert _count(job_app) == 6000
+    # Pages, not lists: five times the appointments may not cost materially more memory.
+    assert after_big - after_small < 25
+
+
+def test_no_job_payload_in_redis_names_a_patient_or_a_token(job_app, sandbox) -> None:
+    from tests.jobs.conftest import new_task
+
+    reg_id = register_backend(job_app, sandbox)
+    day = dt.date.today() + dt.timedelta(days=400)
+    sandbox.generate_appointments(day.isoformat(), 20)
+    with job_app.app_context():
+        sweep_registration(
+            job_app, reg_id, now=dt.datetime.combine(day, dt.time(6), tzinfo=CHICAGO)
+        )
+    for patient, channel in (("Patient/pat-001", "email"), ("Patient/pat-002", "sms")):
+        new_task(
+            job_app,
+            registration_id=reg_id,
+            kind="follow-up",
+            patient_ref=patient,
+            payload={"reason": "check-in", "channel": channel},
+            assignee="Practitioner/prac-clinician-lee",
+        )
+    conn = redis.Redis.from_url(job_app.config["REDIS_URL"])
+    try:
+        before_run = _dump(conn)
+        run_burst(job_app)
+        after_run = _dump(conn)
+    finally:
+        conn.close()
+    from fixtures.population import build_population
+
+    patients = build_population(dt.date.today())["Patient"]
+    forbidden = set()
+    for p in patients:
+        for name in p.get("name") or []:
+            forbidden.update(name.get("given") or [])
+            if name.get("family"):
+                forbidden.add(name["family"])
+        forbidden.update(t["value"] for t in p.get("telecom") or [])
+    forbidden = {f for f in forbidden if len(f) >= 4}
+    with get_store(job_app).session() as session:
+        from plugin.models import LaunchSession
+
+        assert session.scalar(select(func.count()).select_from(LaunchSession)) == 0
+    for blob in (before_run, after_run):
+        assert "run_task" in blob  # the scan does see the jobs
+        leaked = sorted(f for f in forbidden if f in blob)
+        assert leaked == []
+        for marker in ("Bearer", "access_token", "refresh_token", "eyJ"):
+            assert marker not in blob
+
+
+def _dump(conn: redis.Redis) -> str:
+    """Every key and value in the test database as text (job hashes are zlib'd pickles)."""
+    import zlib
+
+    parts = []
+    for key in conn.scan_iter("*"):
+        parts.append(key.decode("utf-8", "replace"))
+        kind = conn.type(key).decode()
+        values: list[bytes] = []
+        if kind == "string":
+            values = [conn.get(key) or b""]
+        elif kind == "hash":
+            values = [v for pair in conn.hgetall(key).items() for v in pair]
+        elif kind == "list":
+            values = conn.lrange(key, 0, -1)
+        elif kind in ("set",):
+            values = list(conn.smembers(key))
+        elif kind == "zset":
+            values = [m for m, _ in conn.zrange(key, 0, -1, withscores=True)]
+        for value in values:
+            try:
+                value = zlib.decompress(value)
+            except zlib.error:
+                pass
+            parts.append(value.decode("utf-8", "replace"))
+    return json.dumps(parts, ensure_ascii=False)
