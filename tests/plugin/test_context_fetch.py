@@ -1,0 +1,103 @@
+"""One sidebar load against the sandbox: the FHIR requests go out together, their number
+does not grow with the patient's appointments, and a part the EHR refuses is marked
+unavailable while the rest of the page renders."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from plugin import create_app, migrate, registry
+from plugin.crypto import get_vault
+from plugin.db import get_store
+from sandbox.testing import running_sandbox
+from tests.live import serve
+
+CLIENT_ID = "caredesk-ctx"
+LATENCY_MS = 150
+
+
+@pytest.fixture
+def launched(sqlite_url, redis_url) -> Iterator[tuple]:  # type: ignore[type-arg]
+    app = create_app({"ENV": "test", "DATABASE_URL": sqlite_url, "REDIS_URL": redis_url})
+    migrate.upgrade(sqlite_url)
+    with serve(app) as url, running_sandbox(latency_ms=LATENCY_MS) as sb:
+        with app.app_context(), get_store(app).session() as session:
+            registry.upsert(
+                session,
+                get_vault(app),
+                slug="sb",
+                iss=sb.fhir_base,
+                client_id=CLIENT_ID,
+                frame_origins=[sb.base_url],
+            )
+        sb.register_client(
+            {
+                "client_id": CLIENT_ID,
+                "type": "public",
+                "redirect_uris": [f"{url}/callback"],
+                "launch_url": f"{url}/launch",
+                "scopes": registry.DEFAULT_SCOPES,
+            }
+        )
+        browser = requests.Session()
+        page = browser.get(sb.launch(CLIENT_ID, patient="pat-001")["url"], timeout=30)
+        assert page.status_code == 200
+        yield sb, browser, page.url
+    app.extensions["caredesk.ehr"].close()
+    app.extensions["caredesk.db"].engine.dispose()
+
+
+def _fhir_requests(sb) -> list[dict]:  # type: ignore[no-untyped-def,type-arg]
+    return [
+        r
+        for r in sb.requests()
+        if r["path"].startswith("/fhir/")
+        and "metadata" not in r["path"]
+        and ".well-known" not in r["path"]
+    ]
+
+
+def _load(sb, browser, url: str) -> tuple[list[dict], float]:  # type: ignore[no-untyped-def,type-arg]
+    sb.clear_requests()
+    started = time.monotonic()
+    response = browser.get(url + "?refresh=1", timeout=30)
+    elapsed = time.monotonic() - started
+    assert response.status_code == 200
+    return _fhir_requests(sb), elapsed
+
+
+def test_sidebar_fhir_requests_overlap_and_do_not_grow_with_appointments(launched) -> None:
+    sb, browser, url = launched
+    first, elapsed = _load(sb, browser, url)
+    paths = sorted(r["path"] for r in first)
+    assert paths == ["/fhir/Appointment", "/fhir/Coverage", "/fhir/Patient/pat-001"]
+    # All three were in flight at once: the latest start is before the earliest end.
+    assert max(r["start"] for r in first) < min(r["end"] for r in first)
+    # One wave of EHR latency, not three in a row.
+    assert elapsed < 2 * LATENCY_MS / 1000 + 0.5
+
+    sb.generate_appointments(time.strftime("%Y-%m-%d"), 3000)
+    second, _ = _load(sb, browser, url)
+    assert len(second) == len(first)
+
+
+def test_a_refused_part_is_marked_unavailable_and_the_rest_renders(launched) -> None:
+    sb, browser, url = launched
+    sb.set_knobs(
+        fail_next=[
+            {
+                "status": 403,
+                "path_contains": "Coverage",
+                "diagnostics": "Coverage is not available to this app",
+            }
+        ]
+    )
+    response = browser.get(url + "?refresh=1", timeout=30)
+    assert response.status_code == 200
+    assert "Coverage unavailable" in response.text
+    assert "Okonkwo" in response.text
+    assert "No upcoming visits" not in response.text  # visits still came through
