@@ -225,3 +225,26 @@ def service_requests(sb: SandboxHandle, task_id: int) -> dict[str, Any]:
     assert resp.status_code == 200, resp.text
     result: dict[str, Any] = resp.json()
     return result
+
+
+# plugin.jobs_cli attaches `caredesk jobs` on import (the lead imports it in plugin.cli).
+CLI = "import plugin.jobs_cli; from plugin.cli import main; main()"
+
+
+@pytest.fixture
+def runner_env(job_app):  # type: ignore[no-untyped-def]
+    """Run `caredesk ...` against the test app's store and Redis."""
+
+    def run(args: list[str]) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, "-c", CLI, *args],
+            cwd=ROOT,
+            env=worker_env(job_app),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc
+
+    return run

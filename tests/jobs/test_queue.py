@@ -22,11 +22,19 @@ def test_worker_command_runs_jobs_inside_the_app_context(sqlite_url, redis_url) 
     app = create_app({"ENV": "test", "DATABASE_URL": sqlite_url, "REDIS_URL": redis_url})
     migrate.upgrade(sqlite_url)
     job = get_queue(app=app).enqueue("jobs.system.record_heartbeat", "worker-test")
-    env = dict(os.environ, CAREDESK_ENV="test", CAREDESK_DATABASE_URL=sqlite_url,
-               CAREDESK_REDIS_URL=redis_url)
+    env = dict(
+        os.environ,
+        CAREDESK_ENV="test",
+        CAREDESK_DATABASE_URL=sqlite_url,
+        CAREDESK_REDIS_URL=redis_url,
+    )
     proc = subprocess.run(
         [sys.executable, "-m", "plugin.cli", "worker", "--burst", "--no-scheduler"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     job.refresh()
@@ -43,7 +51,11 @@ def test_worker_refuses_to_run_without_redis(sqlite_url) -> None:
     env.update(CAREDESK_ENV="test", CAREDESK_DATABASE_URL=sqlite_url)
     proc = subprocess.run(
         [sys.executable, "-m", "plugin.cli", "worker", "--burst"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode != 0
     assert "CAREDESK_REDIS_URL" in proc.stderr
