@@ -116,11 +116,17 @@ def _launch() -> LaunchSession:
     return launch
 
 
+def field_messages(exc: ValidationError) -> dict[str, Any]:
+    """``{field: [messages]}``, also for an error raised outside a schema with a field name
+    (``exc.messages`` is then a bare list)."""
+    messages: dict[str, Any] = exc.normalized_messages()  # type: ignore[no-untyped-call]
+    return messages
+
+
 @bp.errorhandler(ValidationError)
 def _validation_failed(exc: ValidationError) -> tuple[Response, int]:
     # The one error shape (plugin.errors) plus the messages per field.
-    # normalized_messages(): {field: [...]} also for errors raised outside a schema.
-    messages = exc.normalized_messages()
+    messages = field_messages(exc)
     body = {
         "error": {
             "code": "validation_failed",
@@ -496,7 +502,7 @@ def _back(launch_id: str, fallback: str) -> BaseResponse:
 
 
 def _errors_text(exc: ValidationError) -> dict[str, str]:
-    messages = exc.normalized_messages()
+    messages = field_messages(exc)
     return {
         str(k): " ".join(map(str, v)) if isinstance(v, list) else str(v)
         for k, v in messages.items()

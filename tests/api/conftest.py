@@ -163,8 +163,14 @@ def app_config() -> dict[str, Any]:
 
 
 @pytest.fixture
-def env(sqlite_url: str, redis_url: str, app_config: dict[str, Any]) -> Iterator[Env]:
-    app = make_app(sqlite_url, redis_url, **app_config)
+def db_url(sqlite_url: str) -> str:
+    """The store for a test: SQLite; a module overrides this to run on PostgreSQL too."""
+    return sqlite_url
+
+
+@pytest.fixture
+def env(db_url: str, redis_url: str, app_config: dict[str, Any]) -> Iterator[Env]:
+    app = make_app(db_url, redis_url, **app_config)
     with app.app_context(), get_store(app).session() as db:
         a, b = _registration("ehr-a"), _registration("ehr-b")
         db.add_all([a, b])

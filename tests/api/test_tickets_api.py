@@ -13,6 +13,12 @@ from plugin.models import Ticket, TicketNote
 TICKET = {"subject": "Bill looks wrong", "category": "billing"}
 
 
+@pytest.fixture
+def db_url(store_url: str) -> str:
+    """These tests run on SQLite and on the real PostgreSQL (ordering, NULLs, counts)."""
+    return store_url
+
+
 def _open(browser, **fields) -> dict:  # type: ignore[no-untyped-def]
     response = browser.post("/tickets", {**TICKET, **fields})
     assert response.status_code == 201, response.text
