@@ -3,6 +3,7 @@ and the app served over real HTTP on loopback."""
 
 from __future__ import annotations
 
+import secrets
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+import redis
 import requests
 from werkzeug.serving import WSGIRequestHandler, make_server
 
@@ -36,13 +38,32 @@ def register_survey(app) -> None:  # type: ignore[no-untyped-def]
     app.register_blueprint(reports.bp)
 
 
+# Redis database of the survey tests: not the shared test database 13, which other test
+# runs flush and whose "default" queue other test workers consume.
+SURVEY_REDIS_URL = "redis://127.0.0.1:6379/11"
+
+
 @pytest.fixture
-def survey_app(sqlite_url: str, redis_url: str):  # type: ignore[no-untyped-def]
+def survey_redis_url() -> Iterator[str]:
+    conn = redis.Redis.from_url(SURVEY_REDIS_URL)
+    conn.flushdb()
+    try:
+        yield SURVEY_REDIS_URL
+    finally:
+        conn.flushdb()
+        conn.close()
+
+
+@pytest.fixture
+def survey_app(sqlite_url: str, survey_redis_url: str):  # type: ignore[no-untyped-def]
+    queue = f"survey-test-{secrets.token_hex(4)}"
     app = create_app(
         {
             "ENV": "test",
             "DATABASE_URL": sqlite_url,
-            "REDIS_URL": redis_url,
+            "REDIS_URL": survey_redis_url,
+            "QUEUES": queue,
+            "TASK_QUEUE": queue,
             "SURVEY_PUBLIC_URL": "http://127.0.0.1:9",
             # Short leases and retries so fault tests take seconds.
             "TASK_LEASE_SECONDS": 2,
@@ -113,6 +134,7 @@ def make_invite(  # type: ignore[no-untyped-def]
     practitioner_ref: str | None = "Practitioner/prac-clinician-lee",
     practitioner_name: str | None = "Dr. Ana Lee",
     encounter_ref: str | None = "Encounter/enc-pat-001-past",
+    appointment_ref: str = "Appointment/appt-pat-001-past",
 ) -> tuple[str, str]:
     """A sent invitation as the invitation job leaves it; returns (link token, invite id)."""
     token, digest = domain.new_link_token()
@@ -122,7 +144,7 @@ def make_invite(  # type: ignore[no-untyped-def]
             id=domain.uuid.uuid4().hex,
             registration_id=registration_id,
             patient_ref=patient_ref,
-            appointment_ref="Appointment/appt-pat-001-past",
+            appointment_ref=appointment_ref,
             encounter_ref=encounter_ref,
             location_ref=location_ref,
             practitioner_ref=practitioner_ref,
@@ -201,7 +223,7 @@ def work(app, *, include_scheduled: bool = False) -> None:  # type: ignore[no-un
     from jobs.worker import EmbeddedWorker
 
     state = get_queue_state(app)
-    queues = [state.queue(n) for n in ("default",)]
+    queues = [state.queue(n) for n in state.queue_names]
     if include_scheduled:
         for queue in queues:
             registry_ = queue.scheduled_job_registry
