@@ -122,7 +122,12 @@ def _enqueue(app: Flask, item: _Pending, now: datetime) -> None:
             f"caredesk-ehr-{item.registration_id}", int(app.config["EHR_CONCURRENCY"])
         )
     if item.due_at is not None and item.due_at > now:
-        queue.enqueue_at(item.due_at, RUN_TASK, item.task_id, **options)
+        # RQ's schedule keeps whole seconds (it truncates): round up, so a retry is never
+        # sooner than the Retry-After it honours.
+        due = item.due_at
+        if due.microsecond:
+            due = due.replace(microsecond=0) + timedelta(seconds=1)
+        queue.enqueue_at(due, RUN_TASK, item.task_id, **options)
     else:
         queue.enqueue(RUN_TASK, item.task_id, **options)
 
