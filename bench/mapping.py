@@ -1,0 +1,201 @@
+"""2. Mapping throughput: fixture Bundles scaled to N resources through ``fhir_mappers``.
+
+The fixture population is cut into one searchset Bundle per patient (the Patient, its
+Appointments with their Practitioners and Locations as `_include`s, its Coverages), as
+the sidebar receives them; those Bundles are repeated until there are N resources, and
+serialized once. Over the same bytes, in the same run:
+
+- ``json.loads`` alone (the floor: no mapper can read JSON faster than parsing it);
+- fhir.resources R4B ``model_validate`` alone, on the already parsed dicts (what strict
+  validation costs, mapping aside; a resource that fails still did the work);
+- ``build_context`` tolerant mapping from the bytes, without the R4B validation warnings;
+- the same with the warnings (``validate=True``, what the sidebar does).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from bench.common import Outcome, Row, median
+
+VIEWER_TZ = "America/Chicago"
+
+
+def _ref(value: Any) -> str | None:
+    if isinstance(value, dict) and isinstance(value.get("reference"), str):
+        return str(value["reference"])
+    return None
+
+
+def fixture_bundles(now: dt.datetime) -> list[tuple[int, bytes]]:
+    """One searchset Bundle per fixture patient: (resource count, JSON bytes)."""
+    from fixtures.population import build_population
+
+    pop = build_population(now.date())
+    by_key = {
+        f"{r['resourceType']}/{r['id']}": r
+        for kind in ("Practitioner", "Location", "Organization")
+        for r in pop[kind]
+    }
+    bundles: list[tuple[int, bytes]] = []
+    for patient in pop["Patient"]:
+        pref = f"Patient/{patient['id']}"
+        appts = [
+            a
+            for a in pop["Appointment"]
+            if any(_ref(p.get("actor")) == pref for p in a.get("participant") or [])
+        ]
+        included: dict[str, dict[str, Any]] = {}
+        for appt in appts:
+            for participant in appt.get("participant") or []:
+                ref = _ref(participant.get("actor"))
+                if ref and ref in by_key:
+                    included[ref] = by_key[ref]
+        coverages = [c for c in pop["Coverage"] if _ref(c.get("beneficiary")) == pref]
+        entries = (
+            [{"resource": patient, "search": {"mode": "match"}}]
+            + [{"resource": a, "search": {"mode": "match"}} for a in appts]
+            + [{"resource": r, "search": {"mode": "include"}} for r in included.values()]
+            + [{"resource": c, "search": {"mode": "match"}} for c in coverages]
+        )
+        bundle = {"resourceType": "Bundle", "type": "searchset", "entry": entries}
+        bundles.append((len(entries), json.dumps(bundle).encode()))
+    return bundles
+
+
+def scaled(bundles: list[tuple[int, bytes]], target: int) -> tuple[list[bytes], int]:
+    out: list[bytes] = []
+    total = 0
+    while total < target:
+        for count, blob in bundles:
+            out.append(blob)
+            total += count
+            if total >= target:
+                break
+    return out, total
+
+
+def _parse(blob: bytes) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(blob)
+    return data
+
+
+def _split(bundle: dict[str, Any]) -> dict[str, Any]:
+    patient = None
+    appointments: list[dict[str, Any]] = []
+    included: list[dict[str, Any]] = []
+    coverages: list[dict[str, Any]] = []
+    for entry in bundle.get("entry") or []:
+        res = entry["resource"]
+        if entry.get("search", {}).get("mode") == "include":
+            included.append(res)
+        elif res["resourceType"] == "Patient":
+            patient = res
+        elif res["resourceType"] == "Appointment":
+            appointments.append(res)
+        else:
+            coverages.append(res)
+    return {
+        "patient": patient,
+        "appointments": appointments,
+        "included": included,
+        "coverages": coverages,
+    }
+
+
+def _timed(func: Callable[[], Any], reps: int) -> list[float]:
+    times = []
+    for _ in range(reps):
+        started = time.perf_counter()
+        func()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def run(*, quick: bool) -> Outcome:
+    import pydantic
+    from fhir.resources.R4B import get_fhir_model_class
+
+    from fhir_mappers.context import build_context
+
+    target = 2_000 if quick else 10_000
+    reps = 1 if quick else 3
+    now = dt.datetime.now(ZoneInfo(VIEWER_TZ))
+    blobs, total = scaled(fixture_bundles(now), target)
+    parsed = [_parse(b) for b in blobs]
+    resources = [e["resource"] for b in parsed for e in b["entry"]]
+    models = {t: get_fhir_model_class(t) for t in {r["resourceType"] for r in resources}}
+    invalid = 0
+
+    def loads() -> None:
+        for blob in blobs:
+            json.loads(blob)
+
+    def validate_only() -> None:
+        nonlocal invalid
+        invalid = 0
+        for res in resources:
+            try:
+                models[res["resourceType"]].model_validate(res)
+            except pydantic.ValidationError:
+                invalid += 1
+
+    def mapping(validate: bool) -> Callable[[], None]:
+        def go() -> None:
+            for blob in blobs:
+                build_context(
+                    **_split(json.loads(blob)), now=now, viewer_tz=VIEWER_TZ, validate=validate
+                )
+
+        return go
+
+    mapping(True)()  # warm up imports and model classes outside the clock
+    seconds = {
+        "json_loads": _timed(loads, reps),
+        "model_validate": _timed(validate_only, reps),
+        "map_tolerant": _timed(mapping(False), reps),
+        "map_with_warnings": _timed(mapping(True), reps),
+    }
+    rate = {k: total / median(v) for k, v in seconds.items()}
+    out = Outcome()
+    out.data = {
+        "resources": total,
+        "bundles": len(blobs),
+        "bytes": sum(len(b) for b in blobs),
+        "reps": reps,
+        "resources_failing_strict_validation": invalid,
+        "seconds": seconds,
+        "resources_per_s": rate,
+        "ratio_json_loads_over": {k: rate["json_loads"] / v for k, v in rate.items()},
+        "ratio_model_validate_over": {k: rate["model_validate"] / v for k, v in rate.items()},
+    }
+    labels = {
+        "json_loads": "json.loads alone (floor)",
+        "model_validate": "R4B model_validate alone",
+        "map_tolerant": "fhir_mappers, tolerant, no validation",
+        "map_with_warnings": "fhir_mappers, tolerant + R4B warnings",
+    }
+    for key, label in labels.items():
+        slower = rate["json_loads"] / rate[key]
+        note = f"{total:,} resources, median of {reps}; {slower:.1f}x json.loads time"
+        if key != "model_validate":
+            note += f"; {rate[key] / rate['model_validate']:.2f}x model_validate's rate"
+        if key == "model_validate":
+            note += f"; {invalid} of {total:,} fail strict validation"
+        out.rows.append(
+            Row(
+                "2 mapping",
+                label,
+                rate[key],
+                "res/s",
+                floor=rate["json_loads"],
+                ratio=rate[key] / rate["json_loads"],
+                note=note,
+            )
+        )
+    return out
