@@ -63,7 +63,9 @@ def snapshot(app: Flask, *, failures: int = 20) -> dict[str, Any]:
             rq_info[name] = {
                 "queued": len(state.queue(name)),
                 "started": StartedJobRegistry(name, connection=state.connection).count,
-                "scheduled": ScheduledJobRegistry(name, connection=state.connection).count,
+                "scheduled": ScheduledJobRegistry(  # type: ignore[no-untyped-call]
+                    name, connection=state.connection
+                ).count,
                 "failed": FailedJobRegistry(name, connection=state.connection).count,
             }
     except redis.exceptions.RedisError as exc:

@@ -94,7 +94,7 @@ def backoff(app: Flask, attempt: int, retry_after: float | None) -> float:
     cap = float(app.config["RETRY_MAX_SECONDS"])
     delay = min(cap, base * (2 ** max(0, attempt - 1)))
     # The server's Retry-After is a floor: retrying sooner only earns another 429.
-    return max(delay, retry_after or 0.0)
+    return float(max(delay, retry_after or 0.0))
 
 
 def run_task(task_id: int) -> None:
@@ -105,7 +105,7 @@ def run_task(task_id: int) -> None:
     store = get_store(app)
     now = utcnow()
     with store.session() as session:
-        claimed = session.execute(
+        claimed = session.execute(  # type: ignore[attr-defined]
             update(CareTask)
             .where(
                 CareTask.id == task_id,

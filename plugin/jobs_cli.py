@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import click
-from flask import current_app
+from flask import Flask, current_app
 
 from plugin.cli import cli, with_appcontext
 
@@ -15,8 +15,8 @@ def jobs() -> None:
     pass
 
 
-def _app():  # type: ignore[no-untyped-def]
-    return current_app._get_current_object()  # type: ignore[attr-defined]
+def _app() -> Flask:
+    return current_app._get_current_object()  # type: ignore[attr-defined,no-any-return]
 
 
 @jobs.command("status", help="Counts per state and queue, oldest waiting, failures.")
@@ -105,4 +105,4 @@ def cron() -> None:
 
     scheduler = build_cron(_app())
     click.echo(f"cron {scheduler.name}: {len(scheduler.get_jobs())} entries", err=True)
-    scheduler.start()
+    scheduler.start()  # type: ignore[no-untyped-call]
