@@ -74,7 +74,7 @@ def handler(kind: str, *, on_final_failure: FailureHook | None = None) -> Callab
 
 # Modules whose import registers handlers. Other parts (surveys) add theirs here or list
 # them in the ``JOB_HANDLER_MODULES`` config value (comma-separated).
-HANDLER_MODULES: list[str] = ["jobs.followup", "jobs.referral", "jobs.reminders"]
+HANDLER_MODULES: list[str] = ["jobs.followup", "jobs.referral", "jobs.reminders", "jobs.survey"]
 
 
 def _load_handlers() -> None:

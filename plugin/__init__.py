@@ -45,12 +45,17 @@ def register_extensions(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from plugin import health, home, launch, sidebar
+    from plugin import api, health, home, jobs_admin, launch, reports, sidebar, survey
 
     app.register_blueprint(health.bp)
     app.register_blueprint(home.bp)
     app.register_blueprint(launch.bp)
     app.register_blueprint(sidebar.bp)
+    app.register_blueprint(api.bp)  # /api/...
+    app.register_blueprint(api.html_bp)  # /l/<launch_id>/tickets...
+    app.register_blueprint(survey.bp)  # /s/<token>; importing it registers the survey jobs
+    app.register_blueprint(reports.bp)  # /reports/csat
+    app.register_blueprint(jobs_admin.bp)  # /l/<launch_id>/tasks/<id>/retry, /jobs, /worklist
 
 
 def register_errorhandlers(app: Flask) -> None:

@@ -42,7 +42,7 @@ from plugin.db import get_db
 from plugin.errors import AppError
 from plugin.launch import current_launch
 from plugin.logs import current_request_id
-from plugin.models import LaunchSession, Ticket
+from plugin.models import CareTask, LaunchSession, Ticket
 from plugin.schemas import (
     BoardQuerySchema,
     BoardSchema,
@@ -319,8 +319,14 @@ def list_tasks(launch_id: str) -> Response:
     errors=(401, 403, 415, 422),
 )
 def create_task(launch_id: str) -> tuple[Response, int]:
-    data = load_task_create(_json_body())
-    launch = _launch()
+    task = queue_task(_launch(), _json_body())
+    return jsonify(TaskSchema().dump(task)), 201
+
+
+def queue_task(launch: LaunchSession, raw: Any) -> CareTask:
+    """Validate a follow-up or referral request and queue it (row first, then the job).
+    Shared by the JSON API and the sidebar's forms; raises ValidationError (422)."""
+    data = load_task_create(raw)
     kind = data.pop("kind")
     patient = data.pop("patient", None)
     assignee = data.get("assignee")
@@ -338,14 +344,25 @@ def create_task(launch_id: str) -> tuple[Response, int]:
             except svc.DuePhraseError as exc:
                 raise ValidationError(str(exc), "due") from exc
             data["due_phrase"] = phrase
-    elif not data.get("appointment"):
-        # The EHR may have launched us from an appointment: refer out of that one.
-        for item in (launch.context or {}).get("fhir_context") or []:
-            ref = item.get("reference") if isinstance(item, dict) else None
-            if isinstance(ref, str) and ref.startswith("Appointment/"):
-                data["appointment"] = ref
-                break
-    payload = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in data.items()}
+        payload: dict[str, Any] = {
+            k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in data.items()
+        }
+    else:
+        appointment = data.get("appointment")
+        if not appointment:
+            # The EHR may have launched us from an appointment: refer out of that one.
+            for item in (launch.context or {}).get("fhir_context") or []:
+                ref = item.get("reference") if isinstance(item, dict) else None
+                if isinstance(ref, str) and ref.startswith("Appointment/"):
+                    appointment = ref
+                    break
+        # The shape the referral job reads (jobs.referral.service_request).
+        payload = {
+            "reason": data["reason"],
+            "target": {k: data.get(k) for k in ("specialty", "organization", "practitioner")},
+            "urgency": data.get("urgency", "routine"),
+            "appointment_ref": appointment,
+        }
     task = svc.create_task(
         get_db(),
         launch,
@@ -355,7 +372,7 @@ def create_task(launch_id: str) -> tuple[Response, int]:
         assignee=assignee,
         patient=patient,
     )
-    return jsonify(TaskSchema().dump(task)), 201
+    return task
 
 
 # --- context and board (built by plugin.context) -------------------------------------------

@@ -139,10 +139,19 @@ def config_table() -> None:
     "Exit code 2 when the input is not FHIR.",
 )
 @click.argument("file", type=click.Path(allow_dash=True, dir_okay=False), default="-")
-@click.option("--timezone", "viewer_tz", default=None,
-              help="Viewer time zone (default: CAREDESK_VIEWER_TIMEZONE or America/Chicago).")
-@click.option("--now", "now_text", default=None, metavar="ISO-DATETIME",
-              help="Evaluate as of this moment (with offset), e.g. 2026-11-27T09:30-06:00.")
+@click.option(
+    "--timezone",
+    "viewer_tz",
+    default=None,
+    help="Viewer time zone (default: CAREDESK_VIEWER_TIMEZONE or America/Chicago).",
+)
+@click.option(
+    "--now",
+    "now_text",
+    default=None,
+    metavar="ISO-DATETIME",
+    help="Evaluate as of this moment (with offset), e.g. 2026-11-27T09:30-06:00.",
+)
 def map_cmd(file: str, viewer_tz: str | None, now_text: str | None) -> None:
     import datetime as dt
 
@@ -217,6 +226,8 @@ def _demo_secret(instance: Path) -> str:
 
 # Command groups defined in their own modules attach themselves to `cli` on import.
 from plugin import ehr_cli as _ehr_cli  # noqa: E402,F401
+from plugin import jobs_cli as _jobs_cli  # noqa: E402,F401
+from plugin import survey_cli as _survey_cli  # noqa: E402,F401
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -124,8 +124,81 @@ def fetch_context(
     if not patient_ref or not patient_ref.startswith("Patient/"):
         raise NeedsAuthorization("This launch has no patient; open CareDesk from a chart.")
     cache_key = f"{launch.id}:{patient_ref}"
-    if use_cache and (hit := _cache.get(cache_key)) is not None:
-        return hit
+    fhir = _cache.get(cache_key) if use_cache else None
+    if fhir is None:
+        fhir = _fetch_patient_parts(launch, patient_ref)
+        _cache.put(cache_key, fhir)
+    patient = fhir["patient"]
+    appointments = fhir["appointments"]
+    included = fhir["included"]
+    coverage_list = fhir["coverages"]
+    unavailable = dict(fhir["unavailable"])
+    more_visits = fhir["more_visits"]
+    now = utcnow().astimezone(ZoneInfo(viewer_tz()))
+
+    db = get_db()
+    tickets = [
+        {
+            "id": t.id,
+            "subject": t.subject,
+            "status": t.status,
+            "priority": t.priority,
+            "category": t.category,
+            "due_at": t.due_at.isoformat() if t.due_at else None,
+        }
+        for t in db.scalars(
+            select(Ticket)
+            .where(
+                Ticket.registration_id == launch.registration_id,
+                Ticket.patient_ref == patient_ref,
+                Ticket.status.in_(("open", "pending")),
+            )
+            .order_by(Ticket.id.desc())
+        )
+    ]
+    tasks = [
+        {
+            "id": t.id,
+            "kind": t.kind,
+            "status": t.status,
+            "attempts": t.attempts,
+            "due_at": t.due_at.isoformat() if t.due_at else None,
+            "last_error": t.last_error,
+            "reason": (t.payload or {}).get("reason"),
+        }
+        for t in db.scalars(
+            select(CareTask)
+            .where(
+                CareTask.registration_id == launch.registration_id,
+                CareTask.patient_ref == patient_ref,
+                CareTask.status.notin_(("done", "cancelled")),
+            )
+            .order_by(CareTask.id.desc())
+            .limit(20)
+        )
+    ]
+    surveys = _surveys(launch, patient_ref)
+    context = build_context(
+        patient=patient,
+        appointments=appointments,
+        included=included,
+        coverages=coverage_list,
+        now=now,
+        viewer_tz=viewer_tz(),
+        tickets=tickets,
+        tasks=tasks,
+        surveys=surveys,
+        unavailable=unavailable,
+    ).to_json()
+    context["more_visits_in_ehr"] = more_visits
+    context["missing_scopes"] = (launch.context or {}).get("missing_scopes") or []
+    context["patient_ref"] = patient_ref
+    return context
+
+
+def _fetch_patient_parts(launch: LaunchSession, patient_ref: str) -> dict[str, Any]:
+    """The FHIR side of the context, in one wave of parallel reads. Cached briefly; the
+    store's rows (tickets, tasks, surveys) are always read fresh."""
     patient_id = patient_ref.split("/", 1)[1]
     tz = ZoneInfo(viewer_tz())
     now = utcnow().astimezone(tz)
@@ -164,65 +237,14 @@ def fetch_context(
         if isinstance(exc, Exception):
             log.info("context part %s unavailable: %s", part, type(exc).__name__)
 
-    db = get_db()
-    tickets = [
-        {
-            "id": t.id,
-            "subject": t.subject,
-            "status": t.status,
-            "priority": t.priority,
-            "category": t.category,
-            "due_at": t.due_at.isoformat() if t.due_at else None,
-        }
-        for t in db.scalars(
-            select(Ticket)
-            .where(
-                Ticket.registration_id == launch.registration_id,
-                Ticket.patient_ref == launch.patient_ref,
-                Ticket.status.in_(("open", "pending")),
-            )
-            .order_by(Ticket.id.desc())
-        )
-    ]
-    tasks = [
-        {
-            "id": t.id,
-            "kind": t.kind,
-            "status": t.status,
-            "attempts": t.attempts,
-            "due_at": t.due_at.isoformat() if t.due_at else None,
-            "last_error": t.last_error,
-            "reason": (t.payload or {}).get("reason"),
-        }
-        for t in db.scalars(
-            select(CareTask)
-            .where(
-                CareTask.registration_id == launch.registration_id,
-                CareTask.patient_ref == launch.patient_ref,
-                CareTask.status.notin_(("done", "cancelled")),
-            )
-            .order_by(CareTask.id.desc())
-            .limit(20)
-        )
-    ]
-    surveys = _surveys(launch, patient_ref)
-    context = build_context(
-        patient=patient,
-        appointments=appointments,
-        included=included,
-        coverages=coverage_list,
-        now=now,
-        viewer_tz=viewer_tz(),
-        tickets=tickets,
-        tasks=tasks,
-        surveys=surveys,
-        unavailable=unavailable,
-    ).to_json()
-    context["more_visits_in_ehr"] = more_visits
-    context["missing_scopes"] = (launch.context or {}).get("missing_scopes") or []
-    context["patient_ref"] = patient_ref
-    _cache.put(cache_key, context)
-    return context
+    return {
+        "patient": patient,
+        "appointments": appointments,
+        "included": included,
+        "coverages": coverage_list,
+        "unavailable": unavailable,
+        "more_visits": more_visits,
+    }
 
 
 def _surveys(launch: LaunchSession, patient_ref: str) -> list[dict[str, Any]]:

@@ -1,5 +1,6 @@
-"""Tasks in the sidebar and for staff: create follow-ups and referrals, see every task's
-state, retry, finish work-list items, the jobs admin page and the demo outbox.
+"""Tasks in the sidebar and for staff: retry, finish work-list items, the work list, the
+jobs admin page and the demo outbox. (Creating and listing tasks is the JSON API's:
+``/api/l/<launch_id>/tasks``.)
 
 Everything is under ``/l/<launch_id>/``: the caller must own an active launch, and sees
 only its registration's tasks.
@@ -7,23 +8,20 @@ only its registration's tasks.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, render_template, request
+from flask import Blueprint, current_app, jsonify, redirect, render_template, request, url_for
 from flask.wrappers import Response
 from sqlalchemy import select
 
 from plugin.crypto import get_vault
+from plugin.csrf import check_csrf
 from plugin.db import get_db
 from plugin.errors import AppError, NotFound
 from plugin.launch import current_launch
 from plugin.models import CareTask, OutboundMessage
 
 bp = Blueprint("jobs_admin", __name__, url_prefix="/l/<launch_id>")
-
-FOLLOW_UP_CHANNELS = ("phone", "sms", "email")
-URGENCIES = ("routine", "urgent", "asap", "stat")
 
 
 def task_json(task: CareTask) -> dict[str, Any]:
@@ -45,25 +43,6 @@ def task_json(task: CareTask) -> dict[str, Any]:
     }
 
 
-def _body() -> dict[str, Any]:
-    data = request.get_json(silent=True)
-    if not isinstance(data, dict):
-        raise AppError("send a JSON object", code="invalid_body")
-    return data
-
-
-def _due(value: Any) -> datetime | None:
-    if value in (None, ""):
-        return None
-    try:
-        due = datetime.fromisoformat(str(value))
-    except ValueError as exc:
-        raise AppError("due_at must be an ISO 8601 date-time", code="invalid_due") from exc
-    if due.tzinfo is None:
-        raise AppError("due_at needs a UTC offset", code="invalid_due")
-    return due
-
-
 def _task(launch_id: str, task_id: int) -> CareTask:
     launch = current_launch(launch_id)
     task = get_db().get(CareTask, task_id)
@@ -72,80 +51,31 @@ def _task(launch_id: str, task_id: int) -> CareTask:
     return task
 
 
-@bp.get("/tasks")
-def list_tasks(launch_id: str) -> Response:
-    launch = current_launch(launch_id)
-    query = select(CareTask).where(CareTask.registration_id == launch.registration_id)
-    patient = request.args.get("patient") or launch.patient_ref
-    if patient:
-        query = query.where(CareTask.patient_ref == patient)
-    if request.args.get("status"):
-        query = query.where(CareTask.status == request.args["status"])
-    rows = get_db().scalars(query.order_by(CareTask.id.desc()).limit(200))
-    return jsonify({"tasks": [task_json(t) for t in rows]})
+def _answer(launch_id: str, task: CareTask) -> Response:
+    """A form post from the sidebar goes back to it; an API call gets the task as JSON."""
+    if request.form:
+        from plugin.context import invalidate
+
+        invalidate(launch_id)
+        return redirect(
+            request.form.get("next")
+            if _safe_next(launch_id)
+            else url_for("sidebar.home", launch_id=launch_id),
+            code=303,
+        )
+    return jsonify(task_json(task))
 
 
-@bp.post("/tasks")
-def create(launch_id: str) -> tuple[Response, int]:
-    from jobs.outbox import create_task, dispatch
-
-    launch = current_launch(launch_id)
-    body = _body()
-    kind = body.get("kind")
-    patient = body.get("patient") or launch.patient_ref
-    if not patient:
-        raise AppError("no patient in context", code="no_patient")
-    reason = str(body.get("reason") or "").strip()
-    if not reason:
-        raise AppError("a reason is required", code="invalid_reason")
-    if kind == "follow-up":
-        channel = body.get("channel", "phone")
-        if channel not in FOLLOW_UP_CHANNELS:
-            raise AppError("channel must be phone, sms or email", code="invalid_channel")
-        if not (body.get("assignee") or body.get("group")):
-            raise AppError("an assignee or a group is required", code="invalid_assignee")
-        payload = {"reason": reason, "channel": channel, "group": body.get("group")}
-    elif kind == "referral":
-        target = body.get("target")
-        if not isinstance(target, dict) or not any(
-            target.get(k) for k in ("specialty", "organization", "practitioner")
-        ):
-            raise AppError(
-                "target needs a specialty, organization or practitioner", code="invalid_target"
-            )
-        urgency = body.get("urgency", "routine")
-        if urgency not in URGENCIES:
-            raise AppError("urgency must be routine, urgent, asap or stat", code="invalid_urgency")
-        payload = {
-            "reason": reason,
-            "target": {k: target.get(k) for k in ("specialty", "organization", "practitioner")},
-            "urgency": urgency,
-            "appointment_ref": body.get("appointment"),
-        }
-    else:
-        raise AppError("kind must be follow-up or referral", code="invalid_kind")
-    session = get_db()
-    task = create_task(
-        session,
-        registration_id=launch.registration_id,
-        kind=kind,
-        patient_ref=patient,
-        payload=payload,
-        due_at=_due(body.get("due_at")),
-        launch_session_id=launch.id,
-        created_by=launch.fhir_user,
-        assignee=body.get("assignee"),
-    )
-    assert task is not None
-    session.commit()
-    dispatch([task.id])
-    return jsonify(task_json(task)), 201
+def _safe_next(launch_id: str) -> bool:
+    target = request.form.get("next", "")
+    return target.startswith(f"/l/{launch_id}/") and "//" not in target
 
 
 @bp.post("/tasks/<int:task_id>/retry")
 def retry(launch_id: str, task_id: int) -> Response:
     from jobs.status import retry as do_retry
 
+    check_csrf(current_launch(launch_id))
     task = _task(launch_id, task_id)
     if not do_retry(current_app._get_current_object(), [task.id]):  # type: ignore[attr-defined]
         raise AppError(
@@ -154,11 +84,12 @@ def retry(launch_id: str, task_id: int) -> Response:
             code="not_retryable",
         )
     get_db().expire_all()
-    return jsonify(task_json(_task(launch_id, task_id)))
+    return _answer(launch_id, _task(launch_id, task_id))
 
 
 @bp.post("/tasks/<int:task_id>/complete")
 def complete(launch_id: str, task_id: int) -> Response:
+    check_csrf(current_launch(launch_id))
     task = _task(launch_id, task_id)
     if task.kind != "follow-up" or task.status != "waiting":
         raise AppError(
@@ -168,10 +99,11 @@ def complete(launch_id: str, task_id: int) -> Response:
 
     task.status = "done"
     task.finished_at = utcnow()
-    note = str((request.get_json(silent=True) or {}).get("note") or "").strip()
+    body = request.get_json(silent=True) or request.form
+    note = str(body.get("note") or "").strip()
     task.status_note = f"Completed: {note}" if note else "Completed."
     get_db().commit()
-    return jsonify(task_json(task))
+    return _answer(launch_id, task)
 
 
 @bp.get("/worklist")

@@ -291,7 +291,10 @@ def jwks() -> Response:
 @bp.post("/l/<launch_id>/end")
 def end(launch_id: str) -> Response:
     """Sign out of this launch: the token set is deleted, not just hidden."""
+    from plugin.csrf import check_csrf
+
     launch = current_launch(launch_id)
+    check_csrf(launch)
     launch.status = "ended"
     launch.token_set_enc = None
     get_db().commit()

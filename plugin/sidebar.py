@@ -19,8 +19,11 @@ from flask import Blueprint, Response, make_response, redirect, render_template,
 from plugin import context as ctx
 from plugin import ehr
 from plugin.audit import audit
+from plugin.csrf import check_csrf
+from plugin.db import get_db
 from plugin.errors import AppError
 from plugin.launch import current_launch
+from plugin.tickets import ACTIVE_STATUSES, TicketFilters, list_tickets
 from plugin.timeutil import utcnow
 from smart_launch.errors import FhirError, SmartError
 
@@ -71,10 +74,17 @@ def _patient_page(launch: Any, patient_ref: str) -> str:
         detail={"view": "sidebar"},
     )
     visits = context.get("visits") or []
+    tickets = list_tickets(
+        get_db(), launch, TicketFilters(status=ACTIVE_STATUSES, patient=patient_ref)
+    ).items
     return render_template(
         "sidebar.html",
         launch=launch,
         c=context,
+        tickets=tickets,
+        patient_ref=patient_ref,
+        here=request.path,
+        surveyable=[v for v in visits if v.get("status") == "fulfilled"][:3],
         upcoming=[v for v in visits if v.get("timing") in ("today", "upcoming")],
         recent=[v for v in visits if v.get("timing") == "past"][:5],
         # The EHR shows its own banner when it says so; from the board there is none.
@@ -83,6 +93,88 @@ def _patient_page(launch: Any, patient_ref: str) -> str:
         from_board=patient_ref != launch.patient_ref,
         has_style=bool((launch.context or {}).get("smart_style_url")),
     )
+
+
+def _back(launch_id: str) -> Response:
+    target = request.form.get("next", "")
+    if not (target.startswith(f"/l/{launch_id}/") and "//" not in target and "\\" not in target):
+        target = url_for("sidebar.home", launch_id=launch_id)
+    return redirect(target, code=303)
+
+
+@bp.post("/l/<launch_id>/actions/task")
+def queue_task_form(launch_id: str) -> Response:
+    """The sidebar's follow-up and referral forms (no JavaScript needed)."""
+    from marshmallow import ValidationError
+
+    from plugin.api import queue_task
+
+    launch = current_launch(launch_id)
+    check_csrf(launch)
+    fields = (
+        "kind",
+        "reason",
+        "due",
+        "assignee",
+        "channel",
+        "patient",
+        "specialty",
+        "organization",
+        "practitioner",
+        "urgency",
+        "appointment",
+    )
+    body = {k: v.strip() for k in fields if (v := request.form.get(k, "")) and v.strip()}
+    if body.get("patient") == launch.patient_ref:
+        body.pop("patient")
+    try:
+        queue_task(launch, body)
+    except ValidationError as exc:
+        messages = exc.normalized_messages()
+        text = "; ".join(
+            f"{k}: {' '.join(map(str, v)) if isinstance(v, list) else v}"
+            for k, v in messages.items()
+        )
+        raise AppError(
+            f"The task was not queued. {text}", status=422, code="validation_error"
+        ) from exc
+    ctx.invalidate(launch_id)
+    return _back(launch_id)
+
+
+@bp.post("/l/<launch_id>/actions/survey")
+def send_survey(launch_id: str) -> Response:
+    """ "Send survey" for a fulfilled visit: queues the invitation job (once per visit)."""
+    from flask import current_app
+
+    from jobs import outbox
+    from jobs.survey import request_survey
+
+    launch = current_launch(launch_id)
+    check_csrf(launch)
+    appointment = request.form.get("appointment", "")
+    patient_ref = request.form.get("patient") or launch.patient_ref
+    if not re.match(r"^Appointment/[A-Za-z0-9\-.]{1,256}$", appointment) or not (
+        patient_ref and _PATIENT_REF.match(patient_ref)
+    ):
+        raise AppError("Choose a visit to ask about.", status=422, code="validation_error")
+    db = get_db()
+    task = request_survey(
+        db,
+        current_app._get_current_object(),  # type: ignore[attr-defined]
+        registration_id=launch.registration_id,
+        appointment_ref=appointment,
+        patient_ref=patient_ref,
+        now=utcnow(),
+        requested_by=launch.fhir_user,
+        launch_session_id=launch.id,
+    )
+    db.commit()
+    if task is not None:
+        outbox.dispatch([task.id])
+        audit("survey.request", launch=launch, patient_ref=patient_ref, entity=appointment)
+    ctx.invalidate(launch_id)
+    return _back(launch_id)
 
 
 @bp.get("/l/<launch_id>/board")

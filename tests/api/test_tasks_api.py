@@ -122,12 +122,16 @@ def test_referral_is_queued_now_with_target_urgency_and_appointment(env, a) -> N
     assert body["kind"] == "referral"
     assert body["status"] == "queued"
     assert body["due_at"] is None
+    # Stored in the shape the referral job reads (jobs.referral.service_request).
     assert body["payload"] == {
         "reason": "Persistent knee pain",
-        "specialty": "orthopedics",
-        "practitioner": "PractitionerRole/pr-7",
+        "target": {
+            "specialty": "orthopedics",
+            "organization": None,
+            "practitioner": "PractitionerRole/pr-7",
+        },
         "urgency": "urgent",
-        "appointment": "Appointment/ap-1",
+        "appointment_ref": "Appointment/ap-1",
     }
     assert _job(env, body["id"]).get_status() == JobStatus.QUEUED
 

@@ -18,15 +18,19 @@ NOW = "2026-11-27T09:30:00-06:00"
 def _run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAREDESK_")}
     return subprocess.run(
-        [sys.executable, "-m", "plugin.cli", "map", *args], input=stdin, cwd=ROOT, env=env,
-        capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "plugin.cli", "map", *args],
+        input=stdin,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
 @pytest.mark.parametrize("case", ["patient-pat-001", "patient-pat-002", "patient-long-id"])
 def test_map_prints_the_expected_context_for_a_fixture_bundle(case: str) -> None:
-    result = _run(str(GOLDEN / f"{case}.input.json"), "--now", NOW,
-                  "--timezone", "America/Chicago")
+    result = _run(str(GOLDEN / f"{case}.input.json"), "--now", NOW, "--timezone", "America/Chicago")
     assert result.returncode == 0, result.stderr
     expected = json.loads((GOLDEN / f"{case}.expected.json").read_text())
     assert json.loads(result.stdout) == expected
@@ -36,8 +40,9 @@ def test_map_reads_ndjson_from_stdin() -> None:
     text = (GOLDEN / "patient-pat-001.input.json").read_text()
     bundle = json.loads(text)
     ndjson = "\n".join(
-        json.dumps(e["resource"]) for e in bundle.get("entry", []) if "resource" in e
-        and e["resource"].get("resourceType") in ("Patient", "Coverage")
+        json.dumps(e["resource"])
+        for e in bundle.get("entry", [])
+        if "resource" in e and e["resource"].get("resourceType") in ("Patient", "Coverage")
     )
     result = _run("-", "--now", NOW, stdin=ndjson)
     assert result.returncode == 0, result.stderr
