@@ -189,12 +189,17 @@ def sweep_all(app: Flask, *, now: datetime | None = None) -> list[ReminderSweep]
     with get_store(app).session() as session:
         reg_ids = list(session.scalars(select(EhrRegistration.id).order_by(EhrRegistration.id)))
     out = []
+    failed: list[int] = []
     for reg_id in reg_ids:
         try:
             out.append(sweep_registration(app, reg_id, now=now))
         except Exception:
-            # One EHR down must not stop the others' reminders; the next sweep tries again.
+            # One EHR down must not stop the others' reminders; the job still fails
+            # below so RQ shows it, and the next sweep tries that EHR again.
             log.exception("reminder sweep of registration %s failed", reg_id)
+            failed.append(reg_id)
+    if failed:
+        raise RuntimeError(f"reminder sweep failed for registrations {failed}")
     return out
 
 

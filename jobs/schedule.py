@@ -16,7 +16,7 @@ def build_cron(app: Flask) -> CronScheduler:
     state = get_queue_state(app)
     queue = str(app.config.get("TASK_QUEUE") or "default")
     cron = CronScheduler(connection=state.connection, name="caredesk-cron")
-    from jobs import outbox, referral, reminders
+    from jobs import outbox, referral, reminders, survey_sweep
 
     cron.register(
         reminders.sweep_reminders_job,
@@ -34,5 +34,12 @@ def build_cron(app: Flask) -> CronScheduler:
         interval=int(app.config["REFERRAL_CHECK_SECONDS"]),
         job_timeout=1800,
         name="referral-check",
+    )
+    cron.register(
+        survey_sweep.sweep_surveys_job,
+        queue,
+        interval=int(app.config.get("SURVEY_SWEEP_SECONDS") or 900),
+        job_timeout=1800,
+        name="survey-sweep",
     )
     return cron

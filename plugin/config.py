@@ -175,6 +175,11 @@ SETTINGS: tuple[Setting, ...] = (
         "QuestionnaireResponse.identifier.system; the value is the invitation id, so "
         "write-back retries find the response they already created.",
     ),
+    Setting(
+        "SURVEY_SWEEP_SECONDS",
+        900,
+        "How often the cron looks for newly fulfilled visits to invite to the survey.",
+    ),
 )
 
 _SETTING_BY_NAME = {s.name: s for s in SETTINGS}

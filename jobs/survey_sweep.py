@@ -1,0 +1,132 @@
+"""The cron sweep that notices fulfilled visits and queues their survey invitations.
+
+Per registration: one paged search for appointments fulfilled in the look-back window,
+then ``jobs.survey.request_survey`` for each; its dedupe key makes a second sweep (or a
+staff member's "send survey" click) a no-op, so overlapping windows are harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from flask import Flask, current_app
+from sqlalchemy import select
+
+from jobs.context import JobContext
+from jobs.outbox import dispatch
+from plugin.db import get_store
+from plugin.models import CareTask, EhrRegistration
+from plugin.timeutil import utcnow
+
+log = logging.getLogger("caredesk.jobs.survey_sweep")
+
+LOOK_BACK = timedelta(days=2)
+PAGE_SIZE = 100
+
+
+@dataclass
+class SurveySweep:
+    registration_id: int
+    seen: int = 0
+    queued: int = 0
+
+
+def sweep_registration(
+    app: Flask, registration_id: int, *, now: datetime | None = None
+) -> SurveySweep:
+    from jobs.survey import request_survey
+
+    now = now or utcnow()
+    result = SurveySweep(registration_id)
+    store = get_store(app)
+    with store.session() as session:
+        reg = session.get(EhrRegistration, registration_id)
+        if reg is None:
+            raise LookupError(f"registration {registration_id} not found")
+        # Authenticates like a job: Backend Services where the registration has them.
+        probe = CareTask(id=0, registration_id=registration_id, kind="survey-sweep", payload={})
+        client = JobContext(app=app, session=session, task=probe, now=now).fhir()
+    params = [
+        ("status", "fulfilled"),
+        ("date", "ge" + (now - LOOK_BACK).isoformat()),
+        ("date", "le" + now.isoformat()),
+        ("_count", str(PAGE_SIZE)),
+    ]
+    queued: list[int] = []
+    for appt in client.search_all("Appointment", params, max_pages=1_000):
+        if appt.get("resourceType") != "Appointment" or not appt.get("id"):
+            continue
+        patient = next(
+            (
+                ref
+                for p in appt.get("participant") or []
+                if isinstance(ref := (p.get("actor") or {}).get("reference"), str)
+                and ref.startswith("Patient/")
+            ),
+            None,
+        )
+        if patient is None:
+            continue
+        result.seen += 1
+        with store.session() as session:
+            task = request_survey(
+                session,
+                app,
+                registration_id=registration_id,
+                appointment_ref=f"Appointment/{appt['id']}",
+                patient_ref=patient,
+                now=now,
+                fulfilled_at=_end_of(appt),
+            )
+            if task is not None:
+                session.flush()
+                queued.append(task.id)
+        if len(queued) >= PAGE_SIZE:
+            dispatch(queued, app=app)
+            result.queued += len(queued)
+            queued = []
+    if queued:
+        dispatch(queued, app=app)
+        result.queued += len(queued)
+    log.info(
+        "survey sweep of registration %s: %d fulfilled visits, %d invitations queued",
+        registration_id,
+        result.seen,
+        result.queued,
+    )
+    return result
+
+
+def _end_of(appt: dict) -> datetime | None:  # type: ignore[type-arg]
+    value = appt.get("end") or appt.get("start")
+    try:
+        parsed = datetime.fromisoformat(str(value)) if value else None
+    except ValueError:
+        return None
+    return parsed if parsed and parsed.tzinfo else None
+
+
+def sweep_all(app: Flask, *, now: datetime | None = None) -> list[SurveySweep]:
+    with get_store(app).session() as session:
+        reg_ids = list(session.scalars(select(EhrRegistration.id).order_by(EhrRegistration.id)))
+    results: list[SurveySweep] = []
+    failed: list[int] = []
+    for reg_id in reg_ids:
+        try:
+            results.append(sweep_registration(app, reg_id, now=now))
+        except Exception:
+            # One EHR down must not stop the others' surveys; the job still fails below,
+            # so RQ shows it, and the next sweep tries that EHR again.
+            log.exception("survey sweep of registration %s failed", reg_id)
+            failed.append(reg_id)
+    if failed:
+        raise RuntimeError(f"survey sweep failed for registrations {failed}")
+    return results
+
+
+def sweep_surveys_job() -> int:
+    """The cron entry point."""
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    return sum(s.queued for s in sweep_all(app))
