@@ -85,8 +85,15 @@ def start_embedded_worker(app: Flask) -> threading.Thread:
             [state.queue(n) for n in state.queue_names], connection=state.connection
         )
         scheduler.acquire_locks()
+        # The demo's cron (reminder, survey, task and referral sweeps) runs here too;
+        # in production `caredesk jobs cron` runs RQ's CronScheduler as its own process.
+        with app.app_context():
+            from jobs.schedule import build_cron
+
+            cron = build_cron(app)
         while not state.stop_event.wait(1.0):
             scheduler.enqueue_scheduled_jobs()
+            cron.enqueue_jobs()
 
     thread = threading.Thread(target=run, name="caredesk-embedded-worker", daemon=True)
     thread.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -12,17 +13,21 @@ from types import FrameType
 
 import click
 import requests
+from flask import Flask
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from plugin import create_app, migrate, registry
 from plugin.crypto import get_vault
 from plugin.db import get_store
+from plugin.models import SigningKey
 
 DEMO_CLIENT_ID = "caredesk-demo"
 
 
 def run_demo(*, host: str, port: int, with_sandbox: bool, profile: str) -> None:
-    app = create_app()
+    app_origin = f"http://{host}:{port}"
+    # Survey links in the demo point at this server.
+    app = create_app({"PUBLIC_URL": os.environ.get("CAREDESK_PUBLIC_URL", app_origin)})
     migrate.upgrade(app.config["DATABASE_URL"])
     sandbox: subprocess.Popen[bytes] | None = None
 
@@ -30,13 +35,13 @@ def run_demo(*, host: str, port: int, with_sandbox: bool, profile: str) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _terminate)
-    app_origin = f"http://{host}:{port}"
     try:
         if with_sandbox:
             sandbox_port = port + 1
             sandbox_origin = f"http://{host}:{sandbox_port}"
+            jwks = _register_sandbox(app, sandbox_origin, profile)
             clients = Path(app.instance_path) / "demo-sandbox-clients.json"
-            clients.write_text(json.dumps([_demo_client(app_origin)], indent=2))
+            clients.write_text(json.dumps(_demo_clients(app_origin, jwks), indent=2))
             sandbox = subprocess.Popen(  # noqa: S603 - our own interpreter and module
                 [
                     sys.executable,
@@ -53,16 +58,6 @@ def run_demo(*, host: str, port: int, with_sandbox: bool, profile: str) -> None:
                 ]
             )
             _wait_until_up(f"{sandbox_origin}/fhir/metadata", sandbox)
-            with app.app_context(), get_store(app).session() as session:
-                registry.upsert(
-                    session,
-                    get_vault(app),
-                    slug="sandbox",
-                    name=f"Sandbox EHR ({profile})",
-                    iss=f"{sandbox_origin}/fhir",
-                    client_id=DEMO_CLIENT_ID,
-                    frame_origins=[sandbox_origin],
-                )
             app.extensions["caredesk.frame_origins"].invalidate()
         # Bind before printing: whoever reads the URLs can use them at once.
         server = make_server(host, port, app, threaded=True, request_handler=_NoQueryLog)
@@ -92,15 +87,74 @@ class _NoQueryLog(WSGIRequestHandler):
         self.log("info", '"%s %s" %s %s', self.command, path, code, size)
 
 
-def _demo_client(app_origin: str) -> dict[str, object]:
-    return {
-        "client_id": DEMO_CLIENT_ID,
-        "type": "public",
-        "redirect_uris": [f"{app_origin}/callback"],
-        "launch_url": f"{app_origin}/launch",
-        "scopes": registry.DEFAULT_SCOPES,
-        "backend": False,
-    }
+DEMO_BACKEND_CLIENT_ID = "caredesk-demo-jobs"
+DEMO_BACKEND_SCOPES = " ".join(
+    f"system/{t}.{p}"
+    for t, p in [
+        ("Patient", "rs"),
+        ("Appointment", "rs"),
+        ("Coverage", "rs"),
+        ("Practitioner", "rs"),
+        ("Location", "rs"),
+        ("Encounter", "rs"),
+        ("Organization", "rs"),
+        ("Questionnaire", "rs"),
+        ("QuestionnaireResponse", "crs"),
+        ("ServiceRequest", "crs"),
+        ("Task", "crs"),
+    ]
+)
+
+
+def _register_sandbox(app: Flask, sandbox_origin: str, profile: str) -> dict[str, object]:
+    """Register the sandbox EHR; jobs use Backend Services with a key made once per checkout.
+    Returns the public JWKS the sandbox needs to know CareDesk's backend client."""
+    from smart_launch.keys import generate_signing_key
+
+    with app.app_context(), get_store(app).session() as session:
+        reg = registry.upsert(
+            session,
+            get_vault(app),
+            slug="sandbox",
+            name=f"Sandbox EHR ({profile})",
+            iss=f"{sandbox_origin}/fhir",
+            client_id=DEMO_CLIENT_ID,
+            frame_origins=[sandbox_origin],
+            backend_client_id=DEMO_BACKEND_CLIENT_ID,
+            backend_scopes=DEMO_BACKEND_SCOPES,
+        )
+        if not [k for k in reg.signing_keys if k.retired_at is None]:
+            key = generate_signing_key("ES384")
+            reg.signing_keys.append(
+                SigningKey(
+                    kid=key.kid,
+                    alg=key.alg,
+                    private_key_enc=get_vault(app).encrypt(key.private_pem),
+                    public_jwk=key.public_jwk(),
+                )
+            )
+            session.flush()
+        return {"keys": [dict(k.public_jwk) for k in reg.signing_keys]}
+
+
+def _demo_clients(app_origin: str, jwks: dict[str, object]) -> list[dict[str, object]]:
+    return [
+        {
+            "client_id": DEMO_CLIENT_ID,
+            "type": "public",
+            "redirect_uris": [f"{app_origin}/callback"],
+            "launch_url": f"{app_origin}/launch",
+            "scopes": registry.DEFAULT_SCOPES,
+            "backend": False,
+        },
+        {
+            "client_id": DEMO_BACKEND_CLIENT_ID,
+            "type": "confidential-asymmetric",
+            "jwks": jwks,
+            "scopes": DEMO_BACKEND_SCOPES,
+            "backend": True,
+        },
+    ]
 
 
 def _wait_until_up(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:

@@ -228,7 +228,7 @@ def service_requests(sb: SandboxHandle, task_id: int) -> dict[str, Any]:
 
 
 # plugin.jobs_cli attaches `caredesk jobs` on import (the lead imports it in plugin.cli).
-CLI = "import plugin.jobs_cli; from plugin.cli import main; main()"
+CLI = "from plugin.cli import main; main()"
 
 
 @pytest.fixture
