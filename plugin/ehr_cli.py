@@ -89,7 +89,8 @@ def add(
     name: str | None,
     read_only: bool,
 ) -> None:
-    if client_type == "confidential-asymmetric" and not key_alg:
+    if (client_type == "confidential-asymmetric" or backend_client_id) and not key_alg:
+        # Both sign client assertions (private_key_jwt): they need a key from the start.
         key_alg = "RS384"
     vault = get_vault()
     with get_store().session() as session:

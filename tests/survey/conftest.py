@@ -37,7 +37,7 @@ def register_survey(app) -> None:  # type: ignore[no-untyped-def]
 
 # Redis database of the survey tests: not the shared test database 13, which other test
 # runs flush and whose "default" queue other test workers consume.
-SURVEY_REDIS_URL = "redis://127.0.0.1:6379/11"
+SURVEY_REDIS_URL = "redis://127.0.0.1:6379/12"
 
 
 @pytest.fixture
