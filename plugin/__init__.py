@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,7 +20,13 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     Configuration comes from ``CAREDESK_*`` environment variables over documented defaults
     (``plugin.config.SETTINGS``); ``test_config`` overrides both.
     """
-    app = Flask(__name__, instance_relative_config=True)
+    # CAREDESK_INSTANCE moves the instance folder (SQLite file, demo keys) off the checkout.
+    instance = os.environ.get("CAREDESK_INSTANCE")
+    app = Flask(
+        __name__,
+        instance_relative_config=True,
+        instance_path=os.path.abspath(instance) if instance else None,
+    )
     app.config.update(_config.load(app.instance_path, test_config))
     register_extensions(app)
     register_blueprints(app)

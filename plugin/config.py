@@ -176,6 +176,12 @@ SETTINGS: tuple[Setting, ...] = (
         "write-back retries find the response they already created.",
     ),
     Setting(
+        "INSTANCE",
+        None,
+        "Folder for local state (the default SQLite file, the demo's generated secret and "
+        "client files). Default: `instance/` beside the code.",
+    ),
+    Setting(
         "SURVEY_SWEEP_SECONDS",
         900,
         "How often the cron looks for newly fulfilled visits to invite to the survey.",

@@ -40,6 +40,7 @@ def run_demo(*, host: str, port: int, with_sandbox: bool, profile: str) -> None:
             sandbox_port = port + 1
             sandbox_origin = f"http://{host}:{sandbox_port}"
             jwks = _register_sandbox(app, sandbox_origin, profile)
+            Path(app.instance_path).mkdir(parents=True, exist_ok=True)
             clients = Path(app.instance_path) / "demo-sandbox-clients.json"
             clients.write_text(json.dumps(_demo_clients(app_origin, jwks), indent=2))
             sandbox = subprocess.Popen(  # noqa: S603 - our own interpreter and module

@@ -1,37 +1,15 @@
-"""Playwright driving Debian's Chromium (never `playwright install`: no downloads here)."""
+"""Browser tests: Playwright driving Debian's Chromium (the `chromium` fixture lives in
+tests/conftest.py so every test directory shares the one driver)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 # Screenshots land here so a person can look at them after `make test`.
 SCREENSHOTS = Path(os.environ.get("CAREDESK_SCREENSHOTS", "test-artifacts/screenshots")).resolve()
-
-
-@pytest.fixture(scope="session")
-def chromium() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        raise RuntimeError("Debian's Chromium is missing: `make browser` installs it")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

@@ -183,9 +183,9 @@ def test_visit_outside_the_sample_is_not_surveyed(survey_app, sandbox) -> None:
 
 
 @pytest.mark.browser
-def test_fulfilled_visit_to_questionnaire_response_end_to_end(survey_app, sandbox, served) -> None:
-    from playwright.sync_api import sync_playwright
-
+def test_fulfilled_visit_to_questionnaire_response_end_to_end(
+    survey_app, sandbox, served, chromium
+) -> None:
     survey_app.config.update(SURVEY_QUIET_HOURS="", SURVEY_PUBLIC_URL=served.url)
     reg_id = register_backend_ehr(survey_app, sandbox)
     _request(survey_app, reg_id, datetime.now(CHICAGO) - timedelta(hours=3))
@@ -199,31 +199,23 @@ def test_fulfilled_visit_to_questionnaire_response_end_to_end(survey_app, sandbo
     link = re.search(r"(http://127\.0\.0\.1:\d+/s/[A-Za-z0-9_\-]+)", body).group(1)
     assert domain.hash_token(link.rsplit("/", 1)[1]) == invite.token_hash
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--no-first-run",
-            ],
-        )
-        try:
-            page = browser.new_context(
-                viewport={"width": 390, "height": 844}, java_script_enabled=False
-            ).new_page()
-            page.goto(link)
-            assert "CareDesk Clinic - Lakeview" in page.content()
-            page.get_by_label("Very dissatisfied").check()
-            page.locator("label.sv-num", has_text="3").first.click()
-            page.locator("textarea[name=comment]").fill("Nobody called me back")
-            page.locator("input[name='contact-ok'][value=yes]").check()
-            page.get_by_role("button", name="Send my answers").click()
-            page.wait_for_selector("text=Thank you")
-        finally:
-            browser.close()
+    # One Chromium for the whole run (tests/conftest.py): Playwright's sync API cannot
+    # start a second driver while the session's is running.
+    context = chromium.new_context(
+        viewport={"width": 390, "height": 844}, java_script_enabled=False
+    )
+    try:
+        page = context.new_page()
+        page.goto(link)
+        assert "CareDesk Clinic - Lakeview" in page.content()
+        page.get_by_label("Very dissatisfied").check()
+        page.locator("label.sv-num", has_text="3").first.click()
+        page.locator("textarea[name=comment]").fill("Nobody called me back")
+        page.locator("input[name='contact-ok'][value=yes]").check()
+        page.get_by_role("button", name="Send my answers").click()
+        page.wait_for_selector("text=Thank you")
+    finally:
+        context.close()
 
     work(survey_app)
     with get_store(survey_app).session() as s:
