@@ -190,7 +190,7 @@ class JobContext:
                 mask(vault.decrypt(previous.to_enc)),
                 already_sent=True,
             )
-        options = contact.reachable(patient, today=self.now.date(), requested=channel)
+        options = contact.reachable(patient, now=self.now, requested=channel)
         if not options:
             what = f"by {channel}" if channel else "by SMS or email"
             raise NoReachableChannel(

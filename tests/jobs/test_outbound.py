@@ -16,7 +16,7 @@ from jobs.outbound import Message, OutboundError, TemporaryOutboundError, render
 from jobs.outbound.smtp import SmtpAdapter
 from jobs.outbound.twilio import TwilioAdapter
 
-TODAY = dt.date(2026, 11, 27)
+NOW = dt.datetime(2026, 11, 27, 9, 30, tzinfo=dt.timezone(dt.timedelta(hours=-6)))
 RESTRICT = "https://caredesk.example/fhir/StructureDefinition/contact-restriction"
 
 
@@ -72,7 +72,7 @@ def _patient(telecom, restrictions=(), lang="en"):  # type: ignore[no-untyped-de
 def test_reachable_respects_rank_restrictions_and_ended_numbers(
     telecom, restrictions, requested, expected
 ) -> None:
-    got = reachable(_patient(telecom, restrictions), today=TODAY, requested=requested)
+    got = reachable(_patient(telecom, restrictions), now=NOW, requested=requested)
     assert [r.channel for r in got] == expected
 
 
