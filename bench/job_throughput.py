@@ -222,7 +222,7 @@ def _drain(
             log.close()
 
 
-def _job_span() -> tuple[int, float, int]:
+def _job_span(log_dir: Path) -> tuple[int, float, int]:
     """(jobs that ran, seconds from the first start to the last end, failed jobs)."""
     conn = redis.Redis.from_url(REDIS_URL)
     try:
@@ -246,7 +246,10 @@ def _job_span() -> tuple[int, float, int]:
         if status == b"failed":
             failed += 1
     if not starts:
-        raise RuntimeError("no job ran")
+        logs = sorted(log_dir.glob("worker-*.log"), key=lambda p: p.stat().st_mtime)
+        tail = logs[-1].read_text(encoding="utf-8", errors="replace")[-1500:] if logs else ""
+        sys.stderr.write(f"[bench] no job ran; last worker log:\n{tail}\n")
+        raise RuntimeError(f"no job ran ({len(rows)} job records in Redis)")
     return len(starts), max(ends) - min(starts), failed
 
 
@@ -293,7 +296,11 @@ def run(*, quick: bool) -> Outcome:
             flush_bench_redis()
             _queue_noops(count)
             drained = _drain(db_url, workers, log_dir, window=None, timeout=timeout)
-            ran, span, failed = _job_span()
+            try:
+                ran, span, failed = _job_span(log_dir)
+            except RuntimeError as exc:
+                data["noop"][str(workers)] = {"error": str(exc), "drained": drained}
+                continue
             data["noop"][str(workers)] = {
                 "queued": count,
                 "ran": ran,
@@ -316,12 +323,18 @@ def run(*, quick: bool) -> Outcome:
                         before = sb.stats()
                         drained = _drain(db_url, workers, log_dir, window=window, timeout=timeout)
                         after = sb.stats()
-                        ran, span, failed = _job_span()
+                        key = f"L{latency}_W{workers}"
+                        try:
+                            ran, span, failed = _job_span(log_dir)
+                        except RuntimeError as exc:
+                            # One round that ran nothing must not hide the other rounds.
+                            data["writeback"][key] = {"error": str(exc), "drained": drained}
+                            continue
                         fhir = after["fhir_requests"] - before["fhir_requests"]
                         tokens = sum(after["token_requests"].values()) - sum(
                             before["token_requests"].values()
                         )
-                        data["writeback"][f"L{latency}_W{workers}"] = {
+                        data["writeback"][key] = {
                             "latency_ms": latency,
                             "workers": workers,
                             "queued": count,
@@ -345,6 +358,17 @@ def _rows(out: Outcome, worker_counts: tuple[int, ...], latencies: tuple[int, ..
     data = out.data
     for workers in worker_counts:
         noop = data["noop"][str(workers)]
+        if "error" in noop:
+            out.rows.append(
+                Row(
+                    "3 jobs",
+                    f"no-op RQ jobs, {workers} worker(s) (floor)",
+                    None,
+                    "jobs/s",
+                    note=f"not measured: {noop['error']}",
+                )
+            )
+            continue
         out.rows.append(
             Row(
                 "3 jobs",
@@ -359,6 +383,11 @@ def _rows(out: Outcome, worker_counts: tuple[int, ...], latencies: tuple[int, ..
             noop = data["noop"][str(workers)]
             wb = data["writeback"][f"L{latency}_W{workers}"]
             figure = f"survey write-back, {workers} worker(s), L={latency} ms"
+            if "error" in wb:
+                out.rows.append(
+                    Row("3 jobs", figure, None, "jobs/s", note=f"not measured: {wb['error']}")
+                )
+                continue
             if wb["failed"]:
                 out.rows.append(
                     Row(
@@ -382,7 +411,7 @@ def _rows(out: Outcome, worker_counts: tuple[int, ...], latencies: tuple[int, ..
             )
             floor = None
             ratio = None
-            if latency == 0:
+            if latency == 0 and "error" not in noop:
                 floor = noop["jobs_per_s"]
                 ratio = wb["jobs_per_s"] / floor
             else:

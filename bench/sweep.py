@@ -3,7 +3,7 @@
 Each size is swept by a fresh child process (``python -m bench.sweep --child ...``) so its
 peak RSS is that sweep's own, not the largest so far; the child reports the wall time of
 ``jobs.reminders.sweep_registration`` (paged searches, one outbox row and one RQ job per
-reminder), its RSS before the sweep and its peak. Growth should be linear in time (flat
+reminder), its RSS before the sweep and its peak (VmHWM). Growth should be linear in time (flat
 time per appointment) and flat in memory.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -24,11 +23,11 @@ from bench.common import ROOT, Outcome, Row, close_app, flush_bench_redis, new_a
 TZ = ZoneInfo("America/Chicago")
 
 
-def _rss_mb() -> float:
+def _status_mb(field: str) -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
-    return float("nan")
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def child(db_url: str, reg_id: int, day: dt.date) -> dict[str, float | int]:
@@ -37,7 +36,7 @@ def child(db_url: str, reg_id: int, day: dt.date) -> dict[str, float | int]:
     app = new_app(db_url)
     try:
         with app.app_context():
-            before = _rss_mb()
+            before = _status_mb("VmRSS")
             at = dt.datetime.combine(day, dt.time(6, 0), tzinfo=TZ)
             started = time.perf_counter()
             result = sweep_registration(app, reg_id, now=at)
@@ -50,7 +49,9 @@ def child(db_url: str, reg_id: int, day: dt.date) -> dict[str, float | int]:
         "created": result.created,
         "pages": result.pages,
         "rss_before_mb": before,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over exec from the
+        # parent, so it would report the bench process's own size, not this sweep's.
+        "peak_rss_mb": _status_mb("VmHWM"),
     }
 
 
