@@ -96,6 +96,18 @@ def test_sidebar_screenshots_at_400px(
     assert overflow <= 0
     frame_el.screenshot(path=str(screenshots / f"sidebar-{name}.png"))
     assert dialogs == []
+    # The same page on its own at the narrowest and widest sidebar widths: no sideways
+    # scrolling, and the actions open from the keyboard.
+    sidebar_url = frame_el.element_handle().content_frame().url
+    for width in (320, 480):
+        page.set_viewport_size({"width": width, "height": 900})
+        page.goto(sidebar_url)
+        assert page.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        ) <= 0
+    page.locator("#act-followup summary").focus()
+    page.keyboard.press("Enter")
+    assert page.locator("#fu-reason").is_visible()
     page.close()
 
 
