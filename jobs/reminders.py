@@ -22,6 +22,7 @@ from jobs.context import JobContext
 from jobs.errors import split_reference
 from jobs.outbound import NoReachableChannel
 from jobs.outbox import create_task, dispatch
+from jobs.sweeps import each_registration
 from jobs.tasks import handler
 from plugin.db import get_store
 from plugin.models import CareTask, EhrRegistration
@@ -186,21 +187,7 @@ def _queue(
 
 
 def sweep_all(app: Flask, *, now: datetime | None = None) -> list[ReminderSweep]:
-    with get_store(app).session() as session:
-        reg_ids = list(session.scalars(select(EhrRegistration.id).order_by(EhrRegistration.id)))
-    out = []
-    failed: list[int] = []
-    for reg_id in reg_ids:
-        try:
-            out.append(sweep_registration(app, reg_id, now=now))
-        except Exception:
-            # One EHR down must not stop the others' reminders; the job still fails
-            # below so RQ shows it, and the next sweep tries that EHR again.
-            log.exception("reminder sweep of registration %s failed", reg_id)
-            failed.append(reg_id)
-    if failed:
-        raise RuntimeError(f"reminder sweep failed for registrations {failed}")
-    return out
+    return each_registration(app, sweep_registration, what="reminder sweep", now=now)
 
 
 def sweep_reminders_job() -> int:

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from flask import Flask, current_app
-from sqlalchemy import select
 
 from jobs.context import JobContext
 from jobs.outbox import dispatch
+from jobs.sweeps import each_registration
 from plugin.db import get_store
 from plugin.models import CareTask, EhrRegistration
 from plugin.timeutil import utcnow
@@ -109,21 +109,7 @@ def _end_of(appt: dict) -> datetime | None:  # type: ignore[type-arg]
 
 
 def sweep_all(app: Flask, *, now: datetime | None = None) -> list[SurveySweep]:
-    with get_store(app).session() as session:
-        reg_ids = list(session.scalars(select(EhrRegistration.id).order_by(EhrRegistration.id)))
-    results: list[SurveySweep] = []
-    failed: list[int] = []
-    for reg_id in reg_ids:
-        try:
-            results.append(sweep_registration(app, reg_id, now=now))
-        except Exception:
-            # One EHR down must not stop the others' surveys; the job still fails below,
-            # so RQ shows it, and the next sweep tries that EHR again.
-            log.exception("survey sweep of registration %s failed", reg_id)
-            failed.append(reg_id)
-    if failed:
-        raise RuntimeError(f"survey sweep failed for registrations {failed}")
-    return results
+    return each_registration(app, sweep_registration, what="survey sweep", now=now)
 
 
 def sweep_surveys_job() -> int:

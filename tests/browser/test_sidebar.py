@@ -8,10 +8,9 @@ from urllib.parse import urlencode
 
 import pytest
 
-from plugin import create_app, migrate, registry
-from plugin.crypto import get_vault
-from plugin.db import get_store
+from plugin import create_app, migrate
 from sandbox.testing import running_sandbox
+from tests.ehr import connect
 from tests.live import serve
 
 CLIENT_ID = "caredesk-browser"
@@ -24,25 +23,7 @@ def ehr(sqlite_url, redis_url) -> Iterator[tuple[str, object]]:
     app = create_app({"ENV": "test", "DATABASE_URL": sqlite_url, "REDIS_URL": redis_url})
     migrate.upgrade(sqlite_url)
     with serve(app) as url, running_sandbox() as sb:
-        with app.app_context(), get_store(app).session() as session:
-            registry.upsert(
-                session,
-                get_vault(app),
-                slug="sb",
-                iss=sb.fhir_base,
-                client_id=CLIENT_ID,
-                frame_origins=[sb.base_url],
-            )
-        app.extensions["caredesk.frame_origins"].invalidate()
-        sb.register_client(
-            {
-                "client_id": CLIENT_ID,
-                "type": "public",
-                "redirect_uris": [f"{url}/callback"],
-                "launch_url": f"{url}/launch",
-                "scopes": registry.DEFAULT_SCOPES,
-            }
-        )
+        connect(app, sb, url, client_id=CLIENT_ID)
         yield sb.base_url, sb
     app.extensions["caredesk.ehr"].close()
     app.extensions["caredesk.db"].engine.dispose()
@@ -102,9 +83,12 @@ def test_sidebar_screenshots_at_400px(
     for width in (320, 480):
         page.set_viewport_size({"width": width, "height": 900})
         page.goto(sidebar_url)
-        assert page.evaluate(
-            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
-        ) <= 0
+        assert (
+            page.evaluate(
+                "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+            )
+            <= 0
+        )
     page.locator("#act-followup summary").focus()
     page.keyboard.press("Enter")
     assert page.locator("#fu-reason").is_visible()

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from plugin import create_app, migrate, registry
-from plugin.crypto import get_vault
+from plugin import create_app, migrate
 from plugin.db import get_store
-from plugin.models import CareTask, SigningKey
+from plugin.models import CareTask
 from sandbox.testing import SandboxHandle, running_sandbox
 from smart_launch.keys import generate_signing_key
+from tests.ehr import connect_backend
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "jobs-test-secret-key-0123456789abcdef"
@@ -57,39 +57,14 @@ def register_backend(
     app, sb: SandboxHandle, *, allow_writes: bool = True, capabilities=None
 ) -> int:  # type: ignore[no-untyped-def]
     """A registration whose jobs authenticate with SMART Backend Services."""
-    key = generate_signing_key("RS384")
-    sb.register_client(
-        {
-            "client_id": "caredesk-jobs",
-            "type": "confidential-asymmetric",
-            "jwks": {"keys": [key.public_jwk()]},
-            "backend": True,
-        }
+    return connect_backend(
+        app,
+        sb,
+        client_id="caredesk-jobs",
+        scopes=BACKEND_SCOPES,
+        allow_writes=allow_writes,
+        capabilities=capabilities,
     )
-    with app.app_context(), get_store(app).session() as session:
-        reg = registry.upsert(
-            session,
-            get_vault(app),
-            slug="sandbox",
-            iss=sb.fhir_base,
-            client_id="caredesk-jobs",
-            client_type="confidential-asymmetric",
-            backend_client_id="caredesk-jobs",
-            backend_scopes=BACKEND_SCOPES,
-            allow_writes=allow_writes,
-        )
-        reg.signing_keys.append(
-            SigningKey(
-                kid=key.kid,
-                alg=key.alg,
-                private_key_enc=get_vault(app).encrypt(key.private_pem),
-                public_jwk=key.public_jwk(),
-            )
-        )
-        if capabilities is not None:
-            reg.capabilities = capabilities
-        session.flush()
-        return reg.id
 
 
 def new_task(app, **kwargs: Any) -> int:  # type: ignore[no-untyped-def]

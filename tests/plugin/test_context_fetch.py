@@ -10,10 +10,9 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from plugin import create_app, migrate, registry
-from plugin.crypto import get_vault
-from plugin.db import get_store
+from plugin import create_app, migrate
 from sandbox.testing import running_sandbox
+from tests.ehr import connect
 from tests.live import serve
 
 CLIENT_ID = "caredesk-ctx"
@@ -25,24 +24,7 @@ def launched(sqlite_url, redis_url) -> Iterator[tuple]:  # type: ignore[type-arg
     app = create_app({"ENV": "test", "DATABASE_URL": sqlite_url, "REDIS_URL": redis_url})
     migrate.upgrade(sqlite_url)
     with serve(app) as url, running_sandbox(latency_ms=LATENCY_MS) as sb:
-        with app.app_context(), get_store(app).session() as session:
-            registry.upsert(
-                session,
-                get_vault(app),
-                slug="sb",
-                iss=sb.fhir_base,
-                client_id=CLIENT_ID,
-                frame_origins=[sb.base_url],
-            )
-        sb.register_client(
-            {
-                "client_id": CLIENT_ID,
-                "type": "public",
-                "redirect_uris": [f"{url}/callback"],
-                "launch_url": f"{url}/launch",
-                "scopes": registry.DEFAULT_SCOPES,
-            }
-        )
+        connect(app, sb, url, client_id=CLIENT_ID)
         browser = requests.Session()
         page = browser.get(sb.launch(CLIENT_ID, patient="pat-001")["url"], timeout=30)
         assert page.status_code == 200

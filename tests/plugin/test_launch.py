@@ -26,10 +26,11 @@ from plugin.models import EhrRegistration, LaunchSession, SigningKey
 from sandbox.testing import running_sandbox
 from smart_launch.keys import generate_signing_key
 from smart_launch.tokens import TokenSet
+from tests.ehr import CLIENT_SECRET as SECRET
+from tests.ehr import connect
 from tests.live import serve
 
 CLIENT_ID = "caredesk-test"
-SECRET = "symmetric-secret-value-1234567890"
 PATIENT = "pat-001"
 
 
@@ -60,41 +61,15 @@ def _register(
     scopes: str | None = None,  # type: ignore[no-untyped-def]
     sandbox_scopes: str | None = None,
 ) -> None:
-    client = {
-        "client_id": CLIENT_ID,
-        "type": client_type,
-        "redirect_uris": [f"{url}/callback"],
-        "launch_url": f"{url}/launch",
-        "scopes": sandbox_scopes or registry.DEFAULT_SCOPES,
-    }
-    with app.app_context(), get_store(app).session() as session:
-        reg = registry.upsert(
-            session,
-            get_vault(app),
-            slug="sb",
-            iss=sb.fhir_base,
-            client_id=CLIENT_ID,
-            client_type=client_type,
-            scopes=scopes or registry.DEFAULT_SCOPES,
-            client_secret=SECRET if client_type == "confidential-symmetric" else None,
-            frame_origins=[sb.base_url],
-        )
-        if client_type == "confidential-asymmetric":
-            key = generate_signing_key("RS384")
-            reg.signing_keys.append(
-                SigningKey(
-                    kid=key.kid,
-                    alg=key.alg,
-                    private_key_enc=get_vault(app).encrypt(key.private_pem),
-                    public_jwk=key.public_jwk(),
-                )
-            )
-    if client_type == "confidential-symmetric":
-        client["client_secret"] = SECRET
-    if client_type == "confidential-asymmetric":
-        # The sandbox fetches CareDesk's published JWKS, as a real EHR would.
-        client["jwks_uri"] = f"{url}/.well-known/jwks.json"
-    sb.register_client(client)
+    connect(
+        app,
+        sb,
+        url,
+        client_id=CLIENT_ID,
+        client_type=client_type,
+        scopes=scopes,
+        sandbox_scopes=sandbox_scopes,
+    )
 
 
 @pytest.fixture

@@ -13,12 +13,12 @@ from rq.job import Job
 from sqlalchemy import select
 
 from jobs.queue import get_queue_state
-from plugin import create_app, migrate, registry
-from plugin.crypto import get_vault
+from plugin import create_app, migrate
 from plugin.db import get_store
 from plugin.models import CareTask
 from plugin.timeutil import utcnow
 from sandbox.testing import running_sandbox
+from tests.ehr import connect
 from tests.live import serve
 
 CLIENT_ID = "caredesk-actions"
@@ -29,24 +29,7 @@ def sidebar(sqlite_url, redis_url) -> Iterator[tuple]:  # type: ignore[type-arg]
     app = create_app({"ENV": "test", "DATABASE_URL": sqlite_url, "REDIS_URL": redis_url})
     migrate.upgrade(sqlite_url)
     with serve(app) as url, running_sandbox() as sb:
-        with app.app_context(), get_store(app).session() as session:
-            registry.upsert(
-                session,
-                get_vault(app),
-                slug="sb",
-                iss=sb.fhir_base,
-                client_id=CLIENT_ID,
-                frame_origins=[sb.base_url],
-            )
-        sb.register_client(
-            {
-                "client_id": CLIENT_ID,
-                "type": "public",
-                "redirect_uris": [f"{url}/callback"],
-                "launch_url": f"{url}/launch",
-                "scopes": registry.DEFAULT_SCOPES,
-            }
-        )
+        connect(app, sb, url, client_id=CLIENT_ID)
         browser = requests.Session()
         page = browser.get(sb.launch(CLIENT_ID, patient="pat-001")["url"], timeout=30)
         assert page.status_code == 200

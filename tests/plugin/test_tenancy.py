@@ -6,10 +6,9 @@ import re
 
 import requests
 
-from plugin import create_app, migrate, registry
-from plugin.crypto import get_vault
-from plugin.db import get_store
+from plugin import create_app, migrate
 from sandbox.testing import running_sandbox
+from tests.ehr import connect
 from tests.live import serve
 
 CLIENT_ID = "caredesk-tenancy"
@@ -26,24 +25,7 @@ def test_tickets_of_ehr_a_are_invisible_to_a_session_from_ehr_b(sqlite_url, redi
     migrate.upgrade(sqlite_url)
     with serve(app) as url, running_sandbox() as ehr_a, running_sandbox() as ehr_b:
         for slug, sb in (("ehr-a", ehr_a), ("ehr-b", ehr_b)):
-            with app.app_context(), get_store(app).session() as session:
-                registry.upsert(
-                    session,
-                    get_vault(app),
-                    slug=slug,
-                    iss=sb.fhir_base,
-                    client_id=CLIENT_ID,
-                    frame_origins=[sb.base_url],
-                )
-            sb.register_client(
-                {
-                    "client_id": CLIENT_ID,
-                    "type": "public",
-                    "redirect_uris": [f"{url}/callback"],
-                    "launch_url": f"{url}/launch",
-                    "scopes": registry.DEFAULT_SCOPES,
-                }
-            )
+            connect(app, sb, url, client_id=CLIENT_ID, slug=slug)
         # The same patient id exists in both EHRs (same fixtures): ids alone must not leak.
         browser_a, browser_b = requests.Session(), requests.Session()
         page_a = browser_a.get(ehr_a.launch(CLIENT_ID, patient="pat-001")["url"], timeout=30)

@@ -21,6 +21,7 @@ from plugin.crypto import get_vault
 from plugin.db import get_store
 from plugin.models import SurveyInvite
 from plugin.timeutil import utcnow
+from tests.ehr import connect_backend
 
 CLINIC = "CareDesk Clinic - Lakeview"
 
@@ -170,42 +171,14 @@ SURVEY_SCOPES = (
 
 def register_backend_ehr(app, sb, *, capabilities=None, allow_writes: bool = True) -> int:  # type: ignore[no-untyped-def]
     """A registration whose jobs authenticate with SMART Backend Services at the sandbox."""
-    from plugin.models import SigningKey
-    from smart_launch.keys import generate_signing_key
-
-    key = generate_signing_key("RS384")
-    sb.register_client(
-        {
-            "client_id": "caredesk-survey",
-            "type": "confidential-asymmetric",
-            "jwks": {"keys": [key.public_jwk()]},
-            "backend": True,
-        }
+    return connect_backend(
+        app,
+        sb,
+        client_id="caredesk-survey",
+        scopes=SURVEY_SCOPES,
+        allow_writes=allow_writes,
+        capabilities=capabilities,
     )
-    with app.app_context(), get_store(app).session() as session:
-        reg = registry.upsert(
-            session,
-            get_vault(app),
-            slug="sandbox",
-            iss=sb.fhir_base,
-            client_id="caredesk-survey",
-            client_type="confidential-asymmetric",
-            backend_client_id="caredesk-survey",
-            backend_scopes=SURVEY_SCOPES,
-            allow_writes=allow_writes,
-        )
-        reg.signing_keys.append(
-            SigningKey(
-                kid=key.kid,
-                alg=key.alg,
-                private_key_enc=get_vault(app).encrypt(key.private_pem),
-                public_jwk=key.public_jwk(),
-            )
-        )
-        if capabilities is not None:
-            reg.capabilities = capabilities
-        session.flush()
-        return int(reg.id)
 
 
 def work(app, *, include_scheduled: bool = False) -> None:  # type: ignore[no-untyped-def]
