@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
@@ -144,6 +145,9 @@ def _begin(row: EhrRegistration, *, launch: str | None) -> Response:
         reg, conf, state=state, code_verifier=verifier, launch=launch, scope=scope
     )
     if auth.method == "POST":
+        # The page posts to the EHR's authorize endpoint: CSP form-action must allow it.
+        target = urlsplit(auth.url)
+        g.csp_form_targets = (f"{target.scheme}://{target.netloc}",)
         response = make_response(
             render_template("autopost.html", action=auth.url, params=auth.params)
         )

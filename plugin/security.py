@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from threading import Lock
 
-from flask import Flask, Response, current_app, request
+from flask import Flask, Response, current_app, g, request
 from sqlalchemy import select
 
 from plugin.db import get_store
@@ -57,8 +57,13 @@ def _is_origin(value: str) -> bool:
     )
 
 
-def content_security_policy(frame_ancestors: tuple[str, ...]) -> str:
+def content_security_policy(
+    frame_ancestors: tuple[str, ...], form_targets: tuple[str, ...] = ()
+) -> str:
+    """The policy for every page. ``form_targets`` widens ``form-action`` for the one page
+    that posts to an EHR (SMART ``authorize-post``)."""
     ancestors = " ".join(("'self'", *frame_ancestors))
+    forms = " ".join(("'self'", *(t for t in form_targets if _is_origin(t))))
     return "; ".join(
         [
             "default-src 'self'",
@@ -68,7 +73,7 @@ def content_security_policy(frame_ancestors: tuple[str, ...]) -> str:
             "connect-src 'self'",
             "object-src 'none'",
             "base-uri 'none'",
-            "form-action 'self'",
+            f"form-action {forms}",
             f"frame-ancestors {ancestors}",
         ]
     )
@@ -80,8 +85,9 @@ def init_app(app: Flask) -> None:
 
     @app.after_request
     def _headers(response: Response) -> Response:
+        form_targets = tuple(g.get("csp_form_targets", ()))
         response.headers.setdefault(
-            "Content-Security-Policy", content_security_policy(origins.get(app))
+            "Content-Security-Policy", content_security_policy(origins.get(app), form_targets)
         )
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "no-referrer"
