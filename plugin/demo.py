@@ -27,7 +27,14 @@ DEMO_CLIENT_ID = "caredesk-demo"
 def run_demo(*, host: str, port: int, with_sandbox: bool, profile: str) -> None:
     app_origin = f"http://{host}:{port}"
     # Survey links in the demo point at this server.
-    app = create_app({"PUBLIC_URL": os.environ.get("CAREDESK_PUBLIC_URL", app_origin)})
+    overrides: dict[str, object] = {"PUBLIC_URL": os.environ.get("CAREDESK_PUBLIC_URL", app_origin)}
+    # A demo should show a survey link within a minute, day or night; deployments keep
+    # the real delay (2 h) and quiet hours.
+    if "CAREDESK_SURVEY_DELAY_MINUTES" not in os.environ:
+        overrides["SURVEY_DELAY_MINUTES"] = 0
+    if "CAREDESK_SURVEY_QUIET_HOURS" not in os.environ:
+        overrides["SURVEY_QUIET_HOURS"] = ""
+    app = create_app(overrides)
     migrate.upgrade(app.config["DATABASE_URL"])
     sandbox: subprocess.Popen[bytes] | None = None
 
