@@ -18,6 +18,7 @@ from flask import Flask, current_app
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from fhir_mappers.fhirutil import parse_datetime
 from jobs.context import JobContext
 from jobs.errors import split_reference
 from jobs.outbound import NoReachableChannel
@@ -196,9 +197,8 @@ def sweep_reminders_job() -> int:
     return sum(s.created for s in sweep_all(app))
 
 
-def when_text(start: str, language: str) -> tuple[str, str]:
+def when_text(at: datetime, language: str) -> tuple[str, str]:
     """(date, time) in the appointment's own offset, worded for the language."""
-    at = datetime.fromisoformat(start)
     lang = language if language in WEEKDAYS else "en"
     date = (
         f"{WEEKDAYS[lang][at.weekday()]}, {MONTHS[lang][at.month - 1]} {at.day}"
@@ -222,7 +222,13 @@ def reminder(task: CareTask, ctx: JobContext) -> None:
     if appt.get("status") not in REMIND_STATUSES.split(",") or not isinstance(start, str):
         task.status_note = f"Not sent: the appointment is {appt.get('status')}."
         return
-    if datetime.fromisoformat(start) <= ctx.now:
+    # Real EHRs send local times without an offset: read them in the clinic's zone
+    # rather than crash comparing naive with aware (fhir_mappers owns that reading).
+    starts_at = parse_datetime(start, str(ctx.app.config["VIEWER_TIMEZONE"]))
+    if starts_at is None:
+        task.status_note = "Not sent: the appointment's start time cannot be read."
+        return
+    if starts_at <= ctx.now:
         task.status_note = "Not sent: the appointment has started."
         return
     ptype, pid = split_reference(task.patient_ref or "")
@@ -231,7 +237,7 @@ def reminder(task: CareTask, ctx: JobContext) -> None:
     from jobs.outbound import languages_of
 
     lang = pick_language(patient, languages_of("appointment-reminder"))
-    date, time = when_text(start, lang)
+    date, time = when_text(starts_at, lang)
     try:
         sent = ctx.send(
             patient=patient,

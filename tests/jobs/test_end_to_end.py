@@ -109,3 +109,33 @@ def test_reminder_sweep_queues_and_sends_one_reminder_per_appointment(job_app, s
     with job_app.app_context():
         again = sweep_registration(job_app, reg_id, now=now)
     assert again.seen == 3 and again.created == 0
+
+
+def test_reminder_for_a_start_time_without_timezone_is_read_in_the_clinic_zone(
+    job_app, sandbox
+) -> None:
+    # Real EHRs send `2026-11-27T14:00:00` with no offset; the job must not crash on it.
+    # The fixture's naive appointment is today at 14:00 (clinic time): at 06:00 it is
+    # still ahead, so the reminder goes out.
+    reg_id = register_backend(job_app, sandbox)
+    task_id = new_task(
+        job_app,
+        registration_id=reg_id,
+        kind="reminder",
+        patient_ref="Patient/pat-025",
+        payload={"appointment_ref": "Appointment/appt-messy-notz", "hours_before": 24},
+    )
+    early = dt.datetime.combine(dt.date.today(), dt.time(6, 0), ZoneInfo("America/Chicago"))
+    job_app.config["VIEWER_TIMEZONE"] = "America/Chicago"
+    from jobs.context import JobContext
+    from jobs.reminders import reminder
+
+    with job_app.app_context(), get_store(job_app).session() as session:
+        task = session.get(CareTask, task_id)
+        reminder(task, JobContext(app=job_app, session=session, task=task, now=early))
+        assert task.fhir_refs.get("reminder_sent") is True, task.status_note
+    late = early.replace(hour=15)
+    with job_app.app_context(), get_store(job_app).session() as session:
+        task = session.get(CareTask, task_id)
+        reminder(task, JobContext(app=job_app, session=session, task=task, now=late))
+        assert task.status_note == "Not sent: the appointment has started."
