@@ -33,6 +33,34 @@ BACKEND_TOKENS = BackendTokenCache()
 JOB_REDIRECT = "urn:caredesk:job"  # jobs never redirect; the config type wants a value
 
 
+def warm(app: Flask, task_id: int) -> None:
+    """Fill this process's discovery and backend-token caches for a task's EHR.
+
+    The worker calls it before forking the work horse, which inherits the caches: without
+    it every job (a fresh fork) paid for discovery and a token request of its own. Best
+    effort: the job itself reports any failure, with the reason kept on its row.
+    """
+    from plugin.db import get_store
+    from plugin.ehr import clients, to_registration
+    from smart_launch.discovery import discover
+    from smart_launch.errors import SmartError
+
+    try:
+        with get_store(app).session() as session:
+            task = session.get(CareTask, task_id)
+            row = session.get(EhrRegistration, task.registration_id) if task else None
+            if row is None:
+                return
+            reg = to_registration(row, vault=get_vault(app), redirect=JOB_REDIRECT)
+        shared = clients(app)
+        http = shared.http(int(reg.id))
+        conf = discover(reg, http=http, cache=shared.discovery)
+        if reg.backend_client_id and reg.signing_keys:
+            backend_token(reg, conf, http=http, cache=BACKEND_TOKENS)
+    except SmartError:
+        return  # the job will meet the same error and record it on its row
+
+
 @dataclass
 class JobContext:
     app: Flask

@@ -77,6 +77,11 @@ def handler(kind: str, *, on_final_failure: FailureHook | None = None) -> Callab
 HANDLER_MODULES: list[str] = ["jobs.followup", "jobs.referral", "jobs.reminders", "jobs.survey"]
 
 
+def load_handlers() -> None:
+    """Import every handler module (the worker does this once, before it forks jobs)."""
+    _load_handlers()
+
+
 def _load_handlers() -> None:
     import importlib
 

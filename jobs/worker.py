@@ -27,11 +27,28 @@ class _AppContextMixin:
 
 
 class AppWorker(_AppContextMixin, Worker):
-    """The production worker: forks a work horse per job, so a crash kills one job only."""
+    """The production worker: forks a work horse per job, so a crash kills one job only.
+
+    What every job needs is prepared here, in the parent, so each fork inherits it instead
+    of paying for it again: the handler modules are imported once, and before each task
+    job the EHR's discovery document and backend token are cached (see ``jobs.context.warm``).
+    """
 
     def __init__(self, *args: Any, app: Flask, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.app = app
+        from jobs.tasks import load_handlers
+
+        with app.app_context():
+            load_handlers()
+
+    def execute_job(self, job: Any, queue: Any) -> Any:
+        if job.func_name == "jobs.tasks.run_task" and job.args:
+            from jobs.context import warm
+
+            with self.app.app_context():
+                warm(self.app, int(job.args[0]))
+        return super().execute_job(job, queue)
 
 
 class EmbeddedWorker(_AppContextMixin, SimpleWorker):

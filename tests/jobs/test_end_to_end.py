@@ -139,3 +139,28 @@ def test_reminder_for_a_start_time_without_timezone_is_read_in_the_clinic_zone(
         task = session.get(CareTask, task_id)
         reminder(task, JobContext(app=job_app, session=session, task=task, now=late))
         assert task.status_note == "Not sent: the appointment has started."
+
+
+def test_a_worker_fetches_discovery_and_a_backend_token_once_for_many_jobs(
+    job_app, sandbox
+) -> None:
+    reg_id = register_backend(job_app, sandbox)
+    ids = [
+        new_task(
+            job_app,
+            registration_id=reg_id,
+            kind="referral",
+            patient_ref=f"Patient/pat-00{n}",
+            payload={"reason": "knee pain", "target": {"specialty": "Orthopedics"}},
+        )
+        for n in (1, 2, 3)
+    ]
+    sandbox.clear_requests()
+    before = sandbox.stats()["token_requests"]["client_credentials"]
+    run_burst(job_app)
+    assert {load_task(job_app, i).status for i in ids} == {"waiting"}
+    # Each job runs in its own fork; the caches filled by the worker before forking
+    # (jobs.context.warm) are inherited, so three jobs cost one token and one discovery.
+    assert sandbox.stats()["token_requests"]["client_credentials"] - before == 1
+    discovery = [r for r in sandbox.requests() if r["path"].endswith("smart-configuration")]
+    assert len(discovery) == 1
