@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+import threading
 from urllib.parse import urlsplit
 
 from flask import (
@@ -49,6 +50,7 @@ from smart_launch.launch import (
     new_state,
     parse_callback,
     scopes_for,
+    warm_jwks,
 )
 
 bp = Blueprint("launch", __name__)
@@ -141,6 +143,15 @@ def _begin(row: EhrRegistration, *, launch: str | None) -> Response:
     db = get_db()
     db.add(session)
     db.commit()
+    if "openid" in scope.split():
+        # While the user is at the EHR's authorize page, fetch the EHR's signing keys so
+        # the callback can verify the id_token without another round trip.
+        threading.Thread(
+            target=warm_jwks,
+            args=(conf,),
+            kwargs={"http": ehr.clients().http(row.id)},
+            daemon=True,
+        ).start()
     auth = build_authorization_request(
         reg, conf, state=state, code_verifier=verifier, launch=launch, scope=scope
     )

@@ -243,6 +243,22 @@ class JwksCache:
 _default_jwks_cache = JwksCache()
 
 
+def warm_jwks(
+    conf: SmartConfiguration, *, http: requests.Session, jwks_cache: JwksCache | None = None
+) -> None:
+    """Fetch the server's JWKS ahead of the callback (call it while the user is at the
+    authorize page), so verifying the id_token does not add a round trip after the token
+    exchange. Failures are left for :func:`verify_id_token` to report."""
+    if not conf.jwks_uri:
+        return
+    try:
+        (jwks_cache or _default_jwks_cache).get(
+            conf.jwks_uri, http=http, kid=None, now=datetime.now(UTC)
+        )
+    except IdTokenInvalid:
+        log.info("JWKS prefetch failed; the callback will try again")
+
+
 def verify_id_token(
     id_token: str,
     conf: SmartConfiguration,

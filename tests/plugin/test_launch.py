@@ -382,3 +382,19 @@ def test_jwks_publishes_current_and_retired_keys(app, client) -> None:
     assert all("kid" in k and "d" not in k for k in keys)
     with get_store(app).session() as session:
         assert session.scalars(select(EhrRegistration)).one().signing_keys
+
+
+def test_ehr_signing_keys_are_fetched_before_the_token_exchange(live) -> None:
+    """Cold launch: the JWKS fetch overlaps the user's trip to the authorize page, so
+    verifying the id_token adds no round trip after the token exchange."""
+    app, url = live
+    with running_sandbox(latency_ms=100) as sb:
+        _register(app, sb, url, "public")
+        sb.clear_requests()
+        page = _ehr_launch(sb, url, requests.Session())
+        assert page.status_code == 200
+        log = sb.requests()
+    token = next(r for r in log if r["path"] == "/auth/token")
+    jwks = [r for r in log if r["path"] == "/auth/jwks"]
+    assert len(jwks) == 1
+    assert jwks[0]["start"] < token["start"]
