@@ -149,8 +149,7 @@ def postgres_store() -> Iterator[str]:
 
 
 def new_app(database_url: str, **extra: Any) -> Flask:
-    """A CareDesk app as production builds it, plus the JSON API blueprints if the
-    factory does not register them yet."""
+    """A CareDesk app as production builds it."""
     from plugin import create_app
 
     app = create_app(
@@ -163,17 +162,7 @@ def new_app(database_url: str, **extra: Any) -> Flask:
             **extra,
         }
     )
-    ensure_api(app)
     return app
-
-
-def ensure_api(app: Flask) -> None:
-    from plugin import api
-
-    if "api" not in app.blueprints:
-        app.register_blueprint(api.bp)
-    if "tickets" not in app.blueprints:
-        app.register_blueprint(api.html_bp)
 
 
 def close_app(app: Flask) -> None:

@@ -157,7 +157,7 @@ def run(*, quick: bool) -> Outcome:
                     str(WORKERS),
                     "-b",
                     f"127.0.0.1:{port}",
-                    "bench.wsgi:app",
+                    "wsgi:app",
                 ],
                 cwd=ROOT,
                 env=env,
