@@ -245,10 +245,12 @@ def _job_span(log_dir: Path) -> tuple[int, float, int]:
         ends.append(when(ended))
         if status == b"failed":
             failed += 1
-    if not starts:
+    if not starts or failed:
         logs = sorted(log_dir.glob("worker-*.log"), key=lambda p: p.stat().st_mtime)
-        tail = logs[-1].read_text(encoding="utf-8", errors="replace")[-1500:] if logs else ""
-        sys.stderr.write(f"[bench] no job ran; last worker log:\n{tail}\n")
+        tail = logs[-1].read_text(encoding="utf-8", errors="replace")[-3000:] if logs else ""
+        what = "no job ran" if not starts else f"{failed} job(s) failed"
+        sys.stderr.write(f"[bench] {what}; last worker log:\n{tail}\n")
+    if not starts:
         raise RuntimeError(f"no job ran ({len(rows)} job records in Redis)")
     return len(starts), max(ends) - min(starts), failed
 

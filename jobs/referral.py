@@ -200,6 +200,9 @@ def check_referrals(app: Flask, *, now: datetime | None = None) -> dict[str, int
                 task.payload = {**task.payload, "overdue": True}
                 task.status_note = (task.status_note or "") + " Overdue: no appointment yet."
                 counts["overdue"] += 1
+    if counts["errors"]:
+        # Every referral was tried; the cron job still fails so RQ shows it.
+        raise RuntimeError(f"referral check: {counts['errors']} of {counts['checked']} failed")
     return counts
 
 

@@ -16,7 +16,7 @@ def build_cron(app: Flask) -> CronScheduler:
     state = get_queue_state(app)
     queue = str(app.config.get("TASK_QUEUE") or "default")
     cron = CronScheduler(connection=state.connection, name="caredesk-cron")
-    from jobs import outbox, referral, reminders, survey_sweep
+    from jobs import maintenance, outbox, referral, reminders, survey_sweep
 
     cron.register(
         reminders.sweep_reminders_job,
@@ -42,4 +42,5 @@ def build_cron(app: Flask) -> CronScheduler:
         job_timeout=1800,
         name="survey-sweep",
     )
+    cron.register(maintenance.prune_launches_job, queue, interval=3600, name="launch-prune")
     return cron

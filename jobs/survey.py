@@ -25,6 +25,9 @@ from functools import cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
+# Imported with the module, not per call: the worker imports handler modules before it
+# forks, and building the R4B models was the costliest part of each write-back.
+from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
 from flask import Flask
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -588,8 +591,6 @@ def build_questionnaire_response(
     response: SurveyResponse, invite: SurveyInvite, *, identifier_system: str
 ) -> dict[str, Any]:
     """The QuestionnaireResponse for a stored answer, validated as FHIR R4B."""
-    from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
-
     resource = mapper.to_questionnaire_response(
         response.answers,
         questionnaire=questionnaire(),

@@ -42,6 +42,17 @@ class AppWorker(_AppContextMixin, Worker):
         with app.app_context():
             load_handlers()
 
+    def main_work_horse(self, job: Any, queue: Any) -> Any:
+        # In the forked horse: never reuse the parent's database connections or HTTP
+        # sockets (both ends would talk on one socket: "prepared statement already
+        # exists" on PostgreSQL). Caches (discovery, tokens) are plain memory and stay.
+        from plugin.db import get_store
+        from plugin.ehr import clients
+
+        get_store(self.app).engine.dispose(close=False)
+        clients(self.app).after_fork()
+        return super().main_work_horse(job, queue)
+
     def execute_job(self, job: Any, queue: Any) -> Any:
         if job.func_name == "jobs.tasks.run_task" and job.args:
             from jobs.context import warm

@@ -46,6 +46,11 @@ class EhrClients:
                 self._sessions[registration_id] = session
             return session
 
+    def after_fork(self) -> None:
+        """In a forked child: forget (do not close) the parent's pooled sockets."""
+        self._lock = threading.Lock()
+        self._sessions = {}
+
     def close(self) -> None:
         with self._lock:
             for session in self._sessions.values():

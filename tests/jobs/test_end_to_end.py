@@ -164,3 +164,34 @@ def test_a_worker_fetches_discovery_and_a_backend_token_once_for_many_jobs(
     assert sandbox.stats()["token_requests"]["client_credentials"] - before == 1
     discovery = [r for r in sandbox.requests() if r["path"].endswith("smart-configuration")]
     assert len(discovery) == 1
+
+
+def test_forked_jobs_on_postgresql_do_not_share_the_workers_connections(
+    pg_url, redis_url, sandbox
+) -> None:
+    """The worker touches the store before forking (warm-up); each forked job must open
+    its own PostgreSQL connection, or two processes talk on one socket."""
+    from plugin import create_app, migrate
+    from tests.jobs.conftest import JOB_CONFIG, SECRET
+
+    app = create_app(
+        {"ENV": "test", "DATABASE_URL": pg_url, "REDIS_URL": redis_url, "SECRET_KEY": SECRET}
+        | JOB_CONFIG
+    )
+    migrate.upgrade(pg_url)
+    reg_id = register_backend(app, sandbox)
+    ids = [
+        new_task(
+            app,
+            registration_id=reg_id,
+            kind="referral",
+            patient_ref=f"Patient/pat-00{n}",
+            payload={"reason": "knee pain", "target": {"specialty": "Orthopedics"}},
+        )
+        for n in range(1, 7)
+    ]
+    result = run_burst(app)
+    assert "already exists" not in result.stdout + result.stderr
+    assert {load_task(app, i).status for i in ids} == {"waiting"}
+    app.extensions["caredesk.ehr"].close()
+    app.extensions["caredesk.db"].engine.dispose()
