@@ -12,6 +12,7 @@ import hashlib
 import logging
 import secrets
 import threading
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 from flask import (
@@ -57,7 +58,10 @@ bp = Blueprint("launch", __name__)
 log = logging.getLogger("caredesk.launch")
 
 COOKIE = "caredesk_browser"
-SESSION_IDLE_HOURS = 12
+# A launch left idle this long needs a new launch from the EHR (a shared workstation).
+SESSION_IDLE = timedelta(hours=12)
+# last_seen_at is written at most this often, not on every request.
+SEEN_GRANULARITY = timedelta(minutes=5)
 
 
 def _sha(value: str) -> str:
@@ -289,6 +293,22 @@ def current_launch(launch_id: str) -> LaunchSession:
             status=401,
             code="no_session",
         )
+    now = utcnow()
+    seen = launch.last_seen_at or launch.created_at
+    if now - seen > SESSION_IDLE:
+        # The browser's session ends; the token set stays for jobs this launch queued
+        # (they refresh with it after the user has left).
+        launch.status = "ended"
+        get_db().commit()
+        raise AppError(
+            "This CareDesk session ended after 12 hours without use. "
+            "Launch CareDesk again from the EHR.",
+            status=401,
+            code="session_expired",
+        )
+    if now - seen > SEEN_GRANULARITY:
+        launch.last_seen_at = now
+        get_db().commit()
     g.launch = launch
     return launch
 

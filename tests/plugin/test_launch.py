@@ -398,3 +398,31 @@ def test_ehr_signing_keys_are_fetched_before_the_token_exchange(live) -> None:
     jwks = [r for r in log if r["path"] == "/auth/jwks"]
     assert len(jwks) == 1
     assert jwks[0]["start"] < token["start"]
+
+
+def test_a_launch_idle_for_twelve_hours_needs_a_new_launch(live) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from plugin.timeutil import utcnow
+
+    app, url = live
+    with running_sandbox() as sb:
+        _register(app, sb, url, "public")
+        browser = requests.Session()
+        page = _ehr_launch(sb, url, browser)
+        assert browser.get(page.url, timeout=30).status_code == 200
+        launch = _launch_row(app, page.url)
+        with get_store(app).session() as session:
+            session.execute(
+                update(LaunchSession)
+                .where(LaunchSession.id == launch.id)
+                .values(last_seen_at=utcnow() - timedelta(hours=13))
+            )
+        stale = browser.get(page.url, timeout=30, headers={"Accept": "text/html"})
+        assert stale.status_code == 401
+        assert "12 hours without use" in stale.text
+        ended = _launch_row(app, page.url)
+        assert ended.status == "ended"
+        assert ended.token_set_enc is not None  # kept for jobs this launch queued
