@@ -61,6 +61,18 @@ def warm(app: Flask, task_id: int) -> None:
         return  # the job will meet the same error and record it on its row
 
 
+def registration_client(
+    app: Flask, session: Session, registration_id: int, *, now: datetime
+) -> FhirClient:
+    """A FHIR client for a sweep that runs per EHR, not per task (reminders, surveys).
+
+    It authenticates like a job; with no task there is no launch to borrow a refresh token
+    from, so in practice this is SMART Backend Services or NeedsAuthorization.
+    """
+    sweep = CareTask(id=0, registration_id=registration_id, kind="sweep", payload={})
+    return JobContext(app=app, session=session, task=sweep, now=now).fhir()
+
+
 @dataclass
 class JobContext:
     app: Flask

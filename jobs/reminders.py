@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from fhir_mappers.fhirutil import parse_datetime
-from jobs.context import JobContext
+from jobs.context import JobContext, registration_client
 from jobs.errors import split_reference
 from jobs.outbound import NoReachableChannel
 from jobs.outbox import create_task, dispatch
@@ -93,10 +93,7 @@ def sweep_registration(
         reg = session.get(EhrRegistration, registration_id)
         if reg is None:
             raise LookupError(f"registration {registration_id} not found")
-        # The sweep's FHIR client authenticates like a job (backend services).
-        probe = CareTask(id=0, registration_id=registration_id, kind="reminder-sweep", payload={})
-        ctx = JobContext(app=app, session=session, task=probe, now=now)
-        client = ctx.fhir()
+        client = registration_client(app, session, registration_id, now=now)
     for hours_before, after, up_to in windows(offsets(app), now):
         params = [
             ("date", "gt" + after.isoformat()),

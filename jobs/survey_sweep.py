@@ -13,11 +13,11 @@ from datetime import datetime, timedelta
 
 from flask import Flask, current_app
 
-from jobs.context import JobContext
+from jobs.context import registration_client
 from jobs.outbox import dispatch
 from jobs.sweeps import each_registration
 from plugin.db import get_store
-from plugin.models import CareTask, EhrRegistration
+from plugin.models import EhrRegistration
 from plugin.timeutil import utcnow
 
 log = logging.getLogger("caredesk.jobs.survey_sweep")
@@ -45,9 +45,7 @@ def sweep_registration(
         reg = session.get(EhrRegistration, registration_id)
         if reg is None:
             raise LookupError(f"registration {registration_id} not found")
-        # Authenticates like a job: Backend Services where the registration has them.
-        probe = CareTask(id=0, registration_id=registration_id, kind="survey-sweep", payload={})
-        client = JobContext(app=app, session=session, task=probe, now=now).fhir()
+        client = registration_client(app, session, registration_id, now=now)
     params = [
         ("status", "fulfilled"),
         ("date", "ge" + (now - LOOK_BACK).isoformat()),

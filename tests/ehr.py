@@ -112,3 +112,38 @@ def connect_backend(
         }
     )
     return reg_id
+
+
+def sandbox_token(
+    sb: SandboxHandle, scopes: str = "system/ServiceRequest.rs system/Task.rs"
+) -> str:
+    """A backend token of a separate client, for reading the sandbox in assertions (so a
+    test checks what the EHR holds, not what CareDesk believes it wrote)."""
+    import requests
+
+    from smart_launch.backend import backend_token
+    from smart_launch.config import Registration
+    from smart_launch.discovery import discover
+
+    key = generate_signing_key("RS384")
+    sb.register_client(
+        {
+            "client_id": "assertions",
+            "type": "confidential-asymmetric",
+            "jwks": {"keys": [key.public_jwk()]},
+            "backend": True,
+        }
+    )
+    reg = Registration(
+        id="assertions",
+        iss=sb.fhir_base,
+        client_id="assertions",
+        client_type="confidential-asymmetric",
+        scopes="",
+        redirect_uri="urn:test",
+        signing_keys=(key,),
+        backend_client_id="assertions",
+        backend_scopes=scopes,
+    )
+    with requests.Session() as http:
+        return backend_token(reg, discover(reg, http=http), http=http).access_token

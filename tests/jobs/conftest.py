@@ -19,8 +19,7 @@ from plugin import create_app, migrate
 from plugin.db import get_store
 from plugin.models import CareTask
 from sandbox.testing import SandboxHandle, running_sandbox
-from smart_launch.keys import generate_signing_key
-from tests.ehr import connect_backend
+from tests.ehr import connect_backend, sandbox_token  # noqa: F401 - used by tests
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "jobs-test-secret-key-0123456789abcdef"
@@ -150,40 +149,6 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30, what: str = "con
             return value
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def sandbox_token(
-    sb: SandboxHandle, scopes: str = "system/ServiceRequest.rs system/Task.rs"
-) -> str:
-    """A backend token of a separate client, for reading the sandbox in assertions."""
-    import requests
-
-    from smart_launch.backend import backend_token
-    from smart_launch.config import Registration
-    from smart_launch.discovery import discover
-
-    key = generate_signing_key("RS384")
-    sb.register_client(
-        {
-            "client_id": "assertions",
-            "type": "confidential-asymmetric",
-            "jwks": {"keys": [key.public_jwk()]},
-            "backend": True,
-        }
-    )
-    reg = Registration(
-        id="assertions",
-        iss=sb.fhir_base,
-        client_id="assertions",
-        client_type="confidential-asymmetric",
-        scopes="",
-        redirect_uri="urn:test",
-        signing_keys=(key,),
-        backend_client_id="assertions",
-        backend_scopes=scopes,
-    )
-    with requests.Session() as http:
-        return backend_token(reg, discover(reg, http=http), http=http).access_token
 
 
 def service_requests(sb: SandboxHandle, task_id: int) -> dict[str, Any]:

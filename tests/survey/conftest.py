@@ -21,7 +21,7 @@ from plugin.crypto import get_vault
 from plugin.db import get_store
 from plugin.models import SurveyInvite
 from plugin.timeutil import utcnow
-from tests.ehr import connect_backend
+from tests.ehr import connect_backend, sandbox_token
 
 CLINIC = "CareDesk Clinic - Lakeview"
 
@@ -205,33 +205,8 @@ def work(app, *, include_scheduled: bool = False) -> None:  # type: ignore[no-un
 
 def questionnaire_responses(sb, identifier: str) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
     """The sandbox's QuestionnaireResponses with this identifier, read by a separate client."""
-    from smart_launch.backend import backend_token
-    from smart_launch.config import Registration
-    from smart_launch.discovery import discover
-    from smart_launch.keys import generate_signing_key
-
-    key = generate_signing_key("RS384")
-    sb.register_client(
-        {
-            "client_id": "assertions",
-            "type": "confidential-asymmetric",
-            "jwks": {"keys": [key.public_jwk()]},
-            "backend": True,
-        }
-    )
-    reg = Registration(
-        id="assertions",
-        iss=sb.fhir_base,
-        client_id="assertions",
-        client_type="confidential-asymmetric",
-        scopes="",
-        redirect_uri="urn:test",
-        signing_keys=(key,),
-        backend_client_id="assertions",
-        backend_scopes="system/QuestionnaireResponse.rs",
-    )
+    token = sandbox_token(sb, "system/QuestionnaireResponse.rs")
     with requests.Session() as http:
-        token = backend_token(reg, discover(reg, http=http), http=http).access_token
         resp = http.get(
             f"{sb.fhir_base}/QuestionnaireResponse",
             params={"identifier": identifier},
