@@ -19,6 +19,7 @@ from flask import current_app
 from sqlalchemy import select
 
 from fhir_mappers.board import board_rows, coverages_by_patient, patient_of, sort_by_flags
+from fhir_mappers.fhirutil import human_name
 from plugin import ehr
 from plugin.db import get_db
 from plugin.models import CareTask, LaunchSession, Ticket
@@ -287,11 +288,19 @@ def fetch_board(
     client = _client(launch)
     appointments: list[dict[str, Any]] = []
     included: dict[str, dict[str, Any]] = {}
-    for resource in client.search_all("Appointment", params, max_pages=100):
-        if resource.get("resourceType") == "Appointment":
-            appointments.append(resource)
-        else:
-            included[f"{resource.get('resourceType')}/{resource.get('id')}"] = resource
+
+    def day_appointments() -> None:
+        for resource in client.search_all("Appointment", params, max_pages=100):
+            if resource.get("resourceType") == "Appointment":
+                appointments.append(resource)
+            else:
+                included[f"{resource.get('resourceType')}/{resource.get('id')}"] = resource
+
+    # The filter choices go out with the day's first page, not after it.
+    first_wave = parallel([day_appointments, lambda: _filter_choices(launch, client)])
+    if isinstance(first_wave[0], Exception):
+        raise first_wave[0]
+    choices = first_wave[1] if not isinstance(first_wave[1], Exception) else {}
     patient_refs = sorted({ref for a in appointments if (ref := patient_of(a))})
     ids = [ref.split("/", 1)[1] for ref in patient_refs]
     calls: list[Callable[[], list[dict[str, Any]]]] = []
@@ -368,4 +377,37 @@ def fetch_board(
         "sort": sort,
         "rows": [r.to_json() for r in rows],
         "unavailable": unavailable,
+        "locations": choices.get("locations", []),
+        "practitioners": choices.get("practitioners", []),
     }
+
+
+_choices_cache = _TtlCache(600.0, max_entries=64)
+
+
+def _filter_choices(launch: LaunchSession, client: FhirClient) -> dict[str, list[dict[str, str]]]:
+    """Locations and practitioners to filter the board by, per EHR, kept 10 minutes
+    (they change rarely). Names only: no patient data."""
+    key = f"choices:{launch.registration_id}"
+    if (hit := _choices_cache.get(key)) is not None:
+        return hit  # type: ignore[return-value]
+
+    def names(resource_type: str) -> list[dict[str, str]]:
+        out = []
+        for r in client.search_all(resource_type, [("_count", "200")], max_pages=5):
+            if r.get("resourceType") != resource_type or not r.get("id"):
+                continue
+            if resource_type == "Location":
+                label = str(r.get("name") or r["id"])
+            else:
+                label = human_name(r.get("name")) or str(r["id"])
+            out.append({"id": str(r["id"]), "name": label})
+        return sorted(out, key=lambda x: x["name"].lower())
+
+    found = parallel([lambda: names("Location"), lambda: names("Practitioner")])
+    result = {
+        "locations": found[0] if not isinstance(found[0], Exception) else [],
+        "practitioners": found[1] if not isinstance(found[1], Exception) else [],
+    }
+    _choices_cache.put(key, result)  # type: ignore[arg-type]
+    return result
