@@ -43,6 +43,7 @@ class BoardRow:
     appointment_id: str | None
     patient_ref: str | None
     patient_name: str | None
+    preferred_name: str | None
     start: dt.datetime | None
     status_text: str
     practitioner: str | None
@@ -123,7 +124,8 @@ def board_rows(
             BoardRow(
                 appointment_id=visit.appointment_id,
                 patient_ref=patient_ref,
-                patient_name=(contact.preferred_name or contact.display_name) if contact else None,
+                patient_name=contact.display_name if contact else None,
+                preferred_name=contact.preferred_name if contact else None,
                 start=visit.start,
                 status_text=visit.status_text,
                 practitioner=visit.practitioner,
