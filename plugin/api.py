@@ -46,6 +46,7 @@ from plugin.models import CareTask, LaunchSession, Ticket
 from plugin.schemas import (
     BoardQuerySchema,
     BoardSchema,
+    ContextQuerySchema,
     ContextSchema,
     NoteCreateSchema,
     NoteSchema,
@@ -397,10 +398,12 @@ def _ehr_failure(exc: SmartError) -> AppError:
     description="Contact, visits, insurance, open tickets and tasks, read live from the "
     "EHR. Parts that could not be fetched are listed in `unavailable`.",
     tags=("context",),
+    query=ContextQuerySchema,
     responses={200: ContextSchema},
-    errors=(401, 409, 502),
+    errors=(401, 409, 422, 502),
 )
 def context(launch_id: str) -> Response:
+    refresh = ContextQuerySchema().load(request.args.to_dict())["refresh"]
     launch = _launch()
     if not launch.patient_ref:
         raise AppError(
@@ -409,7 +412,8 @@ def context(launch_id: str) -> Response:
             code="no_patient",
         )
     try:
-        data = _context_module().fetch_context(launch)
+        fetch = _context_module().fetch_context
+        data = fetch(launch, use_cache=False) if refresh else fetch(launch)
     except SmartError as exc:
         raise _ehr_failure(exc) from exc
     audit("context.read", launch=launch, entity=launch.patient_ref)

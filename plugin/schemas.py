@@ -336,6 +336,13 @@ class BoardSchema(Schema):
     unavailable = fields.Dict()
 
 
+class ContextQuerySchema(StrictSchema):
+    refresh = fields.Boolean(
+        load_default=False,
+        metadata={"description": "Read the EHR again instead of the 30-second cache."},
+    )
+
+
 class BoardQuerySchema(StrictSchema):
     date = fields.Date(metadata={"description": "YYYY-MM-DD; default: today (viewer's zone)."})
     location = fields.String(validate=validate.Length(min=1, max=300))

@@ -18,8 +18,8 @@ def fake_context(monkeypatch):  # type: ignore[no-untyped-def]
     calls: list[tuple[str, object, dict]] = []
     module = types.ModuleType("plugin.context")
 
-    def fetch_context(launch):  # type: ignore[no-untyped-def]
-        calls.append(("context", launch.id, {}))
+    def fetch_context(launch, **kw):  # type: ignore[no-untyped-def]
+        calls.append(("context", launch.id, kw))
         return {
             "patient_id": launch.patient_ref.split("/")[1],
             "flags": ["no-phone"],
@@ -118,3 +118,11 @@ def test_board_with_bad_date_is_422(a, fake_context) -> None:
     assert response.status_code == 422
     assert "date" in response.json()["error"]["fields"]
     assert fake_context[1] == []
+
+
+def test_context_refresh_bypasses_the_cache(env, a, fake_context) -> None:
+    _, calls = fake_context
+    assert a.get("/context").status_code == 200
+    assert a.get("/context?refresh=true").status_code == 200
+    assert [c[2] for c in calls] == [{}, {"use_cache": False}]
+    assert a.get("/context?refresh=maybe").status_code == 422
