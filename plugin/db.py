@@ -19,7 +19,9 @@ class Store:
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite" and parsed.database:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        self.engine: Engine = create_engine(url, pool_pre_ping=True)
+        # hide_parameters: a database error's message (and so a logged traceback) must not
+        # carry row values such as a ticket's free text, which may hold patient details.
+        self.engine: Engine = create_engine(url, pool_pre_ping=True, hide_parameters=True)
         if parsed.get_backend_name() == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
