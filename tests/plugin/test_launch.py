@@ -426,3 +426,18 @@ def test_a_launch_idle_for_twelve_hours_needs_a_new_launch(live) -> None:
         ended = _launch_row(app, page.url)
         assert ended.status == "ended"
         assert ended.token_set_enc is not None  # kept for jobs this launch queued
+
+
+@pytest.mark.parametrize("banner", [True, False])
+def test_patient_banner_follows_need_patient_banner(live, banner: bool) -> None:
+    app, url = live
+    with running_sandbox() as sb:
+        _register(app, sb, url, "public")
+        launch = requests.post(
+            f"{sb.base_url}/admin/launch",
+            json={"client_id": CLIENT_ID, "patient": PATIENT, "need_patient_banner": banner},
+            timeout=30,
+        ).json()
+        page = requests.Session().get(launch["url"], timeout=30)
+    assert page.status_code == 200
+    assert ('class="cd-banner"' in page.text) is banner
