@@ -46,3 +46,12 @@ def test_config_lists_every_setting() -> None:
     assert result.exit_code == 0
     for setting in SETTINGS:
         assert f"`{setting.env}`" in result.output
+
+
+def test_readme_configuration_table_is_current() -> None:
+    from pathlib import Path
+
+    from plugin.config import markdown_table
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert markdown_table() in readme, "regenerate the README table with `caredesk config`"
