@@ -38,6 +38,7 @@ from jobs import outbox
 from jobs.tasks import handler
 from plugin.models import CareTask, EhrRegistration, SurveyInvite, SurveyResponse, Ticket
 from smart_launch.errors import FatalFhirError
+from smart_launch.fhir import parallel
 
 log = logging.getLogger("caredesk.jobs.survey")
 
@@ -341,8 +342,19 @@ def _first_run(task: CareTask, ctx: Any, appointment_ref: str) -> None:
     if visit.status != "fulfilled":
         task.status_note = f"survey not sent: the appointment is {visit.status or 'unknown'}"
         return
-    location = _read(client, visit.location_ref)
-    patient = client.read("Patient", visit.patient_ref.split("/", 1)[1])
+    # Location, patient and encounter depend only on the appointment: one wave, not three
+    # round trips in a row.
+    location, patient, encounter_ref = parallel(
+        [
+            lambda: _read(client, visit.location_ref),
+            lambda: client.read("Patient", visit.patient_ref.split("/", 1)[1]),
+            lambda: _encounter_for(client, appointment_ref),
+        ],
+        max_workers=3,
+    )
+    for result in (location, patient, encounter_ref):
+        if isinstance(result, Exception):
+            raise result  # the patient read failed (the others return None on refusal)
     tz = _ext_zone(patient) or _ext_zone(location) or fallback_tz
     if visit.end is not None:
         visit = _visit(appointment, tz)  # re-read a local time without offset in the right zone
@@ -351,7 +363,7 @@ def _first_run(task: CareTask, ctx: Any, appointment_ref: str) -> None:
         registration_id=task.registration_id,
         patient_ref=visit.patient_ref,
         appointment_ref=appointment_ref,
-        encounter_ref=_encounter_for(client, appointment_ref),
+        encounter_ref=encounter_ref,
         location_ref=visit.location_ref,
         practitioner_ref=visit.practitioner_ref,
         clinic_name=(location or {}).get("name") or visit.location_name,
