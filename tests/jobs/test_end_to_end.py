@@ -125,7 +125,10 @@ def test_reminder_for_a_start_time_without_timezone_is_read_in_the_clinic_zone(
         patient_ref="Patient/pat-025",
         payload={"appointment_ref": "Appointment/appt-messy-notz", "hours_before": 24},
     )
-    early = dt.datetime.combine(dt.date.today(), dt.time(6, 0), ZoneInfo("America/Chicago"))
+    chicago = ZoneInfo("America/Chicago")
+    # The sandbox's "today" is the clinic's (Chicago) date, not the machine's UTC date.
+    today = dt.datetime.now(chicago).date()
+    early = dt.datetime.combine(today, dt.time(6, 0), chicago)
     job_app.config["VIEWER_TIMEZONE"] = "America/Chicago"
     from jobs.context import JobContext
     from jobs.reminders import reminder
