@@ -3,6 +3,8 @@ vendor profile, ending in an authenticated FHIR read, then a refresh after expir
 
 from __future__ import annotations
 
+import os
+
 import logging
 import time
 import uuid
@@ -28,7 +30,7 @@ from tests.smart_launch.sandbox_flow import (
     run_launch,
 )
 
-REDIS_URL = "redis://127.0.0.1:6379/13"
+REDIS_URL = os.environ.get("CAREDESK_TEST_REDIS", "redis://127.0.0.1:6379/13")
 CLIENT_TYPES = ["public", "confidential-symmetric", "confidential-asymmetric"]
 PROFILES = ["smart", "epic", "oracle"]
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 import threading
 import time
 import uuid
@@ -25,7 +27,7 @@ from smart_launch.refresh import refresh_serialized
 from smart_launch.tokens import TokenSet
 from tests.smart_launch.httpfake import FakeServer, Request, Response
 
-REDIS_URL = "redis://127.0.0.1:6379/13"
+REDIS_URL = os.environ.get("CAREDESK_TEST_REDIS", "redis://127.0.0.1:6379/13")
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from plugin.crypto import get_vault
 from plugin.db import get_store
 from plugin.models import SurveyInvite
 from plugin.timeutil import utcnow
+from tests.conftest import REDIS_URL
 from tests.ehr import connect_backend, sandbox_token
 
 CLINIC = "CareDesk Clinic - Lakeview"
@@ -38,7 +39,7 @@ def register_survey(app) -> None:  # type: ignore[no-untyped-def]
 
 # Redis database of the survey tests: not the shared test database 13, which other test
 # runs flush and whose "default" queue other test workers consume.
-SURVEY_REDIS_URL = "redis://127.0.0.1:6379/12"
+SURVEY_REDIS_URL = REDIS_URL.rsplit("/", 1)[0] + "/12"
 
 
 @pytest.fixture
