@@ -13,7 +13,7 @@ from werkzeug.serving import make_server
 
 from sandbox.app import create_app
 from sandbox.clients import client_from_json, load_clients_file
-from sandbox.options import FEATURES, PROFILES, SandboxOptions
+from sandbox.options import FEATURES, PROFILES, REFRESH_ID_TOKEN_MODES, SandboxOptions
 
 DESCRIPTION = """\
 A local SMART on FHIR R4 EHR for development, demos, tests and benchmarks.
@@ -23,7 +23,7 @@ A local SMART on FHIR R4 EHR for development, demos, tests and benchmarks.
   OAuth endpoints       http://HOST:PORT/auth/{authorize,token,jwks,introspect}
   EHR page              http://HOST:PORT/ehr
   Admin API             http://HOST:PORT/admin/{knobs,clients,launch,requests,stats,
-                        generate-appointments,reset}
+                        clock,expire-tokens,generate-appointments,reset}
 
 The admin API has no authentication: keep the sandbox on 127.0.0.1.
 """
@@ -76,6 +76,58 @@ def build_parser() -> argparse.ArgumentParser:
         choices=FEATURES,
         metavar="FEATURE",
         help=f"switch a feature off (repeatable): {', '.join(FEATURES)}",
+    )
+    behaviour = parser.add_argument_group(
+        "real-server behaviours (knobs; unset: the profile's default; all can change at "
+        "runtime with POST /admin/knobs)"
+    )
+    behaviour.add_argument(
+        "--refresh-token-lifetime",
+        type=int,
+        dest="refresh_token_lifetime_s",
+        help="refresh token lifetime in seconds (default: until used or revoked)",
+    )
+    behaviour.add_argument(
+        "--rotate-refresh",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a new refresh token on every refresh, the old one spent (default: on); "
+        "--no-rotate-refresh keeps the presented one valid and returns none",
+    )
+    behaviour.add_argument(
+        "--refresh-id-token",
+        choices=REFRESH_ID_TOKEN_MODES,
+        help="id_token on refresh: as at launch, without aud, or none (default: normal)",
+    )
+    behaviour.add_argument(
+        "--iss-trailing-slash",
+        action="store_const",
+        const=True,
+        help="the EHR's launch link sends iss with a trailing slash",
+    )
+    behaviour.add_argument(
+        "--fhir-user",
+        choices=["relative", "absolute"],
+        help="fhirUser as Practitioner/<id> or as an absolute URL (default: relative)",
+    )
+    behaviour.add_argument(
+        "--omit-display",
+        action="store_const",
+        const=True,
+        help="strip display from every Reference served",
+    )
+    behaviour.add_argument(
+        "--no-canonical-version-search",
+        dest="canonical_version_search",
+        action="store_const",
+        const=False,
+        help="take url=X|1.0.0 as a whole url (matches nothing); url=X&version=1.0.0 works",
+    )
+    behaviour.add_argument(
+        "--consent-drop-scope",
+        action="append",
+        metavar="SCOPE",
+        help="a scope the user unticks at consent (repeatable)",
     )
     parser.add_argument("--timezone", default="America/Chicago", help="the clinic's time zone")
     parser.add_argument(
@@ -132,6 +184,7 @@ def options_from_args(args: argparse.Namespace) -> SandboxOptions:
     for data in clients:
         client_from_json(data)  # fail at start-up, with the message, on a bad registration
     return SandboxOptions(
+        knobs=knobs_from_args(args),
         profile=args.profile,
         host=args.host,
         port=args.port,
@@ -144,6 +197,27 @@ def options_from_args(args: argparse.Namespace) -> SandboxOptions:
         timezone=args.timezone,
         extra_appointments=args.extra_appointments,
     )
+
+
+def knobs_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The knobs given on the command line (absent ones keep the profile's default)."""
+    knobs: dict[str, Any] = {
+        name: getattr(args, name)
+        for name in (
+            "refresh_token_lifetime_s",
+            "rotate_refresh",
+            "refresh_id_token",
+            "iss_trailing_slash",
+            "omit_display",
+            "canonical_version_search",
+        )
+        if getattr(args, name) is not None
+    }
+    if args.fhir_user is not None:
+        knobs["fhir_user_relative"] = args.fhir_user == "relative"
+    if args.consent_drop_scope:
+        knobs["consent_drop_scopes"] = list(args.consent_drop_scope)
+    return knobs
 
 
 def main(argv: Sequence[str] | None = None) -> int:

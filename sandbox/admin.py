@@ -48,6 +48,38 @@ def set_knobs() -> Response:
     return jsonify(st.knobs.to_json())
 
 
+def _clock_json() -> dict[str, Any]:
+    st = state()
+    now = dt.datetime.fromtimestamp(st.now(), dt.UTC)
+    return {"offset_seconds": st.clock_offset, "now": now.isoformat(timespec="seconds")}
+
+
+@bp.get("/clock")
+def get_clock() -> Response:
+    return jsonify(_clock_json())
+
+
+@bp.post("/clock")
+def set_clock() -> Response:
+    """`{"advance_seconds": N}` moves the sandbox's clock forward; `{"reset": true}`
+    puts it back on the wall clock. Tests use it instead of sleeping for an expiry."""
+    body = _body()
+    if body.get("reset") is True and "advance_seconds" not in body:
+        state().reset_clock()
+        return jsonify(_clock_json())
+    seconds = body.get("advance_seconds")
+    if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds <= 0:
+        return _error('expected {"advance_seconds": N > 0} or {"reset": true}')
+    state().advance_clock(float(seconds))
+    return jsonify(_clock_json())
+
+
+@bp.post("/expire-tokens")
+def expire_tokens() -> Response:
+    """Every live access token ends now; refresh tokens stay, so clients refresh."""
+    return jsonify({"expired": state().expire_access_tokens()})
+
+
 @bp.get("/clients")
 def list_clients() -> Response:
     return jsonify([c.public_json() for c in state().iter_clients()])

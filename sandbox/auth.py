@@ -258,12 +258,13 @@ def authorize() -> ResponseReturnValue:
         if launch is None or launch["client_id"] != client.client_id:
             return fail("invalid_request", "unknown or expired launch")
         # EHR launch: the user is already logged in to the EHR; approve without a page.
-        context = _launch_context(launch, granted)
+        request_info["scopes"] = _consented(st, granted, None)
+        context = _launch_context(launch, request_info["scopes"])
         return _issue_code(st, request_info, context)
     request_info["scopes"] = [s for s in granted if s != "launch"]
     pending_id = secrets.token_urlsafe(24)
     with st.lock:
-        st.pending[pending_id] = {**request_info, "expires": time.time() + PENDING_LIFETIME_S}
+        st.pending[pending_id] = {**request_info, "expires": st.now() + PENDING_LIFETIME_S}
     patients = (
         [
             {"id": p["id"], "name": display_name(p), "birthDate": p.get("birthDate", "")}
@@ -279,7 +280,22 @@ def authorize() -> ResponseReturnValue:
         users=users(st),
         patients=patients,
         scopes=request_info["scopes"],
+        unticked=set(st.knobs.consent_drop_scopes),
     )
+
+
+def _consented(st: SandboxState, offered: list[str], form: Any) -> list[str]:
+    """What the user consented to out of `offered`: the consent_drop_scopes knob plays a
+    user who unticks those scopes; on the standalone consent page (`form`) the user may
+    untick more. A post without the consent fields (a script driving the picker)
+    keeps everything else. The token's `scope` then lacks them and the FHIR API refuses
+    what needed them, as real servers with a consent screen do."""
+    dropped = set(st.knobs.consent_drop_scopes)
+    kept = [s for s in offered if s not in dropped]
+    if form is not None and form.get("consent") == "1":
+        ticked = set(form.getlist("scope"))
+        kept = [s for s in kept if s in ticked]
+    return kept
 
 
 def _launch_context(launch: Mapping[str, Any], granted: list[str]) -> dict[str, Any]:
@@ -314,6 +330,7 @@ def decide() -> ResponseReturnValue:
     if user is None:
         return render_template("error.html", message="Pick a user."), 400
     context: dict[str, Any] = {"user": user["fhirUser"], "need_patient_banner": True}
+    info = {**info, "scopes": _consented(st, info["scopes"], request.form)}
     if "launch/patient" in info["scopes"]:
         patient = request.form.get("patient", "")
         if st.store.get("Patient", patient) is None:
@@ -332,7 +349,7 @@ def _issue_code(st: SandboxState, info: Mapping[str, Any], context: dict[str, An
             "nonce": info.get("nonce"),
             "scopes": list(info["scopes"]),
             "context": {k: v for k, v in context.items() if v is not None},
-            "expires": time.time() + CODE_LIFETIME_S,
+            "expires": st.now() + CODE_LIFETIME_S,
             "used": False,
             "grant_id": None,
         }
@@ -367,13 +384,16 @@ def create_launch(
             "user": user,
             "intent": intent,
             "need_patient_banner": need_patient_banner,
-            "expires": time.time() + LAUNCH_LIFETIME_S,
+            "expires": st.now() + LAUNCH_LIFETIME_S,
         }
     st.save_grants()
     url = ""
     if client.launch_url:
         parts = urlsplit(client.launch_url)
-        extra = urlencode({"iss": fhir_base(), "launch": launch_id})
+        # Seen on a real server: the launch link's iss ends with "/" while the
+        # CapabilityStatement and the token's aud name the base without it.
+        iss = fhir_base() + ("/" if st.knobs.iss_trailing_slash else "")
+        extra = urlencode({"iss": iss, "launch": launch_id})
         url = urlunsplit(parts._replace(query=f"{parts.query}&{extra}" if parts.query else extra))
     return {"launch": launch_id, "url": url}
 
@@ -511,7 +531,7 @@ def _code_grant(st: SandboxState, client: Client) -> dict[str, Any]:
         # Any exchange attempt burns the code, so a wrong verifier cannot be retried.
         entry["used"] = True
     st.save_grants()
-    if entry["expires"] < time.time():
+    if entry["expires"] < st.now():
         raise OAuthError("invalid_grant", "authorization code expired")
     if form.get("redirect_uri") != entry["redirect_uri"]:
         raise OAuthError("invalid_grant", "redirect_uri differs from the authorize request")
@@ -529,7 +549,7 @@ def _code_grant(st: SandboxState, client: Client) -> dict[str, Any]:
             "scopes": entry["scopes"],
             "context": entry["context"],
             "revoked": False,
-            "created": time.time(),
+            "created": st.now(),
         }
     return _issue(st, client, grant_id, entry["scopes"], nonce=entry.get("nonce"))
 
@@ -549,6 +569,8 @@ def _refresh_grant(st: SandboxState, client: Client) -> dict[str, Any]:
             # stolen. Kill the whole grant (every access and refresh token in it).
             st.revoke_grant(entry["grant_id"])
             raise OAuthError("invalid_grant", "refresh token already used; grant revoked")
+        if entry.get("exp") is not None and entry["exp"] <= st.now():
+            raise OAuthError("invalid_grant", "refresh token expired")
         grant = st.grants[entry["grant_id"]]
         requested = request.form.get("scope")
         scope_list = grant["scopes"]
@@ -557,8 +579,10 @@ def _refresh_grant(st: SandboxState, client: Client) -> dict[str, Any]:
             if not scope_rules.is_subset(wanted, grant["scopes"]):
                 raise OAuthError("invalid_scope", "requested scope exceeds the original grant")
             scope_list = wanted
-        entry["used"] = True
-    return _issue(st, client, entry["grant_id"], scope_list, refresh=True)
+        rotate = st.knobs.rotate_refresh
+        if rotate:
+            entry["used"] = True
+    return _issue(st, client, entry["grant_id"], scope_list, refresh=True, new_refresh=rotate)
 
 
 def _client_credentials(st: SandboxState, client: Client) -> dict[str, Any]:
@@ -581,7 +605,7 @@ def _client_credentials(st: SandboxState, client: Client) -> dict[str, Any]:
             "scopes": granted,
             "context": {},
             "revoked": False,
-            "created": time.time(),
+            "created": st.now(),
             "backend": True,
         }
     return _issue(st, client, grant_id, granted)
@@ -595,10 +619,15 @@ def _issue(
     *,
     nonce: str | None = None,
     refresh: bool = False,
+    new_refresh: bool = True,
 ) -> dict[str, Any]:
+    """The token response. `refresh`: answering a refresh_token grant; `new_refresh`:
+    whether it may carry a new refresh token (False on a server that does not rotate)."""
     grant = st.grants[grant_id]
     context = grant["context"]
+    # Claims are on the wall clock (the client's); the record is on the sandbox's.
     now = int(time.time())
+    issued = st.now()
     lifetime = st.knobs.token_lifetime_s
     claims = {
         "iss": issuer(),
@@ -636,17 +665,24 @@ def _issue(
             "client_id": client.client_id,
             "scopes": scope_list,
             "context": context,
-            "iat": now,
-            "exp": now + lifetime,
+            "iat": issued,
+            "exp": issued + lifetime,
             "revoked": False,
         }
-        if wants_refresh and not st.knobs.drop_refresh_tokens and not grant.get("backend"):
+        if (
+            wants_refresh
+            and new_refresh
+            and not st.knobs.drop_refresh_tokens
+            and not grant.get("backend")
+        ):
             refresh_token = secrets.token_urlsafe(40)
+            refresh_lifetime = st.knobs.refresh_token_lifetime_s
             st.refresh[sha(refresh_token)] = {
                 "grant_id": grant_id,
                 "client_id": client.client_id,
                 "used": False,
                 "revoked": False,
+                "exp": issued + refresh_lifetime if refresh_lifetime else None,
             }
             body["refresh_token"] = refresh_token
     if not grant.get("backend"):
@@ -657,26 +693,39 @@ def _issue(
         body["smart_style_url"] = f"{base_url()}/style/smart-style.json"
         if context.get("intent"):
             body["intent"] = context["intent"]
+        id_mode = st.knobs.refresh_id_token if refresh else "normal"
         if (
             "openid" in scope_list
             and {"fhirUser", "profile"} & set(scope_list)
             and context.get("user")
+            and id_mode != "omit"
         ):
-            body["id_token"] = _id_token(st, client, context["user"], now, nonce)
+            body["id_token"] = _id_token(
+                st, client, context["user"], now, nonce, aud=id_mode != "no-aud"
+            )
     st.save_grants()
     return body
 
 
-def _id_token(st: SandboxState, client: Client, user: str, now: int, nonce: str | None) -> str:
+def fhir_user_claim(st: SandboxState, user: str) -> str:
+    """`Practitioner/<id>` as the knob says: relative, or absolute on the FHIR base."""
+    return user if st.knobs.fhir_user_relative else f"{fhir_base()}/{user}"
+
+
+def _id_token(
+    st: SandboxState, client: Client, user: str, now: int, nonce: str | None, *, aud: bool = True
+) -> str:
     claims: dict[str, Any] = {
         "iss": issuer(),
         "sub": user.split("/", 1)[-1],
-        "aud": client.client_id,
         "iat": now,
         "exp": now + 3600,
-        # Relative reference (Practitioner/<id>); resolve it against the FHIR base.
-        "fhirUser": user,
+        "fhirUser": fhir_user_claim(st, user),
     }
+    if aud:
+        # The SMART reference launcher's refreshed id_token has no aud (refresh_id_token
+        # knob "no-aud"); OIDC says it must, so a strict client rejects it.
+        claims["aud"] = client.client_id
     practitioner = st.store.get("Practitioner", user.split("/", 1)[-1])
     if practitioner is not None:
         claims["name"] = display_name(practitioner)
@@ -692,7 +741,7 @@ def lookup_token(st: SandboxState, access_token: str) -> dict[str, Any] | None:
     """The live token record for a bearer token, or None if unknown/expired/revoked."""
     with st.lock:
         entry = st.tokens.get(sha(access_token))
-        if entry is None or entry["revoked"] or entry["exp"] <= time.time():
+        if entry is None or entry["revoked"] or entry["exp"] <= st.now():
             return None
         grant = st.grants.get(entry.get("grant_id") or "")
         if grant is not None and grant.get("revoked"):
@@ -711,8 +760,10 @@ def introspect() -> Response:
         "active": True,
         "scope": " ".join(entry["scopes"]),
         "client_id": entry["client_id"],
-        "exp": entry["exp"],
-        "iat": entry["iat"],
+        # On the client's (wall) clock: a token the sandbox aged by moving its clock
+        # looks that much older.
+        "exp": int(entry["exp"] - st.clock_offset),
+        "iat": int(entry["iat"] - st.clock_offset),
         "token_type": "Bearer",
         "iss": issuer(),
         "aud": fhir_base(),
@@ -720,7 +771,7 @@ def introspect() -> Response:
     context = entry["context"]
     if context.get("user"):
         body["sub"] = context["user"].split("/", 1)[-1]
-        body["fhirUser"] = context["user"]
+        body["fhirUser"] = fhir_user_claim(st, context["user"])
     if context.get("patient"):
         body["patient"] = context["patient"]
     if context.get("encounter"):

@@ -24,6 +24,7 @@ from sandbox.state import SandboxState
 from sandbox.store import (
     NON_COMPARTMENT_TYPES,
     SEARCH_PARAMS,
+    Criterion,
     SearchError,
     parse_criteria,
     ref_key,
@@ -115,12 +116,24 @@ def _in_compartment(st: SandboxState, rtype: str, rid: str, patient: str | None)
     return patient is not None and patient in st.store.compartment_of(rtype, rid)
 
 
+def _search(
+    st: SandboxState, rtype: str, criteria: Sequence[Criterion], *, compartment: str | None = None
+) -> list[str]:
+    """A search as the client asked it (the canonical_version_search knob applies)."""
+    return st.store.search(
+        rtype,
+        criteria,
+        compartment=compartment,
+        canonical=st.knobs.canonical_version_search,
+    )
+
+
 def _query_ids(st: SandboxState, rtype: str, queries: Sequence[str]) -> set[str]:
     """Ids allowed by v2 granular scopes such as `patient/Observation.rs?category=x`."""
     out: set[str] = set()
     for query in queries:
         try:
-            out.update(st.store.search(rtype, parse_criteria(rtype, parse_qsl(query))))
+            out.update(_search(st, rtype, parse_criteria(rtype, parse_qsl(query))))
         except SearchError:
             continue
     return out
@@ -141,6 +154,30 @@ def _version_headers(resource: Mapping[str, Any]) -> dict[str, str]:
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+def served(st: SandboxState, body: Any) -> Any:
+    """What goes on the wire: with the omit_display knob, References lose `display`.
+
+    A real third-party server sends `{"reference": "Practitioner/123"}` and nothing
+    else, so a client has to read the Practitioner for a name. A display-only Reference
+    (no `reference`, no `identifier`) keeps its display: without it nothing is left.
+    """
+    if body is None or not st.knobs.omit_display:
+        return body
+    return _strip_display(body)
+
+
+def _strip_display(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_strip_display(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out = {k: _strip_display(v) for k, v in value.items()}
+    is_reference = isinstance(out.get("reference"), str) or isinstance(out.get("identifier"), dict)
+    if is_reference and "display" in out:
+        del out["display"]
+    return out
 
 
 # --- interactions -------------------------------------------------------------------
@@ -182,7 +219,7 @@ def do_search(
     else:
         try:
             criteria = parse_criteria(rtype, params)
-            ids = st.store.search(rtype, criteria, compartment=compartment)
+            ids = _search(st, rtype, criteria, compartment=compartment)
         except SearchError as exc:
             raise FhirError(400, str(exc), "invalid") from exc
         if acc.queries:
@@ -343,7 +380,7 @@ def do_create(
         compartment = ctx.patient if acc.patient_only else None
         with st.lock:
             try:
-                found = st.store.search(rtype, criteria, compartment=compartment)
+                found = _search(st, rtype, criteria, compartment=compartment)
             except SearchError as exc:
                 raise FhirError(400, f"If-None-Exist: {exc}") from exc
             if len(found) > 1:
@@ -580,7 +617,7 @@ def _json_body() -> Any:
 
 def _reply(result: Result) -> Response:
     status, body, headers = result
-    return fhir_response(body, status, headers)
+    return fhir_response(served(state(), body), status, headers)
 
 
 def _query_pairs(items: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -621,7 +658,7 @@ def read(rtype: str, rid: str) -> Response:
     status, body, headers = do_read(st, ctx, rtype, rid)
     if request.headers.get("If-None-Match") == headers.get("ETag"):
         return fhir_response(None, 304, headers)
-    return fhir_response(body, status, headers)
+    return fhir_response(served(st, body), status, headers)
 
 
 @bp.get("/<rtype>/<rid>/_history/<vid>")
@@ -631,7 +668,7 @@ def vread(rtype: str, rid: str, vid: str) -> Response:
     if (body.get("meta") or {}).get("versionId") != vid:
         # Only the current version is kept.
         raise FhirError(404, f"{rtype}/{rid}/_history/{vid} is not known", "not-found")
-    return fhir_response(body, status, headers)
+    return fhir_response(served(st, body), status, headers)
 
 
 @bp.post("/<rtype>")

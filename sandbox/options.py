@@ -22,6 +22,9 @@ FEATURES = (
     "task",
 )
 
+# What the id_token of a refresh response looks like (`refresh_id_token` knob).
+REFRESH_ID_TOKEN_MODES = ("normal", "no-aud", "omit")
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -39,6 +42,8 @@ class Profile:
     # Rewrite some resource ids to more than 64 characters (legal in R4 only loosely:
     # the spec says 64, Epic and others go beyond it).
     long_ids: bool = False
+    # Initial values of runtime knobs that this vendor's server behaves like.
+    knobs: Mapping[str, Any] = field(default_factory=dict)
 
 
 PROFILES: dict[str, Profile] = {
@@ -91,7 +96,7 @@ class SandboxOptions:
     extra_appointments: int = 0
     # Population to serve instead of fixtures.population (tests with tiny data sets).
     population: Mapping[str, Sequence[Mapping[str, Any]]] | None = None
-    # Other initial knobs (rate_limit, drop_refresh_tokens, empty_for, fail_next).
+    # Other initial knobs (any field of Knobs); they win over the profile's.
     knobs: Mapping[str, Any] = field(default_factory=dict)
     seed: int = 20261127
 
@@ -108,6 +113,25 @@ class Knobs:
     empty_for: list[str] = field(default_factory=list)
     disabled: list[str] = field(default_factory=list)
     fail_next: list[dict[str, Any]] = field(default_factory=list)
+    # None: a refresh token lives until used (rotation) or revoked.
+    refresh_token_lifetime_s: int | None = None
+    # Strip `display` from every Reference served (names must be read from the target).
+    omit_display: bool = False
+    # False: `url=X|1.0.0` is taken as a whole url and matches nothing; search
+    # `url=X&version=1.0.0` instead.
+    canonical_version_search: bool = True
+    # The launch link's `iss` ends with "/" (the FHIR base itself does not).
+    iss_trailing_slash: bool = False
+    # fhirUser as `Practitioner/<id>` (True) or as an absolute URL on the FHIR base.
+    fhir_user_relative: bool = True
+    # True: every refresh returns a new refresh token and the presented one is spent
+    # (presenting it again revokes the grant). False: no new refresh token is returned
+    # and the presented one stays valid.
+    rotate_refresh: bool = True
+    # id_token in a refresh response: as at launch, without `aud`, or none at all.
+    refresh_id_token: str = "normal"  # noqa: S105 - a mode name, not a secret
+    # Scopes the user unticks on the consent screen (EHR and standalone launches).
+    consent_drop_scopes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -123,6 +147,16 @@ class Knobs:
             setattr(new, name, _check_knob(name, value))
         for f in dataclasses.fields(self):
             setattr(self, f.name, getattr(new, f.name))
+
+
+_BOOL_KNOBS = (
+    "drop_refresh_tokens",
+    "omit_display",
+    "canonical_version_search",
+    "iss_trailing_slash",
+    "fhir_user_relative",
+    "rotate_refresh",
+)
 
 
 def _check_knob(name: str, value: Any) -> Any:
@@ -148,11 +182,21 @@ def _check_knob(name: str, value: Any) -> Any:
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError("token_lifetime_s must be an integer >= 1")
         return value
-    if name == "drop_refresh_tokens":
+    if name in _BOOL_KNOBS:
         if not isinstance(value, bool):
-            raise ValueError("drop_refresh_tokens must be a boolean")
+            raise ValueError(f"{name} must be a boolean")
         return value
-    if name in ("empty_for", "disabled"):
+    if name == "refresh_token_lifetime_s":
+        if value is None:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError("refresh_token_lifetime_s must be null or an integer >= 1")
+        return value
+    if name == "refresh_id_token":
+        if value not in REFRESH_ID_TOKEN_MODES:
+            raise ValueError(f"refresh_id_token must be one of {list(REFRESH_ID_TOKEN_MODES)}")
+        return value
+    if name in ("empty_for", "disabled", "consent_drop_scopes"):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ValueError(f"{name} must be a list of strings")
         if name == "disabled":
@@ -177,5 +221,6 @@ def initial_knobs(options: SandboxOptions) -> Knobs:
         token_lifetime_s=options.token_lifetime_s or profile.token_lifetime_s,
         disabled=sorted(set(profile.disabled) | set(options.disabled)),
     )
+    knobs.update(dict(profile.knobs))
     knobs.update(dict(options.knobs))
     return knobs

@@ -3,6 +3,13 @@
 One `SandboxState` per app, kept in `app.extensions["sandbox"]`. All mutation goes
 through its lock (the server is threaded). With a data dir, writes, runtime clients,
 grants and the signing key survive a restart.
+
+The sandbox keeps its own clock (`now()`): the wall clock plus an offset that tests move
+forward (`POST /admin/clock`) instead of sleeping until a token expires. It decides the
+life of everything the sandbox issued (launches, sign-in pages, codes, access and
+refresh tokens). What the client makes (client assertions) and the timestamps inside the
+JWTs the client checks stay on the wall clock, because the client's clock has not moved.
+FHIR data does not move either.
 """
 
 from __future__ import annotations
@@ -60,6 +67,7 @@ class SandboxState:
         self.counters: collections.Counter[str] = collections.Counter()
         self.fhir_request_count = 0
         self.generated_batches = 0
+        self.clock_offset = 0.0
         self.data_dir = Path(options.data_dir) if options.data_dir else None
         if self.data_dir:
             self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -80,6 +88,37 @@ class SandboxState:
             path.write_text(json.dumps(key.as_dict(private=True)), encoding="utf-8")
             path.chmod(0o600)
         return key
+
+    # -- the sandbox's clock
+
+    def now(self) -> float:
+        """Epoch seconds on the sandbox's clock (wall clock + the offset tests added)."""
+        return time.time() + self.clock_offset
+
+    def advance_clock(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError("the clock only moves forward")
+        with self.lock:
+            self.clock_offset += seconds
+        self.save_grants()
+
+    def reset_clock(self) -> None:
+        """Back to the wall clock. What was issued meanwhile keeps its (later) expiry."""
+        with self.lock:
+            self.clock_offset = 0.0
+        self.save_grants()
+
+    def expire_access_tokens(self) -> int:
+        """End every live access token now (refresh tokens stay); how many there were."""
+        now = self.now()
+        count = 0
+        with self.lock:
+            for token in self.tokens.values():
+                if not token["revoked"] and token["exp"] > now:
+                    token["exp"] = now
+                    count += 1
+        self.save_grants()
+        return count
 
     # -- data
 
@@ -146,18 +185,21 @@ class SandboxState:
                 "refresh": self.refresh,
                 "launches": self.launches,
                 "jtis": self.jtis,
+                "clock_offset": self.clock_offset,
             }
             self._write_json("grants.json", snapshot)
 
     def expire_old(self) -> None:
-        now = time.time()
+        now = self.now()
         with self.lock:
             for table in (self.codes, self.launches, self.pending):
                 for key in [k for k, v in table.items() if v["expires"] < now]:
                     del table[key]
             for key in [k for k, v in self.tokens.items() if v["exp"] < now - 3600]:
                 del self.tokens[key]
-            for key in [k for k, v in self.jtis.items() if v < now]:
+            # Assertion jtis carry the client's (wall clock) exp.
+            wall = time.time()
+            for key in [k for k, v in self.jtis.items() if v < wall]:
                 del self.jtis[key]
 
     def revoke_grant(self, grant_id: str) -> None:
@@ -190,6 +232,7 @@ class SandboxState:
         saved = self._read_json("grants.json", {})
         for name in ("codes", "grants", "tokens", "refresh", "launches", "jtis"):
             getattr(self, name).update(saved.get(name, {}))
+        self.clock_offset = float(saved.get("clock_offset", 0.0))
         path = self.data_dir / "writes.jsonl"
         if path.exists():
             for line in path.read_text(encoding="utf-8").splitlines():
@@ -202,8 +245,9 @@ class SandboxState:
                     )
 
     def reset(self) -> None:
-        """Initial data back, grants and launches gone (clients and knobs stay)."""
+        """Initial data back, grants and launches gone, wall clock (clients and knobs stay)."""
         with self.lock:
+            self.clock_offset = 0.0
             for table in (
                 self.codes,
                 self.grants,

@@ -430,16 +430,21 @@ class FhirStore:
         criteria: Sequence[Criterion],
         *,
         compartment: str | None = None,
+        canonical: bool = True,
     ) -> list[str]:
-        """Ids matching all criteria, in insertion order; within one patient if given."""
-        cache_key = (rtype, tuple(criteria), compartment, self.generation)
+        """Ids matching all criteria, in insertion order; within one patient if given.
+
+        `canonical=False`: uri parameters match the whole value literally, so
+        `url=X|1.0.0` finds nothing (a server without canonical `|version` search).
+        """
+        cache_key = (rtype, tuple(criteria), compartment, canonical, self.generation)
         with self._lock:
             cached = self._cache.get(cache_key)
             if cached is not None:
                 self._cache.move_to_end(cache_key)
                 return cached
             records = list(self._types.get(rtype, {}).items())
-        matchers = [self._matcher(rtype, c) for c in criteria]
+        matchers = [self._matcher(rtype, c, canonical) for c in criteria]
         ids = [
             rid
             for rid, rec in records
@@ -453,7 +458,7 @@ class FhirStore:
                     self._cache.popitem(last=False)
         return ids
 
-    def _matcher(self, rtype: str, crit: Criterion) -> Callable[[Record], bool]:
+    def _matcher(self, rtype: str, crit: Criterion, canonical: bool) -> Callable[[Record], bool]:
         param = _ID if crit.name == "_id" else SEARCH_PARAMS[rtype][crit.name]
         name = crit.name
         if param.kind == "date":
@@ -485,6 +490,9 @@ class FhirStore:
 
             return match_ref
         if param.kind == "uri":
+            if not canonical:
+                literal = set(crit.values)
+                return lambda rec: any(k in literal for k in rec.keys.get(name, ()))
             return _uri_matcher(name, crit.values)
         # string: starts-with, case-insensitive (":exact" and ":contains" as in the spec)
         lowered = [v.lower() for v in crit.values]

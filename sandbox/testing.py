@@ -102,6 +102,23 @@ class SandboxHandle:
     def reset(self) -> None:
         self._call("POST", "/admin/reset")
 
+    def advance_clock(self, seconds: float) -> dict[str, Any]:
+        """Move the sandbox's clock forward: what it issued is `seconds` older."""
+        result: dict[str, Any] = self._call("POST", "/admin/clock", {"advance_seconds": seconds})
+        return result
+
+    def reset_clock(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", "/admin/clock", {"reset": True})
+        return result
+
+    def clock(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "/admin/clock")
+        return result
+
+    def expire_tokens(self) -> int:
+        """End every live access token now (refresh tokens stay); returns how many."""
+        return int(self._call("POST", "/admin/expire-tokens")["expired"])
+
     def generate_appointments(self, date: str, count: int, location: str | None = None) -> int:
         body: dict[str, Any] = {"date": date, "count": count}
         if location is not None:
@@ -111,13 +128,19 @@ class SandboxHandle:
     # -- driving the browser side of a launch without a browser
 
     def approve(
-        self, authorize_url: str, *, user: str | None = None, patient: str | None = None
+        self,
+        authorize_url: str,
+        *,
+        user: str | None = None,
+        patient: str | None = None,
+        untick: Sequence[str] = (),
     ) -> str:
         """Follow an authorize URL like a user would; return the redirect (callback) URL.
 
         EHR launches redirect at once. Standalone launches show the login/patient picker,
-        which is submitted with `user` (a Practitioner id; default the first user) and
-        `patient` (default the first patient offered).
+        which is submitted with `user` (a Practitioner id; default the first user),
+        `patient` (default the first patient offered) and the scope boxes as shown, less
+        the ones in `untick`.
         """
         resp = requests.get(authorize_url, allow_redirects=False, timeout=HTTP_TIMEOUT)
         if resp.status_code in (302, 303):
@@ -125,10 +148,12 @@ class SandboxHandle:
         if resp.status_code != 200:
             raise RuntimeError(f"authorize answered {resp.status_code}: {resp.text[:200]}")
         form = _parse_form(resp.text)
-        data = {"pending": form["pending"], "decision": "approve"}
+        data: dict[str, Any] = {"pending": form["pending"], "decision": "approve"}
         data["user"] = user or form["user"][0]
         if form["patient"]:
             data["patient"] = patient or form["patient"][0]
+        data["consent"] = "1"
+        data["scope"] = [s for s in form["scope"] if s not in untick]
         post = requests.post(
             f"{self.base_url}/auth/authorize/decide",
             data=data,
@@ -197,13 +222,15 @@ class SandboxHandle:
 class _FormParser(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
-        self.fields: dict[str, list[str]] = {"pending": [], "user": [], "patient": []}
+        self.fields: dict[str, list[str]] = {"pending": [], "user": [], "patient": [], "scope": []}
         self._select: str | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = dict(attrs)
         if tag == "input" and a.get("name") == "pending":
             self.fields["pending"].append(a.get("value") or "")
+        elif tag == "input" and a.get("name") == "scope" and "checked" in a:
+            self.fields["scope"].append(a.get("value") or "")
         elif tag == "select":
             self._select = a.get("name")
         elif tag == "option" and self._select in self.fields:
@@ -223,6 +250,7 @@ def _parse_form(html: str) -> dict[str, Any]:
         "pending": parser.fields["pending"][0],
         "user": parser.fields["user"],
         "patient": parser.fields["patient"],
+        "scope": parser.fields["scope"],
     }
 
 
