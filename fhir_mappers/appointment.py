@@ -16,16 +16,17 @@ from fhir_mappers.fhirutil import (
     get_dict,
     get_list,
     get_str,
-    human_name,
+    in_zone,
     lacks_timezone,
     parse_datetime,
     parse_reference,
+    patient_key,
     require_aware,
+    resource_zone,
     zone,
 )
 from fhir_mappers.issues import DataWarning
-
-TIMEZONE_EXT = "http://hl7.org/fhir/StructureDefinition/timezone"
+from fhir_mappers.names import reference_name, target_of
 
 STATUS_TEXT = {
     "proposed": "Proposed, time not agreed yet",
@@ -66,43 +67,6 @@ class Visit:
     warnings: tuple[DataWarning, ...]
 
 
-def _contained(resource: Mapping[str, Any], ref: Ref) -> Mapping[str, Any] | None:
-    for item in get_list(resource, "contained"):
-        if get_str(item, "id") == ref.id:
-            return item
-    return None
-
-
-def _target_name(
-    target: Mapping[str, Any], included: Mapping[str, Mapping[str, Any]]
-) -> str | None:
-    rtype = get_str(target, "resourceType")
-    if rtype in ("Practitioner", "Patient", "RelatedPerson"):
-        return human_name(target.get("name"))
-    if rtype == "PractitionerRole":
-        # A role names no one itself; its practitioner does (often _included alongside).
-        practitioner = get_dict(target, "practitioner")
-        ref = _parse(practitioner)
-        if ref is not None and ref.key in included:
-            name = human_name(included[ref.key].get("name"))
-            if name:
-                return name
-        return get_str(practitioner, "display") or concept_text(
-            next(iter(get_list(target, "code")), None)
-        )
-    return get_str(target, "name") or get_str(target, "alias")
-
-
-def _parse(reference: Mapping[str, Any] | None) -> Ref | None:
-    raw = get_str(reference, "reference")
-    if raw is None:
-        return None
-    try:
-        return parse_reference(raw)
-    except ValueError:
-        return None
-
-
 @dataclass(frozen=True)
 class _Actor:
     kind: str  # resource type (from the reference, the target, or a guess)
@@ -123,7 +87,6 @@ def _actors(
         if actor is None:
             continue
         field = f"participant[{i}].actor"
-        display = get_str(actor, "display")
         raw = get_str(actor, "reference")
         ref: Ref | None = None
         if raw is not None:
@@ -131,16 +94,14 @@ def _actors(
                 ref = parse_reference(raw)
             except ValueError:
                 warn(field, "reference is not a FHIR reference", issues.BAD_REFERENCE)
-        target: Mapping[str, Any] | None = None
-        if ref is not None:
-            target = _contained(resource, ref) if ref.contained else included.get(ref.key)
+        target = target_of(actor, included, container=resource) if ref is not None else None
         kind = (
             get_str(target, "resourceType")
             or (ref.type if ref else None)
             or get_str(actor, "type")
             or "Unknown"
         )
-        name = (_target_name(target, included) if target else None) or display
+        name = reference_name(actor, included, container=resource)
         if kind == "Patient":
             pass  # the context's own patient: known by reference, its name is not needed here
         elif name is None:
@@ -161,12 +122,29 @@ def _actors(
 
 
 def location_zone(location: Mapping[str, Any] | None) -> ZoneInfo | None:
-    for ext in get_list(location, "extension"):
-        if get_str(ext, "url") == TIMEZONE_EXT:
-            found = zone(get_str(ext, "valueCode"))
-            if found is not None:
-                return found
-    return None
+    """The zone of a Location (see `fhirutil.resource_zone`, the one reading of it)."""
+    return resource_zone(location)
+
+
+def patient_of(appointment: object) -> str | None:
+    """`Patient/<id>` of the first participant that is a patient, whatever the reference's
+    form (relative, absolute, versioned); None when there is none or the shape is odd.
+
+    The one reading of "whose appointment is this" for the board, reminders and surveys.
+    """
+    keys = patients_of(appointment)
+    return keys[0] if keys else None
+
+
+def patients_of(appointment: object) -> list[str]:
+    """Every `Patient/<id>` among the participants, in order, once each (a group visit has
+    several)."""
+    found: list[str] = []
+    for part in get_list(appointment, "participant"):
+        key = patient_key(part.get("actor"))
+        if key is not None and key not in found:
+            found.append(key)
+    return found
 
 
 def to_visit(
@@ -218,7 +196,10 @@ def to_visit(
             # Wall-clock time from an interface that dropped the offset: the location's
             # zone is the best guess, and it is only a guess.
             warn(field, f"time has no timezone offset; taken as {zone_name}", issues.NO_TIMEZONE)
-        return parsed.astimezone(shown_in)
+        local = in_zone(parsed, shown_in)
+        if local is None:
+            warn(field, "dateTime is outside the years a calendar can show", issues.BAD_VALUE)
+        return local
 
     start, end = when("start"), when("end")
     status = get_str(resource, "status")
@@ -230,7 +211,9 @@ def to_visit(
     now_viewer = now.astimezone(viewer)
     if start is None:
         timing = "unknown"
-    elif start.astimezone(viewer).date() == now_viewer.date():
+    elif (start_viewer := in_zone(start, viewer)) is not None and (
+        start_viewer.date() == now_viewer.date()
+    ):
         timing = "today"
     elif (end or start) < now:
         timing = "past"

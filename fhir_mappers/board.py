@@ -13,9 +13,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .appointment import to_visit
-from .coverage import to_insurance
-from .fhirutil import reference_of, resource_id
+from .appointment import patient_of, to_visit
+from .coverage import beneficiary_of, to_insurance
+from .fhirutil import resource_id
 from .patient import to_contact
 
 FLAG_ORDER = (
@@ -59,24 +59,15 @@ class BoardRow:
         return data
 
 
-def patient_of(appointment: Mapping[str, Any]) -> str | None:
-    for participant in appointment.get("participant") or ():
-        if not isinstance(participant, Mapping):
-            continue
-        ref = reference_of(participant.get("actor"))
-        if ref is not None and ref.type == "Patient" and ref.id:
-            return f"Patient/{ref.id}"
-    return None
-
-
 def coverages_by_patient(
-    coverages: Iterable[Mapping[str, Any]],
+    coverages: Iterable[object],
 ) -> dict[str, list[Mapping[str, Any]]]:
+    """Coverages grouped by beneficiary (`Patient/id`, whatever the reference's form)."""
     grouped: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for coverage in coverages:
-        ref = reference_of(coverage.get("beneficiary"))
-        if ref is not None and ref.type == "Patient" and ref.id:
-            grouped[f"Patient/{ref.id}"].append(coverage)
+        key = beneficiary_of(coverage)
+        if key is not None and isinstance(coverage, Mapping):
+            grouped[key].append(coverage)
     return grouped
 
 
@@ -152,3 +143,14 @@ def sort_by_flags(rows: Sequence[BoardRow]) -> list[BoardRow]:
             r.start or far,
         ),
     )
+
+
+__all__ = [
+    "FLAG_ORDER",
+    "FLAG_TEXT",
+    "BoardRow",
+    "board_rows",
+    "coverages_by_patient",
+    "patient_of",
+    "sort_by_flags",
+]

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fhir_mappers.context import build_context, patient_refs
-from fhir_mappers.fhirutil import get_list, get_str, zone
+from fhir_mappers.fhirutil import get_dict, get_list, get_str, zone
 
 _MAX_NESTING = 4  # a batch-response Bundle holds searchset Bundles; deeper is not FHIR use
 
@@ -29,6 +29,38 @@ class _Reading:
     # Resource types a searchset in the input says it searched (from its `self` link), so
     # an empty result means "none on file" rather than "not asked".
     searched: set[str] = field(default_factory=set)
+
+
+def search_entries(
+    bundle: object, *, expect: str | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
+    """A searchset page: (matches, included, whether a `next` link exists). Never raises.
+
+    `entry`, `search`, `link` of the wrong shape are read as far as they go (an object
+    where a list belongs counts as one item; anything else is skipped). An entry whose
+    `search.mode` is `include` is included; `outcome` entries (OperationOutcome notes some
+    servers add) are dropped. Some servers leave out `search.mode`: with `expect` (the
+    type searched for), a resource of another type is taken as included, never as a
+    match.
+    """
+    matches: list[dict[str, Any]] = []
+    included: list[dict[str, Any]] = []
+    for entry in get_list(bundle, "entry"):
+        resource = entry.get("resource")
+        if not isinstance(resource, dict):
+            continue
+        mode = get_str(get_dict(entry, "search"), "mode")
+        if mode == "outcome":
+            continue
+        rtype = get_str(resource, "resourceType")
+        if mode == "include" or (expect is not None and rtype != expect):
+            if rtype == "OperationOutcome" and mode != "include":
+                continue
+            included.append(resource)
+        else:
+            matches.append(resource)
+    more = any(get_str(link, "relation") == "next" for link in get_list(bundle, "link"))
+    return matches, included, more
 
 
 def _searched_type(bundle: Mapping[str, Any]) -> str | None:

@@ -10,9 +10,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fhir_mappers.appointment import Visit, to_visit
-from fhir_mappers.coverage import Insurance, to_insurance
-from fhir_mappers.fhirutil import get_str, parse_reference, require_aware, resource_type, zone
+from fhir_mappers.appointment import Visit, patients_of, to_visit
+from fhir_mappers.coverage import Insurance, beneficiary_of, to_insurance
+from fhir_mappers.fhirutil import index_resources, require_aware, resource_type, zone
 from fhir_mappers.issues import DataWarning
 from fhir_mappers.patient import Contact, to_contact
 from fhir_mappers.validation import validation_warnings
@@ -75,15 +75,6 @@ def _store_rows(rows: Sequence[Mapping[str, Any]]) -> tuple[Mapping[str, Any], .
         if isinstance(data, dict):
             converted.append(data)
     return tuple(converted)
-
-
-def _included_map(included: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
-    found: dict[str, Mapping[str, Any]] = {}
-    for res in included:
-        rtype, rid = get_str(res, "resourceType"), get_str(res, "id")
-        if rtype and rid:
-            found.setdefault(f"{rtype}/{rid}", res)
-    return found
 
 
 def _flags(
@@ -169,7 +160,7 @@ def build_context(
     elif "patient" not in missing:
         missing["patient"] = "no Patient resource"
 
-    included_by_key = _included_map(included)
+    included_by_key = index_resources(included)
     visits: list[Visit] = []
     for appt in appointments:
         resources.append(appt)
@@ -222,25 +213,12 @@ def build_context(
 def patient_refs(resource: Mapping[str, Any]) -> list[str]:
     """The `Patient/id` keys an Appointment (participants) or Coverage (beneficiary) is for."""
     rtype = resource_type(resource)
-    raws: list[object] = []
     if rtype == "Appointment":
-        parts = resource.get("participant")
-        if isinstance(parts, list):
-            raws = [p.get("actor") for p in parts if isinstance(p, Mapping)]
-    elif rtype == "Coverage":
-        raws = [resource.get("beneficiary")]
-    keys: list[str] = []
-    for actor in raws:
-        raw = get_str(actor, "reference")
-        if raw is None:
-            continue
-        try:
-            ref = parse_reference(raw)
-        except ValueError:
-            continue
-        if ref.type == "Patient" and ref.key not in keys:
-            keys.append(ref.key)
-    return keys
+        return patients_of(resource)
+    if rtype == "Coverage":
+        key = beneficiary_of(resource)
+        return [key] if key else []
+    return []
 
 
 __all__ = ["HelpdeskContext", "build_context", "patient_refs"]

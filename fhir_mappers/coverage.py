@@ -19,10 +19,12 @@ from fhir_mappers.fhirutil import (
     get_int,
     get_list,
     get_str,
+    patient_key,
     reference_of,
     require_aware,
 )
 from fhir_mappers.issues import DataWarning
+from fhir_mappers.names import reference_name
 
 _V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 _CLASS_SYSTEM = "http://terminology.hl7.org/CodeSystem/coverage-class"
@@ -130,8 +132,7 @@ def to_policy(
         ref = reference_of(first)
         if get_str(first, "reference") and ref is None:
             warn("payor[0]", "reference is not a FHIR reference", issues.BAD_REFERENCE)
-        target = (included or {}).get(ref.key) if ref else None
-        payor_name = get_str(target, "name") or get_str(first, "display")
+        payor_name = reference_name(first, included or {}, container=resource)
         payor_ref = ref.key if ref and not ref.contained else None
         if ref is None and payor_name:
             warn("payor[0]", "payor has a display but no reference", issues.DISPLAY_ONLY_REFERENCE)
@@ -159,6 +160,11 @@ def to_policy(
         days_left=days_left,
         warnings=tuple(warnings),
     )
+
+
+def beneficiary_of(coverage: object) -> str | None:
+    """`Patient/<id>` the Coverage is for (its beneficiary), in any reference form."""
+    return patient_key(get_dict(coverage, "beneficiary"))
 
 
 def to_insurance(

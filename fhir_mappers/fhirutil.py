@@ -15,7 +15,7 @@ from __future__ import annotations
 import calendar
 import datetime as dt
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -33,6 +33,12 @@ _ABSOLUTE = re.compile(
 )
 _CONTAINED = re.compile(rf"^#(?P<id>{_ID})$")
 _URN = re.compile(r"^urn:(?:uuid|oid):(?P<id>[A-Za-z0-9\-.]+)$")
+# No real reference comes near this; longer text is refused before any pattern runs, so a
+# hostile megabyte-long "reference" cannot make the absolute-URL pattern backtrack for long.
+MAX_REFERENCE_LENGTH = 4096
+
+# The core extension that gives a Patient or Location its IANA time zone.
+TIMEZONE_EXT = "http://hl7.org/fhir/StructureDefinition/timezone"
 
 _DATETIME = re.compile(
     r"^(?P<year>\d{4})(?:-(?P<month>\d{2})(?:-(?P<day>\d{2})"
@@ -70,6 +76,8 @@ def parse_reference(ref: str, base: str | None = None) -> Ref:
     """
     if not isinstance(ref, str):
         raise ValueError("reference is not a string")
+    if len(ref) > MAX_REFERENCE_LENGTH:
+        raise ValueError("reference is too long")
     text = ref.strip()
     if match := _CONTAINED.match(text):
         return Ref(type=None, id=match["id"], contained=True)
@@ -100,6 +108,30 @@ def reference_of(value: object) -> Ref | None:
         return None
 
 
+def patient_key(value: object) -> str | None:
+    """`Patient/<id>` for a Reference dict that points at a Patient, in any form CareDesk
+    accepts (relative, absolute, versioned); None for anything else.
+
+    Every reader that asks "which patient is this about" goes through here, so an
+    absolute reference (`https://ehr/fhir/Patient/1`, sent by some EHRs) is the same
+    patient everywhere.
+    """
+    ref = reference_of(value)
+    if ref is None or ref.type != "Patient":
+        return None
+    return f"Patient/{ref.id}"
+
+
+def index_resources(resources: Iterable[object]) -> dict[str, Mapping[str, Any]]:
+    """`Type/id` -> resource for the resources that have both; the first one wins."""
+    found: dict[str, Mapping[str, Any]] = {}
+    for res in resources:
+        rtype, rid = get_str(res, "resourceType"), get_str(res, "id")
+        if rtype and rid and isinstance(res, Mapping):
+            found.setdefault(f"{rtype}/{rid}", res)
+    return found
+
+
 def zone(name: object) -> ZoneInfo | None:
     """A ZoneInfo for an IANA name, or None for anything else (never raises)."""
     if not isinstance(name, str) or not name or name.startswith(("/", ".")) or ".." in name:
@@ -107,6 +139,29 @@ def zone(name: object) -> ZoneInfo | None:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
+        return None
+
+
+def resource_zone(resource: object) -> ZoneInfo | None:
+    """The IANA zone of a Patient or Location from the core `timezone` extension (the
+    first one that names a known zone); None when absent, unknown or oddly shaped."""
+    for ext in get_list(resource, "extension"):
+        if get_str(ext, "url") == TIMEZONE_EXT:
+            found = zone(get_str(ext, "valueCode"))
+            if found is not None:
+                return found
+    return None
+
+
+def in_zone(moment: dt.datetime, tz: dt.tzinfo) -> dt.datetime | None:
+    """`moment` seen in `tz`; None when that falls outside the years 1-9999.
+
+    `0001-01-01T00:30:00+14:00` is a valid FHIR instant whose UTC time is in year 0,
+    which Python cannot represent: the converted value is unknown, not an error.
+    """
+    try:
+        return moment.astimezone(tz)
+    except (OverflowError, ValueError):
         return None
 
 
@@ -207,26 +262,33 @@ def require_aware(now: dt.datetime) -> dt.datetime:
 
 def get_str(obj: object, key: str) -> str | None:
     """A non-empty string field, stripped; None for anything else."""
-    if not isinstance(obj, Mapping):
-        return None
-    value = obj.get(key)
-    if isinstance(value, str) and value.strip():
-        return value.strip()
+    # `type(...) is dict` first: JSON objects are dicts, and the Mapping ABC check costs
+    # several times a dict lookup on the mappers' hot path.
+    if type(obj) is dict or isinstance(obj, Mapping):
+        value = obj.get(key)
+        if type(value) is str or isinstance(value, str):
+            stripped = value.strip()
+            return stripped or None
     return None
 
 
 def get_dict(obj: object, key: str) -> Mapping[str, Any] | None:
-    if not isinstance(obj, Mapping):
-        return None
-    value = obj.get(key)
-    return value if isinstance(value, Mapping) else None
+    if type(obj) is dict or isinstance(obj, Mapping):
+        value = obj.get(key)
+        if type(value) is dict or isinstance(value, Mapping):
+            return value
+    return None
 
 
 def get_list(obj: object, key: str) -> list[Mapping[str, Any]]:
     """The dict items of a list field (an object where a list belongs counts as one item)."""
-    if not isinstance(obj, Mapping):
+    if not (type(obj) is dict or isinstance(obj, Mapping)):
         return []
     value = obj.get(key)
+    if type(value) is list:
+        return [v for v in value if type(v) is dict or isinstance(v, Mapping)]
+    if value is None:
+        return []
     if isinstance(value, Mapping):
         return [value]
     if isinstance(value, Sequence) and not isinstance(value, str | bytes):
@@ -235,18 +297,18 @@ def get_list(obj: object, key: str) -> list[Mapping[str, Any]]:
 
 
 def get_str_list(obj: object, key: str) -> list[str]:
-    if not isinstance(obj, Mapping):
+    if not (type(obj) is dict or isinstance(obj, Mapping)):
         return []
     value = obj.get(key)
     if isinstance(value, str):
         value = [value]
-    if isinstance(value, Sequence):
+    if type(value) is list or isinstance(value, Sequence):
         return [v.strip() for v in value if isinstance(v, str) and v.strip()]
     return []
 
 
 def get_int(obj: object, key: str) -> int | None:
-    if not isinstance(obj, Mapping):
+    if not (type(obj) is dict or isinstance(obj, Mapping)):
         return None
     value = obj.get(key)
     # bool is an int in Python; `"rank": true` is not a rank.

@@ -1,4 +1,9 @@
-"""Patient -> Contact: who the patient is and how (and how not) to reach them."""
+"""Patient -> Contact: who the patient is and how (and how not) to reach them.
+
+The rules (restrictions, language, which contact point comes first) are
+`fhir_mappers.contact`'s; this module only assembles them with the name, MRN, age and
+address into what the sidebar shows.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from fhir_mappers import issues
+from fhir_mappers.contact import (
+    CONTACT_RESTRICTION_URL,
+    RESTRICTION_CODES,
+    blocked_by,
+    channel_for,
+    current_telecoms,
+    is_current,
+    is_deceased,
+    preferred_language,
+    preferred_language_text,
+    restrictions_of,
+)
 from fhir_mappers.fhirutil import (
     codes,
-    concept_text,
     date_bounds,
     get_dict,
     get_int,
@@ -19,15 +35,10 @@ from fhir_mappers.fhirutil import (
     get_str_list,
     human_name,
     is_partial_date,
-    parse_datetime,
     require_aware,
 )
 from fhir_mappers.issues import DataWarning
 
-# CareDesk's own extension for channel restrictions; core R4 has none. One extension per
-# restricted channel, valueCoding (or valueCode) one of RESTRICTION_CODES.
-CONTACT_RESTRICTION_URL = "https://caredesk.example/fhir/StructureDefinition/contact-restriction"
-RESTRICTION_CODES = ("no-sms", "no-email", "no-call")
 _V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 
 
@@ -67,7 +78,7 @@ class Contact:
     phones: tuple[Telecom, ...]
     emails: tuple[Telecom, ...]
     preferred_channel: str | None  # sms | phone | email | None (no allowed channel)
-    restrictions: tuple[str, ...]  # e.g. ("no-sms",)
+    restrictions: tuple[str, ...]  # e.g. ("no-sms",); see fhir_mappers.contact
     address: PostalAddress | None
     warnings: tuple[DataWarning, ...]
 
@@ -76,75 +87,27 @@ def _age_on(birth: dt.date, today: dt.date) -> int:
     return today.year - birth.year - ((today.month, today.day) < (birth.month, birth.day))
 
 
-def _is_current(element: Mapping[str, Any], now: dt.datetime) -> bool:
-    """False for a ContactPoint/Address whose period has ended (kept in charts as history)."""
-    raw = get_str(get_dict(element, "period"), "end")
-    if raw is None:
-        return True
-    if "T" not in raw:
-        # A date (or partial date) end means "through that day / month".
-        bounds = date_bounds(raw)
-        return bounds is None or bounds[1] >= now.date()
-    end = parse_datetime(raw, now.tzinfo or dt.UTC)
-    return end is None or end > now
-
-
-def restrictions_of(resource: Mapping[str, Any]) -> tuple[str, ...]:
-    found: list[str] = []
-    for ext in get_list(resource, "extension"):
-        if get_str(ext, "url") != CONTACT_RESTRICTION_URL:
-            continue
-        code = get_str(ext, "valueCode") or get_str(get_dict(ext, "valueCoding"), "code")
-        if code and code not in found:
-            found.append(code)
-    return tuple(found)
-
-
-def _channel(system: str, use: str | None, restrictions: tuple[str, ...]) -> str | None:
-    """The channel a contact point offers, given the restrictions; None if none allowed.
-
-    A mobile number is taken as textable: that is what reminders use first. If texting is
-    refused, the same number can still be called.
-    """
-    if system == "sms" or (system == "phone" and use == "mobile"):
-        if "no-sms" not in restrictions:
-            return "sms"
-        return "phone" if system == "phone" and "no-call" not in restrictions else None
-    if system == "phone":
-        return None if "no-call" in restrictions else "phone"
-    if system == "email":
-        return None if "no-email" in restrictions else "email"
-    return None
-
-
 def _telecoms(
-    resource: Mapping[str, Any], now: dt.datetime, restrictions: tuple[str, ...]
+    resource: Mapping[str, Any], now: dt.datetime, banned: frozenset[str]
 ) -> tuple[tuple[Telecom, ...], tuple[Telecom, ...], str | None]:
-    current = [
-        (i, cp)
-        for i, cp in enumerate(get_list(resource, "telecom"))
-        if get_str(cp, "value") and get_str(cp, "use") != "old" and _is_current(cp, now)
-    ]
-    # rank 1 is most preferred; unranked come after ranked, in the order the EHR sent them.
-    current.sort(key=lambda item: (get_int(item[1], "rank") or 1_000_000, item[0]))
-    preferred_idx: int | None = None
+    points = current_telecoms(resource, now)
+    preferred: Mapping[str, Any] | None = None
     channel: str | None = None
-    for i, cp in current:
-        system = get_str(cp, "system") or ""
-        found = _channel(system, get_str(cp, "use"), restrictions)
+    for point in points:
+        found = channel_for(point, banned)
         if found:
-            preferred_idx, channel = i, found
+            preferred, channel = point, found
             break
     phones: list[Telecom] = []
     emails: list[Telecom] = []
-    for i, cp in current:
-        system = get_str(cp, "system") or ""
+    for point in points:
+        system = get_str(point, "system") or ""
         telecom = Telecom(
             system=system,
-            value=get_str(cp, "value") or "",
-            use=get_str(cp, "use"),
-            rank=get_int(cp, "rank"),
-            preferred=i == preferred_idx,
+            value=get_str(point, "value") or "",
+            use=get_str(point, "use"),
+            rank=get_int(point, "rank"),
+            preferred=point is preferred,
         )
         if system in ("phone", "sms"):
             phones.append(telecom)
@@ -163,17 +126,6 @@ def _mrn(resource: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _language(resource: Mapping[str, Any]) -> tuple[str | None, str | None]:
-    comms = get_list(resource, "communication")
-    chosen = next((c for c in comms if c.get("preferred") is True), comms[0] if comms else None)
-    if chosen is None:
-        return None, None
-    concept = get_dict(chosen, "language")
-    pairs = codes(concept)
-    code = next((c for s, c in pairs if s == "urn:ietf:bcp:47"), pairs[0][1] if pairs else None)
-    return code, concept_text(concept)
-
-
 def _preferred_name(resource: Mapping[str, Any], display: str | None) -> str | None:
     for name in get_list(resource, "name"):
         if get_str(name, "use") not in ("usual", "nickname"):
@@ -190,7 +142,7 @@ def _address(resource: Mapping[str, Any], now: dt.datetime) -> PostalAddress | N
     candidates = [
         a
         for a in get_list(resource, "address")
-        if get_str(a, "use") != "old" and _is_current(a, now)
+        if get_str(a, "use") != "old" and is_current(a, now)
     ]
     candidates.sort(key=lambda a: 0 if get_str(a, "use") == "home" else 1)
     for addr in candidates:
@@ -242,13 +194,11 @@ def to_contact(resource: Mapping[str, Any], *, now: dt.datetime) -> Contact:
             warn("birthDate", "birthDate is partial; age may be approximate", issues.PARTIAL_DATE)
 
     restrictions = restrictions_of(resource)
-    phones, emails, channel = _telecoms(resource, now, restrictions)
+    # The channel the chart allows; death is shown as its own flag, and the senders'
+    # `contact.reachable` / `may_*` refuse a deceased patient.
+    phones, emails, channel = _telecoms(resource, now, blocked_by(restrictions))
     if not phones and not emails:
         warn("telecom", "no phone or email on file", issues.MISSING)
-    language, language_display = _language(resource)
-    deceased = resource.get("deceasedBoolean") is True or bool(
-        get_str(resource, "deceasedDateTime")
-    )
     return Contact(
         patient_id=rid,
         display_name=display,
@@ -258,9 +208,9 @@ def to_contact(resource: Mapping[str, Any], *, now: dt.datetime) -> Contact:
         age=age,
         age_is_approximate=approximate,
         gender=get_str(resource, "gender"),
-        deceased=deceased,
-        preferred_language=language,
-        language_display=language_display,
+        deceased=is_deceased(resource),
+        preferred_language=preferred_language(resource),
+        language_display=preferred_language_text(resource),
         phones=phones,
         emails=emails,
         preferred_channel=channel,
@@ -268,3 +218,14 @@ def to_contact(resource: Mapping[str, Any], *, now: dt.datetime) -> Contact:
         address=_address(resource, now),
         warnings=tuple(warnings),
     )
+
+
+__all__ = [
+    "CONTACT_RESTRICTION_URL",
+    "RESTRICTION_CODES",
+    "Contact",
+    "PostalAddress",
+    "Telecom",
+    "restrictions_of",
+    "to_contact",
+]

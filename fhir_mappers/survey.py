@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from fhir_mappers.contact import match_language, patient_languages
+
 QUESTIONNAIRE_URL = "https://caredesk.example/fhir/Questionnaire/csat"
 TRANSLATION_EXT = "http://hl7.org/fhir/StructureDefinition/translation"
 MIN_VALUE_EXT = "http://hl7.org/fhir/StructureDefinition/minValue"
@@ -162,10 +164,15 @@ def supported_languages(questionnaire: Mapping[str, Any]) -> frozenset[str]:
 
 def pick_language(questionnaire: Mapping[str, Any], preferred: str | None) -> str:
     """The patient's language when the Questionnaire has it, else the Questionnaire's own."""
-    wanted = _base_language(preferred)
-    if wanted in supported_languages(questionnaire):
-        return wanted
-    return _base_language(str(questionnaire.get("language") or "en"))
+    found = match_language(preferred, sorted(supported_languages(questionnaire)))
+    return found or _base_language(str(questionnaire.get("language") or "en"))
+
+
+def language_for_patient(questionnaire: Mapping[str, Any], patient: object) -> str:
+    """The survey language for a Patient: any language they speak (preferred first) that
+    the Questionnaire is translated to, else the Questionnaire's own."""
+    found = match_language(patient_languages(patient), sorted(supported_languages(questionnaire)))
+    return found or _base_language(str(questionnaire.get("language") or "en"))
 
 
 def to_form(questionnaire: Mapping[str, Any], language: str | None) -> SurveyForm:
