@@ -14,6 +14,7 @@ from fhir_mappers.fhirutil import (
     Ref,
     concept_text,
     get_dict,
+    get_int,
     get_list,
     get_str,
     in_zone,
@@ -51,10 +52,22 @@ class Visit:
     appointment_id: str | None
     status: str | None  # the FHIR code
     status_text: str  # plain words for the UI
-    start: dt.datetime | None  # in `time_zone`
-    end: dt.datetime | None
-    time_zone: str  # the location's zone when it has one, else the viewer's
-    timing: str  # past | today | upcoming | unknown (today = the viewer's calendar day)
+    start: dt.datetime | None  # in the viewer's zone
+    end: dt.datetime | None  # in the viewer's zone
+    time_zone: (
+        str  # where the visit happens: the location's zone when it has one, else the viewer's
+    )
+    # past (it has ended, even earlier today) | today (later today, or going on now) |
+    # upcoming (a later day) | unknown (no readable start). Days are the viewer's.
+    timing: str
+    is_today: bool  # starts on the viewer's calendar day (ended or not)
+    tz_abbr: str | None  # the viewer zone's abbreviation at the start, e.g. CST
+    # Set only when the location's clock reads differently from the viewer's: the zone
+    # name, the times on that clock and its abbreviation ("2:00 PM MST at Denver clinic").
+    location_tz: str | None
+    location_start: dt.datetime | None
+    location_end: dt.datetime | None
+    location_tz_abbr: str | None
     needs_confirmation: bool
     service: str | None
     appointment_type: str | None
@@ -65,6 +78,42 @@ class Visit:
     location_ref: str | None
     cancellation_reason: str | None
     warnings: tuple[DataWarning, ...]
+
+
+def _shown(moment: dt.datetime | None, tz: ZoneInfo) -> dt.datetime | None:
+    return in_zone(moment, tz) if moment is not None else None
+
+
+def _abbr(moment: dt.datetime | None) -> str | None:
+    """`CST`, `MDT`: the zone's abbreviation at that moment (None for a bare offset)."""
+    if moment is None:
+        return None
+    name = moment.tzname()
+    return name if name and not name.startswith(("+", "-", "UTC+", "UTC-")) else None
+
+
+# Statuses after which the visit is over once it has started, whatever `end` says.
+_OVER_ONCE_STARTED = {"fulfilled", "noshow"}
+_MAX_MINUTES = 7 * 24 * 60
+
+
+def _ended_at(
+    start: dt.datetime | None, end: dt.datetime | None, status: str | None, minutes: int | None
+) -> dt.datetime | None:
+    """When the visit is (or was) over: its `end`, else start + `minutesDuration`, else its
+    start; a fulfilled visit or a no-show is over once it has started."""
+    if start is None:
+        return end
+    if status in _OVER_ONCE_STARTED:
+        return start
+    if end is not None and end >= start:
+        return end
+    if minutes is not None and 0 < minutes <= _MAX_MINUTES:
+        try:
+            return start + dt.timedelta(minutes=minutes)
+        except OverflowError:
+            return start
+    return start
 
 
 @dataclass(frozen=True)
@@ -181,14 +230,16 @@ def to_visit(
     location = next((a for a, _ in actors if a.kind in ("Location", "HealthcareService")), None)
     patient_statuses = [status for a, status in actors if a.kind == "Patient"]
 
-    shown_in = location_zone(location.target if location else None) or viewer
-    zone_name = shown_in.key
+    happens_in = location_zone(location.target if location else None) or viewer
+    zone_name = happens_in.key
 
     def when(field: str) -> dt.datetime | None:
+        """The instant in `field`, in its own offset; a value without one is read in the
+        zone the visit happens in."""
         raw = resource.get(field)
         if raw is None:
             return None
-        parsed = parse_datetime(raw, shown_in)
+        parsed = parse_datetime(raw, happens_in)
         if parsed is None:
             warn(field, "not a readable dateTime", issues.BAD_VALUE)
             return None
@@ -196,27 +247,37 @@ def to_visit(
             # Wall-clock time from an interface that dropped the offset: the location's
             # zone is the best guess, and it is only a guess.
             warn(field, f"time has no timezone offset; taken as {zone_name}", issues.NO_TIMEZONE)
-        local = in_zone(parsed, shown_in)
-        if local is None:
+        if in_zone(parsed, viewer) is None or in_zone(parsed, happens_in) is None:
             warn(field, "dateTime is outside the years a calendar can show", issues.BAD_VALUE)
-        return local
+            return None
+        return parsed
 
-    start, end = when("start"), when("end")
+    start_at, end_at = when("start"), when("end")
     status = get_str(resource, "status")
     if status is None:
         warn("status", "no status", issues.MISSING)
-    if start is None and status not in _NO_TIME_NEEDED and "start" not in resource:
+    if start_at is None and status not in _NO_TIME_NEEDED and "start" not in resource:
         warn("start", "no start time", issues.MISSING)
 
+    start, end = _shown(start_at, viewer), _shown(end_at, viewer)
+    local_start, local_end = _shown(start_at, happens_in), _shown(end_at, happens_in)
+    # Name the location's zone only where its clock reads differently from the viewer's.
+    elsewhere = (
+        zone_name != viewer.key
+        and start is not None
+        and local_start is not None
+        and start.utcoffset() != local_start.utcoffset()
+    )
+    over = _ended_at(start_at, end_at, status, get_int(resource, "minutesDuration"))
     now_viewer = now.astimezone(viewer)
+    is_today = start is not None and start.date() == now_viewer.date()
     if start is None:
         timing = "unknown"
-    elif (start_viewer := in_zone(start, viewer)) is not None and (
-        start_viewer.date() == now_viewer.date()
-    ):
-        timing = "today"
-    elif (end or start) < now:
+    elif over is not None and over <= now:
+        # A visit that ended this morning is over: timing follows its end, not its date.
         timing = "past"
+    elif is_today:
+        timing = "today"
     else:
         timing = "upcoming"
 
@@ -238,6 +299,12 @@ def to_visit(
         end=end,
         time_zone=zone_name,
         timing=timing,
+        is_today=is_today,
+        tz_abbr=_abbr(start),
+        location_tz=zone_name if elsewhere else None,
+        location_start=local_start if elsewhere else None,
+        location_end=local_end if elsewhere else None,
+        location_tz_abbr=_abbr(local_start) if elsewhere else None,
         needs_confirmation=needs_confirmation,
         service=service,
         appointment_type=concept_text(get_dict(resource, "appointmentType")),

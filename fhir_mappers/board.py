@@ -1,8 +1,10 @@
 """The scheduler board: one row per appointment of a day, with the problems to call about.
 
 Pure: the caller fetched the day's appointments (with `_include`d actors), the patients and
-their coverages in a few paged searches, and the store's open tickets and failed
-reminders; this turns them into rows. No request per row happens anywhere.
+their coverages in a few paged searches, and the store's open tickets, overdue calls and
+failed reminders; this turns them into rows. No request per row happens anywhere. The
+flags are the sidebar's (fhir_mappers.flags), computed by the same function for the
+patient's part.
 """
 
 from __future__ import annotations
@@ -13,29 +15,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from . import flags
 from .appointment import patient_of, to_visit
+from .context import patient_flags
 from .coverage import beneficiary_of, to_insurance
-from .fhirutil import resource_id
-from .patient import to_contact
+from .fhirutil import require_aware, resource_id
+from .patient import Contact, to_contact
 
-FLAG_ORDER = (
-    "no-coverage",
-    "coverage-expired",
-    "coverage-expiring",
-    "unconfirmed",
-    "unreachable",
-    "reminder-failed",
-    "open-ticket",
-)
-FLAG_TEXT = {
-    "no-coverage": "No coverage on file",
-    "coverage-expired": "Coverage expired",
-    "coverage-expiring": "Coverage expiring",
-    "unconfirmed": "Not confirmed",
-    "unreachable": "No reachable phone or email",
-    "reminder-failed": "Reminder failed",
-    "open-ticket": "Open ticket",
-}
+# The shared vocabulary (fhir_mappers.flags), under the names the board used first.
+FLAG_ORDER = flags.ORDER
+FLAG_TEXT = {f.code: f.text for f in flags.FLAGS}
 
 
 @dataclass(frozen=True)
@@ -44,18 +33,26 @@ class BoardRow:
     patient_ref: str | None
     patient_name: str | None
     preferred_name: str | None
-    start: dt.datetime | None
+    start: dt.datetime | None  # in the viewer's zone
+    status: str | None  # the FHIR code
     status_text: str
     practitioner: str | None
     location: str | None
     service: str | None
-    flags: tuple[str, ...]
-    coverage_state: str | None
+    flags: tuple[str, ...]  # codes of fhir_mappers.flags, most urgent first
+    needs_call: bool
+    coverage_state: str  # Insurance.state; `unknown` when coverage could not be read
+    timing: str  # past | today | upcoming | unknown (see Visit.timing)
+    tz_abbr: str | None
+    location_tz: str | None  # only when the location's clock differs from the viewer's
+    location_start: dt.datetime | None
+    location_tz_abbr: str | None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["start"] = self.start.isoformat() if self.start else None
-        data["flags"] = [{"code": f, "text": FLAG_TEXT[f]} for f in self.flags]
+        data["location_start"] = self.location_start.isoformat() if self.location_start else None
+        data["flags"] = [flags.flag(f).to_json() for f in self.flags]
         return data
 
 
@@ -76,41 +73,57 @@ def board_rows(
     appointments: Sequence[Mapping[str, Any]],
     included: Mapping[str, Mapping[str, Any]],
     patients: Mapping[str, Mapping[str, Any]],
-    coverages: Mapping[str, Sequence[Mapping[str, Any]]],
+    coverages: Mapping[str, Sequence[Mapping[str, Any]] | None] | None,
     open_ticket_patients: frozenset[str],
     failed_reminder_appointments: frozenset[str],
     now: dt.datetime,
     viewer_tz: str,
     expiring_days: int = 30,
+    high_priority_ticket_patients: frozenset[str] = frozenset(),
+    overdue_call_patients: frozenset[str] = frozenset(),
+    clinic_languages: Sequence[str] = ("en",),
 ) -> list[BoardRow]:
-    """Rows in time order. `patients` and `coverages` are keyed by `Patient/id`."""
+    """Rows in time order. `patients` and `coverages` are keyed by `Patient/id`.
+
+    `coverages=None` means the Coverage search was refused or failed: every row says
+    "coverage unknown", never "no coverage on file"; a patient whose value is None (their
+    chunk of the search failed) is unknown too, while a patient absent from a mapping
+    that was fetched has none on file. `included` may also hold the Practitioners and
+    Locations read after `fhir_mappers.names.unresolved_references`.
+    """
+    require_aware(now)
     rows: list[BoardRow] = []
+    per_patient: dict[str | None, tuple[Contact | None, str, tuple[str, ...]]] = {}
     for appointment in appointments:
         visit = to_visit(appointment, now=now, viewer_tz=viewer_tz, included=included)
         patient_ref = patient_of(appointment)
-        patient = patients.get(patient_ref) if patient_ref else None
-        contact = to_contact(patient, now=now) if patient is not None else None
-        insurance = to_insurance(
-            coverages.get(patient_ref, ()) if patient_ref else (),
-            now=now,
-            expiring_days=expiring_days,
-        )
-        flags: set[str] = set()
-        if insurance.state == "none":
-            flags.add("no-coverage")
-        elif insurance.state == "expired":
-            flags.add("coverage-expired")
-        elif insurance.state == "expiring":
-            flags.add("coverage-expiring")
+        if patient_ref not in per_patient:
+            per_patient[patient_ref] = _patient_part(
+                patient_ref,
+                patients,
+                coverages,
+                now=now,
+                expiring_days=expiring_days,
+                clinic_languages=clinic_languages,
+            )
+        contact, coverage_state, patient_codes = per_patient[patient_ref]
+        codes = list(patient_codes)
         if visit.needs_confirmation:
-            flags.add("unconfirmed")
-        if contact is not None and contact.preferred_channel is None:
-            flags.add("unreachable")
-        appointment_ref = f"Appointment/{resource_id(appointment)}"
-        if appointment_ref in failed_reminder_appointments:
-            flags.add("reminder-failed")
-        if patient_ref in open_ticket_patients:
-            flags.add("open-ticket")
+            codes.append(flags.UNCONFIRMED)
+        if visit.status == "noshow":
+            codes.append(flags.NO_SHOW)
+        if f"Appointment/{resource_id(appointment)}" in failed_reminder_appointments:
+            codes.append(flags.REMINDER_FAILED)
+        if patient_ref in high_priority_ticket_patients:
+            codes.append(flags.HIGH_PRIORITY_TICKET)
+        elif patient_ref in open_ticket_patients:
+            codes.append(flags.OPEN_TICKET)
+        if patient_ref in overdue_call_patients:
+            codes.append(flags.OVERDUE_CALL)
+        if visit.status in flags.NOT_A_VISIT:
+            # Nobody calls about a cancelled visit, its coverage least of all.
+            codes = [c for c in codes if c not in flags.NEEDS_CALL and c not in _COVERAGE]
+        shown = flags.ordered(codes)
         rows.append(
             BoardRow(
                 appointment_id=visit.appointment_id,
@@ -118,12 +131,19 @@ def board_rows(
                 patient_name=contact.display_name if contact else None,
                 preferred_name=contact.preferred_name if contact else None,
                 start=visit.start,
+                status=visit.status,
                 status_text=visit.status_text,
                 practitioner=visit.practitioner,
                 location=visit.location,
                 service=visit.service,
-                flags=tuple(f for f in FLAG_ORDER if f in flags),
-                coverage_state=insurance.state,
+                flags=shown,
+                needs_call=flags.needs_call(shown),
+                coverage_state=coverage_state,
+                timing=visit.timing,
+                tz_abbr=visit.tz_abbr,
+                location_tz=visit.location_tz,
+                location_start=visit.location_start,
+                location_tz_abbr=visit.location_tz_abbr,
             )
         )
     far = dt.datetime.max.replace(tzinfo=dt.UTC)
@@ -131,14 +151,51 @@ def board_rows(
     return rows
 
 
+_COVERAGE = frozenset(
+    {
+        flags.NO_COVERAGE,
+        flags.COVERAGE_EXPIRED,
+        flags.COVERAGE_EXPIRING,
+        flags.COVERAGE_CANCELLED,
+        flags.COVERAGE_UNKNOWN,
+    }
+)
+
+
+def _patient_part(
+    patient_ref: str | None,
+    patients: Mapping[str, Mapping[str, Any]],
+    coverages: Mapping[str, Sequence[Mapping[str, Any]] | None] | None,
+    *,
+    now: dt.datetime,
+    expiring_days: int,
+    clinic_languages: Sequence[str],
+) -> tuple[Contact | None, str, tuple[str, ...]]:
+    """What a patient's rows share: once per patient, however many visits they have."""
+    patient = patients.get(patient_ref) if patient_ref else None
+    contact = to_contact(patient, now=now) if isinstance(patient, Mapping) else None
+    if coverages is None:
+        state = "unknown"
+    else:
+        found = coverages.get(patient_ref, ()) if patient_ref else ()
+        state = (
+            "unknown"
+            if found is None
+            else to_insurance(found, now=now, expiring_days=expiring_days).state
+        )
+    codes = patient_flags(contact=contact, insurance_state=state, clinic_languages=clinic_languages)
+    return contact, state, tuple(codes)
+
+
 def sort_by_flags(rows: Sequence[BoardRow]) -> list[BoardRow]:
-    """Most urgent problems first (by the first flag's rank), then by time."""
-    rank = {f: i for i, f in enumerate(FLAG_ORDER)}
+    """Rows that need a call first, then by their most urgent flag, then by time."""
+    rank = flags.RANK
     far = dt.datetime.max.replace(tzinfo=dt.UTC)
     return sorted(
         rows,
         key=lambda r: (
-            min((rank[f] for f in r.flags), default=len(FLAG_ORDER)),
+            not r.needs_call,
+            min((rank.get(f, len(rank)) for f in r.flags), default=len(rank)),
             -len(r.flags),
             r.start or far,
         ),

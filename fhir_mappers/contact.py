@@ -215,6 +215,27 @@ def pick_language(patient: object, available: Sequence[str], *, default: str | N
     return next((a for a in available if isinstance(a, str) and a.strip()), "en")
 
 
+def interpreter_required(patient: object) -> bool | None:
+    """The core `patient-interpreterRequired` extension's value; None when not sent."""
+    for ext in get_list(patient, "extension"):
+        if get_str(ext, "url") == INTERPRETER_REQUIRED_URL:
+            value = ext.get("valueBoolean")
+            if isinstance(value, bool):
+                return value
+    return None
+
+
+def needs_interpreter(
+    preferred: str | None, required: bool | None, clinic_languages: Sequence[str] = ("en",)
+) -> bool:
+    """The rule behind `interpreter_needed`, on values already read from the Patient."""
+    if required is not None:
+        return required
+    if preferred is None:
+        return False
+    return match_language(preferred, clinic_languages) is None
+
+
 def interpreter_needed(patient: object, clinic_languages: Sequence[str] = ("en",)) -> bool:
     """Does a visit with this patient need an interpreter?
 
@@ -222,15 +243,9 @@ def interpreter_needed(patient: object, clinic_languages: Sequence[str] = ("en",
     false); otherwise an interpreter is needed when the preferred language is none of the
     clinic's (by base language: `en-US` is English). No language on file: not needed.
     """
-    for ext in get_list(patient, "extension"):
-        if get_str(ext, "url") == INTERPRETER_REQUIRED_URL:
-            value = ext.get("valueBoolean")
-            if isinstance(value, bool):
-                return value
-    preferred = preferred_language(patient)
-    if preferred is None:
-        return False
-    return match_language(preferred, clinic_languages) is None
+    return needs_interpreter(
+        preferred_language(patient), interpreter_required(patient), clinic_languages
+    )
 
 
 # --- names -------------------------------------------------------------------------------

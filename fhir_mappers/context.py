@@ -10,15 +10,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from fhir_mappers import flags
 from fhir_mappers.appointment import Visit, patients_of, to_visit
+from fhir_mappers.contact import blocked_by, needs_interpreter
 from fhir_mappers.coverage import Insurance, beneficiary_of, to_insurance
-from fhir_mappers.fhirutil import index_resources, require_aware, resource_type, zone
+from fhir_mappers.fhirutil import (
+    index_resources,
+    parse_datetime,
+    require_aware,
+    resource_type,
+    zone,
+)
+from fhir_mappers.flags import Flag
 from fhir_mappers.issues import DataWarning
 from fhir_mappers.patient import Contact, to_contact
 from fhir_mappers.validation import validation_warnings
-
-# Ticket statuses that mean "nothing left to do" (the store's vocabulary).
-_CLOSED_TICKET = {"closed", "resolved", "cancelled", "done"}
 
 
 @dataclass(frozen=True)
@@ -27,12 +33,16 @@ class HelpdeskContext:
     generated_at: dt.datetime
     viewer_tz: str
     contact: Contact | None
-    visits: tuple[Visit, ...]  # by start time; unknown times last
+    visits: tuple[Visit, ...]  # all of them, by start time; unknown times last
+    upcoming: tuple[Visit, ...]  # not ended yet (today or later), soonest first
+    recent: tuple[Visit, ...]  # ended (earlier today included), newest first
     insurance: Insurance
     tickets: tuple[Mapping[str, Any], ...]
     tasks: tuple[Mapping[str, Any], ...]
     surveys: tuple[Mapping[str, Any], ...]
-    flags: tuple[str, ...]  # short codes for the day board and the sidebar header
+    flags: tuple[str, ...]  # codes of fhir_mappers.flags, most urgent first
+    alerts: tuple[Flag, ...]  # the same flags with their words and whether they need a call
+    needs_call: bool  # any flag that means somebody should phone the patient
     unavailable: Mapping[str, str]  # part -> why it could not be fetched
     warnings: tuple[DataWarning, ...]
 
@@ -77,38 +87,85 @@ def _store_rows(rows: Sequence[Mapping[str, Any]]) -> tuple[Mapping[str, Any], .
     return tuple(converted)
 
 
+def _open(ticket: Mapping[str, Any]) -> bool:
+    return str(ticket.get("status", "open")).lower() not in flags.CLOSED_TICKET
+
+
+def _overdue_call(task: Mapping[str, Any], now: dt.datetime) -> bool:
+    """A follow-up (it puts a call on someone's work list) still open after its due time.
+    Store times without an offset are UTC."""
+    if task.get("kind") != "follow-up" or task.get("status") in ("done", "cancelled", "failed"):
+        return False
+    due = parse_datetime(task.get("due_at"), dt.UTC)
+    return due is not None and due < now
+
+
+def _no_show_to_rebook(visits: Sequence[Visit]) -> bool:
+    """The latest visit that has taken place was a no-show, and nothing is booked since."""
+    real = [v for v in visits if v.status not in flags.NOT_A_VISIT and v.start is not None]
+    if any(v.timing in ("today", "upcoming") for v in real):
+        return False
+    past = [v for v in real if v.timing == "past"]
+    return bool(past) and past[-1].status == "noshow"
+
+
+def patient_flags(
+    *,
+    contact: Contact | None,
+    insurance_state: str | None,
+    clinic_languages: Sequence[str] = ("en",),
+) -> list[str]:
+    """The flags that belong to the patient (not to one visit), shared by board and sidebar.
+
+    `insurance_state` None means coverage could not be read: "coverage unknown".
+    """
+    found: list[str] = []
+    coverage = flags.coverage_flag(insurance_state)
+    if coverage:
+        found.append(coverage)
+    if contact is not None:
+        if contact.deceased:
+            found.append(flags.DECEASED)
+        elif not contact.phone_reachable:
+            found.append(flags.UNREACHABLE)
+        if "sms" in blocked_by(contact.restrictions):
+            found.append(flags.DO_NOT_TEXT)
+        if needs_interpreter(
+            contact.preferred_language, contact.interpreter_required, clinic_languages
+        ):
+            found.append(flags.INTERPRETER_NEEDED)
+    return found
+
+
 def _flags(
     contact: Contact | None,
     visits: Sequence[Visit],
     insurance: Insurance,
     tickets: Sequence[Mapping[str, Any]],
-    unavailable: Mapping[str, str],
+    tasks: Sequence[Mapping[str, Any]],
+    now: dt.datetime,
+    clinic_languages: Sequence[str],
 ) -> tuple[str, ...]:
-    flags: list[str] = []
-    if "coverage" not in unavailable:
-        state_flag = {
-            "none": "no-coverage",
-            "expired": "coverage-expired",
-            "expiring": "coverage-expiring",
-            "cancelled": "coverage-cancelled",
-            "unknown": "coverage-unknown",
-        }.get(insurance.state)
-        if state_flag:
-            flags.append(state_flag)
-    if any(v.needs_confirmation for v in visits):
-        flags.append("needs-confirmation")
-    if any(v.timing == "today" for v in visits):
-        flags.append("visit-today")
-    if contact is not None:
-        if contact.deceased:
-            flags.append("deceased")
-        if not contact.phones and not contact.emails:
-            flags.append("no-contact-method")
-        elif contact.preferred_channel is None:
-            flags.append("no-allowed-channel")
-    if any(str(t.get("status", "open")).lower() not in _CLOSED_TICKET for t in tickets):
-        flags.append("open-ticket")
-    return tuple(flags)
+    found = patient_flags(
+        contact=contact, insurance_state=insurance.state, clinic_languages=clinic_languages
+    )
+    live = [v for v in visits if v.status not in flags.NOT_A_VISIT]
+    if any(v.needs_confirmation for v in live):
+        found.append(flags.UNCONFIRMED)
+    if _no_show_to_rebook(visits):
+        found.append(flags.NO_SHOW)
+    if any(v.timing == "today" for v in live):
+        found.append(flags.VISIT_TODAY)
+    if any(t.get("kind") == "reminder" and t.get("status") == "failed" for t in tasks):
+        found.append(flags.REMINDER_FAILED)
+    open_tickets = [t for t in tickets if _open(t)]
+    if any(str(t.get("priority", "")).lower() in flags.HIGH_PRIORITIES for t in open_tickets):
+        found.append(flags.HIGH_PRIORITY_TICKET)
+    elif open_tickets:
+        found.append(flags.OPEN_TICKET)
+    if any(_overdue_call(t, now) for t in tasks):
+        found.append(flags.OVERDUE_CALL)
+    return flags.ordered(found)
 
 
 def build_context(
@@ -125,13 +182,15 @@ def build_context(
     unavailable: Mapping[str, str] | None = None,
     validate: bool = True,
     expiring_days: int = 30,
+    clinic_languages: Sequence[str] = ("en",),
 ) -> HelpdeskContext:
     """Assemble one patient's help-desk context.
 
     `coverages=None` means coverage was not fetched (say why in `unavailable`, e.g.
     `{"coverage": "scope not granted"}`); `[]` means fetched and none on file. With
     `validate`, every resource is checked against the R4B models and failures become
-    warnings (about 4k resources/s: turn it off for bulk day boards).
+    warnings (about 4k resources/s: turn it off for bulk day boards). `clinic_languages`
+    are the languages staff speak: another preferred language flags "interpreter needed".
     """
     require_aware(now)
     viewer = zone(viewer_tz)
@@ -194,6 +253,9 @@ def build_context(
             extend(validation_warnings(res))
 
     ticket_rows = _store_rows(tickets)
+    task_rows = _store_rows(tasks)
+    codes = _flags(contact, visits, insurance, ticket_rows, task_rows, now, clinic_languages)
+    shown = [v for v in visits if v.status != "entered-in-error"]
     return HelpdeskContext(
         patient_id=contact.patient_id if contact else None,
         generated_at=now,
@@ -202,9 +264,19 @@ def build_context(
         visits=tuple(visits),
         insurance=insurance,
         tickets=ticket_rows,
-        tasks=_store_rows(tasks),
+        tasks=task_rows,
         surveys=_store_rows(surveys),
-        flags=_flags(contact, visits, insurance, ticket_rows, missing),
+        flags=codes,
+        alerts=flags.describe(codes),
+        needs_call=flags.needs_call(codes),
+        upcoming=tuple(v for v in shown if v.timing in ("today", "upcoming")),
+        recent=tuple(
+            sorted(
+                (v for v in shown if v.timing == "past"),
+                key=lambda v: (v.start.timestamp() if v.start else 0.0, v.appointment_id or ""),
+                reverse=True,
+            )
+        ),
         unavailable=dict(sorted(missing.items())),
         warnings=tuple(warnings),
     )
@@ -221,4 +293,4 @@ def patient_refs(resource: Mapping[str, Any]) -> list[str]:
     return []
 
 
-__all__ = ["HelpdeskContext", "build_context", "patient_refs"]
+__all__ = ["HelpdeskContext", "build_context", "patient_flags", "patient_refs"]

@@ -19,6 +19,7 @@ from fhir_mappers.contact import (
     blocked_by,
     channel_for,
     current_telecoms,
+    interpreter_required,
     is_current,
     is_deceased,
     preferred_language,
@@ -73,11 +74,13 @@ class Contact:
     age_is_approximate: bool  # a partial birthDate that straddles a birthday
     gender: str | None
     deceased: bool
+    interpreter_required: bool | None  # the core interpreterRequired extension, when sent
     preferred_language: str | None  # BCP-47 code, e.g. `es`
     language_display: str | None
     phones: tuple[Telecom, ...]
     emails: tuple[Telecom, ...]
     preferred_channel: str | None  # sms | phone | email | None (no allowed channel)
+    phone_reachable: bool  # a current number staff may call or text
     restrictions: tuple[str, ...]  # e.g. ("no-sms",); see fhir_mappers.contact
     address: PostalAddress | None
     warnings: tuple[DataWarning, ...]
@@ -89,7 +92,7 @@ def _age_on(birth: dt.date, today: dt.date) -> int:
 
 def _telecoms(
     resource: Mapping[str, Any], now: dt.datetime, banned: frozenset[str]
-) -> tuple[tuple[Telecom, ...], tuple[Telecom, ...], str | None]:
+) -> tuple[tuple[Telecom, ...], tuple[Telecom, ...], str | None, bool]:
     points = current_telecoms(resource, now)
     preferred: Mapping[str, Any] | None = None
     channel: str | None = None
@@ -100,8 +103,11 @@ def _telecoms(
             break
     phones: list[Telecom] = []
     emails: list[Telecom] = []
+    by_phone = False
     for point in points:
         system = get_str(point, "system") or ""
+        if system in ("phone", "sms") and not by_phone:
+            by_phone = channel_for(point, banned) is not None
         telecom = Telecom(
             system=system,
             value=get_str(point, "value") or "",
@@ -113,7 +119,7 @@ def _telecoms(
             phones.append(telecom)
         elif system == "email":
             emails.append(telecom)
-    return tuple(phones), tuple(emails), channel
+    return tuple(phones), tuple(emails), channel, by_phone
 
 
 def _mrn(resource: Mapping[str, Any]) -> str | None:
@@ -196,7 +202,7 @@ def to_contact(resource: Mapping[str, Any], *, now: dt.datetime) -> Contact:
     restrictions = restrictions_of(resource)
     # The channel the chart allows; death is shown as its own flag, and the senders'
     # `contact.reachable` / `may_*` refuse a deceased patient.
-    phones, emails, channel = _telecoms(resource, now, blocked_by(restrictions))
+    phones, emails, channel, by_phone = _telecoms(resource, now, blocked_by(restrictions))
     if not phones and not emails:
         warn("telecom", "no phone or email on file", issues.MISSING)
     return Contact(
@@ -209,11 +215,13 @@ def to_contact(resource: Mapping[str, Any], *, now: dt.datetime) -> Contact:
         age_is_approximate=approximate,
         gender=get_str(resource, "gender"),
         deceased=is_deceased(resource),
+        interpreter_required=interpreter_required(resource),
         preferred_language=preferred_language(resource),
         language_display=preferred_language_text(resource),
         phones=phones,
         emails=emails,
         preferred_channel=channel,
+        phone_reachable=by_phone,
         restrictions=restrictions,
         address=_address(resource, now),
         warnings=tuple(warnings),

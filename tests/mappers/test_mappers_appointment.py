@@ -86,7 +86,8 @@ def codes(v: Any) -> list[tuple[str, str]]:
 @pytest.mark.parametrize(
     ("start", "timing"),
     [
-        ("2026-11-27T08:00:00-06:00", "today"),  # earlier today is still today
+        ("2026-11-27T08:00:00-06:00", "past"),  # ended this morning: over, not upcoming
+        ("2026-11-27T09:30:00-06:00", "past"),  # starts (and ends) right now
         ("2026-11-27T23:30:00-06:00", "today"),
         ("2026-11-28T00:15:00-06:00", "upcoming"),
         ("2026-11-26T23:59:00-06:00", "past"),
@@ -102,10 +103,13 @@ def test_timing_is_relative_to_the_viewers_day(start: str | None, timing: str) -
     assert visit(appt(start)).timing == timing
 
 
-def test_times_are_shown_in_the_locations_zone() -> None:
+def test_times_are_in_the_viewers_zone_with_the_locations_beside_them() -> None:
     v = visit(appt("2026-11-27T11:00:00-06:00", location="Location/den"))
     assert v.time_zone == "America/Denver"
-    assert v.start is not None and v.start.isoformat() == "2026-11-27T10:00:00-07:00"
+    assert v.start is not None and v.start.isoformat() == "2026-11-27T11:00:00-06:00"
+    assert (v.tz_abbr, v.location_tz, v.location_tz_abbr) == ("CST", "America/Denver", "MST")
+    assert v.location_start is not None
+    assert v.location_start.isoformat() == "2026-11-27T10:00:00-07:00"
     assert v.location == "Denver clinic" and v.location_ref == "Location/den"
 
 
@@ -118,7 +122,9 @@ def test_times_fall_back_to_the_viewers_zone() -> None:
 
 def test_start_without_offset_is_location_wall_clock_with_a_warning() -> None:
     v = visit(appt("2026-11-27T11:00:00", location="Location/den"))
-    assert v.start is not None and v.start.isoformat() == "2026-11-27T11:00:00-07:00"
+    assert v.location_start is not None
+    assert v.location_start.isoformat() == "2026-11-27T11:00:00-07:00"
+    assert v.start is not None and v.start.isoformat() == "2026-11-27T12:00:00-06:00"
     assert ("start", "no-timezone") in codes(v) and ("end", "no-timezone") in codes(v)
     assert "America/Denver" in v.warnings[0].message
 

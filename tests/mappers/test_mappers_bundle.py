@@ -118,7 +118,9 @@ def test_run_map_prints_a_json_array_of_contexts() -> None:
     assert code == 0 and out.endswith("\n")
     (context,) = json.loads(out)
     assert context["patient_id"] == "p1"
-    assert context["visits"][0]["start"] == "2026-11-30T10:00:00-07:00"  # the location's zone
+    (visit,) = context["visits"]
+    assert visit["start"] == "2026-11-30T11:00:00-06:00"  # the viewer's zone
+    assert visit["location_start"] == "2026-11-30T10:00:00-07:00"  # and the location's
 
 
 def test_run_map_refuses_an_unknown_time_zone() -> None:

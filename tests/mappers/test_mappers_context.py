@@ -65,11 +65,15 @@ def test_json_is_ordered_serializable_and_uses_offsets() -> None:
         "viewer_tz",
         "contact",
         "visits",
+        "upcoming",
+        "recent",
         "insurance",
         "tickets",
         "tasks",
         "surveys",
         "flags",
+        "alerts",
+        "needs_call",
         "unavailable",
         "warnings",
     ]
@@ -97,7 +101,9 @@ def test_coverage_not_fetched_is_unknown_and_says_why() -> None:
     data = ctx(coverages=None, unavailable={"coverage": "scope not granted"}).to_json()
     assert data["insurance"]["state"] == "unknown"
     assert data["unavailable"] == {"coverage": "scope not granted"}
-    assert "no-coverage" not in data["flags"] and "coverage-unknown" not in data["flags"]
+    # Not fetched is not "none on file": the flag says unknown, and that needs a call.
+    assert "no-coverage" not in data["flags"] and "coverage-unknown" in data["flags"]
+    assert data["needs_call"] is True
     data = ctx(coverages=None).to_json()
     assert data["unavailable"] == {"coverage": "not fetched"}
 
@@ -108,6 +114,13 @@ def test_no_patient_resource_is_reported_as_unavailable() -> None:
     assert data["unavailable"] == {"patient": "no Patient resource"}
 
 
+RESTRICTION = "https://caredesk.example/fhir/StructureDefinition/contact-restriction"
+
+
+def restricted(*codes: str) -> dict[str, Any]:
+    return {**PATIENT, "extension": [{"url": RESTRICTION, "valueCode": c} for c in codes]}
+
+
 @pytest.mark.parametrize(
     ("overrides", "flags"),
     [
@@ -115,12 +128,41 @@ def test_no_patient_resource_is_reported_as_unavailable() -> None:
         ({"tickets": [{"status": "open"}]}, ["no-coverage", "open-ticket"]),
         ({"tickets": [{"status": "closed"}, {"status": "Resolved"}]}, ["no-coverage"]),
         (
+            {"tickets": [{"status": "open", "priority": "high"}, {"status": "open"}]},
+            ["open-high-priority-ticket", "no-coverage"],
+        ),
+        (
             {"appointments": [appt("t", "2026-11-27T13:00:00-06:00")]},
             ["no-coverage", "visit-today"],
         ),
+        # ended this morning: nothing left of it today
+        ({"appointments": [appt("t", "2026-11-27T08:00:00-06:00")]}, ["no-coverage"]),
         (
             {"appointments": [appt("p", "2026-11-30T13:00:00-06:00", "pending")]},
-            ["no-coverage", "needs-confirmation"],
+            ["unconfirmed", "no-coverage"],
+        ),
+        ({"appointments": [appt("p", "2026-11-30T13:00:00-06:00", "cancelled")]}, ["no-coverage"]),
+        (
+            {"appointments": [appt("n", "2026-11-20T13:00:00-06:00", "noshow")]},
+            ["no-show", "no-coverage"],
+        ),
+        (
+            {
+                "appointments": [
+                    appt("n", "2026-11-20T13:00:00-06:00", "noshow"),
+                    appt("b", "2026-12-03T13:00:00-06:00"),
+                ]
+            },
+            ["no-coverage"],  # already rebooked
+        ),
+        (
+            {
+                "appointments": [
+                    appt("n", "2026-11-10T13:00:00-06:00", "noshow"),
+                    appt("f", "2026-11-20T13:00:00-06:00", "fulfilled"),
+                ]
+            },
+            ["no-coverage"],  # seen since
         ),
         (
             {
@@ -135,27 +177,60 @@ def test_no_patient_resource_is_reported_as_unavailable() -> None:
             },
             ["coverage-expiring"],
         ),
-        ({"patient": {**PATIENT, "telecom": []}}, ["no-coverage", "no-contact-method"]),
-        ({"patient": {**PATIENT, "deceasedBoolean": True}}, ["no-coverage", "deceased"]),
+        ({"coverages": None}, ["coverage-unknown"]),
+        ({"patient": {**PATIENT, "telecom": []}}, ["unreachable", "no-coverage"]),
+        ({"patient": {**PATIENT, "deceasedBoolean": True}}, ["deceased", "no-coverage"]),
+        ({"patient": restricted("no-sms")}, ["no-coverage", "do-not-text"]),
+        (
+            {"patient": restricted("no-sms", "no-call")},
+            ["unreachable", "no-coverage", "do-not-text"],
+        ),
+        ({"patient": restricted("no-contact")}, ["unreachable", "no-coverage", "do-not-text"]),
+        (
+            {"patient": {**PATIENT, "communication": [{"language": {"coding": [{"code": "es"}]}}]}},
+            ["no-coverage", "interpreter-needed"],
+        ),
         (
             {
                 "patient": {
                     **PATIENT,
-                    "extension": [
-                        {
-                            "url": "https://caredesk.example/fhir/StructureDefinition/contact-restriction",
-                            "valueCode": c,
-                        }
-                        for c in ("no-sms", "no-call")
-                    ],
-                }
+                    "communication": [{"language": {"coding": [{"code": "es"}]}}],
+                },
+                "clinic_languages": ("en", "es"),
             },
-            ["no-coverage", "no-allowed-channel"],
+            ["no-coverage"],
+        ),
+        (
+            {"tasks": [{"kind": "reminder", "status": "failed"}]},
+            ["reminder-failed", "no-coverage"],
+        ),
+        (
+            {
+                "tasks": [
+                    {"kind": "follow-up", "status": "waiting", "due_at": "2026-11-27T15:00:00"}
+                ]
+            },
+            ["overdue-call", "no-coverage"],  # 15:00 UTC (store time) is 09:00 in Chicago
+        ),
+        (
+            {
+                "tasks": [
+                    {"kind": "follow-up", "status": "waiting", "due_at": "2026-11-27T16:00:00"}
+                ]
+            },
+            ["no-coverage"],
+        ),
+        (
+            {"tasks": [{"kind": "follow-up", "status": "done", "due_at": "2026-11-01T16:00:00"}]},
+            ["no-coverage"],
         ),
     ],
 )
 def test_flags(overrides: dict[str, Any], flags: list[str]) -> None:
-    assert list(ctx(**overrides).flags) == flags
+    context = ctx(**overrides)
+    assert list(context.flags) == flags
+    assert [a.code for a in context.alerts] == flags
+    assert context.needs_call == any(a.needs_call for a in context.alerts)
 
 
 def test_warnings_are_collected_once_and_validation_can_be_turned_off() -> None:
