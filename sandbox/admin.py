@@ -7,6 +7,7 @@ expose it on a shared network.
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from typing import Any
 
 from flask import Blueprint, jsonify, request
@@ -148,6 +149,41 @@ def stats() -> Response:
             "resources": {t: st.store.count(t) for t in st.store.types()},
         }
     )
+
+
+@bp.post("/resources")
+def put_resource() -> tuple[Response, int] | Response:
+    """Store a resource as the EHR's own users would (staff booking an appointment for a
+    referral): no token, no scopes, no feature switches. `id` optional; `meta.lastUpdated`
+    is kept when given, so a test can say when something happened."""
+    st = state()
+    body = _body()
+    rtype = body.get("resourceType")
+    if not isinstance(rtype, str) or not rtype[:1].isupper():
+        return _error("resourceType is required")
+    resource = dict(body)
+    rid = resource.setdefault("id", uuid.uuid4().hex)
+    if not isinstance(rid, str) or not rid:
+        return _error("id must be a string")
+    with st.lock:
+        existing = st.store.get(rtype, rid)
+        version = int((existing or {}).get("meta", {}).get("versionId", "0") or 0) + 1
+        meta = dict(resource.get("meta") or {})
+        meta["versionId"] = str(version)
+        meta.setdefault("lastUpdated", dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"))
+        resource["meta"] = meta
+        st.store.put(resource)
+    st.journal({"op": "put", "resource": resource})
+    return jsonify(resource), 200 if existing else 201
+
+
+@bp.get("/resources/<rtype>/<rid>")
+def get_resource(rtype: str, rid: str) -> Response:
+    """A resource as stored (what a test checks a client wrote), without a token."""
+    resource = state().store.get(rtype, rid)
+    if resource is None:
+        return _error(f"no {rtype}/{rid}", 404)
+    return jsonify(resource)
 
 
 @bp.post("/generate-appointments")

@@ -26,6 +26,7 @@ from sandbox.store import (
     SEARCH_PARAMS,
     Criterion,
     SearchError,
+    params_of,
     parse_criteria,
     ref_key,
     search_param_names,
@@ -599,9 +600,7 @@ def capability_statement(st: SandboxState) -> dict[str, Any]:
 
 
 def _param_type(rtype: str, name: str) -> str:
-    if name == "_id":
-        return "token"
-    kind = SEARCH_PARAMS[rtype][name].kind
+    kind = params_of(rtype)[name].kind
     return "string" if kind == "string" else kind
 
 

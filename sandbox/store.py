@@ -8,10 +8,12 @@ Resources are stored as given: no validation on read, messy fixtures are served 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import re
 import sys
 import threading
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -159,18 +161,84 @@ def _participants(only: str | None = None) -> Extractor:
     return extract
 
 
+def fold(text: str) -> str:
+    """String search is case- and accent-insensitive (FHIR R4 3.1.1.4.7): "jose" finds
+    "José"."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).lower()
+
+
 def _names(res: Mapping[str, Any]) -> list[str]:
     out: list[str] = []
     names = res.get("name")
     if isinstance(names, str):  # Organization.name, Location.name
-        return [names.lower()]
+        return [fold(names)]
     for name in names if isinstance(names, list) else []:
         if not isinstance(name, dict):
             continue
-        parts = [name.get("family"), name.get("text"), *(name.get("given") or [])]
+        given = [g for g in name.get("given") or [] if isinstance(g, str)]
+        family = name.get("family")
+        parts = [family, name.get("text"), *given]
         parts += list(name.get("prefix") or []) + list(name.get("suffix") or [])
-        out.extend(p.lower() for p in parts if isinstance(p, str))
+        # "Given Family" too, so a picker's "dana l" finds Dana Lee.
+        parts.append(" ".join([*given, family] if isinstance(family, str) else given))
+        out.extend(fold(p) for p in parts if isinstance(p, str) and p)
     return out
+
+
+# Telecom values are matched on a normal form: phone-like numbers on their digits (a
+# North American 11-digit number without its leading 1), so "+15550100113",
+# "(555) 010-0113" and "+1 555-010-0113" are one number; emails case-insensitively.
+_PHONE_SYSTEMS = frozenset({"phone", "sms", "fax", "pager"})
+_PHONE_LIKE = re.compile(r"^[+\d\s().\-/]+$")
+
+
+def phone_digits(value: str) -> str:
+    digits = re.sub(r"\D", "", value)
+    if len(digits) == 11 and digits.startswith("1"):
+        digits = digits[1:]
+    return digits
+
+
+def contact_value(system: str, value: str) -> str:
+    """The normal form of a ContactPoint value; `system` may be "" (guessed from it)."""
+    value = value.strip()
+    if system in _PHONE_SYSTEMS or (not system and _PHONE_LIKE.match(value)):
+        return phone_digits(value)
+    return value.lower()
+
+
+def _telecom(only: str | None) -> Extractor:
+    """Token keys `system|normal-value` of Patient.telecom (of one system if given)."""
+
+    def extract(res: Mapping[str, Any]) -> list[str]:
+        out: list[str] = []
+        for cp in res.get("telecom") or []:
+            if not isinstance(cp, dict) or not isinstance(cp.get("value"), str):
+                continue
+            system = str(cp.get("system") or "")
+            if only is not None and system != only:
+                continue
+            normal = contact_value(system, cp["value"])
+            if normal:
+                out.append(f"{system}|{normal}")
+        return out
+
+    return extract
+
+
+def _participant_status(res: Mapping[str, Any]) -> list[str]:
+    return [
+        f"|{part['status']}"
+        for part in res.get("participant") or []
+        if isinstance(part, dict) and isinstance(part.get("status"), str)
+    ]
+
+
+def _last_updated(res: Mapping[str, Any]) -> list[str]:
+    meta = res.get("meta")
+    value = meta.get("lastUpdated") if isinstance(meta, dict) else None
+    return [value] if isinstance(value, str) else []
 
 
 def _name_part(part: str) -> Extractor:
@@ -200,9 +268,16 @@ class Param:
     kind: str  # token | reference | string | uri | date
     extract: Extractor
     target: str | None = None  # default target type for a bare id in a reference param
+    # Token params whose values are compared in a normal form: (system, code) -> code.
+    normalize: Callable[[str, str], str] | None = None
 
 
 _ID = Param("token", lambda r: [f"|{r.get('id')}"])
+# Parameters every type has.
+COMMON_PARAMS: dict[str, Param] = {
+    "_id": _ID,
+    "_lastUpdated": Param("date", _last_updated),
+}
 _IDENT = Param("token", _tokens_of_identifiers)
 _STATUS = Param("token", _code("status"))
 _NAME = Param("string", _names)
@@ -215,6 +290,9 @@ SEARCH_PARAMS: dict[str, dict[str, Param]] = {
         "given": Param("string", _name_part("given")),
         "birthdate": Param("date", _plain("birthDate")),
         "gender": Param("token", _code("gender")),
+        "phone": Param("token", _telecom("phone"), normalize=lambda _s, v: phone_digits(v)),
+        "email": Param("token", _telecom("email"), normalize=lambda _s, v: v.strip().lower()),
+        "telecom": Param("token", _telecom(None), normalize=contact_value),
     },
     "Practitioner": {"identifier": _IDENT, "name": _NAME},
     "PractitionerRole": {
@@ -232,6 +310,8 @@ SEARCH_PARAMS: dict[str, dict[str, Param]] = {
         "practitioner": Param("reference", _participants("Practitioner"), "Practitioner"),
         "location": Param("reference", _participants("Location"), "Location"),
         "date": Param("date", _plain("start")),
+        "based-on": Param("reference", _ref_field("basedOn"), "ServiceRequest"),
+        "part-status": Param("token", _participant_status),
     },
     "Coverage": {
         "identifier": _IDENT,
@@ -267,6 +347,9 @@ SEARCH_PARAMS: dict[str, dict[str, Param]] = {
         "status": _STATUS,
         "patient": Param("reference", _ref_field("subject", only="Patient"), "Patient"),
         "subject": Param("reference", _ref_field("subject"), "Patient"),
+        "requester": Param("reference", _ref_field("requester"), None),
+        "performer": Param("reference", _ref_field("performer"), None),
+        "authored": Param("date", _plain("authoredOn")),
     },
     "Task": {
         "identifier": _IDENT,
@@ -274,6 +357,10 @@ SEARCH_PARAMS: dict[str, dict[str, Param]] = {
         "patient": Param("reference", _ref_field("for", only="Patient"), "Patient"),
         "subject": Param("reference", _ref_field("for"), "Patient"),
         "focus": Param("reference", _ref_field("focus"), None),
+        "based-on": Param("reference", _ref_field("basedOn"), None),
+        "owner": Param("reference", _ref_field("owner"), None),
+        "authored-on": Param("date", _plain("authoredOn")),
+        "modified": Param("date", _plain("lastModified")),
     },
 }
 
@@ -299,8 +386,14 @@ def compartment_patients(res: Mapping[str, Any]) -> list[str]:
     return [r.split("/", 1)[1] for r in refs]
 
 
+@functools.cache
+def params_of(rtype: str) -> dict[str, Param]:
+    """Every search parameter of a type, the common ones first."""
+    return {**COMMON_PARAMS, **SEARCH_PARAMS.get(rtype, {})}
+
+
 def search_param_names(rtype: str) -> list[str]:
-    return ["_id", *SEARCH_PARAMS.get(rtype, {})]
+    return list(params_of(rtype))
 
 
 # --- the store ---------------------------------------------------------------------
@@ -332,15 +425,16 @@ class Criterion:
 
 
 def parse_criteria(rtype: str, params: Iterable[tuple[str, str]]) -> list[Criterion]:
-    """Turn query pairs into criteria; `_`-parameters other than `_id` are skipped.
+    """Turn query pairs into criteria; result parameters (`_count`, `_include`, ...)
+    are skipped.
 
     Unknown parameters are ignored, as lenient FHIR servers do by default.
     """
-    known = SEARCH_PARAMS.get(rtype, {})
+    known = params_of(rtype)
     out = []
     for raw_name, raw_value in params:
         name, _, modifier = raw_name.partition(":")
-        if name != "_id" and (name.startswith("_") or name not in known):
+        if name not in known:
             continue
         if modifier == "missing":
             raise SearchError(f"modifier :missing is not supported on {name}")
@@ -368,8 +462,8 @@ class FhirStore:
         """Store a resource exactly as given (it must carry resourceType and id)."""
         rtype = str(resource["resourceType"])
         rid = str(resource["id"])
-        params = SEARCH_PARAMS.get(rtype, {})
-        keys: dict[str, list[str]] = {"_id": [f"|{rid}"]}
+        params = params_of(rtype)
+        keys: dict[str, list[str]] = {}
         span: dict[str, tuple[float, float]] = {}
         for name, param in params.items():
             try:
@@ -459,13 +553,16 @@ class FhirStore:
         return ids
 
     def _matcher(self, rtype: str, crit: Criterion, canonical: bool) -> Callable[[Record], bool]:
-        param = _ID if crit.name == "_id" else SEARCH_PARAMS[rtype][crit.name]
+        param = params_of(rtype)[crit.name]
         name = crit.name
         if param.kind == "date":
             tests = [self._date_test(v) for v in crit.values]
             return lambda rec: name in rec.span and any(t(rec.span[name]) for t in tests)
         if param.kind == "token":
-            wanted = [_token_test(v) for v in crit.values]
+            values = crit.values
+            if param.normalize is not None:
+                values = tuple(_normalized(v, param.normalize) for v in values)
+            wanted = [_token_test(v) for v in values]
             if crit.modifier == "not":
                 return lambda rec: not any(t(k) for k in rec.keys.get(name, ()) for t in wanted)
             if crit.modifier:
@@ -495,10 +592,10 @@ class FhirStore:
                 return lambda rec: any(k in literal for k in rec.keys.get(name, ()))
             return _uri_matcher(name, crit.values)
         # string: starts-with, case-insensitive (":exact" and ":contains" as in the spec)
-        lowered = [v.lower() for v in crit.values]
+        lowered = [fold(v) for v in crit.values]
         if crit.modifier == "exact":
-            exact = set(crit.values)
-            return lambda rec: any(k in {e.lower() for e in exact} for k in rec.keys.get(name, ()))
+            exact = set(lowered)
+            return lambda rec: any(k in exact for k in rec.keys.get(name, ()))
         if crit.modifier == "contains":
             return lambda rec: any(v in k for k in rec.keys.get(name, ()) for v in lowered)
         if crit.modifier:
@@ -522,6 +619,13 @@ class FhirStore:
         if prefix not in tests:
             raise SearchError(f"unsupported date prefix {prefix!r}")
         return tests[prefix]
+
+
+def _normalized(value: str, normalize: Callable[[str, str], str]) -> str:
+    system, bar, code = value.rpartition("|")
+    if bar and not code:
+        return value  # `system|`: any value of that system
+    return f"{system}{bar}{normalize(system, code)}"
 
 
 def _token_test(value: str) -> Callable[[str], bool]:

@@ -102,6 +102,16 @@ class SandboxHandle:
     def reset(self) -> None:
         self._call("POST", "/admin/reset")
 
+    def put_resource(self, resource: Mapping[str, Any]) -> dict[str, Any]:
+        """Store a resource as the EHR's users would (no token); returns it with id/meta."""
+        result: dict[str, Any] = self._call("POST", "/admin/resources", dict(resource))
+        return result
+
+    def resource(self, rtype: str, rid: str) -> dict[str, Any]:
+        """A resource as stored in the sandbox, read without a token."""
+        result: dict[str, Any] = self._call("GET", f"/admin/resources/{rtype}/{rid}")
+        return result
+
     def advance_clock(self, seconds: float) -> dict[str, Any]:
         """Move the sandbox's clock forward: what it issued is `seconds` older."""
         result: dict[str, Any] = self._call("POST", "/admin/clock", {"advance_seconds": seconds})

@@ -80,6 +80,13 @@ def sb(clients: list[dict[str, Any]]) -> Iterator[SandboxHandle]:
         yield handle
 
 
+@pytest.fixture
+def real(clients: list[dict[str, Any]]) -> Iterator[SandboxHandle]:
+    """The fixtures population (32 patients, references with display as Epic's)."""
+    with running_sandbox(clients=clients) as handle:
+        yield handle
+
+
 @dataclass
 class Pkce:
     verifier: str

@@ -6,18 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import pytest
-
-from sandbox.testing import SandboxHandle, running_sandbox
+from sandbox.testing import SandboxHandle
 from tests.sandbox.conftest import fhir_get, fhir_post, login
 from tests.sandbox.population import Q_URL
-
-
-@pytest.fixture
-def real(clients: list[dict[str, Any]]) -> Iterator[SandboxHandle]:
-    """The fixtures population, whose references carry display as Epic's do."""
-    with running_sandbox(clients=clients) as handle:
-        yield handle
 
 
 def _references(value: Any) -> Iterator[dict[str, Any]]:

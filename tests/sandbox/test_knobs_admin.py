@@ -179,3 +179,24 @@ def test_admin_clients_registers_at_runtime(sb: SandboxHandle) -> None:
     listing = requests.get(f"{sb.base_url}/admin/clients", timeout=10).json()
     assert "late" in {c["client_id"] for c in listing}
     assert all(c.get("client_secret") in (None, "***") for c in listing)
+
+
+def test_admin_resources_store_and_show_without_a_token(sb: SandboxHandle) -> None:
+    appt = {
+        "resourceType": "Appointment",
+        "id": "appt-staff",
+        "status": "booked",
+        "participant": [{"actor": {"reference": "Patient/pat-a"}, "status": "accepted"}],
+    }
+    token = login(sb, scope="openid fhirUser user/*.rs")["access_token"]
+    query = "Appointment?patient=pat-a&status=booked"
+    before = fhir_get(sb, query, token).json()["total"]
+    stored = sb.put_resource(appt)
+    assert stored["meta"]["versionId"] == "1"
+    again = requests.post(f"{sb.base_url}/admin/resources", json=appt, timeout=10)
+    assert (again.status_code, again.json()["meta"]["versionId"]) == (200, "2")
+    assert sb.resource("Appointment", "appt-staff")["meta"]["versionId"] == "2"
+    assert fhir_get(sb, query, token).json()["total"] == before + 1
+    url = f"{sb.base_url}/admin/resources"
+    assert requests.post(url, json={"id": "x"}, timeout=10).status_code == 400
+    assert requests.get(f"{url}/Appointment/nope", timeout=10).status_code == 404
