@@ -20,6 +20,7 @@ from flask.wrappers import Response
 
 from sandbox import scopes as scope_rules
 from sandbox.auth import lookup_token
+from sandbox.jsonpatch import PatchError, apply_patch
 from sandbox.state import SandboxState
 from sandbox.store import (
     NON_COMPARTMENT_TYPES,
@@ -39,17 +40,32 @@ Result = tuple[int, Any, dict[str, str]]
 
 DEFAULT_COUNT = 50
 MAX_COUNT = 1000
-# Writable types and the feature that switches their create off.
+# Writable types and the feature that switches their create (and update) off.
 CREATE_FEATURES = {
     "QuestionnaireResponse": "questionnaire-response-create",
     "ServiceRequest": "service-request-create",
     "Task": "task-create",
     "Questionnaire": "questionnaire-write",
 }
+# Types a client may update (PUT, PATCH) but not create: booking stays in the EHR.
+UPDATE_ONLY_FEATURES = {"Appointment": "appointment-update"}
 # Reference search parameters that name the patient: under patient/ scopes they must
 # name the launch patient.
 _PATIENT_PARAMS = ("patient", "subject", "beneficiary")
 _QR_STATUSES = {"in-progress", "completed", "amended", "entered-in-error", "stopped"}
+_APPOINTMENT_STATUSES = {
+    "proposed",
+    "pending",
+    "booked",
+    "arrived",
+    "fulfilled",
+    "cancelled",
+    "noshow",
+    "entered-in-error",
+    "checked-in",
+    "waitlist",
+}
+_PARTICIPATION_STATUSES = {"accepted", "declined", "tentative", "needs-action"}
 
 
 @dataclass(frozen=True)
@@ -329,11 +345,14 @@ def _validate(st: SandboxState, rtype: str, body: Any, rid: str | None = None) -
             "Task": ("status", "intent"),
             "ServiceRequest": ("status", "intent", "subject"),
             "Questionnaire": ("status",),
+            "Appointment": ("status", "participant"),
         }.get(rtype, ())
         if not body.get(name)
     ]
     if missing:
         raise FhirError(422, f"{rtype} is missing required element(s): {', '.join(missing)}")
+    if rtype == "Appointment":
+        _validate_appointment(body)
     if rtype == "QuestionnaireResponse":
         if body["status"] not in _QR_STATUSES:
             raise FhirError(422, f"QuestionnaireResponse.status {body['status']!r} is not valid")
@@ -347,10 +366,32 @@ def _validate(st: SandboxState, rtype: str, body: Any, rid: str | None = None) -
     return dict(body)
 
 
-def _check_writable(st: SandboxState, rtype: str) -> None:
-    _check_type(st, rtype)
+def _validate_appointment(body: Mapping[str, Any]) -> None:
+    if body["status"] not in _APPOINTMENT_STATUSES:
+        raise FhirError(422, f"Appointment.status {body['status']!r} is not valid")
+    participants = body["participant"]
+    if not isinstance(participants, list) or not all(isinstance(p, dict) for p in participants):
+        raise FhirError(422, "Appointment.participant must be a list of participants")
+    for part in participants:
+        if part.get("status") not in _PARTICIPATION_STATUSES:
+            raise FhirError(
+                422, f"Appointment.participant.status {part.get('status')!r} is not valid"
+            )
+
+
+def creatable(st: SandboxState, rtype: str) -> bool:
     feature = CREATE_FEATURES.get(rtype)
-    if feature is None or feature in st.knobs.disabled:
+    return feature is not None and feature not in st.knobs.disabled
+
+
+def updatable(st: SandboxState, rtype: str) -> bool:
+    feature = UPDATE_ONLY_FEATURES.get(rtype)
+    return creatable(st, rtype) or (feature is not None and feature not in st.knobs.disabled)
+
+
+def _check_writable(st: SandboxState, rtype: str, *, create: bool = True) -> None:
+    _check_type(st, rtype)
+    if not (creatable(st, rtype) if create else updatable(st, rtype)):
         raise FhirError(405, f"{rtype} is read-only on this server", "not-supported")
 
 
@@ -431,11 +472,14 @@ def do_update(
     if_match: str | None,
     prefer: str | None,
 ) -> Result:
-    _check_writable(st, rtype)
+    _check_writable(st, rtype, create=False)
     acc = _access(ctx, rtype, "u")
     resource = _validate(st, rtype, body, rid)
     with st.lock:
         existing = st.store.get(rtype, rid)
+        if existing is None and not creatable(st, rtype):
+            # No update-as-create where the type cannot be created at all.
+            raise FhirError(405, f"{rtype}/{rid} does not exist and cannot be created")
         if acc.patient_only:
             from sandbox.store import compartment_patients
 
@@ -454,6 +498,31 @@ def do_update(
     headers = _version_headers(resource)
     headers["Location"] = _location(resource)
     return (201 if existing is None else 200), _prefer(resource, prefer), headers
+
+
+def do_patch(
+    st: SandboxState,
+    ctx: TokenContext,
+    rtype: str,
+    rid: str,
+    operations: Any,
+    if_match: str | None,
+    prefer: str | None,
+) -> Result:
+    """JSON Patch on the current version, then the same path as an update."""
+    _check_writable(st, rtype, create=False)
+    _access(ctx, rtype, "u")
+    with st.lock:  # re-entrant: the update below takes it too, nothing slips in between
+        existing = st.store.get(rtype, rid)
+        if existing is None:
+            raise FhirError(404, f"{rtype}/{rid} is not known", "not-found")
+        try:
+            patched = apply_patch(existing, operations)
+        except PatchError as exc:
+            if exc.malformed:
+                raise FhirError(400, f"bad JSON Patch: {exc}") from exc
+            raise FhirError(422, f"JSON Patch cannot be applied: {exc}", "processing") from exc
+        return do_update(st, ctx, rtype, rid, patched, if_match, prefer)
 
 
 def do_batch(st: SandboxState, ctx: TokenContext, body: Any) -> Result:
@@ -529,15 +598,18 @@ def capability_statement(st: SandboxState) -> dict[str, Any]:
     resources = []
     for rtype in supported_types(st):
         interactions = ["read", "search-type"]
-        writable = rtype in CREATE_FEATURES and CREATE_FEATURES[rtype] not in disabled
-        if writable:
-            interactions += ["create", "update"]
+        can_create, can_update = creatable(st, rtype), updatable(st, rtype)
+        if can_create:
+            interactions.append("create")
+        if can_update:
+            interactions += ["update", "patch"]
         entry: dict[str, Any] = {
             "type": rtype,
             "interaction": [{"code": c} for c in interactions],
-            "versioning": "versioned-update" if writable else "versioned",
+            "versioning": "versioned-update" if can_update else "versioned",
             "readHistory": False,
-            "conditionalCreate": writable and "conditional-create" not in disabled,
+            "updateCreate": can_create,
+            "conditionalCreate": can_create and "conditional-create" not in disabled,
             "searchParam": [
                 {"name": name, "type": _param_type(rtype, name)}
                 for name in search_param_names(rtype)
@@ -681,6 +753,25 @@ def create(rtype: str) -> Response:
             rtype,
             _json_body(),
             request.headers.get("If-None-Exist"),
+            request.headers.get("Prefer"),
+        )
+    )
+
+
+@bp.patch("/<rtype>/<rid>")
+def patch(rtype: str, rid: str) -> Response:
+    st = state()
+    ctx = current_token(st)
+    if request.mimetype != "application/json-patch+json":
+        raise FhirError(415, "PATCH takes a JSON Patch (application/json-patch+json)")
+    return _reply(
+        do_patch(
+            st,
+            ctx,
+            rtype,
+            rid,
+            _json_body(),
+            request.headers.get("If-Match"),
             request.headers.get("Prefer"),
         )
     )

@@ -20,6 +20,10 @@ FEATURES = (
     "questionnaire-write",
     # Whole resource type gone (Oracle Health has no Task in its R4 API).
     "task",
+    # PUT/PATCH of an existing Appointment (a patient confirming by text: their
+    # participant.status becomes accepted). Epic's R4 Appointment is read-only: booking
+    # and changes go through its own scheduling, not FHIR updates.
+    "appointment-update",
 )
 
 # What the id_token of a refresh response looks like (`refresh_id_token` knob).
@@ -57,11 +61,12 @@ PROFILES: dict[str, Profile] = {
             "Epic-like: id_token issuer is the OAuth server (/oauth2), not the FHIR base; "
             "refresh token returned while the granted scope omits offline_access; "
             "opaque access tokens; no conditional create (If-None-Exist is ignored); "
-            "Questionnaire is read-only; some ids are longer than 64 characters."
+            "Questionnaire and Appointment are read-only; some ids are longer than 64 "
+            "characters."
         ),
         issuer_path="/oauth2",
         opaque_tokens=True,
-        disabled=("conditional-create", "questionnaire-write"),
+        disabled=("conditional-create", "questionnaire-write", "appointment-update"),
         hide_offline_scope=True,
         long_ids=True,
     ),

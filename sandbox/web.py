@@ -61,6 +61,7 @@ _ISSUE_CODES = {
     403: "forbidden",
     404: "not-found",
     405: "not-supported",
+    415: "not-supported",
     409: "conflict",
     410: "deleted",
     412: "duplicate",
