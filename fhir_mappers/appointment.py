@@ -26,7 +26,7 @@ from fhir_mappers.fhirutil import (
     resource_zone,
     zone,
 )
-from fhir_mappers.issues import DataWarning
+from fhir_mappers.issues import DataWarning, field_words, zone_words
 from fhir_mappers.names import reference_name, target_of
 
 STATUS_TEXT = {
@@ -127,7 +127,7 @@ class _Actor:
 def _actors(
     resource: Mapping[str, Any],
     included: Mapping[str, Mapping[str, Any]],
-    warn: Callable[[str, str, str], None],
+    warn: Callable[..., None],
 ) -> list[tuple[_Actor, str | None]]:
     """Resolve each participant's actor: included resource, contained, else display."""
     out: list[tuple[_Actor, str | None]] = []
@@ -158,6 +158,8 @@ def _actors(
                 field,
                 "actor has neither a resolvable reference nor a display",
                 issues.UNRESOLVED_REFERENCE,
+                "A participant of the appointment has no name: its reference has no display "
+                "and the practitioner or location it points at was not read.",
             )
         elif raw is None and kind in ("Practitioner", "Location", "Unknown"):
             warn(field, "actor has a display but no reference", issues.DISPLAY_ONLY_REFERENCE)
@@ -215,8 +217,8 @@ def to_visit(
     rid = get_str(resource, "id")
     warnings: list[DataWarning] = []
 
-    def warn(field: str, message: str, code: str) -> None:
-        warning = DataWarning("Appointment", rid, field, message, code)
+    def warn(field: str, message: str, code: str, plain: str = "") -> None:
+        warning = DataWarning("Appointment", rid, field, message, code, plain)
         if warning not in warnings:
             warnings.append(warning)
 
@@ -246,9 +248,21 @@ def to_visit(
         if lacks_timezone(raw):
             # Wall-clock time from an interface that dropped the offset: the location's
             # zone is the best guess, and it is only a guess.
-            warn(field, f"time has no timezone offset; taken as {zone_name}", issues.NO_TIMEZONE)
+            warn(
+                field,
+                f"time has no timezone offset; taken as {zone_name}",
+                issues.NO_TIMEZONE,
+                f"The appointment's {field_words(field)} has no time zone; read as "
+                f"{zone_words(zone_name)} time.",
+            )
         if in_zone(parsed, viewer) is None or in_zone(parsed, happens_in) is None:
-            warn(field, "dateTime is outside the years a calendar can show", issues.BAD_VALUE)
+            warn(
+                field,
+                "dateTime is outside the years a calendar can show",
+                issues.BAD_VALUE,
+                f"The appointment's {field_words(field)} is outside the years a calendar can "
+                "show (near year 1 or 9999); it is left out.",
+            )
             return None
         return parsed
 

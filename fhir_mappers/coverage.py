@@ -90,8 +90,8 @@ def to_policy(
     rid = get_str(resource, "id")
     warnings: list[DataWarning] = []
 
-    def warn(field: str, message: str, code: str) -> None:
-        warnings.append(DataWarning("Coverage", rid, field, message, code))
+    def warn(field: str, message: str, code: str, plain: str = "") -> None:
+        warnings.append(DataWarning("Coverage", rid, field, message, code, plain))
 
     status = get_str(resource, "status")
     period = get_dict(resource, "period")
@@ -115,7 +115,12 @@ def to_policy(
     elif status != "active":
         state = "unknown"  # draft, or missing
     elif start is not None and start > today:
-        warn("period.start", "coverage starts in the future", issues.NOT_YET_ACTIVE)
+        warn(
+            "period.start",
+            "coverage starts in the future",
+            issues.NOT_YET_ACTIVE,
+            "The coverage starts in the future; it does not cover today.",
+        )
         state = "unknown"
     elif days_left is not None and days_left <= expiring_days:
         state = "expiring"
@@ -126,7 +131,12 @@ def to_policy(
     payor_ref: str | None = None
     payors = get_list(resource, "payor")
     if not payors:
-        warn("payor", "required element is missing", issues.MISSING_REQUIRED)
+        warn(
+            "payor",
+            "required element is missing",
+            issues.MISSING_REQUIRED,
+            "The coverage record names no payor (the insurer), which FHIR requires.",
+        )
     else:
         first = payors[0]
         ref = reference_of(first)
@@ -137,13 +147,24 @@ def to_policy(
         if ref is None and payor_name:
             warn("payor[0]", "payor has a display but no reference", issues.DISPLAY_ONLY_REFERENCE)
         elif payor_name is None:
-            warn("payor[0]", "payor has no name", issues.UNRESOLVED_REFERENCE)
+            warn(
+                "payor[0]",
+                "payor has no name",
+                issues.UNRESOLVED_REFERENCE,
+                "The coverage record's payor (the insurer) has no name: the reference has no "
+                "display and the organization it points at was not read.",
+            )
 
     plan_name, plan_value = _class_value(resource, "plan")
     group_name, group_value = _class_value(resource, "group")
     member = _member_id(resource)
     if member is None:
-        warn("subscriberId", "no member id (subscriberId or MB identifier)", issues.MISSING)
+        warn(
+            "subscriberId",
+            "no member id (subscriberId or MB identifier)",
+            issues.MISSING,
+            "The coverage record has no member id (subscriberId or an identifier of type MB).",
+        )
     return Policy(
         coverage_id=rid,
         state=state,

@@ -3,10 +3,17 @@
 A warning names the resource type, the resource id, the field path and a fixed kind of
 problem. It never carries a value from the resource (a name, a phone number, a date),
 so it can go to logs and to the browser without leaking patient data.
+
+Each warning says it twice: `message` in FHIR terms beside its `field` path (for whoever
+reads the raw JSON), and `plain`, a sentence an integrator who does not speak FHIR paths
+can act on ("The appointment's start time has no time zone; read as Chicago time."). A
+mapper that knows more than the code (the zone it assumed) writes `plain` itself;
+otherwise it is built here from the resource type, the field and the code.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 # The codes, stable for UIs and tests:
@@ -24,6 +31,103 @@ DISPLAY_ONLY_REFERENCE = "display-only-reference"  # a name but nothing to link 
 BAD_VALUE = "bad-value"  # a value the mapper could not read (bad date, bad zone)
 NOT_YET_ACTIVE = "not-yet-active"  # a coverage period that starts in the future
 
+# Most consequential first: what `caredesk map` lists as a patient's top warnings.
+SEVERITY = (
+    BAD_VALUE,
+    NO_TIMEZONE,
+    MISSING_REQUIRED,
+    BAD_REFERENCE,
+    UNRESOLVED_REFERENCE,
+    MISSING,
+    NOT_YET_ACTIVE,
+    INVALID,
+    UNKNOWN_RESOURCE_TYPE,
+    DISPLAY_ONLY_REFERENCE,
+    UNKNOWN_ELEMENT,
+    ID_TOO_LONG,
+    PARTIAL_DATE,
+)
+
+_NOUNS = {
+    "Patient": "patient record",
+    "Appointment": "appointment",
+    "Coverage": "coverage record",
+    "Practitioner": "practitioner record",
+    "PractitionerRole": "practitioner role",
+    "Location": "location record",
+    "Organization": "organization record",
+    "HealthcareService": "service record",
+    "Encounter": "encounter",
+    "Bundle": "bundle",
+}
+_FIELDS = {
+    "start": "start time",
+    "end": "end time",
+    "status": "status",
+    "birthDate": "birth date",
+    "name": "name",
+    "identifier": "identifiers",
+    "telecom": "phone numbers and emails",
+    "period.start": "start date",
+    "period.end": "end date",
+    "payor": "payor (the insurer)",
+    "payor[0]": "payor (the insurer)",
+    "subscriberId": "member id",
+    "id": "id",
+    "resourceType": "resource type",
+    "extension": "extensions",
+}
+_ACTOR = re.compile(r"^participant\[\d+\]\.actor$")
+_EXTENSION_URL = re.compile(r"(?:^|\.)(?:modifierE|e)xtension\[\d+\]\.url$")
+_CODE_WORDS = {
+    INVALID: "is not valid FHIR R4",
+    UNKNOWN_ELEMENT: "is not a FHIR R4 element; it was ignored",
+    MISSING_REQUIRED: "is required by FHIR but missing",
+    NO_TIMEZONE: "has no time zone; a zone was assumed",
+    ID_TOO_LONG: "is longer than FHIR's 64 characters (kept whole)",
+    UNKNOWN_RESOURCE_TYPE: "is not a FHIR R4 resource type",
+    PARTIAL_DATE: "is only partly known",
+    MISSING: "is missing",
+    UNRESOLVED_REFERENCE: "points at something CareDesk could not name",
+    BAD_REFERENCE: "is not a FHIR reference CareDesk can follow",
+    DISPLAY_ONLY_REFERENCE: "has a name but no link to a record",
+    BAD_VALUE: "could not be read",
+    NOT_YET_ACTIVE: "is in the future",
+}
+
+
+def noun(resource_type: str) -> str:
+    """`Appointment` -> `appointment`; unknown types are named as they are."""
+    return _NOUNS.get(resource_type, f"{resource_type} resource")
+
+
+def field_words(field: str) -> str:
+    if field in _FIELDS:
+        return _FIELDS[field]
+    if _ACTOR.match(field):
+        return "participant"
+    if _EXTENSION_URL.search(field):
+        return "extension url"
+    if field in ("", "(resource)"):
+        return "content"
+    return f"element `{field}`"
+
+
+def zone_words(zone_name: str) -> str:
+    """`America/Chicago` -> `Chicago`; `America/Argentina/Buenos_Aires` -> `Buenos Aires`."""
+    last = zone_name.rsplit("/", 1)[-1].replace("_", " ")
+    return last or zone_name
+
+
+def plain_words(resource_type: str, field: str, code: str) -> str:
+    """A sentence for integrators, from the kind of problem alone (no patient data)."""
+    if field in ("", "(resource)"):
+        return f"The {noun(resource_type)} {_CODE_WORDS.get(code, 'has a problem')}."
+    return (
+        f"The {noun(resource_type)}'s {field_words(field)} "
+        f"{_CODE_WORDS.get(code, 'has a problem')}."
+    )
+
 
 @dataclass(frozen=True)
 class DataWarning:
@@ -32,6 +136,13 @@ class DataWarning:
     field: str
     message: str
     code: str
+    plain: str = ""  # filled from the code when the mapper gives none
+
+    def __post_init__(self) -> None:
+        if not self.plain:
+            object.__setattr__(
+                self, "plain", plain_words(self.resource_type, self.field, self.code)
+            )
 
     def __str__(self) -> str:
         where = f"{self.resource_type}/{self.resource_id or '?'}"

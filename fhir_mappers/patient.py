@@ -171,15 +171,20 @@ def to_contact(resource: Mapping[str, Any], *, now: dt.datetime) -> Contact:
     rid = get_str(resource, "id")
     warnings: list[DataWarning] = []
 
-    def warn(field: str, message: str, code: str) -> None:
-        warnings.append(DataWarning("Patient", rid, field, message, code))
+    def warn(field: str, message: str, code: str, plain: str = "") -> None:
+        warnings.append(DataWarning("Patient", rid, field, message, code, plain))
 
     display = human_name(resource.get("name"))
     if display is None:
-        warn("name", "no usable name", issues.MISSING)
+        warn("name", "no usable name", issues.MISSING, "The patient record has no usable name.")
     mrn = _mrn(resource)
     if mrn is None:
-        warn("identifier", "no MRN (identifier of type MR)", issues.MISSING)
+        warn(
+            "identifier",
+            "no MRN (identifier of type MR)",
+            issues.MISSING,
+            "The patient record has no MRN (an identifier of type MR).",
+        )
 
     birth = get_str(resource, "birthDate")
     age: int | None = None
@@ -191,20 +196,35 @@ def to_contact(resource: Mapping[str, Any], *, now: dt.datetime) -> Contact:
     elif bounds is not None:
         earliest, latest = bounds
         if earliest > today:
-            warn("birthDate", "birthDate is in the future", issues.BAD_VALUE)
+            warn(
+                "birthDate",
+                "birthDate is in the future",
+                issues.BAD_VALUE,
+                "The patient record's birth date is in the future; no age is shown.",
+            )
         else:
             oldest = _age_on(earliest, today)
             youngest = _age_on(min(latest, today), today)
             age, approximate = youngest, oldest != youngest
         if is_partial_date(birth):
-            warn("birthDate", "birthDate is partial; age may be approximate", issues.PARTIAL_DATE)
+            warn(
+                "birthDate",
+                "birthDate is partial; age may be approximate",
+                issues.PARTIAL_DATE,
+                "The patient record's birth date is only partly known; the age may be off by one.",
+            )
 
     restrictions = restrictions_of(resource)
     # The channel the chart allows; death is shown as its own flag, and the senders'
     # `contact.reachable` / `may_*` refuse a deceased patient.
     phones, emails, channel, by_phone = _telecoms(resource, now, blocked_by(restrictions))
     if not phones and not emails:
-        warn("telecom", "no phone or email on file", issues.MISSING)
+        warn(
+            "telecom",
+            "no phone or email on file",
+            issues.MISSING,
+            "The patient record has no phone number or email.",
+        )
     return Contact(
         patient_id=rid,
         display_name=display,

@@ -17,7 +17,7 @@ from fhir.resources.R4B import get_fhir_model_class
 
 from fhir_mappers import issues
 from fhir_mappers.fhirutil import get_str, lacks_timezone, resource_type
-from fhir_mappers.issues import DataWarning
+from fhir_mappers.issues import DataWarning, field_words, noun
 
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
@@ -60,8 +60,8 @@ def validation_warnings(resource: Mapping[str, Any]) -> list[DataWarning]:
     rid = get_str(resource, "id")
     found: list[DataWarning] = []
 
-    def add(field: str, message: str, code: str) -> None:
-        warning = DataWarning(rtype, rid, field, message, code)
+    def add(field: str, message: str, code: str, plain: str = "") -> None:
+        warning = DataWarning(rtype, rid, field, message, code, plain)
         if warning not in found:
             found.append(warning)
 
@@ -85,10 +85,22 @@ def validation_warnings(resource: Mapping[str, Any]) -> list[DataWarning]:
             elif kind in _MISSING_TYPES:
                 add(path, "required element is missing", issues.MISSING_REQUIRED)
             elif lacks_timezone(err.get("input")):
-                add(path, "time has no timezone offset", issues.NO_TIMEZONE)
+                add(
+                    path,
+                    "time has no timezone offset",
+                    issues.NO_TIMEZONE,
+                    f"The {noun(rtype)}'s {field_words(path)} has no time zone offset, which "
+                    "strict FHIR requires.",
+                )
             else:
                 words = _TYPE_WORDS.get(kind, f"is invalid ({kind})")
-                add(path, f"value {words}", issues.INVALID)
+                add(
+                    path,
+                    f"value {words}",
+                    issues.INVALID,
+                    f"The {noun(rtype)}'s {field_words(path)} is not valid FHIR R4: the value "
+                    f"{words}.",
+                )
     except Exception as exc:  # fhir.resources raises assorted types on odd input
         add("(resource)", f"could not be validated ({type(exc).__name__})", issues.INVALID)
     return found

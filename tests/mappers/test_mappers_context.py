@@ -253,6 +253,7 @@ def test_included_resources_are_validated_too() -> None:
         "field": "bogus",
         "message": "element is not defined in FHIR R4",
         "code": "unknown-element",
+        "plain": "The location record's element `bogus` is not a FHIR R4 element; it was ignored.",
     } in warnings
 
 

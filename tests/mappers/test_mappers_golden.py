@@ -122,6 +122,6 @@ def test_no_warning_message_contains_patient_values() -> None:
             secrets = [contact.get("display_name"), contact.get("mrn"), contact.get("birth_date")]
             secrets += [t["value"] for t in contact.get("phones", []) + contact.get("emails", [])]
             for warning in context["warnings"]:
-                text = f"{warning['field']} {warning['message']}"
+                text = f"{warning['field']} {warning['message']} {warning['plain']}"
                 for secret in filter(None, secrets):
                     assert secret not in text, (case, warning)
