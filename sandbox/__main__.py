@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,12 @@ EPILOG = (
     """\
 profiles:
 """
-    + "\n".join(f"  {name:7} {p.description}" for name, p in PROFILES.items())
+    + "\n".join(
+        textwrap.fill(
+            p.description, width=88, initial_indent=f"  {name:11}", subsequent_indent=" " * 13
+        )
+        for name, p in PROFILES.items()
+    )
     + """
 
 examples:

@@ -80,6 +80,25 @@ PROFILES: dict[str, Profile] = {
         disabled=("questionnaire-response-create", "task", "task-create"),
         token_lifetime_s=600,
     ),
+    "thirdparty": Profile(
+        name="thirdparty",
+        description=(
+            "A third-party (non-vendor) SMART on FHIR server as seen in the field: "
+            "references carry no display (read the Practitioner/Location for names); no "
+            "canonical url|version search (search url and version apart); the EHR's "
+            "launch link sends iss with a trailing slash; fhirUser is a relative "
+            "reference; the refresh token is rotated on every use (the old one is then "
+            "refused); the refreshed id_token has no aud."
+        ),
+        knobs={
+            "omit_display": True,
+            "canonical_version_search": False,
+            "iss_trailing_slash": True,
+            "fhir_user_relative": True,
+            "rotate_refresh": True,
+            "refresh_id_token": "no-aud",
+        },
+    ),
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
@@ -148,6 +149,96 @@ def test_oracle_refreshes_only_with_online_or_offline_access(oracle: SandboxHand
     assert "online_access" in online["scope"].split()
 
 
+# --- thirdparty -----------------------------------------------------------------------
+
+
+# The fixtures population has no pat-a for the picker: a user-level login, no patient.
+USER_SCOPE = "openid fhirUser offline_access user/*.rs"
+
+
+@pytest.fixture
+def thirdparty(clients: list[dict[str, Any]]) -> Iterator[SandboxHandle]:
+    """The fixtures population: its references carry display, so dropping them shows."""
+    with running_sandbox(profile="thirdparty", clients=clients) as sb:
+        yield sb
+
+
+def _refresh(sb: SandboxHandle, refresh_token: str) -> requests.Response:
+    data = {"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": "pub"}
+    return token_request(sb, data)
+
+
+def test_thirdparty_references_carry_no_display(thirdparty: SandboxHandle) -> None:
+    token = login(thirdparty, scope=USER_SCOPE)
+    query = "Appointment?patient=pat-001&_include=Appointment:actor"
+    bundle = fhir_get(thirdparty, query, token["access_token"]).json()
+    actors = [
+        p["actor"]
+        for e in bundle["entry"]
+        if e["resource"]["resourceType"] == "Appointment"
+        for p in e["resource"]["participant"]
+    ]
+    assert actors and all(set(a) == {"reference"} for a in actors)
+    # The names are there to read: the referenced Practitioners come along.
+    included = {e["resource"]["resourceType"] for e in bundle["entry"][1:]}
+    assert "Practitioner" in included
+
+
+def test_thirdparty_has_no_canonical_version_search(thirdparty: SandboxHandle) -> None:
+    token = login(thirdparty, scope=USER_SCOPE)
+    access = token["access_token"]
+    q = fhir_get(thirdparty, "Questionnaire", access).json()["entry"][0]["resource"]
+    piped = fhir_get(thirdparty, f"Questionnaire?url={q['url']}|{q['version']}", access)
+    assert piped.json()["total"] == 0
+    apart = fhir_get(thirdparty, f"Questionnaire?url={q['url']}&version={q['version']}", access)
+    assert [e["resource"]["id"] for e in apart.json()["entry"]] == [q["id"]]
+
+
+def test_thirdparty_launch_iss_has_trailing_slash_and_fhir_user_is_relative(
+    thirdparty: SandboxHandle,
+) -> None:
+    url = thirdparty.launch("pub", patient="pat-001")["url"]
+    assert parse_qs(urlsplit(url).query)["iss"] == [thirdparty.fhir_base + "/"]
+    body = login(thirdparty, scope=USER_SCOPE)
+    keys = jwk.KeySet.import_key_set(
+        requests.get(f"{thirdparty.base_url}/auth/jwks", timeout=10).json()
+    )
+    claims = jwt.decode(body["id_token"], keys, algorithms=["RS256"]).claims
+    assert claims["fhirUser"] == "Practitioner/prac-clinician-lee"
+
+
+def test_thirdparty_rotates_refresh_tokens_and_drops_aud_on_refresh(
+    thirdparty: SandboxHandle,
+) -> None:
+    first = login(thirdparty, scope=USER_SCOPE)
+    keys = jwk.KeySet.import_key_set(
+        requests.get(f"{thirdparty.base_url}/auth/jwks", timeout=10).json()
+    )
+    assert jwt.decode(first["id_token"], keys, algorithms=["RS256"]).claims["aud"] == "pub"
+    second = _refresh(thirdparty, first["refresh_token"])
+    assert second.status_code == 200, second.text
+    refreshed = second.json()
+    assert refreshed["refresh_token"] != first["refresh_token"]
+    assert "aud" not in jwt.decode(refreshed["id_token"], keys, algorithms=["RS256"]).claims
+    old = _refresh(thirdparty, first["refresh_token"])
+    assert (old.status_code, old.json()["error"]) == (400, "invalid_grant")
+
+
+def test_thirdparty_knobs_are_the_profile_defaults_and_can_be_changed(
+    thirdparty: SandboxHandle,
+) -> None:
+    knobs = thirdparty.get_knobs()
+    assert knobs["omit_display"] is True
+    assert knobs["canonical_version_search"] is False
+    assert knobs["refresh_id_token"] == "no-aud"
+    thirdparty.set_knobs(omit_display=False)
+    assert thirdparty.get_knobs()["omit_display"] is False
+    with running_sandbox(
+        profile="thirdparty", population=population(), refresh_id_token="omit"
+    ) as sb:
+        assert sb.get_knobs()["refresh_id_token"] == "omit"  # what you set wins
+
+
 # --- feature switches -------------------------------------------------------------------
 
 
@@ -175,7 +266,7 @@ def test_disabled_features_refuse_and_show_in_metadata(sb: SandboxHandle) -> Non
     assert "create" in _interactions(caps["QuestionnaireResponse"])
 
 
-@pytest.mark.parametrize("profile", ["smart", "epic", "oracle"])
+@pytest.mark.parametrize("profile", ["smart", "epic", "oracle", "thirdparty"])
 def test_capability_statement_is_valid_r4(profile: str) -> None:
     from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 
