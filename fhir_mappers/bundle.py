@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from fhir_mappers import issues
 from fhir_mappers.context import build_context, patient_refs
 from fhir_mappers.fhirutil import get_dict, get_list, get_str, zone
 
@@ -150,7 +151,10 @@ def contexts_for_file(text: str, *, now: dt.datetime, viewer_tz: str) -> list[di
     referenced but whose Patient resource is absent still gets a context (without
     contact). Appointments and Coverages that name no patient are not shown.
     """
-    reading = _read(text)
+    return _contexts(_read(text), now=now, viewer_tz=viewer_tz)
+
+
+def _contexts(reading: _Reading, *, now: dt.datetime, viewer_tz: str) -> list[dict[str, Any]]:
     # Transaction entries refer to each other by fullUrl (`urn:uuid:...`) and may have no
     # id yet. Do what the server would: give each an id and rewrite those references.
     alias: dict[str, str] = {}
@@ -229,16 +233,154 @@ def _rewrite_refs(node: Any, alias: Mapping[str, str]) -> Any:
     return node
 
 
-def run_map(text: str, *, now: dt.datetime, viewer_tz: str) -> tuple[int, str]:
-    """What `caredesk map` does: (exit code, output).
+# Exit codes of `caredesk map` (run_map): documented in its docstring and the CLI help.
+EXIT_OK = 0
+EXIT_NOT_FHIR = 2  # not JSON/NDJSON, not FHIR, or an unknown time zone
+EXIT_NO_PATIENT = 3  # valid FHIR, but nothing in it concerns a patient
 
-    0 with a JSON array of contexts (print to stdout), or 2 with a one-line error
-    (print to stderr) when the input is not FHIR or the time zone is unknown.
+_TOP_WARNINGS = 3
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def run_map(
+    text: str, *, now: dt.datetime, viewer_tz: str, as_json: bool = True
+) -> tuple[int, str]:
+    """What `caredesk map` does: (exit code, output). Never raises.
+
+    With `as_json=False`, a short block per patient (name, flags in words, visits,
+    coverage, warning count and the top 3 warnings in plain words); with `as_json=True`,
+    the full contexts as a JSON array. Exit codes, output on stdout only for 0:
+
+    - 0 (EXIT_OK): at least one patient's context;
+    - 2 (EXIT_NOT_FHIR): a one-line error: the input is not FHIR JSON or NDJSON, or the
+      time zone is unknown;
+    - 3 (EXIT_NO_PATIENT): the input is valid FHIR but concerns no patient (a lone
+      Practitioner, an empty searchset): a one-line message saying what it held.
     """
     if zone(viewer_tz) is None:
-        return 2, f"caredesk map: unknown time zone {viewer_tz!r}"
+        return EXIT_NOT_FHIR, f"caredesk map: unknown time zone {viewer_tz!r}"
     try:
-        contexts = contexts_for_file(text, now=now, viewer_tz=viewer_tz)
+        reading = _read(text)
+        contexts = _contexts(reading, now=now, viewer_tz=viewer_tz)
     except NotFhirError as exc:
-        return 2, f"caredesk map: not FHIR: {exc}"
-    return 0, json.dumps(contexts, indent=2, ensure_ascii=False) + "\n"
+        return EXIT_NOT_FHIR, _printable(f"caredesk map: not FHIR: {exc}")
+    if not contexts:
+        return EXIT_NO_PATIENT, _printable(_no_patient_message(reading))
+    if as_json:
+        return EXIT_OK, _printable(json.dumps(contexts, indent=2, ensure_ascii=False) + "\n")
+    return EXIT_OK, _printable(summarize(contexts, now=now, viewer_tz=viewer_tz))
+
+
+def _printable(text: str) -> str:
+    """Text a UTF-8 terminal can take: a lone surrogate from the input (valid in JSON
+    escapes, invalid in UTF-8) is written as its `\\udxxx` escape, which JSON reads back."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def _no_patient_message(reading: _Reading) -> str:
+    counts: dict[str, int] = {}
+    for _, res in reading.entries:
+        rtype = get_str(res, "resourceType") or "?"
+        counts[rtype] = counts.get(rtype, 0) + 1
+    held = ", ".join(f"{n} {t}" for t, n in sorted(counts.items())[:6]) or "no resources"
+    return (
+        f"caredesk map: the input is FHIR ({_clean(held, 120)}) but concerns no patient: give a "
+        "Patient, or Appointments or Coverages that name one."
+    )
+
+
+def _clean(value: object, limit: int = 80) -> str:
+    """EHR text for a terminal: control and direction-override characters replaced (no
+    escape sequences reach the screen), long values cut."""
+    text = _CONTROL.sub("?", str(value))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _when(value: object) -> str:
+    if not isinstance(value, str):
+        return "time unknown"
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return _clean(value, 30)
+    return moment.strftime("%Y-%m-%d %H:%M")
+
+
+def summarize(contexts: list[dict[str, Any]], *, now: dt.datetime, viewer_tz: str) -> str:
+    """The short form of `caredesk map`: one block per patient, warnings in plain words.
+
+    Works on the JSON contexts (`contexts_for_file`'s output).
+    """
+    visits = sum(len(c.get("visits") or []) for c in contexts)
+    warnings = sum(len(c.get("warnings") or []) for c in contexts)
+    lines = [
+        f"{len(contexts)} patient{'s' if len(contexts) != 1 else ''} · {visits} visits · "
+        f"{warnings} data warning{'s' if warnings != 1 else ''} · as of "
+        f"{now.isoformat(timespec='minutes')}, times in {viewer_tz}",
+    ]
+    for context in contexts:
+        lines.append("")
+        lines.extend(_patient_block(context))
+    lines.append("")
+    lines.append("The full context of each patient: caredesk map --json FILE")
+    return "\n".join(lines) + "\n"
+
+
+def _patient_block(context: dict[str, Any]) -> list[str]:
+    contact = context.get("contact") or {}
+    name = contact.get("display_name") or "(no name on file)"
+    head = _clean(name)
+    if contact.get("preferred_name"):
+        head += f" (goes by {_clean(contact['preferred_name'], 40)})"
+    head += f" · Patient/{_clean(context.get('patient_id') or '?', 70)}"
+    if contact.get("mrn"):
+        head += f" · MRN {_clean(contact['mrn'], 40)}"
+    unavailable = context.get("unavailable") or {}
+    if "patient" in unavailable:
+        head += f" (Patient: {_clean(unavailable['patient'])})"
+    alerts = context.get("alerts") or []
+    words = "; ".join(_clean(a.get("text"), 40) for a in alerts) or "none"
+    if context.get("needs_call"):
+        words += "  [needs a call]"
+    upcoming, recent = context.get("upcoming") or [], context.get("recent") or []
+    visit_line = f"{len(upcoming)} upcoming, {len(recent)} recent"
+    if upcoming:
+        live = [v for v in upcoming if v.get("status") not in ("cancelled", "entered-in-error")]
+        nxt = (live or upcoming)[0]
+        visit_line += f" (next {_when(nxt.get('start'))}"
+        if nxt.get("tz_abbr"):
+            visit_line += f" {nxt['tz_abbr']}"
+        visit_line += f", {_clean(nxt.get('status_text') or '?', 30)})"
+    insurance = context.get("insurance") or {}
+    coverage = str(insurance.get("state") or "unknown")
+    primary = insurance.get("primary") or {}
+    if primary.get("payor"):
+        coverage += f" ({_clean(primary['payor'], 40)}"
+        if primary.get("period_end"):
+            coverage += f", ends {primary['period_end']}"
+        coverage += ")"
+    if "coverage" in unavailable:
+        coverage += f" ({_clean(unavailable['coverage'])})"
+    warnings = [w for w in context.get("warnings") or [] if isinstance(w, dict)]
+    rank = {code: i for i, code in enumerate(issues.SEVERITY)}
+    top = sorted(
+        enumerate(warnings),
+        key=lambda item: (rank.get(str(item[1].get("code")), len(rank)), item[0]),
+    )[:_TOP_WARNINGS]
+    block = [
+        head,
+        f"  flags:    {words}",
+        f"  visits:   {visit_line}",
+        f"  coverage: {coverage}",
+        f"  warnings: {len(warnings)}",
+    ]
+    for _, warning in top:
+        where = f"{warning.get('resource_type')}/{warning.get('resource_id') or '?'}"
+        block.append(f"    - {_clean(where, 60)}: {_clean(warning.get('plain'), 160)}")
+    if len(warnings) > _TOP_WARNINGS:
+        block.append(f"    … and {len(warnings) - _TOP_WARNINGS} more (--json shows all)")
+    return block

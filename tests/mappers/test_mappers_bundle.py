@@ -209,3 +209,107 @@ def test_transaction_urn_references_are_resolved() -> None:
 def test_resources_naming_no_patient_are_not_shown() -> None:
     assert run(bundle("collection", [LOC, appt("a1", "Group/g1")])) == []
     assert run(bundle("searchset", [])) == []
+
+
+# --- `caredesk map`: the summary, the JSON, the exit codes --------------------------------
+
+
+def population_text() -> str:
+    from fixtures.population import build_population
+
+    pop = build_population(NOW.date())
+    return "\n".join(json.dumps(r) for rs in pop.values() for r in rs)
+
+
+def test_summary_is_one_short_block_per_patient() -> None:
+    code, out = run_map(population_text(), now=NOW, viewer_tz="America/Chicago", as_json=False)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith(
+        "32 patients · 85 visits · 10 data warnings · as of 2026-11-27T09:30"
+    )
+    assert len(lines) < 300  # the JSON of the same input is over 4,500 lines
+    blocks = out.split("\n\n")[1:-1]
+    assert len(blocks) == 32
+    first = blocks[0].splitlines()
+    assert first == [
+        "Margaret Ann Okonkwo (goes by Peggy) · Patient/pat-001 · MRN 00100237",
+        "  flags:    Visit today",
+        "  visits:   2 upcoming, 2 recent (next 2026-11-27 11:00 CST, Booked)",
+        "  coverage: active (Aetna, ends 2027-12-31)",
+        "  warnings: 0",
+    ]
+    assert lines[-1] == "The full context of each patient: caredesk map --json FILE"
+
+
+def test_summary_lists_the_three_worst_warnings_in_plain_words() -> None:
+    odd = {
+        **P1,
+        "birthDate": "1980-07",
+        "extension": [{"valueCode": "x"}],
+        "bogus": 1,
+        "identifier": [],
+    }
+    visit = {**appt("a1", "Patient/p1"), "start": "2026-11-30T10:00:00"}
+    text = json.dumps(bundle("collection", [odd, visit, LOC]))
+    code, out = run_map(text, now=NOW, viewer_tz="America/Chicago", as_json=False)
+    assert code == 0
+    block = out.split("\n\n")[1].splitlines()
+    count = int(block[4].removeprefix("  warnings: "))
+    assert count > 3
+    assert block[5] == (
+        "    - Appointment/a1: The appointment's start time has no time zone; read as Denver time."
+    )
+    assert len([line for line in block if line.startswith("    - ")]) == 3
+    assert block[-1] == f"    … and {count - 3} more (--json shows all)"
+
+
+def test_json_is_the_full_contexts_when_asked() -> None:
+    text = json.dumps(bundle("collection", [P1, appt("a1", "Patient/p1"), LOC]))
+    code, out = run_map(text, now=NOW, viewer_tz="America/Chicago", as_json=True)
+    assert code == 0
+    assert json.loads(out) == run(text)
+
+
+@pytest.mark.parametrize(
+    ("data", "held"),
+    [
+        ({"resourceType": "Practitioner", "id": "d1"}, "1 Practitioner"),
+        (bundle("searchset", []), "no resources"),
+        (bundle("collection", [LOC, appt("a1", "Group/g1")]), "1 Appointment, 1 Location"),
+    ],
+)
+@pytest.mark.parametrize("as_json", [True, False])
+def test_fhir_about_no_patient_says_so_with_exit_3(data: Any, held: str, as_json: bool) -> None:
+    code, out = run_map(json.dumps(data), now=NOW, viewer_tz="America/Chicago", as_json=as_json)
+    assert code == 3
+    assert out == (
+        f"caredesk map: the input is FHIR ({held}) but concerns no patient: give a Patient, "
+        "or Appointments or Coverages that name one."
+    )
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_not_fhir_stays_exit_2(as_json: bool) -> None:
+    code, out = run_map('{"hello": "world"}', now=NOW, viewer_tz="America/Chicago", as_json=as_json)
+    assert code == 2 and out.startswith("caredesk map: not FHIR:")
+
+
+def test_output_is_safe_for_a_terminal() -> None:
+    sneaky = {
+        **P1,
+        "name": [{"family": "\x1b[2J\x1b[31mRed\u202eevil", "given": ["\ud800"]}],
+    }
+    for as_json in (True, False):
+        code, out = run_map(
+            json.dumps(sneaky), now=NOW, viewer_tz="America/Chicago", as_json=as_json
+        )
+        assert code == 0
+        out.encode("utf-8")  # a lone surrogate from the input is escaped, not printed
+        if not as_json:
+            assert "\x1b" not in out and "\u202e" not in out
+        else:
+            assert (
+                json.loads(out)[0]["contact"]["display_name"]
+                == "\ud800 \x1b[2J\x1b[31mRed\u202eevil"
+            )
