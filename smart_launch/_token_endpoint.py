@@ -23,7 +23,14 @@ from joserfc import jwt
 from ._http import json_or_none
 from .config import Registration, SigningKey
 from .discovery import SmartConfiguration
-from .errors import AuthFailed
+from .errors import (
+    AuthFailed,
+    ClientRejected,
+    EhrServerError,
+    EhrUnreachable,
+    GrantRejected,
+    clean_error_code,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +79,19 @@ class SmartPrivateKeyJWT(PrivateKeyJWT):  # type: ignore[misc]
 def signing_key_for(keys: tuple[SigningKey, ...], conf: SmartConfiguration) -> SigningKey:
     """The first key whose alg the server accepts (all of them if it does not say)."""
     if not keys:
-        raise AuthFailed("No signing key is configured for this EHR.", error="no_signing_key")
+        raise AuthFailed(
+            "No signing key is configured for this EHR.", code="no_signing_key", party="caredesk"
+        )
     accepted = conf.token_endpoint_auth_signing_algs
     for key in keys:
         if not accepted or key.alg in accepted:
             return key
     raise AuthFailed(
-        "The EHR accepts none of our client-assertion algorithms.", error="unsupported_alg"
+        "The EHR accepts none of CareDesk's client-assertion algorithms "
+        f"({', '.join(k.alg for k in keys)}); add a key with one it accepts "
+        f"({', '.join(accepted)}).",
+        code="unsupported_alg",
+        party="caredesk",
     )
 
 
@@ -91,6 +104,51 @@ def client_auth(reg: Registration, conf: SmartConfiguration) -> ClientAuth:
     return ClientAuth(reg.client_id, None, SmartPrivateKeyJWT(key))
 
 
+# OAuth error codes of a token endpoint, and whose fault each one is.
+_CLIENT_ERRORS = {
+    "invalid_client": "The EHR did not accept CareDesk's client credentials "
+    "(unknown client, wrong secret or key, or a refused client assertion). "
+    "Check the registration here and in the EHR.",
+    "unauthorized_client": "The EHR does not allow this CareDesk client to use this kind "
+    "of sign-in. Check the app's registration in the EHR.",
+    "invalid_scope": "The EHR refused the scopes CareDesk is registered with. Check the "
+    "registration's scopes against what the EHR allows this app.",
+}
+_SERVER_ERRORS = frozenset({"server_error", "temporarily_unavailable"})
+
+
+def token_error(status: int, payload: Any, *, grant_type: str | None) -> AuthFailed:
+    """The typed error for a token endpoint's non-200 answer (or a 200 that is not JSON)."""
+    error = clean_error_code(payload.get("error")) if isinstance(payload, dict) else None
+    description = payload.get("error_description") if isinstance(payload, dict) else None
+    description = description if isinstance(description, str) else None
+    kw: dict[str, Any] = {"error": error, "error_description": description, "status": status}
+    if error in _CLIENT_ERRORS:
+        return ClientRejected(_CLIENT_ERRORS[error], **kw)
+    if error is None and status == 401:
+        # RFC 6749 5.2: a 401 from the token endpoint is client authentication failing.
+        return ClientRejected(_CLIENT_ERRORS["invalid_client"], **kw)
+    if error == "invalid_grant":
+        if grant_type == "refresh_token":
+            message = "The EHR no longer accepts this session. Launch CareDesk again."
+        else:
+            message = (
+                "The EHR did not accept this sign-in (it may have expired or been used). "
+                "Launch CareDesk again."
+            )
+        return GrantRejected(message, **kw)
+    if error in _SERVER_ERRORS or status >= 500:
+        return EhrServerError(
+            f"The EHR's token endpoint failed (HTTP {status}). Try again later.", **kw
+        )
+    return AuthFailed(
+        f"The EHR's token endpoint refused the request (HTTP {status}"
+        + (f", {error})." if error else ")."),
+        code=error,
+        **kw,
+    )
+
+
 def post_token(
     http: requests.Session,
     conf: SmartConfiguration,
@@ -99,7 +157,8 @@ def post_token(
 ) -> dict[str, Any]:
     """POST ``form`` to the token endpoint with ``auth`` applied; the parsed JSON on 200.
 
-    Nothing from the request or response body is logged: both carry secrets.
+    Nothing from the request or response body is logged: both carry secrets. Failures
+    raise the :class:`AuthFailed` subclass that says whose fault it is.
     """
     headers = {
         "Content-Type": "application/x-www-form-urlencoded",
@@ -110,32 +169,25 @@ def post_token(
         response = http.post(
             uri, data=body, headers=headers, timeout=TOKEN_TIMEOUT, allow_redirects=False
         )
+    except requests.Timeout as exc:
+        raise EhrUnreachable("The EHR's token endpoint did not answer in time.") from exc
     except requests.RequestException as exc:
-        raise AuthFailed(
-            "The EHR's token endpoint could not be reached.", error="temporarily_unavailable"
-        ) from exc
+        raise EhrUnreachable("The EHR's token endpoint could not be reached.") from exc
     with response:
         payload = json_or_none(response)
     if response.status_code != 200 or not isinstance(payload, dict):
-        error = payload.get("error") if isinstance(payload, dict) else None
-        description = payload.get("error_description") if isinstance(payload, dict) else None
+        failure = token_error(response.status_code, payload, grant_type=form.get("grant_type"))
         log.info(
-            "token endpoint refused grant_type=%s: status=%s error=%s",
+            "token endpoint refused grant_type=%s: status=%s error=%s party=%s",
             form.get("grant_type"),
             response.status_code,
-            error,
+            failure.error,
+            failure.party,
         )
-        raise AuthFailed(
-            description or error or f"The EHR's token endpoint answered {response.status_code}.",
-            error=error if isinstance(error, str) else None,
-            error_description=description if isinstance(description, str) else None,
-            status=response.status_code,
-        )
+        raise failure
     if not payload.get("access_token"):
-        raise AuthFailed("The token response carries no access_token.", error="invalid_response")
+        raise AuthFailed("The token response carries no access_token.", code="invalid_response")
     token_type = str(payload.get("token_type") or "")
     if token_type.lower() != "bearer":
-        raise AuthFailed(
-            "The token response is not a bearer token.", error="unsupported_token_type"
-        )
+        raise AuthFailed("The token response is not a bearer token.", code="unsupported_token_type")
     return payload

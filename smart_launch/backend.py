@@ -13,7 +13,7 @@ from authlib.oauth2.auth import ClientAuth
 from ._token_endpoint import SmartPrivateKeyJWT, client_assertion, post_token, signing_key_for
 from .config import Registration
 from .discovery import SmartConfiguration
-from .errors import AuthFailed, NeedsAuthorization
+from .errors import BackendClientRejected, ClientRejected, NoBackendClient
 from .scopes import translate
 from .tokens import TokenSet
 
@@ -63,7 +63,7 @@ def backend_token(
 ) -> TokenSet:
     """A client_credentials access token for ``reg.backend_client_id`` (cached)."""
     if not reg.backend_client_id or not reg.signing_keys:
-        raise NeedsAuthorization("No backend-services client is registered for this EHR.")
+        raise NoBackendClient("No backend-services client is registered for this EHR.")
     scope = translate(reg.backend_scopes or "system/*.rs", v2="permission-v2" in conf.capabilities)
     key = (reg.id, reg.backend_client_id, scope)
     if cache is not None:
@@ -95,10 +95,13 @@ def _fetch(
     form = {"grant_type": "client_credentials", "scope": scope}
     try:
         body = post_token(http, conf, form, auth)
-    except AuthFailed as exc:
-        if exc.error in ("invalid_client", "unauthorized_client"):
-            raise NeedsAuthorization(
-                exc.error_description or "The EHR refused CareDesk's backend credentials."
-            ) from exc
-        raise
+    except ClientRejected as exc:
+        raise BackendClientRejected(
+            "The EHR refused CareDesk's backend-services client "
+            f"({exc.error or 'HTTP ' + str(exc.status)}). Check the backend client id, its "
+            "key and its scopes here and in the EHR.",
+            error=exc.error,
+            error_description=exc.ehr_text,
+            status=exc.status,
+        ) from exc
     return TokenSet.from_response(body, scope_requested=scope, now=now or datetime.now(UTC))

@@ -1,11 +1,15 @@
-"""Plain configuration types: what the lead's EhrRegistration rows turn into."""
+"""Plain configuration types: what the store's EHR registrations turn into."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from joserfc.jwk import ECKey, RSAKey
+
+from ._http import DEFAULT_PORTS
+from .errors import ConfigurationError
 
 Alg = Literal["RS384", "ES384"]
 ClientType = Literal["public", "confidential-symmetric", "confidential-asymmetric"]
@@ -37,12 +41,38 @@ class SigningKey:
         return f"SigningKey(kid={self.kid!r}, alg={self.alg!r}, private_pem=<hidden>)"
 
 
+def normalize_iss(url: str) -> str:
+    """A FHIR base in one form, for comparing an ``iss`` with a registered one: scheme and
+    host lower-cased, the default port dropped, trailing slashes removed.
+
+    A real server's launch link sends ``iss`` with a trailing slash that its own
+    registration page shows without; both name the same server.
+    """
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 literal
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = host if port in (None, DEFAULT_PORTS.get(scheme)) else f"{host}:{port}"
+    path = parts.path.rstrip("/")
+    return urlunsplit((scheme, netloc, path, parts.query, ""))
+
+
 @dataclass(frozen=True, repr=False)
 class Registration:
-    """One registered EHR. ``iss`` is the exact FHIR base the EHR sends on launch.
+    """One registered EHR. ``iss`` is the FHIR base the EHR sends on launch (compare with
+    :meth:`matches_iss`: a trailing slash or an upper-case host still match).
 
     ``signing_keys[0]`` signs client assertions; every key in the tuple stays published in
     the JWKS, so a rotated-out key keeps verifying until it is removed.
+
+    ``redirect_uri`` is only for the web, which redirects a browser; jobs and the command
+    line never do and leave it ``None`` (authorization and code exchange then raise
+    :class:`~smart_launch.errors.ConfigurationError`).
     """
 
     id: str
@@ -50,7 +80,7 @@ class Registration:
     client_id: str
     client_type: ClientType
     scopes: str
-    redirect_uri: str
+    redirect_uri: str | None = None
     client_secret: str | None = None
     signing_keys: tuple[SigningKey, ...] = ()
     backend_client_id: str | None = None
@@ -66,6 +96,19 @@ class Registration:
     @property
     def fhir_base(self) -> str:
         return self.iss.rstrip("/")
+
+    def matches_iss(self, iss: str) -> bool:
+        """Whether ``iss`` (from a launch link) names this registration's FHIR base."""
+        return bool(iss) and normalize_iss(iss) == normalize_iss(self.iss)
+
+    def require_redirect_uri(self) -> str:
+        if not self.redirect_uri:
+            raise ConfigurationError(
+                "This registration has no redirect URI, so it cannot send a browser to "
+                "the EHR's sign-in (only the web app can).",
+                code="missing_redirect_uri",
+            )
+        return self.redirect_uri
 
     def __repr__(self) -> str:
         return (

@@ -57,18 +57,20 @@ class SmartConfiguration:
 
 
 def find_registration(iss: str, registrations: Mapping[str, Registration]) -> Registration:
-    """The registration whose ``iss`` is exactly ``iss`` (trailing slash tolerated).
+    """The registration whose ``iss`` names the same FHIR base as ``iss``
+    (:meth:`Registration.matches_iss`: a trailing slash, host case and default port do
+    not matter; anything else does).
 
     ``registrations`` maps iss to Registration. Raises :class:`UnknownIssuer` otherwise, so
     an unregistered ``iss`` from a launch URL never reaches an HTTP client.
     """
-    reg = registrations.get(iss) or registrations.get(iss.rstrip("/"))
-    if reg is None:
-        for candidate in registrations.values():
-            if candidate.fhir_base == iss.rstrip("/"):
-                return candidate
-        raise UnknownIssuer("This EHR is not registered with CareDesk.")
-    return reg
+    reg = registrations.get(iss)
+    if reg is not None:
+        return reg
+    for candidate in registrations.values():
+        if candidate.matches_iss(iss):
+            return candidate
+    raise UnknownIssuer("This EHR is not registered with CareDesk.")
 
 
 class DiscoveryCache:

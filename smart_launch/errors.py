@@ -1,25 +1,120 @@
-"""Errors raised by the SMART client.
+"""Errors raised by the SMART client, each saying whose fault it is.
 
 Lower layers raise; the web edge turns these into a sidebar-sized page or one JSON error
-shape, and jobs let RQ see them. Every message is safe to show a user: it comes from the
-server's OperationOutcome or OAuth ``error_description``, never from a token or a code.
+shape (:meth:`SmartError.to_dict`), and jobs let RQ see them. Every error carries:
+
+- ``summary``: CareDesk's own sentence, safe to show a user. It never contains text the
+  EHR sent, nor a token or a code.
+- ``party``: whose side the problem is on. ``"caredesk"``: CareDesk's own registration,
+  credentials or configuration (an administrator of CareDesk or of the EHR's app
+  registration fixes it); ``"ehr"``: the EHR refused or failed (its answer is in
+  ``ehr_text``); ``"network"``: the EHR could not be reached or did not answer in time.
+- ``error``: the OAuth error code the EHR sent (``invalid_client``...), sanitized.
+- ``ehr_text``: what the EHR said (OAuth ``error_description``, OperationOutcome text),
+  with control characters stripped, to be shown only quoted and attributed to the EHR.
+- ``temporary``: whether the same request may succeed later.
+
+- ``message`` (and ``str(exc)``): :meth:`SmartError.describe`, the summary followed by
+  the EHR's words quoted and attributed (``... The EHR said: "..."``), for job rows, logs
+  and the command line. A page that can set the EHR's words apart shows ``summary`` and
+  ``ehr_text`` separately instead.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Literal
+
+Party = Literal["caredesk", "ehr", "network"]
+
+# C0 and C1 controls (CR, LF, TAB, ESC, DEL...), Unicode line/paragraph separators,
+# zero-width and bidirectional formatting characters: none of them belong in one line
+# of quoted text, and CR/LF in a log line or a header is an injection.
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]+")
+EHR_TEXT_LIMIT = 500
+# RFC 6749 5.2 error codes are short ASCII words; keep the leading run of such characters.
+_ERROR_CODE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
+def clean_ehr_text(value: object, *, limit: int = EHR_TEXT_LIMIT) -> str | None:
+    """EHR-supplied text as one line: controls replaced by spaces, runs of whitespace
+    collapsed, cut at ``limit`` characters. ``None`` for anything that is not text or
+    is empty afterwards."""
+    if not isinstance(value, str):
+        return None
+    text = " ".join(_CONTROLS.sub(" ", value).split())
+    if len(text) > limit:
+        text = text[: limit - 1].rstrip() + "…"
+    return text or None
+
+
+def clean_error_code(value: object) -> str | None:
+    """An OAuth error code fit for a JSON field and a log line: the leading run of
+    ``[A-Za-z0-9_.-]`` (at most 64), or ``None``. ``"access_denied\\r\\nX: y"`` gives
+    ``"access_denied"``."""
+    if not isinstance(value, str):
+        return None
+    match = _ERROR_CODE.match(value)
+    return match.group(0) if match else None
 
 
 class SmartError(Exception):
-    """Base class. ``code`` is a short machine-readable reason; ``str(exc)`` is user-safe."""
+    """Base class. ``code`` is a short machine-readable reason; ``summary`` is CareDesk's
+    own user-safe sentence; see the module docstring for the other attributes."""
 
     code: str = "smart_error"
+    party: Party = "caredesk"
+    temporary: bool = False
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        party: Party | None = None,
+        error: str | None = None,
+        ehr_text: str | None = None,
+        status: int | None = None,
+    ) -> None:
         super().__init__(message)
-        self.message = message
-        if code is not None:
-            self.code = code
+        self.summary = message
+        cleaned = clean_error_code(code)
+        if cleaned is not None:
+            self.code = cleaned
+        if party is not None:
+            self.party = party
+        self.error = clean_error_code(error)
+        self.ehr_text = clean_ehr_text(ehr_text)
+        self.status = status
+        self.message = self.describe()
+
+    def describe(self) -> str:
+        """The summary, then the EHR's own words quoted and attributed to it."""
+        if self.ehr_text:
+            return f'{self.summary} The EHR said: "{self.ehr_text}"'
+        return self.summary
+
+    def __str__(self) -> str:
+        return self.describe()
+
+    def to_dict(self) -> dict[str, Any]:
+        """One JSON-able shape for every error (the web edge's error body)."""
+        return {
+            "code": self.code,
+            "party": self.party,
+            "summary": self.summary,
+            "error": self.error,
+            "ehr_text": self.ehr_text,
+            "status": self.status,
+            "temporary": self.temporary,
+        }
+
+
+class ConfigurationError(SmartError):
+    """CareDesk was asked to do something its registration does not allow (a redirect
+    without a redirect URI, a backend token without a backend client)."""
+
+    code = "configuration"
 
 
 class LaunchError(SmartError):
@@ -34,42 +129,38 @@ class StateError(LaunchError):
     code = "invalid_state"
 
 
+class BrowserMismatch(StateError):
+    """The callback arrived in a browser other than the one that started the launch."""
+
+    code = "browser_mismatch"
+
+
 class DiscoveryError(LaunchError):
     code = "discovery_failed"
+    party: Party = "ehr"
 
 
 class AuthorizationDenied(LaunchError):
-    """The authorization server redirected back with ``error=...``."""
+    """The authorization server redirected back with ``error=...`` (the user said no, or
+    the EHR refused the request). The EHR's code is ``error``, its text ``ehr_text``."""
 
     code = "authorization_denied"
+    party: Party = "ehr"
 
     def __init__(self, error: str, error_description: str | None = None) -> None:
-        super().__init__(error_description or error, code=error)
-        self.error = error
-        self.error_description = error_description
+        code = clean_error_code(error)
+        super().__init__(
+            "The EHR did not authorize CareDesk"
+            + (f" ({code})." if code else ".")
+            + " Launch CareDesk again, or ask your EHR administrator.",
+            code=code,
+            error=code,
+            ehr_text=error_description,
+        )
 
-
-class AuthFailed(SmartError):
-    """The token endpoint refused us, or what it returned cannot be trusted."""
-
-    code = "auth_failed"
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        error: str | None = None,
-        error_description: str | None = None,
-        status: int | None = None,
-    ) -> None:
-        super().__init__(message, code=error)
-        self.error = error
-        self.error_description = error_description
-        self.status = status
-
-
-class IdTokenInvalid(AuthFailed):
-    code = "invalid_id_token"
+    @property
+    def error_description(self) -> str | None:
+        return self.ehr_text
 
 
 class NeedsAuthorization(SmartError):
@@ -78,14 +169,106 @@ class NeedsAuthorization(SmartError):
     code = "needs_authorization"
 
 
+class NoBackendClient(NeedsAuthorization, ConfigurationError):
+    """The registration has no backend-services client (or no key): not a failure of
+    the EHR, just a job that must wait for a user's grant. Sweeps log it in one line."""
+
+    code = "no_backend_client"
+
+
 class RefreshBusy(SmartError):
     """Another worker held the refresh lock for longer than we were willing to wait."""
 
     code = "refresh_busy"
+    temporary = True
+
+
+class AuthFailed(SmartError):
+    """The token endpoint refused us, or what it returned cannot be trusted.
+
+    The subclasses say whose fault: :class:`ClientRejected` (CareDesk's credentials),
+    :class:`GrantRejected` (the EHR no longer honours this grant), :class:`EhrServerError`,
+    :class:`EhrUnreachable`, :class:`IdTokenInvalid`.
+    """
+
+    code = "auth_failed"
+    party: Party = "ehr"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        error: str | None = None,
+        error_description: str | None = None,
+        status: int | None = None,
+        party: Party | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(
+            message,
+            code=code,
+            party=party,
+            error=error,
+            ehr_text=error_description,
+            status=status,
+        )
+
+    @property
+    def error_description(self) -> str | None:
+        return self.ehr_text
+
+
+class ClientRejected(AuthFailed):
+    """The token endpoint refused CareDesk's own client credentials or registration:
+    ``invalid_client`` (unknown client, unknown asymmetric client, bad secret, bad
+    assertion), ``unauthorized_client``, ``invalid_scope``. Relaunching will not help;
+    the registration (here or in the EHR) must be fixed."""
+
+    code = "client_rejected"
+    party: Party = "caredesk"
+
+
+class BackendClientRejected(ClientRejected, NeedsAuthorization):
+    """The EHR refused the backend-services client (``invalid_client`` for an unknown
+    asymmetric client or a bad assertion...). A :class:`NeedsAuthorization` too: a job
+    may still run on the refresh token of the launch that queued it."""
+
+    code = "backend_client_rejected"
+
+
+class GrantRejected(AuthFailed, NeedsAuthorization):
+    """``invalid_grant``: the EHR no longer honours this code or refresh token (used,
+    expired, revoked). The user must launch CareDesk again."""
+
+    code = "grant_rejected"
+    party: Party = "ehr"
+
+
+class EhrServerError(AuthFailed):
+    """The token endpoint failed on its side (5xx, ``server_error``,
+    ``temporarily_unavailable``): worth retrying later."""
+
+    code = "ehr_server_error"
+    party: Party = "ehr"
+    temporary = True
+
+
+class EhrUnreachable(AuthFailed):
+    """The token endpoint could not be reached or did not answer in time."""
+
+    code = "ehr_unreachable"
+    party: Party = "network"
+    temporary = True
+
+
+class IdTokenInvalid(AuthFailed):
+    code = "invalid_id_token"
+    party: Party = "ehr"
 
 
 class FhirError(SmartError):
     code = "fhir_error"
+    party: Party = "ehr"
 
     def __init__(
         self,
@@ -94,9 +277,10 @@ class FhirError(SmartError):
         status: int | None = None,
         operation_outcome: dict[str, Any] | None = None,
         retry_after: float | None = None,
+        ehr_text: str | None = None,
+        party: Party | None = None,
     ) -> None:
-        super().__init__(message)
-        self.status = status
+        super().__init__(message, status=status, ehr_text=ehr_text, party=party)
         self.operation_outcome = operation_outcome
         self.retry_after = retry_after
 
@@ -105,6 +289,14 @@ class TemporaryFhirError(FhirError):
     """408/429/500/502/503/504, timeouts and connection failures: worth retrying."""
 
     code = "fhir_temporary"
+    temporary = True
+
+
+class FhirUnreachable(TemporaryFhirError):
+    """The FHIR server could not be reached or did not answer in time."""
+
+    code = "fhir_unreachable"
+    party: Party = "network"
 
 
 class FatalFhirError(FhirError):

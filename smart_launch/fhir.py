@@ -18,7 +18,7 @@ from urllib.parse import urlencode, urljoin
 import requests
 
 from ._http import is_under, json_or_none, outcome_text, parse_retry_after
-from .errors import FatalFhirError, FhirError, TemporaryFhirError, UnsafeUrl
+from .errors import FatalFhirError, FhirError, FhirUnreachable, TemporaryFhirError, UnsafeUrl
 
 log = logging.getLogger(__name__)
 
@@ -32,22 +32,24 @@ MAX_RETRY_SLEEP = 30.0
 
 
 def error_from_response(response: requests.Response, *, what: str) -> FhirError:
-    """A typed FhirError for a non-2xx response, with the OperationOutcome's text."""
+    """A typed FhirError for a non-2xx response. The message is ours; the EHR's own
+    words (OperationOutcome text, or an OAuth-style ``error_description`` from a gateway)
+    go to ``ehr_text``."""
     body = json_or_none(response)
     outcome = body if isinstance(body, dict) and body.get("resourceType") else None
-    message = outcome_text(outcome)
-    if message is None and isinstance(body, dict):
+    ehr_text = outcome_text(outcome)
+    if ehr_text is None and isinstance(body, dict):
         # A gateway in front of the FHIR server may answer in OAuth's error format.
         description = body.get("error_description") or body.get("error")
-        message = description if isinstance(description, str) else None
-    message = message or f"{what} failed with HTTP {response.status_code}."
+        ehr_text = description if isinstance(description, str) else None
     retry_after = parse_retry_after(response.headers.get("Retry-After"))
     cls = TemporaryFhirError if response.status_code in TEMPORARY_STATUSES else FatalFhirError
     return cls(
-        message,
+        f"{what} failed with HTTP {response.status_code}.",
         status=response.status_code,
         operation_outcome=outcome if outcome and outcome.get("resourceType") else None,
         retry_after=retry_after,
+        ehr_text=ehr_text,
     )
 
 
@@ -169,9 +171,9 @@ class FhirClient:
                     allow_redirects=False,
                 )
             except requests.Timeout as exc:
-                raise TemporaryFhirError(f"{what} timed out.", status=None) from exc
+                raise FhirUnreachable(f"{what}: the EHR did not answer in time.") from exc
             except requests.ConnectionError as exc:
-                raise TemporaryFhirError(f"{what}: the EHR could not be reached.") from exc
+                raise FhirUnreachable(f"{what}: the EHR could not be reached.") from exc
             except requests.RequestException as exc:
                 raise FatalFhirError(f"{what} failed: {type(exc).__name__}.") from exc
             with response:
@@ -273,9 +275,10 @@ class FhirClient:
             cls = TemporaryFhirError if status in TEMPORARY_STATUSES else FatalFhirError
             out.append(
                 cls(
-                    outcome_text(outcome) or f"{what} failed with HTTP {status}.",
+                    f"{what} failed with HTTP {status}.",
                     status=status,
                     operation_outcome=outcome,
+                    ehr_text=outcome_text(outcome),
                 )
             )
         return out

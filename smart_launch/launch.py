@@ -1,17 +1,29 @@
 """EHR and standalone launch: state, PKCE, the authorize request, the callback, the code
 exchange, refresh and id_token verification.
 
-Storage-agnostic: the caller keeps a :class:`PendingLaunch` server-side keyed by its
-state (single use) and a :class:`TokenSet` per grant.
+Storage-agnostic: the caller keeps a :class:`PendingLaunch` server-side keyed by
+:func:`state_key` (single use) and a :class:`TokenSet` per grant.
+
+The callback, in this order, so that someone holding a victim's callback URL cannot
+burn its state from another browser:
+
+1. :func:`parse_callback` reads ``code`` and ``state`` (or the EHR's ``error``);
+2. the caller looks the pending launch up by ``state_key(state)`` *without* using it up;
+3. :func:`check_pending` checks the state, the browser binding (the cookie secret given
+   to the browser that started the launch, :func:`browser_key`) and the expiry;
+4. only then does the caller consume the pending launch atomically (single use) and
+   call :func:`exchange_code`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import secrets
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -27,23 +39,33 @@ from ._http import cache_ttl, json_or_none
 from ._token_endpoint import client_auth, post_token
 from .config import Registration
 from .discovery import SmartConfiguration
-from .errors import AuthFailed, AuthorizationDenied, IdTokenInvalid, NeedsAuthorization, StateError
+from .errors import (
+    AuthorizationDenied,
+    BrowserMismatch,
+    IdTokenInvalid,
+    NeedsAuthorization,
+    StateError,
+)
 from .scopes import translate
-from .tokens import TokenSet
+from .tokens import TokenSet, normalize_fhir_user
 
 __all__ = [
     "AuthorizationRequest",
     "JwksCache",
     "PendingLaunch",
     "TokenSet",
+    "browser_key",
     "build_authorization_request",
+    "check_browser",
     "check_pending",
     "exchange_code",
+    "new_browser_secret",
     "new_pkce",
     "new_state",
     "parse_callback",
     "refresh",
     "scopes_for",
+    "state_key",
     "verify_id_token",
 ]
 
@@ -69,9 +91,44 @@ def new_pkce() -> tuple[str, str]:
     return verifier, create_s256_code_challenge(verifier)
 
 
+def state_key(state: str) -> str:
+    """What to index a pending launch by: SHA-256 of the state, so a read of the store
+    does not hand out live states."""
+    return hashlib.sha256(state.encode()).hexdigest()
+
+
+def new_browser_secret() -> str:
+    """A fresh secret for the browser-binding cookie. Issue one at every launch, never
+    reuse one the browser brought: a planted cookie must not bind the new launch."""
+    return secrets.token_urlsafe(32)
+
+
+def browser_key(secret: str) -> str:
+    """What the server keeps of the browser's secret (SHA-256), to compare at callback."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def check_browser(expected_key: str | None, secret: str | None) -> None:
+    """Raise :class:`BrowserMismatch` unless ``secret`` is the one ``expected_key`` was
+    made from (constant time)."""
+    if (
+        not expected_key
+        or not secret
+        or not secrets.compare_digest(expected_key, browser_key(secret))
+    ):
+        raise BrowserMismatch(
+            "This sign-in did not start in this browser (or the browser blocked CareDesk's "
+            "cookie). Launch CareDesk again from the EHR."
+        )
+
+
 @dataclass(frozen=True, repr=False)
 class PendingLaunch:
-    """What the server keeps between the authorize redirect and the callback."""
+    """What the server keeps between the authorize redirect and the callback.
+
+    ``browser_key`` binds it to the browser that started it (:func:`browser_key` of the
+    cookie secret); ``None`` only for launches stored before binding existed.
+    """
 
     state: str
     code_verifier: str
@@ -79,6 +136,7 @@ class PendingLaunch:
     scope_requested: str
     created_at: datetime
     launch: str | None = None
+    browser_key: str | None = None
 
     @classmethod
     def start(
@@ -89,6 +147,7 @@ class PendingLaunch:
         launch: str | None = None,
         scope: str | None = None,
         now: datetime | None = None,
+        browser_secret: str | None = None,
     ) -> PendingLaunch:
         verifier, _ = new_pkce()
         return cls(
@@ -98,6 +157,7 @@ class PendingLaunch:
             scope_requested=scope or scopes_for(reg, conf),
             created_at=now or datetime.now(UTC),
             launch=launch,
+            browser_key=browser_key(browser_secret) if browser_secret else None,
         )
 
     def expires_at(self) -> datetime:
@@ -122,9 +182,15 @@ class PendingLaunch:
 
 
 def check_pending(
-    pending: PendingLaunch | None, *, state: str, now: datetime | None = None
+    pending: PendingLaunch | None,
+    *,
+    state: str,
+    now: datetime | None = None,
+    browser_secret: str | None = None,
 ) -> PendingLaunch:
-    """Validate what the store returned for ``state`` (the store removed it: single use).
+    """Validate what the store holds for ``state``: the state itself, then the browser
+    binding (when the launch has one), then the expiry. Call it *before* using the
+    pending launch up, so a callback replayed from another browser changes nothing.
 
     ``None`` means unknown or already used: both are refused the same way so a replay
     learns nothing.
@@ -132,6 +198,8 @@ def check_pending(
     now = now or datetime.now(UTC)
     if pending is None or not secrets.compare_digest(pending.state, state):
         raise StateError("This sign-in link is unknown or was already used. Launch again.")
+    if pending.browser_key is not None:
+        check_browser(pending.browser_key, browser_secret)
     if now >= pending.expires_at():
         raise StateError("This sign-in took longer than 10 minutes. Launch again.")
     return pending
@@ -167,7 +235,7 @@ def build_authorization_request(
     params: dict[str, str] = {
         "response_type": "code",
         "client_id": reg.client_id,
-        "redirect_uri": reg.redirect_uri,
+        "redirect_uri": reg.require_redirect_uri(),
         "scope": scope or scopes_for(reg, conf),
         "state": state,
         # aud is the FHIR base exactly as registered (= the iss the EHR launched with),
@@ -308,14 +376,13 @@ def _token_set(
     http: requests.Session,
     scope_requested: str,
     now: datetime,
-    previous: TokenSet | None = None,
 ) -> TokenSet:
     claims: dict[str, Any] | None = None
     id_token = body.get("id_token")
     if isinstance(id_token, str) and id_token:
         claims = verify_id_token(id_token, conf, client_id=reg.client_id, http=http, now=now)
     return TokenSet.from_response(
-        body, scope_requested=scope_requested, now=now, id_claims=claims, previous=previous
+        body, scope_requested=scope_requested, now=now, id_claims=claims, fhir_base=reg.fhir_base
     )
 
 
@@ -338,7 +405,7 @@ def exchange_code(
     form = {
         "grant_type": "authorization_code",
         "code": code,
-        "redirect_uri": reg.redirect_uri,
+        "redirect_uri": reg.require_redirect_uri(),
         "code_verifier": code_verifier,
     }
     body = post_token(http, conf, form, client_auth(reg, conf))
@@ -364,31 +431,59 @@ def refresh(
     *,
     http: requests.Session,
     now: datetime | None = None,
+    on_accepted: Callable[[TokenSet], None] | None = None,
 ) -> TokenSet:
     """One refresh_token grant. Use :func:`smart_launch.refresh.refresh_serialized` from
     workers: a rotated refresh token must never be used twice.
 
     Whether a refresh token exists decides, not whether ``offline_access`` appears in
     the granted scope (Epic issues one without listing it).
+
+    Once the server has accepted the refresh, its answer is the grant: a server that
+    rotates refresh tokens has already retired the old one. So ``on_accepted`` (the
+    caller's store) receives the new TokenSet before anything else is checked, and a
+    refreshed id_token that fails verification is dropped with a warning: the identity
+    verified at launch stands, the new tokens are kept. (The SMART reference launcher
+    sends refreshed id_tokens without ``aud``; others omit the id_token.)
     """
     if not token_set.refresh_token:
         raise NeedsAuthorization("The EHR session has ended. Launch CareDesk again.")
     now = now or datetime.now(UTC)
     form = {"grant_type": "refresh_token", "refresh_token": token_set.refresh_token}
-    try:
-        body = post_token(http, conf, form, client_auth(reg, conf))
-    except AuthFailed as exc:
-        if exc.error == "invalid_grant":
-            raise NeedsAuthorization(
-                "The EHR no longer accepts this session. Launch CareDesk again."
-            ) from exc
-        raise
-    return _token_set(
+    # invalid_grant raises GrantRejected, a NeedsAuthorization: the user must relaunch.
+    body = post_token(http, conf, form, client_auth(reg, conf))
+    new_id_token = body.pop("id_token", None)
+    accepted = TokenSet.from_response(
         body,
-        reg,
-        conf,
-        http=http,
         scope_requested=token_set.scope_requested,
         now=now,
         previous=token_set,
+        fhir_base=reg.fhir_base,
+    )
+    if on_accepted is not None:
+        on_accepted(accepted)
+    if not isinstance(new_id_token, str) or not new_id_token:
+        return accepted
+    try:
+        claims = verify_id_token(new_id_token, conf, client_id=reg.client_id, http=http, now=now)
+    except IdTokenInvalid as exc:
+        log.warning(
+            "registration %s: refreshed id_token dropped (%s); the launch's identity stands",
+            reg.id,
+            exc.summary,
+        )
+        return accepted
+    previous_sub = token_set.id_claims.get("sub")
+    if previous_sub is not None and claims.get("sub") != previous_sub:
+        # OpenID Connect Core 12.2: a refreshed id_token must name the same subject.
+        log.warning("registration %s: refreshed id_token names another subject; dropped", reg.id)
+        return accepted
+    return dataclasses.replace(
+        accepted,
+        id_token=new_id_token,
+        id_claims=claims,
+        fhir_user=normalize_fhir_user(
+            claims.get("fhirUser") or claims.get("profile"), reg.fhir_base
+        )
+        or accepted.fhir_user,
     )

@@ -20,7 +20,6 @@ from .tokens import TokenSet
 
 log = logging.getLogger(__name__)
 
-REFRESH_MARGIN = timedelta(seconds=60)
 # Longer than one token request (15 s timeout) plus id_token JWKS fetch, so the lock
 # does not lapse mid-refresh and let a second worker spend the same refresh token.
 LOCK_TIMEOUT = 45.0
@@ -47,13 +46,19 @@ def refresh_serialized(
     http: requests.Session,
     now: datetime | None = None,
     rejected_access_token: str | None = None,
-    margin: timedelta = REFRESH_MARGIN,
+    margin: timedelta | None = None,
 ) -> TokenSet:
     """Refresh ``grant_id`` unless someone else just did; return the current TokenSet.
 
     Without ``rejected_access_token`` a refresh happens only if the stored token expires
-    within ``margin``. With it (the server answered 401 to that token) a refresh happens
+    within ``margin`` (default: the token's own :meth:`TokenSet.refresh_margin`, a share
+    of its lifetime). With it (the server answered 401 to that token) a refresh happens
     unless the stored token is already a different one.
+
+    The server's answer is saved the moment it is accepted, before the refreshed
+    id_token is checked (see :func:`smart_launch.launch.refresh`): with a server that
+    rotates refresh tokens, the old one is already dead, and losing the new one would
+    end the grant.
     """
     before = store.load(grant_id)
     lock = redis.lock(lock_name(grant_id), timeout=LOCK_TIMEOUT, blocking_timeout=LOCK_WAIT)
@@ -74,8 +79,16 @@ def refresh_serialized(
                 return current
         elif not current.expires_soon(check_time, margin):
             return current
-        fresh = launch.refresh(reg, conf, current, http=http, now=now)
-        store.save(grant_id, fresh)
+        saved: list[TokenSet] = []
+
+        def keep(accepted: TokenSet) -> None:
+            store.save(grant_id, accepted)
+            saved.append(accepted)
+
+        fresh = launch.refresh(reg, conf, current, http=http, now=now, on_accepted=keep)
+        if not saved or fresh is not saved[-1]:
+            # The refreshed id_token verified: store the identity it carries too.
+            store.save(grant_id, fresh)
         log.info("grant %s refreshed; expires %s", grant_id, fresh.expires_at.isoformat())
         return fresh
     finally:
@@ -95,9 +108,10 @@ def ensure_fresh(
     redis: redis_lib.Redis,
     http: requests.Session,
     now: datetime | None = None,
-    margin: timedelta = REFRESH_MARGIN,
+    margin: timedelta | None = None,
 ) -> TokenSet:
-    """The grant's TokenSet, refreshed first when it expires within ``margin``."""
+    """The grant's TokenSet, refreshed first when it expires within ``margin`` (default:
+    the token's own refresh margin, a tenth of its lifetime, at most a minute)."""
     current = store.load(grant_id)
     if current is None:
         raise NeedsAuthorization("The EHR session has ended. Launch CareDesk again.")

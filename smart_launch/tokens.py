@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
+from ._http import is_under
 from .scopes import missing_scopes
 
 # Keys of a token response that have their own TokenSet field; anything else goes to
@@ -33,6 +36,36 @@ KNOWN_RESPONSE_KEYS = frozenset(
 # Token responses without expires_in: assume an hour (RFC 6749 leaves it to the server);
 # a 401 still triggers one refresh, so a wrong guess costs one round trip.
 DEFAULT_EXPIRES_IN = 3600
+# Refresh this share of a token's lifetime before it ends, at most MAX_REFRESH_MARGIN.
+# A fixed minute made 60-second tokens (seen on a real server) "expiring soon" the
+# moment they were issued, so every page view refreshed; a tenth leaves 6 seconds.
+REFRESH_FRACTION = 0.1
+MAX_REFRESH_MARGIN = timedelta(seconds=60)
+_REFERENCE = re.compile(r"^(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]+)$")
+
+
+def normalize_fhir_user(value: object, fhir_base: str | None = None) -> str | None:
+    """``fhirUser`` in one form: the relative reference ``Practitioner/123``.
+
+    Servers send it relative (``Practitioner/123``) or absolute
+    (``https://ehr.example/fhir/Practitioner/123``, SMART's own examples). An absolute URL
+    under ``fhir_base`` (or any absolute URL when the base is not known) becomes relative
+    (a trailing ``/_history/N`` is dropped); an absolute URL on another server stays
+    absolute, since it names a resource this EHR's base cannot read. Anything that is not
+    a reference to a resource is ``None``.
+    """
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip()
+    if "://" in text:
+        if fhir_base and not is_under(text, fhir_base.rstrip("/")):
+            return text
+        text = urlsplit(text).path
+    parts = [p for p in text.split("/") if p]
+    if len(parts) >= 4 and parts[-2] == "_history":
+        parts = parts[:-2]
+    candidate = "/".join(parts[-2:])
+    return candidate if _REFERENCE.match(candidate) else None
 
 
 @dataclass(frozen=True, repr=False)
@@ -54,10 +87,15 @@ class TokenSet:
     intent: str | None = None
     tenant: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # When the token response arrived; with expires_at it gives the lifetime that sizes
+    # the refresh margin. None for token sets stored before it was recorded.
+    issued_at: datetime | None = None
 
     def __post_init__(self) -> None:
         if self.expires_at.tzinfo is None:
             raise ValueError("TokenSet.expires_at must be timezone-aware")
+        if self.issued_at is not None and self.issued_at.tzinfo is None:
+            raise ValueError("TokenSet.issued_at must be timezone-aware")
 
     @classmethod
     def from_response(
@@ -68,12 +106,14 @@ class TokenSet:
         now: datetime,
         id_claims: Mapping[str, Any] | None = None,
         previous: TokenSet | None = None,
+        fhir_base: str | None = None,
     ) -> TokenSet:
         """Build from a token endpoint's JSON. ``previous`` fills what a refresh omits.
 
         A refresh response usually leaves out the launch context and the id_token, and a
         server that does not rotate refresh tokens leaves out ``refresh_token``: those
-        carry over from the grant being refreshed.
+        carry over from the grant being refreshed. ``fhir_user`` is normalised by
+        :func:`normalize_fhir_user` against ``fhir_base``.
         """
         expires_in = body.get("expires_in")
         try:
@@ -81,7 +121,9 @@ class TokenSet:
         except (TypeError, ValueError):
             seconds = DEFAULT_EXPIRES_IN
         claims = dict(id_claims or (previous.id_claims if previous else {}))
-        fhir_user = claims.get("fhirUser") or claims.get("profile")
+        fhir_user = normalize_fhir_user(claims.get("fhirUser") or claims.get("profile"), fhir_base)
+        if fhir_user is None and previous is not None and not id_claims:
+            fhir_user = previous.fhir_user
 
         def pick(key: str, old: Any) -> Any:
             value = body.get(key)
@@ -99,7 +141,7 @@ class TokenSet:
             refresh_token=pick("refresh_token", previous.refresh_token if previous else None),
             id_token=pick("id_token", previous.id_token if previous else None),
             id_claims=claims,
-            fhir_user=fhir_user if isinstance(fhir_user, str) else None,
+            fhir_user=fhir_user,
             patient=pick("patient", previous.patient if previous else None),
             encounter=pick("encounter", previous.encounter if previous else None),
             fhir_context=tuple(context)
@@ -113,6 +155,7 @@ class TokenSet:
             tenant=pick("tenant", previous.tenant if previous else None),
             extra={k: v for k, v in body.items() if k not in KNOWN_RESPONSE_KEYS}
             or (dict(previous.extra) if previous else {}),
+            issued_at=now,
         )
 
     def missing_scopes(self) -> list[str]:
@@ -128,15 +171,23 @@ class TokenSet:
             has_context=bool(self.fhir_context),
         )
 
-    def expires_soon(
-        self, now: datetime | None = None, margin: timedelta = timedelta(seconds=60)
-    ) -> bool:
+    def refresh_margin(self) -> timedelta:
+        """How long before ``expires_at`` to refresh: a tenth of the token's lifetime, at
+        most a minute (a minute when the lifetime is not known)."""
+        if self.issued_at is None:
+            return MAX_REFRESH_MARGIN
+        lifetime = max(timedelta(0), self.expires_at - self.issued_at)
+        return min(MAX_REFRESH_MARGIN, lifetime * REFRESH_FRACTION)
+
+    def expires_soon(self, now: datetime | None = None, margin: timedelta | None = None) -> bool:
+        """Whether the token ends within ``margin`` (default :meth:`refresh_margin`)."""
         now = now or datetime.now(UTC)
-        return self.expires_at - margin <= now
+        return self.expires_at - (self.refresh_margin() if margin is None else margin) <= now
 
     def to_json(self) -> str:
         data = dataclasses.asdict(self)
         data["expires_at"] = self.expires_at.isoformat()
+        data["issued_at"] = self.issued_at.isoformat() if self.issued_at else None
         data["fhir_context"] = list(self.fhir_context)
         return json.dumps(data, sort_keys=True)
 
@@ -144,6 +195,8 @@ class TokenSet:
     def from_json(cls, text: str) -> TokenSet:
         data = json.loads(text)
         data["expires_at"] = datetime.fromisoformat(data["expires_at"])
+        if data.get("issued_at"):
+            data["issued_at"] = datetime.fromisoformat(data["issued_at"])
         data["fhir_context"] = tuple(data.get("fhir_context") or ())
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})

@@ -85,7 +85,11 @@ def test_429_with_retry_after_is_not_retried_before_it(job_app, sandbox, tmp_pat
     with worker(job_app, tmp_path / "worker.log"):
         wait_for(lambda: load_task(job_app, task_id).status == "waiting", what="retry success")
     first, second = _attempts(job_app, task_id)
-    assert first.outcome == "retry" and first.error == "scripted failure (sandbox fail_next)"
+    # The EHR's words are kept, quoted and attributed to it (smart_launch.errors).
+    assert first.outcome == "retry" and first.error == (
+        'search ServiceRequest failed with HTTP 429. The EHR said: "scripted failure '
+        '(sandbox fail_next)"'
+    )
     assert first.finished_at is not None
     # RETRY_BASE_SECONDS is 1 in these tests: the 2 s come from Retry-After.
     assert (second.started_at - first.finished_at).total_seconds() >= 2.0
@@ -107,7 +111,10 @@ def test_400_fails_the_task_with_the_operation_outcome_text(job_app, sandbox) ->
     task = load_task(job_app, task_id)
     assert task.status == "failed"
     assert task.attempts == 1
-    assert task.last_error == "ServiceRequest.performer: unknown practitioner"
+    assert task.last_error == (
+        'search ServiceRequest failed with HTTP 400. The EHR said: "ServiceRequest.performer: '
+        'unknown practitioner"'
+    )
     assert [a.outcome for a in _attempts(job_app, task_id)] == ["failed"]
 
 

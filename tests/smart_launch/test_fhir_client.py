@@ -117,7 +117,11 @@ def test_not_found_carries_operation_outcome_text(fake: FakeServer, http: reques
     fake.route("GET", "/fhir/Patient/x", Response(404, OUTCOME))
     with pytest.raises(FatalFhirError) as info:
         client(fake, http).read("Patient", "x")
-    assert str(info.value) == "Patient/x is gone"
+    # Our sentence and the EHR's words apart; str() quotes the EHR's, attributed.
+    assert info.value.summary == "read Patient failed with HTTP 404."
+    assert info.value.ehr_text == "Patient/x is gone"
+    assert info.value.party == "ehr"
+    assert str(info.value) == 'read Patient failed with HTTP 404. The EHR said: "Patient/x is gone"'
     assert info.value.status == 404
     assert info.value.operation_outcome == OUTCOME
 
@@ -158,7 +162,7 @@ def test_timeout_is_temporary(fake: FakeServer, http: requests.Session) -> None:
 
     fake.route("GET", "/fhir/Patient/p1", slow)
     try:
-        with pytest.raises(TemporaryFhirError, match="timed out"):
+        with pytest.raises(TemporaryFhirError, match="did not answer in time"):
             client(fake, http, timeout=0.2).read("Patient", "p1")
     finally:
         release.set()
@@ -192,7 +196,7 @@ def test_batch_returns_per_entry_results_and_errors(
     )
     assert results[0] == {"resourceType": "Patient", "id": "p1"}
     assert isinstance(results[1], FatalFhirError)
-    assert results[1].status == 403 and str(results[1]) == "Patient/x is gone"
+    assert results[1].status == 403 and results[1].ehr_text == "Patient/x is gone"
 
 
 def test_create_sends_if_none_exist(fake: FakeServer, http: requests.Session) -> None:

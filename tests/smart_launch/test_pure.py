@@ -9,17 +9,27 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from smart_launch._http import cache_ttl, is_under, outcome_text, parse_retry_after
-from smart_launch.config import Registration
-from smart_launch.discovery import SmartConfiguration
-from smart_launch.errors import AuthorizationDenied, StateError
+from smart_launch.config import Registration, normalize_iss
+from smart_launch.discovery import SmartConfiguration, find_registration
+from smart_launch.errors import (
+    AuthorizationDenied,
+    BrowserMismatch,
+    ConfigurationError,
+    StateError,
+    UnknownIssuer,
+)
 from smart_launch.launch import (
     PendingLaunch,
+    browser_key,
     build_authorization_request,
+    check_browser,
     check_pending,
+    new_browser_secret,
     new_pkce,
     new_state,
     parse_callback,
     scopes_for,
+    state_key,
 )
 from smart_launch.scopes import missing_scopes, translate
 from smart_launch.tokens import TokenSet
@@ -189,7 +199,8 @@ def test_parse_callback_raises_authorization_denied_with_description() -> None:
         )
     assert info.value.error == "access_denied"
     assert info.value.error_description == "User said no"
-    assert str(info.value) == "User said no"
+    assert info.value.ehr_text == "User said no"
+    assert "User said no" not in info.value.summary  # the EHR's words are not ours
 
 
 def test_parse_callback_without_state_is_a_state_error() -> None:
@@ -264,8 +275,10 @@ def test_missing_scopes_compares_v1_and_v2_by_meaning() -> None:
 
 def test_expires_soon_uses_margin_and_aware_times() -> None:
     ts = token_set()
-    assert not ts.expires_soon(NOW + timedelta(seconds=200))
-    assert ts.expires_soon(NOW + timedelta(seconds=241))
+    # A 300-second token: the default margin is a tenth of that.
+    assert not ts.expires_soon(NOW + timedelta(seconds=269))
+    assert ts.expires_soon(NOW + timedelta(seconds=271))
+    assert ts.expires_soon(NOW + timedelta(seconds=241), timedelta(seconds=60))
     assert ts.expires_soon(NOW.astimezone(UTC) + timedelta(seconds=300), timedelta(0))
 
 
@@ -344,3 +357,94 @@ def test_outcome_text_joins_diagnostics_and_details() -> None:
     }
     assert outcome_text(outcome) == "bad date; unknown code"
     assert outcome_text({"resourceType": "Patient"}) is None
+
+
+def test_registration_without_redirect_uri_cannot_authorize() -> None:
+    # Jobs and the command line never redirect a browser: no placeholder URI needed.
+    jobs = Registration(
+        id="r1", iss="https://ehr.test/fhir", client_id="c", client_type="public", scopes="launch"
+    )
+    assert jobs.redirect_uri is None
+    with pytest.raises(ConfigurationError) as info:
+        build_authorization_request(jobs, conf(), state="s", code_verifier="v" * 43, launch="L")
+    assert info.value.code == "missing_redirect_uri" and info.value.party == "caredesk"
+
+
+@pytest.mark.parametrize(
+    ("iss", "matches"),
+    [
+        ("https://ehr.test/fhir", True),
+        ("https://ehr.test/fhir/", True),  # a real server's launch link
+        ("https://EHR.test:443/fhir//", True),
+        ("HTTPS://ehr.test/fhir", True),
+        ("https://ehr.test/FHIR", False),  # paths are case-sensitive
+        ("https://ehr.test/fhir2", False),
+        ("https://ehr.test/fhir/Patient", False),
+        ("http://ehr.test/fhir", False),
+        ("https://ehr.test:8443/fhir", False),
+        ("https://ehr.test.evil/fhir", False),
+        ("", False),
+    ],
+)
+def test_launch_iss_matches_registered_base_despite_trailing_slash(iss: str, matches: bool) -> None:
+    assert reg().matches_iss(iss) is matches
+    registry = {reg().iss: reg()}
+    if matches:
+        assert find_registration(iss, registry).id == "r1"
+    else:
+        with pytest.raises(UnknownIssuer):
+            find_registration(iss, registry)
+
+
+def test_registered_iss_with_trailing_slash_matches_launch_without() -> None:
+    slashed = Registration(
+        id="r2", iss="https://ehr.test/fhir/", client_id="c", client_type="public", scopes="x"
+    )
+    assert slashed.matches_iss("https://ehr.test/fhir")
+    assert normalize_iss("https://EHR.test:443/fhir/") == "https://ehr.test/fhir"
+
+
+class PendingStore:
+    """The web edge's table of pending launches, reduced: peek, then consume."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, PendingLaunch] = {}
+
+    def add(self, pending: PendingLaunch) -> None:
+        self.rows[state_key(pending.state)] = pending
+
+    def peek(self, state: str) -> PendingLaunch | None:
+        return self.rows.get(state_key(state))
+
+    def consume(self, state: str) -> PendingLaunch | None:
+        return self.rows.pop(state_key(state), None)
+
+
+def test_callback_from_another_browser_is_refused_before_the_state_is_used() -> None:
+    victim = new_browser_secret()
+    store = PendingStore()
+    pending = PendingLaunch.start(reg(), conf(), launch="L", now=NOW, browser_secret=victim)
+    store.add(pending)
+    assert pending.browser_key == browser_key(victim) and victim not in pending.to_json()
+    code, state = parse_callback({"code": "c", "state": pending.state})
+    for attacker in (new_browser_secret(), None, ""):
+        with pytest.raises(BrowserMismatch):
+            check_pending(store.peek(state), state=state, now=NOW, browser_secret=attacker)
+    # Nothing was used up: the victim's own callback still works, once.
+    assert check_pending(store.peek(state), state=state, now=NOW, browser_secret=victim)
+    assert store.consume(state) is pending
+    with pytest.raises(StateError):
+        check_pending(store.peek(state), state=state, now=NOW, browser_secret=victim)
+
+
+def test_browser_binding_is_checked_before_expiry_and_survives_json() -> None:
+    secret = new_browser_secret()
+    pending = PendingLaunch.start(reg(), conf(), now=NOW, browser_secret=secret)
+    assert PendingLaunch.from_json(pending.to_json()) == pending
+    later = NOW + timedelta(minutes=11)
+    with pytest.raises(BrowserMismatch):
+        check_pending(pending, state=pending.state, now=later, browser_secret="x" * 43)
+    with pytest.raises(StateError, match="10 minutes"):
+        check_pending(pending, state=pending.state, now=later, browser_secret=secret)
+    check_browser(pending.browser_key, secret)
+    assert state_key(pending.state) != pending.state and len(state_key("s")) == 64

@@ -3,9 +3,8 @@ vendor profile, ending in an authenticated FHIR read, then a refresh after expir
 
 from __future__ import annotations
 
-import os
-
 import logging
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -122,9 +121,16 @@ def test_two_workers_refresh_rotating_token_once(
         before = sb.stats()["token_requests"].get("refresh_token", 0)
 
         def worker() -> str:
+            # Both workers just had the first access token refused (401).
             with requests.Session() as own:
                 return refresh_serialized(
-                    grant, reg, launched.conf, store=store, redis=redis_conn, http=own
+                    grant,
+                    reg,
+                    launched.conf,
+                    store=store,
+                    redis=redis_conn,
+                    http=own,
+                    rejected_access_token=launched.tokens.access_token,
                 ).access_token
 
         with ThreadPoolExecutor(2) as pool:
@@ -232,3 +238,21 @@ def test_backend_services_token_is_cached_and_reads_fhir(http: requests.Session)
         assert first.scope_requested == "system/Patient.rs"
         with FhirClient(sb.fhir_base, lambda: first.access_token, session=http) as fhir:
             assert fhir.read("Patient", "pat-001")["id"] == "pat-001"
+
+
+def test_sixty_second_tokens_ten_reads_make_at_most_one_token_request(
+    http: requests.Session, redis_conn: redis.Redis
+) -> None:
+    with running_sandbox(profile="smart", token_lifetime_s=60) as sb:
+        reg = client_and_registration(sb, "public", scopes=EHR_SCOPES)
+        launched = run_launch(sb, reg, http, ehr=True)
+        store, grant = MemoryStore(), f"grant-{uuid.uuid4().hex}"
+        store.save(grant, launched.tokens)
+        before = sum(sb.stats()["token_requests"].values())
+        token, on_unauthorized = token_callbacks(
+            grant, reg, launched.conf, store=store, redis=redis_conn, http=http
+        )
+        with FhirClient(sb.fhir_base, token, session=http, on_unauthorized=on_unauthorized) as f:
+            for _ in range(10):
+                assert f.read("Patient", launched.tokens.patient or "")["resourceType"] == "Patient"
+        assert sum(sb.stats()["token_requests"].values()) - before <= 1

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-
 import threading
 import time
 import uuid
@@ -20,7 +19,12 @@ from joserfc.jwk import KeySet, RSAKey
 
 from smart_launch.config import Registration
 from smart_launch.discovery import SmartConfiguration
-from smart_launch.errors import AuthFailed, IdTokenInvalid, NeedsAuthorization
+from smart_launch.errors import (
+    ConfigurationError,
+    GrantRejected,
+    IdTokenInvalid,
+    NeedsAuthorization,
+)
 from smart_launch.keys import generate_signing_key
 from smart_launch.launch import JwksCache, exchange_code, refresh, verify_id_token
 from smart_launch.refresh import refresh_serialized
@@ -178,9 +182,11 @@ def test_token_error_carries_oauth_error_description(
         "/oauth2/token",
         Response(400, {"error": "invalid_grant", "error_description": "Code was already used"}),
     )
-    with pytest.raises(AuthFailed, match="Code was already used") as info:
+    with pytest.raises(GrantRejected) as info:
         exchange_code(reg_for(fake), conf_for(fake), code="c", code_verifier="v" * 43, http=http)
     assert info.value.error == "invalid_grant"
+    assert info.value.ehr_text == "Code was already used"
+    assert info.value.party == "ehr"
 
 
 def test_code_exchange_authenticates_per_client_type(
@@ -320,4 +326,15 @@ def test_refresh_after_401_is_skipped_when_another_worker_already_refreshed(
         rejected_access_token="AT-old",
     )
     assert got.access_token == "AT-new"
+    assert fake.requests == []
+
+
+def test_code_exchange_without_redirect_uri_is_refused_before_any_request(
+    fake: FakeServer, http: requests.Session
+) -> None:
+    reg = Registration(
+        id="r1", iss=f"{fake.base_url}/fhir", client_id="c", client_type="public", scopes="x"
+    )
+    with pytest.raises(ConfigurationError, match="no redirect URI"):
+        exchange_code(reg, conf_for(fake), code="c", code_verifier="v" * 43, http=http)
     assert fake.requests == []
