@@ -6,8 +6,11 @@ c r u d s, in that order) optionally followed by ``?param=value`` restrictions.
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import parse_qsl
 
 _RESOURCE_SCOPE = re.compile(
     r"^(?P<context>patient|user|system)/(?P<resource>[A-Za-z*]+)\."
@@ -120,3 +123,253 @@ def missing_scopes(
             continue
         missing.append(scope)
     return missing
+
+
+# --- validating a registration's scopes ----------------------------------------------
+
+# FHIR R4 (4.0.1) resource types: what a resource scope may name besides "*".
+FHIR_R4_RESOURCE_TYPES = frozenset(
+    (
+        "Account",
+        "ActivityDefinition",
+        "AdverseEvent",
+        "AllergyIntolerance",
+        "Appointment",
+        "AppointmentResponse",
+        "AuditEvent",
+        "Basic",
+        "Binary",
+        "BiologicallyDerivedProduct",
+        "BodyStructure",
+        "Bundle",
+        "CapabilityStatement",
+        "CarePlan",
+        "CareTeam",
+        "CatalogEntry",
+        "ChargeItem",
+        "ChargeItemDefinition",
+        "Claim",
+        "ClaimResponse",
+        "ClinicalImpression",
+        "CodeSystem",
+        "Communication",
+        "CommunicationRequest",
+        "CompartmentDefinition",
+        "Composition",
+        "ConceptMap",
+        "Condition",
+        "Consent",
+        "Contract",
+        "Coverage",
+        "CoverageEligibilityRequest",
+        "CoverageEligibilityResponse",
+        "DetectedIssue",
+        "Device",
+        "DeviceDefinition",
+        "DeviceMetric",
+        "DeviceRequest",
+        "DeviceUseStatement",
+        "DiagnosticReport",
+        "DocumentManifest",
+        "DocumentReference",
+        "EffectEvidenceSynthesis",
+        "Encounter",
+        "Endpoint",
+        "EnrollmentRequest",
+        "EnrollmentResponse",
+        "EpisodeOfCare",
+        "EventDefinition",
+        "Evidence",
+        "EvidenceVariable",
+        "ExampleScenario",
+        "ExplanationOfBenefit",
+        "FamilyMemberHistory",
+        "Flag",
+        "Goal",
+        "GraphDefinition",
+        "Group",
+        "GuidanceResponse",
+        "HealthcareService",
+        "ImagingStudy",
+        "Immunization",
+        "ImmunizationEvaluation",
+        "ImmunizationRecommendation",
+        "ImplementationGuide",
+        "InsurancePlan",
+        "Invoice",
+        "Library",
+        "Linkage",
+        "List",
+        "Location",
+        "Measure",
+        "MeasureReport",
+        "Media",
+        "Medication",
+        "MedicationAdministration",
+        "MedicationDispense",
+        "MedicationKnowledge",
+        "MedicationRequest",
+        "MedicationStatement",
+        "MedicinalProduct",
+        "MedicinalProductAuthorization",
+        "MedicinalProductContraindication",
+        "MedicinalProductIndication",
+        "MedicinalProductIngredient",
+        "MedicinalProductInteraction",
+        "MedicinalProductManufactured",
+        "MedicinalProductPackaged",
+        "MedicinalProductPharmaceutical",
+        "MedicinalProductUndesirableEffect",
+        "MessageDefinition",
+        "MessageHeader",
+        "MolecularSequence",
+        "NamingSystem",
+        "NutritionOrder",
+        "Observation",
+        "ObservationDefinition",
+        "OperationDefinition",
+        "OperationOutcome",
+        "Organization",
+        "OrganizationAffiliation",
+        "Parameters",
+        "Patient",
+        "PaymentNotice",
+        "PaymentReconciliation",
+        "Person",
+        "PlanDefinition",
+        "Practitioner",
+        "PractitionerRole",
+        "Procedure",
+        "Provenance",
+        "Questionnaire",
+        "QuestionnaireResponse",
+        "RelatedPerson",
+        "RequestGroup",
+        "ResearchDefinition",
+        "ResearchElementDefinition",
+        "ResearchStudy",
+        "ResearchSubject",
+        "RiskAssessment",
+        "RiskEvidenceSynthesis",
+        "Schedule",
+        "SearchParameter",
+        "ServiceRequest",
+        "Slot",
+        "Specimen",
+        "SpecimenDefinition",
+        "StructureDefinition",
+        "StructureMap",
+        "Subscription",
+        "Substance",
+        "SubstanceNucleicAcid",
+        "SubstancePolymer",
+        "SubstanceProtein",
+        "SubstanceReferenceInformation",
+        "SubstanceSourceMaterial",
+        "SubstanceSpecification",
+        "SupplyDelivery",
+        "SupplyRequest",
+        "Task",
+        "TerminologyCapabilities",
+        "TestReport",
+        "TestScript",
+        "ValueSet",
+        "VerificationResult",
+        "VisionPrescription",
+    )
+)
+# Scopes that are not about resources: launch context, identity, refresh tokens.
+LAUNCH_SCOPES = frozenset({"launch", "launch/patient", "launch/encounter"})
+IDENTITY_SCOPES = frozenset({"openid", "fhirUser", "profile"})
+REFRESH_SCOPES = frozenset({"offline_access", "online_access"})
+NON_RESOURCE_SCOPES = LAUNCH_SCOPES | IDENTITY_SCOPES | REFRESH_SCOPES
+_CONTEXT_SCOPE = re.compile(
+    r"^(?P<context>[^/.?]+)/(?P<resource>[^.?]*)\.(?P<perms>[^?]*)(?P<query>\?.*)?$"
+)
+_QUERY_PARAM = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-.:]*$")
+
+Level = Literal["user", "backend"]
+
+
+@dataclass(frozen=True)
+class ScopeProblem:
+    """One thing wrong with one scope of a registration, said so a person can fix it."""
+
+    scope: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.scope!r}: {self.reason}"
+
+
+def _suggest(word: str, choices: frozenset[str]) -> str:
+    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _resource_problem(scope: str, level: Level) -> str | None:
+    match = _CONTEXT_SCOPE.match(scope)
+    if match is None:
+        return None
+    context, resource = match.group("context"), match.group("resource")
+    perms, query = match.group("perms"), match.group("query")
+    if context not in ("patient", "user", "system"):
+        return f"unknown context {context!r}: use patient/, user/ or system/"
+    if level == "backend" and context != "system":
+        return "backend services (client_credentials) take system/ scopes only"
+    if level == "user" and context == "system":
+        return "system/ scopes are for backend services, not for a user's launch"
+    if resource != "*" and resource not in FHIR_R4_RESOURCE_TYPES:
+        return f"{resource!r} is not a FHIR R4 resource type" + _suggest(
+            resource, FHIR_R4_RESOURCE_TYPES
+        )
+    if perms in _V1_PERMS:
+        if query is not None:
+            return "v1 scopes (read/write/*) take no ?query; use v2 letters (e.g. .rs?...)"
+    elif not perms or set(perms) - set(_ORDER):
+        return f"permission {perms!r} is neither v1 (read, write, *) nor v2 (letters of cruds)"
+    elif list(perms) != sorted(perms, key=_ORDER.index) or len(set(perms)) != len(perms):
+        return f"v2 permissions are written once each in the order c r u d s ({perms!r})"
+    if query is not None:
+        pairs = query[1:].split("&")
+        if not query[1:] or any("=" not in p or not p.split("=", 1)[1] for p in pairs):
+            return "a granular scope's ?query must be name=value pairs joined by &"
+        bad = [
+            k for k, _ in parse_qsl(query[1:], keep_blank_values=True) if not _QUERY_PARAM.match(k)
+        ]
+        if bad:
+            return f"search parameter {bad[0]!r} is not a parameter name"
+    return None
+
+
+def validate_scopes(scopes: str, *, level: Level = "user") -> list[ScopeProblem]:
+    """Every problem of a registration's scope string at once (empty list: all good).
+
+    SMART v1 (``patient/Patient.read``, ``user/*.*``) and v2 (``patient/Patient.rs``,
+    optionally ``?param=value`` granular restrictions) resource scopes naming FHIR R4
+    types, plus the launch, identity and refresh scopes. ``level="backend"`` is for a
+    backend-services client: system/ resource scopes only. A placeholder such as ``...``
+    or a typo is refused, with a suggestion when one is close.
+    """
+    problems: list[ScopeProblem] = []
+    seen: set[str] = set()
+    tokens = scopes.split()
+    if not tokens:
+        return [ScopeProblem("", "no scopes given")]
+    for scope in tokens:
+        if scope in seen:
+            problems.append(ScopeProblem(scope, "listed twice"))
+            continue
+        seen.add(scope)
+        if scope in NON_RESOURCE_SCOPES:
+            if level == "backend":
+                problems.append(
+                    ScopeProblem(scope, "not for backend services (system/ scopes only)")
+                )
+            continue
+        reason = _resource_problem(scope, level)
+        if reason is None and _CONTEXT_SCOPE.match(scope) is None:
+            reason = "not a SMART scope" + _suggest(scope, NON_RESOURCE_SCOPES)
+        if reason is not None:
+            problems.append(ScopeProblem(scope, reason))
+    return problems
