@@ -32,8 +32,9 @@ from urllib.parse import urlencode, urlsplit
 import requests
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from joserfc import jws, jwt
-from joserfc.errors import JoseError
+from joserfc.errors import ClaimError, JoseError, MissingClaimError
 from joserfc.jwk import KeySet
+from joserfc.jwt import ClaimsOption, JWTClaimsRegistry
 
 from ._http import cache_ttl, json_or_none
 from ._token_endpoint import client_auth, post_token
@@ -225,6 +226,7 @@ def build_authorization_request(
     code_verifier: str,
     launch: str | None,
     scope: str | None = None,
+    nonce: str | None = None,
 ) -> AuthorizationRequest:
     """The browser's next stop. GET with a query, or a form POST when the server offers
     ``authorize-post`` and the URL would be too long.
@@ -246,6 +248,9 @@ def build_authorization_request(
     }
     if launch is not None:
         params["launch"] = launch
+    if nonce is not None:
+        # OpenID Connect: echoed in the id_token, checked by verify_id_token(nonce=...).
+        params["nonce"] = nonce
     separator = "&" if urlsplit(conf.authorization_endpoint).query else "?"
     url = f"{conf.authorization_endpoint}{separator}{urlencode(params)}"
     if "authorize-post" in conf.capabilities and len(url) > MAX_GET_URL:
@@ -327,6 +332,38 @@ def warm_jwks(
         log.info("JWKS prefetch failed; the callback will try again")
 
 
+# What each failed claim means to the person reading the error.
+_CLAIM_MESSAGES = {
+    "iss": "The id_token was issued by a different server.",
+    "aud": "The id_token was issued for a different app.",
+    "exp": "The id_token has expired.",
+    "iat": "The id_token was issued in the future.",
+    "nonce": "The id_token does not belong to this sign-in (nonce).",
+    "sub": "The id_token names no user.",
+}
+
+
+def id_token_claims_registry(
+    conf: SmartConfiguration, *, client_id: str, now: datetime, nonce: str | None = None
+) -> JWTClaimsRegistry:
+    """joserfc's claims registry for a SMART id_token: ``iss`` is the discovery
+    ``issuer`` (Epic: its OAuth server, not the FHIR base; see
+    :attr:`SmartConfiguration.expected_id_token_issuer`), ``aud`` includes our client id,
+    ``exp`` and ``sub`` present, ``exp``/``iat`` within :data:`CLOCK_SKEW`, ``nonce`` equal
+    when the authorize request sent one."""
+    options: dict[str, ClaimsOption] = {
+        "iss": {"essential": True, "value": conf.expected_id_token_issuer},
+        "aud": {"essential": True, "value": client_id},
+        "exp": {"essential": True},
+        "sub": {"essential": True},
+    }
+    if nonce is not None:
+        options["nonce"] = {"essential": True, "value": nonce}
+    return JWTClaimsRegistry(
+        now=int(now.timestamp()), leeway=int(CLOCK_SKEW.total_seconds()), **options
+    )
+
+
 def verify_id_token(
     id_token: str,
     conf: SmartConfiguration,
@@ -335,8 +372,11 @@ def verify_id_token(
     http: requests.Session,
     now: datetime | None = None,
     jwks_cache: JwksCache | None = None,
+    nonce: str | None = None,
 ) -> dict[str, Any]:
-    """The id_token's claims after checking signature (server JWKS), iss, aud and exp."""
+    """The id_token's claims after checking its signature against the server's JWKS
+    (refetched once for an unknown ``kid``: key rotation) and its claims with
+    :func:`id_token_claims_registry`."""
     now = now or datetime.now(UTC)
     if not conf.jwks_uri:
         raise IdTokenInvalid("The EHR issued an id_token but publishes no jwks_uri.")
@@ -352,19 +392,13 @@ def verify_id_token(
     except (JoseError, ValueError) as exc:
         raise IdTokenInvalid("The id_token signature does not verify.") from exc
     claims = dict(token.claims)
-    expected_iss = conf.expected_id_token_issuer
-    if claims.get("iss") != expected_iss:
-        raise IdTokenInvalid("The id_token was issued by a different server.")
-    aud = claims.get("aud")
-    audiences = aud if isinstance(aud, list) else [aud]
-    if client_id not in audiences:
-        raise IdTokenInvalid("The id_token was issued for a different app.")
-    exp = claims.get("exp")
-    if not isinstance(exp, int | float) or datetime.fromtimestamp(exp, UTC) + CLOCK_SKEW < now:
-        raise IdTokenInvalid("The id_token has expired.")
-    iat = claims.get("iat")
-    if isinstance(iat, int | float) and datetime.fromtimestamp(iat, UTC) - CLOCK_SKEW > now:
-        raise IdTokenInvalid("The id_token was issued in the future.")
+    try:
+        id_token_claims_registry(conf, client_id=client_id, now=now, nonce=nonce).validate(claims)
+    except ClaimError as exc:
+        message = _CLAIM_MESSAGES.get(exc.claim, f"The id_token's {exc.claim} claim is invalid.")
+        if isinstance(exc, MissingClaimError):
+            message = f"The id_token lacks its {exc.claim} claim."
+        raise IdTokenInvalid(message, code=f"id_token_{exc.error}") from exc
     return claims
 
 
@@ -376,11 +410,14 @@ def _token_set(
     http: requests.Session,
     scope_requested: str,
     now: datetime,
+    nonce: str | None = None,
 ) -> TokenSet:
     claims: dict[str, Any] | None = None
     id_token = body.get("id_token")
     if isinstance(id_token, str) and id_token:
-        claims = verify_id_token(id_token, conf, client_id=reg.client_id, http=http, now=now)
+        claims = verify_id_token(
+            id_token, conf, client_id=reg.client_id, http=http, now=now, nonce=nonce
+        )
     return TokenSet.from_response(
         body, scope_requested=scope_requested, now=now, id_claims=claims, fhir_base=reg.fhir_base
     )
@@ -395,11 +432,13 @@ def exchange_code(
     http: requests.Session,
     scope_requested: str | None = None,
     now: datetime | None = None,
+    nonce: str | None = None,
 ) -> TokenSet:
     """Trade the authorization code for tokens, authenticating as the registration says.
 
-    The result's ``scope_granted`` may be narrower than asked: the app runs with it and
-    ``TokenSet.missing_scopes()`` says what is absent.
+    The id_token, when present, must verify (``nonce``: the one the authorize request
+    sent, if any). The result's ``scope_granted`` may be narrower than asked: the app
+    runs with it and ``TokenSet.missing_scopes()`` says what is absent.
     """
     now = now or datetime.now(UTC)
     form = {
@@ -416,6 +455,7 @@ def exchange_code(
         http=http,
         scope_requested=scope_requested or scopes_for(reg, conf),
         now=now,
+        nonce=nonce,
     )
     missing = token_set.missing_scopes()
     if missing:

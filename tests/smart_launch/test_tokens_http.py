@@ -74,6 +74,7 @@ def id_token(key: RSAKey, **claims: Any) -> str:
     now = int(time.time())
     payload = {"iss": "X", "aud": "caredesk", "sub": "u1", "iat": now, "exp": now + 300}
     payload.update(claims)
+    payload = {k: v for k, v in payload.items() if v is not None}
     return jwt.encode({"alg": "RS256", "kid": key.kid}, payload, key, algorithms=["RS256"])
 
 
@@ -128,10 +129,16 @@ def test_id_token_from_wrong_issuer_is_refused(
     ("claims", "message"),
     [
         ({"aud": "someone-else"}, "different app"),
+        ({"aud": ["other", "another"]}, "different app"),
+        ({"aud": None}, "lacks its aud claim"),
         ({"exp": int(time.time()) - 3600}, "expired"),
+        ({"exp": None}, "lacks its exp claim"),
+        ({"iat": int(time.time()) + 3600}, "issued in the future"),
+        ({"iss": None}, "lacks its iss claim"),
+        ({"sub": None}, "lacks its sub claim"),
     ],
 )
-def test_id_token_for_other_audience_or_expired_is_refused(
+def test_id_token_with_a_failing_claim_is_refused(
     fake: FakeServer,
     http: requests.Session,
     server_key: RSAKey,
@@ -142,7 +149,7 @@ def test_id_token_for_other_audience_or_expired_is_refused(
     conf = conf_for(fake)
     with pytest.raises(IdTokenInvalid, match=message):
         verify_id_token(
-            id_token(server_key, iss=conf.issuer, **claims),
+            id_token(server_key, **{"iss": conf.issuer, **claims}),
             conf,
             client_id="caredesk",
             http=http,
@@ -338,3 +345,45 @@ def test_code_exchange_without_redirect_uri_is_refused_before_any_request(
     with pytest.raises(ConfigurationError, match="no redirect URI"):
         exchange_code(reg, conf_for(fake), code="c", code_verifier="v" * 43, http=http)
     assert fake.requests == []
+
+
+def test_id_token_within_clock_skew_and_with_several_audiences_verifies(
+    fake: FakeServer, http: requests.Session, server_key: RSAKey
+) -> None:
+    publish(fake, server_key)
+    conf = conf_for(fake)
+    now = int(time.time())
+    token = id_token(
+        server_key, iss=conf.issuer, aud=["other", "caredesk"], exp=now - 60, iat=now + 60
+    )
+    claims = verify_id_token(token, conf, client_id="caredesk", http=http, jwks_cache=JwksCache())
+    assert claims["sub"] == "u1"
+
+
+def test_id_token_nonce_is_checked_when_the_authorize_request_sent_one(
+    fake: FakeServer, http: requests.Session, server_key: RSAKey
+) -> None:
+    publish(fake, server_key)
+    conf, cache = conf_for(fake), JwksCache()
+    good = id_token(server_key, iss=conf.issuer, nonce="n-1")
+    assert verify_id_token(
+        good, conf, client_id="caredesk", http=http, jwks_cache=cache, nonce="n-1"
+    )
+    for token in (
+        id_token(server_key, iss=conf.issuer, nonce="n-2"),
+        id_token(server_key, iss=conf.issuer),
+    ):
+        with pytest.raises(IdTokenInvalid, match="nonce"):
+            verify_id_token(
+                token, conf, client_id="caredesk", http=http, jwks_cache=cache, nonce="n-1"
+            )
+
+
+def test_epic_like_issuer_is_the_oauth_server_not_the_fhir_base(
+    fake: FakeServer, http: requests.Session, server_key: RSAKey
+) -> None:
+    publish(fake, server_key)
+    # Discovery's issuer (/oauth2) is what Epic signs with; the FHIR base is not.
+    conf = conf_for(fake, issuer=f"{fake.base_url}/oauth2")
+    token = id_token(server_key, iss=f"{fake.base_url}/oauth2")
+    assert verify_id_token(token, conf, client_id="caredesk", http=http, jwks_cache=JwksCache())
