@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from werkzeug.serving import make_server
@@ -160,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--scopes", help="space-separated allowed scopes (default: any)")
     reg.add_argument("--backend", action="store_true", help="may use client_credentials")
     parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument(
+        "--exit-with-parent",
+        action="store_true",
+        help="stop when the process that started this one ends (even by SIGKILL), so a "
+        "wrapper that dies leaves no sandbox listening",
+    )
     return parser
 
 
@@ -237,15 +248,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     server = make_server(options.host, options.port, app, threaded=True)
     port = server.server_port
+    # SIGTERM (what a supervisor or `kill` sends) ends the process like Ctrl-C: the
+    # listening socket is closed on the way out, request threads are daemons.
+    signal.signal(signal.SIGTERM, _interrupt)
+    if args.exit_with_parent:
+        _watch_parent(os.getppid())
     # One line on stdout that a parent process can wait for.
     print(f"sandbox listening on http://{options.host}:{port}/fhir", flush=True)  # noqa: T201
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        pass
+        logging.getLogger(__name__).info("sandbox: stopping")
     finally:
         server.server_close()
     return 0
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _watch_parent(parent: int) -> None:
+    """Once the parent is gone (this process is re-parented), stop as on SIGTERM."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 if __name__ == "__main__":

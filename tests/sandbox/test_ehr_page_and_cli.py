@@ -119,9 +119,22 @@ def test_cli_help_documents_contract_flags() -> None:
         "--disable",
         "--timezone",
         "--extra-appointments",
+        "--omit-display",
+        "--no-canonical-version-search",
+        "--iss-trailing-slash",
+        "--fhir-user",
+        "--rotate-refresh",
+        "--refresh-id-token",
+        "--refresh-token-lifetime",
+        "--consent-drop-scope",
+        "--exit-with-parent",
     ):
         assert flag in out
     assert "questionnaire-response-create" in out
+    assert "appointment-update" in out
+    for profile in ("smart", "epic", "oracle", "thirdparty"):
+        assert f"  {profile} " in out
+    assert "/admin/{knobs" in out and "clock,expire-tokens" in out
 
 
 def test_subprocess_sandbox_persists_writes_and_grants_in_data_dir(
