@@ -282,8 +282,9 @@ def running_sandbox(
     """A sandbox on 127.0.0.1:<free port> for the duration of the block.
 
     `token_lifetime_s=None` keeps the profile's default (3600 s; oracle 600 s). Other
-    keyword arguments are initial knobs (error_rate, rate_limit, drop_refresh_tokens,
-    empty_for, fail_next). `population` replaces the fixtures (in-process only).
+    keyword arguments are initial knobs (any field of `sandbox.options.Knobs`, e.g.
+    omit_display=True, rotate_refresh=False); they win over the profile's defaults.
+    `population` replaces the fixtures (in-process only).
     """
     if in_process:
         options = SandboxOptions(
