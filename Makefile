@@ -25,12 +25,13 @@ demo: $(INSTALLED) ## Run CareDesk + the sandbox EHR on loopback (PORT=5000, san
 
 test: $(INSTALLED) services browser lint typecheck pytest ## Lint, type-check and run every test
 
-lint: $(INSTALLED) ## ruff check + ruff format --check
+lint: $(INSTALLED) ## ruff check + ruff format --check + the import-layer contracts
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
-typecheck: $(INSTALLED) ## mypy --strict on the typed packages
-	$(BIN)/mypy fhir_mappers smart_launch
+typecheck: $(INSTALLED) ## mypy --strict on every product package
+	$(BIN)/mypy fhir_mappers smart_launch helpdesk jobs plugin
 
 pytest: $(INSTALLED)
 	$(BIN)/pytest -v --cov --cov-report=term $(PYTEST_ARGS)
@@ -50,5 +51,5 @@ bench-quick: $(INSTALLED) services ## A reduced benchmark run (< 2 minutes)
 clean: ## Remove the venv and local state
 	rm -rf $(VENV) instance .pytest_cache .mypy_cache .ruff_cache .coverage
 
-migration: $(INSTALLED) ## Regenerate the baseline migration from plugin/models.py (pre-release only)
+migration: $(INSTALLED) ## Regenerate the baseline migration from helpdesk/models.py (pre-release only)
 	@bash scripts/regen-baseline.sh

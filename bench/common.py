@@ -177,9 +177,9 @@ def close_app(app: Flask) -> None:
 
 def register_public_client(app: Flask, sb: Any, base_url: str) -> None:
     """Register CareDesk with the sandbox (public client) and the sandbox with CareDesk."""
-    from plugin import registry
-    from plugin.crypto import get_vault
-    from plugin.db import get_store
+    from helpdesk import registry
+    from helpdesk.crypto import get_vault
+    from helpdesk.db import get_store
 
     with app.app_context(), get_store(app).session() as session:
         registry.upsert(

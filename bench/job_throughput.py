@@ -36,6 +36,7 @@ from bench.common import (
     new_app,
     postgres_store,
 )
+from helpdesk.tasks import new_task
 
 SURVEY_SCOPES = (
     "system/Patient.rs system/Appointment.rs system/Location.rs system/Encounter.rs "
@@ -46,10 +47,10 @@ ANSWERS = {"csat": "4", "nps": 9, "comment": "Quick check-in", "contact-ok": Fal
 
 
 def _register_backend(app: Any, sb: Any) -> int:
-    from plugin import registry
-    from plugin.crypto import get_vault
-    from plugin.db import get_store
-    from plugin.models import SigningKey
+    from helpdesk import registry
+    from helpdesk.crypto import get_vault
+    from helpdesk.db import get_store
+    from helpdesk.models import SigningKey
     from smart_launch.keys import generate_signing_key
 
     key = generate_signing_key("RS384")
@@ -87,10 +88,10 @@ def _register_backend(app: Any, sb: Any) -> int:
 
 def _queue_writebacks(app: Any, reg_id: int, count: int) -> list[int]:
     """`count` answered invitations, each with a write-back task, queued via the outbox."""
+    from helpdesk import surveys as domain
+    from helpdesk.db import get_store
+    from helpdesk.models import SurveyInvite, SurveyResponse
     from jobs import outbox
-    from jobs import survey as domain
-    from plugin.db import get_store
-    from plugin.models import SurveyInvite, SurveyResponse
 
     now = dt.datetime.now(dt.UTC)
     with app.app_context():
@@ -137,7 +138,7 @@ def _queue_writebacks(app: Any, reg_id: int, count: int) -> list[int]:
             session.add_all(responses)
             session.flush()
             tasks = [
-                outbox.create_task(
+                new_task(
                     session,
                     registration_id=reg_id,
                     kind=domain.WRITEBACK_KIND,
@@ -258,8 +259,8 @@ def _job_span(log_dir: Path) -> tuple[int, float, int]:
 def _task_outcomes(app: Any, ids: list[int]) -> dict[str, int]:
     from sqlalchemy import func, select
 
-    from plugin.db import get_store
-    from plugin.models import CareTask
+    from helpdesk.db import get_store
+    from helpdesk.models import CareTask
 
     with get_store(app).session() as session:
         rows = session.execute(
@@ -271,7 +272,7 @@ def _task_outcomes(app: Any, ids: list[int]) -> dict[str, int]:
 
 
 def run(*, quick: bool) -> Outcome:
-    from plugin import migrate
+    from helpdesk import migrate
     from sandbox.testing import running_sandbox
 
     count = 200 if quick else 2_000

@@ -37,7 +37,7 @@ def _ehr_requests(sb: Any) -> list[str]:
 
 
 def _caredesk(sb: Any, latency_ms: float, samples: int) -> dict[str, Any]:
-    from plugin import migrate
+    from helpdesk import migrate
 
     with sqlite_store() as db_url:
         migrate.upgrade(db_url)

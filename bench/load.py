@@ -109,7 +109,7 @@ def _hammer(
 
 
 def run(*, quick: bool) -> Outcome:
-    from plugin import migrate
+    from helpdesk import migrate
     from sandbox.testing import running_sandbox
 
     n_sessions = 8 if quick else 16

@@ -132,7 +132,7 @@ def load(
 def measure(sb: Any, *, patient: str, samples: int, redirect_uri: str) -> dict[str, Any]:
     """`redirect_uri` is the one registered for the client (CareDesk's callback): the
     sandbox checks it; this client reads the code off the redirect and never calls it."""
-    from plugin.registry import DEFAULT_SCOPES
+    from helpdesk.registry import DEFAULT_SCOPES
 
     cold: list[float] = []
     cold_trips = 0

@@ -57,7 +57,7 @@ def child(db_url: str, reg_id: int, day: dt.date) -> dict[str, float | int]:
 
 def run(*, quick: bool) -> Outcome:
     from bench.job_throughput import _register_backend
-    from plugin import migrate
+    from helpdesk import migrate
     from sandbox.testing import running_sandbox
 
     sizes = (1_000, 5_000) if quick else (1_000, 10_000, 50_000)

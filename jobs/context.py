@@ -10,6 +10,9 @@ from flask import Flask
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from helpdesk.crypto import get_vault
+from helpdesk.kv import get_redis
+from helpdesk.models import CareTask, EhrRegistration, LaunchSession, OutboundMessage
 from jobs import contact
 from jobs.outbound import (
     Adapter,
@@ -21,8 +24,6 @@ from jobs.outbound import (
     mask,
     render,
 )
-from plugin.crypto import get_vault
-from plugin.models import CareTask, EhrRegistration, LaunchSession, OutboundMessage
 from smart_launch.backend import BackendTokenCache, backend_token
 from smart_launch.errors import NeedsAuthorization
 from smart_launch.fhir import FhirClient
@@ -40,8 +41,8 @@ def warm(app: Flask, task_id: int) -> None:
     it every job (a fresh fork) paid for discovery and a token request of its own. Best
     effort: the job itself reports any failure, with the reason kept on its row.
     """
-    from plugin.db import get_store
-    from plugin.ehr import clients, to_registration
+    from helpdesk.db import get_store
+    from helpdesk.ehr import clients, to_registration
     from smart_launch.discovery import discover
     from smart_launch.errors import SmartError
 
@@ -115,7 +116,7 @@ class JobContext:
         return self._fhir
 
     def _make_fhir(self) -> FhirClient:
-        from plugin.ehr import DbTokenStore, clients, to_registration
+        from helpdesk.ehr import DbTokenStore, clients, to_registration
         from smart_launch.discovery import discover
         from smart_launch.refresh import token_callbacks
 
@@ -144,14 +145,12 @@ class JobContext:
         if launch_id:
             launch = self.session.get(LaunchSession, launch_id)
             if launch is not None and launch.token_set_enc is not None:
-                from jobs.queue import get_queue_state
-
                 token_fn, on_unauth = token_callbacks(
                     launch_id,
                     reg,
                     conf,
                     store=DbTokenStore(self.app),
-                    redis=get_queue_state(self.app).connection,
+                    redis=get_redis(self.app),
                     http=http,
                 )
                 token_fn()  # NeedsAuthorization now rather than mid-handler

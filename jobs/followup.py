@@ -6,29 +6,30 @@ from __future__ import annotations
 from flask import Flask
 from sqlalchemy.orm import Session
 
+from helpdesk.models import CareTask
+from helpdesk.tickets import open_ticket, sla_hours
 from jobs.context import JobContext
 from jobs.errors import TaskError, split_reference
 from jobs.tasks import handler
-from plugin.models import CareTask, Ticket
 
 CHANNELS = ("phone", "sms", "email")
 
 
 def open_failure_ticket(session: Session, app: Flask, task: CareTask) -> None:
-    session.add(
-        Ticket(
-            registration_id=task.registration_id,
-            patient_ref=task.patient_ref,
-            subject=f"Follow-up could not be completed (task {task.id})",
-            description=(
-                f"Reason for the follow-up: {task.payload.get('reason', '')}\n"
-                f"Last error: {task.last_error or 'unknown'}"
-            ),
-            category="scheduling",
-            priority="high",
-            assignee=task.assignee,
-            source="job",
-        )
+    open_ticket(
+        session,
+        registration_id=task.registration_id,
+        patient_ref=task.patient_ref,
+        subject=f"Follow-up could not be completed (task {task.id})",
+        description=(
+            f"Reason for the follow-up: {task.payload.get('reason', '')}\n"
+            f"Last error: {task.last_error or 'unknown'}"
+        ),
+        category="scheduling",
+        priority="high",
+        assignee=task.assignee,
+        source="job",
+        sla=sla_hours(app.config),
     )
 
 

@@ -13,9 +13,9 @@ from datetime import datetime, timedelta
 from flask import Flask, current_app
 from sqlalchemy import delete, or_, select
 
-from plugin.db import get_store
-from plugin.models import CareTask, LaunchSession
-from plugin.timeutil import utcnow
+from helpdesk.db import get_store
+from helpdesk.models import CareTask, LaunchSession
+from helpdesk.timeutil import utcnow
 
 log = logging.getLogger("caredesk.jobs.maintenance")
 

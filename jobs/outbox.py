@@ -1,4 +1,5 @@
-"""The outbox: a CareTask row is committed first, its RQ job enqueued second.
+"""The outbox: a CareTask row is committed first (``helpdesk.tasks.new_task``), its RQ job
+enqueued second (``dispatch``).
 
 If the enqueue never happens (Redis down, the process died between the two) or the job
 vanishes later (FLUSHALL, a SIGKILLed worker), ``sweep`` finds the row and enqueues it
@@ -14,17 +15,17 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import redis
-from flask import Flask, current_app, has_app_context
+from flask import Flask, current_app
 from rq.job import Job, JobStatus
 from rq.rate_limit import RateLimit
 from rq.registry import StartedJobRegistry
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from helpdesk.db import get_store
+from helpdesk.models import CareTask, TaskAttempt
+from helpdesk.timeutil import utcnow
 from jobs.queue import get_queue_state
-from plugin.db import get_store
-from plugin.models import CareTask, TaskAttempt
-from plugin.timeutil import as_utc, utcnow
 
 log = logging.getLogger("caredesk.jobs")
 
@@ -48,50 +49,6 @@ def job_id_for(task_id: int, attempt: int) -> str:
 
 def lease_key(task_id: int) -> str:
     return f"caredesk:task-lease:{task_id}"
-
-
-def create_task(
-    session: Session,
-    *,
-    registration_id: int,
-    kind: str,
-    patient_ref: str | None,
-    payload: dict[str, Any],
-    due_at: datetime | None = None,
-    dedupe_key: str | None = None,
-    launch_session_id: str | None = None,
-    created_by: str | None = None,
-    max_attempts: int = 5,
-    assignee: str | None = None,
-) -> CareTask | None:
-    """Add a task row (the caller commits, then calls ``dispatch``).
-
-    Returns None when ``dedupe_key`` exists already: a reminder or an invitation is never
-    made twice. The unique index makes that true across processes too (the loser of a race
-    gets IntegrityError at commit, which callers sweeping in bulk treat as "exists").
-    """
-    if dedupe_key is not None:
-        found = session.scalar(select(CareTask.id).where(CareTask.dedupe_key == dedupe_key))
-        if found is not None:
-            return None
-    now = utcnow()
-    due = as_utc(due_at) if due_at is not None else None
-    task = CareTask(
-        registration_id=registration_id,
-        kind=kind,
-        patient_ref=patient_ref,
-        payload=dict(payload),
-        due_at=due,
-        status="scheduled" if due is not None and due > now else "queued",
-        dedupe_key=dedupe_key,
-        launch_session_id=launch_session_id,
-        created_by=created_by,
-        max_attempts=max_attempts,
-        assignee=assignee,
-        queue=str(current_app.config.get("TASK_QUEUE") or "default") if has_app_context() else None,
-    )
-    session.add(task)
-    return task
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
-"""Queue wiring: RQ on Redis when ``CAREDESK_REDIS_URL`` is set, else the embedded default.
+"""RQ queues on the process's Redis connection (``helpdesk.kv``).
 
-The embedded default is RQ over an in-process fakeredis with a worker thread, so the demo
-runs with no Redis. It is a convenience, not a deployment: jobs die with the process.
+``create_app`` never starts a worker: ``caredesk worker`` runs them in production, and
+only ``caredesk demo`` starts the embedded worker thread (over the in-process fakeredis),
+so a one-shot command such as ``caredesk ehr check --json`` prints its output and nothing
+else, and never fires a sweep at an EHR.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any
 import redis
 from flask import Flask, current_app
 from rq import Queue
+
+from helpdesk.kv import get_kv
 
 log = logging.getLogger("caredesk.jobs")
 
@@ -39,22 +43,15 @@ class QueueState:
         return bool(self.connection.ping())
 
 
-def init_app(app: Flask) -> None:
-    names = tuple(n.strip() for n in str(app.config["QUEUES"]).split(",") if n.strip())
-    url = app.config.get("REDIS_URL")
-    if url:
-        state = QueueState(redis.Redis.from_url(url), embedded=False, queue_names=names)
-    else:
-        import fakeredis  # the embedded default only; tests and production use real Redis
-
-        state = QueueState(fakeredis.FakeRedis(server=fakeredis.FakeServer()), True, names)
-    app.extensions[EXTENSION] = state
-    if state.embedded and app.config.get("EMBEDDED_WORKER") and not app.config.get("TESTING"):
-        start_embedded_worker(app)
-
-
 def get_queue_state(app: Flask | None = None) -> QueueState:
-    state: QueueState = (app or current_app).extensions[EXTENSION]
+    """The queues on this app's Redis, made on first use (a command that never queues a
+    job never needs Redis)."""
+    app = app or current_app._get_current_object()  # type: ignore[attr-defined]
+    state: QueueState | None = app.extensions.get(EXTENSION)
+    if state is None:
+        kv = get_kv(app)
+        names = tuple(n.strip() for n in str(app.config["QUEUES"]).split(",") if n.strip())
+        state = app.extensions.setdefault(EXTENSION, QueueState(kv.connection, kv.embedded, names))
     return state
 
 
@@ -63,10 +60,13 @@ def get_queue(name: str = "default", app: Flask | None = None) -> Queue:
 
 
 def start_embedded_worker(app: Flask) -> threading.Thread:
-    """Run an RQ worker in a daemon thread of this process (demo only)."""
+    """Run an RQ worker, RQ's scheduler and the cron in daemon threads of this process
+    (``caredesk demo`` only: they live on the in-process fakeredis)."""
     from jobs.worker import EmbeddedWorker
 
     state = get_queue_state(app)
+    if not state.embedded:
+        raise RuntimeError("the embedded worker runs on the in-process queue only")
     if state.worker_thread and state.worker_thread.is_alive():
         return state.worker_thread
 
@@ -84,7 +84,7 @@ def start_embedded_worker(app: Flask) -> threading.Thread:
         scheduler = RQScheduler(
             [state.queue(n) for n in state.queue_names], connection=state.connection
         )
-        scheduler.acquire_locks()
+        scheduler.acquire_locks()  # type: ignore[no-untyped-call]
         # The demo's cron (reminder, survey, task and referral sweeps) runs here too;
         # in production `caredesk jobs cron` runs RQ's CronScheduler as its own process.
         with app.app_context():
@@ -92,7 +92,7 @@ def start_embedded_worker(app: Flask) -> threading.Thread:
 
             cron = build_cron(app)
         while not state.stop_event.wait(1.0):
-            scheduler.enqueue_scheduled_jobs()
+            scheduler.enqueue_scheduled_jobs()  # type: ignore[no-untyped-call]
             cron.enqueue_jobs()
 
     thread = threading.Thread(target=run, name="caredesk-embedded-worker", daemon=True)

@@ -11,12 +11,12 @@ from typing import Any
 from flask import Flask, current_app
 from sqlalchemy import select
 
+from helpdesk.db import get_store
+from helpdesk.models import CareTask
+from helpdesk.timeutil import utcnow
 from jobs.context import JobContext
 from jobs.errors import split_reference
 from jobs.tasks import handler
-from plugin.db import get_store
-from plugin.models import CareTask
-from plugin.timeutil import utcnow
 from smart_launch.errors import FhirError
 
 log = logging.getLogger("caredesk.jobs")

@@ -12,22 +12,23 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 from flask import Flask, current_app
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from fhir_mappers.board import patient_of
 from fhir_mappers.fhirutil import parse_datetime
+from helpdesk.db import get_store
+from helpdesk.models import CareTask, EhrRegistration
+from helpdesk.tasks import new_task
+from helpdesk.timeutil import utcnow
 from jobs.context import JobContext, registration_client
 from jobs.errors import split_reference
 from jobs.outbound import NoReachableChannel
-from jobs.outbox import create_task, dispatch
+from jobs.outbox import dispatch
 from jobs.sweeps import each_registration
 from jobs.tasks import handler
-from plugin.db import get_store
-from plugin.models import CareTask, EhrRegistration
-from plugin.timeutil import utcnow
 
 log = logging.getLogger("caredesk.jobs")
 
@@ -75,14 +76,6 @@ class ReminderSweep:
     per_offset: dict[int, int] = field(default_factory=dict)
 
 
-def _patient_of(appt: dict[str, Any]) -> str | None:
-    for part in appt.get("participant") or []:
-        ref = (part.get("actor") or {}).get("reference")
-        if isinstance(ref, str) and (ref.startswith("Patient/") or "/Patient/" in ref):
-            return "Patient/" + ref.rsplit("Patient/", 1)[1]
-    return None
-
-
 def sweep_registration(
     app: Flask, registration_id: int, *, now: datetime | None = None
 ) -> ReminderSweep:
@@ -106,7 +99,7 @@ def sweep_registration(
         for appt in client.search_all("Appointment", params, max_pages=10_000):
             if appt.get("resourceType") != "Appointment" or not appt.get("id"):
                 continue
-            patient = _patient_of(appt)
+            patient = patient_of(appt)
             if patient is None:
                 continue
             result.seen += 1
@@ -146,7 +139,7 @@ def _queue(
     try:
         with store.session() as session:
             tasks = [
-                create_task(
+                new_task(
                     session,
                     registration_id=registration_id,
                     kind="reminder",
@@ -166,7 +159,7 @@ def _queue(
         for key, (appt, patient) in fresh.items():
             try:
                 with store.session() as session:
-                    task = create_task(
+                    task = new_task(
                         session,
                         registration_id=registration_id,
                         kind="reminder",

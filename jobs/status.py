@@ -11,9 +11,10 @@ from flask import Flask
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from sqlalchemy import func, select
 
+from helpdesk.db import get_store
+from helpdesk.errors import ConfigError
+from helpdesk.models import CareTask
 from jobs.queue import get_queue_state
-from plugin.db import get_store
-from plugin.models import CareTask
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,9 @@ def snapshot(app: Flask, *, failures: int = 20) -> dict[str, Any]:
         q[status] = q.get(status, 0) + count
         k = by_kind.setdefault(kind, {})
         k[status] = k.get(status, 0) + count
-    state = get_queue_state(app)
     rq_info: dict[str, Any] = {}
     try:
+        state = get_queue_state(app)
         for name in state.queue_names:
             rq_info[name] = {
                 "queued": len(state.queue(name)),
@@ -70,6 +71,8 @@ def snapshot(app: Flask, *, failures: int = 20) -> dict[str, Any]:
             }
     except redis.exceptions.RedisError as exc:
         rq_info = {"error": f"Redis unavailable: {type(exc).__name__}"}
+    except ConfigError as exc:
+        rq_info = {"error": str(exc)}
     return {
         "by_state": by_state,
         "by_queue": by_queue,

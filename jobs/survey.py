@@ -1,6 +1,5 @@
-"""Patient satisfaction surveys: invitations, answers, write-back, service recovery.
-
-Two job kinds (``jobs.tasks`` runs them from ``CareTask`` rows):
+"""The survey jobs: ``survey-invite`` and ``survey-writeback`` (``jobs.tasks`` runs them
+from ``CareTask`` rows).
 
 - ``survey-invite``: payload ``{"appointment_ref"}`` (first run: reads the visit from the
   EHR, applies the fatigue/opt-out/sampling rules and quiet hours, creates the
@@ -8,140 +7,60 @@ Two job kinds (``jobs.tasks`` runs them from ``CareTask`` rows):
 - ``survey-writeback``: payload ``{"response_id"}``: one QuestionnaireResponse per answer,
   never two: search by identifier first, then create with ``If-None-Exist``.
 
-Everything else here is called by the web edge (``plugin.survey``, the sidebar): requesting
-a survey, recording an answer (and opening a recovery ticket), the sidebar's summary.
+The rules they apply are ``helpdesk.survey_policy``; the rows and the resource they write
+are ``helpdesk.surveys``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
-import secrets
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cache
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-# Imported with the module, not per call: the worker imports handler modules before it
-# forks, and building the R4B models was the costliest part of each write-back.
-from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
 from flask import Flask
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fhir_mappers import survey as mapper
 from fhir_mappers.fhirutil import parse_datetime, reference_of, zone
+from fhir_mappers.patient import restrictions_of
+from helpdesk.models import CareTask, SurveyInvite, SurveyResponse
+from helpdesk.survey_policy import (
+    SEND_SLACK,
+    SURVEY_OPT_OUT_CODES,
+    fatigued,
+    in_sample,
+    parse_quiet_hours,
+    send_time,
+    writeback_blocker,
+)
+from helpdesk.surveys import (
+    INVITE_KIND,
+    WRITEBACK_KIND,
+    build_questionnaire_response,
+    new_link_token,
+    questionnaire,
+    survey_link,
+)
+from helpdesk.tasks import new_task
 from jobs import outbox
 from jobs.tasks import handler
-from plugin.models import CareTask, EhrRegistration, SurveyInvite, SurveyResponse, Ticket
 from smart_launch.errors import FatalFhirError
 from smart_launch.fhir import parallel
 
 log = logging.getLogger("caredesk.jobs.survey")
 
-INVITE_KIND = "survey-invite"
-WRITEBACK_KIND = "survey-writeback"
-FOLLOW_UP_KIND = "follow-up"
 MESSAGE_TEMPLATE = "survey-invite"
 TIMEZONE_EXT = "http://hl7.org/fhir/StructureDefinition/timezone"
-CONTACT_RESTRICTION_URL = "https://caredesk.example/fhir/StructureDefinition/contact-restriction"
-# Restriction codes that mean "no surveys": an explicit survey opt-out, or no contact at all.
-SURVEY_OPT_OUT_CODES = frozenset({"no-survey", "no-contact"})
-# An invitation whose send time is this close is sent now rather than rescheduled.
-SEND_SLACK = dt.timedelta(minutes=1)
-# The invitation was sent (or could have been answered): these count against fatigue.
-_SENT_STATUSES = ("sent", "answered", "expired")
-_WRITE_BACK_FEATURE = "survey write-back"
-
-
-# --- tokens ------------------------------------------------------------------------------
-
-
-def hash_token(token: str) -> str:
-    """SHA-256 of a link token: the only form in which a token is stored."""
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-def new_link_token() -> tuple[str, str]:
-    """A random link token (256 bits, URL-safe) and its hash."""
-    token = secrets.token_urlsafe(32)
-    return token, hash_token(token)
-
-
-def survey_link(app: Flask, token: str) -> str:
-    base = app.config.get("SURVEY_PUBLIC_URL") or app.config.get("PUBLIC_URL")
-    if not base:
-        raise RuntimeError(
-            "CAREDESK_SURVEY_PUBLIC_URL (or CAREDESK_PUBLIC_URL) is not set: survey links "
-            "sent by jobs need an address patients can open."
-        )
-    return f"{str(base).rstrip('/')}/s/{token}"
-
-
-# --- invitation policy (pure) -----------------------------------------------------------
-
-
-def parse_quiet_hours(spec: str | None) -> tuple[dt.time, dt.time] | None:
-    """``"21:00-08:00"`` -> (21:00, 08:00); empty -> None. Raises ValueError on garbage."""
-    if not spec or not str(spec).strip():
-        return None
-    start_text, sep, end_text = str(spec).partition("-")
-    if not sep:
-        raise ValueError(f"quiet hours must look like 21:00-08:00, not {spec!r}")
-    start, end = dt.time.fromisoformat(start_text.strip()), dt.time.fromisoformat(end_text.strip())
-    return (start, end) if start != end else None
-
-
-def _is_quiet(local: dt.datetime, quiet: tuple[dt.time, dt.time]) -> bool:
-    start, end = quiet
-    t = local.timetz().replace(tzinfo=None)
-    if start < end:
-        return start <= t < end
-    return t >= start or t < end  # the window spans midnight
-
-
-def send_time(
-    earliest: dt.datetime, tz: dt.tzinfo, quiet: tuple[dt.time, dt.time] | None
-) -> dt.datetime:
-    """The first moment at or after ``earliest`` outside quiet hours in ``tz`` (aware UTC).
-
-    Computed on the local wall clock, so a quiet window ending at 08:00 ends at 08:00 on
-    both sides of a daylight-saving change.
-    """
-    if earliest.tzinfo is None:
-        raise ValueError("earliest must be aware")
-    local = earliest.astimezone(tz)
-    if quiet is None or not _is_quiet(local, quiet):
-        return earliest.astimezone(dt.UTC)
-    end = quiet[1]
-    candidate = local.replace(hour=end.hour, minute=end.minute, second=0, microsecond=0)
-    if candidate <= local:
-        candidate = candidate + dt.timedelta(days=1)
-        candidate = candidate.replace(tzinfo=None).replace(tzinfo=tz)  # same wall clock
-    return candidate.astimezone(dt.UTC)
-
-
-def in_sample(appointment_ref: str, percent: int) -> bool:
-    """Stable sampling: the same visit is always in or always out, across retries."""
-    if percent >= 100:
-        return True
-    if percent <= 0:
-        return False
-    digest = hashlib.sha256(appointment_ref.encode("utf-8")).digest()
-    return int.from_bytes(digest[:4], "big") % 10_000 < percent * 100
 
 
 def restriction_codes(patient: Mapping[str, Any]) -> frozenset[str]:
-    found: set[str] = set()
-    for ext in patient.get("extension") or []:
-        if isinstance(ext, Mapping) and ext.get("url") == CONTACT_RESTRICTION_URL:
-            code = (ext.get("valueCoding") or {}).get("code")
-            if isinstance(code, str):
-                found.add(code)
-    return frozenset(found)
+    # One reading of contact restrictions (valueCode or valueCoding), the sidebar's.
+    return frozenset(restrictions_of(patient))
 
 
 def preferred_language(patient: Mapping[str, Any]) -> str | None:
@@ -161,81 +80,6 @@ def _ext_zone(resource: Mapping[str, Any] | None) -> ZoneInfo | None:
         if isinstance(ext, Mapping) and ext.get("url") == TIMEZONE_EXT:
             return zone(ext.get("valueCode"))
     return None
-
-
-def fatigued(
-    session: Session,
-    *,
-    registration_id: int,
-    patient_ref: str,
-    now: dt.datetime,
-    days: int,
-    exclude_id: str | None = None,
-) -> bool:
-    """True when the patient was already invited within the fatigue window."""
-    query = select(SurveyInvite.id).where(
-        SurveyInvite.registration_id == registration_id,
-        SurveyInvite.patient_ref == patient_ref,
-        SurveyInvite.status.in_(_SENT_STATUSES),
-        SurveyInvite.sent_at >= now - dt.timedelta(days=days),
-    )
-    if exclude_id:
-        query = query.where(SurveyInvite.id != exclude_id)
-    return session.scalars(query.limit(1)).first() is not None
-
-
-# --- write-back capability --------------------------------------------------------------
-
-
-def writeback_blocker(reg: EhrRegistration) -> str | None:
-    """Why this EHR cannot take QuestionnaireResponse writes, or None when it can (or
-    when ``caredesk ehr check`` has not run: then the write is tried and a refusal is
-    recorded as not supported)."""
-    if not reg.allow_writes:
-        return "This EHR is registered read-only."
-    feature = ((reg.capabilities or {}).get("features") or {}).get(_WRITE_BACK_FEATURE)
-    if isinstance(feature, Mapping) and feature.get("works") is False:
-        missing = ", ".join(str(b) for b in feature.get("blocked_by") or []) or "capabilities"
-        return f"The EHR check found no support for: {missing}."
-    return None
-
-
-# --- requesting a survey (cron sweep, sidebar) -------------------------------------------
-
-
-def request_survey(
-    session: Session,
-    app: Flask,
-    *,
-    registration_id: int,
-    appointment_ref: str,
-    patient_ref: str | None,
-    now: dt.datetime,
-    fulfilled_at: dt.datetime | None = None,
-    requested_by: str | None = None,
-    launch_session_id: str | None = None,
-) -> CareTask | None:
-    """Queue the invitation job for a fulfilled appointment; None if it was already queued.
-
-    Due after the configured delay (quiet hours are applied by the job, which knows the
-    patient's time zone). The caller commits, then ``outbox.dispatch([task.id])``.
-    """
-    delay = dt.timedelta(minutes=int(app.config["SURVEY_DELAY_MINUTES"]))
-    due = max((fulfilled_at or now) + delay, now)
-    return outbox.create_task(
-        session,
-        registration_id=registration_id,
-        kind=INVITE_KIND,
-        patient_ref=patient_ref,
-        payload={"appointment_ref": appointment_ref},
-        due_at=due,
-        dedupe_key=f"survey-invite:{registration_id}:{appointment_ref}",
-        launch_session_id=launch_session_id,
-        created_by=requested_by,
-    )
-
-
-# --- the invitation job -----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -344,7 +188,7 @@ def _first_run(task: CareTask, ctx: Any, appointment_ref: str) -> None:
         return
     # Location, patient and encounter depend only on the appointment: one wave, not three
     # round trips in a row.
-    location, patient, encounter_ref = parallel(
+    results = parallel(
         [
             lambda: _read(client, visit.location_ref),
             lambda: client.read("Patient", visit.patient_ref.split("/", 1)[1]),
@@ -352,9 +196,12 @@ def _first_run(task: CareTask, ctx: Any, appointment_ref: str) -> None:
         ],
         max_workers=3,
     )
-    for result in (location, patient, encounter_ref):
+    for result in results:
         if isinstance(result, Exception):
             raise result  # the patient read failed (the others return None on refusal)
+    location = cast(dict[str, Any] | None, results[0])
+    patient = cast(dict[str, Any], results[1])
+    encounter_ref = cast(str | None, results[2])
     tz = _ext_zone(patient) or _ext_zone(location) or fallback_tz
     if visit.end is not None:
         visit = _visit(appointment, tz)  # re-read a local time without offset in the right zone
@@ -390,7 +237,7 @@ def _first_run(task: CareTask, ctx: Any, appointment_ref: str) -> None:
     when = send_time(earliest, tz, parse_quiet_hours(app.config.get("SURVEY_QUIET_HOURS")))
     invite.send_at = when
     if when > now + SEND_SLACK:
-        waiting = outbox.create_task(
+        waiting = new_task(
             session,
             registration_id=task.registration_id,
             kind=INVITE_KIND,
@@ -472,150 +319,7 @@ def _deliver(invite: SurveyInvite, task: CareTask, ctx: Any, patient: dict[str, 
     task.fhir_refs = {**(task.fhir_refs or {}), "survey_invite": invite.id}
 
 
-# --- recording an answer (the web edge calls this) --------------------------------------
-
-
-class NotAnswerable(Exception):
-    """The invitation was answered (or expired) between the page load and the POST."""
-
-
-def record_answer(
-    session: Session,
-    invite: SurveyInvite,
-    answers: mapper.Answers,
-    *,
-    now: dt.datetime,
-) -> tuple[SurveyResponse, list[int]]:
-    """Store the answer, open service recovery if needed, queue the write-back.
-
-    Returns the response and the ids of the CareTasks to dispatch after the caller's
-    commit. Single use is enforced by one conditional UPDATE, so two simultaneous POSTs
-    of the same link record one answer.
-    """
-    claimed = session.execute(
-        update(SurveyInvite)
-        .where(
-            SurveyInvite.id == invite.id,
-            SurveyInvite.status == "sent",
-            SurveyInvite.expires_at > now,
-        )
-        .values(status="answered", answered_at=now, updated_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    if getattr(claimed, "rowcount", 0) != 1:
-        raise NotAnswerable(invite.id)
-    response = SurveyResponse(
-        invite_id=invite.id,
-        answers=answers.to_json(),
-        csat=answers.csat,
-        nps=answers.nps,
-        comment=answers.comment,
-        contact_ok=answers.contact_ok,
-        submitted_at=now,
-    )
-    session.add(response)
-    session.flush()
-    task_ids: list[int] = []
-    reg = session.get(EhrRegistration, invite.registration_id)
-    blocker = writeback_blocker(reg) if reg is not None else "The EHR is no longer registered."
-    if blocker:
-        response.writeback_status = "not-supported"
-        response.writeback_error = blocker
-    else:
-        task = outbox.create_task(
-            session,
-            registration_id=invite.registration_id,
-            kind=WRITEBACK_KIND,
-            patient_ref=invite.patient_ref,
-            payload={"response_id": response.id},
-            dedupe_key=f"survey-writeback:{response.id}",
-        )
-        if task is not None:
-            session.flush()  # the id is what gets dispatched
-            task_ids.append(task.id)
-    if mapper.needs_recovery(answers.csat, answers.nps):
-        task_ids.extend(_open_recovery(session, invite, response))
-    return response, task_ids
-
-
-def _open_recovery(session: Session, invite: SurveyInvite, response: SurveyResponse) -> list[int]:
-    scores = []
-    if response.csat is not None:
-        scores.append(f"CSAT {response.csat}/5")
-    if response.nps is not None:
-        scores.append(f"NPS {response.nps}/10")
-    visit = invite.visit_at.date().isoformat() if invite.visit_at else "a recent visit"
-    consent = (
-        "The patient agreed to be contacted."
-        if response.contact_ok
-        else "The patient did not agree to be contacted: do not call about this survey."
-    )
-    ticket = Ticket(
-        registration_id=invite.registration_id,
-        patient_ref=invite.patient_ref,
-        subject=f"Low satisfaction after {visit} ({', '.join(scores)})",
-        description=(
-            f"Survey answer at {invite.clinic_name or 'the clinic'}"
-            f"{' with ' + invite.practitioner_name if invite.practitioner_name else ''}. "
-            f"{consent} See the survey response for the patient's comment."
-        ),
-        status="open",
-        priority="high",
-        category="feedback",
-        source="survey",
-        survey_response_id=response.id,
-    )
-    session.add(ticket)
-    session.flush()
-    if not response.contact_ok:
-        return []
-    task = outbox.create_task(
-        session,
-        registration_id=invite.registration_id,
-        kind=FOLLOW_UP_KIND,
-        patient_ref=invite.patient_ref,
-        payload={
-            "ticket_id": ticket.id,
-            "survey_response_id": response.id,
-            "reason": "survey-recovery",
-            "channel": "phone",
-        },
-        dedupe_key=f"survey-recovery:{response.id}",
-        created_by="survey",
-    )
-    if task is None:
-        return []
-    session.flush()
-    return [task.id]
-
-
 # --- the write-back job -----------------------------------------------------------------
-
-
-@cache
-def questionnaire() -> dict[str, Any]:
-    from fixtures.population import load_questionnaire
-
-    return load_questionnaire()
-
-
-def build_questionnaire_response(
-    response: SurveyResponse, invite: SurveyInvite, *, identifier_system: str
-) -> dict[str, Any]:
-    """The QuestionnaireResponse for a stored answer, validated as FHIR R4B."""
-    resource = mapper.to_questionnaire_response(
-        response.answers,
-        questionnaire=questionnaire(),
-        identifier_system=identifier_system,
-        invite_id=invite.id,
-        patient_ref=invite.patient_ref,
-        encounter_ref=invite.encounter_ref,
-        authored=response.submitted_at,
-        language=invite.language,
-    )
-    # A validation error here is our bug, not the EHR's: let it fail the job loudly.
-    QuestionnaireResponse.model_validate(resource)
-    return resource
 
 
 def _id_from(body: Mapping[str, Any]) -> str | None:
@@ -690,44 +394,3 @@ def _not_supported(response: SurveyResponse, task: CareTask, reason: str) -> Non
     response.writeback_status = "not-supported"
     response.writeback_error = reason
     task.status_note = "the EHR cannot take QuestionnaireResponse writes: kept in CareDesk"
-
-
-# --- what the sidebar and the reports show -----------------------------------------------
-
-
-def latest_for_patient(
-    session: Session, registration_id: int, patient_ref: str
-) -> dict[str, Any] | None:
-    """The patient's most recent survey answer, for the sidebar; None if never answered."""
-    row = session.execute(
-        select(SurveyResponse, SurveyInvite)
-        .join(SurveyInvite, SurveyInvite.id == SurveyResponse.invite_id)
-        .where(
-            SurveyInvite.registration_id == registration_id,
-            SurveyInvite.patient_ref == patient_ref,
-        )
-        .order_by(SurveyResponse.submitted_at.desc(), SurveyResponse.id.desc())
-        .limit(1)
-    ).first()
-    if row is None:
-        return None
-    response, invite = row
-    ticket_id = session.scalars(
-        select(Ticket.id).where(Ticket.survey_response_id == response.id).limit(1)
-    ).first()
-    return {
-        "response_id": response.id,
-        "invite_id": invite.id,
-        "submitted_at": response.submitted_at,
-        "visit_at": invite.visit_at,
-        "clinic": invite.clinic_name,
-        "practitioner": invite.practitioner_name,
-        "csat": response.csat,
-        "nps": response.nps,
-        "comment": response.comment,
-        "contact_ok": response.contact_ok,
-        "needs_recovery": mapper.needs_recovery(response.csat, response.nps),
-        "ticket_id": ticket_id,
-        "writeback_status": response.writeback_status,
-        "fhir_id": response.fhir_id,
-    }

@@ -1,7 +1,7 @@
 """The cron sweep that notices fulfilled visits and queues their survey invitations.
 
 Per registration: one paged search for appointments fulfilled in the look-back window,
-then ``jobs.survey.request_survey`` for each; its dedupe key makes a second sweep (or a
+then ``helpdesk.surveys.request_survey`` for each; its dedupe key makes a second sweep (or a
 staff member's "send survey" click) a no-op, so overlapping windows are harmless.
 """
 
@@ -13,12 +13,14 @@ from datetime import datetime, timedelta
 
 from flask import Flask, current_app
 
+from fhir_mappers.board import patient_of
+from helpdesk.db import get_store
+from helpdesk.models import EhrRegistration
+from helpdesk.surveys import request_survey
+from helpdesk.timeutil import utcnow
 from jobs.context import registration_client
 from jobs.outbox import dispatch
 from jobs.sweeps import each_registration
-from plugin.db import get_store
-from plugin.models import EhrRegistration
-from plugin.timeutil import utcnow
 
 log = logging.getLogger("caredesk.jobs.survey_sweep")
 
@@ -36,8 +38,6 @@ class SurveySweep:
 def sweep_registration(
     app: Flask, registration_id: int, *, now: datetime | None = None
 ) -> SurveySweep:
-    from jobs.survey import request_survey
-
     now = now or utcnow()
     result = SurveySweep(registration_id)
     store = get_store(app)
@@ -56,15 +56,7 @@ def sweep_registration(
     for appt in client.search_all("Appointment", params, max_pages=1_000):
         if appt.get("resourceType") != "Appointment" or not appt.get("id"):
             continue
-        patient = next(
-            (
-                ref
-                for p in appt.get("participant") or []
-                if isinstance(ref := (p.get("actor") or {}).get("reference"), str)
-                and ref.startswith("Patient/")
-            ),
-            None,
-        )
+        patient = patient_of(appt)
         if patient is None:
             continue
         result.seen += 1

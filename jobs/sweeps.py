@@ -10,8 +10,8 @@ from typing import TypeVar
 from flask import Flask
 from sqlalchemy import select
 
-from plugin.db import get_store
-from plugin.models import EhrRegistration
+from helpdesk.db import get_store
+from helpdesk.models import EhrRegistration
 
 log = logging.getLogger("caredesk.jobs.sweeps")
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from plugin.db import get_store
-from plugin.logs import current_request_id
-from plugin.models import AuditEvent
+from helpdesk.db import get_store
+from helpdesk.logctx import current_request_id
+from helpdesk.models import AuditEvent
 
 
 def record_heartbeat(label: str) -> None:

@@ -30,14 +30,14 @@ from rq import get_current_job
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from helpdesk.db import get_store
+from helpdesk.kv import get_redis
+from helpdesk.models import CareTask, TaskAttempt
+from helpdesk.timeutil import utcnow
 from jobs.context import JobContext
 from jobs.errors import TaskError, TemporaryTaskError
 from jobs.outbound import OutboundError, TemporaryOutboundError
 from jobs.outbox import dispatch, lease_key
-from jobs.queue import get_queue_state
-from plugin.db import get_store
-from plugin.models import CareTask, TaskAttempt
-from plugin.timeutil import utcnow
 from smart_launch.errors import (
     DiscoveryError,
     FatalFhirError,
@@ -269,7 +269,7 @@ class _Lease:
     """A Redis key that says "a live worker is running this task", renewed by a thread."""
 
     def __init__(self, app: Flask, task_id: int, holder: str) -> None:
-        self.conn = get_queue_state(app).connection
+        self.conn = get_redis(app)
         self.key = lease_key(task_id)
         self.holder = holder
         self.ttl = max(1, int(app.config["TASK_LEASE_SECONDS"]))

@@ -9,7 +9,7 @@ from flask import Flask
 from rq import SimpleWorker, Worker
 from rq.timeouts import TimerDeathPenalty
 
-from plugin.logs import request_id_var
+from helpdesk.logctx import request_id_var
 
 log = logging.getLogger("caredesk.jobs")
 
@@ -46,8 +46,8 @@ class AppWorker(_AppContextMixin, Worker):
         # In the forked horse: never reuse the parent's database connections or HTTP
         # sockets (both ends would talk on one socket: "prepared statement already
         # exists" on PostgreSQL). Caches (discovery, tokens) are plain memory and stay.
-        from plugin.db import get_store
-        from plugin.ehr import clients
+        from helpdesk.db import get_store
+        from helpdesk.ehr import clients
 
         get_store(self.app).engine.dispose(close=False)
         clients(self.app).after_fork()

@@ -14,11 +14,13 @@ from plugin import config as _config
 __version__ = "0.1.0"
 
 
-def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+def create_app(test_config: Mapping[str, Any] | None = None, *, command: bool = False) -> Flask:
     """Build the app: configuration, extensions, blueprints, error handlers.
 
     Configuration comes from ``CAREDESK_*`` environment variables over documented defaults
-    (``plugin.config.SETTINGS``); ``test_config`` overrides both.
+    (``plugin.config.SETTINGS``); ``test_config`` overrides both. The web app refuses to
+    start without the services it needs; ``command=True`` builds the app for a one-shot
+    CLI command, which connects to Redis only if it uses it.
     """
     # CAREDESK_INSTANCE moves the instance folder (SQLite file, demo keys) off the checkout.
     instance = os.environ.get("CAREDESK_INSTANCE")
@@ -28,20 +30,20 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         instance_path=os.path.abspath(instance) if instance else None,
     )
     app.config.update(_config.load(app.instance_path, test_config))
-    register_extensions(app)
+    register_extensions(app, command=command)
     register_blueprints(app)
     register_errorhandlers(app)
     return app
 
 
-def register_extensions(app: Flask) -> None:
-    from jobs import queue
-    from plugin import crypto, db, ehr, logs, security
+def register_extensions(app: Flask, *, command: bool = False) -> None:
+    from helpdesk import crypto, db, ehr, kv
+    from plugin import logs, security
 
     logs.configure(app)
     db.init_app(app)
     crypto.init_app(app)
-    queue.init_app(app)
+    kv.init_app(app, required=not command)
     security.init_app(app)
     ehr.init_app(app)
     if app.config.get("PROXY_FIX"):

@@ -12,13 +12,11 @@ URL map and builds ``/api/openapi.json`` from those and ``plugin.schemas``.
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
@@ -35,14 +33,21 @@ from flask.blueprints import BlueprintSetupState
 from marshmallow import Schema, ValidationError
 from werkzeug.wrappers import Response as BaseResponse
 
-from plugin import tickets as svc
-from plugin.audit import audit
+from helpdesk import duephrase
+from helpdesk import tasks as task_svc
+from helpdesk import tickets as svc
+from helpdesk.access import NoPatient
+from helpdesk.audit import audit
+from helpdesk.db import get_db
+from helpdesk.errors import AppError
+from helpdesk.logctx import current_request_id
+from helpdesk.models import CareTask, LaunchSession, Ticket
+from helpdesk.timeutil import utcnow
+from jobs import outbox
+from plugin import context as ctx
 from plugin.csrf import check_csrf, csrf_token
-from plugin.db import get_db
-from plugin.errors import AppError
 from plugin.launch import current_launch
-from plugin.logs import current_request_id
-from plugin.models import CareTask, LaunchSession, Ticket
+from plugin.navigation import back
 from plugin.schemas import (
     BoardQuerySchema,
     BoardSchema,
@@ -61,8 +66,6 @@ from plugin.schemas import (
     TicketUpdateSchema,
     load_task_create,
 )
-from plugin.timeutil import utcnow
-from smart_launch.errors import FhirError, NeedsAuthorization, SmartError
 
 log = logging.getLogger("caredesk.api")
 
@@ -157,7 +160,7 @@ def _sla() -> dict[str, float]:
 
 
 def _viewer_zone() -> Any:
-    return svc.viewer_zone(str(current_app.config.get("VIEWER_TIMEZONE") or "UTC"))
+    return duephrase.viewer_zone(str(current_app.config.get("VIEWER_TIMEZONE") or "UTC"))
 
 
 # --- serialization -------------------------------------------------------------------------
@@ -305,7 +308,7 @@ def add_note(launch_id: str, ticket_id: int) -> tuple[Response, int]:
 )
 def list_tasks(launch_id: str) -> Response:
     query = TaskListQuerySchema().load(request.args.to_dict())
-    tasks = svc.list_tasks(get_db(), _launch(), **query)
+    tasks = task_svc.list_tasks(get_db(), _launch(), **query)
     return jsonify({"items": TaskSchema(many=True).dump(tasks)})
 
 
@@ -341,8 +344,8 @@ def queue_task(launch: LaunchSession, raw: Any) -> CareTask:
         else:
             phrase = data.pop("due", None) or "tomorrow morning"
             try:
-                due_at = svc.parse_due(phrase, now=now, tz=_viewer_zone())
-            except svc.DuePhraseError as exc:
+                due_at = duephrase.parse_due(phrase, now=now, tz=_viewer_zone())
+            except duephrase.DuePhraseError as exc:
                 raise ValidationError(str(exc), "due") from exc
             data["due_phrase"] = phrase
         payload: dict[str, Any] = {
@@ -364,7 +367,7 @@ def queue_task(launch: LaunchSession, raw: Any) -> CareTask:
             "urgency": data.get("urgency", "routine"),
             "appointment_ref": appointment,
         }
-    task = svc.create_task(
+    task = task_svc.create_task(
         get_db(),
         launch,
         kind=kind,
@@ -373,23 +376,13 @@ def queue_task(launch: LaunchSession, raw: Any) -> CareTask:
         assignee=assignee,
         patient=patient,
     )
+    # The row is committed; its job comes second (the sweeper covers a failed enqueue).
+    outbox.dispatch([task.id])
+    get_db().refresh(task)
     return task
 
 
 # --- context and board (built by plugin.context) -------------------------------------------
-
-
-def _context_module() -> Any:
-    # Looked up at call time so the lead's module (and a test's stand-in) is what runs.
-    return importlib.import_module("plugin.context")
-
-
-def _ehr_failure(exc: SmartError) -> AppError:
-    if isinstance(exc, NeedsAuthorization):
-        return AppError(exc.message, status=401, code=exc.code or "needs_authorization")
-    if isinstance(exc, FhirError):
-        return AppError(exc.message, status=502, code=exc.code or "fhir_error")
-    return AppError(exc.message, status=502, code=exc.code or "ehr_error")
 
 
 @bp.get("/l/<launch_id>/context")
@@ -411,11 +404,8 @@ def context(launch_id: str) -> Response:
             status=409,
             code="no_patient",
         )
-    try:
-        fetch = _context_module().fetch_context
-        data = fetch(launch, use_cache=False) if refresh else fetch(launch)
-    except SmartError as exc:
-        raise _ehr_failure(exc) from exc
+    fetch = ctx.fetch_context
+    data = fetch(launch, use_cache=False) if refresh else fetch(launch)
     audit("context.read", launch=launch, entity=launch.patient_ref)
     return jsonify(data)
 
@@ -439,10 +429,7 @@ def board(launch_id: str) -> Response:
     }
     if "sort" in query:
         kwargs["sort"] = query["sort"]
-    try:
-        data = _context_module().fetch_board(launch, **kwargs)
-    except SmartError as exc:
-        raise _ehr_failure(exc) from exc
+    data = ctx.fetch_board(launch, **kwargs)
     refs = sorted({str(r["patient_ref"]) for r in data.get("rows") or () if r.get("patient_ref")})
     detail = {"date": day.isoformat()}
     if not refs:
@@ -507,19 +494,7 @@ def _form(*names: str) -> dict[str, str]:
 
 
 def _back(launch_id: str, fallback: str) -> BaseResponse:
-    """Redirect to the form's ``next`` if it is one of this launch's pages, else fallback:
-    never to another site or another launch (an open redirect would carry the launch id)."""
-    target = request.form.get("next", "")
-    parts = urlsplit(target)
-    if (
-        target
-        and not parts.scheme
-        and not parts.netloc
-        and target.startswith(f"/l/{launch_id}/")
-        and "\\" not in target
-    ):
-        return redirect(target, code=303)
-    return redirect(fallback, code=303)
+    return back(launch_id, request.form.get("next"), fallback)
 
 
 def _errors_text(exc: ValidationError) -> dict[str, str]:
@@ -556,7 +531,7 @@ def create_ticket_form(launch_id: str) -> BaseResponse | tuple[str, int]:
     except ValidationError as exc:
         errors = _errors_text(exc)
         return render_template("tickets/new.html", launch=launch, form=form, errors=errors), 422
-    except svc.NoPatient as exc:
+    except NoPatient as exc:
         errors = {"patient": exc.message}
         return render_template("tickets/new.html", launch=launch, form=form, errors=errors), 422
     return _back(

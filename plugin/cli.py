@@ -39,7 +39,7 @@ def with_appcontext(func: F) -> F:
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        app = create_app()
+        app = create_app(command=True)
         with app.app_context():
             return func(*args, **kwargs)
 
@@ -48,7 +48,7 @@ def with_appcontext(func: F) -> F:
 
 def main() -> None:
     """Console entry point: a configuration error is one clear line, not a traceback."""
-    from plugin.config import ConfigError
+    from helpdesk.errors import ConfigError
 
     try:
         cli.main(prog_name="caredesk")
@@ -69,7 +69,7 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True, help="Target revision.")
 @with_appcontext
 def db_upgrade(revision: str) -> None:
-    from plugin import migrate
+    from helpdesk import migrate
 
     migrate.upgrade(current_app.config["DATABASE_URL"], revision)
     click.echo(f"store at {revision} ({current_app.extensions['caredesk.db'].backend})")
@@ -79,7 +79,7 @@ def db_upgrade(revision: str) -> None:
 @click.option("--revision", required=True, help="Target revision, e.g. -1 or base.")
 @with_appcontext
 def db_downgrade(revision: str) -> None:
-    from plugin import migrate
+    from helpdesk import migrate
 
     migrate.downgrade(current_app.config["DATABASE_URL"], revision)
     click.echo(f"store at {revision}")
@@ -88,7 +88,7 @@ def db_downgrade(revision: str) -> None:
 @db.command("current", help="Print the store's current revision.")
 @with_appcontext
 def db_current() -> None:
-    from plugin import migrate
+    from helpdesk import migrate
 
     migrate.current(current_app.config["DATABASE_URL"])
 
@@ -230,4 +230,8 @@ from plugin import jobs_cli as _jobs_cli  # noqa: E402,F401
 from plugin import survey_cli as _survey_cli  # noqa: E402,F401
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    # `python -m plugin.cli`: run the group of the module as imported (`plugin.cli`), which
+    # is the one the command modules above attached themselves to, not `__main__`'s copy.
+    from plugin.cli import main as _main
+
+    _main()

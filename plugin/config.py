@@ -14,11 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from helpdesk.errors import ConfigError
+
 ENVIRONMENTS = ("production", "development", "demo", "test")
-
-
-class ConfigError(RuntimeError):
-    """The configuration cannot run; the message names the variable to set."""
 
 
 @dataclass(frozen=True)
@@ -55,16 +53,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "DATABASE_URL",
         None,
-        "SQLAlchemy URL of the help-desk store. Default: SQLite file "
-        "`instance/caredesk.db`. Production: `postgresql+psycopg://...`.",
+        "SQLAlchemy URL of the help-desk store. Production requires PostgreSQL "
+        "(`postgresql+psycopg://...`) and fails naming this variable without it; elsewhere "
+        "the default is the SQLite file `instance/caredesk.db`.",
     ),
     Setting(
         "REDIS_URL",
         None,
-        "Redis for RQ jobs and locks. Unset: the embedded in-process "
-        "queue (fakeredis and a worker thread), fine for the demo only.",
+        "Redis for RQ jobs, locks and rate limits. Required outside demo/test (start-up "
+        "fails naming it); the demo runs an in-process stand-in.",
     ),
-    Setting("EMBEDDED_WORKER", True, "With no `REDIS_URL`, start the in-process worker thread."),
     Setting("QUEUES", "default", "Comma-separated RQ queue names `caredesk worker` listens on."),
     Setting(
         "PUBLIC_URL",
@@ -82,7 +80,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "VIEWER_TIMEZONE", "America/Chicago", "Time zone for times when the location has none."
     ),
-    # --- jobs: follow-ups, referrals, reminders (issue 6) ---
+    # --- jobs: follow-ups, referrals, reminders ---
     Setting("TASK_QUEUE", "default", "RQ queue CareTask jobs are enqueued on."),
     Setting(
         "EHR_CONCURRENCY",
@@ -129,7 +127,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SMS_ACCOUNT_SID", None, "Account SID (the Basic-auth user)."),
     Setting("SMS_AUTH_TOKEN", None, "Auth token (the Basic-auth password)."),
     Setting("SMS_FROM", None, "Sender number of patient texts, E.164."),
-    # --- patient satisfaction surveys (issue 7) ---
+    # --- patient satisfaction surveys ---
     Setting(
         "SURVEY_DELAY_MINUTES",
         120,
@@ -191,10 +189,11 @@ SETTINGS: tuple[Setting, ...] = (
 _SETTING_BY_NAME = {s.name: s for s in SETTINGS}
 
 
+MIN_SECRET_BYTES = 32
+
+
 def defaults(instance_path: str) -> dict[str, Any]:
-    values = {s.name: s.default for s in SETTINGS}
-    values["DATABASE_URL"] = "sqlite:///" + str(Path(instance_path) / "caredesk.db")
-    return values
+    return {s.name: s.default for s in SETTINGS}
 
 
 def load(instance_path: str, test_config: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -217,7 +216,28 @@ def load(instance_path: str, test_config: Mapping[str, Any] | None) -> dict[str,
                 "(python -c 'import secrets; print(secrets.token_urlsafe(48))'); "
                 "CareDesk will not start without it outside demo and test."
             )
+    elif env == "production" and len(str(config["SECRET_KEY"]).encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"CAREDESK_SECRET_KEY is too short ({len(str(config['SECRET_KEY']).encode())} "
+            f"bytes); production needs at least {MIN_SECRET_BYTES} random bytes "
+            "(python -c 'import secrets; print(secrets.token_urlsafe(48))')."
+        )
+    if not config.get("DATABASE_URL"):
+        if env == "production":
+            raise ConfigError(
+                "CAREDESK_DATABASE_URL is not set. Production keeps the help-desk store in "
+                "PostgreSQL (postgresql+psycopg://user:password@host/caredesk)."
+            )
+        config["DATABASE_URL"] = "sqlite:///" + str(Path(instance_path) / "caredesk.db")
+    elif env == "production" and str(config["DATABASE_URL"]).startswith("sqlite"):
+        raise ConfigError(
+            "CAREDESK_DATABASE_URL names SQLite, which production does not run on (one file, "
+            "one writer at a time): use PostgreSQL (postgresql+psycopg://...)."
+        )
     config["TESTING"] = env == "test"
+    # Flask's FLASK_DEBUG would turn on the interactive debugger; CareDesk never reads it
+    # (the app's own settings come from CAREDESK_* only) and production pins it off.
+    config["DEBUG"] = False if env == "production" else bool(config.get("DEBUG", False))
     return config
 
 

@@ -10,20 +10,22 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from cachetools import TTLCache
 from flask import current_app
 from sqlalchemy import select
 
 from fhir_mappers.board import board_rows, coverages_by_patient, patient_of, sort_by_flags
 from fhir_mappers.fhirutil import human_name
-from plugin import ehr
-from plugin.db import get_db
-from plugin.models import CareTask, LaunchSession, Ticket
-from plugin.timeutil import utcnow
+from helpdesk import ehr
+from helpdesk.db import get_db
+from helpdesk.models import CareTask, LaunchSession, Ticket
+from helpdesk.surveys import latest_for_patient
+from helpdesk.timeutil import utcnow
 from smart_launch.errors import FhirError, NeedsAuthorization, SmartError
 from smart_launch.fhir import FhirClient, parallel
 
@@ -36,50 +38,30 @@ PAGE = 100
 CHUNK = 50  # ids per `_id=` / `patient=` search on the board: requests grow per 50 rows
 
 
-class _TtlCache:
-    """Per-process, per-launch, short-lived: the sidebar re-renders without re-fetching.
-    Memory only (it holds PHI): nothing is written to Redis or disk."""
-
-    def __init__(self, ttl: float, max_entries: int = 512) -> None:
-        self.ttl = ttl
-        self.max_entries = max_entries
-        self._data: dict[str, tuple[float, dict[str, Any]]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        with self._lock:
-            hit = self._data.get(key)
-            if hit and hit[0] > time.monotonic():
-                return hit[1]
-            self._data.pop(key, None)
-            return None
-
-    def put(self, key: str, value: dict[str, Any]) -> None:
-        with self._lock:
-            if len(self._data) >= self.max_entries:
-                oldest = min(self._data, key=lambda k: self._data[k][0])
-                self._data.pop(oldest, None)
-            self._data[key] = (time.monotonic() + self.ttl, value)
-
-    def drop(self, key: str) -> None:
-        with self._lock:
-            self._data.pop(key, None)
-
-    def drop_prefix(self, prefix: str) -> None:
-        with self._lock:
-            for key in [k for k in self._data if k.startswith(prefix)]:
-                self._data.pop(key, None)
+# Per process, per launch and patient, short-lived: the sidebar re-renders without
+# re-fetching. Memory only, bounded (it holds PHI): nothing is written to Redis or disk.
+_cache: TTLCache[str, dict[str, Any]] = TTLCache(maxsize=512, ttl=CONTEXT_TTL_SECONDS)
+_cache_lock = threading.Lock()
 
 
-_cache = _TtlCache(CONTEXT_TTL_SECONDS)
+def _cached(key: str) -> dict[str, Any] | None:
+    with _cache_lock:
+        return _cache.get(key)
+
+
+def _remember(key: str, value: dict[str, Any]) -> None:
+    with _cache_lock:
+        _cache[key] = value
 
 
 def invalidate(launch_id: str, patient_ref: str | None = None) -> None:
     """Forget cached context after a change (a new ticket or task shows at once)."""
-    if patient_ref is None:
-        _cache.drop_prefix(f"{launch_id}:")
-    else:
-        _cache.drop(f"{launch_id}:{patient_ref}")
+    with _cache_lock:
+        if patient_ref is None:
+            for key in [k for k in _cache if k.startswith(f"{launch_id}:")]:
+                _cache.pop(key, None)
+        else:
+            _cache.pop(f"{launch_id}:{patient_ref}", None)
 
 
 def viewer_tz() -> str:
@@ -125,10 +107,10 @@ def fetch_context(
     if not patient_ref or not patient_ref.startswith("Patient/"):
         raise NeedsAuthorization("This launch has no patient; open CareDesk from a chart.")
     cache_key = f"{launch.id}:{patient_ref}"
-    fhir = _cache.get(cache_key) if use_cache else None
+    fhir = _cached(cache_key) if use_cache else None
     if fhir is None:
         fhir = _fetch_patient_parts(launch, patient_ref)
-        _cache.put(cache_key, fhir)
+        _remember(cache_key, fhir)
     patient = fhir["patient"]
     appointments = fhir["appointments"]
     included = fhir["included"]
@@ -217,11 +199,13 @@ def _fetch_patient_parts(launch: LaunchSession, patient_ref: str) -> dict[str, A
         lambda: client.search("Coverage", [("beneficiary", f"Patient/{patient_id}")]),
     )
     # One wave: the three reads overlap, so the sidebar costs one EHR round trip.
-    patient, appts, coverages = parallel(calls, max_workers=3)
+    patient_read, appts, coverages = parallel(calls, max_workers=3)
     unavailable: dict[str, str] = {}
-    if isinstance(patient, Exception):
-        unavailable["patient"] = _unavailable(patient)
-        patient = None
+    patient: dict[str, Any] | None = None
+    if isinstance(patient_read, Exception):
+        unavailable["patient"] = _unavailable(patient_read)
+    else:
+        patient = patient_read
     appointments: list[dict[str, Any]] = []
     included: list[dict[str, Any]] = []
     more_visits = False
@@ -234,7 +218,7 @@ def _fetch_patient_parts(launch: LaunchSession, patient_ref: str) -> dict[str, A
         unavailable["coverage"] = _unavailable(coverages)
     else:
         coverage_list = _entries(coverages)[0]
-    for part, exc in (("patient", patient), ("visits", appts), ("coverage", coverages)):
+    for part, exc in (("patient", patient_read), ("visits", appts), ("coverage", coverages)):
         if isinstance(exc, Exception):
             log.info("context part %s unavailable: %s", part, type(exc).__name__)
 
@@ -249,12 +233,12 @@ def _fetch_patient_parts(launch: LaunchSession, patient_ref: str) -> dict[str, A
 
 
 def _surveys(launch: LaunchSession, patient_ref: str) -> list[dict[str, Any]]:
-    try:
-        from plugin.survey import latest_for_patient
-    except ImportError:  # the survey module is optional in this build
-        return []
     latest = latest_for_patient(get_db(), launch.registration_id, patient_ref)
     return [latest] if latest else []
+
+
+def _all(client: FhirClient, rtype: str, params: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    return list(client.search_all(rtype, params))
 
 
 def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
@@ -300,20 +284,17 @@ def fetch_board(
     first_wave = parallel([day_appointments, lambda: _filter_choices(launch, client)])
     if isinstance(first_wave[0], Exception):
         raise first_wave[0]
-    choices = first_wave[1] if not isinstance(first_wave[1], Exception) else {}
+    choices: dict[str, list[dict[str, str]]] = (
+        first_wave[1] if isinstance(first_wave[1], dict) else {}
+    )
     patient_refs = sorted({ref for a in appointments if (ref := patient_of(a))})
     ids = [ref.split("/", 1)[1] for ref in patient_refs]
     calls: list[Callable[[], list[dict[str, Any]]]] = []
     for chunk in _chunks(ids, CHUNK):
-        joined = ",".join(chunk)
-        calls.append(lambda j=joined: list(client.search_all("Patient", [("_id", j)])))
-        calls.append(
-            lambda j=joined: list(
-                client.search_all(
-                    "Coverage", [("patient", ",".join(f"Patient/{i}" for i in j.split(",")))]
-                )
-            )
-        )
+        patients_param = [("_id", ",".join(chunk))]
+        coverage_param = [("patient", ",".join(f"Patient/{i}" for i in chunk))]
+        calls.append(partial(_all, client, "Patient", patients_param))
+        calls.append(partial(_all, client, "Coverage", coverage_param))
     results = parallel(calls, max_workers=4)
     patients: dict[str, dict[str, Any]] = {}
     coverage_resources: list[dict[str, Any]] = []
@@ -329,13 +310,15 @@ def fetch_board(
     db = get_db()
     open_ticket_patients = (
         frozenset(
-            db.scalars(
+            ref
+            for ref in db.scalars(
                 select(Ticket.patient_ref).where(
                     Ticket.registration_id == launch.registration_id,
                     Ticket.patient_ref.in_(patient_refs),
                     Ticket.status.in_(("open", "pending")),
                 )
             )
+            if ref
         )
         if patient_refs
         else frozenset()
@@ -382,15 +365,18 @@ def fetch_board(
     }
 
 
-_choices_cache = _TtlCache(600.0, max_entries=64)
+# Filter choices per EHR (names of places and clinicians, no patient data), 10 minutes.
+_choices_cache: TTLCache[int, dict[str, list[dict[str, str]]]] = TTLCache(maxsize=64, ttl=600)
 
 
 def _filter_choices(launch: LaunchSession, client: FhirClient) -> dict[str, list[dict[str, str]]]:
     """Locations and practitioners to filter the board by, per EHR, kept 10 minutes
     (they change rarely). Names only: no patient data."""
-    key = f"choices:{launch.registration_id}"
-    if (hit := _choices_cache.get(key)) is not None:
-        return hit  # type: ignore[return-value]
+    key = launch.registration_id
+    with _cache_lock:
+        hit = _choices_cache.get(key)
+    if hit is not None:
+        return hit
 
     def names(resource_type: str) -> list[dict[str, str]]:
         out = []
@@ -409,5 +395,6 @@ def _filter_choices(launch: LaunchSession, client: FhirClient) -> dict[str, list
         "locations": found[0] if not isinstance(found[0], Exception) else [],
         "practitioners": found[1] if not isinstance(found[1], Exception) else [],
     }
-    _choices_cache.put(key, result)  # type: ignore[arg-type]
+    with _cache_lock:
+        _choices_cache[key] = result
     return result

@@ -17,8 +17,8 @@ import hmac
 
 from flask import Flask, current_app, request
 
-from plugin.errors import AppError
-from plugin.models import LaunchSession
+from helpdesk.errors import AppError
+from helpdesk.models import LaunchSession
 
 HEADER = "X-CSRF-Token"
 FORM_FIELD = "csrf_token"

@@ -16,10 +16,12 @@ import requests
 from flask import Flask
 from werkzeug.serving import WSGIRequestHandler, make_server
 
-from plugin import create_app, migrate, registry
-from plugin.crypto import get_vault
-from plugin.db import get_store
-from plugin.models import SigningKey
+from helpdesk import migrate, registry
+from helpdesk.crypto import get_vault
+from helpdesk.db import get_store
+from helpdesk.models import SigningKey
+from jobs.queue import start_embedded_worker
+from plugin import create_app
 
 DEMO_CLIENT_ID = "caredesk-demo"
 
@@ -67,6 +69,9 @@ def run_demo(*, host: str, port: int, with_sandbox: bool, profile: str) -> None:
             )
             _wait_until_up(f"{sandbox_origin}/fhir/metadata", sandbox)
             app.extensions["caredesk.frame_origins"].invalidate()
+        # Jobs and the cron's sweeps start only once the sandbox answers: a sweep fired at
+        # an EHR that is still starting would only print a traceback.
+        start_embedded_worker(app)
         # Bind before printing: whoever reads the URLs can use them at once.
         server = make_server(host, port, app, threaded=True, request_handler=_NoQueryLog)
         if with_sandbox:

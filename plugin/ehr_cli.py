@@ -9,13 +9,13 @@ import click
 from flask import current_app
 from sqlalchemy import select
 
-from plugin import ehr as ehr_bridge
-from plugin import registry
+from helpdesk import ehr as ehr_bridge
+from helpdesk import registry
+from helpdesk.crypto import get_vault
+from helpdesk.db import get_store
+from helpdesk.models import EhrRegistration, SigningKey
+from helpdesk.timeutil import utcnow
 from plugin.cli import cli, with_appcontext
-from plugin.crypto import get_vault
-from plugin.db import get_store
-from plugin.models import EhrRegistration, SigningKey
-from plugin.timeutil import utcnow
 from smart_launch.check import check_ehr
 from smart_launch.keys import generate_signing_key
 

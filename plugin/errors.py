@@ -11,34 +11,17 @@ import logging
 from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
-from plugin.logs import current_request_id
+from helpdesk.errors import AppError
+from helpdesk.logctx import current_request_id
+from smart_launch.errors import (
+    AuthorizationDenied,
+    NeedsAuthorization,
+    SmartError,
+    StateError,
+    TemporaryFhirError,
+)
 
 log = logging.getLogger("caredesk.errors")
-
-
-class AppError(Exception):
-    """An error a user can cause, with a message safe to show them."""
-
-    status = 400
-    code = "bad_request"
-
-    def __init__(self, message: str, *, status: int | None = None, code: str | None = None):
-        super().__init__(message)
-        self.message = message
-        if status is not None:
-            self.status = status
-        if code is not None:
-            self.code = code
-
-
-class NotFound(AppError):
-    status = 404
-    code = "not_found"
-
-
-class Forbidden(AppError):
-    status = 403
-    code = "forbidden"
 
 
 def wants_json() -> bool:
@@ -84,11 +67,44 @@ _TITLES = {
 }
 
 
+def smart_error_status(exc: SmartError) -> tuple[int, str]:
+    """The one reading of a SMART/FHIR failure as an HTTP answer: (status, code).
+
+    401 when the user must launch again (no usable token); 400 for a broken or replayed
+    sign-in; 503 when the EHR is busy or down for now; 502 when the EHR failed or refused.
+    """
+    if isinstance(exc, NeedsAuthorization):
+        return 401, exc.code or "needs_authorization"
+    if isinstance(exc, StateError):
+        return 400, exc.code
+    if isinstance(exc, AuthorizationDenied):
+        return 403, "authorization_denied"
+    if isinstance(exc, TemporaryFhirError):
+        return 503, "ehr_unavailable"
+    return 502, "ehr_error"
+
+
 def register(app: Flask) -> None:
     @app.errorhandler(AppError)
     def _app_error(exc: AppError) -> Response:
         log.info("request failed: %s (%s)", exc.code, exc.status)
         return error_response(exc.status, exc.code, exc.message)
+
+    @app.errorhandler(SmartError)
+    def _smart_error(exc: SmartError) -> Response:
+        status, code = smart_error_status(exc)
+        # The class and status only: the EHR's own text may quote patient data.
+        log.info(
+            "EHR request failed: %s (HTTP %s) -> %s",
+            type(exc).__name__,
+            getattr(exc, "status", None),
+            status,
+        )
+        response = error_response(status, code, exc.message)
+        retry_after = getattr(exc, "retry_after", None)
+        if status == 503 and retry_after:
+            response.headers["Retry-After"] = str(int(retry_after))
+        return response
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:

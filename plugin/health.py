@@ -6,8 +6,8 @@ import logging
 
 from flask import Blueprint, Response, jsonify
 
+from helpdesk.db import get_store
 from jobs.queue import get_queue_state
-from plugin.db import get_store
 
 bp = Blueprint("health", __name__)
 log = logging.getLogger("caredesk.health")

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, current_app, jsonify, render_template, request, url_for
 from flask.wrappers import Response
 from sqlalchemy import select
+from werkzeug.wrappers import Response as BaseResponse
 
-from plugin.crypto import get_vault
+from helpdesk.crypto import get_vault
+from helpdesk.db import get_db
+from helpdesk.errors import AppError, NotFound
+from helpdesk.models import CareTask, OutboundMessage
 from plugin.csrf import check_csrf
-from plugin.db import get_db
-from plugin.errors import AppError, NotFound
 from plugin.launch import current_launch
-from plugin.models import CareTask, OutboundMessage
+from plugin.navigation import back
 
 bp = Blueprint("jobs_admin", __name__, url_prefix="/l/<launch_id>")
 
@@ -51,28 +53,20 @@ def _task(launch_id: str, task_id: int) -> CareTask:
     return task
 
 
-def _answer(launch_id: str, task: CareTask) -> Response:
+def _answer(launch_id: str, task: CareTask) -> BaseResponse:
     """A form post from the sidebar goes back to it; an API call gets the task as JSON."""
     if request.form:
         from plugin.context import invalidate
 
         invalidate(launch_id)
-        return redirect(
-            request.form.get("next")
-            if _safe_next(launch_id)
-            else url_for("sidebar.home", launch_id=launch_id),
-            code=303,
+        return back(
+            launch_id, request.form.get("next"), url_for("sidebar.home", launch_id=launch_id)
         )
     return jsonify(task_json(task))
 
 
-def _safe_next(launch_id: str) -> bool:
-    target = request.form.get("next", "")
-    return target.startswith(f"/l/{launch_id}/") and "//" not in target
-
-
 @bp.post("/tasks/<int:task_id>/retry")
-def retry(launch_id: str, task_id: int) -> Response:
+def retry(launch_id: str, task_id: int) -> BaseResponse:
     from jobs.status import retry as do_retry
 
     check_csrf(current_launch(launch_id))
@@ -88,14 +82,14 @@ def retry(launch_id: str, task_id: int) -> Response:
 
 
 @bp.post("/tasks/<int:task_id>/complete")
-def complete(launch_id: str, task_id: int) -> Response:
+def complete(launch_id: str, task_id: int) -> BaseResponse:
     check_csrf(current_launch(launch_id))
     task = _task(launch_id, task_id)
     if task.kind != "follow-up" or task.status != "waiting":
         raise AppError(
             "only follow-ups on a work list can be completed", status=409, code="not_waiting"
         )
-    from plugin.timeutil import utcnow
+    from helpdesk.timeutil import utcnow
 
     task.status = "done"
     task.finished_at = utcnow()

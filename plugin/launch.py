@@ -26,22 +26,19 @@ from flask import (
     url_for,
 )
 from sqlalchemy import select, update
+from werkzeug.wrappers import Response as BaseResponse
 
-from plugin import ehr
-from plugin.audit import audit
-from plugin.crypto import get_vault
-from plugin.db import get_db
-from plugin.errors import AppError
-from plugin.models import EhrRegistration, LaunchSession, SigningKey
-from plugin.registry import find, find_by_iss
-from plugin.timeutil import utcnow
+from helpdesk import ehr
+from helpdesk.audit import audit
+from helpdesk.crypto import get_vault
+from helpdesk.db import get_db
+from helpdesk.errors import AppError
+from helpdesk.models import EhrRegistration, LaunchSession, SigningKey
+from helpdesk.registry import find, find_by_iss
+from helpdesk.timeutil import utcnow
 from smart_launch.errors import (
-    AuthFailed,
     AuthorizationDenied,
-    DiscoveryError,
-    NeedsAuthorization,
     SmartError,
-    StateError,
 )
 from smart_launch.launch import (
     STATE_TTL,
@@ -76,7 +73,7 @@ def _browser_secret() -> tuple[str, bool]:
     return secrets.token_urlsafe(32), True
 
 
-def _set_browser_cookie(response: Response, secret: str) -> None:
+def _set_browser_cookie(response: BaseResponse, secret: str) -> None:
     if request.is_secure:
         # Inside an EHR iframe the cookie is third-party: it needs SameSite=None; Secure,
         # and Partitioned (CHIPS) so browsers that block third-party cookies keep it.
@@ -89,7 +86,7 @@ def _set_browser_cookie(response: Response, secret: str) -> None:
 
 
 @bp.get("/launch")
-def ehr_launch() -> Response:
+def ehr_launch() -> BaseResponse:
     iss = request.args.get("iss", "")
     launch = request.args.get("launch", "")
     if not iss or not launch:
@@ -111,7 +108,7 @@ def ehr_launch() -> Response:
 
 
 @bp.get("/start")
-def standalone_launch() -> Response:
+def standalone_launch() -> BaseResponse:
     key = request.args.get("ehr", "")
     row = find(get_db(), key) if key else None
     if row is None:
@@ -121,12 +118,9 @@ def standalone_launch() -> Response:
     return _begin(row, launch=None)
 
 
-def _begin(row: EhrRegistration, *, launch: str | None) -> Response:
+def _begin(row: EhrRegistration, *, launch: str | None) -> BaseResponse:
     reg = ehr.to_registration(row)
-    try:
-        conf = ehr.configuration(reg)
-    except SmartError as exc:
-        raise _as_app_error(exc) from exc
+    conf = ehr.configuration(reg)
     scope = scopes_for(reg, conf, _standalone_scopes(reg.scopes) if launch is None else None)
     state = new_state()
     verifier, _ = new_pkce()
@@ -159,6 +153,7 @@ def _begin(row: EhrRegistration, *, launch: str | None) -> Response:
     auth = build_authorization_request(
         reg, conf, state=state, code_verifier=verifier, launch=launch, scope=scope
     )
+    response: BaseResponse
     if auth.method == "POST":
         # The page posts to the EHR's authorize endpoint: CSP form-action must allow it.
         target = urlsplit(auth.url)
@@ -182,7 +177,7 @@ def _standalone_scopes(scopes: str) -> str:
 
 
 @bp.get("/callback")
-def callback() -> Response:
+def callback() -> BaseResponse:
     try:
         code, state = parse_callback(request.args)
     except AuthorizationDenied as exc:
@@ -193,8 +188,6 @@ def callback() -> Response:
             status=403,
             code=exc.error,
         ) from exc
-    except StateError as exc:
-        raise _as_app_error(exc) from exc
     db = get_db()
     now = utcnow()
     # Single use: only one request can move this row out of "pending".
@@ -235,9 +228,9 @@ def callback() -> Response:
             http=ehr.clients().http(int(reg.id)),
             scope_requested=launch.scope_requested,
         )
-    except SmartError as exc:
+    except SmartError:
         _fail(launch)
-        raise _as_app_error(exc) from exc
+        raise
     launch.status = "active"
     launch.code_verifier_enc = None
     launch.token_set_enc = get_vault().encrypt(tokens.to_json())
@@ -265,16 +258,6 @@ def _fail(launch: LaunchSession) -> None:
     launch.status = "failed"
     launch.code_verifier_enc = None
     get_db().commit()
-
-
-def _as_app_error(exc: SmartError) -> AppError:
-    if isinstance(exc, StateError):
-        return AppError(exc.message, code=exc.code)
-    if isinstance(exc, NeedsAuthorization):
-        return AppError(exc.message, status=401, code=exc.code)
-    if isinstance(exc, DiscoveryError | AuthFailed):
-        return AppError(exc.message, status=502, code=exc.code)
-    return AppError(exc.message, status=502, code=exc.code)
 
 
 def current_launch(launch_id: str) -> LaunchSession:

@@ -11,12 +11,11 @@ import json
 import logging
 import re
 import secrets
-from contextvars import ContextVar
 from typing import Any
 
 from flask import Flask, Response, g, request
 
-request_id_var: ContextVar[str] = ContextVar("caredesk_request_id", default="-")
+from helpdesk.logctx import current_request_id, request_id_var
 
 # An incoming X-Request-Id is reused only when it looks like an id, so a caller cannot
 # inject text (or PHI) into our log lines through the header.
@@ -42,6 +41,8 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)
 
+
+__all__ = ["configure", "current_request_id", "new_request_id", "request_id_var"]
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"
 
@@ -81,7 +82,3 @@ def _begin_request() -> None:
 def _tag_response(response: Response) -> Response:
     response.headers["X-Request-Id"] = g.get("request_id", request_id_var.get())
     return response
-
-
-def current_request_id() -> str:
-    return request_id_var.get()

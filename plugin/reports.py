@@ -24,13 +24,13 @@ from flask import Blueprint, Response, current_app, render_template, request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from plugin.audit import audit
-from plugin.db import get_db
-from plugin.errors import AppError
+from helpdesk.audit import audit
+from helpdesk.db import get_db
+from helpdesk.errors import AppError
+from helpdesk.models import SurveyInvite, SurveyResponse
+from helpdesk.surveys import export_rows
+from helpdesk.timeutil import utcnow
 from plugin.launch import current_launch
-from plugin.models import SurveyInvite, SurveyResponse
-from plugin.survey import export_rows
-from plugin.timeutil import utcnow
 
 bp = Blueprint("reports", __name__)
 

@@ -20,7 +20,7 @@ from marshmallow import (
     validates_schema,
 )
 
-from plugin.tickets import (
+from helpdesk.tickets import (
     CATEGORIES,
     FOLLOW_UP_CHANNELS,
     MAX_PER_PAGE,

@@ -9,8 +9,8 @@ from threading import Lock
 from flask import Flask, Response, current_app, g, request
 from sqlalchemy import select
 
-from plugin.db import get_store
-from plugin.models import EhrRegistration
+from helpdesk.db import get_store
+from helpdesk.models import EhrRegistration
 
 _CACHE_SECONDS = 30.0
 

@@ -15,17 +15,18 @@ from zoneinfo import ZoneInfo
 
 import requests
 from flask import Blueprint, Response, make_response, redirect, render_template, request, url_for
+from werkzeug.wrappers import Response as BaseResponse
 
+from helpdesk import ehr
+from helpdesk.audit import audit
+from helpdesk.db import get_db
+from helpdesk.errors import AppError
+from helpdesk.tickets import ACTIVE_STATUSES, TicketFilters, list_tickets
+from helpdesk.timeutil import utcnow
 from plugin import context as ctx
-from plugin import ehr
-from plugin.audit import audit
 from plugin.csrf import check_csrf
-from plugin.db import get_db
-from plugin.errors import AppError
 from plugin.launch import current_launch
-from plugin.tickets import ACTIVE_STATUSES, TicketFilters, list_tickets
-from plugin.timeutil import utcnow
-from smart_launch.errors import FhirError, SmartError
+from plugin.navigation import back
 
 bp = Blueprint("sidebar", __name__)
 log = logging.getLogger("caredesk.sidebar")
@@ -33,17 +34,8 @@ log = logging.getLogger("caredesk.sidebar")
 _PATIENT_REF = re.compile(r"^Patient/[A-Za-z0-9\-.]{1,256}$")
 
 
-def _problem(exc: SmartError) -> AppError:
-    if isinstance(exc, FhirError):
-        log.info("EHR request failed: HTTP %s", exc.status)
-        return AppError(
-            f"The EHR answered with an error: {exc.message}", status=502, code="ehr_error"
-        )
-    return AppError(exc.message, status=401, code=exc.code)
-
-
 @bp.get("/l/<launch_id>/")
-def home(launch_id: str) -> Response | str:
+def home(launch_id: str) -> BaseResponse | str:
     launch = current_launch(launch_id)
     if not launch.patient_ref:
         return redirect(url_for("sidebar.board", launch_id=launch.id))
@@ -60,12 +52,9 @@ def patient(launch_id: str, patient_ref: str) -> str:
 
 
 def _patient_page(launch: Any, patient_ref: str) -> str:
-    try:
-        context = ctx.fetch_context(
-            launch, patient_ref=patient_ref, use_cache=request.args.get("refresh") != "1"
-        )
-    except SmartError as exc:
-        raise _problem(exc) from exc
+    context = ctx.fetch_context(
+        launch, patient_ref=patient_ref, use_cache=request.args.get("refresh") != "1"
+    )
     audit(
         "read",
         launch=launch,
@@ -95,19 +84,17 @@ def _patient_page(launch: Any, patient_ref: str) -> str:
     )
 
 
-def _back(launch_id: str) -> Response:
-    target = request.form.get("next", "")
-    if not (target.startswith(f"/l/{launch_id}/") and "//" not in target and "\\" not in target):
-        target = url_for("sidebar.home", launch_id=launch_id)
-    return redirect(target, code=303)
+def _back(launch_id: str) -> BaseResponse:
+    fallback = url_for("sidebar.home", launch_id=launch_id)
+    return back(launch_id, request.form.get("next"), fallback)
 
 
 @bp.post("/l/<launch_id>/actions/task")
-def queue_task_form(launch_id: str) -> Response:
+def queue_task_form(launch_id: str) -> BaseResponse:
     """The sidebar's follow-up and referral forms (no JavaScript needed)."""
     from marshmallow import ValidationError
 
-    from plugin.api import queue_task
+    from plugin.api import field_messages, queue_task
 
     launch = current_launch(launch_id)
     check_csrf(launch)
@@ -130,7 +117,7 @@ def queue_task_form(launch_id: str) -> Response:
     try:
         queue_task(launch, body)
     except ValidationError as exc:
-        messages = exc.normalized_messages()
+        messages = field_messages(exc)
         text = "; ".join(
             f"{k}: {' '.join(map(str, v)) if isinstance(v, list) else v}"
             for k, v in messages.items()
@@ -143,12 +130,12 @@ def queue_task_form(launch_id: str) -> Response:
 
 
 @bp.post("/l/<launch_id>/actions/survey")
-def send_survey(launch_id: str) -> Response:
+def send_survey(launch_id: str) -> BaseResponse:
     """ "Send survey" for a fulfilled visit: queues the invitation job (once per visit)."""
     from flask import current_app
 
+    from helpdesk.surveys import request_survey
     from jobs import outbox
-    from jobs.survey import request_survey
 
     launch = current_launch(launch_id)
     check_csrf(launch)
@@ -188,12 +175,7 @@ def board(launch_id: str) -> str:
     sort = "flags" if request.args.get("sort") == "flags" else "time"
     location = request.args.get("location") or None
     practitioner = request.args.get("practitioner") or None
-    try:
-        data = ctx.fetch_board(
-            launch, day=day, location=location, practitioner=practitioner, sort=sort
-        )
-    except SmartError as exc:
-        raise _problem(exc) from exc
+    data = ctx.fetch_board(launch, day=day, location=location, practitioner=practitioner, sort=sort)
     audit(
         "read",
         launch=launch,

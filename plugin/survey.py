@@ -13,7 +13,6 @@ import datetime as dt
 import hashlib
 import hmac
 import logging
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from flask import Blueprint, Response, current_app, make_response, render_template, request
@@ -22,18 +21,16 @@ from sqlalchemy.orm import Session
 
 from fhir_mappers import survey as mapper
 from fhir_mappers.fhirutil import zone
+from helpdesk import surveys as domain
+from helpdesk.db import get_db
+from helpdesk.kv import get_redis
+from helpdesk.models import SurveyInvite
+from helpdesk.tickets import sla_hours
+from helpdesk.timeutil import utcnow
 from jobs import outbox
-from jobs import survey as domain
-from jobs.queue import get_queue_state
-from plugin.db import get_db
-from plugin.models import SurveyInvite
-from plugin.timeutil import utcnow
 
 bp = Blueprint("survey", __name__)
 log = logging.getLogger("caredesk.survey")
-
-# The sidebar's summary of a patient's last answer lives with the rest of the survey logic.
-latest_for_patient = domain.latest_for_patient
 
 RATE_WINDOW_SECONDS = 60
 
@@ -134,7 +131,7 @@ def _rate_limited() -> bool:
         ("link", domain.hash_token(token)[:32], "SURVEY_RATE_PER_TOKEN"),
     )
     try:
-        conn = get_queue_state().connection
+        conn = get_redis()
         pipe = conn.pipeline()
         for kind, digest, _ in checks:
             key = f"caredesk:rate:survey:{kind}:{digest}:{window}"
@@ -259,7 +256,9 @@ def answer(token: str) -> Response:
         }
         return _form_page(invite, lang, values=values, errors=errors, status=422)
     try:
-        response, task_ids = domain.record_answer(session, invite, answers, now=now)
+        response, task_ids = domain.record_answer(
+            session, invite, answers, now=now, sla=sla_hours(current_app.config)
+        )
         session.commit()
     except domain.NotAnswerable:
         session.rollback()
@@ -267,42 +266,3 @@ def answer(token: str) -> Response:
     log.info("survey answered: invite %s, response %s", invite.id, response.id)
     outbox.dispatch(task_ids, app=current_app._get_current_object())  # type: ignore[attr-defined]
     return _message(lang, "thanks", 200)
-
-
-def export_rows(
-    session: Session, registration_id: int, *, status: str | None
-) -> list[dict[str, Any]]:
-    """Stored answers for export (e.g. the ones an EHR could not take), oldest first."""
-    from plugin.models import SurveyResponse
-
-    query = (
-        select(SurveyResponse, SurveyInvite)
-        .join(SurveyInvite, SurveyInvite.id == SurveyResponse.invite_id)
-        .where(SurveyInvite.registration_id == registration_id)
-        .order_by(SurveyResponse.submitted_at, SurveyResponse.id)
-    )
-    if status:
-        query = query.where(SurveyResponse.writeback_status == status)
-    rows = []
-    for response, invite in session.execute(query):
-        rows.append(
-            {
-                "invitation_id": invite.id,
-                "patient": invite.patient_ref,
-                "encounter": invite.encounter_ref or "",
-                "appointment": invite.appointment_ref or "",
-                "visit_at": invite.visit_at.isoformat() if invite.visit_at else "",
-                "clinic": invite.clinic_name or "",
-                "practitioner": invite.practitioner_name or "",
-                "submitted_at": response.submitted_at.isoformat(),
-                "csat": "" if response.csat is None else response.csat,
-                "nps": "" if response.nps is None else response.nps,
-                "contact_ok": ""
-                if response.contact_ok is None
-                else str(response.contact_ok).lower(),
-                "comment": response.comment or "",
-                "writeback_status": response.writeback_status,
-                "fhir_id": response.fhir_id or "",
-            }
-        )
-    return rows

@@ -8,15 +8,14 @@ import sys
 import click
 from flask import current_app
 
+from helpdesk import ehr as ehr_bridge
+from helpdesk import surveys as domain
+from helpdesk.db import get_store
+from helpdesk.models import EhrRegistration
+from helpdesk.registry import find
+from helpdesk.timeutil import utcnow
 from jobs import outbox
-from jobs import survey as domain
-from plugin import ehr as ehr_bridge
 from plugin.cli import cli, with_appcontext
-from plugin.db import get_store
-from plugin.models import EhrRegistration
-from plugin.registry import find
-from plugin.survey import export_rows
-from plugin.timeutil import utcnow
 from smart_launch.backend import backend_token
 from smart_launch.errors import FatalFhirError, SmartError
 from smart_launch.fhir import FhirClient
@@ -114,7 +113,7 @@ def request_(ehr: str, appointment: str) -> None:
 def export(ehr: str, status: str) -> None:
     with get_store().session() as session:
         row = _registration(session, ehr)
-        rows = export_rows(session, row.id, status=None if status == "all" else status)
+        rows = domain.export_rows(session, row.id, status=None if status == "all" else status)
     if not rows:
         click.echo("no answers to export", err=True)
         return

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+from flask import Flask
 from sqlalchemy import create_engine, text
 
 PG_BASE = os.environ.get("CAREDESK_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -60,29 +62,59 @@ def redis_url() -> Iterator[str]:
         conn.close()
 
 
+def dispose(app: Flask) -> None:
+    """Close what an app holds open: pooled HTTP sessions, database pool, Redis sockets."""
+    app.extensions["caredesk.ehr"].close()
+    app.extensions["caredesk.db"].engine.dispose()
+    kv = app.extensions.get("caredesk.redis")
+    if kv is not None:
+        kv.connection.close()
+
+
 @pytest.fixture
-def app(sqlite_url: str, redis_url: str):  # type: ignore[no-untyped-def]
-    from plugin import create_app, migrate
+def make_app(sqlite_url: str, redis_url: str) -> Iterator[Callable[..., Flask]]:
+    """The one app factory of the tests (flaskr's ``app`` fixture with arguments).
 
-    app = create_app({"ENV": "test", "DATABASE_URL": sqlite_url, "REDIS_URL": redis_url})
-    migrate.upgrade(sqlite_url)
-    yield app
-    _dispose(app)
+    ``make_app(**config)`` is ``create_app`` in the test environment on a migrated store
+    (SQLite unless ``DATABASE_URL`` is given) and the test Redis; every app made is
+    disposed after the test.
+    """
+    from helpdesk import migrate
+    from plugin import create_app
+
+    made: list[Flask] = []
+
+    def make(**config: Any) -> Flask:
+        settings: dict[str, Any] = {
+            "ENV": "test",
+            "DATABASE_URL": sqlite_url,
+            "REDIS_URL": redis_url,
+            "VIEWER_TIMEZONE": "America/Chicago",
+        }
+        settings.update(config)
+        app = create_app(settings)
+        migrate.upgrade(settings["DATABASE_URL"])
+        made.append(app)
+        return app
+
+    yield make
+    for app in made:
+        dispose(app)
 
 
 @pytest.fixture
-def client(app):  # type: ignore[no-untyped-def]
+def app(make_app: Callable[..., Flask]) -> Flask:
+    return make_app()
+
+
+@pytest.fixture
+def client(app: Flask) -> Any:
     return app.test_client()
 
 
 @pytest.fixture
-def runner(app):  # type: ignore[no-untyped-def]
+def runner(app: Flask) -> Any:
     return app.test_cli_runner()
-
-
-def _dispose(app) -> None:  # type: ignore[no-untyped-def]
-    app.extensions["caredesk.db"].engine.dispose()
-    app.extensions["caredesk.queue"].connection.close()
 
 
 CHROMIUM = "/usr/bin/chromium"

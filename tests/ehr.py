@@ -7,10 +7,10 @@ from typing import Any
 
 from flask import Flask
 
-from plugin import registry
-from plugin.crypto import get_vault
-from plugin.db import get_store
-from plugin.models import SigningKey
+from helpdesk import registry
+from helpdesk.crypto import get_vault
+from helpdesk.db import get_store
+from helpdesk.models import SigningKey
 from sandbox.testing import SandboxHandle
 from smart_launch.keys import generate_signing_key
 

@@ -17,10 +17,9 @@ import pytest
 import requests
 from sqlalchemy import select
 
-from plugin import api, create_app, migrate
+from helpdesk.db import get_store
+from helpdesk.models import AuditEvent, EhrRegistration, LaunchSession
 from plugin.csrf import csrf_token
-from plugin.db import get_store
-from plugin.models import AuditEvent, EhrRegistration, LaunchSession
 from tests.live import serve
 
 VIEWER_TZ = "America/Chicago"
@@ -125,25 +124,6 @@ class Env:
         return get_store(self.app).session()
 
 
-def make_app(sqlite_url: str, redis_url: str, **extra: Any) -> Any:
-    app = create_app(
-        {
-            "ENV": "test",
-            "DATABASE_URL": sqlite_url,
-            "REDIS_URL": redis_url,
-            "VIEWER_TIMEZONE": VIEWER_TZ,
-            **extra,
-        }
-    )
-    # Until the lead registers them in create_app; then this is a no-op.
-    if "api" not in app.blueprints:
-        app.register_blueprint(api.bp)
-    if "tickets" not in app.blueprints:
-        app.register_blueprint(api.html_bp)
-    migrate.upgrade(sqlite_url)
-    return app
-
-
 def _registration(slug: str) -> EhrRegistration:
     return EhrRegistration(
         slug=slug,
@@ -169,8 +149,8 @@ def db_url(sqlite_url: str) -> str:
 
 
 @pytest.fixture
-def env(db_url: str, redis_url: str, app_config: dict[str, Any]) -> Iterator[Env]:
-    app = make_app(db_url, redis_url, **app_config)
+def env(make_app: Any, db_url: str, app_config: dict[str, Any]) -> Iterator[Env]:
+    app = make_app(DATABASE_URL=db_url, **app_config)
     with app.app_context(), get_store(app).session() as db:
         a, b = _registration("ehr-a"), _registration("ehr-b")
         db.add_all([a, b])
@@ -183,9 +163,6 @@ def env(db_url: str, redis_url: str, app_config: dict[str, Any]) -> Iterator[Env
         finally:
             for browser in environment.browsers:
                 browser.close()
-    app.extensions["caredesk.ehr"].close()
-    app.extensions["caredesk.db"].engine.dispose()
-    app.extensions["caredesk.queue"].connection.close()
 
 
 @pytest.fixture

@@ -3,20 +3,20 @@ tested with the sandbox in tests/plugin) and audit what was shown."""
 
 from __future__ import annotations
 
-import sys
 import types
 from datetime import UTC, date, datetime
 
 import pytest
 import time_machine
 
+from plugin import context as ctx
 from smart_launch.errors import FatalFhirError
 
 
 @pytest.fixture
 def fake_context(monkeypatch):  # type: ignore[no-untyped-def]
     calls: list[tuple[str, object, dict]] = []
-    module = types.ModuleType("plugin.context")
+    module = types.SimpleNamespace()
 
     def fetch_context(launch, **kw):  # type: ignore[no-untyped-def]
         calls.append(("context", launch.id, kw))
@@ -45,7 +45,9 @@ def fake_context(monkeypatch):  # type: ignore[no-untyped-def]
 
     module.fetch_context = fetch_context  # type: ignore[attr-defined]
     module.fetch_board = fetch_board  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "plugin.context", module)
+    # The views call through the module at request time; a test may swap the stand-ins.
+    monkeypatch.setattr(ctx, "fetch_context", lambda *a, **k: module.fetch_context(*a, **k))
+    monkeypatch.setattr(ctx, "fetch_board", lambda *a, **k: module.fetch_board(*a, **k))
     return module, calls
 
 

@@ -8,8 +8,8 @@ import pytest
 import time_machine
 from rq.job import Job, JobStatus
 
+from helpdesk.models import CareTask
 from jobs.queue import get_queue_state
-from plugin.models import CareTask
 
 # 14:00 in Chicago, already the next day (01:30) in Kolkata; DST starts in the US on Mar 8.
 NOW = datetime(2026, 3, 6, 20, 0, tzinfo=UTC)

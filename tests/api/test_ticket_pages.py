@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from html.parser import HTMLParser
 
-from plugin.models import Ticket
+from helpdesk.models import Ticket
 
 XSS = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from plugin.models import Ticket, TicketNote
+from helpdesk.models import Ticket, TicketNote
 
 TICKET = {"subject": "Bill looks wrong", "category": "billing"}
 
@@ -239,8 +239,8 @@ def test_registration_a_cannot_see_read_change_or_note_b_tickets(env, a, b) -> N
 
 def test_patient_launch_opens_tickets_for_its_patient_only(env, a) -> None:
     other = a.post("/tickets", {**TICKET, "patient": "Patient/p2"})
-    assert other.status_code == 422
-    assert other.json()["error"]["code"] == "no_patient"
+    assert other.status_code == 403
+    assert other.json()["error"]["code"] == "other_patient"
     same = a.post("/tickets", {**TICKET, "patient": "Patient/p1"})
     assert same.status_code == 201
     queue = env.launch("A", patient=None)

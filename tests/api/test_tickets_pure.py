@@ -1,4 +1,4 @@
-"""Pure parts of plugin.tickets: the "due" phrase reader and the SLA table."""
+"""Pure parts of the store: the "due" phrase reader (helpdesk.duephrase) and the SLA table."""
 
 from __future__ import annotations
 
@@ -7,14 +7,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from plugin.config import ConfigError
-from plugin.tickets import (
-    DEFAULT_SLA_HOURS,
-    TRANSITIONS,
-    DuePhraseError,
-    parse_due,
-    sla_hours,
-)
+from helpdesk.duephrase import DuePhraseError, parse_due
+from helpdesk.errors import ConfigError
+from helpdesk.tickets import DEFAULT_SLA_HOURS, TRANSITIONS, sla_hours
 
 CHICAGO = ZoneInfo("America/Chicago")
 # Friday 6 March 2026, 15:00 in Chicago (21:00 UTC); US DST starts Sunday 8 March.

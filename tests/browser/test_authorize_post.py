@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from plugin import create_app, migrate, registry
+from helpdesk import registry
 from sandbox.testing import running_sandbox
 from tests.ehr import connect
 from tests.live import serve
@@ -19,9 +19,8 @@ LONG_SCOPES = registry.DEFAULT_SCOPES + "".join(
 )
 
 
-def test_long_scope_string_launch_uses_a_form_post(sqlite_url, redis_url, chromium) -> None:
-    app = create_app({"ENV": "test", "DATABASE_URL": sqlite_url, "REDIS_URL": redis_url})
-    migrate.upgrade(sqlite_url)
+def test_long_scope_string_launch_uses_a_form_post(make_app, chromium) -> None:
+    app = make_app()
     with serve(app) as url, running_sandbox() as sb:
         connect(app, sb, url, client_id=CLIENT_ID, scopes=LONG_SCOPES, sandbox_scopes=LONG_SCOPES)
         launch_url = sb.launch(CLIENT_ID, patient="pat-001")["url"]
@@ -38,5 +37,3 @@ def test_long_scope_string_launch_uses_a_form_post(sqlite_url, redis_url, chromi
         assert f"POST {sb.base_url}/auth/authorize" in methods
         assert violations == []
         page.close()
-    app.extensions["caredesk.ehr"].close()
-    app.extensions["caredesk.db"].engine.dispose()

@@ -8,7 +8,6 @@ from urllib.parse import urlencode
 
 import pytest
 
-from plugin import create_app, migrate
 from sandbox.testing import running_sandbox
 from tests.ehr import connect
 from tests.live import serve
@@ -19,14 +18,11 @@ SCHEDULER = "prac-scheduler-ortiz"
 
 
 @pytest.fixture
-def ehr(sqlite_url, redis_url) -> Iterator[tuple[str, object]]:
-    app = create_app({"ENV": "test", "DATABASE_URL": sqlite_url, "REDIS_URL": redis_url})
-    migrate.upgrade(sqlite_url)
+def ehr(make_app) -> Iterator[tuple[str, object]]:
+    app = make_app()
     with serve(app) as url, running_sandbox() as sb:
         connect(app, sb, url, client_id=CLIENT_ID)
         yield sb.base_url, sb
-    app.extensions["caredesk.ehr"].close()
-    app.extensions["caredesk.db"].engine.dispose()
 
 
 def _open(chromium, base: str, **params: str):  # type: ignore[no-untyped-def]

@@ -15,9 +15,8 @@ from typing import Any
 
 import pytest
 
-from plugin import create_app, migrate
-from plugin.db import get_store
-from plugin.models import CareTask
+from helpdesk.db import get_store
+from helpdesk.models import CareTask
 from sandbox.testing import SandboxHandle, running_sandbox
 from tests.ehr import connect_backend, sandbox_token  # noqa: F401 - used by tests
 
@@ -40,16 +39,8 @@ def sandbox() -> Iterator[SandboxHandle]:
 
 
 @pytest.fixture
-def job_app(sqlite_url: str, redis_url: str):  # type: ignore[no-untyped-def]
-    app = create_app(
-        {"ENV": "test", "DATABASE_URL": sqlite_url, "REDIS_URL": redis_url, "SECRET_KEY": SECRET}
-        | JOB_CONFIG
-    )
-    migrate.upgrade(sqlite_url)
-    yield app
-    app.extensions["caredesk.ehr"].close()
-    app.extensions["caredesk.db"].engine.dispose()
-    app.extensions["caredesk.queue"].connection.close()
+def job_app(make_app):  # type: ignore[no-untyped-def]
+    return make_app(SECRET_KEY=SECRET, **JOB_CONFIG)
 
 
 def register_backend(
@@ -67,7 +58,8 @@ def register_backend(
 
 
 def new_task(app, **kwargs: Any) -> int:  # type: ignore[no-untyped-def]
-    from jobs.outbox import create_task, dispatch
+    from helpdesk.tasks import new_task as create_task
+    from jobs.outbox import dispatch
 
     with app.app_context():
         with get_store(app).session() as session:
@@ -167,7 +159,7 @@ def service_requests(sb: SandboxHandle, task_id: int) -> dict[str, Any]:
     return result
 
 
-# plugin.jobs_cli attaches `caredesk jobs` on import (the lead imports it in plugin.cli).
+# `caredesk jobs` comes from plugin.jobs_cli, which plugin.cli imports.
 CLI = "from plugin.cli import main; main()"
 
 

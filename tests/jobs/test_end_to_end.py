@@ -9,11 +9,11 @@ from zoneinfo import ZoneInfo
 import requests
 from sqlalchemy import select
 
+from helpdesk.crypto import get_vault
+from helpdesk.db import get_store
+from helpdesk.models import CareTask, OutboundMessage, TaskAttempt
 from jobs.referral import IDENTIFIER_SYSTEM
 from jobs.reminders import sweep_registration
-from plugin.crypto import get_vault
-from plugin.db import get_store
-from plugin.models import CareTask, OutboundMessage, TaskAttempt
 from tests.jobs.conftest import load_task, new_task, register_backend, run_burst, sandbox_token
 
 
@@ -170,18 +170,13 @@ def test_a_worker_fetches_discovery_and_a_backend_token_once_for_many_jobs(
 
 
 def test_forked_jobs_on_postgresql_do_not_share_the_workers_connections(
-    pg_url, redis_url, sandbox
+    make_app, pg_url, sandbox
 ) -> None:
     """The worker touches the store before forking (warm-up); each forked job must open
     its own PostgreSQL connection, or two processes talk on one socket."""
-    from plugin import create_app, migrate
     from tests.jobs.conftest import JOB_CONFIG, SECRET
 
-    app = create_app(
-        {"ENV": "test", "DATABASE_URL": pg_url, "REDIS_URL": redis_url, "SECRET_KEY": SECRET}
-        | JOB_CONFIG
-    )
-    migrate.upgrade(pg_url)
+    app = make_app(DATABASE_URL=pg_url, SECRET_KEY=SECRET, **JOB_CONFIG)
     reg_id = register_backend(app, sandbox)
     ids = [
         new_task(
@@ -196,5 +191,3 @@ def test_forked_jobs_on_postgresql_do_not_share_the_workers_connections(
     result = run_burst(app)
     assert "already exists" not in result.stdout + result.stderr
     assert {load_task(app, i).status for i in ids} == {"waiting"}
-    app.extensions["caredesk.ehr"].close()
-    app.extensions["caredesk.db"].engine.dispose()

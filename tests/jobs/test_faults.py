@@ -9,9 +9,9 @@ import time
 import redis
 from sqlalchemy import select
 
+from helpdesk.db import get_store
+from helpdesk.models import TaskAttempt
 from jobs.outbox import sweep
-from plugin.db import get_store
-from plugin.models import TaskAttempt
 from tests.jobs.conftest import (
     load_task,
     new_task,
@@ -119,8 +119,8 @@ def test_400_fails_the_task_with_the_operation_outcome_text(job_app, sandbox) ->
 
 
 def test_referral_job_run_twice_makes_exactly_one_service_request(job_app, sandbox) -> None:
+    from helpdesk.models import CareTask
     from jobs.outbox import dispatch
-    from plugin.models import CareTask
 
     reg_id = register_backend(job_app, sandbox)
     task_id = _referral(job_app, reg_id)

@@ -8,7 +8,6 @@ import time
 
 import requests
 
-from plugin import create_app, migrate
 from sandbox.testing import running_sandbox
 from tests.ehr import connect, sandbox_token
 from tests.jobs.conftest import JOB_CONFIG, SECRET, load_task, run_burst
@@ -21,12 +20,8 @@ def _csrf(html: str) -> str:
     return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)  # type: ignore[union-attr]
 
 
-def test_referral_runs_on_the_launchs_refresh_token(sqlite_url, redis_url) -> None:
-    app = create_app(
-        {"ENV": "test", "DATABASE_URL": sqlite_url, "REDIS_URL": redis_url, "SECRET_KEY": SECRET}
-        | JOB_CONFIG
-    )
-    migrate.upgrade(sqlite_url)
+def test_referral_runs_on_the_launchs_refresh_token(make_app) -> None:
+    app = make_app(SECRET_KEY=SECRET, **JOB_CONFIG)
     with serve(app) as url, running_sandbox(token_lifetime_s=2) as sb:
         connect(app, sb, url, client_id=CLIENT_ID, client_type="confidential-symmetric")
         browser = requests.Session()
@@ -62,5 +57,3 @@ def test_referral_runs_on_the_launchs_refresh_token(sqlite_url, redis_url) -> No
             timeout=10,
         ).json()
         assert len(found.get("entry", [])) == 1
-    app.extensions["caredesk.ehr"].close()
-    app.extensions["caredesk.db"].engine.dispose()

@@ -6,12 +6,12 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
+from helpdesk import registry
+from helpdesk.crypto import get_vault
+from helpdesk.db import get_store
+from helpdesk.models import CareTask, LaunchSession
+from helpdesk.timeutil import utcnow
 from jobs.maintenance import prune_launches
-from plugin import registry
-from plugin.crypto import get_vault
-from plugin.db import get_store
-from plugin.models import CareTask, LaunchSession
-from plugin.timeutil import utcnow
 
 
 def test_prune_removes_only_old_unfinished_launches(job_app) -> None:

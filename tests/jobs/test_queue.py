@@ -10,17 +10,15 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from jobs.queue import get_queue, start_embedded_worker
-from plugin import create_app, migrate
-from plugin.db import get_store
-from plugin.models import AuditEvent
+from helpdesk.db import get_store
+from helpdesk.models import AuditEvent
+from jobs.queue import get_queue, get_queue_state, start_embedded_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_worker_command_runs_jobs_inside_the_app_context(sqlite_url, redis_url) -> None:
-    app = create_app({"ENV": "test", "DATABASE_URL": sqlite_url, "REDIS_URL": redis_url})
-    migrate.upgrade(sqlite_url)
+def test_worker_command_runs_jobs_inside_the_app_context(make_app, sqlite_url, redis_url) -> None:
+    app = make_app()
     job = get_queue(app=app).enqueue("jobs.system.record_heartbeat", "worker-test")
     env = dict(
         os.environ,
@@ -43,7 +41,6 @@ def test_worker_command_runs_jobs_inside_the_app_context(sqlite_url, redis_url) 
         event = session.scalars(select(AuditEvent)).one()
         assert event.action == "heartbeat" and event.entity == "worker-test"
         assert event.request_id == f"job:{job.id}"
-    app.extensions["caredesk.db"].engine.dispose()
 
 
 def test_worker_refuses_to_run_without_redis(sqlite_url) -> None:
@@ -61,10 +58,9 @@ def test_worker_refuses_to_run_without_redis(sqlite_url) -> None:
     assert "CAREDESK_REDIS_URL" in proc.stderr
 
 
-def test_embedded_default_runs_jobs_in_process_without_redis(sqlite_url) -> None:
-    app = create_app({"ENV": "test", "DATABASE_URL": sqlite_url, "REDIS_URL": None})
-    migrate.upgrade(sqlite_url)
-    assert app.extensions["caredesk.queue"].embedded
+def test_embedded_default_runs_jobs_in_process_without_redis(make_app) -> None:
+    app = make_app(REDIS_URL=None)
+    assert get_queue_state(app).embedded
     start_embedded_worker(app)
     job = get_queue(app=app).enqueue("jobs.system.record_heartbeat", "embedded")
     deadline = time.monotonic() + 15
@@ -74,5 +70,4 @@ def test_embedded_default_runs_jobs_in_process_without_redis(sqlite_url) -> None
     assert job.is_finished
     with get_store(app).session() as session:
         assert session.scalars(select(AuditEvent.entity)).all() == ["embedded"]
-    app.extensions["caredesk.queue"].stop_event.set()
-    app.extensions["caredesk.db"].engine.dispose()
+    get_queue_state(app).stop_event.set()

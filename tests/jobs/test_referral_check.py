@@ -7,10 +7,10 @@ from datetime import timedelta
 
 from sqlalchemy import update
 
+from helpdesk.db import get_store
+from helpdesk.models import CareTask
+from helpdesk.timeutil import utcnow
 from jobs.referral import check_referrals
-from plugin.db import get_store
-from plugin.models import CareTask
-from plugin.timeutil import utcnow
 from tests.jobs.conftest import load_task, new_task, register_backend, run_burst
 
 

@@ -8,10 +8,10 @@ from zoneinfo import ZoneInfo
 import requests
 from sqlalchemy import select
 
+from helpdesk.db import get_store
+from helpdesk.models import CareTask
+from helpdesk.timeutil import utcnow
 from jobs.survey_sweep import sweep_registration
-from plugin.db import get_store
-from plugin.models import CareTask
-from plugin.timeutil import utcnow
 from tests.jobs.conftest import register_backend, sandbox_token
 
 

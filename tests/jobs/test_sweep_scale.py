@@ -11,9 +11,9 @@ from zoneinfo import ZoneInfo
 import redis
 from sqlalchemy import func, select
 
+from helpdesk.db import get_store
+from helpdesk.models import CareTask
 from jobs.reminders import sweep_registration
-from plugin.db import get_store
-from plugin.models import CareTask
 from tests.jobs.conftest import ROOT, register_backend, run_burst, worker_env
 
 CHICAGO = ZoneInfo("America/Chicago")
@@ -108,7 +108,7 @@ def test_no_job_payload_in_redis_names_a_patient_or_a_token(job_app, sandbox) ->
         forbidden.update(t["value"] for t in p.get("telecom") or [])
     forbidden = {f for f in forbidden if len(f) >= 4}
     with get_store(job_app).session() as session:
-        from plugin.models import LaunchSession
+        from helpdesk.models import LaunchSession
 
         assert session.scalar(select(func.count()).select_from(LaunchSession)) == 0
     for blob in (before_run, after_run):

@@ -8,15 +8,15 @@ import json
 from aiosmtpd.controller import Controller
 from sqlalchemy import select
 
-from plugin.db import get_store
-from plugin.models import Ticket
+from helpdesk.db import get_store
+from helpdesk.models import Ticket
 from tests.jobs.conftest import load_task, new_task, register_backend, run_burst
 from tests.jobs.test_outbound import _free_port, _Sink
 
 
 def test_task_without_credentials_waits_visibly_for_authorization(job_app, sandbox) -> None:
-    from plugin import registry
-    from plugin.crypto import get_vault
+    from helpdesk import registry
+    from helpdesk.crypto import get_vault
 
     with job_app.app_context(), get_store(job_app).session() as session:
         reg = registry.upsert(

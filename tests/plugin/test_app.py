@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -10,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from helpdesk.errors import ConfigError
 from plugin import create_app
-from plugin.config import ConfigError
+from tests.conftest import dispose
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,17 +54,99 @@ def test_cli_db_upgrade_in_production_without_secret_names_the_variable(tmp_path
     assert "CAREDESK_SECRET_KEY" in proc.stderr + proc.stdout
 
 
-def test_environment_variables_configure_the_app(monkeypatch, sqlite_url) -> None:
+def test_environment_variables_configure_the_app(monkeypatch, pg_url, redis_url) -> None:
     monkeypatch.setenv("CAREDESK_SECRET_KEY", "k" * 40)
-    monkeypatch.setenv("CAREDESK_DATABASE_URL", sqlite_url)
-    monkeypatch.setenv("CAREDESK_EMBEDDED_WORKER", "false")
+    monkeypatch.setenv("CAREDESK_DATABASE_URL", pg_url)
+    monkeypatch.setenv("CAREDESK_REDIS_URL", redis_url)
+    monkeypatch.setenv("CAREDESK_SMTP_STARTTLS", "true")
     monkeypatch.setenv("CAREDESK_LOG_LEVEL", "DEBUG")
     app = create_app()
     assert app.config["SECRET_KEY"] == "k" * 40
-    assert app.config["DATABASE_URL"] == sqlite_url
-    assert app.config["EMBEDDED_WORKER"] is False
+    assert app.config["DATABASE_URL"] == pg_url
+    assert app.config["SMTP_STARTTLS"] is True
     assert app.config["ENV"] == "production"
-    app.extensions["caredesk.db"].engine.dispose()
+    dispose(app)
+
+
+PRODUCTION = {"ENV": "production", "SECRET_KEY": "p" * 48}
+
+
+@pytest.mark.parametrize(
+    ("missing", "variable"),
+    [("REDIS_URL", "CAREDESK_REDIS_URL"), ("DATABASE_URL", "CAREDESK_DATABASE_URL")],
+)
+def test_production_without_a_service_url_refuses_to_start_naming_it(
+    monkeypatch, pg_url, redis_url, missing, variable
+) -> None:
+    for name in ("CAREDESK_REDIS_URL", "CAREDESK_DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    config = PRODUCTION | {"DATABASE_URL": pg_url, "REDIS_URL": redis_url}
+    config[missing] = None
+    with pytest.raises(ConfigError, match=variable):
+        create_app(config)
+
+
+def test_production_refuses_sqlite_and_a_short_secret(pg_url, redis_url) -> None:
+    with pytest.raises(ConfigError, match="CAREDESK_DATABASE_URL names SQLite"):
+        create_app(PRODUCTION | {"DATABASE_URL": "sqlite:///x.db", "REDIS_URL": redis_url})
+    with pytest.raises(ConfigError, match="CAREDESK_SECRET_KEY is too short"):
+        create_app({"ENV": "production", "SECRET_KEY": "x", "DATABASE_URL": pg_url})
+
+
+def test_production_ignores_flask_debug(monkeypatch, pg_url, redis_url) -> None:
+    monkeypatch.setenv("FLASK_DEBUG", "1")
+    app = create_app(PRODUCTION | {"DATABASE_URL": pg_url, "REDIS_URL": redis_url})
+    assert app.debug is False
+    dispose(app)
+
+
+def test_wsgi_in_production_without_redis_exits_naming_the_variable(pg_url) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAREDESK_")}
+    env.update(CAREDESK_ENV="production", CAREDESK_SECRET_KEY="s" * 48)
+    env["CAREDESK_DATABASE_URL"] = pg_url
+    proc = subprocess.run(
+        [sys.executable, "-c", "import wsgi"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "CAREDESK_REDIS_URL" in proc.stderr
+
+
+def test_one_shot_command_without_redis_starts_no_worker_and_prints_only_its_output(
+    sqlite_url,
+) -> None:
+    """`caredesk ehr list --json`-style commands run with no Redis configured (outside the
+    demo), never start a worker or a scheduler, and print nothing but their output."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAREDESK_")}
+    env.update(
+        CAREDESK_ENV="development", CAREDESK_SECRET_KEY="s" * 48, CAREDESK_DATABASE_URL=sqlite_url
+    )
+    upgrade = subprocess.run(
+        [sys.executable, "-m", "plugin.cli", "db", "upgrade"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert upgrade.returncode == 0, upgrade.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "plugin.cli", "jobs", "status", "--json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # The store's side is reported; RQ's side says why it is missing. Exactly JSON.
+    assert proc.returncode == 0, proc.stderr
+    status = json.loads(proc.stdout)
+    assert "CAREDESK_REDIS_URL" in status["rq"]["error"]
+    assert "scheduler" not in proc.stderr.lower() and "worker" not in proc.stderr.lower()
 
 
 def test_unknown_environment_name_is_refused() -> None:
@@ -137,9 +221,9 @@ def test_security_headers(client) -> None:
 
 
 def test_csp_frame_ancestors_lists_registered_ehr_origins(app, client) -> None:
-    from plugin import registry
-    from plugin.crypto import get_vault
-    from plugin.db import get_store
+    from helpdesk import registry
+    from helpdesk.crypto import get_vault
+    from helpdesk.db import get_store
 
     with app.app_context(), get_store(app).session() as session:
         registry.upsert(

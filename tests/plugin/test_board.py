@@ -12,7 +12,6 @@ from zoneinfo import ZoneInfo
 import pytest
 import requests
 
-from plugin import create_app, migrate
 from sandbox.testing import running_sandbox
 from tests.ehr import connect
 from tests.live import serve
@@ -21,16 +20,8 @@ CLIENT_ID = "caredesk-board"
 
 
 @pytest.fixture
-def board(sqlite_url, redis_url) -> Iterator[tuple]:  # type: ignore[type-arg]
-    app = create_app(
-        {
-            "ENV": "test",
-            "DATABASE_URL": sqlite_url,
-            "REDIS_URL": redis_url,
-            "VIEWER_TIMEZONE": "America/Chicago",
-        }
-    )
-    migrate.upgrade(sqlite_url)
+def board(make_app) -> Iterator[tuple]:  # type: ignore[no-untyped-def,type-arg]
+    app = make_app()
     with serve(app) as url, running_sandbox() as sb:
         connect(app, sb, url, client_id=CLIENT_ID)
         browser = requests.Session()
@@ -38,8 +29,6 @@ def board(sqlite_url, redis_url) -> Iterator[tuple]:  # type: ignore[type-arg]
         page = browser.get(launch["url"], timeout=30)
         assert page.status_code == 200 and "/board" in page.url
         yield sb, browser, page.url.split("?")[0]
-    app.extensions["caredesk.ehr"].close()
-    app.extensions["caredesk.db"].engine.dispose()
 
 
 def _today() -> str:

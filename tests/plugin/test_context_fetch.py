@@ -10,7 +10,6 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from plugin import create_app, migrate
 from sandbox.testing import running_sandbox
 from tests.ehr import connect
 from tests.live import serve
@@ -20,17 +19,14 @@ LATENCY_MS = 150
 
 
 @pytest.fixture
-def launched(sqlite_url, redis_url) -> Iterator[tuple]:  # type: ignore[type-arg]
-    app = create_app({"ENV": "test", "DATABASE_URL": sqlite_url, "REDIS_URL": redis_url})
-    migrate.upgrade(sqlite_url)
+def launched(make_app) -> Iterator[tuple]:  # type: ignore[type-arg]
+    app = make_app()
     with serve(app) as url, running_sandbox(latency_ms=LATENCY_MS) as sb:
         connect(app, sb, url, client_id=CLIENT_ID)
         browser = requests.Session()
         page = browser.get(sb.launch(CLIENT_ID, patient="pat-001")["url"], timeout=30)
         assert page.status_code == 200
         yield sb, browser, page.url
-    app.extensions["caredesk.ehr"].close()
-    app.extensions["caredesk.db"].engine.dispose()
 
 
 def _fhir_requests(sb) -> list[dict]:  # type: ignore[no-untyped-def,type-arg]

@@ -6,11 +6,12 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session
 
-from plugin import create_app, migrate
+from helpdesk import migrate
+from helpdesk.models import EhrRegistration, SigningKey
 from plugin.cli import cli
-from plugin.db import get_store
-from plugin.models import EhrRegistration, SigningKey
 from sandbox.testing import running_sandbox
 
 
@@ -30,12 +31,15 @@ def cli_env(sqlite_url, redis_url, monkeypatch):  # type: ignore[no-untyped-def]
 
 
 def _rows(sqlite_url: str) -> list[EhrRegistration]:
-    app = create_app({"ENV": "test", "DATABASE_URL": sqlite_url})
-    with get_store(app).session() as session:
-        rows = list(session.query(EhrRegistration).all())
-        for row in rows:
-            _ = list(row.signing_keys)
-        return rows
+    engine = create_engine(sqlite_url)
+    try:
+        with Session(engine, expire_on_commit=False) as session:
+            rows = list(session.query(EhrRegistration).all())
+            for row in rows:
+                _ = list(row.signing_keys)
+            return rows
+    finally:
+        engine.dispose()
 
 
 def test_add_list_show_and_remove(cli_env, sqlite_url, monkeypatch) -> None:
@@ -82,7 +86,9 @@ def test_symmetric_client_without_secret_is_a_usage_error(cli_env, monkeypatch) 
     assert "client secret" in result.output
 
 
-def test_generated_keys_are_published_and_rotation_keeps_the_old_one(cli_env, sqlite_url) -> None:
+def test_generated_keys_are_published_and_rotation_keeps_the_old_one(
+    cli_env, sqlite_url, make_app
+) -> None:
     assert (
         cli_env(
             "ehr",
@@ -105,7 +111,7 @@ def test_generated_keys_are_published_and_rotation_keeps_the_old_one(cli_env, sq
     assert first.alg == "ES384" and b"PRIVATE KEY" not in first.private_key_enc
     rotated = cli_env("ehr", "rotate-key", "k")
     assert rotated.exit_code == 0 and "retired, still published" in rotated.output
-    app = create_app({"ENV": "test", "DATABASE_URL": sqlite_url})
+    app = make_app()
     kids = {k["kid"] for k in app.test_client().get("/.well-known/jwks.json").json["keys"]}
     [reg] = _rows(sqlite_url)
     assert {k.kid for k in reg.signing_keys} == kids and len(kids) == 2

@@ -19,10 +19,10 @@ import pytest
 import requests
 from sqlalchemy import select
 
-from plugin import create_app, migrate, registry
-from plugin.crypto import get_vault
-from plugin.db import get_store
-from plugin.models import EhrRegistration, LaunchSession, SigningKey
+from helpdesk import registry
+from helpdesk.crypto import get_vault
+from helpdesk.db import get_store
+from helpdesk.models import EhrRegistration, LaunchSession, SigningKey
 from sandbox.testing import running_sandbox
 from smart_launch.keys import generate_signing_key
 from smart_launch.tokens import TokenSet
@@ -42,14 +42,6 @@ class Env:
 
     def session(self) -> requests.Session:
         return requests.Session()
-
-
-def _make_app(sqlite_url: str, redis_url: str):  # type: ignore[no-untyped-def]
-    app = create_app(
-        {"ENV": "test", "DATABASE_URL": sqlite_url, "REDIS_URL": redis_url, "LOG_LEVEL": "DEBUG"}
-    )
-    migrate.upgrade(sqlite_url)
-    return app
 
 
 def _register(
@@ -73,12 +65,10 @@ def _register(
 
 
 @pytest.fixture
-def live(sqlite_url, redis_url) -> Iterator[tuple]:  # type: ignore[type-arg]
-    app = _make_app(sqlite_url, redis_url)
+def live(make_app) -> Iterator[tuple]:  # type: ignore[no-untyped-def,type-arg]
+    app = make_app(LOG_LEVEL="DEBUG")
     with serve(app) as url:
         yield app, url
-    app.extensions["caredesk.ehr"].close()
-    app.extensions["caredesk.db"].engine.dispose()
 
 
 def _ehr_launch(
@@ -405,7 +395,7 @@ def test_a_launch_idle_for_twelve_hours_needs_a_new_launch(live) -> None:
 
     from sqlalchemy import update
 
-    from plugin.timeutil import utcnow
+    from helpdesk.timeutil import utcnow
 
     app, url = live
     with running_sandbox() as sb:

@@ -12,11 +12,10 @@ import requests
 from rq.job import Job
 from sqlalchemy import select
 
+from helpdesk.db import get_store
+from helpdesk.models import CareTask
+from helpdesk.timeutil import utcnow
 from jobs.queue import get_queue_state
-from plugin import create_app, migrate
-from plugin.db import get_store
-from plugin.models import CareTask
-from plugin.timeutil import utcnow
 from sandbox.testing import running_sandbox
 from tests.ehr import connect
 from tests.live import serve
@@ -25,17 +24,14 @@ CLIENT_ID = "caredesk-actions"
 
 
 @pytest.fixture
-def sidebar(sqlite_url, redis_url) -> Iterator[tuple]:  # type: ignore[type-arg]
-    app = create_app({"ENV": "test", "DATABASE_URL": sqlite_url, "REDIS_URL": redis_url})
-    migrate.upgrade(sqlite_url)
+def sidebar(make_app) -> Iterator[tuple]:  # type: ignore[type-arg]
+    app = make_app()
     with serve(app) as url, running_sandbox() as sb:
         connect(app, sb, url, client_id=CLIENT_ID)
         browser = requests.Session()
         page = browser.get(sb.launch(CLIENT_ID, patient="pat-001")["url"], timeout=30)
         assert page.status_code == 200
         yield app, browser, page
-    app.extensions["caredesk.ehr"].close()
-    app.extensions["caredesk.db"].engine.dispose()
 
 
 def _csrf(html: str) -> str:

@@ -8,20 +8,17 @@ import pytest
 from sqlalchemy import inspect, select
 from sqlalchemy.exc import IntegrityError
 
-from plugin import create_app, migrate, registry
-from plugin.crypto import get_vault
-from plugin.db import get_store
-from plugin.models import AuditEvent, CareTask, Ticket, TicketNote
+from helpdesk import migrate, registry
+from helpdesk.crypto import get_vault
+from helpdesk.db import get_store
+from helpdesk.models import AuditEvent, CareTask, Ticket, TicketNote
 
 CHICAGO_WINTER = timezone(timedelta(hours=-6))
 
 
 @pytest.fixture
-def store_app(store_url: str):  # type: ignore[no-untyped-def]
-    app = create_app({"ENV": "test", "DATABASE_URL": store_url})
-    migrate.upgrade(store_url)
-    yield app
-    app.extensions["caredesk.db"].engine.dispose()
+def store_app(make_app, store_url: str):  # type: ignore[no-untyped-def]
+    return make_app(DATABASE_URL=store_url)
 
 
 def test_migrations_create_every_table_and_match_the_models(store_app, store_url: str) -> None:

@@ -6,7 +6,6 @@ import re
 
 import requests
 
-from plugin import create_app, migrate
 from sandbox.testing import running_sandbox
 from tests.ehr import connect
 from tests.live import serve
@@ -20,9 +19,8 @@ def _csrf(html: str) -> str:
     return found.group(1)
 
 
-def test_tickets_of_ehr_a_are_invisible_to_a_session_from_ehr_b(sqlite_url, redis_url) -> None:
-    app = create_app({"ENV": "test", "DATABASE_URL": sqlite_url, "REDIS_URL": redis_url})
-    migrate.upgrade(sqlite_url)
+def test_tickets_of_ehr_a_are_invisible_to_a_session_from_ehr_b(make_app) -> None:
+    app = make_app()
     with serve(app) as url, running_sandbox() as ehr_a, running_sandbox() as ehr_b:
         for slug, sb in (("ehr-a", ehr_a), ("ehr-b", ehr_b)):
             connect(app, sb, url, client_id=CLIENT_ID, slug=slug)
@@ -60,5 +58,3 @@ def test_tickets_of_ehr_a_are_invisible_to_a_session_from_ehr_b(sqlite_url, redi
         assert browser_b.get(f"{url}/api/l/{launch_a}/tickets", timeout=30).status_code == 401
         # A still sees its own ticket in the sidebar.
         assert "Billing question from EHR A" in browser_a.get(page_a.url, timeout=30).text
-    app.extensions["caredesk.ehr"].close()
-    app.extensions["caredesk.db"].engine.dispose()

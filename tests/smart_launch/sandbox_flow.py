@@ -119,7 +119,7 @@ def run_launch(
 
 
 class MemoryStore:
-    """The lead's encrypted DB rows, reduced to a dict of TokenSet JSON."""
+    """CareDesk's encrypted DB rows, reduced to a dict of TokenSet JSON."""
 
     def __init__(self) -> None:
         self.data: dict[str, str] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -15,12 +16,12 @@ import redis
 import requests
 from werkzeug.serving import WSGIRequestHandler, make_server
 
-from jobs import survey as domain
-from plugin import create_app, migrate, registry
-from plugin.crypto import get_vault
-from plugin.db import get_store
-from plugin.models import SurveyInvite
-from plugin.timeutil import utcnow
+from helpdesk import registry
+from helpdesk import surveys as domain
+from helpdesk.crypto import get_vault
+from helpdesk.db import get_store
+from helpdesk.models import SurveyInvite
+from helpdesk.timeutil import utcnow
 from tests.conftest import REDIS_URL
 from tests.ehr import connect_backend, sandbox_token
 
@@ -54,28 +55,20 @@ def survey_redis_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def survey_app(sqlite_url: str, survey_redis_url: str):  # type: ignore[no-untyped-def]
+def survey_app(make_app, survey_redis_url: str):  # type: ignore[no-untyped-def]
     queue = f"survey-test-{secrets.token_hex(4)}"
-    app = create_app(
-        {
-            "ENV": "test",
-            "DATABASE_URL": sqlite_url,
-            "REDIS_URL": survey_redis_url,
-            "QUEUES": queue,
-            "TASK_QUEUE": queue,
-            "SURVEY_PUBLIC_URL": "http://127.0.0.1:9",
-            # Short leases and retries so fault tests take seconds.
-            "TASK_LEASE_SECONDS": 2,
-            "RETRY_BASE_SECONDS": 1,
-            "TASK_SWEEP_GRACE_SECONDS": 0,
-        }
+    app = make_app(
+        REDIS_URL=survey_redis_url,
+        QUEUES=queue,
+        TASK_QUEUE=queue,
+        SURVEY_PUBLIC_URL="http://127.0.0.1:9",
+        # Short leases and retries so fault tests take seconds.
+        TASK_LEASE_SECONDS=2,
+        RETRY_BASE_SECONDS=1,
+        TASK_SWEEP_GRACE_SECONDS=0,
     )
     register_survey(app)
-    migrate.upgrade(sqlite_url)
-    yield app
-    app.extensions["caredesk.ehr"].close()
-    app.extensions["caredesk.db"].engine.dispose()
-    app.extensions["caredesk.queue"].connection.close()
+    return app
 
 
 @pytest.fixture
@@ -140,7 +133,7 @@ def make_invite(  # type: ignore[no-untyped-def]
     sent = sent_at or utcnow()
     with get_store(app).session() as session:
         invite = SurveyInvite(
-            id=domain.uuid.uuid4().hex,
+            id=uuid.uuid4().hex,
             registration_id=registration_id,
             patient_ref=patient_ref,
             appointment_ref=appointment_ref,

@@ -10,9 +10,9 @@ from click.testing import CliRunner
 
 import plugin.survey_cli  # noqa: F401 - attaches `caredesk survey` to the CLI
 from fixtures.population import build_population
+from helpdesk.db import get_store
+from helpdesk.models import CareTask, SurveyResponse
 from plugin.cli import cli
-from plugin.db import get_store
-from plugin.models import CareTask, SurveyResponse
 from sandbox.testing import running_sandbox
 from tests.survey.conftest import make_invite, register_backend_ehr
 

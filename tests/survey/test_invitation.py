@@ -14,11 +14,12 @@ import time_machine
 from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
 from sqlalchemy import select
 
+from helpdesk import survey_policy as policy
+from helpdesk import surveys as domain
+from helpdesk.crypto import get_vault
+from helpdesk.db import get_store
+from helpdesk.models import CareTask, OutboundMessage, SurveyInvite, SurveyResponse, Ticket
 from jobs import outbox
-from jobs import survey as domain
-from plugin.crypto import get_vault
-from plugin.db import get_store
-from plugin.models import CareTask, OutboundMessage, SurveyInvite, SurveyResponse, Ticket
 from sandbox.testing import SandboxHandle, running_sandbox
 from tests.survey.conftest import questionnaire_responses, register_backend_ehr, work
 
@@ -76,26 +77,26 @@ APPOINTMENT = "Appointment/appt-pat-001-past"
     ],
 )
 def test_send_time_skips_the_patients_night(local, tz, expected) -> None:  # type: ignore[no-untyped-def]
-    got = domain.send_time(local, tz, QUIET)
+    got = policy.send_time(local, tz, QUIET)
     assert got == expected and got.tzinfo is not None
     assert got.astimezone(tz).hour == expected.astimezone(tz).hour
 
 
 def test_quiet_hours_setting_is_parsed_and_checked() -> None:
-    assert domain.parse_quiet_hours("21:00-08:00") == QUIET
-    assert domain.parse_quiet_hours("") is None
-    assert domain.parse_quiet_hours("13:00-15:30") == (time(13), time(15, 30))
+    assert policy.parse_quiet_hours("21:00-08:00") == QUIET
+    assert policy.parse_quiet_hours("") is None
+    assert policy.parse_quiet_hours("13:00-15:30") == (time(13), time(15, 30))
     with pytest.raises(ValueError):
-        domain.parse_quiet_hours("9pm to 8am")
+        policy.parse_quiet_hours("9pm to 8am")
 
 
 def test_sampling_is_stable_per_visit_and_close_to_the_percentage() -> None:
     refs = [f"Appointment/a{i}" for i in range(4000)]
-    chosen = [r for r in refs if domain.in_sample(r, 25)]
+    chosen = [r for r in refs if policy.in_sample(r, 25)]
     assert 0.22 < len(chosen) / len(refs) < 0.28
-    assert chosen == [r for r in refs if domain.in_sample(r, 25)]
-    assert all(domain.in_sample(r, 100) for r in refs[:50])
-    assert not any(domain.in_sample(r, 0) for r in refs[:50])
+    assert chosen == [r for r in refs if policy.in_sample(r, 25)]
+    assert all(policy.in_sample(r, 100) for r in refs[:50])
+    assert not any(policy.in_sample(r, 0) for r in refs[:50])
 
 
 def test_link_tokens_are_random_256_bit_and_stored_only_hashed() -> None:

@@ -11,7 +11,7 @@ from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
 
 from fhir_mappers import survey as mapper
 
-Q = json.loads((Path(__file__).parents[2] / "fixtures" / "questionnaire-csat.json").read_text())
+Q = json.loads((Path(__file__).parents[2] / "helpdesk/data/questionnaire-csat.json").read_text())
 SYSTEM = "https://caredesk.example/fhir/sid/survey-invitation"
 CHICAGO = timezone(timedelta(hours=-6))
 AUTHORED = datetime(2026, 11, 27, 14, 5, 9, tzinfo=CHICAGO)

@@ -9,8 +9,8 @@ from zoneinfo import ZoneInfo
 import time_machine
 from sqlalchemy import func, select
 
-from plugin.db import get_store
-from plugin.models import CareTask, EhrRegistration, SurveyInvite, SurveyResponse, Ticket
+from helpdesk.db import get_store
+from helpdesk.models import CareTask, EhrRegistration, SurveyInvite, SurveyResponse, Ticket
 from plugin.survey import csrf_token
 from tests.survey.conftest import CLINIC, make_invite
 

@@ -14,9 +14,9 @@ from zoneinfo import ZoneInfo
 import pytest
 import time_machine
 
-from plugin.db import get_store
+from helpdesk.db import get_store
+from helpdesk.models import LaunchSession, SurveyInvite, SurveyResponse
 from plugin.launch import COOKIE
-from plugin.models import LaunchSession, SurveyInvite, SurveyResponse
 from tests.survey.conftest import add_registration, make_invite
 
 CHICAGO = ZoneInfo("America/Chicago")

@@ -8,10 +8,11 @@ from collections.abc import Iterator
 import pytest
 from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
 
+from helpdesk import surveys as domain
+from helpdesk.db import get_store
+from helpdesk.models import CareTask, SurveyResponse
+from helpdesk.tasks import new_task
 from jobs import outbox
-from jobs import survey as domain
-from plugin.db import get_store
-from plugin.models import CareTask, SurveyResponse
 from sandbox.testing import SandboxHandle, running_sandbox
 from smart_launch.fhir import FhirClient
 from tests.survey.conftest import (
@@ -52,7 +53,7 @@ def _write_back(app, reg_id: int, response_id: int) -> int:  # type: ignore[no-u
     """Queue one run of the write-back job (no dedupe key: each call is another run)."""
     with app.app_context():
         with get_store(app).session() as s:
-            task = outbox.create_task(
+            task = new_task(
                 s,
                 registration_id=reg_id,
                 kind=domain.WRITEBACK_KIND,

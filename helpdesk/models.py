@@ -1,8 +1,13 @@
 """The help-desk store: the only data CareDesk owns. Clinical data stays in the EHR.
 
-Rows carry FHIR references (``Patient/123``), never copies of patient data, so the store
-holds no names, phones or addresses. Secrets (client secrets, private keys, token sets)
-are stored encrypted by ``plugin.crypto``; columns holding ciphertext end in ``_enc``.
+Rows point at the EHR's data by FHIR reference (``Patient/123``) instead of copying it: no
+patient names, birth dates or addresses in plain columns. What the help desk itself must
+keep about a person is either staff-facing and not patient data (the clinic's and the
+clinician's names on a survey invitation, shown on the public page without the EHR) or
+encrypted by ``helpdesk.crypto`` (the address and text of a message sent to a patient,
+client secrets, private keys, token sets); columns holding ciphertext end in ``_enc``.
+Free text staff type (a ticket's subject, a note) may mention a patient: it never goes
+to a log (database errors hide statement values) and is shown only to the registration.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from plugin.timeutil import utcnow
+from helpdesk.timeutil import utcnow
 
 
 class UTCDateTime(TypeDecorator[datetime]):

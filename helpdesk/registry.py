@@ -11,8 +11,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from plugin.crypto import Vault
-from plugin.models import EhrRegistration
+from helpdesk.crypto import Vault
+from helpdesk.models import EhrRegistration
 
 CLIENT_TYPES = ("public", "confidential-symmetric", "confidential-asymmetric")
 

@@ -14,9 +14,10 @@ import requests
 from flask import Flask, current_app, url_for
 from sqlalchemy import update
 
-from plugin.crypto import Vault, get_vault
-from plugin.db import get_store
-from plugin.models import EhrRegistration, LaunchSession
+from helpdesk.crypto import Vault, get_vault
+from helpdesk.db import get_store
+from helpdesk.kv import get_redis
+from helpdesk.models import EhrRegistration, LaunchSession
 from smart_launch.config import Registration, SigningKey
 from smart_launch.discovery import DiscoveryCache, SmartConfiguration, discover
 from smart_launch.fhir import FhirClient
@@ -134,8 +135,6 @@ class DbTokenStore:
 
 def fhir_client(launch: LaunchSession, reg: Registration, conf: SmartConfiguration) -> FhirClient:
     """A FHIR client for one launch, refreshing its token (serialized) when needed."""
-    from jobs.queue import get_queue_state
-
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     http = clients(app).http(int(reg.id))
     token, on_unauthorized = token_callbacks(
@@ -143,7 +142,7 @@ def fhir_client(launch: LaunchSession, reg: Registration, conf: SmartConfigurati
         reg,
         conf,
         store=DbTokenStore(app),
-        redis=get_queue_state(app).connection,
+        redis=get_redis(app),
         http=http,
     )
     return FhirClient(reg.fhir_base, token, session=http, on_unauthorized=on_unauthorized)

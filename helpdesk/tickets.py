@@ -1,9 +1,13 @@
-"""Help-desk work: tickets, their notes, and the follow-up/referral tasks queued from them.
+"""Tickets and their notes: the one service every ticket goes through.
 
-Every function here takes the launch it acts for and scopes every query to that launch's
-EHR registration: a session from EHR A never sees, reads, changes or notes EHR B's rows.
-A row of another registration is reported as *not found* (never *forbidden*) so ids
-cannot be probed across EHRs. Every read of patient data writes an ``AuditEvent``.
+Staff tickets (``create_ticket``, for a launch) and tickets opened by the system (a low
+survey score, a follow-up that finally failed: ``open_ticket``) get the same SLA due time
+and an audit row, so a service-recovery ticket sorts and goes overdue like any other.
+
+Every function that acts for a launch scopes every query to that launch's EHR
+registration: a session from EHR A never sees, reads, changes or notes EHR B's rows. A
+row of another registration is reported as *not found* (never *forbidden*) so ids cannot
+be probed across EHRs. Every read of patient data writes an ``AuditEvent``.
 
 The web edges (``plugin.api``: JSON and HTML) validate input with ``plugin.schemas`` and
 call these functions; nothing here reads the request.
@@ -13,21 +17,19 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from plugin.audit import audit
-from plugin.config import ConfigError
-from plugin.errors import AppError, NotFound
-from plugin.models import CareTask, LaunchSession, Ticket, TicketNote
-from plugin.timeutil import utcnow
+from helpdesk.access import patient_for
+from helpdesk.audit import audit, record
+from helpdesk.errors import AppError, ConfigError, NotFound
+from helpdesk.models import LaunchSession, Ticket, TicketNote
+from helpdesk.timeutil import utcnow
 
 log = logging.getLogger("caredesk.tickets")
 
@@ -104,25 +106,6 @@ class TransitionError(AppError):
     code = "invalid_transition"
 
 
-class NoPatient(AppError):
-    status = 422
-    code = "no_patient"
-
-
-def patient_for(launch: LaunchSession, requested: str | None) -> str:
-    """The patient a new ticket or task is about.
-
-    A launch with patient context works on that patient only (the EHR granted access to
-    that chart); a launch without one (the help-desk queue) names the patient itself."""
-    if launch.patient_ref:
-        if requested and requested != launch.patient_ref:
-            raise NoPatient("This launch is for another patient; open that patient's chart.")
-        return launch.patient_ref
-    if not requested:
-        raise NoPatient("Name the patient (`Patient/<id>`): this launch has no patient context.")
-    return requested
-
-
 # --- tickets -------------------------------------------------------------------------------
 
 
@@ -144,6 +127,57 @@ class TicketPage:
     per_page: int
 
 
+def open_ticket(
+    session: Session,
+    *,
+    registration_id: int,
+    patient_ref: str | None,
+    subject: str,
+    category: str,
+    description: str = "",
+    priority: str = "normal",
+    assignee: str | None = None,
+    source: str = "staff",
+    created_by: str | None = None,
+    survey_response_id: int | None = None,
+    sla: Mapping[str, float] = DEFAULT_SLA_HOURS,
+    now: datetime | None = None,
+    launch: LaunchSession | None = None,
+) -> Ticket:
+    """Add a ticket with its SLA due time and its audit row; the caller commits (a job
+    commits it with the rest of its outcome)."""
+    now = now or utcnow()
+    ticket = Ticket(
+        registration_id=registration_id,
+        patient_ref=patient_ref,
+        subject=subject,
+        description=description,
+        status="open",
+        priority=priority,
+        category=category,
+        assignee=assignee,
+        due_at=sla_due(category, now, sla),
+        created_by=created_by,
+        source=source,
+        survey_response_id=survey_response_id,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(ticket)
+    session.flush()  # the id goes on the audit row
+    record(
+        session,
+        "ticket.create",
+        launch=launch,
+        registration_id=registration_id,
+        actor=created_by or source,
+        patient_ref=patient_ref,
+        entity=_ref(ticket),
+        detail={"source": source},
+    )
+    return ticket
+
+
 def create_ticket(
     db: Session,
     launch: LaunchSession,
@@ -157,25 +191,23 @@ def create_ticket(
     sla: Mapping[str, float] = DEFAULT_SLA_HOURS,
     now: datetime | None = None,
 ) -> Ticket:
-    now = now or utcnow()
-    ticket = Ticket(
+    """A ticket a person opened from a launch (about that launch's patient)."""
+    ticket = open_ticket(
+        db,
         registration_id=launch.registration_id,
         patient_ref=patient_for(launch, patient),
         subject=subject,
-        description=description,
-        status="open",
-        priority=priority,
         category=category,
+        description=description,
+        priority=priority,
         assignee=assignee,
-        due_at=sla_due(category, now, sla),
         created_by=launch.fhir_user,
         source="staff",
-        created_at=now,
-        updated_at=now,
+        sla=sla,
+        now=now,
+        launch=launch,
     )
-    db.add(ticket)
     db.commit()
-    audit("ticket.create", launch=launch, patient_ref=ticket.patient_ref, entity=_ref(ticket))
     return ticket
 
 
@@ -315,180 +347,3 @@ def add_note(
         detail={"note_id": note.id, "channel": channel, "direction": direction},
     )
     return note
-
-
-# --- follow-up and referral tasks ----------------------------------------------------------
-
-
-def list_tasks(
-    db: Session,
-    launch: LaunchSession,
-    *,
-    kind: str | None = None,
-    patient: str | None = None,
-    limit: int = 50,
-) -> Sequence[CareTask]:
-    """The launch's patient's tasks; a launch without a patient sees its registration's."""
-    where = [CareTask.registration_id == launch.registration_id]
-    patient_ref = launch.patient_ref or patient
-    if patient_ref:
-        where.append(CareTask.patient_ref == patient_ref)
-    if kind:
-        where.append(CareTask.kind == kind)
-    tasks = db.scalars(
-        select(CareTask).where(*where).order_by(CareTask.id.desc()).limit(limit)
-    ).all()
-    for ref in sorted({t.patient_ref for t in tasks if t.patient_ref}):
-        audit(
-            "task.list",
-            launch=launch,
-            patient_ref=ref,
-            entity="CareTask",
-            detail={"ids": [t.id for t in tasks if t.patient_ref == ref]},
-        )
-    return tasks
-
-
-def create_task(
-    db: Session,
-    launch: LaunchSession,
-    *,
-    kind: str,
-    payload: Mapping[str, Any],
-    due_at: datetime | None,
-    assignee: str | None = None,
-    patient: str | None = None,
-) -> CareTask:
-    """The outbox pattern: the CareTask row is committed first, then its job is dispatched.
-
-    ``dispatch`` does not raise for queue trouble: the row stays queued and the outbox
-    sweeper enqueues it later, so the caller gets its task either way and never retries
-    into a duplicate."""
-    from jobs import outbox
-
-    patient_ref = patient_for(launch, patient)
-    task = outbox.create_task(
-        db,
-        registration_id=launch.registration_id,
-        kind=kind,
-        patient_ref=patient_ref,
-        payload=dict(payload),
-        due_at=due_at,
-        launch_session_id=launch.id,
-        created_by=launch.fhir_user,
-        assignee=assignee,
-    )
-    # None only for a duplicate dedupe_key, and a user's task has none.
-    assert task is not None
-    db.commit()
-    audit("task.create", launch=launch, patient_ref=patient_ref, entity=f"CareTask/{task.id}")
-    outbox.dispatch([task.id])
-    db.refresh(task)
-    return task
-
-
-# --- "due" phrases -------------------------------------------------------------------------
-
-# Named parts of the day, as a front desk uses them. Morning starts when the phones open.
-DAY_PARTS: Mapping[str, time] = {
-    "morning": time(9, 0),
-    "noon": time(12, 0),
-    "midday": time(12, 0),
-    "afternoon": time(14, 0),
-    "evening": time(17, 0),
-    "end of day": time(17, 0),
-    "eod": time(17, 0),
-}
-DEFAULT_TIME = DAY_PARTS["morning"]
-WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
-_NUMBER_WORDS = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5}
-
-_RELATIVE = re.compile(
-    r"^in\s+(?P<n>\d{1,3}|a|an|one|two|three|four|five)\s+"
-    r"(?P<unit>minute|hour|day|week)s?$"
-)
-_CLOCK = re.compile(r"(?:^|\s)(?P<at>at\s+)?(?P<h>\d{1,2})(?::(?P<m>\d{2}))?\s*(?P<ampm>am|pm)?$")
-
-
-class DuePhraseError(ValueError):
-    """The phrase is not understood, or names a time that has passed. Message is user-safe."""
-
-
-def viewer_zone(name: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ConfigError(f"CAREDESK_VIEWER_TIMEZONE: unknown time zone {name!r}") from exc
-
-
-def parse_due(phrase: str, *, now: datetime, tz: ZoneInfo) -> datetime:
-    """An aware datetime for phrases like "in 2 days, morning", "tomorrow at 3pm",
-    "next monday afternoon", "today 16:30", "in 3 hours". Calendar words are read in the
-    viewer's time zone ``tz`` (so "tomorrow" is the viewer's tomorrow, across DST).
-    A phrase without a time of day means the morning. The result is always in the future.
-    """
-    if now.tzinfo is None:
-        raise ValueError("naive `now`")
-    local_now = now.astimezone(tz)
-    text = " ".join(phrase.strip().lower().replace(",", " ").split())
-    if not text:
-        raise DuePhraseError("Say when, e.g. “tomorrow morning” or “in 2 days”.")
-    day: date | None = None
-    exact: datetime | None = None
-    clock: time | None = None
-    rest = text
-    # Time-of-day part first (it comes last in the phrase): "..., morning", "at 3pm".
-    for name, value in sorted(DAY_PARTS.items(), key=lambda kv: -len(kv[0])):
-        if rest == name or rest.endswith(" " + name):
-            clock, rest = value, rest[: -len(name)].strip()
-            break
-    else:
-        match = _CLOCK.search(rest)
-        # A bare trailing number is not a time ("in 2"); it needs "at", minutes or am/pm.
-        if match and (match["at"] or match["m"] or match["ampm"]):
-            clock, rest = _clock(match), rest[: match.start()].strip()
-    rest = rest.removesuffix(" at").removesuffix(" in the").strip()
-    if rest in ("", "today"):
-        day = local_now.date()
-    elif rest == "tomorrow":
-        day = local_now.date() + timedelta(days=1)
-    elif rest in ("next week",):
-        day = local_now.date() + timedelta(days=7 - local_now.weekday())
-    elif (weekday := rest.removeprefix("next ").removeprefix("on ")) in WEEKDAYS:
-        ahead = (WEEKDAYS.index(weekday) - local_now.weekday()) % 7 or 7
-        day = local_now.date() + timedelta(days=ahead)
-    elif match := _RELATIVE.match(rest):
-        raw = match["n"]
-        n = int(raw) if raw.isdigit() else _NUMBER_WORDS[raw]
-        unit = match["unit"]
-        if unit in ("minute", "hour"):
-            if clock is not None:
-                raise DuePhraseError(f"“{phrase}” gives both a delay and a time of day.")
-            exact = now + (timedelta(hours=n) if unit == "hour" else timedelta(minutes=n))
-        else:
-            day = local_now.date() + timedelta(days=n * (7 if unit == "week" else 1))
-    else:
-        raise DuePhraseError(
-            f"“{phrase}” is not understood. Try “tomorrow morning”, “in 2 days, afternoon”, "
-            "“next monday at 10am” or “in 3 hours”."
-        )
-    if exact is None:
-        assert day is not None
-        if rest in ("", "today") and clock is None:
-            raise DuePhraseError("Say what time today, e.g. “today 4pm” or “today, afternoon”.")
-        exact = datetime.combine(day, clock or DEFAULT_TIME, tzinfo=tz)
-    if exact <= now:
-        raise DuePhraseError(f"“{phrase}” is already past.")
-    return exact
-
-
-def _clock(match: re.Match[str]) -> time:
-    hour, minute = int(match["h"]), int(match["m"] or 0)
-    ampm = match["ampm"]
-    if ampm:
-        if not 1 <= hour <= 12:
-            raise DuePhraseError("Use an hour from 1 to 12 with am/pm.")
-        hour = hour % 12 + (12 if ampm == "pm" else 0)
-    if hour > 23 or minute > 59:
-        raise DuePhraseError("That is not a time of day.")
-    return time(hour, minute)
