@@ -9,7 +9,9 @@ from datetime import UTC, datetime, timedelta
 
 import requests
 from authlib.oauth2.auth import ClientAuth
+from cachetools import LRUCache
 
+from ._cache import TtlCache
 from ._token_endpoint import SmartPrivateKeyJWT, client_assertion, post_token, signing_key_for
 from .config import Registration
 from .discovery import SmartConfiguration
@@ -20,37 +22,43 @@ from .tokens import TokenSet
 __all__ = ["BackendTokenCache", "backend_token", "client_assertion"]
 
 
-class BackendTokenCache:
-    """Thread-safe per-(registration, client, scope) cache of backend access tokens.
+CacheKey = tuple[str, str, str]
 
-    Tokens are reused until ``margin`` before expiry so a job never starts a FHIR call
-    with a token that dies mid-request.
+
+class BackendTokenCache:
+    """Thread-safe, bounded per-(registration, client, scope) cache of backend access
+    tokens.
+
+    A token is reused until its refresh margin before expiry (``margin``, default the
+    token's own: a tenth of its lifetime, at most a minute), so a job never starts a FHIR
+    call with a token that dies mid-request, and a 60-second token is not refetched for
+    every job.
     """
 
-    def __init__(self, *, margin: timedelta = timedelta(seconds=60)) -> None:
+    def __init__(self, *, margin: timedelta | None = None, maxsize: int = 256) -> None:
         self.margin = margin
+        self._tokens: TtlCache[CacheKey, TokenSet] = TtlCache(maxsize=maxsize)
         self._lock = threading.Lock()
-        self._tokens: dict[tuple[str, str, str], TokenSet] = {}
-        self._fetch_locks: dict[tuple[str, str, str], threading.Lock] = {}
+        # One lock per key so threads of one worker share one token request; bounded like
+        # the tokens (a lock evicted while held stays valid for its holder).
+        self._fetch_locks: LRUCache[CacheKey, threading.Lock] = LRUCache(maxsize=maxsize)
 
-    def get(self, key: tuple[str, str, str], now: datetime) -> TokenSet | None:
-        with self._lock:
-            token = self._tokens.get(key)
-        if token is None or token.expires_soon(now, self.margin):
-            return None
-        return token
+    def get(self, key: CacheKey, now: datetime) -> TokenSet | None:
+        return self._tokens.get(key, now=now)
 
-    def put(self, key: tuple[str, str, str], token: TokenSet) -> None:
-        with self._lock:
-            self._tokens[key] = token
+    def put(self, key: CacheKey, token: TokenSet) -> None:
+        margin = token.refresh_margin() if self.margin is None else self.margin
+        self._tokens.put(key, token, expires_at=token.expires_at - margin)
 
-    def fetch_lock(self, key: tuple[str, str, str]) -> threading.Lock:
+    def fetch_lock(self, key: CacheKey) -> threading.Lock:
         with self._lock:
-            return self._fetch_locks.setdefault(key, threading.Lock())
+            lock = self._fetch_locks.get(key)
+            if lock is None:
+                lock = self._fetch_locks[key] = threading.Lock()
+            return lock
 
     def clear(self) -> None:
-        with self._lock:
-            self._tokens.clear()
+        self._tokens.clear()
 
 
 def backend_token(

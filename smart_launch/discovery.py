@@ -7,7 +7,6 @@ module talks to are the FHIR bases an operator registered (no open redirect, no 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -16,6 +15,7 @@ from urllib.parse import urljoin
 
 import requests
 
+from ._cache import TtlCache
 from ._http import cache_ttl, json_or_none
 from .config import Registration
 from .errors import DiscoveryError, UnknownIssuer
@@ -77,28 +77,25 @@ class DiscoveryCache:
     """Thread-safe per-iss cache of SmartConfiguration honoring HTTP cache headers.
 
     ``minimum`` keeps a ``no-store`` server from costing a round trip on every launch;
-    ``ceiling`` bounds how long a changed endpoint can go unnoticed.
+    ``ceiling`` bounds how long a changed endpoint can go unnoticed; ``maxsize`` bounds
+    how many EHRs are kept (least recently used go first).
     """
 
     def __init__(
-        self, *, default_ttl: float = 300.0, minimum: float = 60.0, ceiling: float = 3600.0
+        self,
+        *,
+        default_ttl: float = 300.0,
+        minimum: float = 60.0,
+        ceiling: float = 3600.0,
+        maxsize: int = 256,
     ) -> None:
         self.default_ttl = default_ttl
         self.minimum = minimum
         self.ceiling = ceiling
-        self._lock = threading.Lock()
-        self._entries: dict[str, tuple[datetime, SmartConfiguration]] = {}
+        self._entries: TtlCache[str, SmartConfiguration] = TtlCache(maxsize=maxsize)
 
     def get(self, key: str, *, now: datetime | None = None) -> SmartConfiguration | None:
-        now = now or datetime.now(UTC)
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                return None
-            if entry[0] <= now:
-                del self._entries[key]
-                return None
-            return entry[1]
+        return self._entries.get(key, now=now)
 
     def put(
         self,
@@ -112,17 +109,13 @@ class DiscoveryCache:
         ttl = cache_ttl(
             headers, now=now, default=self.default_ttl, minimum=self.minimum, ceiling=self.ceiling
         )
-        with self._lock:
-            self._entries[key] = (now + timedelta(seconds=ttl), conf)
+        self._entries.put(key, conf, expires_at=now + timedelta(seconds=ttl))
 
     def expires_at(self, key: str) -> datetime | None:
-        with self._lock:
-            entry = self._entries.get(key)
-            return entry[0] if entry else None
+        return self._entries.expires_at(key)
 
     def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
+        self._entries.clear()
 
 
 def _strs(value: Any) -> tuple[str, ...]:

@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import secrets
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
@@ -36,6 +35,7 @@ from joserfc.errors import ClaimError, JoseError, MissingClaimError
 from joserfc.jwk import KeySet
 from joserfc.jwt import ClaimsOption, JWTClaimsRegistry
 
+from ._cache import TtlCache
 from ._http import cache_ttl, json_or_none
 from ._token_endpoint import client_auth, post_token
 from .config import Registration
@@ -273,21 +273,21 @@ def parse_callback(args: Mapping[str, str]) -> tuple[str, str]:
 
 
 class JwksCache:
-    """Thread-safe cache of the server's JWKS, refetched when a kid is unknown (rotation)."""
+    """Thread-safe, bounded cache of servers' JWKS (by URI), kept as the server's cache
+    headers say within [minimum, ceiling], and refetched when a kid is unknown (the
+    server rotated its key)."""
 
-    def __init__(self, *, minimum: float = 60.0, ceiling: float = 3600.0) -> None:
+    def __init__(
+        self, *, minimum: float = 60.0, ceiling: float = 3600.0, maxsize: int = 64
+    ) -> None:
         self.minimum = minimum
         self.ceiling = ceiling
-        self._lock = threading.Lock()
-        self._sets: dict[str, tuple[datetime, KeySet]] = {}
+        self._sets: TtlCache[str, KeySet] = TtlCache(maxsize=maxsize)
 
     def get(self, uri: str, *, http: requests.Session, kid: str | None, now: datetime) -> KeySet:
-        with self._lock:
-            entry = self._sets.get(uri)
-        if entry and entry[0] > now:
-            key_set = entry[1]
-            if kid is None or any(k.kid == kid for k in key_set.keys):
-                return key_set
+        key_set = self._sets.get(uri, now=now)
+        if key_set is not None and (kid is None or any(k.kid == kid for k in key_set.keys)):
+            return key_set
         return self._fetch(uri, http=http, now=now)
 
     def _fetch(self, uri: str, *, http: requests.Session, now: datetime) -> KeySet:
@@ -308,8 +308,7 @@ class JwksCache:
         ttl = cache_ttl(
             response.headers, now=now, default=300.0, minimum=self.minimum, ceiling=self.ceiling
         )
-        with self._lock:
-            self._sets[uri] = (now + timedelta(seconds=ttl), key_set)
+        self._sets.put(uri, key_set, expires_at=now + timedelta(seconds=ttl))
         return key_set
 
 
