@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -59,7 +58,7 @@ def test_launch_reads_patient_and_refreshes_after_expiry(
     http: requests.Session,
     redis_conn: redis.Redis,
 ) -> None:
-    with running_sandbox(profile=profile, token_lifetime_s=2) as sb:
+    with running_sandbox(profile=profile) as sb:
         reg = client_and_registration(
             sb, client_type, scopes=EHR_SCOPES if ehr else STANDALONE_SCOPES
         )
@@ -73,7 +72,8 @@ def test_launch_reads_patient_and_refreshes_after_expiry(
 
         store, grant = MemoryStore(), f"grant-{uuid.uuid4().hex}"
         store.save(grant, tokens)
-        time.sleep(2.2)  # the sandbox now answers 401 to the first access token
+        # The sandbox now answers 401 to the first access token (no waiting for it).
+        assert sb.expire_tokens() >= 1
         token, on_unauthorized = token_callbacks(
             grant, reg, launched.conf, store=store, redis=redis_conn, http=http
         )
@@ -113,7 +113,7 @@ def test_two_workers_refresh_rotating_token_once(
 ) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    with running_sandbox(profile="smart", token_lifetime_s=2) as sb:
+    with running_sandbox(profile="smart") as sb:
         reg = client_and_registration(sb, "confidential-symmetric", scopes=EHR_SCOPES)
         launched = run_launch(sb, reg, http, ehr=True)
         store, grant = MemoryStore(), f"grant-{uuid.uuid4().hex}"
@@ -145,12 +145,12 @@ def test_no_token_secret_or_code_in_logs(
     http: requests.Session, redis_conn: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    with running_sandbox(profile="smart", token_lifetime_s=2) as sb:
+    with running_sandbox(profile="smart") as sb:
         reg = client_and_registration(sb, "confidential-symmetric", scopes=EHR_SCOPES)
         launched = run_launch(sb, reg, http, ehr=True)
         store, grant = MemoryStore(), f"grant-{uuid.uuid4().hex}"
         store.save(grant, launched.tokens)
-        time.sleep(2.2)
+        sb.expire_tokens()
         token, on_unauthorized = token_callbacks(
             grant, reg, launched.conf, store=store, redis=redis_conn, http=http
         )
