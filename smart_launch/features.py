@@ -42,6 +42,8 @@ class Feature:
     needs: tuple[tuple[str, str], ...]
     context: Literal["user", "backend", "both"]
     note: str = ""
+    # At user level, patient/ scopes are enough (the sidebar always has a patient).
+    patient_ok: bool = False
 
     def scopes(self, level: Level) -> tuple[str, ...]:
         """The scopes this feature needs at ``level`` (empty when it never runs there)."""
@@ -53,8 +55,16 @@ class Feature:
         return tuple(f"{prefix}/{rtype}.{perms}" for rtype, perms in self.needs)
 
     def missing(self, granted: str, level: Level) -> list[str]:
-        """Needed scopes the ``granted`` scope string does not cover (v1 or v2)."""
-        return missing_scopes(" ".join(self.scopes(level)), granted)
+        """Needed scopes the ``granted`` scope string does not cover (v1 or v2; at user
+        level a patient/ scope covers too when :attr:`patient_ok`)."""
+        missing = missing_scopes(" ".join(self.scopes(level)), granted)
+        if level == "user" and self.patient_ok:
+            missing = [
+                scope
+                for scope in missing
+                if missing_scopes(scope.replace("user/", "patient/", 1), granted)
+            ]
+        return missing
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -79,7 +89,9 @@ SIDEBAR = Feature(
         ("Organization", "rs"),
     ),
     "user",
-    "The patient, their visits (with practitioner and location) and coverage.",
+    "The patient, their visits (with practitioner and location) and coverage; patient/ "
+    "scopes are enough here.",
+    patient_ok=True,
 )
 BOARD = Feature(
     "board",
@@ -150,6 +162,22 @@ REMINDER_CONFIRMATION = Feature(
     "A patient's YES to a reminder confirms the appointment (read, then update).",
 )
 
+EHR_CHECK = Feature(
+    "ehr-check",
+    "EHR check reads",
+    (
+        ("Patient", "rs"),
+        ("Appointment", "rs"),
+        ("Coverage", "rs"),
+        ("Practitioner", "rs"),
+        ("Location", "rs"),
+        ("Organization", "rs"),
+    ),
+    "backend",
+    "Optional: lets `caredesk ehr check` prove the sidebar's and the board's reads with "
+    "the backend client (without them those lines stay 'advertised').",
+)
+
 FEATURES: tuple[Feature, ...] = (
     SIDEBAR,
     BOARD,
@@ -160,6 +188,7 @@ FEATURES: tuple[Feature, ...] = (
     SURVEY_PUBLISH,
     INBOUND_MATCHING,
     REMINDER_CONFIRMATION,
+    EHR_CHECK,
 )
 FEATURES_BY_NAME = {f.name: f for f in FEATURES}
 

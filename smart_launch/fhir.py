@@ -323,3 +323,36 @@ def parallel(calls: Sequence[Callable[[], T]], *, max_workers: int = 4) -> list[
 
     with ThreadPoolExecutor(max_workers=min(max_workers, len(calls))) as pool:
         return list(pool.map(run, calls))
+
+
+def find_canonical(
+    client: FhirClient, resource_type: str, url: str, version: str | None = None
+) -> dict[str, Any] | None:
+    """The ``resource_type`` resource (Questionnaire, ValueSet...) with canonical ``url``
+    and ``version`` on the server, or ``None``.
+
+    Searches ``url=X&version=V``, not the canonical form ``url=X|V``: a real server
+    took ``X|V`` as a whole URL and found nothing, so every publish created another
+    copy. Results are filtered by ``.url`` and ``.version`` (a server may ignore a search
+    parameter it does not support and return every version); when that finds nothing,
+    ``url=X`` alone is searched and filtered, for servers that refuse or mishandle
+    ``version``. Errors other than a refused ``version`` parameter are raised.
+    """
+
+    def matching(params: Sequence[tuple[str, str]]) -> dict[str, Any] | None:
+        for resource in client.search_all(resource_type, params, max_pages=5):
+            if resource.get("resourceType") != resource_type or resource.get("url") != url:
+                continue
+            if version is None or resource.get("version") == version:
+                return resource
+        return None
+
+    if version is None:
+        return matching([("url", url)])
+    try:
+        found = matching([("url", url), ("version", version)])
+    except FatalFhirError as exc:
+        if exc.status != 400:
+            raise
+        found = None
+    return found if found is not None else matching([("url", url)])

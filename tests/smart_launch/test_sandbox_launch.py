@@ -14,7 +14,6 @@ import requests
 
 from sandbox.testing import running_sandbox
 from smart_launch.backend import BackendTokenCache, backend_token
-from smart_launch.check import check_ehr
 from smart_launch.config import Registration
 from smart_launch.discovery import discover
 from smart_launch.fhir import FhirClient
@@ -172,38 +171,6 @@ def test_no_token_secret_or_code_in_logs(
     assert caplog.records, "DEBUG logging must have captured something"
     for secret in secrets_:
         assert secret and secret not in text
-
-
-def test_ehr_check_on_full_sandbox_reports_everything_supported(http: requests.Session) -> None:
-    with running_sandbox(profile="smart") as sb:
-        report = check_ehr(sb.fhir_base, http=http)
-    assert [line.name for line in report.lines if line.status != "supported"] == []
-    assert report.exit_code == 0
-    assert "FAIL" not in report.render_text()
-
-
-def test_ehr_check_reports_disabled_features_exactly(http: requests.Session) -> None:
-    with running_sandbox(
-        profile="smart", disabled=("well-known", "questionnaire-response-create")
-    ) as sb:
-        report = check_ehr(sb.fhir_base, http=http)
-    not_supported = {line.name: line.status for line in report.lines if line.status != "supported"}
-    assert not_supported.pop(".well-known/smart-configuration") == "missing"
-    assert not_supported.pop("QuestionnaireResponse create") == "missing"
-    # No create at all means no conditional create either (the sandbox says so too).
-    assert not_supported.pop("QuestionnaireResponse conditional create") == "missing"
-    # Without smart-configuration, capabilities/grant types cannot be known: "unknown".
-    assert set(not_supported.values()) == {"unknown"}
-    assert report.discovery_source == "capability-statement (fallback)"
-    assert report.verdict()["launch"] is True
-    assert report.verdict()["survey write-back"] is False
-    assert report.exit_code == 0
-    text = report.render_text()
-    assert "survey write-back: will NOT work - missing QuestionnaireResponse create" in text
-    assert "backend jobs: should work (unverified: grant client_credentials)" in text
-    assert report.to_json()["features"]["survey write-back"]["blocked_by"] == [
-        "QuestionnaireResponse create"
-    ]
 
 
 def test_backend_services_token_is_cached_and_reads_fhir(http: requests.Session) -> None:

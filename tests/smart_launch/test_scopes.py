@@ -97,7 +97,8 @@ def test_feature_scopes_are_the_documented_ones() -> None:
     assert scopes_for_features(FEATURES, "backend") == (
         "system/Patient.rs system/Appointment.rus system/ServiceRequest.cus system/Task.cus "
         "system/Practitioner.rs system/Location.rs system/Encounter.rs "
-        "system/QuestionnaireResponse.cs system/Questionnaire.crs"
+        "system/QuestionnaireResponse.cs system/Questionnaire.crs system/Coverage.rs "
+        "system/Organization.rs"
     )
     assert scopes_for_features([FEATURES_BY_NAME["sidebar"]], "user") == (
         "launch openid fhirUser offline_access user/Patient.rs user/Appointment.rs "
