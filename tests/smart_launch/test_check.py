@@ -16,7 +16,7 @@ import requests
 
 from sandbox.testing import running_sandbox
 from smart_launch.backend import backend_token
-from smart_launch.check import EXIT_CODES, FEATURES, CheckReport, check_ehr
+from smart_launch.check import EXIT_CODES, FEATURES, CheckLine, CheckReport, check_ehr
 from smart_launch.config import Registration, SigningKey
 from smart_launch.discovery import discover
 from smart_launch.features import FEATURES as FEATURE_DATA
@@ -236,3 +236,59 @@ def test_find_canonical_without_canonical_search_and_publish_twice_makes_one(
             assert len(every) == 1
             assert find_canonical(fhir, "Questionnaire", CSAT[0], "2.0.0") is None
             assert find_canonical(fhir, "Questionnaire", CSAT[0])["id"] == every[0]["id"]  # type: ignore[index]
+
+
+def line(name: str, result: str, feature: str = "referrals", **kw: Any) -> CheckLine:
+    return CheckLine(name, result, features=(feature,), **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("lines", "verdict", "blocked", "unverified", "skipped"),
+    [
+        ([line("a", "verified"), line("b", "verified")], "verified", [], [], []),
+        # A write can only be advertised: that is as good as it gets.
+        ([line("a", "verified"), line("w", "advertised", provable=False)], "verified", [], [], []),
+        ([line("a", "verified"), line("r", "advertised")], "advertised", [], ["r"], []),
+        ([line("a", "skipped"), line("r", "advertised")], "skipped", [], ["r"], ["a"]),
+        ([line("a", "failed"), line("s", "skipped")], "failed", ["a"], [], ["s"]),
+        # Any-of group: one verified member is enough; all failed blocks.
+        (
+            [line("g1", "failed", group="g"), line("g2", "verified", group="g")],
+            "verified",
+            [],
+            [],
+            [],
+        ),
+        (
+            [line("g1", "failed", group="g"), line("g2", "failed", group="g")],
+            "failed",
+            ["g1 or g2"],
+            [],
+            [],
+        ),
+        (
+            [line("g1", "failed", group="g"), line("g2", "advertised", group="g")],
+            "advertised",
+            [],
+            ["g1 or g2"],
+            [],
+        ),
+        ([], "failed", [], [], []),  # no line at all proves nothing
+    ],
+)
+def test_feature_verdict_follows_from_its_lines(
+    lines: list[CheckLine],
+    verdict: str,
+    blocked: list[str],
+    unverified: list[str],
+    skipped: list[str],
+) -> None:
+    report = CheckReport(iss="x", lines=tuple(lines), required_features=frozenset({"referrals"}))
+    got = report.feature_verdicts()["referrals"]
+    assert (got.verdict, list(got.blocked_by), list(got.unverified), list(got.skipped)) == (
+        verdict,
+        blocked,
+        unverified,
+        skipped,
+    )
+    assert report.exit_code == (0 if verdict == "verified" else 1)
