@@ -1,15 +1,19 @@
 """gunicorn settings for CareDesk (`gunicorn wsgi:app` picks this file up from the cwd).
 
+Every value is a `CAREDESK_*` setting of `plugin.config.SETTINGS` (`caredesk config` lists
+them with their defaults): CAREDESK_BIND, CAREDESK_WEB_WORKERS, CAREDESK_WEB_THREADS,
+CAREDESK_FORWARDED_ALLOW_IPS.
+
 The access log omits query strings: OAuth callbacks carry the authorization code and EHR
 launches the launch token in the query, and neither may reach a log.
 """
 
-import os
+from plugin.config import env_setting
 
-bind = os.environ.get("CAREDESK_BIND", "0.0.0.0:8000")
-workers = int(os.environ.get("CAREDESK_WEB_WORKERS", "4"))
-threads = int(os.environ.get("CAREDESK_WEB_THREADS", "4"))
+bind = str(env_setting("BIND"))
+workers = int(env_setting("WEB_WORKERS"))
+threads = int(env_setting("WEB_THREADS"))
 accesslog = "-"
 # %(U)s is the path without the query string; X-Request-Id ties the line to app logs.
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(D)sus rid=%({x-request-id}o)s'
-forwarded_allow_ips = os.environ.get("CAREDESK_FORWARDED_ALLOW_IPS", "127.0.0.1")
+forwarded_allow_ips = str(env_setting("FORWARDED_ALLOW_IPS"))

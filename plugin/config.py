@@ -75,6 +75,26 @@ SETTINGS: tuple[Setting, ...] = (
         0,
         "Number of reverse proxies in front of CareDesk whose X-Forwarded-* headers to trust.",
     ),
+    # --- the web server: gunicorn.conf.py reads these (`gunicorn wsgi:app`) ---
+    Setting(
+        "BIND",
+        "0.0.0.0:8000",
+        "Address gunicorn listens on (`HOST:PORT`, or `unix:PATH`).",
+    ),
+    Setting(
+        "WEB_WORKERS",
+        4,
+        "gunicorn worker processes; each serves `CAREDESK_WEB_THREADS` requests at once. "
+        "FHIR reads wait on the EHR, so threads, not processes, carry most of the load.",
+    ),
+    Setting("WEB_THREADS", 4, "Threads per gunicorn worker process."),
+    Setting(
+        "FORWARDED_ALLOW_IPS",
+        "127.0.0.1",
+        "Addresses of the reverse proxies gunicorn believes about `X-Forwarded-Proto` "
+        "(comma-separated, `*` for any). CareDesk itself trusts `X-Forwarded-*` only with "
+        "`CAREDESK_PROXY_FIX`.",
+    ),
     Setting("LOG_LEVEL", "INFO", "Log level of the `caredesk` loggers."),
     Setting("LOG_FORMAT", "text", "`text` or `json` (one JSON object per line)."),
     Setting(
@@ -251,6 +271,14 @@ def _from_environment() -> dict[str, Any]:
         setting = _SETTING_BY_NAME.get(name)
         values[name] = _coerce(raw, setting.default if setting else None)
     return values
+
+
+def env_setting(name: str) -> Any:
+    """One setting read from the environment, typed like its default, for the processes
+    that start before the app does (``gunicorn.conf.py``)."""
+    setting = _SETTING_BY_NAME[name]
+    raw = os.environ.get(setting.env)
+    return setting.default if raw is None else _coerce(raw, setting.default)
 
 
 def _coerce(raw: str, like: Any) -> Any:
