@@ -1,11 +1,17 @@
-"""Due times as staff type them ("tomorrow morning", "in 2 days", "next monday at 10am"),
-read in the viewer's time zone. Pure: the caller passes ``now``; nothing here reads the
-clock or the request."""
+"""Due times as staff type them ("tomorrow morning", "in 2 days", "tmrw 9am", "12/3 2pm",
+"asap"), read in the viewer's time zone, and the quick choices a form offers beside a
+date-time control. Pure: the caller passes ``now``; nothing here reads the clock or the
+request.
+
+Dates written with a slash are month/day (``12/3`` is December 3rd), as US clinics write
+them; a date without a year is the next one to come.
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -30,6 +36,16 @@ _RELATIVE = re.compile(
     r"(?P<unit>minute|hour|day|week)s?$"
 )
 _CLOCK = re.compile(r"(?:^|\s)(?P<at>at\s+)?(?P<h>\d{1,2})(?::(?P<m>\d{2}))?\s*(?P<ampm>am|pm)?$")
+_SLASH_DATE = re.compile(
+    r"^(?:on\s+)?(?P<month>\d{1,2})/(?P<day>\d{1,2})(?:/(?P<year>\d{2}|\d{4}))?$"
+)
+# What a datetime-local control sends: wall-clock time in the viewer's zone.
+_LOCAL_CONTROL = re.compile(r"^\d{4}-\d{2}-\d{2}[t ]\d{2}:\d{2}(?::\d{2})?$")
+# "Now" means the call goes on the list at once (due now, so the task is queued, not
+# scheduled); these are what staff type for it.
+NOW_WORDS = frozenset({"now", "asap", "right away", "immediately", "straight away"})
+# Shorthands typed in a hurry, read as the words they stand for.
+_ABBREVIATIONS = {"tmrw": "tomorrow", "tmr": "tomorrow", "tomorow": "tomorrow", "tom": "tomorrow"}
 
 
 class DuePhraseError(ValueError):
@@ -55,6 +71,15 @@ def parse_due(phrase: str, *, now: datetime, tz: ZoneInfo) -> datetime:
     text = " ".join(phrase.strip().lower().replace(",", " ").split())
     if not text:
         raise DuePhraseError("Say when, e.g. “tomorrow morning” or “in 2 days”.")
+    if text in NOW_WORDS:
+        return now
+    if _LOCAL_CONTROL.match(text):
+        return _from_control(text, now=now, tz=tz, phrase=phrase)
+    text = " ".join(_ABBREVIATIONS.get(word, word) for word in text.split())
+    # "2pm tomorrow" is "tomorrow 2pm".
+    lead = re.match(r"^(?:at\s+)?(\d{1,2}(?::\d{2})?\s*(?:am|pm))\s+(.+)$", text)
+    if lead and not lead[2].startswith(("am", "pm")):
+        text = f"{lead[2]} {lead[1]}"
     day: date | None = None
     exact: datetime | None = None
     clock: time | None = None
@@ -70,8 +95,10 @@ def parse_due(phrase: str, *, now: datetime, tz: ZoneInfo) -> datetime:
         if match and (match["at"] or match["m"] or match["ampm"]):
             clock, rest = _clock(match), rest[: match.start()].strip()
     rest = rest.removesuffix(" at").removesuffix(" in the").strip()
-    if rest in ("", "today"):
+    if rest in ("", "today", "this"):
         day = local_now.date()
+    elif slash := _SLASH_DATE.match(rest):
+        day = _calendar_day(slash, local_now.date(), phrase)
     elif rest == "tomorrow":
         day = local_now.date() + timedelta(days=1)
     elif rest in ("next week",):
@@ -96,12 +123,71 @@ def parse_due(phrase: str, *, now: datetime, tz: ZoneInfo) -> datetime:
         )
     if exact is None:
         assert day is not None
-        if rest in ("", "today") and clock is None:
+        if rest in ("", "today", "this") and clock is None:
             raise DuePhraseError("Say what time today, e.g. “today 4pm” or “today, afternoon”.")
         exact = datetime.combine(day, clock or DEFAULT_TIME, tzinfo=tz)
     if exact <= now:
         raise DuePhraseError(f"“{phrase}” is already past.")
     return exact
+
+
+def _calendar_day(match: re.Match[str], today: date, phrase: str) -> date:
+    month, day, year = int(match["month"]), int(match["day"]), match["year"]
+    try:
+        if year is not None:
+            full = int(year) + (2000 if len(year) == 2 else 0)
+            return date(full, month, day)
+        found = date(today.year, month, day)
+        # "12/3" typed in January means the coming December, not last year's.
+        return found if found >= today else date(today.year + 1, month, day)
+    except ValueError as exc:
+        raise DuePhraseError(f"“{phrase}” is not a date (month/day, e.g. “12/3 2pm”).") from exc
+
+
+def _from_control(text: str, *, now: datetime, tz: ZoneInfo, phrase: str) -> datetime:
+    try:
+        wall = datetime.fromisoformat(text.replace(" ", "T").upper())
+    except ValueError as exc:
+        raise DuePhraseError(f"“{phrase}” is not a date and time.") from exc
+    # Wall-clock time in the viewer's zone; `fold=0` takes the first of a repeated hour.
+    exact = wall.replace(tzinfo=tz)
+    if exact <= now:
+        raise DuePhraseError(f"“{phrase}” is already past.")
+    return exact
+
+
+@dataclass(frozen=True)
+class QuickChoice:
+    phrase: str  # what the form posts (read back by `parse_due`)
+    label: str  # what the button says
+    at: datetime  # when it means, in the viewer's zone
+
+
+def quick_choices(*, now: datetime, tz: ZoneInfo) -> tuple[QuickChoice, ...]:
+    """The choices a due-time field offers first: in an hour, this afternoon (while it is
+    still ahead), tomorrow morning. Each phrase reads back to the same moment."""
+    local_now = now.astimezone(tz)
+    wanted = [("in 1 hour", "In an hour")]
+    if local_now.time() < DAY_PARTS["afternoon"]:
+        wanted.append(("this afternoon", "This afternoon"))
+    elif local_now.time() < DAY_PARTS["evening"]:
+        wanted.append(("this evening", "This evening"))
+    wanted.append(("tomorrow morning", "Tomorrow morning"))
+    return tuple(
+        QuickChoice(phrase, label, parse_due(phrase, now=now, tz=tz).astimezone(tz))
+        for phrase, label in wanted
+    )
+
+
+def resolve_due(
+    *, phrase: str | None, at_local: str | None, choice: str | None, now: datetime, tz: ZoneInfo
+) -> tuple[datetime, str]:
+    """The due time a form gives, and the words it was given in: the typed phrase wins,
+    then the date-time control, then the quick choice. Raises DuePhraseError."""
+    for given in (phrase, at_local, choice):
+        if given and given.strip():
+            return parse_due(given, now=now, tz=tz), given.strip()
+    raise DuePhraseError("Say when: pick a choice, a date and time, or type e.g. “tmrw 9am”.")
 
 
 def _clock(match: re.Match[str]) -> time:
