@@ -1,13 +1,28 @@
-"""Security headers. The CSP's frame-ancestors lists the registered EHRs' frame origins,
-so CareDesk renders in their iframes and in nobody else's."""
+"""Security headers and transport. The CSP's frame-ancestors lists the registered EHRs'
+frame origins, so CareDesk renders in their iframes and in nobody else's.
+
+Every response is ``Cache-Control: no-store`` unless its view said otherwise (static files,
+the public JWKS, the EHR's style sheet): CareDesk's pages show patient data, and a page
+kept by a browser or a shared proxy outlives the launch that was allowed to see it.
+
+In production CareDesk serves nothing but ``/healthz`` over plain http outside loopback:
+the launch carries an authorization code, the pages carry patient data, and inside the
+EHR's iframe the session cookie only works as ``Secure; SameSite=None``. Behind a proxy
+that terminates TLS, ``CAREDESK_PROXY_FIX`` says how many ``X-Forwarded-*`` hops to
+believe; without it the request looks like plain http and is refused, with a page that
+says what to set.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from threading import Lock
+from urllib.parse import urlsplit
 
 from flask import Flask, Response, current_app, g, request
 from sqlalchemy import select
+from werkzeug.wrappers import Response as BaseResponse
 
 from helpdesk.db import get_store
 from helpdesk.models import EhrRegistration
@@ -79,9 +94,55 @@ def content_security_policy(
     )
 
 
+# Answered over plain http even in production: load balancers probe inside the network.
+PLAIN_HTTP_PATHS = ("/healthz",)
+HSTS = "max-age=31536000; includeSubDomains"
+
+
+def _is_loopback(value: str | None) -> bool:
+    if not value:
+        return False
+    if value == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(value).is_loopback
+    except ValueError:
+        return False
+
+
+def plain_http_refused() -> bool:
+    """Production, plain http, and not a loopback request (both the address asked for and
+    the client: the Host header alone is the client's word)."""
+    if current_app.config.get("ENV") != "production" or request.is_secure:
+        return False
+    if request.path in PLAIN_HTTP_PATHS:
+        return False
+    host = urlsplit(f"//{request.host}").hostname
+    return not (_is_loopback(host) and _is_loopback(request.remote_addr))
+
+
+def _refuse_plain_http() -> BaseResponse:
+    from plugin.errors import error_response
+
+    current_app.logger.warning("plain http refused in production (%s)", request.path)
+    return error_response(
+        403,
+        "https_required",
+        "CareDesk only works over HTTPS here: the launch carries a sign-in code and the "
+        "pages carry patient data. Open CareDesk at its https:// address. Administrators: "
+        "when a reverse proxy terminates TLS, set CAREDESK_PROXY_FIX to the number of "
+        "proxies so CareDesk believes their X-Forwarded-Proto header.",
+        title="CareDesk needs a secure connection",
+    )
+
+
 def init_app(app: Flask) -> None:
     origins = FrameOrigins()
     app.extensions["caredesk.frame_origins"] = origins
+
+    @app.before_request
+    def _transport() -> BaseResponse | None:
+        return _refuse_plain_http() if plain_http_refused() else None
 
     @app.after_request
     def _headers(response: Response) -> Response:
@@ -92,7 +153,7 @@ def init_app(app: Flask) -> None:
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "no-referrer"
         if request.is_secure:
-            response.headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
-        if request.path.startswith(("/api/", "/launch", "/callback", "/s/")):
+            response.headers["Strict-Transport-Security"] = HSTS
+        if not request.path.startswith("/static/"):
             response.headers.setdefault("Cache-Control", "no-store")
         return response
