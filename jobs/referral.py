@@ -1,23 +1,29 @@
 """Referral tasks: a FHIR ServiceRequest (and a Task where the EHR takes Task create),
-written so that a retry never makes a duplicate, then followed until the patient has an
-appointment with the target, or the referral is overdue."""
+written so that a retry never makes a duplicate, then followed until an appointment
+schedules it (``fhir_mappers.referral``: one booked from the ServiceRequest, or failing
+that one booked after the referral with the referred practitioner or service), or the
+referral is overdue. When it is scheduled, or closed by hand, the ServiceRequest and Task
+in the EHR are set to their end status where the registration allows writes, and the row
+says what was written."""
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from flask import Flask, current_app
 from sqlalchemy import select
 
+from fhir_mappers.referral import GOING_AHEAD, ReferralTarget, Scheduling, scheduling_of
 from helpdesk.db import get_store
 from helpdesk.models import CareTask
 from helpdesk.timeutil import utcnow
 from jobs.context import JobContext
-from jobs.errors import split_reference
+from jobs.errors import TaskError, split_reference
 from jobs.tasks import handler
-from smart_launch.errors import FhirError
+from smart_launch.errors import FatalFhirError, FhirError
 
 log = logging.getLogger("caredesk.jobs")
 
@@ -134,8 +140,6 @@ def _conditional_create(ctx: JobContext) -> bool:
 @handler("referral")
 def referral(task: CareTask, ctx: JobContext) -> None:
     if not task.patient_ref:
-        from jobs.errors import TaskError
-
         raise TaskError("a referral needs a patient")
     reg = ctx.registration
     if not reg.allow_writes or ctx.capability("ServiceRequest create") is False:
@@ -144,27 +148,86 @@ def referral(task: CareTask, ctx: JobContext) -> None:
         task.fhir_refs = {**task.fhir_refs, "written": False}
         return
     conditional = _conditional_create(ctx)
-    refs = dict(task.fhir_refs)
-    if "ServiceRequest" not in refs:
-        refs["ServiceRequest"] = _find_or_create(ctx, service_request(task, ctx.now), conditional)
-        task.fhir_refs = refs
+    # A new dict on every change: the JSON column only sees an assignment of another
+    # object, so mutating the one already assigned was silently never saved (the first
+    # run lost the Task reference and the written flag although the Task existed).
+    if "ServiceRequest" not in task.fhir_refs:
+        ref = _find_or_create(ctx, service_request(task, ctx.now), conditional)
+        task.fhir_refs = {**task.fhir_refs, "ServiceRequest": ref}
         # Remember it at once: a Task create failing next must not lose the reference.
         ctx.session.commit()
-    if ctx.capability("Task create") and "Task" not in refs:
-        refs["Task"] = _find_or_create(
-            ctx, fhir_task(task, refs["ServiceRequest"], ctx.now), conditional
+    if ctx.capability("Task create") and "Task" not in task.fhir_refs:
+        ref = _find_or_create(
+            ctx, fhir_task(task, task.fhir_refs["ServiceRequest"], ctx.now), conditional
         )
-    refs["written"] = True
-    task.fhir_refs = refs
+        task.fhir_refs = {**task.fhir_refs, "Task": ref}
+        ctx.session.commit()
+    task.fhir_refs = {**task.fhir_refs, "written": True}
     task.status = "waiting"
     task.status_note = (
-        f"Referral written to the EHR as {refs['ServiceRequest']}; waiting for an appointment."
+        f"Referral written to the EHR as {task.fhir_refs['ServiceRequest']}"
+        + (f" and {task.fhir_refs['Task']}" if "Task" in task.fhir_refs else "")
+        + "; waiting for an appointment."
     )
 
 
+# The end status written to the EHR: (ServiceRequest.status, Task.status).
+END_STATUS = {"completed": ("completed", "completed"), "cancelled": ("revoked", "cancelled")}
+
+
+def update_in_ehr(ctx: JobContext, task: CareTask, outcome: str) -> str:
+    """Set the referral's ServiceRequest and Task to their end status in the EHR where
+    allowed; record on the row what was written (``fhir_refs["ehr_status"]``: reference ->
+    status, or why not) and return it as a sentence for the status note.
+
+    A refusal by the EHR (403, 405, 409, 412, 422...) is recorded, not raised: the referral
+    in CareDesk is done either way. Temporary trouble (the EHR down) is raised so the
+    caller tries again later.
+    """
+    refs = dict(task.fhir_refs)
+    if not refs.get("written"):
+        return "Nothing of it was written to the EHR, so nothing there to update."
+    if not ctx.registration.allow_writes:
+        return "The registration is read-only: the EHR's ServiceRequest and Task are unchanged."
+    sr_status, task_status = END_STATUS[outcome]
+    done: dict[str, str] = dict(refs.get("ehr_status") or {})
+    said: list[str] = []
+    for key, status in (("ServiceRequest", sr_status), ("Task", task_status)):
+        ref = refs.get(key)
+        if not isinstance(ref, str) or done.get(ref) == status:
+            continue
+        try:
+            _set_status(ctx, ref, status)
+        except FatalFhirError as exc:
+            done[ref] = f"not updated (HTTP {exc.status})"
+            said.append(f"{ref} not updated: {exc.message}")
+            continue
+        done[ref] = status
+        said.append(f"{ref} set to {status}")
+    task.fhir_refs = {**refs, "ehr_status": done}
+    return ("In the EHR: " + "; ".join(said) + ".") if said else ""
+
+
+def _set_status(ctx: JobContext, ref: str, status: str) -> None:
+    """Read, then update with If-Match: a concurrent edit by the EHR's own users makes
+    the update fail (412) rather than be overwritten."""
+    rtype, rid = split_reference(ref)
+    client = ctx.fhir()
+    current = client.read(rtype, rid)
+    if current.get("status") == status:
+        return
+    body = {**current, "status": status}
+    if rtype == "Task":
+        body["lastModified"] = ctx.now.isoformat()
+    version = (current.get("meta") or {}).get("versionId")
+    headers = {"If-Match": f'W/"{version}"'} if version else None
+    client.request("PUT", f"{rtype}/{rid}", json_body=body, headers=headers, what=f"update {ref}")
+
+
 def check_referrals(app: Flask, *, now: datetime | None = None) -> dict[str, int]:
-    """The periodic check: done when the patient has a booked appointment with the target
-    since the referral; flagged overdue after ``REFERRAL_OVERDUE_DAYS``."""
+    """The periodic check: done when an appointment schedules the referral (and its
+    ServiceRequest/Task are closed in the EHR); flagged overdue after
+    ``REFERRAL_OVERDUE_DAYS``."""
     from jobs.tasks import _load_handlers
 
     _load_handlers()
@@ -185,16 +248,25 @@ def check_referrals(app: Flask, *, now: datetime | None = None) -> dict[str, int
             counts["checked"] += 1
             ctx = JobContext(app=app, session=session, task=task, now=now)
             try:
-                found = _appointment_with_target(ctx, task)
+                found = scheduling_appointment(ctx, task)
+                written = update_in_ehr(ctx, task, "completed") if found is not None else ""
             except Exception as exc:  # noqa: BLE001 - one EHR's trouble must not stop the rest
                 counts["errors"] += 1
+                session.rollback()
+                task = session.get(CareTask, task_id)
+                assert task is not None
                 task.last_error = f"referral check: {exc}"
                 continue
             if found is not None:
                 task.status = "done"
                 task.finished_at = now
-                task.fhir_refs = {**task.fhir_refs, "Appointment": found}
-                task.status_note = f"Scheduled: {found}."
+                task.last_error = None
+                task.fhir_refs = {
+                    **task.fhir_refs,
+                    "Appointment": found.appointment,
+                    "scheduled_by": found.how,
+                }
+                task.status_note = f"Scheduled: {found.describe()}. {written}".strip()
                 counts["scheduled"] += 1
             elif now - task.created_at > overdue_after and not task.payload.get("overdue"):
                 task.payload = {**task.payload, "overdue": True}
@@ -206,22 +278,66 @@ def check_referrals(app: Flask, *, now: datetime | None = None) -> dict[str, int
     return counts
 
 
-def _appointment_with_target(ctx: JobContext, task: CareTask) -> str | None:
+def scheduling_appointment(ctx: JobContext, task: CareTask) -> Scheduling | None:
+    """The appointment that schedules this referral, read from the EHR (one search of
+    the patient's appointments from the referral's day on; the rule is
+    ``fhir_mappers.referral.scheduling_of``)."""
+    if not task.patient_ref:
+        return None
     target = task.payload.get("target") or {}
-    actor = target.get("practitioner") or target.get("organization")
-    if not actor or not task.patient_ref:
+    refs = task.fhir_refs
+    wanted = ReferralTarget(
+        patient=task.patient_ref,
+        made_at=_aware(task.created_at),
+        service_request=refs.get("ServiceRequest") if refs.get("written") else None,
+        practitioner=target.get("practitioner"),
+        organization=target.get("organization"),
+        specialty=target.get("specialty"),
+    )
+    if not any(
+        (wanted.service_request, wanted.practitioner, wanted.organization, wanted.specialty)
+    ):
         return None
     _, patient_id = split_reference(task.patient_ref)
+    tz = ZoneInfo(str(ctx.app.config["VIEWER_TIMEZONE"]))
+    # An appointment that schedules a referral takes place after it was made; the date
+    # only narrows the search, the booking time decides.
     params = [
         ("patient", patient_id),
-        ("actor", actor),
-        ("date", "ge" + task.created_at.date().isoformat()),
-        ("status", "booked,arrived,fulfilled,checked-in"),
+        ("date", "ge" + _aware(task.created_at).astimezone(tz).date().isoformat()),
+        ("status", ",".join(GOING_AHEAD)),
     ]
-    for appt in ctx.fhir().search_all("Appointment", params, max_pages=5):
-        if appt.get("resourceType") == "Appointment" and appt.get("id"):
-            return f"Appointment/{appt['id']}"
-    return None
+    appointments = ctx.fhir().search_all("Appointment", params, max_pages=5)
+    return scheduling_of(appointments, wanted, default_tz=tz)
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands back naive datetimes; the store writes UTC.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def close_referral(app: Flask, task_id: int, *, outcome: str, note: str = "") -> CareTask:
+    """Close a waiting referral by hand (``caredesk jobs close-referral``): ``completed``
+    (dealt with) or ``cancelled`` (no longer wanted); the EHR's ServiceRequest and Task get
+    the matching end status where allowed. Raises TaskError for a task that is not an
+    open referral, and the EHR's temporary errors (nothing is closed then)."""
+    if outcome not in END_STATUS:
+        raise TaskError(f"outcome must be one of {', '.join(END_STATUS)}")
+    with get_store(app).session() as session:
+        task = session.get(CareTask, task_id)
+        if task is None or task.kind != "referral" or task.status != "waiting":
+            raise TaskError(f"task {task_id} is not an open referral")
+        ctx = JobContext(app=app, session=session, task=task, now=utcnow())
+        written = update_in_ehr(ctx, task, outcome)
+        task.status = "done" if outcome == "completed" else "cancelled"
+        task.finished_at = ctx.now
+        said = "Closed" if outcome == "completed" else "Cancelled"
+        task.status_note = " ".join(
+            part for part in (f"{said} by hand{': ' + note if note else ''}.", written) if part
+        )
+        session.flush()
+        session.expunge(task)
+        return task
 
 
 def check_referrals_job() -> dict[str, int]:

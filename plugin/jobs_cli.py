@@ -98,6 +98,28 @@ def check_referrals() -> None:
     click.echo(json.dumps(do_check(_app())))
 
 
+@jobs.command(
+    "close-referral",
+    help="Close an open referral by hand: done (dealt with outside CareDesk) or --cancelled; "
+    "its ServiceRequest and Task in the EHR get the matching status where writes are allowed.",
+)
+@click.argument("task_id", type=int)
+@click.option("--cancelled", is_flag=True, help="No longer wanted (ServiceRequest revoked).")
+@click.option("--note", default="", help="Why, for the row (no patient details).")
+@with_appcontext
+def close_referral(task_id: int, cancelled: bool, note: str) -> None:
+    from jobs.errors import TaskError
+    from jobs.referral import close_referral as do_close
+
+    try:
+        task = do_close(
+            _app(), task_id, outcome="cancelled" if cancelled else "completed", note=note
+        )
+    except TaskError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"referral {task.id}: {task.status}. {task.status_note}")
+
+
 @jobs.command("cron", help="Run the cron schedule (reminder sweep, task sweep, referral check).")
 @with_appcontext
 def cron() -> None:

@@ -22,7 +22,11 @@ from tests.ehr import connect_backend, sandbox_token  # noqa: F401 - used by tes
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "jobs-test-secret-key-0123456789abcdef"
-BACKEND_SCOPES = "system/Patient.rs system/Appointment.rs system/ServiceRequest.crs system/Task.crs"
+# What follow-ups and referrals need (smart_launch.features): referrals update the
+# ServiceRequest and Task they wrote once the referral is scheduled.
+BACKEND_SCOPES = (
+    "system/Patient.rs system/Appointment.rs system/ServiceRequest.crus system/Task.crus"
+)
 # Short leases and retries so fault tests take seconds, not minutes.
 JOB_CONFIG = {
     "TASK_LEASE_SECONDS": 2,
