@@ -213,7 +213,16 @@ def _set_status(ctx: JobContext, ref: str, status: str) -> None:
     the update fail (412) rather than be overwritten."""
     rtype, rid = split_reference(ref)
     client = ctx.fhir()
-    current = client.read(rtype, rid)
+    # Searched by _id, not read: referrals need search and update of what they wrote
+    # (smart_launch.features: ServiceRequest.cus), not read.
+    found = [
+        entry.get("resource") or {}
+        for entry in client.search(rtype, {"_id": rid}).get("entry") or []
+        if (entry.get("resource") or {}).get("id") == rid
+    ]
+    if not found:
+        raise FatalFhirError(f"{ref} is no longer in the EHR.", status=404)
+    current = found[0]
     if current.get("status") == status:
         return
     body = {**current, "status": status}
