@@ -24,9 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SECRET = "jobs-test-secret-key-0123456789abcdef"
 # What follow-ups and referrals need (smart_launch.features): referrals update the
 # ServiceRequest and Task they wrote once the referral is scheduled.
-BACKEND_SCOPES = (
-    "system/Patient.rs system/Appointment.rs system/ServiceRequest.cus system/Task.cus"
-)
+BACKEND_SCOPES = "system/Patient.rs system/Appointment.rs system/ServiceRequest.cus system/Task.cus"
 # Short leases and retries so fault tests take seconds, not minutes.
 JOB_CONFIG = {
     "TASK_LEASE_SECONDS": 2,
