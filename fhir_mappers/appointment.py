@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 from fhir_mappers import issues
 from fhir_mappers.fhirutil import (
     Ref,
+    as_resource,
     concept_text,
     get_dict,
     get_int,
@@ -221,6 +222,10 @@ def to_visit(
         warning = DataWarning("Appointment", rid, field, message, code, plain)
         if warning not in warnings:
             warnings.append(warning)
+
+    if not isinstance(resource, Mapping):
+        warn("(resource)", "not a JSON object", issues.BAD_VALUE)
+        resource = as_resource(resource)
 
     actors = _actors(resource, included, warn)
     # A display-only actor has no type. Only when no actor is known to be a clinician is

@@ -13,6 +13,7 @@ from typing import Any
 
 from fhir_mappers import issues
 from fhir_mappers.fhirutil import (
+    as_resource,
     codes,
     date_bounds,
     get_dict,
@@ -92,6 +93,10 @@ def to_policy(
 
     def warn(field: str, message: str, code: str, plain: str = "") -> None:
         warnings.append(DataWarning("Coverage", rid, field, message, code, plain))
+
+    if not isinstance(resource, Mapping):
+        warn("(resource)", "not a JSON object", issues.BAD_VALUE)
+        resource = as_resource(resource)
 
     status = get_str(resource, "status")
     period = get_dict(resource, "period")

@@ -349,6 +349,15 @@ def concept_text(concept: object) -> str | None:
     return None
 
 
+_EMPTY: Mapping[str, Any] = {}
+
+
+def as_resource(value: object) -> Mapping[str, Any]:
+    """`value` when it is a JSON object, else an empty one: a mapper handed `null`, a list
+    or a string where a resource belongs maps nothing (and says so) instead of raising."""
+    return value if isinstance(value, Mapping) else _EMPTY
+
+
 def resource_id(resource: object) -> str | None:
     return get_str(resource, "id")
 

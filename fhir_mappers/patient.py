@@ -27,6 +27,7 @@ from fhir_mappers.contact import (
     restrictions_of,
 )
 from fhir_mappers.fhirutil import (
+    as_resource,
     codes,
     date_bounds,
     get_dict,
@@ -173,6 +174,10 @@ def to_contact(resource: Mapping[str, Any], *, now: dt.datetime) -> Contact:
 
     def warn(field: str, message: str, code: str, plain: str = "") -> None:
         warnings.append(DataWarning("Patient", rid, field, message, code, plain))
+
+    if not isinstance(resource, Mapping):
+        warn("(resource)", "not a JSON object", issues.BAD_VALUE)
+        resource = as_resource(resource)
 
     display = human_name(resource.get("name"))
     if display is None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fhir_mappers.contact import match_language, patient_languages
+from fhir_mappers.fhirutil import get_dict, get_int, get_list, get_str
 
 QUESTIONNAIRE_URL = "https://caredesk.example/fhir/Questionnaire/csat"
 TRANSLATION_EXT = "http://hl7.org/fhir/StructureDefinition/translation"
@@ -118,98 +119,116 @@ def canonical(questionnaire: Mapping[str, Any]) -> str:
     return f"{url}|{version}" if isinstance(version, str) and version else url
 
 
+class QuestionnaireError(ValueError):
+    """A Questionnaire CareDesk cannot render (not an object, or an item type it does not
+    support). A ValueError, as before, so existing callers keep catching it."""
+
+
 def _base_language(language: str | None) -> str:
     return (language or "en").split("-")[0].lower()
+
+
+def _own_language(questionnaire: object) -> str:
+    return _base_language(get_str(questionnaire, "language") or "en")
+
+
+def _part(ext: Mapping[str, Any], url: str) -> Mapping[str, Any] | None:
+    return next((p for p in get_list(ext, "extension") if get_str(p, "url") == url), None)
 
 
 def _translated(parent: Mapping[str, Any], name: str, language: str) -> str | None:
     """The ``_name`` translation extension's content for ``language``, else the plain value."""
     plain = parent.get(name)
-    shadow = parent.get(f"_{name}")
-    if isinstance(shadow, Mapping):
-        for ext in shadow.get("extension") or []:
-            if not isinstance(ext, Mapping) or ext.get("url") != TRANSLATION_EXT:
-                continue
-            parts = {p.get("url"): p for p in ext.get("extension") or [] if isinstance(p, Mapping)}
-            lang = (parts.get("lang") or {}).get("valueCode")
-            content = (parts.get("content") or {}).get("valueString")
-            if isinstance(lang, str) and _base_language(lang) == language:
-                if isinstance(content, str) and content:
-                    return content
+    for ext in get_list(get_dict(parent, f"_{name}"), "extension"):
+        if get_str(ext, "url") != TRANSLATION_EXT:
+            continue
+        lang = get_str(_part(ext, "lang"), "valueCode")
+        content = get_str(_part(ext, "content"), "valueString")
+        if lang is not None and _base_language(lang) == language and content:
+            return content
     return plain if isinstance(plain, str) else None
 
 
 def _ext_int(item: Mapping[str, Any], url: str) -> int | None:
-    for ext in item.get("extension") or []:
-        if isinstance(ext, Mapping) and ext.get("url") == url:
-            value = ext.get("valueInteger")
-            if isinstance(value, int) and not isinstance(value, bool):
+    for ext in get_list(item, "extension"):
+        if get_str(ext, "url") == url:
+            value = get_int(ext, "valueInteger")
+            if value is not None:
                 return value
     return None
 
 
 def supported_languages(questionnaire: Mapping[str, Any]) -> frozenset[str]:
     """The Questionnaire's own language plus every language its title is translated to."""
-    found = {_base_language(str(questionnaire.get("language") or "en"))}
-    shadow = questionnaire.get("_title")
-    if isinstance(shadow, Mapping):
-        for ext in shadow.get("extension") or []:
-            for part in (ext or {}).get("extension") or []:
-                if isinstance(part, Mapping) and part.get("url") == "lang":
-                    code = part.get("valueCode")
-                    if isinstance(code, str):
-                        found.add(_base_language(code))
+    found = {_own_language(questionnaire)}
+    for ext in get_list(get_dict(questionnaire, "_title"), "extension"):
+        code = get_str(_part(ext, "lang"), "valueCode")
+        if code is not None:
+            found.add(_base_language(code))
     return frozenset(found)
 
 
 def pick_language(questionnaire: Mapping[str, Any], preferred: str | None) -> str:
     """The patient's language when the Questionnaire has it, else the Questionnaire's own."""
     found = match_language(preferred, sorted(supported_languages(questionnaire)))
-    return found or _base_language(str(questionnaire.get("language") or "en"))
+    return found or _own_language(questionnaire)
 
 
 def language_for_patient(questionnaire: Mapping[str, Any], patient: object) -> str:
     """The survey language for a Patient: any language they speak (preferred first) that
     the Questionnaire is translated to, else the Questionnaire's own."""
     found = match_language(patient_languages(patient), sorted(supported_languages(questionnaire)))
-    return found or _base_language(str(questionnaire.get("language") or "en"))
+    return found or _own_language(questionnaire)
 
 
 def to_form(questionnaire: Mapping[str, Any], language: str | None) -> SurveyForm:
-    """The items to render, with texts in ``language`` (falling back to the original)."""
+    """The items to render, with texts in ``language`` (falling back to the original).
+
+    Raises QuestionnaireError (a ValueError) when the Questionnaire is not a JSON object
+    or has an item whose type CareDesk cannot render: a survey silently missing a
+    question would be worse than none. Everything else odd is read as far as it goes.
+    """
+    if not isinstance(questionnaire, Mapping):
+        raise QuestionnaireError("the Questionnaire is not a JSON object")
     lang = pick_language(questionnaire, language)
     items: list[FormItem] = []
-    for raw in questionnaire.get("item") or []:
-        if not isinstance(raw, Mapping):
-            continue
+    for raw in get_list(questionnaire, "item"):
         link_id, item_type = raw.get("linkId"), raw.get("type")
-        if not isinstance(link_id, str) or item_type not in SUPPORTED_TYPES:
-            raise ValueError(f"unsupported Questionnaire item {link_id!r} of type {item_type!r}")
+        if (
+            not isinstance(link_id, str)
+            or not isinstance(item_type, str)
+            or (item_type not in SUPPORTED_TYPES)
+        ):
+            raise QuestionnaireError(
+                f"unsupported Questionnaire item {str(link_id)[:64]!r} of type "
+                f"{str(item_type)[:64]!r}"
+            )
         options: list[Option] = []
-        for opt in raw.get("answerOption") or []:
-            coding = opt.get("valueCoding") if isinstance(opt, Mapping) else None
-            if not isinstance(coding, Mapping) or not isinstance(coding.get("code"), str):
+        for opt in get_list(raw, "answerOption"):
+            coding = get_dict(opt, "valueCoding")
+            code = coding.get("code") if coding is not None else None
+            if coding is None or not isinstance(code, str):
                 continue
             display = coding.get("display")
+            system = coding.get("system")
             options.append(
                 Option(
-                    code=str(coding["code"]),
-                    display=_translated(coding, "display", lang) or str(coding["code"]),
-                    system=coding.get("system") if isinstance(coding.get("system"), str) else None,
+                    code=code,
+                    display=_translated(coding, "display", lang) or code,
+                    system=system if isinstance(system, str) else None,
                     english_display=display if isinstance(display, str) else None,
                 )
             )
-        max_length = raw.get("maxLength")
         items.append(
             FormItem(
                 link_id=link_id,
-                type=str(item_type),
+                type=item_type,
                 text=_translated(raw, "text", lang) or link_id,
                 required=raw.get("required") is True,
                 options=tuple(options),
                 min_value=_ext_int(raw, MIN_VALUE_EXT),
                 max_value=_ext_int(raw, MAX_VALUE_EXT),
-                max_length=max_length if isinstance(max_length, int) else None,
+                max_length=get_int(raw, "maxLength"),
             )
         )
     title = _translated(questionnaire, "title", lang) or ""

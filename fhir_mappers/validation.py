@@ -20,6 +20,9 @@ from fhir_mappers.fhirutil import get_str, lacks_timezone, resource_type
 from fhir_mappers.issues import DataWarning, field_words, noun
 
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+# One resource with a thousand bad entries says so once, not a thousand times.
+MAX_WARNINGS = 25
+MAX_PATH = 200
 
 _MISSING_TYPES = {"missing", "model_field_validation.missing"}
 _TYPE_WORDS = {
@@ -43,7 +46,8 @@ _TYPE_WORDS = {
 
 
 def field_path(loc: tuple[int | str, ...]) -> str:
-    """`('extension', 0, 'url')` -> `extension[0].url`."""
+    """`('extension', 0, 'url')` -> `extension[0].url`; cut at MAX_PATH characters (an
+    unknown element's name is whatever the sender wrote, a megabyte included)."""
     out = ""
     for part in loc:
         if isinstance(part, int):
@@ -51,19 +55,31 @@ def field_path(loc: tuple[int | str, ...]) -> str:
         else:
             name = "resourceType" if part == "resource_type" else str(part)
             out += f".{name}" if out else name
+        if len(out) > MAX_PATH:
+            return out[: MAX_PATH - 1] + "…"
     return out or "(resource)"
 
 
 def validation_warnings(resource: Mapping[str, Any]) -> list[DataWarning]:
     """Validate one resource against its fhir.resources R4B model; return what failed."""
+    if not isinstance(resource, Mapping):
+        return [DataWarning("Unknown", None, "(resource)", "not a JSON object", issues.INVALID)]
     rtype = resource_type(resource)
     rid = get_str(resource, "id")
     found: list[DataWarning] = []
+    seen: set[DataWarning] = set()
+    over = 0
 
     def add(field: str, message: str, code: str, plain: str = "") -> None:
+        nonlocal over
         warning = DataWarning(rtype, rid, field, message, code, plain)
-        if warning not in found:
+        if warning in seen:
+            return
+        seen.add(warning)
+        if len(found) < MAX_WARNINGS:
             found.append(warning)
+        else:
+            over += 1
 
     if rid is not None and len(rid) > 64 and _FHIR_ID.match(rid[:64]):
         # fhir.resources does not check the length; Epic ids exceed it. Anything keyed on
@@ -103,4 +119,15 @@ def validation_warnings(resource: Mapping[str, Any]) -> list[DataWarning]:
                 )
     except Exception as exc:  # fhir.resources raises assorted types on odd input
         add("(resource)", f"could not be validated ({type(exc).__name__})", issues.INVALID)
+    if over:
+        found.append(
+            DataWarning(
+                rtype,
+                rid,
+                "(resource)",
+                f"{over} more problems not listed",
+                issues.INVALID,
+                f"The {noun(rtype)} has {over} more problems like these; they are not listed.",
+            )
+        )
     return found
