@@ -18,8 +18,10 @@ from helpdesk.crypto import Vault, get_vault
 from helpdesk.db import get_store
 from helpdesk.kv import get_redis
 from helpdesk.models import EhrRegistration, LaunchSession
+from smart_launch.backend import BackendTokenCache, backend_token
 from smart_launch.config import Registration, SigningKey
 from smart_launch.discovery import DiscoveryCache, SmartConfiguration, discover
+from smart_launch.errors import NeedsAuthorization, SmartError
 from smart_launch.fhir import FhirClient
 from smart_launch.refresh import token_callbacks
 from smart_launch.tokens import TokenSet
@@ -32,6 +34,9 @@ class EhrClients:
 
     def __init__(self) -> None:
         self.discovery = DiscoveryCache()
+        # A backend token serves every job of a registration until it is about to expire,
+        # instead of one token request per job.
+        self.backend_tokens = BackendTokenCache()
         self._sessions: dict[int, requests.Session] = {}
         self._lock = threading.Lock()
 
@@ -77,9 +82,15 @@ def redirect_uri(app: Flask | None = None) -> str:
 
 
 def to_registration(
-    row: EhrRegistration, *, vault: Vault | None = None, redirect: str | None = None
+    row: EhrRegistration,
+    *,
+    vault: Vault | None = None,
+    web: bool = False,
+    app: Flask | None = None,
 ) -> Registration:
-    vault = vault or get_vault()
+    """The smart_launch view of a registration row. Only the web (``web=True``: it sends
+    a browser to the EHR and back) has a redirect URI; jobs and the CLI never redirect."""
+    vault = vault or get_vault(app)
     keys = tuple(
         SigningKey(kid=k.kid, alg=k.alg, private_pem=vault.decrypt(k.private_key_enc))  # type: ignore[arg-type]
         for k in sorted(row.signing_keys, key=lambda k: (k.retired_at is not None, -k.id))
@@ -90,7 +101,7 @@ def to_registration(
         client_id=row.client_id,
         client_type=row.client_type,  # type: ignore[arg-type]
         scopes=row.scopes,
-        redirect_uri=redirect or redirect_uri(),
+        redirect_uri=redirect_uri(app) if web else None,
         client_secret=vault.decrypt_optional(row.client_secret_enc),
         signing_keys=keys,
         backend_client_id=row.backend_client_id,
@@ -99,9 +110,9 @@ def to_registration(
     )
 
 
-def configuration(reg: Registration) -> SmartConfiguration:
+def configuration(reg: Registration, app: Flask | None = None) -> SmartConfiguration:
     """Discovery for a registered EHR only (never a URL from a request), cached."""
-    shared = clients()
+    shared = clients(app)
     return discover(reg, http=shared.http(int(reg.id)), cache=shared.discovery)
 
 
@@ -133,18 +144,92 @@ class DbTokenStore:
             )
 
 
-def fhir_client(launch: LaunchSession, reg: Registration, conf: SmartConfiguration) -> FhirClient:
-    """A FHIR client for one launch, refreshing its token (serialized) when needed."""
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    http = clients(app).http(int(reg.id))
+def fhir_client(
+    app: Flask,
+    row: EhrRegistration,
+    *,
+    launch: LaunchSession | None = None,
+    as_user: bool = False,
+) -> FhirClient:
+    """The one way CareDesk gets a FHIR client: for the web, the jobs and the CLI.
+
+    ``as_user`` (the web): on behalf of the person of ``launch``, with that launch's
+    token set, refreshed when due (serialised across processes by a Redis lock).
+
+    Otherwise on behalf of CareDesk itself (jobs, sweeps, the CLI): SMART Backend
+    Services where the registration has a backend client and a key; failing that, the
+    refresh token of ``launch`` (the launch a task was queued from: its user has left);
+    failing that, ``NeedsAuthorization``.
+    """
+    reg = to_registration(row, vault=get_vault(app), web=as_user, app=app)
+    shared = clients(app)
+    http = shared.http(row.id)
+    conf = discover(reg, http=http, cache=shared.discovery)
+    if as_user:
+        if launch is None:
+            raise ValueError("a user's FHIR client needs the launch")
+        return _launch_client(app, launch.id, reg, conf, http, check_now=False)
+    backend_error: NeedsAuthorization | None = None
+    if reg.backend_client_id and reg.signing_keys:
+        try:
+            backend_token(reg, conf, http=http, cache=shared.backend_tokens)
+        except NeedsAuthorization as exc:
+            backend_error = exc
+        else:
+
+            def token() -> str:
+                return backend_token(reg, conf, http=http, cache=shared.backend_tokens).access_token
+
+            def renew() -> str:
+                # A 401 with a cached token: the EHR revoked or forgot it; fetch anew.
+                shared.backend_tokens.clear()
+                return token()
+
+            return FhirClient(reg.fhir_base, token, session=http, on_unauthorized=renew)
+    if launch is not None and launch.token_set_enc is not None:
+        # NeedsAuthorization now rather than halfway through a job.
+        return _launch_client(app, launch.id, reg, conf, http, check_now=True)
+    if backend_error is not None:
+        raise backend_error
+    raise NeedsAuthorization(
+        "No backend-services client is registered for this EHR and there is no launch "
+        "with a refresh token to act on."
+    )
+
+
+def warm(app: Flask, row: EhrRegistration) -> None:
+    """Fill this process's discovery and backend-token caches for an EHR (the worker does
+    it before forking a job, which inherits them). Best effort: the job reports errors."""
+    try:
+        reg = to_registration(row, vault=get_vault(app), app=app)
+        shared = clients(app)
+        http = shared.http(row.id)
+        conf = discover(reg, http=http, cache=shared.discovery)
+        if reg.backend_client_id and reg.signing_keys:
+            backend_token(reg, conf, http=http, cache=shared.backend_tokens)
+    except SmartError:
+        return
+
+
+def _launch_client(
+    app: Flask,
+    launch_id: str,
+    reg: Registration,
+    conf: SmartConfiguration,
+    http: requests.Session,
+    *,
+    check_now: bool,
+) -> FhirClient:
     token, on_unauthorized = token_callbacks(
-        launch.id,
+        launch_id,
         reg,
         conf,
         store=DbTokenStore(app),
         redis=get_redis(app),
         http=http,
     )
+    if check_now:
+        token()
     return FhirClient(reg.fhir_base, token, session=http, on_unauthorized=on_unauthorized)
 
 

@@ -10,8 +10,9 @@ from flask import Flask
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from helpdesk import ehr
 from helpdesk.crypto import get_vault
-from helpdesk.kv import get_redis
+from helpdesk.db import get_store
 from helpdesk.models import CareTask, EhrRegistration, LaunchSession, OutboundMessage
 from jobs import contact
 from jobs.outbound import (
@@ -24,42 +25,20 @@ from jobs.outbound import (
     mask,
     render,
 )
-from smart_launch.backend import BackendTokenCache, backend_token
-from smart_launch.errors import NeedsAuthorization
 from smart_launch.fhir import FhirClient
-
-# One per worker process: a backend token serves every job of a registration until it
-# is about to expire, instead of one token request per job.
-BACKEND_TOKENS = BackendTokenCache()
-JOB_REDIRECT = "urn:caredesk:job"  # jobs never redirect; the config type wants a value
 
 
 def warm(app: Flask, task_id: int) -> None:
     """Fill this process's discovery and backend-token caches for a task's EHR.
 
     The worker calls it before forking the work horse, which inherits the caches: without
-    it every job (a fresh fork) paid for discovery and a token request of its own. Best
-    effort: the job itself reports any failure, with the reason kept on its row.
+    it every job (a fresh fork) paid for discovery and a token request of its own.
     """
-    from helpdesk.db import get_store
-    from helpdesk.ehr import clients, to_registration
-    from smart_launch.discovery import discover
-    from smart_launch.errors import SmartError
-
-    try:
-        with get_store(app).session() as session:
-            task = session.get(CareTask, task_id)
-            row = session.get(EhrRegistration, task.registration_id) if task else None
-            if row is None:
-                return
-            reg = to_registration(row, vault=get_vault(app), redirect=JOB_REDIRECT)
-        shared = clients(app)
-        http = shared.http(int(reg.id))
-        conf = discover(reg, http=http, cache=shared.discovery)
-        if reg.backend_client_id and reg.signing_keys:
-            backend_token(reg, conf, http=http, cache=BACKEND_TOKENS)
-    except SmartError:
-        return  # the job will meet the same error and record it on its row
+    with get_store(app).session() as session:
+        task = session.get(CareTask, task_id)
+        row = session.get(EhrRegistration, task.registration_id) if task else None
+        if row is not None:
+            ehr.warm(app, row)
 
 
 def registration_client(
@@ -116,51 +95,12 @@ class JobContext:
         return self._fhir
 
     def _make_fhir(self) -> FhirClient:
-        from helpdesk.ehr import DbTokenStore, clients, to_registration
-        from smart_launch.discovery import discover
-        from smart_launch.refresh import token_callbacks
-
-        row = self.registration
-        reg = to_registration(row, vault=get_vault(self.app), redirect=JOB_REDIRECT)
-        shared = clients(self.app)
-        http = shared.http(row.id)
-        conf = discover(reg, http=http, cache=shared.discovery)
-        backend_error: NeedsAuthorization | None = None
-        if reg.backend_client_id and reg.signing_keys:
-            try:
-                backend_token(reg, conf, http=http, cache=BACKEND_TOKENS)
-
-                def token() -> str:
-                    return backend_token(reg, conf, http=http, cache=BACKEND_TOKENS).access_token
-
-                def renew() -> str:
-                    # A 401 with a cached token: the EHR revoked or forgot it; fetch anew.
-                    BACKEND_TOKENS.clear()
-                    return token()
-
-                return FhirClient(reg.fhir_base, token, session=http, on_unauthorized=renew)
-            except NeedsAuthorization as exc:
-                backend_error = exc
-        launch_id = self.task.launch_session_id
-        if launch_id:
-            launch = self.session.get(LaunchSession, launch_id)
-            if launch is not None and launch.token_set_enc is not None:
-                token_fn, on_unauth = token_callbacks(
-                    launch_id,
-                    reg,
-                    conf,
-                    store=DbTokenStore(self.app),
-                    redis=get_redis(self.app),
-                    http=http,
-                )
-                token_fn()  # NeedsAuthorization now rather than mid-handler
-                return FhirClient(reg.fhir_base, token_fn, session=http, on_unauthorized=on_unauth)
-        if backend_error is not None:
-            raise backend_error
-        raise NeedsAuthorization(
-            "No backend-services client is registered for this EHR and the task has no "
-            "launch with a refresh token."
+        launch = (
+            self.session.get(LaunchSession, self.task.launch_session_id)
+            if self.task.launch_session_id
+            else None
         )
+        return ehr.fhir_client(self.app, self.registration, launch=launch)
 
     def close(self) -> None:
         # The HTTP session belongs to the app's pool; nothing of ours to close.

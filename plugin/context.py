@@ -69,8 +69,8 @@ def viewer_tz() -> str:
 
 
 def _client(launch: LaunchSession) -> FhirClient:
-    reg = ehr.to_registration(launch.registration)
-    return ehr.fhir_client(launch, reg, ehr.configuration(reg))
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    return ehr.fhir_client(app, launch.registration, launch=launch, as_user=True)
 
 
 def _unavailable(exc: Exception) -> str:

@@ -251,11 +251,7 @@ def rotate_key(key: str, alg: str | None) -> None:
 def check(iss_or_id: str, as_json: bool) -> None:
     with get_store().session() as session:
         row = registry.find(session, iss_or_id)
-        target = (
-            ehr_bridge.to_registration(row, redirect="urn:caredesk:check")
-            if row is not None
-            else iss_or_id
-        )
+        target = ehr_bridge.to_registration(row) if row is not None else iss_or_id
         if row is None and not iss_or_id.startswith(("https://", "http://")):
             raise click.ClickException(f"{iss_or_id!r} is neither a registered EHR nor a URL")
         http = ehr_bridge.clients().http(row.id if row else 0)

@@ -119,7 +119,7 @@ def standalone_launch() -> BaseResponse:
 
 
 def _begin(row: EhrRegistration, *, launch: str | None) -> BaseResponse:
-    reg = ehr.to_registration(row)
+    reg = ehr.to_registration(row, web=True)
     conf = ehr.configuration(reg)
     scope = scopes_for(reg, conf, _standalone_scopes(reg.scopes) if launch is None else None)
     state = new_state()
@@ -217,7 +217,7 @@ def callback() -> BaseResponse:
             "cookie). Launch CareDesk again from the EHR.",
             code="browser_mismatch",
         )
-    reg = ehr.to_registration(launch.registration)
+    reg = ehr.to_registration(launch.registration, web=True)
     try:
         conf = ehr.configuration(reg)
         tokens = exchange_code(

@@ -16,9 +16,7 @@ from helpdesk.registry import find
 from helpdesk.timeutil import utcnow
 from jobs import outbox
 from plugin.cli import cli, with_appcontext
-from smart_launch.backend import backend_token
 from smart_launch.errors import FatalFhirError, SmartError
-from smart_launch.fhir import FhirClient
 
 
 @cli.group(help="Patient satisfaction surveys.")
@@ -44,15 +42,11 @@ def _registration(session, key: str) -> EhrRegistration:  # type: ignore[no-unty
 def publish(ehr: str) -> None:
     questionnaire = domain.questionnaire()
     canonical = f"{questionnaire['url']}|{questionnaire['version']}"
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
     with get_store().session() as session:
         row = _registration(session, ehr)
-        # A CLI never redirects a browser; the config type just wants a value.
-        reg = ehr_bridge.to_registration(row, redirect="urn:caredesk:cli")
     try:
-        conf = ehr_bridge.configuration(reg)
-        http = ehr_bridge.clients().http(int(reg.id))
-        token = backend_token(reg, conf, http=http)
-        client = FhirClient(reg.fhir_base, lambda: token.access_token, session=http)
+        client = ehr_bridge.fhir_client(app, row)
         found = client.search("Questionnaire", {"url": canonical})
         if found.get("entry"):
             resource = found["entry"][0].get("resource") or {}
