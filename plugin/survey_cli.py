@@ -43,10 +43,9 @@ def publish(ehr: str) -> None:
     questionnaire = domain.questionnaire()
     canonical = f"{questionnaire['url']}|{questionnaire['version']}"
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    with get_store().session() as session:
-        row = _registration(session, ehr)
     try:
-        client = ehr_bridge.fhir_client(app, row)
+        with get_store().session() as session:
+            client = ehr_bridge.fhir_client(app, _registration(session, ehr))
         found = client.search("Questionnaire", {"url": canonical})
         if found.get("entry"):
             resource = found["entry"][0].get("resource") or {}
