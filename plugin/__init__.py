@@ -54,14 +54,24 @@ def register_extensions(app: Flask, *, command: bool = False) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from plugin import api, health, home, jobs_admin, launch, reports, sidebar, survey
+    from plugin import (
+        api,
+        health,
+        home,
+        jobs_admin,
+        launch,
+        reports,
+        sidebar,
+        survey,
+        ticket_pages,
+    )
 
     app.register_blueprint(health.bp)
     app.register_blueprint(home.bp)
     app.register_blueprint(launch.bp)
     app.register_blueprint(sidebar.bp)
     app.register_blueprint(api.bp)  # /api/...
-    app.register_blueprint(api.html_bp)  # /l/<launch_id>/tickets...
+    app.register_blueprint(ticket_pages.bp)  # /l/<launch_id>/tickets...
     app.register_blueprint(survey.bp)  # /s/<token>; importing it registers the survey jobs
     app.register_blueprint(reports.bp)  # /reports/csat
     app.register_blueprint(jobs_admin.bp)  # /l/<launch_id>/tasks/<id>/retry, /jobs, /worklist

@@ -1,10 +1,8 @@
-"""The sidebar's JSON API (``bp``, under ``/api/``) and its no-JavaScript HTML pages for
-tickets (``html_bp``, under ``/l/<launch_id>/tickets``).
+"""The sidebar's JSON API (under ``/api/``). The same ticket operations as HTML forms
+are ``plugin.ticket_pages``.
 
-Every route names its launch in the path. Before any view runs, the launch is
-authenticated (``plugin.launch.current_launch``: the id in the URL plus this browser's
-cookie) and, for a state-changing method, its CSRF token is checked (``plugin.csrf``):
-the cookie is ambient, so the JSON API is as CSRF-able as a form.
+Every route names its launch in the path; ``plugin.launched.authenticate`` checks it (and
+the CSRF token of a state-changing request) before any view runs.
 
 Each JSON view carries its OpenAPI description (``@doc``); ``plugin.openapi`` walks the
 URL map and builds ``/api/openapi.json`` from those and ``plugin.schemas``.
@@ -18,25 +16,12 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, TypeVar
 
-from flask import (
-    Blueprint,
-    Response,
-    current_app,
-    g,
-    jsonify,
-    redirect,
-    render_template,
-    request,
-    url_for,
-)
-from flask.blueprints import BlueprintSetupState
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from marshmallow import Schema, ValidationError
-from werkzeug.wrappers import Response as BaseResponse
 
 from helpdesk import duephrase
 from helpdesk import tasks as task_svc
 from helpdesk import tickets as svc
-from helpdesk.access import NoPatient
 from helpdesk.audit import audit
 from helpdesk.db import get_db
 from helpdesk.errors import AppError
@@ -45,9 +30,8 @@ from helpdesk.models import CareTask, LaunchSession, Ticket
 from helpdesk.timeutil import utcnow
 from jobs import outbox
 from plugin import context as ctx
-from plugin.csrf import check_csrf, csrf_token
-from plugin.launch import current_launch
-from plugin.navigation import back
+from plugin.errors import field_messages
+from plugin.launched import authenticate, request_launch, sla, viewer_zone
 from plugin.schemas import (
     BoardQuerySchema,
     BoardSchema,
@@ -70,7 +54,6 @@ from plugin.schemas import (
 log = logging.getLogger("caredesk.api")
 
 bp = Blueprint("api", __name__, url_prefix="/api")
-html_bp = Blueprint("tickets", __name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -102,29 +85,7 @@ def doc(**kwargs: Any) -> Callable[[F], F]:
 
 # --- authentication, CSRF and errors, for every route with a launch -----------------------
 
-
-def _authenticate() -> None:
-    launch_id = (request.view_args or {}).get("launch_id")
-    if launch_id is None:
-        return  # the OpenAPI document: public, no patient data
-    launch = current_launch(str(launch_id))
-    check_csrf(launch)
-
-
-bp.before_request(_authenticate)
-html_bp.before_request(_authenticate)
-
-
-def _launch() -> LaunchSession:
-    launch: LaunchSession = g.launch
-    return launch
-
-
-def field_messages(exc: ValidationError) -> dict[str, Any]:
-    """``{field: [messages]}``, also for an error raised outside a schema with a field name
-    (``exc.messages`` is then a bare list)."""
-    messages: dict[str, Any] = exc.normalized_messages()  # type: ignore[no-untyped-call]
-    return messages
+bp.before_request(authenticate)
 
 
 @bp.errorhandler(ValidationError)
@@ -153,14 +114,6 @@ def _json_body() -> Any:
     if data is None:
         raise AppError("The body is not valid JSON.", code="invalid_json")
     return data
-
-
-def _sla() -> dict[str, float]:
-    return svc.sla_hours(current_app.config)
-
-
-def _viewer_zone() -> Any:
-    return duephrase.viewer_zone(str(current_app.config.get("VIEWER_TIMEZONE") or "UTC"))
 
 
 # --- serialization -------------------------------------------------------------------------
@@ -211,7 +164,7 @@ def list_tickets(launch_id: str) -> Response:
     query = TicketListQuerySchema().load(request.args.to_dict())
     page = svc.list_tickets(
         get_db(),
-        _launch(),
+        request_launch(),
         svc.TicketFilters(
             status=query.get("status", ()),
             patient=query.get("patient"),
@@ -244,7 +197,7 @@ def list_tickets(launch_id: str) -> Response:
 )
 def create_ticket(launch_id: str) -> tuple[Response, int, dict[str, str]]:
     data = TicketCreateSchema().load(_json_body())
-    ticket = svc.create_ticket(get_db(), _launch(), sla=_sla(), **data)
+    ticket = svc.create_ticket(get_db(), request_launch(), sla=sla(), **data)
     location = url_for("api.get_ticket", launch_id=launch_id, ticket_id=ticket.id)
     return jsonify(ticket_json(ticket, now=utcnow(), detail=True)), 201, {"Location": location}
 
@@ -257,7 +210,7 @@ def create_ticket(launch_id: str) -> tuple[Response, int, dict[str, str]]:
     errors=(401, 404),
 )
 def get_ticket(launch_id: str, ticket_id: int) -> Response:
-    ticket = svc.get_ticket(get_db(), _launch(), ticket_id)
+    ticket = svc.get_ticket(get_db(), request_launch(), ticket_id)
     return jsonify(ticket_json(ticket, now=utcnow(), detail=True))
 
 
@@ -274,7 +227,7 @@ def get_ticket(launch_id: str, ticket_id: int) -> Response:
 )
 def update_ticket(launch_id: str, ticket_id: int) -> Response:
     changes = TicketUpdateSchema().load(_json_body())
-    ticket = svc.update_ticket(get_db(), _launch(), ticket_id, changes, sla=_sla())
+    ticket = svc.update_ticket(get_db(), request_launch(), ticket_id, changes, sla=sla())
     return jsonify(ticket_json(ticket, now=utcnow(), detail=True))
 
 
@@ -290,7 +243,7 @@ def update_ticket(launch_id: str, ticket_id: int) -> Response:
 )
 def add_note(launch_id: str, ticket_id: int) -> tuple[Response, int]:
     data = NoteCreateSchema().load_note(_json_body())
-    note = svc.add_note(get_db(), _launch(), ticket_id, **data)
+    note = svc.add_note(get_db(), request_launch(), ticket_id, **data)
     return jsonify(NoteSchema().dump(note)), 201
 
 
@@ -308,7 +261,7 @@ def add_note(launch_id: str, ticket_id: int) -> tuple[Response, int]:
 )
 def list_tasks(launch_id: str) -> Response:
     query = TaskListQuerySchema().load(request.args.to_dict())
-    tasks = task_svc.list_tasks(get_db(), _launch(), **query)
+    tasks = task_svc.list_tasks(get_db(), request_launch(), **query)
     return jsonify({"items": TaskSchema(many=True).dump(tasks)})
 
 
@@ -323,7 +276,7 @@ def list_tasks(launch_id: str) -> Response:
     errors=(401, 403, 415, 422),
 )
 def create_task(launch_id: str) -> tuple[Response, int]:
-    task = queue_task(_launch(), _json_body())
+    task = queue_task(request_launch(), _json_body())
     return jsonify(TaskSchema().dump(task)), 201
 
 
@@ -344,7 +297,7 @@ def queue_task(launch: LaunchSession, raw: Any) -> CareTask:
         else:
             phrase = data.pop("due", None) or "tomorrow morning"
             try:
-                due_at = duephrase.parse_due(phrase, now=now, tz=_viewer_zone())
+                due_at = duephrase.parse_due(phrase, now=now, tz=viewer_zone())
             except duephrase.DuePhraseError as exc:
                 raise ValidationError(str(exc), "due") from exc
             data["due_phrase"] = phrase
@@ -397,7 +350,7 @@ def queue_task(launch: LaunchSession, raw: Any) -> CareTask:
 )
 def context(launch_id: str) -> Response:
     refresh = ContextQuerySchema().load(request.args.to_dict())["refresh"]
-    launch = _launch()
+    launch = request_launch()
     if not launch.patient_ref:
         raise AppError(
             "This launch has no patient; open CareDesk from a chart.",
@@ -420,8 +373,8 @@ def context(launch_id: str) -> Response:
 )
 def board(launch_id: str) -> Response:
     query = BoardQuerySchema().load(request.args.to_dict())
-    launch = _launch()
-    day: date = query.get("date") or utcnow().astimezone(_viewer_zone()).date()
+    launch = request_launch()
+    day: date = query.get("date") or utcnow().astimezone(viewer_zone()).date()
     kwargs: dict[str, Any] = {
         "day": day,
         "location": query.get("location"),
@@ -453,134 +406,3 @@ def openapi_json() -> Response:
     from plugin.openapi import spec_for
 
     return jsonify(spec_for(current_app))
-
-
-# --- HTML pages: the same operations, for forms without JavaScript --------------------------
-
-
-@html_bp.record_once
-def _template_helpers(state: BlueprintSetupState) -> None:
-    state.app.add_template_global(csrf_token, "csrf_token")
-    state.app.add_template_global(ticket_overdue, "ticket_overdue")
-    state.app.add_template_filter(local_time, "local_time")
-    state.app.jinja_env.globals.setdefault("ticket_choices", _CHOICES)
-
-
-_CHOICES = {
-    "statuses": svc.STATUSES,
-    "priorities": svc.PRIORITIES,
-    "categories": svc.CATEGORIES,
-    "channels": svc.NOTE_CHANNELS,
-    "directions": svc.NOTE_DIRECTIONS,
-    "transitions": svc.TRANSITIONS,
-}
-
-
-def ticket_overdue(ticket: Ticket) -> bool:
-    return svc.is_overdue(ticket, utcnow())
-
-
-def local_time(value: datetime | None) -> str:
-    """A stored (UTC) time as the viewer reads it: "Mar 6, 14:05 CST"."""
-    if value is None:
-        return ""
-    local = value.astimezone(_viewer_zone())
-    return local.strftime("%b %-d, %H:%M %Z")
-
-
-def _form(*names: str) -> dict[str, str]:
-    """The named form fields that were filled in (blank inputs mean "not given")."""
-    return {n: v.strip() for n in names if (v := request.form.get(n, "")).strip()}
-
-
-def _back(launch_id: str, fallback: str) -> BaseResponse:
-    return back(launch_id, request.form.get("next"), fallback)
-
-
-def _errors_text(exc: ValidationError) -> dict[str, str]:
-    messages = field_messages(exc)
-    return {
-        str(k): " ".join(map(str, v)) if isinstance(v, list) else str(v)
-        for k, v in messages.items()
-    }
-
-
-@html_bp.get("/l/<launch_id>/tickets")
-def tickets_page(launch_id: str) -> str:
-    launch = _launch()
-    page = svc.list_tickets(
-        get_db(),
-        launch,
-        svc.TicketFilters(status=svc.ACTIVE_STATUSES, patient=launch.patient_ref),
-    )
-    return render_template("tickets/index.html", launch=launch, tickets=page.items, page=page)
-
-
-@html_bp.get("/l/<launch_id>/tickets/new")
-def new_ticket_page(launch_id: str) -> str:
-    return render_template("tickets/new.html", launch=_launch(), form={}, errors={})
-
-
-@html_bp.post("/l/<launch_id>/tickets")
-def create_ticket_form(launch_id: str) -> BaseResponse | tuple[str, int]:
-    launch = _launch()
-    form = _form("subject", "description", "category", "priority", "assignee", "patient")
-    try:
-        data = TicketCreateSchema().load(form)
-        ticket = svc.create_ticket(get_db(), launch, sla=_sla(), **data)
-    except ValidationError as exc:
-        errors = _errors_text(exc)
-        return render_template("tickets/new.html", launch=launch, form=form, errors=errors), 422
-    except NoPatient as exc:
-        errors = {"patient": exc.message}
-        return render_template("tickets/new.html", launch=launch, form=form, errors=errors), 422
-    return _back(
-        launch_id, url_for("tickets.ticket_page", launch_id=launch_id, ticket_id=ticket.id)
-    )
-
-
-@html_bp.get("/l/<launch_id>/tickets/<int:ticket_id>")
-def ticket_page(launch_id: str, ticket_id: int) -> str:
-    launch = _launch()
-    ticket = svc.get_ticket(get_db(), launch, ticket_id)
-    return render_template("tickets/detail.html", launch=launch, ticket=ticket, errors={})
-
-
-def _detail_with_errors(
-    launch: LaunchSession, ticket_id: int, errors: dict[str, str], status: int
-) -> tuple[str, int]:
-    ticket = svc.get_ticket(get_db(), launch, ticket_id)
-    html = render_template("tickets/detail.html", launch=launch, ticket=ticket, errors=errors)
-    return html, status
-
-
-@html_bp.post("/l/<launch_id>/tickets/<int:ticket_id>")
-def update_ticket_form(launch_id: str, ticket_id: int) -> BaseResponse | tuple[str, int]:
-    launch = _launch()
-    changes: dict[str, Any] = _form("status", "priority", "category")
-    if "assignee" in request.form:
-        changes["assignee"] = request.form["assignee"].strip() or None
-    try:
-        loaded = TicketUpdateSchema().load(changes)
-        svc.update_ticket(get_db(), launch, ticket_id, loaded, sla=_sla())
-    except ValidationError as exc:
-        return _detail_with_errors(launch, ticket_id, _errors_text(exc), 422)
-    except svc.TransitionError as exc:
-        return _detail_with_errors(launch, ticket_id, {"status": exc.message}, 409)
-    return redirect(
-        url_for("tickets.ticket_page", launch_id=launch_id, ticket_id=ticket_id), code=303
-    )
-
-
-@html_bp.post("/l/<launch_id>/tickets/<int:ticket_id>/notes")
-def add_note_form(launch_id: str, ticket_id: int) -> BaseResponse | tuple[str, int]:
-    launch = _launch()
-    form = _form("body", "channel", "direction")
-    try:
-        svc.add_note(get_db(), launch, ticket_id, **NoteCreateSchema().load_note(form))
-    except ValidationError as exc:
-        return _detail_with_errors(launch, ticket_id, _errors_text(exc), 422)
-    except svc.TransitionError as exc:
-        return _detail_with_errors(launch, ticket_id, {"body": exc.message}, 409)
-    fallback = url_for("tickets.ticket_page", launch_id=launch_id, ticket_id=ticket_id)
-    return _back(launch_id, fallback + "#notes")

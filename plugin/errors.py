@@ -7,8 +7,10 @@ id is also on the log line, so a user's screenshot leads straight to the log.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from flask import Flask, Response, jsonify, render_template, request
+from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from helpdesk.errors import AppError
@@ -123,3 +125,10 @@ def register(app: Flask) -> None:
             "internal_error",
             "CareDesk hit an unexpected error. Quote the request id to support.",
         )
+
+
+def field_messages(exc: ValidationError) -> dict[str, Any]:
+    """``{field: [messages]}``, also for an error raised outside a schema with a field name
+    (``exc.messages`` is then a bare list)."""
+    messages: dict[str, Any] = exc.normalized_messages()  # type: ignore[no-untyped-call]
+    return messages

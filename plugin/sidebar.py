@@ -94,7 +94,8 @@ def queue_task_form(launch_id: str) -> BaseResponse:
     """The sidebar's follow-up and referral forms (no JavaScript needed)."""
     from marshmallow import ValidationError
 
-    from plugin.api import field_messages, queue_task
+    from plugin.api import queue_task
+    from plugin.errors import field_messages
 
     launch = current_launch(launch_id)
     check_csrf(launch)
