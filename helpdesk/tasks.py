@@ -11,11 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from flask import current_app, has_app_context
+from marshmallow import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from helpdesk import duephrase
 from helpdesk.access import patient_for
 from helpdesk.audit import audit
 from helpdesk.models import CareTask, LaunchSession
@@ -134,3 +137,68 @@ def create_task(
     db.commit()
     audit("task.create", launch=launch, patient_ref=patient_ref, entity=f"CareTask/{task.id}")
     return task
+
+
+def queue_task(
+    db: Session,
+    launch: LaunchSession,
+    request: Mapping[str, Any],
+    *,
+    tz: ZoneInfo,
+    now: datetime | None = None,
+) -> CareTask:
+    """A follow-up or referral a person asked for, from the API or the sidebar's forms:
+    ``request`` is the body as the web edge's schema loaded it (``kind`` picks the shape).
+
+    The rules the schema cannot know are applied here: a follow-up's due time is in the
+    future, or a phrase read in the viewer's zone ``tz`` (default: tomorrow morning); a
+    referral's payload has the shape ``jobs.referral`` reads, and refers out of the
+    appointment the EHR launched us from when none is named. A broken rule raises
+    ``ValidationError`` naming the field (nothing is stored). The row is committed; the
+    caller dispatches its job (``jobs.outbox.dispatch``).
+    """
+    data = dict(request)
+    kind = str(data.pop("kind"))
+    patient = data.pop("patient", None)
+    assignee = data.get("assignee")
+    due_at: datetime | None = None
+    payload: dict[str, Any]
+    if kind == "follow-up":
+        now = now or utcnow()
+        if "due_at" in data:
+            due_at = data.pop("due_at")
+            if due_at is not None and due_at <= now:
+                raise ValidationError("This time is already past.", "due_at")
+        else:
+            phrase = data.pop("due", None) or "tomorrow morning"
+            try:
+                due_at = duephrase.parse_due(phrase, now=now, tz=tz)
+            except duephrase.DuePhraseError as exc:
+                raise ValidationError(str(exc), "due") from exc
+            data["due_phrase"] = phrase
+        payload = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in data.items()}
+    else:
+        payload = {
+            "reason": data["reason"],
+            "target": {k: data.get(k) for k in ("specialty", "organization", "practitioner")},
+            "urgency": data.get("urgency", "routine"),
+            "appointment_ref": data.get("appointment") or launched_from_appointment(launch),
+        }
+    return create_task(
+        db,
+        launch,
+        kind=kind,
+        payload=payload,
+        due_at=due_at,
+        assignee=assignee,
+        patient=patient,
+    )
+
+
+def launched_from_appointment(launch: LaunchSession) -> str | None:
+    """The appointment in the launch's ``fhirContext``, when the EHR launched us from one."""
+    for item in (launch.context or {}).get("fhir_context") or []:
+        ref = item.get("reference") if isinstance(item, dict) else None
+        if isinstance(ref, str) and ref.startswith("Appointment/"):
+            return ref
+    return None

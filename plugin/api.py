@@ -19,14 +19,13 @@ from typing import Any, TypeVar
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from marshmallow import Schema, ValidationError
 
-from helpdesk import duephrase
 from helpdesk import tasks as task_svc
 from helpdesk import tickets as svc
 from helpdesk.audit import audit
 from helpdesk.db import get_db
 from helpdesk.errors import AppError
 from helpdesk.logctx import current_request_id
-from helpdesk.models import CareTask, LaunchSession, Ticket
+from helpdesk.models import Ticket
 from helpdesk.timeutil import utcnow
 from jobs import outbox
 from plugin import context as ctx
@@ -276,63 +275,13 @@ def list_tasks(launch_id: str) -> Response:
     errors=(401, 403, 415, 422),
 )
 def create_task(launch_id: str) -> tuple[Response, int]:
-    task = queue_task(request_launch(), _json_body())
-    return jsonify(TaskSchema().dump(task)), 201
-
-
-def queue_task(launch: LaunchSession, raw: Any) -> CareTask:
-    """Validate a follow-up or referral request and queue it (row first, then the job).
-    Shared by the JSON API and the sidebar's forms; raises ValidationError (422)."""
-    data = load_task_create(raw)
-    kind = data.pop("kind")
-    patient = data.pop("patient", None)
-    assignee = data.get("assignee")
-    due_at: datetime | None = None
-    if kind == "follow-up":
-        now = utcnow()
-        if "due_at" in data:
-            due_at = data.pop("due_at")
-            if due_at is not None and due_at <= now:
-                raise ValidationError("This time is already past.", "due_at")
-        else:
-            phrase = data.pop("due", None) or "tomorrow morning"
-            try:
-                due_at = duephrase.parse_due(phrase, now=now, tz=viewer_zone())
-            except duephrase.DuePhraseError as exc:
-                raise ValidationError(str(exc), "due") from exc
-            data["due_phrase"] = phrase
-        payload: dict[str, Any] = {
-            k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in data.items()
-        }
-    else:
-        appointment = data.get("appointment")
-        if not appointment:
-            # The EHR may have launched us from an appointment: refer out of that one.
-            for item in (launch.context or {}).get("fhir_context") or []:
-                ref = item.get("reference") if isinstance(item, dict) else None
-                if isinstance(ref, str) and ref.startswith("Appointment/"):
-                    appointment = ref
-                    break
-        # The shape the referral job reads (jobs.referral.service_request).
-        payload = {
-            "reason": data["reason"],
-            "target": {k: data.get(k) for k in ("specialty", "organization", "practitioner")},
-            "urgency": data.get("urgency", "routine"),
-            "appointment_ref": appointment,
-        }
-    task = task_svc.create_task(
-        get_db(),
-        launch,
-        kind=kind,
-        payload=payload,
-        due_at=due_at,
-        assignee=assignee,
-        patient=patient,
-    )
+    db = get_db()
+    data = load_task_create(_json_body())
+    task = task_svc.queue_task(db, request_launch(), data, tz=viewer_zone())
     # The row is committed; its job comes second (the sweeper covers a failed enqueue).
     outbox.dispatch([task.id])
-    get_db().refresh(task)
-    return task
+    db.refresh(task)
+    return jsonify(TaskSchema().dump(task)), 201
 
 
 # --- context and board (built by plugin.context) -------------------------------------------

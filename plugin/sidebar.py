@@ -94,8 +94,11 @@ def queue_task_form(launch_id: str) -> BaseResponse:
     """The sidebar's follow-up and referral forms (no JavaScript needed)."""
     from marshmallow import ValidationError
 
-    from plugin.api import queue_task
+    from helpdesk.tasks import queue_task
+    from jobs import outbox
     from plugin.errors import field_messages
+    from plugin.launched import viewer_zone
+    from plugin.schemas import load_task_create
 
     launch = current_launch(launch_id)
     check_csrf(launch)
@@ -116,7 +119,7 @@ def queue_task_form(launch_id: str) -> BaseResponse:
     if body.get("patient") == launch.patient_ref:
         body.pop("patient")
     try:
-        queue_task(launch, body)
+        task = queue_task(get_db(), launch, load_task_create(body), tz=viewer_zone())
     except ValidationError as exc:
         messages = field_messages(exc)
         text = "; ".join(
@@ -126,6 +129,7 @@ def queue_task_form(launch_id: str) -> BaseResponse:
         raise AppError(
             f"The task was not queued. {text}", status=422, code="validation_error"
         ) from exc
+    outbox.dispatch([task.id])
     ctx.invalidate(launch_id)
     return _back(launch_id)
 

@@ -136,6 +136,26 @@ def test_referral_is_queued_now_with_target_urgency_and_appointment(env, a) -> N
     assert _job(env, body["id"]).get_status() == JobStatus.QUEUED
 
 
+def test_referral_refers_out_of_the_appointment_the_ehr_launched_from(env, a) -> None:
+    from helpdesk.models import LaunchSession
+
+    with env.db() as db:
+        launch = db.get(LaunchSession, a.launch_id)
+        launch.context = {
+            "fhir_context": [{"reference": "Encounter/e1"}, {"reference": "Appointment/ap-9"}]
+        }
+        db.commit()
+    response = a.post("/tasks", {"kind": "referral", "reason": "r", "specialty": "cardiology"})
+    assert response.status_code == 201, response.text
+    assert response.json()["payload"]["appointment_ref"] == "Appointment/ap-9"
+    # A named appointment wins over the launch's.
+    named = a.post(
+        "/tasks",
+        {"kind": "referral", "reason": "r", "specialty": "x", "appointment": "Appointment/ap-1"},
+    )
+    assert named.json()["payload"]["appointment_ref"] == "Appointment/ap-1"
+
+
 def test_referral_without_a_target_or_with_bad_urgency_is_422(a) -> None:
     none = a.post("/tasks", {"kind": "referral", "reason": "r"})
     assert none.status_code == 422
