@@ -56,6 +56,7 @@ def register_extensions(app: Flask, *, command: bool = False) -> None:
 def register_blueprints(app: Flask) -> None:
     from plugin import (
         api,
+        board,
         health,
         home,
         jobs_admin,
@@ -70,6 +71,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(home.bp)
     app.register_blueprint(launch.bp)
     app.register_blueprint(sidebar.bp)
+    app.register_blueprint(board.bp)  # /l/<launch_id>/board
     app.register_blueprint(api.bp)  # /api/...
     app.register_blueprint(ticket_pages.bp)  # /l/<launch_id>/tickets...
     app.register_blueprint(survey.bp)  # /s/<token>; importing it registers the survey jobs

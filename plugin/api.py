@@ -28,6 +28,7 @@ from helpdesk.logctx import current_request_id
 from helpdesk.models import Ticket
 from helpdesk.timeutil import utcnow
 from jobs import outbox
+from plugin import board_data
 from plugin import context as ctx
 from plugin.errors import field_messages
 from plugin.launched import authenticate, request_launch, sla, viewer_zone
@@ -284,7 +285,7 @@ def create_task(launch_id: str) -> tuple[Response, int]:
     return jsonify(TaskSchema().dump(task)), 201
 
 
-# --- context and board (built by plugin.context) -------------------------------------------
+# --- context and board (built by plugin.context and plugin.board_data) ----------------
 
 
 @bp.get("/l/<launch_id>/context")
@@ -331,7 +332,7 @@ def board(launch_id: str) -> Response:
     }
     if "sort" in query:
         kwargs["sort"] = query["sort"]
-    data = ctx.fetch_board(launch, **kwargs)
+    data = board_data.fetch_board(launch, **kwargs)
     refs = sorted({str(r["patient_ref"]) for r in data.get("rows") or () if r.get("patient_ref")})
     detail = {"date": day.isoformat()}
     if not refs:

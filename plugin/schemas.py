@@ -299,7 +299,7 @@ def load_task_create(data: Any) -> dict[str, Any]:
     return loaded
 
 
-# --- context and board (built by plugin.context; free-form here) --------------------------
+# --- context and board (built by plugin.context and plugin.board_data; free-form) ------
 
 
 class ContextSchema(Schema):
@@ -323,7 +323,7 @@ class ContextSchema(Schema):
 
 
 class BoardSchema(Schema):
-    """The day board (``plugin.context.fetch_board``)."""
+    """The day board (``plugin.board_data.fetch_board``)."""
 
     class Meta:
         unknown = INCLUDE

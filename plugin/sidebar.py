@@ -1,4 +1,4 @@
-"""The sidebar and the scheduler board: what people in the EHR see.
+"""The sidebar: what a clinician in the EHR sees of one patient.
 
 Pages render server-side in one pass after the FHIR reads (which go out together), so
 nothing shifts as parts load and everything works without JavaScript.
@@ -6,12 +6,10 @@ nothing shifts as parts load and everything works without JavaScript.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import re
 from typing import Any
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo
 
 import requests
 from flask import Blueprint, Response, make_response, redirect, render_template, request, url_for
@@ -38,7 +36,7 @@ _PATIENT_REF = re.compile(r"^Patient/[A-Za-z0-9\-.]{1,256}$")
 def home(launch_id: str) -> BaseResponse | str:
     launch = current_launch(launch_id)
     if not launch.patient_ref:
-        return redirect(url_for("sidebar.board", launch_id=launch.id))
+        return redirect(url_for("board.board", launch_id=launch.id))
     return _patient_page(launch, launch.patient_ref)
 
 
@@ -167,35 +165,6 @@ def send_survey(launch_id: str) -> BaseResponse:
         audit("survey.request", launch=launch, patient_ref=patient_ref, entity=appointment)
     ctx.invalidate(launch_id)
     return _back(launch_id)
-
-
-@bp.get("/l/<launch_id>/board")
-def board(launch_id: str) -> str:
-    launch = current_launch(launch_id)
-    tz = ZoneInfo(ctx.viewer_tz())
-    try:
-        day = dt.date.fromisoformat(request.args.get("date") or "")
-    except ValueError:
-        day = utcnow().astimezone(tz).date()
-    sort = "flags" if request.args.get("sort") == "flags" else "time"
-    location = request.args.get("location") or None
-    practitioner = request.args.get("practitioner") or None
-    data = ctx.fetch_board(launch, day=day, location=location, practitioner=practitioner, sort=sort)
-    audit(
-        "read",
-        launch=launch,
-        entity="Appointment?date=" + day.isoformat(),
-        detail={"view": "board", "rows": len(data["rows"])},
-    )
-    return render_template(
-        "board.html",
-        launch=launch,
-        b=data,
-        day=day,
-        prev_day=(day - dt.timedelta(days=1)).isoformat(),
-        next_day=(day + dt.timedelta(days=1)).isoformat(),
-        has_style=bool((launch.context or {}).get("smart_style_url")),
-    )
 
 
 _COLOR = re.compile(r"^(#[0-9a-fA-F]{3,8}|rgba?\([0-9.,\s%]+\)|[a-zA-Z]{3,20})$")

@@ -1,5 +1,5 @@
-"""/context and /board hand over to plugin.context (stood in for here: its FHIR side is
-tested with the sandbox in tests/plugin) and audit what was shown."""
+"""/context and /board hand over to plugin.context and plugin.board_data (stood in for
+here: their FHIR side is tested with the sandbox in tests/plugin) and audit what was shown."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from datetime import UTC, date, datetime
 import pytest
 import time_machine
 
+from plugin import board_data
 from plugin import context as ctx
 from smart_launch.errors import FatalFhirError
 
@@ -47,7 +48,7 @@ def fake_context(monkeypatch):  # type: ignore[no-untyped-def]
     module.fetch_board = fetch_board  # type: ignore[attr-defined]
     # The views call through the module at request time; a test may swap the stand-ins.
     monkeypatch.setattr(ctx, "fetch_context", lambda *a, **k: module.fetch_context(*a, **k))
-    monkeypatch.setattr(ctx, "fetch_board", lambda *a, **k: module.fetch_board(*a, **k))
+    monkeypatch.setattr(board_data, "fetch_board", lambda *a, **k: module.fetch_board(*a, **k))
     return module, calls
 
 
