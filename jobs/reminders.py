@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from fhir_mappers.board import patient_of
 from fhir_mappers.fhirutil import parse_datetime
+from helpdesk import i18n
 from helpdesk.db import get_store
 from helpdesk.models import CareTask, EhrRegistration
 from helpdesk.tasks import new_task
@@ -34,18 +35,6 @@ log = logging.getLogger("caredesk.jobs")
 
 PAGE_SIZE = 200
 REMIND_STATUSES = "booked,pending,proposed"
-WEEKDAYS = {
-    "en": ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"),
-    "es": ("lunes", "martes", "miércoles", "jueves", "viernes", "sábado", "domingo"),
-}
-MONTHS = {
-    "en": (
-        "January February March April May June July August September October November December"
-    ).split(),
-    "es": (
-        "enero febrero marzo abril mayo junio julio agosto septiembre octubre noviembre diciembre"
-    ).split(),
-}
 
 
 def offsets(app: Flask) -> list[int]:
@@ -188,18 +177,8 @@ def sweep_reminders_job() -> int:
 
 
 def when_text(at: datetime, language: str) -> tuple[str, str]:
-    """(date, time) in the appointment's own offset, worded for the language."""
-    lang = language if language in WEEKDAYS else "en"
-    date = (
-        f"{WEEKDAYS[lang][at.weekday()]}, {MONTHS[lang][at.month - 1]} {at.day}"
-        if lang == "en"
-        else f"{WEEKDAYS[lang][at.weekday()]} {at.day} de {MONTHS[lang][at.month - 1]}"
-    )
-    if lang == "en":
-        time = f"{(at.hour % 12) or 12}:{at.minute:02d} {'AM' if at.hour < 12 else 'PM'}"
-    else:
-        time = f"{at.hour:02d}:{at.minute:02d}"
-    return date, time
+    """(date, time) in the appointment's own offset, in the language's own words (Babel)."""
+    return i18n.weekday_date(at.date(), language), i18n.clock(at, language)
 
 
 @handler("reminder")

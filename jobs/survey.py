@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from fhir_mappers import survey as mapper
 from fhir_mappers.fhirutil import parse_datetime, reference_of, zone
 from fhir_mappers.patient import restrictions_of
+from helpdesk import i18n
 from helpdesk.models import CareTask, SurveyInvite, SurveyResponse
 from helpdesk.survey_policy import (
     SEND_SLACK,
@@ -297,7 +298,7 @@ def _deliver(invite: SurveyInvite, task: CareTask, ctx: Any, patient: dict[str, 
     invite.expires_at = now + dt.timedelta(days=days)
     params: dict[str, Any] = {
         "link": survey_link(app, token),
-        "expires": invite.expires_at.astimezone(tz).date().isoformat(),
+        "expires": i18n.long_date(invite.expires_at.astimezone(tz).date(), invite.language),
     }
     if invite.clinic_name:
         params["clinic"] = invite.clinic_name

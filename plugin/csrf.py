@@ -2,9 +2,9 @@
 
 The browser cookie (``caredesk_browser``) is ambient: the browser sends it with any
 request to CareDesk, including one a hostile page makes. So every state-changing request
-must also carry a token that only a page CareDesk rendered can know: the HMAC of the
-launch id and the browser binding under ``SECRET_KEY``. It needs no server-side storage,
-is different for every launch and every browser, and dies with the launch.
+must also carry a token that only a page CareDesk rendered can know: the launch id and
+the browser binding signed under ``SECRET_KEY`` (itsdangerous). It needs no server-side
+storage, is different for every launch and every browser, and dies with the launch.
 
 Forms send it as the field ``csrf_token``; scripts send the header ``X-CSRF-Token`` (the
 sidebar page puts the token in ``<meta name="csrf-token">``).
@@ -13,9 +13,9 @@ sidebar page puts the token in ``<meta name="csrf-token">``).
 from __future__ import annotations
 
 import hashlib
-import hmac
 
 from flask import Flask, current_app, request
+from itsdangerous import Signer
 
 from helpdesk.errors import AppError
 from helpdesk.models import LaunchSession
@@ -30,10 +30,19 @@ class CsrfFailed(AppError):
     code = "csrf_failed"
 
 
+def _signer() -> Signer:
+    secret = str(current_app.config["SECRET_KEY"])
+    return Signer(secret, salt="caredesk-csrf", digest_method=hashlib.sha256)
+
+
+def _bound_to(launch: LaunchSession) -> str:
+    return f"{launch.id}:{launch.browser_hash or ''}"
+
+
 def csrf_token(launch: LaunchSession) -> str:
-    key = str(current_app.config["SECRET_KEY"]).encode()
-    message = f"caredesk-csrf:{launch.id}:{launch.browser_hash or ''}".encode()
-    return hmac.new(key, message, hashlib.sha256).hexdigest()
+    """This launch's token in this browser: the pair signed with the secret key
+    (itsdangerous), so it needs no server-side storage and dies with the launch."""
+    return _signer().get_signature(_bound_to(launch)).decode("ascii")
 
 
 def check_csrf(launch: LaunchSession) -> None:
@@ -46,7 +55,9 @@ def check_csrf(launch: LaunchSession) -> None:
         "multipart/form-data",
     ):
         sent = request.form.get(FORM_FIELD, "")
-    if not sent or not hmac.compare_digest(sent, csrf_token(launch)):
+    if not sent or not _signer().verify_signature(
+        _bound_to(launch), sent.encode("ascii", "replace")
+    ):
         raise CsrfFailed(
             "This request did not come from a CareDesk page (missing or wrong CSRF token). "
             "Reload the sidebar and try again."

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import hmac
 import logging
 from zoneinfo import ZoneInfo
 
 from flask import Blueprint, Response, current_app, make_response, render_template, request
+from itsdangerous import Signer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fhir_mappers import survey as mapper
 from fhir_mappers.fhirutil import zone
+from helpdesk import i18n
 from helpdesk import surveys as domain
 from helpdesk.db import get_db
 from helpdesk.kv import get_redis
@@ -34,90 +35,68 @@ log = logging.getLogger("caredesk.survey")
 
 RATE_WINDOW_SECONDS = 60
 
-# Page chrome in the patient's language; the questions come from the Questionnaire.
-TEXT: dict[str, dict[str, str]] = {
-    "en": {
-        "intro": "Your visit at {clinic} on {date}. Three short questions; it takes a minute.",
-        "intro_no_date": "Your visit at {clinic}. Three short questions; it takes a minute.",
-        "the_clinic": "our clinic",
-        "submit": "Send my answers",
-        "optional": "optional",
-        "yes": "Yes",
-        "no": "No",
-        "nps_low": "0 = not at all likely",
-        "nps_high": "10 = extremely likely",
-        "fix": "Please check the answers marked below.",
-        "required": "Please choose an answer.",
-        "invalid": "This answer could not be used.",
-        "thanks_title": "Thank you!",
-        "thanks": "Your answers were sent to your care team. You can close this page.",
-        "done_title": "Already answered",
-        "done": "This survey has already been answered. Thank you for your time.",
-        "expired_title": "This survey link has expired",
-        "expired": "Survey links stay open for a few days. Thank you for visiting us.",
-        "unknown_title": "This survey link is not valid",
-        "unknown": "Please check that the whole link was opened. Nothing was recorded.",
-        "stale_title": "Please open the survey again",
-        "stale": "This form could not be accepted. Open the link from your message again.",
-        "busy_title": "Too many requests",
-        "busy": "Please wait a minute and try again.",
-    },
-    "es": {
-        "intro": "Su visita a {clinic} el {date}. Tres preguntas breves; toma un minuto.",
-        "intro_no_date": "Su visita a {clinic}. Tres preguntas breves; toma un minuto.",
-        "the_clinic": "nuestra clínica",
-        "submit": "Enviar mis respuestas",
-        "optional": "opcional",
-        "yes": "Sí",
-        "no": "No",
-        "nps_low": "0 = nada probable",
-        "nps_high": "10 = muy probable",
-        "fix": "Revise las respuestas marcadas abajo.",
-        "required": "Elija una respuesta.",
-        "invalid": "No se pudo usar esta respuesta.",
-        "thanks_title": "¡Gracias!",
-        "thanks": "Sus respuestas se enviaron a su equipo de atención. Puede cerrar esta página.",
-        "done_title": "Ya respondida",
-        "done": "Esta encuesta ya fue respondida. Gracias por su tiempo.",
-        "expired_title": "Este enlace de encuesta ha vencido",
-        "expired": "Los enlaces de encuesta están abiertos unos días. Gracias por visitarnos.",
-        "unknown_title": "Este enlace de encuesta no es válido",
-        "unknown": "Verifique que abrió el enlace completo. No se registró nada.",
-        "stale_title": "Abra la encuesta de nuevo",
-        "stale": "No se pudo aceptar este formulario. Abra otra vez el enlace de su mensaje.",
-        "busy_title": "Demasiadas solicitudes",
-        "busy": "Espere un minuto e inténtelo de nuevo.",
-    },
-}
-_MONTHS = {
-    "en": "January February March April May June July August September October November "
-    "December".split(),
-    "es": "enero febrero marzo abril mayo junio julio agosto septiembre octubre noviembre "
-    "diciembre".split(),
+# Page chrome in the patient's language (English here; the translations are in the
+# message catalogs, helpdesk/translations/<lang>.po); the questions come from the
+# Questionnaire.
+TEXT: dict[str, str] = {
+    "intro": "Your visit at {clinic} on {date}. Three short questions; it takes a minute.",
+    "intro_no_date": "Your visit at {clinic}. Three short questions; it takes a minute.",
+    "the_clinic": "our clinic",
+    "submit": "Send my answers",
+    "optional": "optional",
+    "yes": "Yes",
+    "no": "No",
+    "nps_low": "0 = not at all likely",
+    "nps_high": "10 = extremely likely",
+    "fix": "Please check the answers marked below.",
+    "required": "Please choose an answer.",
+    "invalid": "This answer could not be used.",
+    "thanks_title": "Thank you!",
+    "thanks": "Your answers were sent to your care team. You can close this page.",
+    "done_title": "Already answered",
+    "done": "This survey has already been answered. Thank you for your time.",
+    "expired_title": "This survey link has expired",
+    "expired": "Survey links stay open for a few days. Thank you for visiting us.",
+    "unknown_title": "This survey link is not valid",
+    "unknown": "Please check that the whole link was opened. Nothing was recorded.",
+    "stale_title": "Please open the survey again",
+    "stale": "This form could not be accepted. Open the link from your message again.",
+    "busy_title": "Too many requests",
+    "busy": "Please wait a minute and try again.",
 }
 
 
 def _lang(language: str | None) -> str:
-    base = (language or "en").split("-")[0].lower()
-    return base if base in TEXT else "en"
+    return i18n.language(language)
+
+
+def _text(lang: str) -> dict[str, str]:
+    return {key: i18n.gettext(lang, english) for key, english in TEXT.items()}
 
 
 def _visit_date(invite: SurveyInvite, lang: str) -> str | None:
     if invite.visit_at is None:
         return None
     tz = zone(invite.timezone) or ZoneInfo(str(current_app.config["VIEWER_TIMEZONE"]))
-    day = invite.visit_at.astimezone(tz).date()
-    month = _MONTHS[lang][day.month - 1]
-    return (
-        f"{month} {day.day}, {day.year}" if lang == "en" else f"{day.day} de {month} de {day.year}"
-    )
+    return i18n.long_date(invite.visit_at.astimezone(tz).date(), lang)
+
+
+def _form_signer(secret_key: str | None = None) -> Signer:
+    secret = str(secret_key or current_app.config["SECRET_KEY"])
+    return Signer(secret, salt="caredesk-survey-form", digest_method=hashlib.sha256)
 
 
 def csrf_token(invite_id: str, secret_key: str | None = None) -> str:
-    """The form's CSRF token: an HMAC of the invitation id, so it needs no cookie (the page
-    is opened from a message, often in an in-app browser that drops cookies)."""
-    key = str(secret_key or current_app.config["SECRET_KEY"]).encode("utf-8")
-    return hmac.new(key, f"survey-form:{invite_id}".encode(), hashlib.sha256).hexdigest()
+    """The form's CSRF token: the invitation id signed with the secret key (itsdangerous),
+    so it needs no cookie (the page is opened from a message, often in an in-app browser
+    that drops cookies)."""
+    return _form_signer(secret_key).get_signature(invite_id).decode("ascii")
+
+
+def _csrf_ok(invite_id: str, sent: str) -> bool:
+    return bool(sent) and _form_signer().verify_signature(
+        invite_id, sent.encode("ascii", "replace")
+    )
 
 
 def _rate_limited() -> bool:
@@ -148,7 +127,7 @@ def _rate_limited() -> bool:
 
 
 def _message(lang: str, key: str, status: int) -> Response:
-    text = TEXT[lang]
+    text = _text(lang)
     response = make_response(
         render_template(
             "survey/message.html",
@@ -194,7 +173,7 @@ def _form_page(
     status: int = 200,
 ) -> Response:
     form = mapper.to_form(domain.questionnaire(), invite.language)
-    text = TEXT[lang]
+    text = _text(lang)
     date = _visit_date(invite, lang)
     clinic = invite.clinic_name or text["the_clinic"]
     intro = (
@@ -241,7 +220,7 @@ def answer(token: str) -> Response:
     if state != "open" or invite is None:
         return _message(lang, state, _STATE_STATUS[state])
     posted = request.form.get("csrf", "")
-    if not hmac.compare_digest(posted.encode(), csrf_token(invite.id).encode()):
+    if not _csrf_ok(invite.id, posted):
         log.info("survey answer refused: missing or wrong CSRF token")
         return _message(lang, "stale", 400)
     form = mapper.to_form(domain.questionnaire(), invite.language)
@@ -249,7 +228,7 @@ def answer(token: str) -> Response:
     try:
         answers = mapper.parse_answers(form, values)
     except mapper.AnswerError as exc:
-        text = TEXT[lang]
+        text = _text(lang)
         errors = {
             k: text["required"] if v == "required" else text["invalid"]
             for k, v in exc.errors.items()

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from string import Template
 from typing import Any, Protocol
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateNotFound
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates" / "messages"
 LANGUAGES = ("en", "es")
@@ -61,17 +62,27 @@ class Adapter(Protocol):
         """Send; return the provider's message id. Raise (Temporary)OutboundError."""
 
 
+# Message templates are Jinja: missing parameters fail loudly (a bug at the call site);
+# plain text, so nothing is HTML-escaped (an SMS shows "&amp;" literally).
+_TEMPLATES = Environment(
+    loader=FileSystemLoader(TEMPLATE_DIR),
+    undefined=StrictUndefined,
+    autoescape=False,  # noqa: S701 - plain-text SMS and email bodies, never HTML
+    keep_trailing_newline=False,
+)
+
+
 def render(template: str, language: str, params: dict[str, Any]) -> tuple[str | None, str]:
-    """(subject, body) of ``<template>.<language>.txt``; a first line ``Subject: ...``
-    is the email subject. A missing parameter is a bug at the call site: KeyError."""
-    path = TEMPLATE_DIR / f"{template}.{language}.txt"
-    if not path.is_file():
-        path = TEMPLATE_DIR / f"{template}.en.txt"
-    if not path.is_file():
-        raise OutboundError(f"no message template {template!r}")
-    text = Template(path.read_text(encoding="utf-8")).substitute(
-        {k: str(v) for k, v in params.items()}
-    )
+    """(subject, body) of ``<template>.<language>.txt`` (English when the language has
+    none); a first line ``Subject: ...`` is the email subject. A missing parameter raises
+    (``jinja2.UndefinedError``): a bug at the call site, never a half-filled message."""
+    name = f"{template}.{language}.txt"
+    if not (TEMPLATE_DIR / name).is_file():
+        name = f"{template}.en.txt"
+    try:
+        text = _TEMPLATES.get_template(name).render(**params)
+    except TemplateNotFound:
+        raise OutboundError(f"no message template {template!r}") from None
     subject = None
     if text.startswith("Subject:"):
         first, _, text = text.partition("\n")

@@ -8,6 +8,7 @@ import threading
 
 import pytest
 from aiosmtpd.controller import Controller
+from jinja2 import UndefinedError
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
@@ -98,7 +99,7 @@ def test_templates_render_in_spanish_with_subject() -> None:
 
 
 def test_template_missing_parameter_is_an_error() -> None:
-    with pytest.raises(KeyError):
+    with pytest.raises(UndefinedError):
         render("follow-up", "en", {"name": "Ana"})
 
 

@@ -18,7 +18,7 @@ CHICAGO = ZoneInfo("America/Chicago")
 
 
 def _csrf(html: str) -> str:
-    found = re.search(r'name="csrf" value="([0-9a-f]+)"', html)
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
     assert found, "no CSRF field in the form"
     return found.group(1)
 
