@@ -388,7 +388,8 @@ def write_back(task: CareTask, ctx: Any) -> None:
 def _is_auth_problem(exc: FatalFhirError) -> bool:
     # A 403 for a missing scope is fixable by granting it; a 405 means the server has no
     # such interaction at all. Only the latter is "not supported".
-    return exc.status == 403 and "scope" in exc.message.lower()
+    # The EHR's own words (smart_launch keeps them apart from ours) say which it was.
+    return exc.status == 403 and "scope" in (exc.ehr_text or "").lower()
 
 
 def _not_supported(response: SurveyResponse, task: CareTask, reason: str) -> None:
