@@ -6,12 +6,12 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 from fhir_mappers import issues
 from fhir_mappers.fhirutil import (
-    Ref,
+    ResourceIndex,
     as_resource,
     concept_text,
     get_dict,
@@ -19,16 +19,15 @@ from fhir_mappers.fhirutil import (
     get_list,
     get_str,
     in_zone,
-    lacks_timezone,
-    parse_datetime,
-    parse_reference,
     patient_key,
+    read_datetime,
+    reference_of,
     require_aware,
     resource_zone,
     zone,
 )
 from fhir_mappers.issues import DataWarning, field_words, zone_words
-from fhir_mappers.names import reference_name, target_of
+from fhir_mappers.names import contained_target, name_of, resource_name
 
 STATUS_TEXT = {
     "proposed": "Proposed, time not agreed yet",
@@ -81,10 +80,6 @@ class Visit:
     warnings: tuple[DataWarning, ...]
 
 
-def _shown(moment: dt.datetime | None, tz: ZoneInfo) -> dt.datetime | None:
-    return in_zone(moment, tz) if moment is not None else None
-
-
 def _abbr(moment: dt.datetime | None) -> str | None:
     """`CST`, `MDT`: the zone's abbreviation at that moment (None for a bare offset)."""
     if moment is None:
@@ -117,60 +112,79 @@ def _ended_at(
     return start
 
 
-@dataclass(frozen=True)
-class _Actor:
+class _Actor(NamedTuple):
     kind: str  # resource type (from the reference, the target, or a guess)
     name: str | None
     ref: str | None
     target: Mapping[str, Any] | None
+    status: str | None  # the participant's status
 
 
 def _actors(
     resource: Mapping[str, Any],
     included: Mapping[str, Mapping[str, Any]],
     warn: Callable[..., None],
-) -> list[tuple[_Actor, str | None]]:
-    """Resolve each participant's actor: included resource, contained, else display."""
-    out: list[tuple[_Actor, str | None]] = []
+) -> list[_Actor]:
+    """Resolve each participant's actor: contained or included resource, else display."""
+    out: list[_Actor] = []
+    memo = included.memo if isinstance(included, ResourceIndex) else None
     for i, part in enumerate(get_list(resource, "participant")):
         actor = get_dict(part, "actor")
         if actor is None:
             continue
-        field = f"participant[{i}].actor"
         raw = get_str(actor, "reference")
-        ref: Ref | None = None
-        if raw is not None:
-            try:
-                ref = parse_reference(raw)
-            except ValueError:
-                warn(field, "reference is not a FHIR reference", issues.BAD_REFERENCE)
-        target = target_of(actor, included, container=resource) if ref is not None else None
+        ref = reference_of(actor) if raw is not None else None
+        if raw is not None and ref is None:
+            warn(
+                f"participant[{i}].actor",
+                "reference is not a FHIR reference",
+                issues.BAD_REFERENCE,
+            )
+        target: Mapping[str, Any] | None = None
+        name: str | None
+        if ref is not None and ref.contained:
+            target = contained_target(resource, ref)
+            name = name_of(actor, target, included)
+        elif ref is not None:
+            target = included.get(ref.key)
+            if target is not None and memo is not None:
+                # The same practitioner or place in every visit of a page: named once.
+                cached = memo.get(("name", ref.key), _MISSING)
+                if cached is _MISSING:
+                    cached = memo[("name", ref.key)] = resource_name(target, included)
+                name = cached or get_str(actor, "display")
+            else:
+                name = name_of(actor, target, included)
+        else:
+            name = get_str(actor, "display")
         kind = (
             get_str(target, "resourceType")
             or (ref.type if ref else None)
             or get_str(actor, "type")
             or "Unknown"
         )
-        name = reference_name(actor, included, container=resource)
         if kind == "Patient":
             pass  # the context's own patient: known by reference, its name is not needed here
         elif name is None:
             warn(
-                field,
+                f"participant[{i}].actor",
                 "actor has neither a resolvable reference nor a display",
                 issues.UNRESOLVED_REFERENCE,
                 "A participant of the appointment has no name: its reference has no display "
                 "and the practitioner or location it points at was not read.",
             )
         elif raw is None and kind in ("Practitioner", "Location", "Unknown"):
-            warn(field, "actor has a display but no reference", issues.DISPLAY_ONLY_REFERENCE)
-        out.append(
-            (
-                _Actor(kind, name, ref.key if ref and not ref.contained else None, target),
-                get_str(part, "status"),
+            warn(
+                f"participant[{i}].actor",
+                "actor has a display but no reference",
+                issues.DISPLAY_ONLY_REFERENCE,
             )
-        )
+        key = ref.key if ref is not None and not ref.contained else None
+        out.append(_Actor(kind, name, key, target, get_str(part, "status")))
     return out
+
+
+_MISSING = object()
 
 
 def location_zone(location: Mapping[str, Any] | None) -> ZoneInfo | None:
@@ -227,30 +241,45 @@ def to_visit(
         warn("(resource)", "not a JSON object", issues.BAD_VALUE)
         resource = as_resource(resource)
 
-    actors = _actors(resource, included, warn)
     # A display-only actor has no type. Only when no actor is known to be a clinician is
     # such an actor taken as the clinician: locations and patients are rarely display-only.
-    practitioner = next(
-        (a for a, _ in actors if a.kind in ("Practitioner", "PractitionerRole")),
-        next((a for a, _ in actors if a.kind == "Unknown"), None),
-    )
-    location = next((a for a, _ in actors if a.kind in ("Location", "HealthcareService")), None)
-    patient_statuses = [status for a, status in actors if a.kind == "Patient"]
+    practitioner = location = unknown = None
+    patient_statuses: list[str | None] = []
+    for actor in _actors(resource, included, warn):
+        kind = actor.kind
+        if kind == "Patient":
+            patient_statuses.append(actor.status)
+        elif kind in ("Practitioner", "PractitionerRole"):
+            practitioner = practitioner or actor
+        elif kind in ("Location", "HealthcareService"):
+            location = location or actor
+        elif kind == "Unknown":
+            unknown = unknown or actor
+    practitioner = practitioner or unknown
 
-    happens_in = location_zone(location.target if location else None) or viewer
+    happens_in = viewer
+    if location is not None and location.target is not None:
+        memo = included.memo if isinstance(included, ResourceIndex) else None
+        if memo is not None and location.ref is not None:
+            found = memo.get(("zone", location.ref), _MISSING)
+            if found is _MISSING:
+                found = memo[("zone", location.ref)] = location_zone(location.target)
+        else:
+            found = location_zone(location.target)
+        happens_in = found or viewer
     zone_name = happens_in.key
 
-    def when(field: str) -> dt.datetime | None:
-        """The instant in `field`, in its own offset; a value without one is read in the
-        zone the visit happens in."""
+    def when(field: str) -> tuple[dt.datetime | None, dt.datetime | None]:
+        """The instant in `field` on the viewer's clock and on the location's; a value
+        without an offset is read in the zone the visit happens in."""
         raw = resource.get(field)
         if raw is None:
-            return None
-        parsed = parse_datetime(raw, happens_in)
+            return None, None
+        parsed, assumed = read_datetime(raw, happens_in)
         if parsed is None:
             warn(field, "not a readable dateTime", issues.BAD_VALUE)
-            return None
-        if lacks_timezone(raw):
+            return None, None
+        if assumed:
             # Wall-clock time from an interface that dropped the offset: the location's
             # zone is the best guess, and it is only a guess.
             warn(
@@ -260,7 +289,9 @@ def to_visit(
                 f"The appointment's {field_words(field)} has no time zone; read as "
                 f"{zone_words(zone_name)} time.",
             )
-        if in_zone(parsed, viewer) is None or in_zone(parsed, happens_in) is None:
+        shown = in_zone(parsed, viewer)
+        local = shown if happens_in is viewer else in_zone(parsed, happens_in)
+        if shown is None or local is None:
             warn(
                 field,
                 "dateTime is outside the years a calendar can show",
@@ -268,18 +299,16 @@ def to_visit(
                 f"The appointment's {field_words(field)} is outside the years a calendar can "
                 "show (near year 1 or 9999); it is left out.",
             )
-            return None
-        return parsed
+            return None, None
+        return shown, local
 
-    start_at, end_at = when("start"), when("end")
+    (start, local_start), (end, local_end) = when("start"), when("end")
     status = get_str(resource, "status")
     if status is None:
         warn("status", "no status", issues.MISSING)
-    if start_at is None and status not in _NO_TIME_NEEDED and "start" not in resource:
+    if start is None and status not in _NO_TIME_NEEDED and "start" not in resource:
         warn("start", "no start time", issues.MISSING)
 
-    start, end = _shown(start_at, viewer), _shown(end_at, viewer)
-    local_start, local_end = _shown(start_at, happens_in), _shown(end_at, happens_in)
     # Name the location's zone only where its clock reads differently from the viewer's.
     elsewhere = (
         zone_name != viewer.key
@@ -287,7 +316,7 @@ def to_visit(
         and local_start is not None
         and start.utcoffset() != local_start.utcoffset()
     )
-    over = _ended_at(start_at, end_at, status, get_int(resource, "minutesDuration"))
+    over = _ended_at(start, end, status, get_int(resource, "minutesDuration"))
     now_viewer = now.astimezone(viewer)
     is_today = start is not None and start.date() == now_viewer.date()
     if start is None:

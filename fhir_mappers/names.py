@@ -97,7 +97,11 @@ def reference_name(
 
     Never the reference string itself: a UI that has no name says so in words.
     """
-    target = target_of(reference, included, container=container)
+    return name_of(reference, target_of(reference, included, container=container), included)
+
+
+def name_of(reference: object, target: object, included: Included) -> str | None:
+    """`reference_name` for a caller that has already found the target (or None)."""
     name = resource_name(target, included) if target is not None else None
     return name or get_str(reference, "display")
 
