@@ -267,8 +267,14 @@ def date_bounds(value: object) -> tuple[dt.date, dt.date] | None:
     `1980-07` -> (1980-07-01, 1980-07-31); `2026-11-27T10:00:00-06:00` -> that day twice
     (the calendar date as written, in the writer's zone). None if unreadable.
     """
-    if not isinstance(value, str):
+    if type(value) is not str:
         return None
+    if len(value) == 10 and value[4] == "-" and value[7] == "-":
+        try:  # `YYYY-MM-DD`, the usual case: the C parser
+            day = dt.date.fromisoformat(value)
+        except ValueError:
+            return None
+        return day, day
     match = _DATETIME.match(value.strip())
     if not match:
         return None
@@ -367,7 +373,7 @@ def get_int(obj: object, key: str) -> int | None:
 
 def codes(concept: object) -> list[tuple[str | None, str]]:
     """(system, code) pairs of a CodeableConcept or a single Coding."""
-    if not isinstance(concept, Mapping):
+    if type(concept) is not dict and (concept is None or not isinstance(concept, Mapping)):
         return []
     codings = get_list(concept, "coding") if "coding" in concept else [concept]
     out: list[tuple[str | None, str]] = []
@@ -380,7 +386,7 @@ def codes(concept: object) -> list[tuple[str | None, str]]:
 
 def concept_text(concept: object) -> str | None:
     """The words for a CodeableConcept: its text, else the first coding display, else code."""
-    if not isinstance(concept, Mapping):
+    if type(concept) is not dict and (concept is None or not isinstance(concept, Mapping)):
         return None
     text = get_str(concept, "text")
     if text:

@@ -38,6 +38,7 @@ from fhir_mappers.context import build_context, patient_refs
 from fhir_mappers.coverage import beneficiary_of, to_insurance, to_policy
 from fhir_mappers.fhirutil import index_resources, resource_zone
 from fhir_mappers.patient import to_contact
+from fhir_mappers.referral import ReferralTarget, booked_at, scheduling_of
 from fhir_mappers.survey import (
     AnswerError,
     QuestionnaireError,
@@ -504,6 +505,17 @@ def drive(case: dict[str, Any]) -> int:
         call(contact.reachable_by_phone, res, now)
         call(language_for_patient, QUESTIONNAIRE, res)
     call(to_insurance, members, now=now, included=index)
+    target = ReferralTarget(
+        patient="Patient/pat-001",
+        made_at=now - dt.timedelta(days=30),
+        service_request="ServiceRequest/sr-1",
+        practitioner="Practitioner/prac-clinician-okafor",
+        organization="Organization/org-payor-aetna",
+        specialty="Annual physical",
+    )
+    call(scheduling_of, members, target, default_tz=now.tzinfo or dt.UTC)
+    for res in members:
+        call(booked_at, res, now.tzinfo or dt.UTC)
     call(names.unresolved_references, members, members)
     # The R4B validation inside build_context and run_map is the slow part; each resource
     # goes through it a few times, not a dozen.
