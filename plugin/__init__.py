@@ -61,18 +61,21 @@ def register_blueprints(app: Flask) -> None:
         home,
         jobs_admin,
         launch,
+        openapi,
         reports,
         sidebar,
         survey,
         ticket_pages,
     )
+    from plugin.launched import RowId
 
+    app.url_map.converters["rowid"] = RowId
     app.register_blueprint(health.bp)
     app.register_blueprint(home.bp)
     app.register_blueprint(launch.bp)
     app.register_blueprint(sidebar.bp)
     app.register_blueprint(board.bp)  # /l/<launch_id>/board
-    app.register_blueprint(api.bp)  # /api/...
+    openapi.init_app(app, api.bp)  # /api/... (flask-smorest), /api/openapi.json
     app.register_blueprint(ticket_pages.bp)  # /l/<launch_id>/tickets...
     app.register_blueprint(survey.bp)  # /s/<token>; importing it registers the survey jobs
     app.register_blueprint(reports.bp)  # /reports/csat

@@ -36,10 +36,22 @@ def wants_json() -> bool:
     )
 
 
-def error_response(status: int, code: str, message: str, *, title: str | None = None) -> Response:
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    title: str | None = None,
+    fields: dict[str, Any] | None = None,
+) -> Response:
+    """The one JSON error shape (``fields``: a 422's messages per input field), or a
+    sidebar-sized page."""
     rid = current_request_id()
     if wants_json():
-        response = jsonify({"error": {"code": code, "message": message, "request_id": rid}})
+        error: dict[str, Any] = {"code": code, "message": message, "request_id": rid}
+        if fields is not None:
+            error["fields"] = fields
+        response = jsonify({"error": error})
     else:
         response = Response(
             render_template(
@@ -108,13 +120,30 @@ def register(app: Flask) -> None:
             response.headers["Retry-After"] = str(int(retry_after))
         return response
 
+    @app.errorhandler(ValidationError)
+    def _invalid(exc: ValidationError) -> Response:
+        # A schema (plugin.schemas) or a service rule refused the input: 422 with the
+        # messages per field.
+        log.info("request failed: validation_failed (422)")
+        return error_response(
+            422,
+            "validation_failed",
+            "Some fields are missing or invalid.",
+            fields=field_messages(exc),
+        )
+
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
         code = (exc.name or "error").lower().replace(" ", "_")
         if status >= 500:
             log.error("HTTP %s", status)
-        return error_response(status, code, exc.description or exc.name or "Error")
+        response = error_response(status, code, exc.description or exc.name or "Error")
+        # The exception's own headers: a 405's `Allow` lists the methods the URL takes.
+        for name, value in exc.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response
 
     @app.errorhandler(Exception)
     def _unhandled(exc: Exception) -> Response:

@@ -9,15 +9,18 @@ form.
 
 from __future__ import annotations
 
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from flask import current_app, g, request
+from werkzeug.routing import IntegerConverter
 
 from helpdesk import duephrase
 from helpdesk import tickets as svc
 from helpdesk.models import LaunchSession
 from plugin.csrf import check_csrf
 from plugin.launch import current_launch
+from plugin.schemas import INT32_MAX
 
 
 def authenticate() -> None:
@@ -41,3 +44,12 @@ def sla() -> dict[str, float]:
 
 def viewer_zone() -> ZoneInfo:
     return duephrase.viewer_zone(str(current_app.config.get("VIEWER_TIMEZONE") or "UTC"))
+
+
+class RowId(IntegerConverter):
+    """``<rowid:ticket_id>``: a row id as the store's ``integer`` column holds it. A
+    larger number matches no route (404) instead of overflowing the query (a 500); the
+    OpenAPI document states the bounds (flask-smorest reads ``min``/``max``)."""
+
+    def __init__(self, map: Any) -> None:  # noqa: A002 (werkzeug's parameter name)
+        super().__init__(map, min=0, max=INT32_MAX)

@@ -1,6 +1,12 @@
 """Marshmallow schemas of the JSON API: what comes in is validated here (a failure is a 422
-with per-field messages), what goes out is shaped here, and ``plugin.openapi`` documents
-both from these same classes, so the document cannot drift from the code.
+with per-field messages), what goes out is shaped here, and flask-smorest documents both
+from these same classes (``plugin.api``'s decorators, ``plugin.openapi``), so the
+document cannot drift from the code.
+
+A rule across fields that JSON Schema can express is written twice on purpose, side by
+side: the ``validates_schema`` method the server runs, and the schema's ``json_rules``
+(JSON Schema keywords added to its OpenAPI component), so a client generated from the
+document never sends what the server refuses. Text must be storable (``_STORABLE``).
 
 Datetimes in and out are aware ISO 8601 (a datetime without an offset is refused: the
 API cannot know which clock it was read from).
@@ -8,7 +14,8 @@ API cannot know which clock it was read from).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 from marshmallow import (
     INCLUDE,
@@ -19,6 +26,8 @@ from marshmallow import (
     validate,
     validates_schema,
 )
+from marshmallow.types import UnknownOption
+from webargs.fields import DelimitedList
 
 from helpdesk.tickets import (
     CATEGORIES,
@@ -45,9 +54,30 @@ def _reference(*types: str) -> validate.Regexp:
 
 
 _TEXT_MAX = 10_000
+# Ids in paths and page numbers in queries stop at PostgreSQL's `integer`: a larger number
+# names no row (404) or no page (422) rather than overflowing the query (a 500).
+INT32_MAX = 2**31 - 1
+
+# PostgreSQL text cannot hold NUL, and UTF-8 cannot encode an unpaired surrogate (JSON's
+# "\ud800" decodes to one): either would fail at the database, so it is refused here. The
+# pattern is written with escapes so it reads the same in Python and in a JSON Schema.
+_STORABLE = validate.Regexp(
+    r"^[^\x00\ud800-\udfff]*$",
+    error="Text cannot contain NUL or unpaired surrogate characters.",
+)
+
+
+def _text(*validators: validate.Validator, **kwargs: Any) -> fields.String:
+    """A string that can be stored (see ``_STORABLE``), with its other validators."""
+    return fields.String(validate=[*validators, _STORABLE], **kwargs)
 
 
 class StrictSchema(Schema):
+    """Refuses unknown fields (documented as ``additionalProperties: false``)."""
+
+    # JSON Schema keywords for the rules across fields (see the module docstring).
+    json_rules: ClassVar[dict[str, Any]] = {}
+
     class Meta:
         unknown = RAISE
 
@@ -87,9 +117,30 @@ class NoteSchema(Schema):
 
 
 class NoteCreateSchema(StrictSchema):
-    body = fields.String(required=True, validate=validate.Length(min=1, max=_TEXT_MAX))
+    body = _text(validate.Length(min=1, max=_TEXT_MAX), required=True)
     channel = fields.String(load_default="internal", validate=validate.OneOf(NOTE_CHANNELS))
     direction = fields.String(validate=validate.OneOf(NOTE_DIRECTIONS))
+
+    json_rules: ClassVar[dict[str, Any]] = {
+        "anyOf": [
+            {
+                "description": "An internal note (the default channel) has direction "
+                "internal or none.",
+                "properties": {
+                    "channel": {"enum": ["internal"]},
+                    "direction": {"enum": ["internal"]},
+                },
+            },
+            {
+                "description": "A call or message says whether it was inbound or outbound.",
+                "required": ["channel", "direction"],
+                "properties": {
+                    "channel": {"enum": [c for c in NOTE_CHANNELS if c != "internal"]},
+                    "direction": {"enum": [d for d in NOTE_DIRECTIONS if d != "internal"]},
+                },
+            },
+        ]
+    }
 
     @validates_schema
     def _direction_matches_channel(self, data: dict[str, Any], **_: Any) -> None:
@@ -136,13 +187,11 @@ class TicketPageSchema(Schema):
 
 
 class TicketCreateSchema(StrictSchema):
-    subject = fields.String(required=True, validate=validate.Length(min=1, max=300))
-    description = fields.String(load_default="", validate=validate.Length(max=_TEXT_MAX))
+    subject = _text(validate.Length(min=1, max=300), required=True)
+    description = _text(validate.Length(max=_TEXT_MAX), load_default="")
     category = fields.String(required=True, validate=validate.OneOf(CATEGORIES))
     priority = fields.String(load_default="normal", validate=validate.OneOf(PRIORITIES))
-    assignee = fields.String(
-        allow_none=True, load_default=None, validate=validate.Length(min=1, max=300)
-    )
+    assignee = _text(validate.Length(min=1, max=300), allow_none=True, load_default=None)
     patient = fields.String(
         load_default=None,
         validate=[validate.Length(max=300), _reference("Patient")],
@@ -154,13 +203,15 @@ class TicketUpdateSchema(StrictSchema):
     status = fields.String(validate=validate.OneOf(STATUSES))
     priority = fields.String(validate=validate.OneOf(PRIORITIES))
     category = fields.String(validate=validate.OneOf(CATEGORIES))
-    assignee = fields.String(allow_none=True, validate=validate.Length(min=1, max=300))
-    subject = fields.String(validate=validate.Length(min=1, max=300))
-    description = fields.String(validate=validate.Length(max=_TEXT_MAX))
+    assignee = _text(validate.Length(min=1, max=300), allow_none=True)
+    subject = _text(validate.Length(min=1, max=300))
+    description = _text(validate.Length(max=_TEXT_MAX))
     due_at = fields.AwareDateTime(
         allow_none=True,
         metadata={"description": "Overrides the category's SLA due time."},
     )
+
+    json_rules: ClassVar[dict[str, Any]] = {"minProperties": 1}
 
     @validates_schema
     def _not_empty(self, data: dict[str, Any], **_: Any) -> None:
@@ -168,30 +219,16 @@ class TicketUpdateSchema(StrictSchema):
             raise ValidationError("Nothing to change.")
 
 
-class _CsvOneOf(fields.String):
-    """``status=open,pending``: a comma-separated subset of ``choices``."""
-
-    def __init__(self, choices: tuple[str, ...], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.choices = choices
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
-        text = super()._deserialize(value, attr, data, **kwargs)
-        parts = tuple(p.strip() for p in text.split(",") if p.strip())
-        bad = [p for p in parts if p not in self.choices]
-        if bad or not parts:
-            raise ValidationError(f"Must be one or more of: {', '.join(self.choices)}.")
-        return parts
-
-
 class TicketListQuerySchema(StrictSchema):
-    status = _CsvOneOf(
-        STATUSES, metadata={"description": "One status or several, comma-separated."}
+    status = DelimitedList(
+        fields.String(validate=validate.OneOf(STATUSES)),
+        validate=validate.Length(min=1),
+        metadata={"description": "One status or several, comma-separated."},
     )
     patient = fields.String(validate=_reference("Patient"))
     category = fields.String(validate=validate.OneOf(CATEGORIES))
-    assignee = fields.String(validate=validate.Length(min=1, max=300))
-    page = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    assignee = _text(validate.Length(min=1, max=300))
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=INT32_MAX))
     per_page = fields.Integer(load_default=25, validate=validate.Range(min=1, max=MAX_PER_PAGE))
 
 
@@ -233,21 +270,28 @@ class TaskListQuerySchema(StrictSchema):
 
 class FollowUpCreateSchema(StrictSchema):
     kind = fields.String(required=True, validate=validate.Equal("follow-up"))
-    reason = fields.String(required=True, validate=validate.Length(min=1, max=1000))
-    due_at = fields.AwareDateTime(metadata={"description": "Exact due time (aware)."})
-    due = fields.String(
-        validate=validate.Length(min=1, max=100),
+    reason = _text(validate.Length(min=1, max=1000), required=True)
+    due_at = fields.AwareDateTime(
+        metadata={"description": "Exact due time (aware); a time already past is 422."}
+    )
+    due = _text(
+        validate.Length(min=1, max=100),
         metadata={
             "description": "A phrase read in the viewer's time zone, e.g. "
-            "“in 2 days, morning”, “tomorrow at 3pm”. Default: tomorrow morning."
+            "“in 2 days, morning”, “tomorrow at 3pm”. Default: tomorrow morning. A phrase "
+            "CareDesk cannot read is 422 with the reason under `due`."
         },
     )
-    assignee = fields.String(validate=validate.Length(min=1, max=300))
+    assignee = _text(validate.Length(min=1, max=300))
     channel = fields.String(load_default="phone", validate=validate.OneOf(FOLLOW_UP_CHANNELS))
     patient = fields.String(
         validate=_reference("Patient"),
         metadata={"description": "Only for launches without patient context."},
     )
+
+    json_rules: ClassVar[dict[str, Any]] = {
+        "not": {"required": ["due_at", "due"], "description": "Not both `due_at` and `due`."}
+    }
 
     @validates_schema
     def _one_due(self, data: dict[str, Any], **_: Any) -> None:
@@ -257,8 +301,8 @@ class FollowUpCreateSchema(StrictSchema):
 
 class ReferralCreateSchema(StrictSchema):
     kind = fields.String(required=True, validate=validate.Equal("referral"))
-    reason = fields.String(required=True, validate=validate.Length(min=1, max=1000))
-    specialty = fields.String(validate=validate.Length(min=1, max=200))
+    reason = _text(validate.Length(min=1, max=1000), required=True)
+    specialty = _text(validate.Length(min=1, max=200))
     organization = fields.String(validate=_reference("Organization"))
     practitioner = fields.String(validate=_reference("Practitioner", "PractitionerRole"))
     urgency = fields.String(load_default="routine", validate=validate.OneOf(REFERRAL_URGENCIES))
@@ -266,11 +310,19 @@ class ReferralCreateSchema(StrictSchema):
         validate=_reference("Appointment"),
         metadata={"description": "The appointment the referral came out of."},
     )
-    assignee = fields.String(validate=validate.Length(min=1, max=300))
+    assignee = _text(validate.Length(min=1, max=300))
     patient = fields.String(
         validate=_reference("Patient"),
         metadata={"description": "Only for launches without patient context."},
     )
+
+    json_rules: ClassVar[dict[str, Any]] = {
+        "anyOf": [
+            {"required": ["specialty"]},
+            {"required": ["organization"]},
+            {"required": ["practitioner"]},
+        ]
+    }
 
     @validates_schema
     def _has_target(self, data: dict[str, Any], **_: Any) -> None:
@@ -297,6 +349,38 @@ def load_task_create(data: Any) -> dict[str, Any]:
         raise ValidationError(f"Must be one of: {', '.join(TASK_KINDS)}.", "kind")
     loaded: dict[str, Any] = schema().load(data)
     return loaded
+
+
+class TaskCreateSchema(Schema):
+    """A follow-up or a referral, told apart by ``kind``: loads with ``load_task_create``
+    and is documented as the ``oneOf`` of the two (``json_rules``)."""
+
+    class Meta:
+        unknown = INCLUDE  # the branches of the oneOf refuse unknown fields
+
+    json_rules: ClassVar[dict[str, Any]] = {
+        "oneOf": [
+            {"$ref": "#/components/schemas/FollowUpCreate"},
+            {"$ref": "#/components/schemas/ReferralCreate"},
+        ],
+        "discriminator": {
+            "propertyName": "kind",
+            "mapping": {
+                "follow-up": "#/components/schemas/FollowUpCreate",
+                "referral": "#/components/schemas/ReferralCreate",
+            },
+        },
+    }
+
+    def load(  # type: ignore[override]
+        self,
+        data: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        *,
+        many: bool | None = None,
+        partial: bool | Sequence[str] | None = None,
+        unknown: UnknownOption | None = None,
+    ) -> dict[str, Any]:
+        return load_task_create(data)
 
 
 # --- context and board (built by plugin.context and plugin.board_data; free-form) ------
@@ -345,6 +429,6 @@ class ContextQuerySchema(StrictSchema):
 
 class BoardQuerySchema(StrictSchema):
     date = fields.Date(metadata={"description": "YYYY-MM-DD; default: today (viewer's zone)."})
-    location = fields.String(validate=validate.Length(min=1, max=300))
-    practitioner = fields.String(validate=validate.Length(min=1, max=300))
+    location = _text(validate.Length(min=1, max=300))
+    practitioner = _text(validate.Length(min=1, max=300))
     sort = fields.String(validate=validate.OneOf(("time", "flags")))

@@ -3,13 +3,20 @@ the server actually answers (real responses validate against the documented sche
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate
 
-from plugin.openapi import openapi_path
+_RULE_ARG = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
+
+
+def openapi_path(rule: str) -> tuple[str, list[dict[str, Any]]]:
+    """``/api/l/<launch_id>/tickets/<rowid:ticket_id>`` -> ``/api/l/{launch_id}/tickets/
+    {ticket_id}`` and the names of its path parameters."""
+    return _RULE_ARG.sub(r"{\1}", rule), [{"name": n} for n in _RULE_ARG.findall(rule)]
 
 
 @pytest.fixture
