@@ -118,8 +118,8 @@ def parse_due(phrase: str, *, now: datetime, tz: ZoneInfo) -> datetime:
             day = local_now.date() + timedelta(days=n * (7 if unit == "week" else 1))
     else:
         raise DuePhraseError(
-            f"“{phrase}” is not understood. Try “tomorrow morning”, “in 2 days, afternoon”, "
-            "“next monday at 10am” or “in 3 hours”."
+            f"“{phrase}” is not understood. Try “tmrw 9am”, “12/3 2pm”, “in 2 days”, "
+            "“next monday afternoon” or “asap”."
         )
     if exact is None:
         assert day is not None

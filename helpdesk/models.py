@@ -241,6 +241,29 @@ class TaskAttempt(Base):
     error: Mapped[str | None] = mapped_column(Text)
 
 
+class CallAttempt(Base):
+    """One phone call a person made for a follow-up task, and how it went.
+
+    The follow-up's job only puts the call on a work list; these rows are what ends it
+    (reached, wrong number, or the last unanswered attempt). ``note`` is free text staff
+    type: like a ticket note it never goes to a log.
+    """
+
+    __tablename__ = "call_attempt"
+    __table_args__ = (Index("ix_call_attempt_task", "task_id", "attempt"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("care_task.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    # reached | voicemail | no-answer | wrong-number
+    outcome: Mapped[str] = mapped_column(String(16))
+    note: Mapped[str | None] = mapped_column(Text)
+    by: Mapped[str | None] = mapped_column(String(1024))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The next attempt this call set (none when it ended the task).
+    next_due_at: Mapped[datetime | None]
+
+
 class OutboundMessage(Base):
     """A patient-facing message CareDesk sent (or handed to the demo outbox).
 

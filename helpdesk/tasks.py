@@ -4,11 +4,18 @@ A ``CareTask`` row is committed first; its RQ job is enqueued afterwards by
 ``jobs.outbox.dispatch`` (the web edge and the jobs call it after their commit), and a
 sweeper enqueues rows whose job vanished. Everything about a task that a job needs is on
 its row: jobs receive the row id only.
+
+The rules on these rows that the sidebar, the call list and the API share live here:
+which channels a patient can receive (``fhir_mappers.contact``'s reading, applied to a
+task before it is stored), how a call's outcome ends or reschedules its follow-up, and
+which failures a retry can cure.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -18,11 +25,49 @@ from marshmallow import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from fhir_mappers.contact import blocked, current_telecoms, is_deceased, may_survey, reachable
+from fhir_mappers.fhirutil import get_str
 from helpdesk import duephrase
 from helpdesk.access import patient_for
 from helpdesk.audit import audit
-from helpdesk.models import CareTask, LaunchSession
+from helpdesk.errors import AppError, NotFound
+from helpdesk.models import CallAttempt, CareTask, LaunchSession
 from helpdesk.timeutil import as_utc, utcnow
+
+# A follow-up is reached by phone (a person calls) or by a message the job sends.
+FOLLOW_UP_CHANNELS = ("phone", "sms", "email")
+CHANNEL_WORDS = {"phone": "Phone call", "sms": "Text message", "email": "Email"}
+# How many unanswered calls end a follow-up, and the outcomes a caller logs.
+CALL_ATTEMPTS = 3
+CALL_OUTCOMES = {
+    "reached": "Reached",
+    "voicemail": "Left voicemail",
+    "no-answer": "No answer",
+    "wrong-number": "Wrong number",
+}
+OPEN_CALL_STATUSES = ("queued", "scheduled", "waiting")
+# jobs.tasks writes this in front of the last error when it stops retrying a failure that
+# was temporary (EHR busy, provider down): a retry may cure it. Any other failed task
+# failed for a lasting reason (refused message, no reachable channel): retrying the same
+# thing fails the same way.
+GAVE_UP = "gave up after"
+
+
+class ChannelRefused(AppError):
+    """The patient cannot receive this channel; ``field`` names the form field."""
+
+    status = 422
+    code = "channel_refused"
+    field = "channel"
+
+
+class CallRefused(AppError):
+    status = 422
+    code = "call_refused"
+
+    def __init__(self, message: str, *, field: str = "outcome") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 def new_task(
@@ -115,11 +160,19 @@ def create_task(
     assignee: str | None = None,
     patient: str | None = None,
     queue: str | None = None,
+    patient_resource: Mapping[str, Any] | None = None,
 ) -> CareTask:
     """A follow-up or referral a person queued: the row is committed here; the caller
     dispatches its job (``jobs.outbox.dispatch``), which never raises for queue trouble
-    (the sweeper enqueues the row later), so the caller never retries into a duplicate."""
+    (the sweeper enqueues the row later), so the caller never retries into a duplicate.
+
+    A follow-up's channel must be one the patient can receive (``patient_resource``, the
+    FHIR Patient as just read; None when it could not be read, which leaves only a call):
+    ChannelRefused otherwise, and nothing is stored."""
     patient_ref = patient_for(launch, patient)
+    if kind == "follow-up":
+        channel = str(payload.get("channel") or "phone")
+        refuse_unreachable(patient_resource, channel, now=utcnow())
     task = new_task(
         db,
         registration_id=launch.registration_id,
@@ -146,6 +199,7 @@ def queue_task(
     *,
     tz: ZoneInfo,
     now: datetime | None = None,
+    patient_resource: Mapping[str, Any] | None = None,
 ) -> CareTask:
     """A follow-up or referral a person asked for, from the API or the sidebar's forms:
     ``request`` is the body as the web edge's schema loaded it (``kind`` picks the shape).
@@ -184,15 +238,19 @@ def queue_task(
             "urgency": data.get("urgency", "routine"),
             "appointment_ref": data.get("appointment") or launched_from_appointment(launch),
         }
-    return create_task(
-        db,
-        launch,
-        kind=kind,
-        payload=payload,
-        due_at=due_at,
-        assignee=assignee,
-        patient=patient,
-    )
+    try:
+        return create_task(
+            db,
+            launch,
+            kind=kind,
+            payload=payload,
+            due_at=due_at,
+            assignee=assignee,
+            patient=patient,
+            patient_resource=patient_resource,
+        )
+    except ChannelRefused as exc:
+        raise ValidationError(exc.message, exc.field) from exc
 
 
 def launched_from_appointment(launch: LaunchSession) -> str | None:
@@ -202,3 +260,279 @@ def launched_from_appointment(launch: LaunchSession) -> str | None:
         if isinstance(ref, str) and ref.startswith("Appointment/"):
             return ref
     return None
+
+
+# --- channels follow the patient ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChannelOption:
+    channel: str  # phone | sms | email
+    label: str
+    allowed: bool
+    reason: str | None  # why not, in words, when not allowed
+
+
+def _callable_number(patient: Mapping[str, Any], now: datetime) -> bool:
+    return any(get_str(p, "system") == "phone" for p in current_telecoms(patient, now))
+
+
+def channel_options(
+    patient: Mapping[str, Any] | None, *, now: datetime
+) -> tuple[ChannelOption, ...]:
+    """Each follow-up channel, and why the patient cannot receive it when they cannot.
+
+    ``patient`` None means the Patient could not be read (the EHR is down): nothing can
+    be ruled out, so every channel stays open; the follow-up job reads the Patient again
+    when it sends, and a channel that turns out impossible fails for a lasting reason
+    there (the sidebar then offers another channel).
+    """
+    if patient is None:
+        return tuple(ChannelOption(c, CHANNEL_WORDS[c], True, None) for c in FOLLOW_UP_CHANNELS)
+    banned = blocked(patient)
+    dead = is_deceased(patient)
+    messaging = {r.channel for r in reachable(patient, now=now)}
+    out: list[ChannelOption] = []
+    for channel in FOLLOW_UP_CHANNELS:
+        reason: str | None = None
+        if dead:
+            reason = "The patient is recorded as deceased."
+        elif channel in banned:
+            reason = {
+                "phone": "The patient asked not to be called.",
+                "sms": "The patient asked not to be texted.",
+                "email": "The patient asked not to be emailed.",
+            }[channel]
+        elif channel == "phone" and not _callable_number(patient, now):
+            reason = "No phone number on file."
+        elif channel == "sms" and channel not in messaging:
+            reason = "No mobile number on file."
+        elif channel == "email" and channel not in messaging:
+            reason = "No email address on file."
+        out.append(ChannelOption(channel, CHANNEL_WORDS[channel], reason is None, reason))
+    return tuple(out)
+
+
+def refuse_unreachable(patient: Mapping[str, Any] | None, channel: str, *, now: datetime) -> None:
+    """Raise ChannelRefused when the patient cannot receive ``channel`` (the server's half
+    of the disabled option: a form or API call that names it anyway is refused)."""
+    for option in channel_options(patient, now=now):
+        if option.channel == channel:
+            if not option.allowed:
+                raise ChannelRefused(f"{option.label} is not possible: {option.reason}")
+            return
+    raise ChannelRefused(f"Unknown channel {channel!r}: choose phone, sms or email.")
+
+
+def masked_address(address: str) -> str:
+    """Enough of an address for the person who just sent to it to recognise it:
+    ``···0113`` for a number, ``m···@example.com`` for an email."""
+    if "@" in address:
+        user, _, domain = address.partition("@")
+        return f"{user[:1]}···@{domain}"
+    digits = re.sub(r"\D", "", address)
+    return "···" + digits[-4:]
+
+
+@dataclass(frozen=True)
+class SurveyRoute:
+    channel: str | None  # sms | email, or None when it cannot be sent
+    to: str | None  # masked address
+    refusal: str | None  # "Not sent: ..." when channel is None
+
+
+def survey_route(patient: Mapping[str, Any] | None, *, now: datetime) -> SurveyRoute:
+    """Where a survey invitation for this patient goes (the same reading the invitation
+    job uses), or in words why it cannot go anywhere."""
+    if patient is None:
+        return SurveyRoute(None, None, "Not sent: contact details could not be read from the EHR.")
+    if not may_survey(patient):
+        return SurveyRoute(None, None, "Not sent: the patient asked not to get surveys.")
+    found = reachable(patient, now=now)
+    if not found:
+        banned = blocked(patient)
+        if {"sms", "email"} <= banned:
+            why = "the patient asked not to be texted or emailed."
+        else:
+            why = "no mobile number or email on file."
+        return SurveyRoute(None, None, f"Not sent: {why}")
+    return SurveyRoute(found[0].channel, masked_address(found[0].address), None)
+
+
+def lasting_failure(task: CareTask) -> bool:
+    """A failed task whose reason will not go away by retrying (see GAVE_UP)."""
+    return task.status == "failed" and not (task.last_error or "").startswith(GAVE_UP)
+
+
+# --- calls --------------------------------------------------------------------------------
+
+
+def _scoped_task(db: Session, launch: LaunchSession, task_id: int) -> CareTask:
+    """The task if this launch may see it: same EHR, and the launch's patient when it has
+    one. Anything else is "not found" (never "forbidden": that would confirm it exists)."""
+    task = db.get(CareTask, task_id)
+    if (
+        task is None
+        or task.registration_id != launch.registration_id
+        or (launch.patient_ref and task.patient_ref != launch.patient_ref)
+    ):
+        raise NotFound("No such task.")
+    return task
+
+
+def calls_of(db: Session, task_ids: Sequence[int]) -> dict[int, list[CallAttempt]]:
+    """The calls logged for each task, oldest first."""
+    out: dict[int, list[CallAttempt]] = {i: [] for i in task_ids}
+    if not task_ids:
+        return out
+    rows = db.scalars(
+        select(CallAttempt)
+        .where(CallAttempt.task_id.in_(list(task_ids)))
+        .order_by(CallAttempt.task_id, CallAttempt.attempt)
+    )
+    for row in rows:
+        out[row.task_id].append(row)
+    return out
+
+
+def open_calls(
+    db: Session, launch: LaunchSession, *, mine: bool = True, limit: int = 200
+) -> list[CareTask]:
+    """Follow-ups waiting for a person to call, soonest due first. A launch with a
+    patient sees that patient's only; ``mine`` keeps those assigned to the launch's user
+    (or to nobody)."""
+    where = [
+        CareTask.registration_id == launch.registration_id,
+        CareTask.kind == "follow-up",
+        CareTask.status.in_(OPEN_CALL_STATUSES),
+    ]
+    if launch.patient_ref:
+        where.append(CareTask.patient_ref == launch.patient_ref)
+    if mine and launch.fhir_user:
+        where.append(
+            (CareTask.assignee == launch.fhir_user)
+            | CareTask.assignee.is_(None)
+            | (CareTask.assignee == "")
+        )
+    tasks = list(db.scalars(select(CareTask).where(*where).order_by(CareTask.id).limit(limit)))
+    far = datetime.max.replace(tzinfo=utcnow().tzinfo)
+    tasks.sort(key=lambda t: (t.due_at or far, t.id))
+    return tasks
+
+
+def log_call(
+    db: Session,
+    launch: LaunchSession,
+    task_id: int,
+    *,
+    outcome: str,
+    next_due: datetime | None = None,
+    note: str | None = None,
+    now: datetime | None = None,
+) -> CallAttempt:
+    """Record one call for a follow-up and move the task on (the caller commits nothing:
+    this commits). Reached or wrong number ends it; voicemail or no answer sets the next
+    attempt (``next_due``, required then) until the CALL_ATTEMPTS-th, which ends it."""
+    now = now or utcnow()
+    task = _scoped_task(db, launch, task_id)
+    if task.kind != "follow-up":
+        raise CallRefused("Only follow-up calls take a call outcome.")
+    if task.status not in OPEN_CALL_STATUSES:
+        raise CallRefused("This call is finished already; nothing was logged.")
+    if outcome not in CALL_OUTCOMES:
+        raise CallRefused("Choose how the call went.")
+    attempt = len(calls_of(db, [task.id])[task.id]) + 1
+    ends = outcome in ("reached", "wrong-number") or attempt >= CALL_ATTEMPTS
+    if not ends:
+        if next_due is None:
+            raise CallRefused("Say when to call again.", field="next_due")
+        if as_utc(next_due) <= now:
+            raise CallRefused("The next attempt must be in the future.", field="next_due")
+    row = CallAttempt(
+        task_id=task.id,
+        attempt=attempt,
+        outcome=outcome,
+        note=(note or "").strip() or None,
+        by=launch.fhir_user,
+        at=now,
+        next_due_at=None if ends else as_utc(next_due),  # type: ignore[arg-type]
+    )
+    db.add(row)
+    # The job's part (putting the call on the list) is over whatever it was doing; a
+    # pending job for this row finds it no longer queued/scheduled and skips it.
+    if ends:
+        task.status = "done"
+        task.finished_at = now
+        task.status_note = {
+            "reached": "Reached the patient.",
+            "wrong-number": "Wrong number: correct the patient's phone in the EHR.",
+        }.get(outcome, f"Not reached after {attempt} calls.")
+    else:
+        task.status = "waiting"
+        task.due_at = as_utc(next_due)  # type: ignore[arg-type]
+        task.status_note = f"{CALL_OUTCOMES[outcome]} on call {attempt} of {CALL_ATTEMPTS}."
+    task.updated_at = now
+    db.commit()
+    audit(
+        "call.log",
+        launch=launch,
+        patient_ref=task.patient_ref,
+        entity=f"CareTask/{task.id}",
+        detail={"outcome": outcome, "attempt": attempt},
+    )
+    return row
+
+
+def finish_call(
+    db: Session, launch: LaunchSession, task_id: int, *, now: datetime | None = None
+) -> CareTask:
+    """ "Done": no more calls for this follow-up, whatever the attempts so far."""
+    now = now or utcnow()
+    task = _scoped_task(db, launch, task_id)
+    if task.kind != "follow-up" or task.status not in OPEN_CALL_STATUSES:
+        raise CallRefused("This call is finished already.")
+    task.status = "done"
+    task.finished_at = now
+    task.updated_at = now
+    task.status_note = "Marked done on the call list."
+    db.commit()
+    audit("call.done", launch=launch, patient_ref=task.patient_ref, entity=f"CareTask/{task.id}")
+    return task
+
+
+def change_channel(
+    db: Session,
+    launch: LaunchSession,
+    task_id: int,
+    *,
+    channel: str,
+    patient: Mapping[str, Any] | None,
+    now: datetime | None = None,
+) -> CareTask:
+    """A follow-up that failed for a lasting reason, sent again on another channel the
+    patient can receive. The same task (and so the same failure ticket) carries on; the
+    caller dispatches its job after this commits."""
+    now = now or utcnow()
+    task = _scoped_task(db, launch, task_id)
+    if task.kind != "follow-up" or not lasting_failure(task):
+        raise ChannelRefused("Only a follow-up that could not be sent can change channel.")
+    if channel == task.payload.get("channel"):
+        raise ChannelRefused("Choose another channel: this one failed already.")
+    refuse_unreachable(patient, channel, now=now)
+    task.payload = {**task.payload, "channel": channel}
+    task.status = "queued"
+    task.due_at = now
+    task.attempts = 0
+    task.last_error = None
+    task.finished_at = None
+    task.status_note = f"Channel changed to {CHANNEL_WORDS[channel].lower()}."
+    task.updated_at = now
+    db.commit()
+    audit(
+        "task.channel",
+        launch=launch,
+        patient_ref=task.patient_ref,
+        entity=f"CareTask/{task.id}",
+        detail={"channel": channel},
+    )
+    return task

@@ -4,10 +4,11 @@ or email follow-ups, the patient gets a message. A final failure opens a ticket.
 from __future__ import annotations
 
 from flask import Flask
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from helpdesk.models import CareTask
-from helpdesk.tickets import open_ticket, sla_hours
+from helpdesk.models import CareTask, Ticket
+from helpdesk.tickets import ACTIVE_STATUSES, open_ticket, sla_hours
 from jobs.context import JobContext
 from jobs.errors import TaskError, split_reference
 from jobs.tasks import handler
@@ -15,12 +16,29 @@ from jobs.tasks import handler
 CHANNELS = ("phone", "sms", "email")
 
 
+def _subject(task: CareTask) -> str:
+    return f"Follow-up could not be completed (task {task.id})"
+
+
 def open_failure_ticket(session: Session, app: Flask, task: CareTask) -> None:
+    """One ticket per failed follow-up: a retry or a change of channel that fails again
+    adds nothing while the first ticket is still open (each retry used to open another
+    identical high-priority ticket)."""
+    already = session.scalar(
+        select(Ticket.id).where(
+            Ticket.registration_id == task.registration_id,
+            Ticket.source == "job",
+            Ticket.subject == _subject(task),
+            Ticket.status.in_(ACTIVE_STATUSES),
+        )
+    )
+    if already is not None:
+        return
     open_ticket(
         session,
         registration_id=task.registration_id,
         patient_ref=task.patient_ref,
-        subject=f"Follow-up could not be completed (task {task.id})",
+        subject=_subject(task),
         description=(
             f"Reason for the follow-up: {task.payload.get('reason', '')}\n"
             f"Last error: {task.last_error or 'unknown'}"

@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 from helpdesk.db import get_store
 from helpdesk.kv import get_redis
 from helpdesk.models import CareTask, TaskAttempt
+from helpdesk.tasks import GAVE_UP
 from helpdesk.timeutil import utcnow
 from jobs.context import JobContext
 from jobs.errors import TaskError, TemporaryTaskError
@@ -238,7 +239,9 @@ def _record_failure(app: Flask, task_id: int, exc: Exception) -> None:
             task.status = "failed"
             task.finished_at = now
             if not fatal:
-                task.last_error = f"gave up after {task.attempts} attempts: {task.last_error}"
+                # GAVE_UP marks a failure a later retry may cure (the sidebar offers
+                # Retry only for these; other failures get "change channel").
+                task.last_error = f"{GAVE_UP} {task.attempts} attempts: {task.last_error}"
             _finish_attempt(session, task, "failed", task.last_error, now)
             final_failure(session, app, task)
             log.warning("task %s failed: %s", task_id, type(exc).__name__)

@@ -57,6 +57,7 @@ def register_blueprints(app: Flask) -> None:
     from plugin import (
         api,
         board,
+        calls,
         health,
         home,
         jobs_admin,
@@ -75,6 +76,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(launch.bp)
     app.register_blueprint(sidebar.bp)
     app.register_blueprint(board.bp)  # /l/<launch_id>/board
+    app.register_blueprint(calls.bp)  # /l/<launch_id>/calls: My calls and their outcomes
     openapi.init_app(app, api.bp)  # /api/... (flask-smorest), /api/openapi.json
     app.register_blueprint(ticket_pages.bp)  # /l/<launch_id>/tickets...
     app.register_blueprint(survey.bp)  # /s/<token>; importing it registers the survey jobs

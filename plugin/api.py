@@ -28,6 +28,7 @@ from webargs.flaskparser import FlaskParser, is_json_request
 
 from helpdesk import tasks as task_svc
 from helpdesk import tickets as svc
+from helpdesk.access import patient_for
 from helpdesk.audit import audit
 from helpdesk.db import get_db
 from helpdesk.errors import AppError
@@ -282,7 +283,17 @@ def create_task(data: dict[str, Any], launch_id: str) -> CareTask:
     state. A follow-up's `due` phrase is read in the viewer's time zone.
     """
     db = get_db()
-    task = task_svc.queue_task(db, request_launch(), data, tz=viewer_zone())
+    launch = request_launch()
+    patient_resource = None
+    if data.get("kind") == "follow-up":
+        # The channel must be one the patient can receive (helpdesk.tasks' rule); the
+        # Patient comes from the sidebar's reads when fresh. The lock is checked first,
+        # so no other patient's record is ever read here.
+        patient = patient_for(launch, data.get("patient"))
+        patient_resource = ctx.patient_resource(launch, patient)
+    task = task_svc.queue_task(
+        db, launch, data, tz=viewer_zone(), patient_resource=patient_resource
+    )
     # The row is committed; its job comes second (the sweeper covers a failed enqueue).
     outbox.dispatch([task.id])
     db.refresh(task)

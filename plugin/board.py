@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 from flask import Blueprint, render_template, request
 
+from helpdesk.access import OtherPatient
 from helpdesk.audit import audit
 from helpdesk.timeutil import utcnow
 from plugin import board_data
@@ -24,6 +25,13 @@ bp = Blueprint("board", __name__)
 @bp.get("/l/<launch_id>/board")
 def board(launch_id: str) -> str:
     launch = current_launch(launch_id)
+    if launch.patient_ref:
+        # The board lists every patient of the day: a chart's CareDesk is locked to the
+        # chart's patient (issue 13 §1), so the board belongs to launches without one.
+        raise OtherPatient(
+            "The day board shows other patients; this CareDesk panel belongs to the "
+            "chart's patient. Open the board from the EHR's schedule instead."
+        )
     tz = ZoneInfo(ctx.viewer_tz())
     try:
         day = dt.date.fromisoformat(request.args.get("date") or "")

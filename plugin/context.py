@@ -3,6 +3,11 @@ one after another, plus the store's rows; then the pure mappers make the context
 
 A part that cannot be fetched (scope not granted, 403, EHR error) is marked unavailable;
 the rest of the page still renders.
+
+The sidebar's reads start as soon as the page is asked for and run in a small bounded
+pool, so the page can be sent at once with what is known (the store's rows, the actions)
+and its EHR sections filled as the reads arrive (``PatientParts``): a slow EHR costs the
+clinician a loading line, not a blank panel.
 """
 
 from __future__ import annotations
@@ -10,17 +15,23 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from cachetools import TTLCache
-from flask import current_app
+from flask import Flask, current_app
 from sqlalchemy import select
 
+from fhir_mappers.fhirutil import human_name
+from fhir_mappers.names import unresolved_references
 from helpdesk import ehr
 from helpdesk.db import get_db
-from helpdesk.models import CareTask, LaunchSession, Ticket
+from helpdesk.models import CallAttempt, CareTask, LaunchSession, SurveyInvite, Ticket
 from helpdesk.surveys import latest_for_patient
 from helpdesk.timeutil import utcnow
 from smart_launch.errors import FhirError, NeedsAuthorization, SmartError
@@ -32,22 +43,34 @@ CONTEXT_TTL_SECONDS = 30.0
 PAST_DAYS = 365
 UPCOMING_DAYS = 180
 PAGE = 100
+CHUNK = 50  # ids per `_id=` / `patient=` search on the board: requests grow per 50 rows
+# Longest a request waits for the EHR before answering with what it has.
+WAIT_SECONDS = 20.0
 
 
 # Per process, per launch and patient, short-lived: the sidebar re-renders without
 # re-fetching. Memory only, bounded (it holds PHI): nothing is written to Redis or disk.
-_cache: TTLCache[str, dict[str, Any]] = TTLCache(maxsize=512, ttl=CONTEXT_TTL_SECONDS)
+_cache: TTLCache[str, PatientParts] = TTLCache(maxsize=512, ttl=CONTEXT_TTL_SECONDS)
 _cache_lock = threading.Lock()
+# Names of practitioners, places and payors per EHR (`(registration, Type/id)` ->
+# resource): staff and places, no patient data; kept 10 minutes, bounded.
+_names: TTLCache[tuple[int, str], dict[str, Any]] = TTLCache(maxsize=4096, ttl=600)
+# The sidebar's reads run here: bounded, so a burst of launches queues instead of
+# starting a thread per request.
+_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="caredesk-context")
 
 
-def _cached(key: str) -> dict[str, Any] | None:
-    with _cache_lock:
-        return _cache.get(key)
+@dataclass
+class PatientParts:
+    """One patient's EHR reads in flight: the Patient alone (identity comes first), and
+    the rest (visits with their people and places, coverage)."""
 
+    patient: Future[dict[str, Any]]
+    rest: Future[dict[str, Any]]
+    started: float = field(default_factory=lambda: utcnow().timestamp())
 
-def _remember(key: str, value: dict[str, Any]) -> None:
-    with _cache_lock:
-        _cache[key] = value
+    def done(self) -> bool:
+        return self.patient.done() and self.rest.done()
 
 
 def invalidate(launch_id: str, patient_ref: str | None = None) -> None:
@@ -74,26 +97,260 @@ def _unavailable(exc: Exception) -> str:
         return "not permitted by the EHR for this session"
     if isinstance(exc, FhirError) and exc.status == 404:
         return "not found in the EHR"
-    if isinstance(exc, SmartError):
-        return exc.message
+    if isinstance(exc, SmartError) and not isinstance(exc, FhirError):
+        return exc.summary
     return "the EHR did not answer"
 
 
-def _entries(bundle: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
+def _entries(bundle: object) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
+    """(matches, included, more pages) of a searchset; wrong shapes are skipped."""
     matches: list[dict[str, Any]] = []
     included: list[dict[str, Any]] = []
-    for entry in bundle.get("entry") or []:
-        resource = entry.get("resource")
+    if not isinstance(bundle, dict):
+        return matches, included, False
+    entries = bundle.get("entry")
+    for entry in entries if isinstance(entries, list) else []:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
         if not isinstance(resource, dict):
             continue
-        mode = (entry.get("search") or {}).get("mode", "match")
+        search = entry.get("search")
+        mode = search.get("mode", "match") if isinstance(search, dict) else "match"
         (included if mode == "include" else matches).append(resource)
-    more = any(link.get("relation") == "next" for link in bundle.get("link") or [])
+    links = bundle.get("link")
+    more = any(
+        isinstance(link, dict) and link.get("relation") == "next"
+        for link in (links if isinstance(links, list) else [])
+    )
     return matches, included, more
 
 
+class _OneRefresh:
+    """Wraps a client's token callbacks so that once renewing the grant failed (revoked,
+    expired), the other reads of the same page fail at once instead of each asking the
+    EHR's token endpoint again (it was seen retrying three times per page load)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.failed: NeedsAuthorization | None = None
+
+    def wrap(self, call: Callable[[], str]) -> Callable[[], str]:
+        def guarded() -> str:
+            with self.lock:
+                if self.failed is not None:
+                    raise self.failed
+                try:
+                    return call()
+                except NeedsAuthorization as exc:
+                    self.failed = exc
+                    raise
+
+        return guarded
+
+
+def _page_client(launch: LaunchSession) -> FhirClient:
+    client = _client(launch)
+    guard = _OneRefresh()
+    # FhirClient keeps its callbacks as attributes; the guard goes around both.
+    client._token = guard.wrap(client._token)  # noqa: SLF001
+    if client.on_unauthorized is not None:
+        client.on_unauthorized = guard.wrap(client.on_unauthorized)
+    return client
+
+
+def start_patient(
+    launch: LaunchSession,
+    patient_ref: str,
+    *,
+    use_cache: bool = True,
+    retry_failed: bool = True,
+) -> PatientParts:
+    """The patient's EHR reads, started now (or the ones already in flight or cached).
+
+    Reads that finished with a failure are started again (a page load is the user asking
+    again) unless ``retry_failed`` is false: the page's own fragments take what the page
+    started, so one page load never asks the EHR twice."""
+    if not patient_ref.startswith("Patient/"):
+        raise NeedsAuthorization("This launch has no patient; open CareDesk from a chart.")
+    key = f"{launch.id}:{patient_ref}"
+    with _cache_lock:
+        found = _cache.get(key) if use_cache else None
+    if found is not None and not (retry_failed and found.done() and _failed(found)):
+        return found
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    try:
+        client = _page_client(launch)
+    except NeedsAuthorization:
+        raise
+    except SmartError as exc:
+        # Discovery failed (the EHR is down): every part is unavailable, said in words.
+        parts = PatientParts(patient=Future(), rest=Future())
+        parts.patient.set_exception(exc)
+        parts.rest.set_exception(exc)
+        with _cache_lock:
+            _cache[key] = parts
+        return parts
+    patient_id = patient_ref.split("/", 1)[1]
+    tz = ZoneInfo(viewer_tz())
+    now = utcnow().astimezone(tz)
+
+    def in_app(call: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+        def run() -> dict[str, Any]:
+            with app.app_context():
+                return call()
+
+        return run
+
+    parts = PatientParts(
+        patient=_pool.submit(in_app(lambda: client.read("Patient", patient_id))),
+        rest=_pool.submit(
+            in_app(partial(_read_rest, client, launch.registration_id, patient_id, now))
+        ),
+    )
+    with _cache_lock:
+        _cache[key] = parts
+    return parts
+
+
+def _failed(parts: PatientParts) -> bool:
+    """A finished read that failed is not kept: the next page load asks again."""
+    if parts.patient.exception() is not None or parts.rest.exception() is not None:
+        return True
+    return bool(parts.rest.result().get("unavailable"))
+
+
+def _read_rest(
+    client: FhirClient, registration_id: int, patient_id: str, now: dt.datetime
+) -> dict[str, Any]:
+    """Visits (with their people and places) and coverage: one wave of parallel searches,
+    then one `_id=` search per type for the names the EHR's references did not carry."""
+    window = [
+        ("patient", patient_id),
+        ("date", f"ge{(now - dt.timedelta(days=PAST_DAYS)).date().isoformat()}"),
+        ("date", f"le{(now + dt.timedelta(days=UPCOMING_DAYS)).date().isoformat()}"),
+        ("_include", "Appointment:actor"),
+        ("_count", str(PAGE)),
+    ]
+    appts, coverages = parallel(
+        [
+            lambda: client.search("Appointment", window),
+            lambda: client.search("Coverage", [("beneficiary", f"Patient/{patient_id}")]),
+        ],
+        max_workers=2,
+    )
+    for exc in (appts, coverages):
+        if isinstance(exc, NeedsAuthorization):
+            raise exc
+    unavailable: dict[str, str] = {}
+    appointments: list[dict[str, Any]] = []
+    included: list[dict[str, Any]] = []
+    more_visits = False
+    if isinstance(appts, Exception):
+        unavailable["visits"] = _unavailable(appts)
+        log.info("context part visits unavailable: %s", type(appts).__name__)
+    else:
+        appointments, included, more_visits = _entries(appts)
+    coverage_list: list[dict[str, Any]] | None = None
+    if isinstance(coverages, Exception):
+        unavailable["coverage"] = _unavailable(coverages)
+        log.info("context part coverage unavailable: %s", type(coverages).__name__)
+    else:
+        coverage_list = _entries(coverages)[0]
+    included.extend(
+        _names_of(client, registration_id, [*appointments, *(coverage_list or [])], included)
+    )
+    return {
+        "appointments": appointments,
+        "included": included,
+        "coverages": coverage_list,
+        "unavailable": unavailable,
+        "more_visits": more_visits,
+    }
+
+
+def _names_of(
+    client: FhirClient,
+    registration_id: int,
+    resources: Sequence[dict[str, Any]],
+    included: Sequence[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """The practitioners, places and payors the references name without a `display` (a
+    real third-party server sends none): from this EHR's name cache, else one `_id=a,b`
+    search per type, all types at once. At most two rounds (a PractitionerRole names its
+    practitioner). A failed search leaves those names unknown, and the page says so."""
+    found: list[dict[str, Any]] = []
+    for _ in range(2):
+        wanted = unresolved_references(resources, [*included, *found])
+        if not wanted:
+            break
+        missing: dict[str, list[str]] = {}
+        for rtype, ids in wanted.items():
+            for rid in ids:
+                with _cache_lock:
+                    hit = _names.get((registration_id, f"{rtype}/{rid}"))
+                if hit is not None:
+                    found.append(hit)
+                else:
+                    missing.setdefault(rtype, []).append(rid)
+        if not missing:
+            continue
+        searches = [
+            (rtype, chunk) for rtype, ids in missing.items() for chunk in _chunks(ids, CHUNK)
+        ]
+        results = parallel(
+            [
+                partial(client.search, rtype, [("_id", ",".join(chunk)), ("_count", str(CHUNK))])
+                for rtype, chunk in searches
+            ],
+            max_workers=4,
+        )
+        got_any = False
+        for result in results:
+            if isinstance(result, Exception):
+                log.info("names of references unavailable: %s", type(result).__name__)
+                continue
+            for resource in _entries(result)[0]:
+                key = f"{resource.get('resourceType')}/{resource.get('id')}"
+                with _cache_lock:
+                    _names[(registration_id, key)] = resource
+                found.append(resource)
+                got_any = True
+        if not got_any:
+            break
+    return found
+
+
+def wait_patient(parts: PatientParts, timeout: float = WAIT_SECONDS) -> dict[str, Any] | None:
+    """The Patient resource, or None when it could not be read (NeedsAuthorization
+    propagates: the session is over)."""
+    try:
+        return parts.patient.result(timeout=timeout)
+    except NeedsAuthorization:
+        raise
+    except (FutureTimeout, Exception) as exc:  # noqa: BLE001 - shown as "unavailable"
+        log.info("context part patient unavailable: %s", type(exc).__name__)
+        return None
+
+
+def patient_error(parts: PatientParts) -> str | None:
+    """Why the Patient could not be read, in words (None when it was, or still runs)."""
+    if not parts.patient.done():
+        return None
+    exc = parts.patient.exception()
+    return _unavailable(exc) if isinstance(exc, Exception) else None
+
+
+def patient_resource(launch: LaunchSession, patient_ref: str) -> dict[str, Any] | None:
+    """The launch's view of a Patient (from the page's reads when fresh, else read now);
+    None when the EHR did not give it. Used to check a channel before a task is stored."""
+    return wait_patient(start_patient(launch, patient_ref))
+
+
 def fetch_context(
-    launch: LaunchSession, *, patient_ref: str | None = None, use_cache: bool = True
+    launch: LaunchSession,
+    *,
+    patient_ref: str | None = None,
+    use_cache: bool = True,
+    parts: PatientParts | None = None,
 ) -> dict[str, Any]:
     """A patient's help-desk context as JSON (see ``fhir_mappers.context``): the launch's
     patient, or ``patient_ref`` when a scheduler opens one from the board."""
@@ -102,19 +359,29 @@ def fetch_context(
     patient_ref = patient_ref or launch.patient_ref
     if not patient_ref or not patient_ref.startswith("Patient/"):
         raise NeedsAuthorization("This launch has no patient; open CareDesk from a chart.")
-    cache_key = f"{launch.id}:{patient_ref}"
-    fhir = _cached(cache_key) if use_cache else None
-    if fhir is None:
-        fhir = _fetch_patient_parts(launch, patient_ref)
-        _remember(cache_key, fhir)
-    patient = fhir["patient"]
-    appointments = fhir["appointments"]
-    included = fhir["included"]
-    coverage_list = fhir["coverages"]
-    unavailable = dict(fhir["unavailable"])
-    more_visits = fhir["more_visits"]
+    parts = parts or start_patient(launch, patient_ref, use_cache=use_cache)
+    patient = wait_patient(parts)
+    unavailable: dict[str, str] = {}
+    if patient is None:
+        unavailable["patient"] = patient_error(parts) or "the EHR did not answer in time"
+    try:
+        rest = parts.rest.result(timeout=WAIT_SECONDS)
+    except NeedsAuthorization:
+        raise
+    except (FutureTimeout, Exception) as exc:  # noqa: BLE001 - shown as "unavailable"
+        log.info("context parts unavailable: %s", type(exc).__name__)
+        rest = {
+            "appointments": [],
+            "included": [],
+            "coverages": None,
+            "more_visits": False,
+            "unavailable": {
+                "visits": _unavailable(exc) if isinstance(exc, Exception) else "",
+                "coverage": _unavailable(exc) if isinstance(exc, Exception) else "",
+            },
+        }
+    unavailable.update(rest["unavailable"])
     now = utcnow().astimezone(ZoneInfo(viewer_tz()))
-
     db = get_db()
     tickets = [
         {
@@ -135,17 +402,31 @@ def fetch_context(
             .order_by(Ticket.id.desc())
         )
     ]
-    tasks = [
-        {
-            "id": t.id,
-            "kind": t.kind,
-            "status": t.status,
-            "attempts": t.attempts,
-            "due_at": t.due_at.isoformat() if t.due_at else None,
-            "last_error": t.last_error,
-            "reason": (t.payload or {}).get("reason"),
-        }
-        for t in db.scalars(
+    context = build_context(
+        patient=patient,
+        appointments=rest["appointments"],
+        included=rest["included"],
+        coverages=rest["coverages"],
+        now=now,
+        viewer_tz=viewer_tz(),
+        tickets=tickets,
+        tasks=task_rows(launch, patient_ref),
+        surveys=_surveys(launch, patient_ref),
+        unavailable=unavailable,
+    ).to_json()
+    context["more_visits_in_ehr"] = rest["more_visits"]
+    context["missing_scopes"] = (launch.context or {}).get("missing_scopes") or []
+    context["patient_ref"] = patient_ref
+    context["survey_invites"] = survey_invites(launch, patient_ref)
+    return context
+
+
+def task_rows(launch: LaunchSession, patient_ref: str) -> list[dict[str, Any]]:
+    """The patient's open tasks and the ones that failed, newest first, as JSON rows (with
+    the calls logged on each follow-up)."""
+    db = get_db()
+    rows = list(
+        db.scalars(
             select(CareTask)
             .where(
                 CareTask.registration_id == launch.registration_id,
@@ -155,79 +436,110 @@ def fetch_context(
             .order_by(CareTask.id.desc())
             .limit(20)
         )
-    ]
-    surveys = _surveys(launch, patient_ref)
-    context = build_context(
-        patient=patient,
-        appointments=appointments,
-        included=included,
-        coverages=coverage_list,
-        now=now,
-        viewer_tz=viewer_tz(),
-        tickets=tickets,
-        tasks=tasks,
-        surveys=surveys,
-        unavailable=unavailable,
-    ).to_json()
-    context["more_visits_in_ehr"] = more_visits
-    context["missing_scopes"] = (launch.context or {}).get("missing_scopes") or []
-    context["patient_ref"] = patient_ref
-    return context
-
-
-def _fetch_patient_parts(launch: LaunchSession, patient_ref: str) -> dict[str, Any]:
-    """The FHIR side of the context, in one wave of parallel reads. Cached briefly; the
-    store's rows (tickets, tasks, surveys) are always read fresh."""
-    patient_id = patient_ref.split("/", 1)[1]
-    tz = ZoneInfo(viewer_tz())
-    now = utcnow().astimezone(tz)
-    client = _client(launch)
-    window = [
-        ("patient", patient_id),
-        ("date", f"ge{(now - dt.timedelta(days=PAST_DAYS)).date().isoformat()}"),
-        ("date", f"le{(now + dt.timedelta(days=UPCOMING_DAYS)).date().isoformat()}"),
-        ("_include", "Appointment:actor"),
-        ("_count", str(PAGE)),
-    ]
-    calls: Sequence[Callable[[], dict[str, Any]]] = (
-        lambda: client.read("Patient", patient_id),
-        lambda: client.search("Appointment", window),
-        lambda: client.search("Coverage", [("beneficiary", f"Patient/{patient_id}")]),
     )
-    # One wave: the three reads overlap, so the sidebar costs one EHR round trip.
-    patient_read, appts, coverages = parallel(calls, max_workers=3)
-    unavailable: dict[str, str] = {}
-    patient: dict[str, Any] | None = None
-    if isinstance(patient_read, Exception):
-        unavailable["patient"] = _unavailable(patient_read)
-    else:
-        patient = patient_read
-    appointments: list[dict[str, Any]] = []
-    included: list[dict[str, Any]] = []
-    more_visits = False
-    if isinstance(appts, Exception):
-        unavailable["visits"] = _unavailable(appts)
-    else:
-        appointments, included, more_visits = _entries(appts)
-    coverage_list: list[dict[str, Any]] | None = None
-    if isinstance(coverages, Exception):
-        unavailable["coverage"] = _unavailable(coverages)
-    else:
-        coverage_list = _entries(coverages)[0]
-    for part, exc in (("patient", patient_read), ("visits", appts), ("coverage", coverages)):
-        if isinstance(exc, Exception):
-            log.info("context part %s unavailable: %s", part, type(exc).__name__)
+    calls: dict[int, int] = {t.id: 0 for t in rows}
+    if rows:
+        for task_id in db.scalars(
+            select(CallAttempt.task_id).where(CallAttempt.task_id.in_(list(calls)))
+        ):
+            calls[task_id] += 1
+    return [
+        {
+            "id": t.id,
+            "kind": t.kind,
+            "status": t.status,
+            "attempts": t.attempts,
+            "calls": calls[t.id],
+            "due_at": t.due_at.isoformat() if t.due_at else None,
+            "last_error": t.last_error,
+            "status_note": t.status_note,
+            "reason": (t.payload or {}).get("reason"),
+            "channel": (t.payload or {}).get("channel"),
+            "target": (t.payload or {}).get("target"),
+        }
+        for t in rows
+    ]
 
-    return {
-        "patient": patient,
-        "appointments": appointments,
-        "included": included,
-        "coverages": coverage_list,
-        "unavailable": unavailable,
-        "more_visits": more_visits,
-    }
+
+def survey_invites(launch: LaunchSession, patient_ref: str) -> dict[str, dict[str, Any]]:
+    """Per appointment reference: the survey invitation's state (or the queued task's,
+    before the invitation job has run)."""
+    db = get_db()
+    out: dict[str, dict[str, Any]] = {}
+    queued = db.scalars(
+        select(CareTask).where(
+            CareTask.registration_id == launch.registration_id,
+            CareTask.patient_ref == patient_ref,
+            CareTask.kind == "survey-invite",
+        )
+    )
+    for task in queued:
+        ref = str((task.payload or {}).get("appointment_ref") or "")
+        if ref:
+            out[ref] = {
+                "status": "queued"
+                if task.status in ("queued", "scheduled", "running")
+                else task.status,
+                "send_at": task.due_at.isoformat() if task.due_at else None,
+                "note": task.status_note,
+            }
+    invites = db.scalars(
+        select(SurveyInvite).where(
+            SurveyInvite.registration_id == launch.registration_id,
+            SurveyInvite.patient_ref == patient_ref,
+        )
+    )
+    for invite in invites:
+        if invite.appointment_ref:
+            out[invite.appointment_ref] = {
+                "status": invite.status,
+                "channel": invite.channel,
+                "send_at": invite.send_at.isoformat() if invite.send_at else None,
+                "sent_at": invite.sent_at.isoformat() if invite.sent_at else None,
+                "expires_at": invite.expires_at.isoformat() if invite.expires_at else None,
+                "answered_at": invite.answered_at.isoformat() if invite.answered_at else None,
+                "skip_reason": invite.skip_reason,
+            }
+    return out
 
 
 def _surveys(launch: LaunchSession, patient_ref: str) -> list[dict[str, Any]]:
     latest = latest_for_patient(get_db(), launch.registration_id, patient_ref)
     return [latest] if latest else []
+
+
+def known_name(registration_id: int, reference: str) -> str | None:
+    """A practitioner's or place's name this process has read for the EHR, if any."""
+    from fhir_mappers.names import resource_name
+
+    with _cache_lock:
+        found = _names.get((registration_id, reference))
+    return resource_name(found, {}) if found is not None else None
+
+
+def practitioners_named(launch: LaunchSession, query: str) -> list[dict[str, str]]:
+    """Practitioners whose name starts with ``query`` (the referral's picker): one
+    `Practitioner?name=` search. Staff names only, no patient data."""
+    text = " ".join(query.split())[:100]
+    if len(text) < 2:
+        return []
+    bundle = _client(launch).search("Practitioner", [("name", text), ("_count", "10")])
+    out = []
+    for resource in _entries(bundle)[0]:
+        rid = resource.get("id")
+        if resource.get("resourceType") != "Practitioner" or not isinstance(rid, str):
+            continue
+        with _cache_lock:
+            _names[(launch.registration_id, f"Practitioner/{rid}")] = resource
+        out.append(
+            {
+                "ref": f"Practitioner/{rid}",
+                "name": human_name(resource.get("name")) or "Name not on file",
+            }
+        )
+    return out
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]

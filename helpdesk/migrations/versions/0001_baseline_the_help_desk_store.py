@@ -197,6 +197,22 @@ def upgrade() -> None:
         sa.UniqueConstraint("invite_id"),
     )
     op.create_table(
+        "call_attempt",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("task_id", sa.Integer(), nullable=False),
+        sa.Column("attempt", sa.Integer(), nullable=False),
+        sa.Column("outcome", sa.String(length=16), nullable=False),
+        sa.Column("note", sa.Text(), nullable=True),
+        sa.Column("by", sa.String(length=1024), nullable=True),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("next_due_at", sa.DateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(["task_id"], ["care_task.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    with op.batch_alter_table("call_attempt", schema=None) as batch_op:
+        batch_op.create_index("ix_call_attempt_task", ["task_id", "attempt"], unique=False)
+
+    op.create_table(
         "outbound_message",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("task_id", sa.Integer(), nullable=True),
@@ -305,6 +321,10 @@ def downgrade() -> None:
         batch_op.drop_index("ix_outbound_message_task")
 
     op.drop_table("outbound_message")
+    with op.batch_alter_table("call_attempt", schema=None) as batch_op:
+        batch_op.drop_index("ix_call_attempt_task")
+
+    op.drop_table("call_attempt")
     op.drop_table("survey_response")
     with op.batch_alter_table("care_task", schema=None) as batch_op:
         batch_op.drop_index("ix_care_task_status_due")

@@ -1,0 +1,163 @@
+"""The sidebar's rules over real HTTP against the sandbox EHR: a chart's CareDesk works on
+that chart's patient only, channels follow the patient on the server too, and names come
+from the EHR even when its references carry no `display`."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+from sqlalchemy import select
+
+from helpdesk.db import get_store
+from helpdesk.models import CareTask, SurveyInvite, Ticket
+from sandbox.testing import running_sandbox
+from tests.ehr import connect
+from tests.live import serve
+
+CLIENT_ID = "caredesk-lock"
+
+
+def _csrf(html: str) -> str:
+    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)  # type: ignore[union-attr]
+
+
+def _launch(sb: Any, patient: str) -> tuple[requests.Session, requests.Response]:
+    browser = requests.Session()
+    page = browser.get(sb.launch(CLIENT_ID, patient=patient)["url"], timeout=30)
+    assert page.status_code == 200
+    # The page may have been sent before the EHR answered; wait for the whole of it.
+    page = browser.get(page.url + "?wait=1", timeout=30)
+    return browser, page
+
+
+@pytest.fixture
+def env(make_app) -> Iterator[tuple[Any, Any]]:  # type: ignore[no-untyped-def]
+    app = make_app()
+    with serve(app) as url, running_sandbox() as sb:
+        connect(app, sb, url, client_id=CLIENT_ID)
+        yield app, sb
+
+
+def _count(app: Any, model: Any) -> int:
+    with get_store(app).session() as session:
+        return len(list(session.scalars(select(model))))
+
+
+def test_nothing_is_created_for_another_patient_under_a_chart_launch(env) -> None:
+    app, sb = env
+    browser, page = _launch(sb, "pat-001")
+    base = page.url.split("?")[0]
+    token = _csrf(page.text)
+    other = "Patient/pat-002"
+    posts = {
+        "actions/ticket": {"subject": "Billing", "category": "billing"},
+        "actions/task": {"kind": "follow-up", "reason": "Call back", "due": "tmrw 9am"},
+        "actions/survey": {"appointment": "Appointment/appt-pat-002-past"},
+    }
+    posts_referral = {"kind": "referral", "reason": "Knee", "specialty": "orthopedics"}
+    for path, data in [*posts.items(), ("actions/task", posts_referral)]:
+        answer = browser.post(
+            base + path, data={**data, "csrf_token": token, "patient": other}, timeout=30
+        )
+        assert answer.status_code == 403, (path, answer.status_code)
+    api = browser.post(
+        base.replace("/l/", "/api/l/") + "tasks",
+        json={"kind": "follow-up", "reason": "x", "patient": other},
+        headers={"X-CSRF-Token": token},
+        timeout=30,
+    )
+    assert api.status_code == 403
+    assert (_count(app, Ticket), _count(app, CareTask), _count(app, SurveyInvite)) == (0, 0, 0)
+    # No page of this launch opens another patient, nor the board of every patient.
+    assert browser.get(base + "patient/" + other, timeout=30).status_code == 403
+    assert browser.get(base + "board", timeout=30).status_code == 403
+    assert "/board" not in page.text and "pat-002" not in page.text
+
+
+def test_a_channel_the_patient_cannot_receive_is_refused_by_the_server(env) -> None:
+    app, sb = env
+    browser, page = _launch(sb, "pat-003")  # no-sms
+    base = page.url.split("?")[0]
+    assert re.search(r'value="sms" disabled', page.text)
+    answer = browser.post(
+        base + "actions/task",
+        data={
+            "csrf_token": _csrf(page.text),
+            "kind": "follow-up",
+            "reason": "Results are in",
+            "due": "tmrw 9am",
+            "channel": "sms",
+        },
+        timeout=30,
+    )
+    assert answer.status_code == 422
+    assert "asked not to be texted" in answer.text and "Results are in" in answer.text
+    assert _count(app, CareTask) == 0
+    ok = browser.post(
+        base + "actions/task",
+        data={
+            "csrf_token": _csrf(page.text),
+            "kind": "follow-up",
+            "reason": "Results are in",
+            "due": "tmrw 9am",
+            "channel": "phone",
+        },
+        timeout=30,
+    )
+    assert ok.status_code == 200 and "Call queued for tomorrow 9:00 AM" in ok.text
+
+
+def test_names_without_display_are_read_in_one_search_per_type(make_app) -> None:
+    app = make_app()
+    with serve(app) as url, running_sandbox(profile="thirdparty") as sb:
+        connect(app, sb, url, client_id=CLIENT_ID)
+        sb.set_knobs(iss_trailing_slash=False)
+        browser = requests.Session()
+        first = browser.get(sb.launch(CLIENT_ID, patient="pat-001")["url"], timeout=30)
+        sb.clear_requests()
+        page = browser.get(first.url.split("?")[0] + "?refresh=1&wait=1", timeout=30)
+        assert page.status_code == 200
+        # Practitioner, place and payor by name, though no reference carried a display.
+        assert "Dr. Chinedu Okafor" in page.text or "Chinedu Okafor" in page.text
+        assert "CareDesk Clinic - Lakeview" in page.text
+        assert "Aetna" in page.text
+        fhir = [r for r in sb.requests() if r["path"].startswith("/fhir/")]
+        by_type: dict[str, int] = {}
+        for r in fhir:
+            kind = r["path"].split("/")[2]
+            by_type[kind] = by_type.get(kind, 0) + 1
+        # One wave for the patient, visits and coverage, then at most one `_id=` search
+        # per type of name: never a request per visit.
+        assert by_type.get("Practitioner", 0) <= 1 and by_type.get("Location", 0) <= 1
+        assert by_type.get("Organization", 0) <= 1
+        assert len(fhir) <= 6, [(r["path"], r["query"]) for r in fhir]
+        for r in fhir:
+            if r["path"] in ("/fhir/Practitioner", "/fhir/Location", "/fhir/Organization"):
+                assert "_id=" in r["query"]
+
+
+def test_referral_picks_the_practitioner_from_a_name_search(env) -> None:
+    app, sb = env
+    browser, page = _launch(sb, "pat-001")
+    base = page.url.split("?")[0]
+    found = browser.get(base + "?rf_q=okafor&wait=1", timeout=30)
+    assert 'data-testid="practitioner-choices"' in found.text
+    assert 'value="Practitioner/prac-clinician-okafor"' in found.text
+    done = browser.post(
+        base + "actions/task",
+        data={
+            "csrf_token": _csrf(found.text),
+            "kind": "referral",
+            "reason": "Second opinion",
+            "practitioner": "Practitioner/prac-clinician-okafor",
+        },
+        timeout=30,
+    )
+    assert done.status_code == 200 and "Referral to Dr. Chinedu Okafor queued" in done.text
+    with get_store(app).session() as session:
+        [task] = session.scalars(select(CareTask)).all()
+        assert task.payload["target"]["practitioner"] == "Practitioner/prac-clinician-okafor"
