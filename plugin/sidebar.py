@@ -55,7 +55,7 @@ log = logging.getLogger("caredesk.sidebar")
 _PATIENT_REF = re.compile(r"^Patient/[A-Za-z0-9\-.]{1,64}$")
 _APPOINTMENT_REF = re.compile(r"^Appointment/[A-Za-z0-9\-.]{1,256}$")
 # How long the page waits for the EHR before it is sent with loading sections instead.
-FIRST_PAINT_SECONDS = 0.05
+FIRST_PAINT_SECONDS = 0.1
 ACTIONS = ("ticket", "followup", "referral", "survey")
 
 
@@ -111,8 +111,6 @@ def patient(launch_id: str, patient_ref: str) -> BaseResponse | tuple[str, int]:
     launch = current_launch(launch_id)
     if not _PATIENT_REF.match(patient_ref):
         raise AppError("That is not a patient reference.", status=404, code="not_found")
-    if launch.patient_ref == patient_ref:
-        return redirect(url_for("sidebar.home", launch_id=launch.id))
     _check_patient(launch, patient_ref)
     return _page(launch, patient_ref)
 
