@@ -125,24 +125,53 @@ def _entries(bundle: object) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
 
 
 class _OneRefresh:
-    """Wraps a client's token callbacks so that once renewing the grant failed (revoked,
-    expired), the other reads of the same page fail at once instead of each asking the
-    EHR's token endpoint again (it was seen retrying three times per page load)."""
+    """Wraps a client's token callbacks for the reads of one page.
+
+    Once renewing the grant failed (revoked, expired), the page's other reads fail at
+    once instead of each asking the EHR's token endpoint again (it was seen retrying
+    three times per page load). Renewals after a 401 are taken one at a time, and a read
+    that waited while another renewed uses that renewal instead of starting its own.
+    """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.failed: NeedsAuthorization | None = None
+        self.renewed: str | None = None
+        self.used = threading.local()  # the token this thread's last request carried
 
-    def wrap(self, call: Callable[[], str]) -> Callable[[], str]:
+    def _fail(self, exc: NeedsAuthorization) -> None:
+        self.failed = exc
+
+    def token(self, call: Callable[[], str]) -> Callable[[], str]:
+        def guarded() -> str:
+            if self.failed is not None:
+                raise self.failed
+            try:
+                token = call()
+            except NeedsAuthorization as exc:
+                self._fail(exc)
+                raise
+            self.used.token = token
+            return token
+
+        return guarded
+
+    def renew(self, call: Callable[[], str]) -> Callable[[], str]:
         def guarded() -> str:
             with self.lock:
                 if self.failed is not None:
                     raise self.failed
+                if self.renewed is not None and getattr(self.used, "token", None) != self.renewed:
+                    # Another read renewed after this one's token was taken: use that.
+                    self.used.token = self.renewed
+                    return self.renewed
                 try:
-                    return call()
+                    fresh = call()
                 except NeedsAuthorization as exc:
-                    self.failed = exc
+                    self._fail(exc)
                     raise
+                self.renewed = self.used.token = fresh
+                return fresh
 
         return guarded
 
@@ -151,9 +180,9 @@ def _page_client(launch: LaunchSession) -> FhirClient:
     client = _client(launch)
     guard = _OneRefresh()
     # FhirClient keeps its callbacks as attributes; the guard goes around both.
-    client._token = guard.wrap(client._token)  # noqa: SLF001
+    client._token = guard.token(client._token)  # noqa: SLF001
     if client.on_unauthorized is not None:
-        client.on_unauthorized = guard.wrap(client.on_unauthorized)
+        client.on_unauthorized = guard.renew(client.on_unauthorized)
     return client
 
 

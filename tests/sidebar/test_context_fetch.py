@@ -26,7 +26,11 @@ def launched(make_app) -> Iterator[tuple]:  # type: ignore[type-arg]
         browser = requests.Session()
         page = browser.get(sb.launch(CLIENT_ID, patient="pat-001")["url"], timeout=30)
         assert page.status_code == 200
-        yield sb, browser, page.url
+        url = page.url.split("?")[0]
+        # The whole page once (the first one may be sent before the EHR answered): the
+        # process has then loaded what building a context needs, as a running server has.
+        assert "Okonkwo" in browser.get(url + "?wait=1", timeout=30).text
+        yield sb, browser, url
 
 
 def _fhir_requests(sb) -> list[dict]:  # type: ignore[no-untyped-def,type-arg]
