@@ -188,7 +188,7 @@ def _back(launch: LaunchSession, ok: str) -> BaseResponse:
     return redirect(url_for("calls.calls_page", launch_id=launch.id, **args), 303)
 
 
-@bp.post("/l/<launch_id>/calls/<int:task_id>/log")
+@bp.post("/l/<launch_id>/calls/<rowid:task_id>/log")
 def log_call(launch_id: str, task_id: int) -> BaseResponse | tuple[str, int]:
     launch = current_launch(launch_id)
     check_csrf(launch)
@@ -231,7 +231,7 @@ def log_call(launch_id: str, task_id: int) -> BaseResponse | tuple[str, int]:
     return _render(launch, form=form, status=422)
 
 
-@bp.post("/l/<launch_id>/calls/<int:task_id>/done")
+@bp.post("/l/<launch_id>/calls/<rowid:task_id>/done")
 def finish(launch_id: str, task_id: int) -> BaseResponse | tuple[str, int]:
     launch = current_launch(launch_id)
     check_csrf(launch)

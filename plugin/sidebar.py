@@ -525,7 +525,7 @@ def _same(
     return registration_id == launch.registration_id and row_patient == patient_ref
 
 
-@bp.post("/l/<launch_id>/tasks/<int:task_id>/channel")
+@bp.post("/l/<launch_id>/tasks/<rowid:task_id>/channel")
 def change_channel(launch_id: str, task_id: int) -> BaseResponse | tuple[str, int]:
     """A follow-up that failed for a lasting reason, sent again another way."""
     from jobs import outbox
