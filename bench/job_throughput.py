@@ -144,6 +144,8 @@ def _queue_writebacks(app: Any, reg_id: int, count: int) -> list[int]:
                     kind=domain.WRITEBACK_KIND,
                     patient_ref="Patient/pat-001",
                     payload={"response_id": r.id},
+                    # As helpdesk.surveys.record_answer queues it: one task per answer.
+                    dedupe_key=domain.writeback_key(r.id),
                 )
                 for r in responses
             ]

@@ -21,7 +21,7 @@ from helpdesk.models import EhrRegistration, LaunchSession
 from smart_launch.backend import BackendTokenCache, backend_token
 from smart_launch.config import Registration, SigningKey
 from smart_launch.discovery import DiscoveryCache, SmartConfiguration, discover
-from smart_launch.errors import NeedsAuthorization, SmartError
+from smart_launch.errors import NeedsAuthorization
 from smart_launch.fhir import FhirClient
 from smart_launch.refresh import token_callbacks
 from smart_launch.tokens import TokenSet
@@ -51,11 +51,6 @@ class EhrClients:
                 session.headers["User-Agent"] = "CareDesk/0.1 (SMART on FHIR)"
                 self._sessions[registration_id] = session
             return session
-
-    def after_fork(self) -> None:
-        """In a forked child: forget (do not close) the parent's pooled sockets."""
-        self._lock = threading.Lock()
-        self._sessions = {}
 
     def close(self) -> None:
         with self._lock:
@@ -195,20 +190,6 @@ def fhir_client(
         "No backend-services client is registered for this EHR and there is no launch "
         "with a refresh token to act on."
     )
-
-
-def warm(app: Flask, row: EhrRegistration) -> None:
-    """Fill this process's discovery and backend-token caches for an EHR (the worker does
-    it before forking a job, which inherits them). Best effort: the job reports errors."""
-    try:
-        reg = to_registration(row, vault=get_vault(app), app=app)
-        shared = clients(app)
-        http = shared.http(row.id)
-        conf = discover(reg, http=http, cache=shared.discovery)
-        if reg.backend_client_id and reg.signing_keys:
-            backend_token(reg, conf, http=http, cache=shared.backend_tokens)
-    except SmartError:
-        return
 
 
 def _launch_client(

@@ -101,6 +101,11 @@ class NotAnswerable(Exception):
     """The invitation was answered (or expired) between the page load and the POST."""
 
 
+def writeback_key(response_id: int) -> str:
+    """The dedupe key of an answer's write-back task: one task per answer."""
+    return f"survey-writeback:{response_id}"
+
+
 def record_answer(
     session: Session,
     invite: SurveyInvite,
@@ -151,7 +156,7 @@ def record_answer(
             kind=WRITEBACK_KIND,
             patient_ref=invite.patient_ref,
             payload={"response_id": response.id},
-            dedupe_key=f"survey-writeback:{response.id}",
+            dedupe_key=writeback_key(response.id),
         )
         if task is not None:
             session.flush()  # the id is what gets dispatched

@@ -8,11 +8,10 @@ from typing import Any
 
 from flask import Flask
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from helpdesk import ehr
 from helpdesk.crypto import get_vault
-from helpdesk.db import get_store
 from helpdesk.models import CareTask, EhrRegistration, LaunchSession, OutboundMessage
 from jobs import contact
 from jobs.outbound import (
@@ -26,19 +25,6 @@ from jobs.outbound import (
     render,
 )
 from smart_launch.fhir import FhirClient
-
-
-def warm(app: Flask, task_id: int) -> None:
-    """Fill this process's discovery and backend-token caches for a task's EHR.
-
-    The worker calls it before forking the work horse, which inherits the caches: without
-    it every job (a fresh fork) paid for discovery and a token request of its own.
-    """
-    with get_store(app).session() as session:
-        task = session.get(CareTask, task_id)
-        row = session.get(EhrRegistration, task.registration_id) if task else None
-        if row is not None:
-            ehr.warm(app, row)
 
 
 def registration_client(
@@ -65,7 +51,12 @@ class JobContext:
     @property
     def registration(self) -> EhrRegistration:
         if self._registration is None:
-            reg = self.session.get(EhrRegistration, self.task.registration_id)
+            # With its signing keys in the same query: the FHIR client needs them.
+            reg = self.session.get(
+                EhrRegistration,
+                self.task.registration_id,
+                options=[joinedload(EhrRegistration.signing_keys)],
+            )
             if reg is None:
                 from jobs.errors import TaskError
 

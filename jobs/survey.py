@@ -46,6 +46,7 @@ from helpdesk.surveys import (
     new_link_token,
     questionnaire,
     survey_link,
+    writeback_key,
 )
 from helpdesk.tasks import new_task
 from jobs import outbox
@@ -352,14 +353,17 @@ def write_back(task: CareTask, ctx: Any) -> None:
     query = f"{system}|{invite.id}"
     client = ctx.fhir()
     try:
-        # Search first: EHRs without conditional create (Epic) ignore If-None-Exist, and a
-        # retry after a timeout whose create did succeed must find it, not add a second.
-        found = client.search("QuestionnaireResponse", {"identifier": query})
-        existing = [
-            e.get("resource") or {}
-            for e in found.get("entry") or []
-            if (e.get("resource") or {}).get("resourceType") == "QuestionnaireResponse"
-        ]
+        existing: list[dict[str, Any]] = []
+        if not _first_write(task, response):
+            # Search first: an earlier run may have created the resource and died (or
+            # timed out) before it could say so, and EHRs without conditional create
+            # (Epic) ignore If-None-Exist.
+            found = client.search("QuestionnaireResponse", {"identifier": query})
+            existing = [
+                e.get("resource") or {}
+                for e in found.get("entry") or []
+                if (e.get("resource") or {}).get("resourceType") == "QuestionnaireResponse"
+            ]
         if existing:
             fhir_id = _id_from(existing[0])
         else:
@@ -383,6 +387,13 @@ def write_back(task: CareTask, ctx: Any) -> None:
         **(task.fhir_refs or {}),
         "QuestionnaireResponse": f"QuestionnaireResponse/{fhir_id}" if fhir_id else None,
     }
+
+
+def _first_write(task: CareTask, response: SurveyResponse) -> bool:
+    """The first attempt of the only write-back task of this answer (the unique dedupe
+    key ``helpdesk.surveys.record_answer`` gives it): nothing can have been written for
+    it yet, so it creates at once and saves the EHR a search round trip."""
+    return task.attempts == 1 and task.dedupe_key == writeback_key(response.id)
 
 
 def _is_auth_problem(exc: FatalFhirError) -> bool:

@@ -108,70 +108,81 @@ def run_task(task_id: int) -> None:
     _load_handlers()
     job = get_current_job()
     job_id = job.id if job is not None else None
-    store = get_store(app)
-    now = utcnow()
-    with store.session() as session:
-        claimed = session.execute(  # type: ignore[attr-defined]
-            update(CareTask)
-            .where(
-                CareTask.id == task_id,
-                CareTask.status.in_(("queued", "scheduled")),
-                # A stale job (an older attempt, or one re-enqueued by the sweeper while
-                # the original was still about) must not run the task a second time.
-                (CareTask.job_id == job_id) if job_id else CareTask.job_id.is_(None),
-            )
-            .values(
-                status="running",
-                attempts=CareTask.attempts + 1,
-                started_at=now,
-                updated_at=now,
-                last_error=None,
-            )
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        if not claimed:
+    session = get_store(app).sessions()
+    try:
+        task = _claim(session, task_id, job_id)
+        if task is None:
             log.info("task %s: job %s skipped (task not waiting for this job)", task_id, job_id)
             return
-        task = session.get(CareTask, task_id)
-        assert task is not None
-        session.add(TaskAttempt(task_id=task.id, attempt=task.attempts, job_id=job_id))
-    lease = _Lease(app, task_id, job_id or "inline")
-    lease.start()
-    try:
-        _run_claimed(app, task_id)
-    finally:
-        lease.stop()
-
-
-def _run_claimed(app: Flask, task_id: int) -> None:
-    store = get_store(app)
-    session = store.sessions()
-    try:
-        task = session.get(CareTask, task_id)
-        assert task is not None
-        registered = HANDLERS.get(task.kind)
+        lease = _Lease(app, task_id, job_id or "inline")
+        lease.start()
         try:
-            if registered is None:
-                raise TaskError(f"no handler for tasks of kind {task.kind!r}")
-            ctx = JobContext(app=app, session=session, task=task, now=utcnow())
-            try:
-                registered.run(task, ctx)
-            finally:
-                ctx.close()
-        except Exception as exc:
-            session.rollback()
-            _record_failure(app, task_id, exc)
-            return
-        now = utcnow()
-        if task.status == "running":
-            task.status = "done"
-        if task.status in ("done", "cancelled"):
-            task.finished_at = now
-        task.updated_at = now
-        _finish_attempt(session, task, "done", None, now)
-        session.commit()
+            _run_claimed(app, session, task)
+        finally:
+            lease.stop()
     finally:
         session.close()
+
+
+def _claim(session: Session, task_id: int, job_id: str | None) -> CareTask | None:
+    """Mark the task running for this job and record the attempt, committed before any
+    work: a worker that dies from here on leaves a ``running`` row the sweeper recovers.
+
+    One conditional UPDATE, so of two jobs for one task (a stale attempt, or one
+    re-enqueued by the sweeper while the original was still about) only the job named on
+    the row runs it. RQ cannot promise that: it knows jobs, not tasks.
+    """
+    now = utcnow()
+    task = session.scalars(
+        update(CareTask)
+        .where(
+            CareTask.id == task_id,
+            CareTask.status.in_(("queued", "scheduled")),
+            (CareTask.job_id == job_id) if job_id else CareTask.job_id.is_(None),
+        )
+        .values(
+            status="running",
+            attempts=CareTask.attempts + 1,
+            started_at=now,
+            updated_at=now,
+            last_error=None,
+        )
+        .returning(CareTask)
+        .execution_options(synchronize_session=False)
+    ).one_or_none()
+    if task is None:
+        session.rollback()
+        return None
+    session.add(TaskAttempt(task_id=task.id, attempt=task.attempts, job_id=job_id, started_at=now))
+    # The session keeps its objects across the commit (expire_on_commit=False), so the
+    # handler works on this same row without reading it again.
+    session.commit()
+    return task
+
+
+def _run_claimed(app: Flask, session: Session, task: CareTask) -> None:
+    task_id = task.id
+    registered = HANDLERS.get(task.kind)
+    try:
+        if registered is None:
+            raise TaskError(f"no handler for tasks of kind {task.kind!r}")
+        ctx = JobContext(app=app, session=session, task=task, now=utcnow())
+        try:
+            registered.run(task, ctx)
+        finally:
+            ctx.close()
+    except Exception as exc:
+        session.rollback()
+        _record_failure(app, task_id, exc)
+        return
+    now = utcnow()
+    if task.status == "running":
+        task.status = "done"
+    if task.status in ("done", "cancelled"):
+        task.finished_at = now
+    task.updated_at = now
+    _finish_attempt(session, task, "done", None, now)
+    session.commit()
 
 
 def _finish_attempt(
@@ -297,11 +308,6 @@ class _Lease:
             self.conn.delete(self.key)
         except Exception:  # noqa: BLE001
             log.warning("could not drop lease %s", self.key)
-
-
-def run_inline(task_id: int) -> None:
-    """Run a task in this process (tests, `caredesk jobs run`), as RQ would."""
-    run_task(task_id)
 
 
 __all__: list[Any] = ["handler", "run_task", "HANDLERS", "backoff", "final_failure"]

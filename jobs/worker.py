@@ -1,4 +1,19 @@
-"""Worker entry points. Jobs run inside ``app.app_context()`` made here, never at import."""
+"""Worker entry points. Jobs run inside ``app.app_context()`` made here, never at import.
+
+``AppWorker`` runs each job in its own process, one after another, without a fork per
+job (RQ's ``SimpleWorker``). A profile of the forking worker (issue 16) found that most
+of a survey write-back job's time was the fork throwing away what the previous job had
+built: a new PostgreSQL connection and its prepared statements, SQLAlchemy's compiled
+statement cache, fhir.resources' model classes (built lazily on first validation), HTTP
+keep-alive sockets to the EHR and the Redis connection. Kept in one process they are
+built once per worker.
+
+What the fork gave, and how it is kept: *a crash kills one job only*: a crash now takes
+the worker down with its one job; the task's lease lapses and the sweeper
+(``jobs.outbox.sweep``) runs the task again. Run workers under a supervisor that restarts
+them (systemd ``Restart=always``, Kubernetes), as for any long-running process. *Job
+timeouts*: RQ's SIGALRM death penalty works the same in the worker's main thread.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +21,7 @@ import logging
 from typing import Any
 
 from flask import Flask
-from rq import SimpleWorker, Worker
+from rq import SimpleWorker
 from rq.timeouts import TimerDeathPenalty
 
 from helpdesk.logctx import request_id_var
@@ -14,25 +29,8 @@ from helpdesk.logctx import request_id_var
 log = logging.getLogger("caredesk.jobs")
 
 
-class _AppContextMixin:
-    app: Flask
-
-    def perform_job(self, job: Any, queue: Any, execution: Any) -> bool:
-        token = request_id_var.set(f"job:{job.id}")
-        try:
-            with self.app.app_context():
-                return bool(super().perform_job(job, queue, execution))  # type: ignore[misc]
-        finally:
-            request_id_var.reset(token)
-
-
-class AppWorker(_AppContextMixin, Worker):
-    """The production worker: forks a work horse per job, so a crash kills one job only.
-
-    What every job needs is prepared here, in the parent, so each fork inherits it instead
-    of paying for it again: the handler modules are imported once, and before each task
-    job the EHR's discovery document and backend token are cached (see ``jobs.context.warm``).
-    """
+class AppWorker(SimpleWorker):
+    """The production worker (see the module docstring)."""
 
     def __init__(self, *args: Any, app: Flask, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -42,34 +40,20 @@ class AppWorker(_AppContextMixin, Worker):
         with app.app_context():
             load_handlers()
 
-    def main_work_horse(self, job: Any, queue: Any) -> Any:
-        # In the forked horse: never reuse the parent's database connections or HTTP
-        # sockets (both ends would talk on one socket: "prepared statement already
-        # exists" on PostgreSQL). Caches (discovery, tokens) are plain memory and stay.
-        from helpdesk.db import get_store
-        from helpdesk.ehr import clients
-
-        get_store(self.app).engine.dispose(close=False)
-        clients(self.app).after_fork()
-        return super().main_work_horse(job, queue)
-
-    def execute_job(self, job: Any, queue: Any) -> Any:
-        if job.func_name == "jobs.tasks.run_task" and job.args:
-            from jobs.context import warm
-
+    def perform_job(self, job: Any, queue: Any, execution: Any) -> bool:
+        token = request_id_var.set(f"job:{job.id}")
+        try:
             with self.app.app_context():
-                warm(self.app, int(job.args[0]))
-        return super().execute_job(job, queue)
+                return bool(super().perform_job(job, queue, execution))
+        finally:
+            request_id_var.reset(token)
 
 
-class EmbeddedWorker(_AppContextMixin, SimpleWorker):
-    """The demo's in-process worker thread: no fork, no signals (not the main thread)."""
+class EmbeddedWorker(AppWorker):
+    """The demo's in-process worker thread: no signals (not the main thread), so job
+    timeouts use a timer thread instead of SIGALRM."""
 
     death_penalty_class = TimerDeathPenalty
-
-    def __init__(self, *args: Any, app: Flask, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.app = app
 
     def _install_signal_handlers(self) -> None:
         # signal.signal() only works in the main thread; the demo stops the thread by

@@ -162,18 +162,18 @@ def test_a_worker_fetches_discovery_and_a_backend_token_once_for_many_jobs(
     before = sandbox.stats()["token_requests"]["client_credentials"]
     run_burst(job_app)
     assert {load_task(job_app, i).status for i in ids} == {"waiting"}
-    # Each job runs in its own fork; the caches filled by the worker before forking
-    # (jobs.context.warm) are inherited, so three jobs cost one token and one discovery.
+    # The worker runs its jobs in one process: its discovery and backend-token caches
+    # serve every job, so three jobs cost one token and one discovery.
     assert sandbox.stats()["token_requests"]["client_credentials"] - before == 1
     discovery = [r for r in sandbox.requests() if r["path"].endswith("smart-configuration")]
     assert len(discovery) == 1
 
 
-def test_forked_jobs_on_postgresql_do_not_share_the_workers_connections(
+def test_jobs_on_postgresql_share_the_workers_pooled_connection_cleanly(
     make_app, pg_url, sandbox
 ) -> None:
-    """The worker touches the store before forking (warm-up); each forked job must open
-    its own PostgreSQL connection, or two processes talk on one socket."""
+    """Six jobs one after another on the worker's pooled PostgreSQL connection: each
+    session ends cleanly, so no job trips over the last one's prepared statements."""
     from tests.jobs.conftest import JOB_CONFIG, SECRET
 
     app = make_app(DATABASE_URL=pg_url, SECRET_KEY=SECRET, **JOB_CONFIG)

@@ -1,0 +1,125 @@
+"""What a job costs, pinned (issue 16): each test fails if its optimisation is undone.
+
+- the worker runs jobs in one process (no fork per job), so what one job built (database
+  and HTTP connections, compiled statements, model classes) serves the next;
+- a survey write-back's first attempt is one EHR request (a conditional create), not a
+  search and a create;
+- the store statements of a write-back job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from rq.job import Job
+from sqlalchemy import event
+
+from helpdesk import surveys as domain
+from helpdesk.db import get_store
+from helpdesk.ehr import clients
+from helpdesk.models import CareTask, SurveyResponse
+from helpdesk.tasks import new_task as create_task
+from jobs import outbox
+from jobs.queue import get_queue, get_queue_state
+from jobs.worker import EmbeddedWorker
+from sandbox.testing import SandboxHandle, running_sandbox
+from tests.jobs.conftest import JOB_CONFIG, SECRET, run_burst
+from tests.survey.conftest import make_invite, register_backend_ehr
+
+ANSWERS = {"csat": "4", "nps": 9, "comment": "ok", "contact-ok": False}
+
+
+@pytest.fixture
+def sandbox() -> Iterator[SandboxHandle]:
+    with running_sandbox() as sb:
+        yield sb
+
+
+def _writebacks(app, reg_id: int, count: int) -> list[int]:  # type: ignore[no-untyped-def]
+    """Answered invitations with their write-back task, queued as record_answer does."""
+    ids = []
+    with app.app_context():
+        for _ in range(count):
+            _, invite_id = make_invite(app, reg_id, status="answered")
+            with get_store(app).session() as session:
+                response = SurveyResponse(
+                    invite_id=invite_id, answers=ANSWERS, csat=4, nps=9, contact_ok=False
+                )
+                session.add(response)
+                session.flush()
+                task = create_task(
+                    session,
+                    registration_id=reg_id,
+                    kind=domain.WRITEBACK_KIND,
+                    patient_ref="Patient/pat-001",
+                    payload={"response_id": response.id},
+                    dedupe_key=domain.writeback_key(response.id),
+                )
+                session.flush()
+                ids.append(task.id)
+        outbox.dispatch(ids, app=app)
+    return ids
+
+
+def _work(app) -> None:  # type: ignore[no-untyped-def]
+    """Drain the queues with the production worker class, in this process."""
+    state = get_queue_state(app)
+    worker = EmbeddedWorker(
+        [state.queue(n) for n in state.queue_names], connection=state.connection, app=app
+    )
+    worker.work(burst=True, with_scheduler=False, logging_level="WARNING")
+
+
+def _statuses(app, ids: list[int]) -> set[str]:  # type: ignore[no-untyped-def]
+    with get_store(app).session() as session:
+        return {session.get(CareTask, i).status for i in ids}
+
+
+def test_the_worker_runs_its_jobs_in_one_process(job_app) -> None:
+    jobs = [get_queue(app=job_app).enqueue("os.getpid") for _ in range(3)]
+    run_burst(job_app)
+    pids = {
+        Job.fetch(j.id, connection=get_queue_state(job_app).connection).return_value() for j in jobs
+    }
+    # One worker process ran all three: no work horse forked per job.
+    assert len(pids) == 1 and None not in pids
+
+
+def test_a_first_write_back_is_one_ehr_request_on_one_connection_each(
+    make_app, pg_url, sandbox
+) -> None:
+    app = make_app(DATABASE_URL=pg_url, SECRET_KEY=SECRET, **JOB_CONFIG)
+    reg_id = register_backend_ehr(app, sandbox)
+    ids = _writebacks(app, reg_id, 5)
+    store = get_store(app)
+    store.engine.dispose()
+    opened: list[object] = []
+    statements: list[str] = []
+    event.listen(store.engine, "connect", lambda *a: opened.append(a))
+
+    def count(conn, cursor, statement, *rest) -> None:  # type: ignore[no-untyped-def]
+        statements.append(statement.split(None, 1)[0].upper())
+
+    event.listen(store.engine, "before_cursor_execute", count)
+    sandbox.clear_requests()
+    _work(app)
+    assert _statuses(app, ids) == {"done"}
+    requests_made = [
+        (r["method"], r["path"].rsplit("/", 1)[-1])
+        for r in sandbox.requests()
+        if "/fhir/" in r["path"] and not r["path"].endswith(("metadata", "smart-configuration"))
+    ]
+    # Create with If-None-Exist only: no search before the first attempt's create.
+    assert requests_made == [("POST", "QuestionnaireResponse")] * 5
+    # One database connection (pool_pre_ping's SELECT 1 aside) served every job.
+    assert len(opened) == 1
+    # Per job: the claim (UPDATE .. RETURNING, INSERT attempt), the answer, its
+    # invitation, the registration with its signing keys (one query), then the outcome:
+    # answer, task, attempt. No re-read of the task, no separate query for the keys.
+    one_job = ["UPDATE", "INSERT", "SELECT", "SELECT", "SELECT", "UPDATE", "UPDATE", "UPDATE"]
+    assert statements[: 5 * len(one_job)] == one_job * 5, statements
+    http = clients(app).http(reg_id)
+    pools = http.get_adapter(sandbox.fhir_base).poolmanager.pools
+    # One HTTP connection to the EHR, kept alive from job to job.
+    assert [pools[key].num_connections for key in pools.keys()] == [1]
