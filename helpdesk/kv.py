@@ -1,5 +1,5 @@
-"""The one Redis connection of a process: RQ's queues, the token-refresh lock, task leases,
-rate limits. ``CAREDESK_REDIS_URL`` names it.
+"""The one Redis connection of a process: RQ's queues (and their job heartbeats), the
+token-refresh lock, rate limits. ``CAREDESK_REDIS_URL`` names it.
 
 Only the demo and the tests may run without Redis: they get an in-process fakeredis (the
 demo's jobs then die with the process). Anywhere else a missing ``CAREDESK_REDIS_URL``

@@ -19,7 +19,7 @@ from flask import Flask, current_app
 from rq.job import Job, JobStatus
 from rq.rate_limit import RateLimit
 from rq.registry import StartedJobRegistry
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from helpdesk.db import get_store
@@ -45,10 +45,6 @@ JOB_TIMEOUT = 600
 def job_id_for(task_id: int, attempt: int) -> str:
     """Unique per task and attempt, so a re-enqueue of one attempt never makes two jobs."""
     return f"task-{task_id}-a{attempt}"
-
-
-def lease_key(task_id: int) -> str:
-    return f"caredesk:task-lease:{task_id}"
 
 
 @dataclass(frozen=True)
@@ -141,29 +137,35 @@ class SweepResult:
         }
 
 
-def _job_alive(conn: redis.Redis, job_id: str | None) -> bool:
+def _job_state(conn: redis.Redis, job_id: str | None) -> JobStatus | None:
     if not job_id:
-        return False
+        return None
     try:
         job = Job.fetch(job_id, connection=conn)
     except Exception:  # noqa: BLE001 - NoSuchJobError or an unreadable job: both mean gone
-        return False
-    return job.get_status(refresh=False) in LIVE_JOB_STATES
+        return None
+    return job.get_status(refresh=False)
 
 
 def sweep(
     app: Flask, *, grace: timedelta | None = None, now: datetime | None = None, batch: int = 500
 ) -> SweepResult:
-    """Re-enqueue open rows whose job is gone; take running rows without a lease for dead.
+    """Re-enqueue open rows whose job is gone; recover running rows whose worker died.
 
-    A running row keeps a Redis lease while its job runs (``run_task`` renews it). No
-    lease means the worker died mid-job (SIGKILL, OOM, a lost machine): the attempt is
+    Whether a running job's worker is alive is RQ's to say: the worker renews the job's
+    heartbeat in RQ's started-job registry while it runs (``jobs.worker``), and
+    ``StartedJobRegistry.cleanup`` moves a job whose heartbeat lapsed (SIGKILL, OOM, a lost
+    machine) to the failed registry as abandoned. So the registries are cleaned first;
+    then a running row whose job is no longer started is taken for dead: the attempt is
     marked ``abandoned`` and the task runs again, or fails when it has no attempts left.
+    What RQ cannot do is kept here: it knows nothing of the row, its attempts, or a task
+    whose job vanished altogether (FLUSHALL, an enqueue that never happened).
     """
     now = now or utcnow()
     if grace is None:
         grace = timedelta(seconds=int(app.config["TASK_SWEEP_GRACE_SECONDS"]))
     conn = get_queue_state(app).connection
+    _cleanup_started(app)
     result = SweepResult()
     last_id = 0
     to_dispatch: list[int] = []
@@ -187,19 +189,21 @@ def sweep(
             last_id = rows[-1].id
             for task in rows:
                 result.checked += 1
+                state = _job_state(conn, task.job_id)
                 if task.status == "running":
-                    if conn.exists(lease_key(task.id)):
+                    if state == JobStatus.STARTED:
                         continue
-                    _abandon(session, app, task, now)
+                    outcome = abandon(session, app, task, now)
+                    if outcome is None:
+                        continue  # it finished (or moved on) since we read it
                     result.dead.append(task.id)
-                    if task.status == "failed":
+                    if outcome == "failed":
                         result.failed.append(task.id)
                         continue
-                elif _job_alive(conn, task.job_id):
+                elif state in LIVE_JOB_STATES:
                     continue
                 to_dispatch.append(task.id)
                 result.requeued.append(task.id)
-    _cleanup_started(app)
     # Dispatch after the commit above, like every other enqueue.
     for start in range(0, len(to_dispatch), batch):
         dispatch(to_dispatch[start : start + batch], app=app)
@@ -210,32 +214,54 @@ def sweep(
     return result
 
 
-def _abandon(session: Session, app: Flask, task: CareTask, now: datetime) -> None:
-    attempt = session.scalar(
-        select(TaskAttempt)
-        .where(TaskAttempt.task_id == task.id, TaskAttempt.attempt == task.attempts)
-        .order_by(TaskAttempt.id.desc())
-        .limit(1)
+ABANDONED = "the worker running this task stopped (killed or lost) before it finished"
+
+
+def abandon(session: Session, app: Flask, task: CareTask, now: datetime) -> str | None:
+    """The attempt in hand died with its worker: record it, and queue the task again (or
+    fail it when no attempts are left). Returns the new status, or None when the row was
+    no longer running that attempt (it finished meanwhile): a compare-and-set, so a task
+    that just completed is never run again."""
+    status = "failed" if task.attempts >= task.max_attempts else "queued"
+    values: dict[str, Any] = {"status": status, "last_error": ABANDONED, "updated_at": now}
+    if status == "failed":
+        values["finished_at"] = now
+    else:
+        values["due_at"] = None
+    changed = session.execute(
+        update(CareTask)
+        .where(
+            CareTask.id == task.id,
+            CareTask.status == "running",
+            CareTask.attempts == task.attempts,
+            CareTask.job_id == task.job_id if task.job_id else CareTask.job_id.is_(None),
+        )
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    if not changed:
+        return None
+    session.execute(
+        update(TaskAttempt)
+        .where(
+            TaskAttempt.task_id == task.id,
+            TaskAttempt.attempt == task.attempts,
+            TaskAttempt.outcome == "running",
+        )
+        .values(outcome="abandoned", error=ABANDONED, finished_at=now)
+        .execution_options(synchronize_session=False)
     )
-    reason = "the worker running this task stopped (killed or lost) before it finished"
-    if attempt is not None and attempt.outcome == "running":
-        attempt.outcome = "abandoned"
-        attempt.error = reason
-        attempt.finished_at = now
-    task.last_error = reason
-    if task.attempts >= task.max_attempts:
-        task.status = "failed"
-        task.finished_at = now
+    session.refresh(task)
+    if status == "failed":
         from jobs.tasks import final_failure
 
         final_failure(session, app, task)
-    else:
-        task.status = "queued"
-        task.due_at = None
+    return status
 
 
 def _cleanup_started(app: Flask) -> None:
-    """Let RQ move jobs of dead workers out of its started registries (to failed)."""
+    """RQ's abandoned-job handling: jobs whose heartbeat lapsed leave the started registry
+    for the failed one (their rate-limit slot is freed too)."""
     state = get_queue_state(app)
     for name in state.queue_names:
         try:

@@ -19,7 +19,6 @@ otherwise the task is ``done`` when it returns. What it raises decides the rest:
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -31,14 +30,13 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from helpdesk.db import get_store
-from helpdesk.kv import get_redis
 from helpdesk.models import CareTask, TaskAttempt
 from helpdesk.tasks import GAVE_UP
 from helpdesk.timeutil import utcnow
 from jobs.context import JobContext
 from jobs.errors import TaskError, TemporaryTaskError
 from jobs.outbound import OutboundError, TemporaryOutboundError
-from jobs.outbox import dispatch, lease_key
+from jobs.outbox import dispatch
 from smart_launch.errors import (
     DiscoveryError,
     FatalFhirError,
@@ -114,12 +112,7 @@ def run_task(task_id: int) -> None:
         if task is None:
             log.info("task %s: job %s skipped (task not waiting for this job)", task_id, job_id)
             return
-        lease = _Lease(app, task_id, job_id or "inline")
-        lease.start()
-        try:
-            _run_claimed(app, session, task)
-        finally:
-            lease.stop()
+        _run_claimed(app, session, task)
     finally:
         session.close()
 
@@ -277,37 +270,6 @@ def final_failure(session: Session, app: Flask, task: CareTask) -> None:
     except Exception:
         # The task is failed either way; a broken hook must not hide that.
         log.exception("final-failure hook for task %s raised", task.id)
-
-
-class _Lease:
-    """A Redis key that says "a live worker is running this task", renewed by a thread."""
-
-    def __init__(self, app: Flask, task_id: int, holder: str) -> None:
-        self.conn = get_redis(app)
-        self.key = lease_key(task_id)
-        self.holder = holder
-        self.ttl = max(1, int(app.config["TASK_LEASE_SECONDS"]))
-        self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=self._renew, name=f"lease-{task_id}", daemon=True)
-
-    def start(self) -> None:
-        self.conn.set(self.key, self.holder, ex=self.ttl)
-        self.thread.start()
-
-    def _renew(self) -> None:
-        while not self.stop_event.wait(self.ttl / 3):
-            try:
-                self.conn.set(self.key, self.holder, ex=self.ttl)
-            except Exception:  # noqa: BLE001 - the sweeper copes with a lapsed lease
-                log.warning("could not renew lease %s", self.key)
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        self.thread.join(timeout=5)
-        try:
-            self.conn.delete(self.key)
-        except Exception:  # noqa: BLE001
-            log.warning("could not drop lease %s", self.key)
 
 
 __all__: list[Any] = ["handler", "run_task", "HANDLERS", "backoff", "final_failure"]

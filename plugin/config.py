@@ -111,8 +111,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "TASK_LEASE_SECONDS",
         30,
-        "A running task holds a Redis lease renewed every third of this; when it lapses "
-        "the sweeper takes the worker for dead and runs the task again.",
+        "A running job's heartbeat (RQ's started-job registry) is renewed every third of "
+        "this; when it lapses the sweeper takes the worker for dead and runs the task again.",
     ),
     Setting(
         "TASK_SWEEP_GRACE_SECONDS",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import redis
 from sqlalchemy import select
@@ -163,10 +162,13 @@ def test_sigkilled_worker_mid_job_completes_once_after_restart(job_app, sandbox,
     reg_id = register_backend(job_app, sandbox)
     # Every FHIR request takes 1.5 s, so the worker is surely mid-job when it is killed.
     sandbox.set_knobs(latency_ms=1500)
+    before = sandbox.stats()["fhir_requests"]
     task_id = _referral(job_app, reg_id)
     with worker(job_app, tmp_path / "worker1.log") as proc:
         wait_for(lambda: load_task(job_app, task_id).status == "running", what="job start")
-        time.sleep(0.5)
+        # The job's first request has reached the EHR (counted on arrival, before the
+        # 1.5 s latency): the worker is mid-request.
+        wait_for(lambda: sandbox.stats()["fhir_requests"] > before, what="a request in flight")
         # RQ's work horse runs in a session of its own: kill it and the worker together,
         # as a lost machine or the OOM killer would.
         for pid in [*_children(proc.pid), proc.pid]:
@@ -174,9 +176,11 @@ def test_sigkilled_worker_mid_job_completes_once_after_restart(job_app, sandbox,
         proc.wait()
     assert load_task(job_app, task_id).status == "running"
     sandbox.set_knobs(latency_ms=0)
-    # The lease (2 s in tests) lapses with nobody to renew it.
-    time.sleep(2.5)
-    result = sweep(job_app)
+    # The job's heartbeat (TASK_LEASE_SECONDS, 2 s in tests) lapses with nobody to renew
+    # it; until then the sweeper leaves the running task alone.
+    result = wait_for(
+        lambda: (found := sweep(job_app)).dead and found, what="the sweeper to see the dead worker"
+    )
     assert result.dead == [task_id] and result.requeued == [task_id]
     with worker(job_app, tmp_path / "worker2.log"):
         wait_for(lambda: load_task(job_app, task_id).status == "waiting", what="completion")
