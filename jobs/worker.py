@@ -19,21 +19,71 @@ What the fork gave, and how each is kept:
   thread does the same, through RQ's own ``maintain_heartbeats``. A job whose worker died
   is seen as abandoned ``TASK_LEASE_SECONDS`` after its last heartbeat.
 - *job timeouts*: RQ's SIGALRM death penalty works the same in the worker's main thread.
+
+Scheduled work (retries, due follow-ups, delayed survey sends) moves onto the queues by
+RQ's scheduler, which runs in one worker at a time: the one holding the scheduler lock.
+RQ's own settings let a dead holder's lock live 61 s and let another worker look for it
+only at its maintenance pass (every 10 minutes, and only between two 405-second waits
+for a job), so after a ``kill -9`` scheduled work stalled for 10 minutes and more. Here
+the lock lapses ``SCHEDULER_LOCK_SECONDS`` after its holder's last heartbeat, and every
+worker looks for a free lock every ``HANDOVER_CHECK_SECONDS`` while idle and after each
+job: a due job runs within about 25 s of the holder's death (README, Production).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any
 
 from flask import Flask
 from rq import SimpleWorker
+from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
+from rq.scheduler import RQScheduler
+from rq.scripts import acquire_or_refresh_lock
 from rq.timeouts import TimerDeathPenalty
 
 from helpdesk.logctx import request_id_var
 
 log = logging.getLogger("caredesk.jobs")
+
+# The scheduler renews its lock every second; a holder silent this long is taken for dead.
+SCHEDULER_LOCK_SECONDS = 10
+# How often an idle worker checks for a free scheduler lock (RQ's maintenance interval,
+# which also runs RQ's registry clean-up) and wakes from waiting for a job to do so.
+HANDOVER_CHECK_SECONDS = 10
+
+
+class HandoverScheduler(RQScheduler):
+    """RQ's scheduler, with a lock that outlives a dead holder by ``SCHEDULER_LOCK_SECONDS``
+    instead of RQ's fixed 61 s, and that stops (releasing its lock) when the worker that
+    started it is gone, so a SIGKILLed worker leaves no scheduler behind that nobody
+    supervises and a restarted one could never take over from."""
+
+    def __init__(self, *args: Any, lock_seconds: int = SCHEDULER_LOCK_SECONDS, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.lock_seconds = lock_seconds
+        self.parent_pid = os.getpid()
+
+    def acquire_locks(self, auto_start: bool = False) -> set[str]:
+        got: set[str] = super().acquire_locks(auto_start=auto_start)  # type: ignore[no-untyped-call]
+        self._shorten()
+        return got
+
+    def heartbeat(self) -> None:
+        if os.getppid() != self.parent_pid:
+            self.log.warning("Scheduler: its worker is gone; stopping and releasing the lock")
+            self.request_stop()  # type: ignore[no-untyped-call]
+        super().heartbeat()  # type: ignore[no-untyped-call]
+        self._shorten()
+
+    def _shorten(self) -> None:
+        # RQ's own lock script, with our TTL: only a lock this scheduler holds is touched.
+        for name in self.acquired_locks:
+            acquire_or_refresh_lock(
+                self.connection, self.get_locking_key(name), self.name, self.lock_seconds
+            )
 
 
 class _Heartbeat:
@@ -68,6 +118,9 @@ class AppWorker(SimpleWorker):
 
     def __init__(self, *args: Any, app: Flask, **kwargs: Any) -> None:
         heartbeat = max(2, int(app.config["TASK_LEASE_SECONDS"]))
+        kwargs.setdefault("maintenance_interval", HANDOVER_CHECK_SECONDS)
+        # RQ waits for a job for worker_ttl - 15 s between maintenance passes.
+        kwargs.setdefault("worker_ttl", HANDOVER_CHECK_SECONDS + 15)
         super().__init__(*args, **kwargs)
         self.app = app
         self.heartbeat_seconds = heartbeat
@@ -80,6 +133,34 @@ class AppWorker(SimpleWorker):
         # RQ's own default adds 60 s to the monitoring interval (and SimpleWorker waits the
         # whole job timeout): a dead worker's task would wait that long to run again.
         return self.heartbeat_seconds
+
+    def _start_scheduler(
+        self,
+        burst: bool = False,
+        logging_level: str | None = "INFO",
+        date_format: str = DEFAULT_LOGGING_DATE_FORMAT,
+        log_format: str = DEFAULT_LOGGING_FORMAT,
+    ) -> None:
+        # RQ's own, with HandoverScheduler in place of RQScheduler.
+        self.scheduler = HandoverScheduler(
+            self.queues,
+            connection=self.connection,
+            logging_level=logging_level if logging_level is not None else self.log.level,
+            date_format=date_format,
+            log_format=log_format,
+            serializer=self.serializer,
+        )
+        self.scheduler.acquire_locks()
+        if self.scheduler.acquired_locks:
+            if burst:
+                try:
+                    self.scheduler.register_birth()
+                    self.scheduler.enqueue_scheduled_jobs()  # type: ignore[no-untyped-call]
+                finally:
+                    self.scheduler.release_locks()  # type: ignore[no-untyped-call]
+                    self.scheduler.register_death()
+            else:
+                self.scheduler.start()  # type: ignore[no-untyped-call]
 
     def perform_job(self, job: Any, queue: Any, execution: Any) -> bool:
         token = request_id_var.set(f"job:{job.id}")
