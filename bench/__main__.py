@@ -24,7 +24,7 @@ RESULTS = Path(__file__).resolve().parent / "results.json"
 
 
 def _suites() -> list[tuple[str, str, Callable[..., Outcome]]]:
-    from bench import job_throughput, launch, load, mapping, sweep
+    from bench import fault_soak, job_throughput, launch, load, mapping, sweep
 
     return [
         ("1", "1 launch", launch.run),
@@ -32,6 +32,7 @@ def _suites() -> list[tuple[str, str, Callable[..., Outcome]]]:
         ("3", "3 jobs", job_throughput.run),
         ("4", "4 sweep", sweep.run),
         ("5", "5 load", load.run),
+        ("6", "6 soak", fault_soak.run),
     ]
 
 
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         nargs="+",
-        choices=["1", "2", "3", "4", "5"],
+        choices=["1", "2", "3", "4", "5", "6"],
         help="run only these benchmarks (by number)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON")
