@@ -4,7 +4,6 @@ token of the launch that queued it — after the user has left and the access to
 from __future__ import annotations
 
 import re
-import time
 
 import requests
 
@@ -39,7 +38,7 @@ def test_referral_runs_on_the_launchs_refresh_token(make_app) -> None:
         )
         assert queued.status_code == 200
         browser.close()  # the user has left
-        time.sleep(2.5)  # and the launch's access token has expired
+        sb.expire_tokens()  # and the launch's access token has expired
         refreshes = sb.stats()["token_requests"]["refresh_token"]
         result = run_burst(app)
         assert result.returncode == 0, result.stderr[-2000:]
