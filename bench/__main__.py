@@ -1,7 +1,9 @@
-"""``python -m bench [--quick] [--only N ...]``: run the benchmarks, print one table, write
-bench/results.json (every figure, the floors, the ratios, core count and git revision).
+"""``python -m bench [--quick] [--only N ...]``: run the benchmarks, print the table of
+every figure and then issue 16's table of targets (each figure beside its floor, the
+ratio, the bound, met or not), write bench/results.json (every figure, the floors, the
+ratios, core count, load average and git revision).
 
-A benchmark that cannot run is shown as "not measured: <why>" in the table; nothing is
+A benchmark that cannot run is shown as "not measured: <why>" in both tables; nothing is
 ever filled in for it.
 """
 
@@ -18,7 +20,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.common import Outcome, Row, git_revision, not_measured, table, utc_now_iso
+from bench.common import (
+    Figure,
+    Outcome,
+    Row,
+    git_revision,
+    not_measured,
+    table,
+    targets_table,
+    utc_now_iso,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
@@ -50,9 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     mode = "quick" if args.quick else "full"
     started = time.perf_counter()
     rows: list[Row] = []
+    figures: list[Figure] = []
+    why_missing: dict[str, str] = {}
     sections: dict[str, Any] = {}
+    load_before = os.getloadavg()
     for number, section, run in _suites():
         if args.only and number not in args.only:
+            why_missing[number] = f"not measured: section {number} not run (--only)"
             continue
         t0 = time.perf_counter()
         sys.stderr.write(f"[bench] {section} ...\n")
@@ -62,12 +77,15 @@ def main(argv: list[str] | None = None) -> int:
             why = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
             traceback.print_exc(file=sys.stderr)
             outcome = Outcome(rows=[not_measured(section, why)], data={"error": why})
+            why_missing[number] = f"not measured: {why}"
         elapsed = time.perf_counter() - t0
         sys.stderr.write(f"[bench] {section} took {elapsed:.0f} s\n")
         rows.extend(outcome.rows)
+        figures.extend(outcome.figures)
         sections[section] = {
             "seconds": elapsed,
             "rows": [r.to_json() for r in outcome.rows],
+            "figures": [f.to_json() for f in outcome.figures],
             "data": outcome.data,
         }
     meta: dict[str, Any] = {
@@ -78,12 +96,26 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "duration_s": time.perf_counter() - started,
+        # The machine is shared: the 1/5/15-minute load averages before and after the run.
+        "load_average": {"before": load_before, "after": os.getloadavg()},
         "ratio_means": "measured / floor (latency: >= 1 is slower; rates: <= 1 is slower)",
     }
     text = table(rows, meta)
-    sys.stdout.write(text + "\n")
+    goals = targets_table(figures, why_missing)
+    sys.stdout.write(text + "\n\n" + goals + "\n")
     args.out.write_text(
-        json.dumps({**meta, "table": text, "sections": sections}, indent=2, default=str) + "\n",
+        json.dumps(
+            {
+                **meta,
+                "table": text,
+                "targets_table": goals,
+                "targets": [f.to_json() for f in figures],
+                "sections": sections,
+            },
+            indent=2,
+            default=str,
+        )
+        + "\n",
         encoding="utf-8",
     )
     sys.stdout.write(f"\nwrote {args.out}\n")

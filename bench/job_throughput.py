@@ -29,6 +29,7 @@ from bench.common import (
     REDIS_URL,
     ROOT,
     SECRET,
+    Figure,
     Outcome,
     Row,
     close_app,
@@ -439,3 +440,24 @@ def _rows(out: Outcome, worker_counts: tuple[int, ...], latencies: tuple[int, ..
                     note=note,
                 )
             )
+            if workers == 1 and floor is not None:
+                out.figures.append(
+                    Figure(
+                        "jobs.writeback",
+                        wb["jobs_per_s"],
+                        "jobs/s",
+                        floor,
+                        "no-op RQ jobs, same workers",
+                    )
+                )
+            elif workers == 1 and latency > 0:
+                out.figures.append(
+                    Figure(
+                        "jobs.overhead",
+                        per_job_ms,
+                        "ms/job",
+                        trips * latency,
+                        f"{trips:.2f} EHR round trips x L",
+                        note=f"L = {latency} ms",
+                    )
+                )

@@ -1,6 +1,7 @@
 """1. Launch to sidebar against the sandbox with L ms added to every EHR request.
 
-Measured: from the EHR's launch request to the complete sidebar HTML, by a client that
+Measured: from the EHR's launch request to the complete sidebar (the page, and the parts
+its script fetches when the page was sent before the EHR answered), by a client that
 follows redirects and keeps cookies as a browser does (the sandbox approves EHR launches
 at once). Floor: the round trips no SMART app can avoid, authorize + token + one wave of
 FHIR reads = 3 L, plus discovery = 4 L when it is not cached yet ("cold": a brand-new
@@ -18,6 +19,7 @@ from typing import Any
 
 from bench import seqclient
 from bench.common import (
+    Figure,
     Outcome,
     Row,
     SwappableApp,
@@ -116,8 +118,17 @@ def run(*, quick: bool) -> Outcome:
                 else seq[f"{mode}_round_trips"]
             )
             note = f"median of {samples}; {requests_seen} EHR requests"
-            if who == "caredesk" and mode == "warm" and latency == 100:
-                note += "; target <= 1.3: " + ("met" if ratio <= 1.3 else "MISSED")
+            if who == "caredesk" and latency == 100:
+                out.figures.append(
+                    Figure(
+                        f"launch.{mode}",
+                        measured * 1000,
+                        "ms",
+                        floor * 1000,
+                        f"{3 if mode == 'warm' else 4} L",
+                        note=f"median of {samples}",
+                    )
+                )
             label = "CareDesk" if who == "caredesk" else "sequential client"
             out.rows.append(
                 Row(

@@ -1,23 +1,34 @@
 """5. Sidebar under load: gunicorn with 2 workers, N launched sessions hitting it at once.
 
-CareDesk runs as in production (``gunicorn -w 2``, the repository's gunicorn.conf.py,
-PostgreSQL store, Redis), the sandbox as its own process at L = 0, and N real EHR
-launches (one browser session each, different patients) are made first. Then N threads
-of this process, one per session, request as fast as they are answered for a fixed time:
+CareDesk runs as in production: gunicorn with the repository's gunicorn.conf.py (2
+workers of CAREDESK_WEB_THREADS threads, its access log), PostgreSQL store, Redis; the
+sandbox as its own process at L = 0. N real EHR launches (one browser each, different
+patients) are made first. Then N threads of this process, one per session, each on one
+keep-alive connection (as a browser keeps one), request as fast as they are answered:
 
-- ``/api/l/<id>/context`` (cached: the 30 s per-process context cache; each session is
-  warmed on both workers first, and an entry older than 30 s is fetched again);
-- ``/l/<id>/`` the sidebar page (cached), and ``/l/<id>/?refresh=1`` (uncached: three
-  FHIR reads per request). The JSON API has no cache bypass, so the uncached figure is
-  the sidebar page's.
+- ``/bench/noop``: the floor, a route that does nothing, registered on the same app
+  (``bench.loadapp``), so it passes the same gunicorn, WSGI stack and middleware;
+- ``/api/l/<id>/context``: the JSON context, cached (the 30 s per-process context
+  cache; each connection first asks with ``?refresh=1``, so its worker holds a fresh
+  entry);
+- ``/l/<id>/``: the sidebar page the clinician gets, cached (warmed the same way);
+- ``/l/<id>/?refresh=1``: the sidebar page, uncached (three FHIR reads per page).
 
-All on loopback; the load generator shares the machine's cores with gunicorn, the sandbox,
-Redis and PostgreSQL.
+A page sent before the EHR answered (``data-loading="1"``) is completed as its script
+does (the identity and sections parts), and counted as one page.
+
+The modes run in rounds, each mode a slice of every round, so the floor and the figures
+beside it see the same moments of a shared machine. The load generator is plain
+``http.client`` (not ``requests``) to leave the cores to the server: it shares them with
+gunicorn, the sandbox, Redis and PostgreSQL.
 """
 
 from __future__ import annotations
 
+import html
+import http.client
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -33,6 +44,7 @@ from bench.common import (
     REDIS_URL,
     ROOT,
     SECRET,
+    Figure,
     Outcome,
     Row,
     browser_launch,
@@ -46,6 +58,19 @@ from bench.common import (
 )
 
 WORKERS = 2
+MODES = {
+    "noop": ("/bench/noop", None),
+    "api_context_cached": ("/api/l/{lid}/context", "/api/l/{lid}/context?refresh=1"),
+    "sidebar_cached": ("/l/{lid}/", "/l/{lid}/?refresh=1&wait=1"),
+    "sidebar_uncached": ("/l/{lid}/?refresh=1", None),
+}
+LABELS = {
+    "noop": "GET /bench/noop, a no-op route on the same app (floor)",
+    "api_context_cached": "GET /api/l/<id>/context, cached",
+    "sidebar_cached": "GET /l/<id>/ sidebar page, cached",
+    "sidebar_uncached": "GET /l/<id>/?refresh=1 sidebar page, uncached",
+}
+_PART_URL = re.compile(rb'data-(?:parts|identity)-url="([^"]+)"')
 
 
 def _free_port() -> int:
@@ -54,42 +79,80 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+def _wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"gunicorn exited with {proc.returncode}")
         try:
-            with requests.get(f"{base}/healthz", timeout=2) as resp:
+            with requests.get(f"{base}/healthz", timeout=5) as resp:
                 if resp.status_code == 200:
                     return
-        except requests.ConnectionError:
-            pass
+        except requests.RequestException:
+            pass  # not listening yet, or too busy to answer in time: ask again
         time.sleep(0.1)
     raise RuntimeError("gunicorn did not answer /healthz")
 
 
+class _Client:
+    """One browser's keep-alive connection: GETs with its cookie; a page still loading is
+    completed with its parts (on the same connection, one after the other)."""
+
+    def __init__(self, port: int, cookie: str) -> None:
+        self.port = port
+        self.headers = {"Cookie": f"caredesk_browser={cookie}", "Accept": "text/html"}
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        self.incomplete = 0  # pages sent before the EHR answered
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        for attempt in (1, 2):
+            try:
+                self.conn.request("GET", path, headers=self.headers)
+                resp = self.conn.getresponse()
+                return resp.status, resp.read()
+            except (http.client.HTTPException, ConnectionError):
+                # The server closed an idle keep-alive connection: open another once.
+                self.conn.close()
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def page(self, path: str) -> int:
+        status, body = self.get(path)
+        if status != 200 or b'data-loading="1"' not in body:
+            return status
+        self.incomplete += 1
+        for url in _PART_URL.findall(body):
+            part, _ = self.get(html.unescape(url.decode()))
+            if part != 200:
+                return part
+        return status
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 def _hammer(
-    sessions: list[tuple[requests.Session, str]], seconds: float
-) -> tuple[list[float], int, float]:
-    """Each session in its own thread, back to back for `seconds`.
-    Returns (latencies of 200s, non-200 count, wall seconds)."""
+    clients: list[tuple[_Client, str]], seconds: float
+) -> tuple[list[float], int, float, int]:
+    """Each client in its own thread, back to back for `seconds`.
+    Returns (latencies of 200s, non-200 count, wall seconds, pages completed by parts)."""
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
     start_gate = threading.Event()
     deadline = [0.0]
+    before = sum(c.incomplete for c, _ in clients)
 
-    def loop(http: requests.Session, url: str) -> None:
+    def loop(client: _Client, path: str) -> None:
         mine: list[float] = []
         bad = 0
         start_gate.wait()
         while time.perf_counter() < deadline[0]:
             t0 = time.perf_counter()
-            with http.get(url, timeout=30) as resp:
-                ok = resp.status_code == 200
-                _ = resp.content
-            if ok:
+            status = client.page(path)
+            if status == 200:
                 mine.append(time.perf_counter() - t0)
             else:
                 bad += 1
@@ -97,35 +160,57 @@ def _hammer(
             latencies.extend(mine)
             errors[0] += bad
 
-    threads = [threading.Thread(target=loop, args=s, daemon=True) for s in sessions]
+    threads = [threading.Thread(target=loop, args=c, daemon=True) for c in clients]
     for t in threads:
         t.start()
     began = time.perf_counter()
     deadline[0] = began + seconds
     start_gate.set()
     for t in threads:
-        t.join(timeout=seconds + 60)
-    return latencies, errors[0], time.perf_counter() - began
+        t.join(timeout=seconds + 120)
+    incomplete = sum(c.incomplete for c, _ in clients) - before
+    return latencies, errors[0], time.perf_counter() - began, incomplete
+
+
+def _gunicorn_env(db_url: str, port: int, threads: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAREDESK_")}
+    env.update(
+        CAREDESK_ENV="test",
+        CAREDESK_SECRET_KEY=SECRET,
+        CAREDESK_DATABASE_URL=db_url,
+        CAREDESK_REDIS_URL=REDIS_URL,
+        CAREDESK_LOG_LEVEL="WARNING",
+        CAREDESK_BIND=f"127.0.0.1:{port}",
+        CAREDESK_WEB_WORKERS=str(WORKERS),
+        CAREDESK_WEB_THREADS=str(threads),
+    )
+    return env
 
 
 def run(*, quick: bool) -> Outcome:
     from helpdesk import migrate
     from sandbox.testing import running_sandbox
 
-    n_sessions = 8 if quick else 16
-    seconds = 4.0 if quick else 10.0
+    n_sessions = 16
+    rounds = 1 if quick else 2
+    slice_s = 3.0 if quick else 5.0
+    threads = int(os.environ.get("CAREDESK_WEB_THREADS", "4"))
     out = Outcome()
     data: dict[str, Any] = {
         "gunicorn_workers": WORKERS,
-        "gunicorn_threads": int(os.environ.get("CAREDESK_WEB_THREADS", "4")),
+        "gunicorn_threads": threads,
         "sessions": n_sessions,
-        "seconds_per_mode": seconds,
+        "rounds": rounds,
+        "seconds_per_slice": slice_s,
         "sandbox_latency_ms": 0,
         "modes": {},
     }
     out.data = data
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
+    samples: dict[str, dict[str, Any]] = {
+        m: {"lat": [], "errors": 0, "wall": 0.0, "fhir": 0, "incomplete": 0} for m in MODES
+    }
     with (
         postgres_store() as db_url,
         running_sandbox(in_process=False) as sb,
@@ -137,15 +222,6 @@ def run(*, quick: bool) -> Outcome:
             register_public_client(app, sb, base)
         finally:
             close_app(app)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CAREDESK_")}
-        env.update(
-            CAREDESK_ENV="test",
-            CAREDESK_SECRET_KEY=SECRET,
-            CAREDESK_DATABASE_URL=db_url,
-            CAREDESK_REDIS_URL=REDIS_URL,
-            CAREDESK_LOG_LEVEL="WARNING",
-            CAREDESK_WEB_THREADS=str(data["gunicorn_threads"]),
-        )
         log_path = Path(tmp) / "gunicorn.log"
         with log_path.open("wb") as log:
             proc = subprocess.Popen(  # noqa: S603 - gunicorn from our venv, fixed arguments
@@ -153,93 +229,126 @@ def run(*, quick: bool) -> Outcome:
                     sys.executable,
                     "-m",
                     "gunicorn",
-                    "-w",
-                    str(WORKERS),
-                    "-b",
-                    f"127.0.0.1:{port}",
-                    "wsgi:app",
+                    "-c",
+                    str(ROOT / "gunicorn.conf.py"),
+                    "bench.loadapp:app",
                 ],
                 cwd=ROOT,
-                env=env,
+                env=_gunicorn_env(db_url, port, threads),
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-            sessions: list[requests.Session] = []
+            browsers: list[requests.Session] = []
             try:
                 _wait_ready(base, proc)
                 launches = []
                 for i in range(n_sessions):
                     browser, url, _ = browser_launch(sb, patient=f"pat-{(i % 8) + 1:03d}")
-                    sessions.append(browser)
-                    launches.append((browser, launch_id_of(url)))
-                modes = {
-                    "api_context_cached": "{base}/api/l/{lid}/context",
-                    "sidebar_cached": "{base}/l/{lid}/",
-                    "sidebar_uncached": "{base}/l/{lid}/?refresh=1",
-                }
-                for mode, pattern in modes.items():
-                    targets = [(b, pattern.format(base=base, lid=lid)) for b, lid in launches]
-                    if "uncached" not in mode:
-                        for b, url in targets:  # fill both workers' caches
-                            for _ in range(4):
-                                b.get(url, timeout=30).close()
-                    before = sb.stats()["fhir_requests"]
-                    lat, errors, wall = _hammer(targets, seconds)
-                    fhir = sb.stats()["fhir_requests"] - before
-                    if not lat:
-                        data["modes"][mode] = {"errors": errors, "ok": 0}
-                        continue
-                    data["modes"][mode] = {
-                        "ok": len(lat),
-                        "errors": errors,
-                        "wall_s": wall,
-                        "requests_per_s": len(lat) / wall,
-                        "p50_ms": percentile(lat, 50) * 1000,
-                        "p95_ms": percentile(lat, 95) * 1000,
-                        "p99_ms": percentile(lat, 99) * 1000,
-                        "median_ms": median(lat) * 1000,
-                        "ehr_fhir_requests": fhir,
-                        "ehr_fhir_requests_per_request": fhir / len(lat),
-                    }
+                    browsers.append(browser)
+                    cookie = browser.cookies.get("caredesk_browser")
+                    launches.append((str(cookie), launch_id_of(url)))
+                for _ in range(rounds):
+                    for mode, (pattern, warm) in MODES.items():
+                        # A new connection per slice, warmed on the worker it landed on.
+                        clients = [(_Client(port, cookie), lid) for cookie, lid in launches]
+                        try:
+                            if warm:
+                                for client, lid in clients:
+                                    client.page(warm.format(lid=lid))
+                                    client.page(pattern.format(lid=lid))
+                            targets = [(c, pattern.format(lid=lid)) for c, lid in clients]
+                            fhir_before = sb.stats()["fhir_requests"]
+                            lat, errors, wall, incomplete = _hammer(targets, slice_s)
+                            got = samples[mode]
+                            got["fhir"] += sb.stats()["fhir_requests"] - fhir_before
+                            got["lat"].extend(lat)
+                            got["errors"] += errors
+                            got["wall"] += wall
+                            got["incomplete"] += incomplete
+                        finally:
+                            for client, _ in clients:
+                                client.close()
             finally:
-                for s in sessions:
-                    s.close()
+                for b in browsers:
+                    b.close()
                 proc.terminate()
                 try:
                     proc.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-    labels = {
-        "api_context_cached": "GET /api/l/<id>/context, cached",
-        "sidebar_cached": "GET /l/<id>/ sidebar, cached",
-        "sidebar_uncached": "GET /l/<id>/?refresh=1 sidebar, uncached",
-    }
-    for mode, label in labels.items():
-        m = data["modes"].get(mode, {})
+    for mode, got in samples.items():
+        lat = got["lat"]
+        data["modes"][mode] = {"ok": len(lat), "errors": got["errors"]}
+        if lat:
+            data["modes"][mode].update(
+                wall_s=got["wall"],
+                requests_per_s=len(lat) / got["wall"],
+                p50_ms=percentile(lat, 50) * 1000,
+                p95_ms=percentile(lat, 95) * 1000,
+                p99_ms=percentile(lat, 99) * 1000,
+                median_ms=median(lat) * 1000,
+                ehr_fhir_requests=got["fhir"],
+                ehr_fhir_requests_per_request=got["fhir"] / len(lat),
+                pages_completed_by_parts=got["incomplete"],
+            )
+    _rows(out, n_sessions)
+    return out
+
+
+def _rows(out: Outcome, n_sessions: int) -> None:
+    modes = out.data["modes"]
+    floor = modes["noop"]
+    for mode, label in LABELS.items():
+        m = modes[mode]
         figure = f"{label}, {n_sessions} sessions"
         if not m.get("ok"):
             out.rows.append(
-                Row(
-                    "5 load",
-                    figure,
-                    None,
-                    "req/s",
-                    note=f"not measured: {m.get('errors', '?')} errors",
-                )
+                Row("5 load", figure, None, "req/s", note=f"not measured: {m['errors']} errors")
             )
             continue
+        note = (
+            f"p50 {m['p50_ms']:.0f} / p95 {m['p95_ms']:.0f} / p99 {m['p99_ms']:.0f} ms; "
+            f"{m['ok']:,} ok, {m['errors']} errors in {m['wall_s']:.0f} s; "
+            f"{m['ehr_fhir_requests_per_request']:.2f} FHIR requests per request"
+        )
+        if m["pages_completed_by_parts"]:
+            note += f"; {m['pages_completed_by_parts']:,} pages completed by their parts"
+        has_floor = mode != "noop" and floor.get("ok")
         out.rows.append(
             Row(
                 "5 load",
                 figure,
                 m["requests_per_s"],
                 "req/s",
-                note=(
-                    f"p50 {m['p50_ms']:.0f} / p95 {m['p95_ms']:.0f} / p99 {m['p99_ms']:.0f} ms; "
-                    f"{m['ok']:,} ok, {m['errors']} errors in {m['wall_s']:.0f} s; "
-                    f"{m['ehr_fhir_requests_per_request']:.2f} FHIR requests per request"
-                ),
+                floor=floor["requests_per_s"] if has_floor else None,
+                ratio=m["requests_per_s"] / floor["requests_per_s"] if has_floor else None,
+                note=note,
             )
         )
-    return out
+    if not floor.get("ok"):
+        return
+    for mode, key in (("api_context_cached", "load.context"), ("sidebar_cached", "load.sidebar")):
+        m = modes[mode]
+        if m.get("ok"):
+            out.figures.append(
+                Figure(
+                    key,
+                    m["requests_per_s"],
+                    "req/s",
+                    floor["requests_per_s"],
+                    "no-op route, same gunicorn",
+                    note=f"{m['errors']} errors",
+                )
+            )
+    api = modes["api_context_cached"]
+    if api.get("ok"):
+        out.figures.append(
+            Figure(
+                "load.context_p95",
+                api["p95_ms"],
+                "ms",
+                floor["p95_ms"],
+                "no-op route's p95",
+            )
+        )

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from bench.common import Outcome, Row, median
+from bench.common import Figure, Outcome, Row, median
 
 VIEWER_TZ = "America/Chicago"
 
@@ -198,4 +198,22 @@ def run(*, quick: bool) -> Outcome:
                 note=note,
             )
         )
+    out.figures = [
+        Figure(
+            "mapping.tolerant",
+            median(seconds["map_tolerant"]) * 1000,
+            "ms",
+            median(seconds["json_loads"]) * 1000,
+            "json.loads of the same bytes",
+            note=f"{total:,} resources",
+        ),
+        Figure(
+            "mapping.warnings",
+            rate["map_with_warnings"],
+            "res/s",
+            rate["model_validate"],
+            "R4B model_validate alone",
+            note=f"{total:,} resources",
+        ),
+    ]
     return out
