@@ -22,6 +22,7 @@ from fhir_mappers.fhirutil import parse_datetime
 from helpdesk import i18n
 from helpdesk.db import get_store
 from helpdesk.models import CareTask, EhrRegistration
+from helpdesk.reminders import REMIND_STATUSES as remind_statuses
 from helpdesk.tasks import new_task
 from helpdesk.timeutil import utcnow
 from jobs.context import JobContext, registration_client
@@ -34,7 +35,8 @@ from jobs.tasks import handler
 log = logging.getLogger("caredesk.jobs")
 
 PAGE_SIZE = 200
-REMIND_STATUSES = "booked,pending,proposed"
+# The statuses a reminder is for: one rule, shared with reminders asked for from the board.
+REMIND_STATUSES = ",".join(remind_statuses)
 
 
 def offsets(app: Flask) -> list[int]:

@@ -1,24 +1,30 @@
 """Fetching the scheduler board's day: paged FHIR searches (requests per 50 rows, never per
 row) and the store's rows, handed to the pure board mapper.
 
-Split from ``plugin.context`` (the patient's context) so the board's reads live apart from
-the sidebar's; both share the client and the "unavailable" wording from there.
+The whole day is read once (appointments with their `_include`d people and places); the
+practitioner and location choices come from the references of that day's appointments
+(who and where has visits, never the signed-in user), and those filters are applied
+here, before patients and coverages are read for the rows that remain. A Coverage search
+the EHR refused or failed makes coverage *unknown* for the patients it was about (never
+"no coverage on file": ``fhir_mappers.board`` reads ``None`` that way).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from cachetools import TTLCache
 from sqlalchemy import select
 
+from fhir_mappers import flags
+from fhir_mappers.appointment import to_visit
 from fhir_mappers.board import board_rows, coverages_by_patient, patient_of, sort_by_flags
-from fhir_mappers.fhirutil import human_name
+from fhir_mappers.contact import reachable
+from fhir_mappers.patient import to_contact
 from helpdesk.db import get_db
 from helpdesk.models import CareTask, LaunchSession, Ticket
 from helpdesk.timeutil import utcnow
@@ -27,7 +33,15 @@ from smart_launch.fhir import FhirClient, parallel
 
 CHUNK = 50  # ids per `_id=` / `patient=` search on the board: requests grow per 50 rows
 
-_cache_lock = threading.Lock()
+
+@dataclass(frozen=True)
+class Choice:
+    id: str  # the FHIR id (`loc-denver`), as the filter's URL value
+    name: str
+    count: int  # the day's appointments there / with them
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "count": self.count}
 
 
 def _all(client: FhirClient, rtype: str, params: list[tuple[str, str]]) -> list[dict[str, Any]]:
@@ -39,6 +53,25 @@ def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
         yield items[i : i + size]
 
 
+def _id_of(ref: str | None) -> str | None:
+    """`loc-denver` of `Location/loc-denver` (the mappers hand back `Type/id`)."""
+    if not ref or "/" not in ref:
+        return None
+    return ref.rsplit("/", 1)[1] or None
+
+
+def _choices(values: Sequence[tuple[str | None, str | None]]) -> list[Choice]:
+    """Distinct (id, name) pairs of the day with their counts, by name."""
+    counts: dict[str, int] = {}
+    names: dict[str, str] = {}
+    for ref_id, name in values:
+        if not ref_id:
+            continue
+        counts[ref_id] = counts.get(ref_id, 0) + 1
+        names.setdefault(ref_id, name or ref_id)
+    return sorted((Choice(i, names[i], n) for i, n in counts.items()), key=lambda c: c.name.lower())
+
+
 def fetch_board(
     launch: LaunchSession,
     *,
@@ -48,8 +81,10 @@ def fetch_board(
     sort: str = "time",
 ) -> dict[str, Any]:
     """The day's appointments with flags, from paged searches (requests per 50 rows, not
-    per row): appointments with their actors, then patients and coverages by id lists."""
+    per row): the day's appointments with their actors, then patients and coverages by
+    id lists for the rows the location/practitioner filters keep."""
     tz = ZoneInfo(viewer_tz())
+    now = utcnow().astimezone(tz)
     start = dt.datetime.combine(day, dt.time.min, tz)
     end = start + dt.timedelta(days=1)
     params: list[tuple[str, str]] = [
@@ -58,32 +93,39 @@ def fetch_board(
         ("_include", "Appointment:actor"),
         ("_count", str(PAGE)),
     ]
-    if location:
-        params.append(("location", location))
-    if practitioner:
-        params.append(("practitioner", practitioner))
     client = _client(launch)
-    appointments: list[dict[str, Any]] = []
+    day_appointments: list[dict[str, Any]] = []
     included: dict[str, dict[str, Any]] = {}
+    for resource in client.search_all("Appointment", params, max_pages=100):
+        if resource.get("resourceType") == "Appointment":
+            day_appointments.append(resource)
+        else:
+            included[f"{resource.get('resourceType')}/{resource.get('id')}"] = resource
 
-    def day_appointments() -> None:
-        for resource in client.search_all("Appointment", params, max_pages=100):
-            if resource.get("resourceType") == "Appointment":
-                appointments.append(resource)
-            else:
-                included[f"{resource.get('resourceType')}/{resource.get('id')}"] = resource
+    # Who and where has visits this day: the references of the day's appointments, named
+    # from the `_include`d Practitioner/Location (a real server sends no `display`).
+    visits = [
+        to_visit(a, now=now, viewer_tz=viewer_tz(), included=included) for a in day_appointments
+    ]
+    places = _choices([(_id_of(v.location_ref), v.location) for v in visits])
+    people = _choices([(_id_of(v.practitioner_ref), v.practitioner) for v in visits])
+    refs_of = {
+        v.appointment_id: (_id_of(v.location_ref), _id_of(v.practitioner_ref))
+        for v in visits
+        if v.appointment_id
+    }
+    appointments = [
+        a
+        for a, v in zip(day_appointments, visits, strict=True)
+        if (not location or _id_of(v.location_ref) == location)
+        and (not practitioner or _id_of(v.practitioner_ref) == practitioner)
+    ]
 
-    # The filter choices go out with the day's first page, not after it.
-    first_wave = parallel([day_appointments, lambda: _filter_choices(launch, client)])
-    if isinstance(first_wave[0], Exception):
-        raise first_wave[0]
-    choices: dict[str, list[dict[str, str]]] = (
-        first_wave[1] if isinstance(first_wave[1], dict) else {}
-    )
     patient_refs = sorted({ref for a in appointments if (ref := patient_of(a))})
     ids = [ref.split("/", 1)[1] for ref in patient_refs]
+    chunks = list(_chunks(ids, CHUNK))
     calls: list[Callable[[], list[dict[str, Any]]]] = []
-    for chunk in _chunks(ids, CHUNK):
+    for chunk in chunks:
         patients_param = [("_id", ",".join(chunk))]
         coverage_param = [("patient", ",".join(f"Patient/{i}" for i in chunk))]
         calls.append(partial(_all, client, "Patient", patients_param))
@@ -91,103 +133,120 @@ def fetch_board(
     results = parallel(calls, max_workers=4)
     patients: dict[str, dict[str, Any]] = {}
     coverage_resources: list[dict[str, Any]] = []
+    coverage_failed: list[str] = []  # patients whose chunk of the Coverage search failed
     unavailable: dict[str, str] = {}
     for index, result in enumerate(results):
+        chunk = chunks[index // 2]
         if isinstance(result, Exception):
-            unavailable["patients" if index % 2 == 0 else "coverage"] = _unavailable(result)
+            if index % 2 == 0:
+                unavailable["patients"] = _unavailable(result)
+            else:
+                unavailable["coverage"] = _unavailable(result)
+                coverage_failed.extend(f"Patient/{i}" for i in chunk)
             continue
         if index % 2 == 0:
             patients.update({f"Patient/{p.get('id')}": p for p in result})
         else:
             coverage_resources.extend(result)
-    db = get_db()
-    open_ticket_patients = (
-        frozenset(
-            ref
-            for ref in db.scalars(
-                select(Ticket.patient_ref).where(
-                    Ticket.registration_id == launch.registration_id,
-                    Ticket.patient_ref.in_(patient_refs),
-                    Ticket.status.in_(("open", "pending")),
-                )
-            )
-            if ref
-        )
-        if patient_refs
-        else frozenset()
-    )
-    appointment_refs = [f"Appointment/{a.get('id')}" for a in appointments]
-    failed = (
-        frozenset(
-            ref
-            for ref in db.scalars(
-                select(CareTask.payload).where(
-                    CareTask.registration_id == launch.registration_id,
-                    CareTask.kind == "reminder",
-                    CareTask.status == "failed",
-                    CareTask.patient_ref.in_(patient_refs),
-                )
-            )
-            for ref in [str((ref or {}).get("appointment_ref", ""))]
-            if ref in appointment_refs
-        )
-        if patient_refs
-        else frozenset()
-    )
+    coverages: dict[str, Sequence[Mapping[str, Any]] | None] | None
+    if coverage_failed and len(coverage_failed) == len(patient_refs):
+        coverages = None  # no Coverage search answered: every row is "coverage unknown"
+    else:
+        coverages = dict(coverages_by_patient(coverage_resources))
+        coverages.update(dict.fromkeys(coverage_failed))
+
+    store = _store_flags(launch, patient_refs, [f"Appointment/{a.get('id')}" for a in appointments])
     rows = board_rows(
         appointments=appointments,
         included=included,
         patients=patients,
-        coverages=coverages_by_patient(coverage_resources),
-        open_ticket_patients=open_ticket_patients,
-        failed_reminder_appointments=failed,
-        now=utcnow().astimezone(tz),
+        coverages=coverages,
+        open_ticket_patients=store["open_ticket"],
+        high_priority_ticket_patients=store["high_priority"],
+        overdue_call_patients=store["overdue_call"],
+        failed_reminder_appointments=store["failed_reminder"],
+        now=now,
         viewer_tz=viewer_tz(),
     )
     if sort == "flags":
         rows = sort_by_flags(rows)
+    # Per patient, once however many visits they have: what the search and the bulk
+    # reminders need beside the mapper's row (MRN, phone, a channel a message may use).
+    contacts = {ref: to_contact(resource, now=now) for ref, resource in patients.items()}
+    messageable = {ref: bool(reachable(resource, now=now)) for ref, resource in patients.items()}
+    out_rows = []
+    for row in rows:
+        data = row.to_json()
+        where, who = refs_of.get(row.appointment_id or "", (None, None))
+        contact = contacts.get(row.patient_ref or "")
+        data.update(
+            location_id=where,
+            practitioner_id=who,
+            mrn=contact.mrn if contact else None,
+            phone=contact.phones[0].value if contact and contact.phones else None,
+            reachable=messageable.get(row.patient_ref or "", False),
+        )
+        out_rows.append(data)
     return {
         "date": day.isoformat(),
         "location": location,
         "practitioner": practitioner,
         "sort": sort,
-        "rows": [r.to_json() for r in rows],
+        "rows": out_rows,
         "unavailable": unavailable,
-        "locations": choices.get("locations", []),
-        "practitioners": choices.get("practitioners", []),
+        "locations": [c.to_json() for c in places],
+        "practitioners": [c.to_json() for c in people],
+        "day_total": len(day_appointments),
     }
 
 
-# Filter choices per EHR (names of places and clinicians, no patient data), 10 minutes.
-_choices_cache: TTLCache[int, dict[str, list[dict[str, str]]]] = TTLCache(maxsize=64, ttl=600)
-
-
-def _filter_choices(launch: LaunchSession, client: FhirClient) -> dict[str, list[dict[str, str]]]:
-    """Locations and practitioners to filter the board by, per EHR, kept 10 minutes
-    (they change rarely). Names only: no patient data."""
-    key = launch.registration_id
-    with _cache_lock:
-        hit = _choices_cache.get(key)
-    if hit is not None:
-        return hit
-
-    def names(resource_type: str) -> list[dict[str, str]]:
-        out = []
-        for r in client.search_all(resource_type, [("_count", "200")], max_pages=5):
-            if r.get("resourceType") != resource_type or not r.get("id"):
-                continue
-            if resource_type == "Location":
-                label = str(r.get("name") or r["id"])
-            else:
-                label = human_name(r.get("name")) or str(r["id"])
-            out.append({"id": str(r["id"]), "name": label})
-        return sorted(out, key=lambda x: x["name"].lower())
-
-    found = parallel([lambda: names("Location"), lambda: names("Practitioner")])
-    result = {
-        "locations": found[0] if not isinstance(found[0], Exception) else [],
-        "practitioners": found[1] if not isinstance(found[1], Exception) else [],
+def _store_flags(
+    launch: LaunchSession, patient_refs: Sequence[str], appointment_refs: Sequence[str]
+) -> dict[str, frozenset[str]]:
+    """What the store knows about the day's patients, in four queries for the whole page:
+    open tickets (high priority apart), overdue calls, failed reminders."""
+    empty: frozenset[str] = frozenset()
+    if not patient_refs:
+        return {
+            k: empty for k in ("open_ticket", "high_priority", "overdue_call", "failed_reminder")
+        }
+    db = get_db()
+    reg = launch.registration_id
+    tickets = db.execute(
+        select(Ticket.patient_ref, Ticket.priority).where(
+            Ticket.registration_id == reg,
+            Ticket.patient_ref.in_(patient_refs),
+            Ticket.status.in_(("open", "pending")),
+        )
+    ).all()
+    overdue = db.scalars(
+        select(CareTask.patient_ref).where(
+            CareTask.registration_id == reg,
+            # fhir_mappers.context's reading of an overdue call, for the whole page at once.
+            CareTask.kind == "follow-up",
+            CareTask.status.notin_(("done", "cancelled", "failed")),
+            CareTask.due_at < utcnow(),
+            CareTask.patient_ref.in_(patient_refs),
+        )
+    )
+    wanted = set(appointment_refs)
+    failed = db.scalars(
+        select(CareTask.payload).where(
+            CareTask.registration_id == reg,
+            CareTask.kind == "reminder",
+            CareTask.status == "failed",
+            CareTask.patient_ref.in_(patient_refs),
+        )
+    )
+    return {
+        "open_ticket": frozenset(ref for ref, _ in tickets if ref),
+        "high_priority": frozenset(
+            ref for ref, priority in tickets if ref and priority in flags.HIGH_PRIORITIES
+        ),
+        "overdue_call": frozenset(ref for ref in overdue if ref),
+        "failed_reminder": frozenset(
+            ref
+            for payload in failed
+            if (ref := str((payload or {}).get("appointment_ref", ""))) in wanted
+        ),
     }
-    with _cache_lock:
-        _choices_cache[key] = result
-    return result

@@ -1,75 +1,294 @@
 """The scheduler board over HTTP: a day's appointments from paged searches (requests grow
-with pages and 50-patient chunks, never per row), filters, flags."""
+with pages and 50-patient chunks, never per row), filters from the day's own references,
+flags in the one vocabulary, grouping by hour and place, state kept for the way back, and
+pages that say what went wrong instead of a bare error."""
 
 from __future__ import annotations
 
 import datetime as dt
+import html
 import math
 import re
 from collections.abc import Iterator
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo
 
 import pytest
 import requests
 
 from sandbox.testing import running_sandbox
-from tests.ehr import connect
+from tests.ehr import connect, sandbox_token
 from tests.live import serve
 
 CLIENT_ID = "caredesk-board"
+SCHEDULER = "Practitioner/prac-scheduler-ortiz"
+CHICAGO = ZoneInfo("America/Chicago")
+DENVER = ZoneInfo("America/Denver")
+
+
+class Board:
+    """A scheduler's launch without a patient, and the board's URL."""
+
+    def __init__(self, sb: Any, browser: requests.Session, url: str) -> None:
+        self.sb, self.browser, self.url = sb, browser, url
+
+    def get(self, **params: str) -> requests.Response:
+        return self.browser.get(self.url, params=params, timeout=60, allow_redirects=False)
+
+    def csrf(self, page: str) -> str:
+        found = re.search(r'name="csrf_token" value="([^"]+)"', page)
+        assert found
+        return found.group(1)
 
 
 @pytest.fixture
-def board(make_app) -> Iterator[tuple]:  # type: ignore[no-untyped-def,type-arg]
+def board(make_app) -> Iterator[Board]:  # type: ignore[no-untyped-def]
     app = make_app()
     with serve(app) as url, running_sandbox() as sb:
         connect(app, sb, url, client_id=CLIENT_ID)
-        browser = requests.Session()
-        launch = sb.launch(CLIENT_ID, user="Practitioner/prac-scheduler-ortiz")
-        page = browser.get(launch["url"], timeout=30)
-        assert page.status_code == 200 and "/board" in page.url
-        yield sb, browser, page.url.split("?")[0]
+        yield _launch(sb)
+
+
+def _launch(sb: Any) -> Board:
+    browser = requests.Session()
+    launch = sb.launch(CLIENT_ID, user=SCHEDULER)
+    page = browser.get(launch["url"], timeout=30)
+    assert page.status_code == 200 and "/board" in page.url
+    return Board(sb, browser, page.url.split("?")[0])
 
 
 def _today() -> str:
-    return dt.datetime.now(ZoneInfo("America/Chicago")).date().isoformat()
+    return dt.datetime.now(CHICAGO).date().isoformat()
 
 
-def test_board_requests_grow_with_pages_not_rows(board) -> None:
-    sb, browser, url = board
-    sb.generate_appointments(_today(), 400)
-    sb.clear_requests()
-    page = browser.get(url, params={"date": _today()}, timeout=60)
+def rows(page: str) -> list[str]:
+    """The HTML of each visit row."""
+    return page.split('<li class="cd-row')[1:]
+
+
+def _options(page: str, select_id: str) -> dict[str, str]:
+    block = re.search(rf'<select id="{select_id}"[^>]*>(.*?)</select>', page, re.S)
+    assert block, select_id
+    return {
+        value: html.unescape(text)
+        for value, text in re.findall(r'<option value="([^"]*)"[^>]*>([^<]*)</option>', block[1])
+        if value
+    }
+
+
+def _day_references(sb: Any, day: str) -> tuple[set[str], set[str]]:
+    """Practitioner and Location ids of the day's appointments, read from the EHR with a
+    token of its own (what the board's choices must equal)."""
+    token = sandbox_token(sb, scopes="system/Appointment.rs")
+    start = dt.datetime.combine(dt.date.fromisoformat(day), dt.time.min, CHICAGO)
+    params = {
+        "date": [f"ge{start.isoformat()}", f"lt{(start + dt.timedelta(days=1)).isoformat()}"],
+        "_count": "1000",
+    }
+    bundle = requests.get(
+        f"{sb.fhir_base}/Appointment",
+        params=params,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    ).json()
+    people, places = set(), set()
+    for entry in bundle.get("entry") or []:
+        for part in entry["resource"].get("participant") or []:
+            ref = (part.get("actor") or {}).get("reference", "")
+            if ref.startswith("Practitioner/"):
+                people.add(ref.split("/", 1)[1])
+            if ref.startswith("Location/"):
+                places.add(ref.split("/", 1)[1])
+    return people, places
+
+
+def test_board_requests_grow_with_pages_not_rows(board: Board) -> None:
+    board.sb.generate_appointments(_today(), 400)
+    board.sb.clear_requests()
+    page = board.get(date=_today())
     assert page.status_code == 200
-    rows = page.text.count('class="cd-row"')
-    assert rows >= 400
-    fhir = [r for r in sb.requests() if r["path"].startswith("/fhir/")]
+    count = len(rows(page.text))
+    assert count >= 400
+    fhir = [r for r in board.sb.requests() if r["path"].startswith("/fhir/")]
     appointment_pages = sum(1 for r in fhir if r["path"] == "/fhir/Appointment")
     patient_searches = sum(1 for r in fhir if r["path"] == "/fhir/Patient")
     coverage_searches = sum(1 for r in fhir if r["path"] == "/fhir/Coverage")
-    assert appointment_pages <= math.ceil(rows / 100) + 1
+    assert appointment_pages <= math.ceil(count / 100) + 1
     # At most one Patient and one Coverage search per 50 patients on the board.
-    assert patient_searches == coverage_searches <= math.ceil(rows / 50)
-    assert not any(re.match(r"^/fhir/Patient/[^/]+$", r["path"]) for r in fhir)
-
-
-def test_board_filters_by_practitioner_from_a_list_of_names(board) -> None:
-    sb, browser, url = board
-    page = browser.get(url, params={"date": _today()}, timeout=30)
-    assert '<option value="prac-clinician-lee">Dr. Ana Lee</option>' in page.text
-    assert "CareDesk Clinic - Lakeview</option>" in page.text
-    filtered = browser.get(
-        url, params={"date": _today(), "practitioner": "prac-clinician-lee"}, timeout=30
+    assert patient_searches == coverage_searches <= math.ceil(count / 50)
+    assert not any(
+        re.match(r"^/fhir/(Patient|Practitioner|Location)/[^/]+$", r["path"]) for r in fhir
     )
-    rows = re.findall(
-        r'<li class="cd-row">(.*?)</li>\s*(?=<li class="cd-row">|</ol>)', filtered.text, re.S
+
+
+def test_filters_list_who_and_where_has_visits_that_day_not_the_user(board: Board) -> None:
+    board.sb.generate_appointments(_today(), 30, location="loc-denver")
+    page = board.get(date=_today()).text
+    people, places = _day_references(board.sb, _today())
+    practitioners = _options(page, "bd-practitioner")
+    assert set(practitioners) == people
+    assert set(_options(page, "bd-location")) == places
+    # The signed-in scheduler has no visits: she is not a choice.
+    assert "prac-scheduler-ortiz" not in practitioners
+    assert practitioners["prac-clinician-lee"].startswith("Dr. Ana Lee (")
+    listed = int(re.search(r"\((\d+)\)$", practitioners["prac-clinician-lee"])[1])  # type: ignore[index]
+
+    filtered = board.get(date=_today(), practitioner="prac-clinician-lee").text
+    found = rows(filtered)
+    assert len(found) == listed
+    assert all("Dr. Ana Lee" in row for row in found)
+    # The other choices stay: they come from the whole day, not from the filtered rows.
+    assert _options(filtered, "bd-practitioner") == practitioners
+
+    denver = rows(board.get(date=_today(), location="loc-denver").text)
+    assert denver and all("Denver Highlands" in row for row in denver)
+
+
+def test_refused_coverage_search_says_coverage_unknown_never_no_coverage(make_app) -> None:  # type: ignore[no-untyped-def]
+    app = make_app()
+    refused = ["user/Coverage.rs", "patient/Coverage.rs"]
+    with serve(app) as url, running_sandbox(consent_drop_scopes=refused) as sb:
+        connect(app, sb, url, client_id=CLIENT_ID)
+        b = _launch(sb)
+        sb.clear_requests()
+        page = b.get(date=_today())
+        assert page.status_code == 200
+        coverage = [r for r in sb.requests() if r["path"] == "/fhir/Coverage"]
+        assert coverage and all(r["status"] == 403 for r in coverage)
+        text = page.text
+        assert "Coverage could not be read" in text
+        assert not any("No coverage on file" in r for r in rows(text))
+        patient_rows = [r for r in rows(text) if "data-patient-link" in r]
+        live = [r for r in patient_rows if "bd-row-cancelled" not in r.split(">", 1)[0]]
+        assert live and all("Coverage unknown" in r for r in live)
+        # Nobody is counted under a flag that is not theirs.
+        assert 'data-flag="no-coverage"' not in text
+
+
+def test_ehr_down_shows_the_board_frame_with_try_again(board: Board) -> None:
+    board.sb.set_knobs(error_rate=1.0)
+    page = board.get(date=_today(), sort="flags")
+    assert page.status_code == 503
+    text = page.text
+    assert "The EHR is not answering" in text
+    assert 'data-testid="try-again"' in text
+    # The board's own frame: its heading, day navigation and filters, not an error page.
+    assert "Previous day" in text and 'id="bd-filter-form"' in text
+    again = re.search(r'href="([^"]+)" data-testid="try-again"', text)
+    assert again
+    query = parse_qs(urlsplit(html.unescape(again[1])).query)
+    assert query == {"date": [_today()], "sort": ["flags"]}
+    board.sb.set_knobs(error_rate=0.0)
+    assert board.get(date=_today(), sort="flags").status_code == 200
+
+
+def test_the_way_back_lands_on_the_same_day_filters_and_row(board: Board) -> None:
+    day = (dt.date.fromisoformat(_today()) + dt.timedelta(days=1)).isoformat()
+    board.sb.generate_appointments(day, 20)
+    page = board.get(date=day, sort="flags", flag="needs-call")
+    assert page.status_code == 200
+    # A plain link to the board (the sidebar's) comes back to this state.
+    back = board.get()
+    assert back.status_code == 303
+    assert parse_qs(urlsplit(back.headers["Location"]).query) == {
+        "date": [day],
+        "sort": ["flags"],
+        "flag": ["needs-call"],
+    }
+    # Opening a patient from a row remembers the row too.
+    link = re.search(r'href="([^"]*/board/open\?[^"]+)"', page.text)
+    assert link
+    opened = board.browser.get(
+        urlsplit(board.url)._replace(path="", query="").geturl() + html.unescape(link[1]),
+        allow_redirects=False,
+        timeout=30,
     )
-    assert rows, "Dr. Lee has visits today in the fixtures"
-    assert all("Dr. Ana Lee" in row for row in rows)
+    assert opened.status_code == 303 and "/patient/Patient/" in opened.headers["Location"]
+    appointment = parse_qs(urlsplit(html.unescape(link[1])).query)["appointment"][0]
+    again = board.get()
+    assert again.headers["Location"].endswith(f"#row-{appointment}")
+    assert f"date={day}" in again.headers["Location"]
 
 
-def test_board_sorted_by_flags_puts_problems_first(board) -> None:
-    _, browser, url = board
-    page = browser.get(url, params={"date": _today(), "sort": "flags"}, timeout=30)
-    first_row = page.text.split('class="cd-row"', 2)[1]
-    assert "cd-flag" in first_row
+def test_search_without_javascript_finds_name_mrn_and_phone_and_keeps_them_out_of_urls(
+    board: Board,
+) -> None:
+    page = board.get(date=_today()).text
+    token = board.csrf(page)
+    first = next(r for r in rows(page) if "Okonkwo" in r)
+    mrn = re.search(r"MRN (\w+)", first)
+    phone = re.search(r'MRN \w+ · <span class="bd-phone">([^<]+)</span>', first)
+    assert mrn and phone
+    for q in (
+        "okonkwo",
+        "MARGARET okon",
+        mrn[1],
+        phone[1].replace("+1 ", "(").replace("-", ") ", 1),
+    ):
+        found = board.browser.post(
+            board.url,
+            data={"csrf_token": token, "date": _today(), "sort": "time", "q": q},
+            timeout=30,
+            allow_redirects=False,
+        )
+        assert found.status_code == 200, q
+        hits = rows(found.text)
+        assert hits and all("Okonkwo" in r for r in hits), q
+        assert q not in found.url
+    accents = board.browser.post(
+        board.url, data={"csrf_token": token, "date": _today(), "q": "hernandez"}, timeout=30
+    )
+    assert all("Hernández" in r for r in rows(accents.text)) and rows(accents.text)
+
+
+def test_day_is_grouped_by_hour_and_place_with_the_location_clock_named(board: Board) -> None:
+    board.sb.generate_appointments(_today(), 40, location="loc-denver")
+    page = board.get(date=_today()).text
+    headers = re.findall(r'<h3 class="bd-group-h"[^>]*>(.*?)</h3>', page, re.S)
+    assert len(headers) >= 10
+    denver = [h for h in headers if "Denver Highlands" in h]
+    assert denver
+    abbr = dt.datetime.now(DENVER).tzname()
+    assert all(f"{abbr} there" in h for h in denver)
+    assert not any("there" in h for h in headers if "Denver" not in h)
+    # Rows are in the viewer's clock, in order, the place's clock beside Denver's rows.
+    times = [
+        dt.datetime.strptime(t, "%I:%M %p").time()
+        for t in re.findall(r'<span class="bd-time"><strong>([^<]+)</strong>', page)
+    ]
+    assert times
+    for row in rows(page):
+        if "Denver Highlands" in row:
+            assert f"{abbr} there" in row
+    chicago_zone = dt.datetime.now(CHICAGO).tzname()
+    assert f"times in {chicago_zone} (America/Chicago)" in page
+    # Groups run in time order; within a group, rows too.
+    hours = [int(h) for h in re.findall(r'data-group-hour="(\d+)"', page)]
+    assert hours == sorted(hours)
+
+
+def test_cancelled_visit_needs_no_call_and_the_no_show_is_flagged(board: Board) -> None:
+    page = board.get(date=_today()).text
+    by_name = {
+        re.search(r"data-patient-link>([^<]+)<", r)[1]: r
+        for r in rows(page)
+        if "data-patient-link" in r
+    }  # type: ignore[index]
+    cancelled = by_name["Sofía Ramírez"]  # expiring coverage, today's visit cancelled
+    assert "Cancelled" in cancelled
+    assert "Coverage expiring soon" not in cancelled and "bd-flag-call" not in cancelled
+    assert "data-needs-call" not in cancelled.split(">", 1)[0]
+    no_show = by_name["William Henry Thompson"]
+    assert "No-show: rebook" in no_show and "data-needs-call" in no_show.split(">", 1)[0]
+
+
+def test_a_chart_launch_cannot_open_the_board(board: Board) -> None:
+    browser = requests.Session()
+    launch = board.sb.launch(CLIENT_ID, patient="pat-001", user="Practitioner/prac-clinician-lee")
+    page = browser.get(launch["url"], timeout=30)
+    base = page.url.split("/l/")[0]
+    launch_id = page.url.split("/l/")[1].split("/")[0]
+    refused = browser.get(f"{base}/l/{launch_id}/board", timeout=30)
+    assert refused.status_code == 403
+    assert "belongs to the chart's patient" in html.unescape(refused.text)

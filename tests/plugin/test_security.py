@@ -93,6 +93,12 @@ def test_every_page_with_patient_data_is_no_store(make_app) -> None:
         sidebar = browser.get(sidebar.url + "?wait=1", timeout=30)
         assert sidebar.status_code == 200 and "Okonkwo" in sidebar.text
         launch_id = re.search(r"/l/([^/]+)/", sidebar.url).group(1)  # type: ignore[union-attr]
+        # The board belongs to launches without a patient (a scheduler's): its own browser.
+        board_browser = requests.Session()
+        board = board_browser.get(
+            sb.launch("caredesk-test", user="Practitioner/prac-scheduler-ortiz")["url"], timeout=30
+        )
+        board_launch = re.search(r"/l/([^/]+)/", board.url).group(1)  # type: ignore[union-attr]
         with app.app_context(), get_store(app).session() as session:
             reg_id = session.query(EhrRegistration.id).scalar()
             ticket = open_ticket(
@@ -120,10 +126,15 @@ def test_every_page_with_patient_data_is_no_store(make_app) -> None:
         assert len(rules) >= 20
         seen = {}
         for rule in rules:
-            path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", lambda m: values[m.group(1)], rule.rule)
+            on_board = rule.rule.startswith("/l/<launch_id>/board")
+            given = {**values, "launch_id": board_launch} if on_board else values
+            path = re.sub(
+                r"<(?:[^:>]+:)?([^>]+)>", lambda m, given=given: given[m.group(1)], rule.rule
+            )
             # The reports take their launch as a parameter (they are opened from a link).
             params = {"launch": launch_id} if rule.rule.startswith("/reports") else None
-            response = browser.get(f"{url}{path}", params=params, timeout=30, allow_redirects=False)
+            client = board_browser if on_board else browser
+            response = client.get(f"{url}{path}", params=params, timeout=30, allow_redirects=False)
             seen[rule.rule] = (response.status_code, response.headers.get("Cache-Control"))
     assert {rule: cache for rule, (_, cache) in seen.items()} == dict.fromkeys(seen, "no-store")
     # They were pages with data, not error pages.

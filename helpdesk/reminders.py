@@ -1,0 +1,198 @@
+"""Reminders a scheduler queues from the board: which visits get one now, which are
+skipped and why.
+
+The board (or any other edge) hands in the visits it shows, read from the EHR; this
+decides, on the store's rows, what to queue and adds one ``reminder`` task per visit,
+the same kind of task the cron sweep makes (``jobs.reminders`` sends it). Nothing is
+queued twice: a visit that already has a reminder waiting to go out, one sent in the last
+day, or one asked for from the board today is skipped with that reason. The caller
+commits, then dispatches the returned task ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from helpdesk.models import CareTask
+from helpdesk.tasks import new_task
+from helpdesk.timeutil import as_utc
+
+# FHIR Appointment statuses a reminder is for: a visit that is still going to happen.
+REMIND_STATUSES = ("booked", "pending", "proposed")
+# Task statuses that mean a reminder is still on its way.
+ON_ITS_WAY = ("queued", "scheduled", "running")
+# A reminder sent this recently makes another one noise.
+RECENT = timedelta(hours=24)
+MAX_ATTEMPTS = 3
+
+# Why a visit got no reminder, in the words the board shows (most specific first).
+NO_PATIENT = "no-patient"
+NOT_BOOKED = "not-booked"
+STARTED = "started"
+DECEASED = "deceased"
+UNREACHABLE = "unreachable"
+ALREADY_QUEUED = "already-queued"
+RECENTLY_SENT = "recently-sent"
+ASKED_TODAY = "asked-today"
+REASONS = {
+    ALREADY_QUEUED: "A reminder is already queued",
+    RECENTLY_SENT: "A reminder went out in the last 24 hours",
+    ASKED_TODAY: "Already asked for from the board today",
+    UNREACHABLE: "No phone or email the patient can be reached on",
+    NOT_BOOKED: "The visit is not booked (cancelled, no-show or done)",
+    STARTED: "The visit has started or is over",
+    DECEASED: "The patient is recorded as deceased",
+    NO_PATIENT: "No patient on the appointment",
+}
+
+
+@dataclass(frozen=True)
+class Visit:
+    """One visit the scheduler asked to remind, as the EHR describes it."""
+
+    appointment_ref: str  # Appointment/<id>
+    patient_ref: str | None
+    status: str | None  # the Appointment's FHIR status
+    start: datetime | None  # aware
+    reachable: bool  # the patient has a channel they may be sent a message on
+    deceased: bool = False
+
+
+@dataclass(frozen=True)
+class Skipped:
+    visit: Visit
+    reason: str  # a key of REASONS
+    task_id: int | None = None  # the reminder that makes this one unnecessary
+
+    @property
+    def words(self) -> str:
+        return REASONS[self.reason]
+
+
+@dataclass
+class Outcome:
+    queued: list[tuple[Visit, CareTask]] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def task_ids(self) -> list[int]:
+        return [task.id for _, task in self.queued]
+
+    def by_reason(self) -> list[tuple[str, list[Skipped]]]:
+        """Skipped visits grouped by reason, in REASONS' order."""
+        groups: dict[str, list[Skipped]] = {}
+        for item in self.skipped:
+            groups.setdefault(item.reason, []).append(item)
+        return [(REASONS[r], groups[r]) for r in REASONS if r in groups]
+
+
+def board_key(registration_id: int, appointment_ref: str, day: str) -> str:
+    """The dedupe key of a reminder asked for from the board on ``day`` (the viewer's
+    date): beside the cron sweep's ``reminder:<reg>:<appointment>:<offset>h`` keys."""
+    return f"reminder:{registration_id}:{appointment_ref}:board:{day}"
+
+
+def queue_reminders(
+    session: Session,
+    *,
+    registration_id: int,
+    visits: Sequence[Visit],
+    now: datetime,
+    today: str,
+    requested_by: str | None = None,
+    launch_session_id: str | None = None,
+) -> Outcome:
+    """Add a reminder task for each visit that should get one now; say why for the rest.
+
+    ``today`` is the viewer's date (``YYYY-MM-DD``): one board request per visit and day.
+    Flushes (the tasks have ids) but does not commit.
+    """
+    now = as_utc(now)
+    outcome = Outcome()
+    patients = sorted({v.patient_ref for v in visits if v.patient_ref})
+    earlier = _reminders_of(session, registration_id, patients)
+    seen: set[str] = set()
+    for visit in visits:
+        if visit.appointment_ref in seen:
+            continue  # the same row selected twice
+        seen.add(visit.appointment_ref)
+        key = _key(registration_id, visit, today)
+        reason, blocking = _why_not(visit, earlier.get(visit.appointment_ref, ()), now=now, key=key)
+        if reason is not None:
+            outcome.skipped.append(Skipped(visit, reason, blocking))
+            continue
+        task = new_task(
+            session,
+            registration_id=registration_id,
+            kind="reminder",
+            patient_ref=visit.patient_ref,
+            payload={"appointment_ref": visit.appointment_ref, "requested": "board"},
+            dedupe_key=key,
+            launch_session_id=launch_session_id,
+            created_by=requested_by,
+            max_attempts=MAX_ATTEMPTS,
+        )
+        if task is None:  # the key exists: another request of today won the race
+            outcome.skipped.append(Skipped(visit, ASKED_TODAY))
+            continue
+        outcome.queued.append((visit, task))
+    session.flush()
+    return outcome
+
+
+def _key(registration_id: int, visit: Visit, today: str) -> str:
+    return board_key(registration_id, visit.appointment_ref, today)
+
+
+def _why_not(
+    visit: Visit, earlier: Sequence[CareTask], *, now: datetime, key: str
+) -> tuple[str | None, int | None]:
+    if not visit.patient_ref:
+        return NO_PATIENT, None
+    if visit.status not in REMIND_STATUSES:
+        return NOT_BOOKED, None
+    if visit.start is None or as_utc(visit.start) <= now:
+        return STARTED, None
+    if visit.deceased:
+        return DECEASED, None
+    for task in earlier:
+        if task.status in ON_ITS_WAY:
+            return ALREADY_QUEUED, task.id
+    for task in earlier:
+        sent = (task.fhir_refs or {}).get("reminder_sent") is True
+        if sent and task.finished_at is not None and as_utc(task.finished_at) > now - RECENT:
+            return RECENTLY_SENT, task.id
+    for task in earlier:
+        if task.dedupe_key == key:
+            return ASKED_TODAY, task.id
+    if not visit.reachable:
+        return UNREACHABLE, None
+    return None, None
+
+
+def _reminders_of(
+    session: Session, registration_id: int, patient_refs: Sequence[str]
+) -> dict[str, list[CareTask]]:
+    """Every reminder task of these patients, by the appointment it is about (newest
+    first): one query for the whole request."""
+    if not patient_refs:
+        return {}
+    found: dict[str, list[CareTask]] = {}
+    rows = session.scalars(
+        select(CareTask)
+        .where(
+            CareTask.registration_id == registration_id,
+            CareTask.kind == "reminder",
+            CareTask.patient_ref.in_(patient_refs),
+        )
+        .order_by(CareTask.id.desc())
+    )
+    for task in rows:
+        ref = str((task.payload or {}).get("appointment_ref") or "")
+        if ref:
+            found.setdefault(ref, []).append(task)
+    return found
