@@ -196,8 +196,20 @@ def list_tickets(query: dict[str, Any], launch_id: str) -> dict[str, Any]:
     }
 
 
+def _ticket_links() -> dict[str, Any]:
+    """OpenAPI links from a ticket in an answer to what can be done with it next (clients
+    and schemathesis' stateful phase follow them)."""
+    path = "#/paths/~1api~1l~1{launch_id}~1tickets~1{ticket_id}"
+    params = {"launch_id": "$request.path.launch_id", "ticket_id": "$response.body#/id"}
+    return {
+        "ReadTicket": {"operationRef": f"{path}/get", "parameters": params},
+        "ChangeTicket": {"operationRef": f"{path}/patch", "parameters": params},
+        "AddNote": {"operationRef": f"{path}~1notes/post", "parameters": params},
+    }
+
+
 @bp.post("/l/<launch_id>/tickets", tags=["tickets"])
-@bp.doc(security=_WRITE)
+@bp.doc(security=_WRITE, responses={201: {"links": _ticket_links()}})
 @bp.arguments(TicketCreateSchema)
 @bp.response(
     201,
@@ -226,7 +238,7 @@ def get_ticket(launch_id: str, ticket_id: int) -> dict[str, Any]:
 
 
 @bp.patch("/l/<launch_id>/tickets/<rowid:ticket_id>", tags=["tickets"])
-@bp.doc(security=_WRITE)
+@bp.doc(security=_WRITE, responses={200: {"links": _ticket_links()}})
 @bp.arguments(TicketUpdateSchema)
 @bp.response(200, TicketDetailSchema)
 @errors(400, 401, 403, 404, 409, 415, 422)

@@ -65,7 +65,7 @@ def _answer(launch_id: str, task: CareTask) -> BaseResponse:
     return jsonify(task_json(task))
 
 
-@bp.post("/tasks/<int:task_id>/retry")
+@bp.post("/tasks/<rowid:task_id>/retry")
 def retry(launch_id: str, task_id: int) -> BaseResponse:
     from jobs.status import retry as do_retry
 
@@ -81,7 +81,7 @@ def retry(launch_id: str, task_id: int) -> BaseResponse:
     return _answer(launch_id, _task(launch_id, task_id))
 
 
-@bp.post("/tasks/<int:task_id>/complete")
+@bp.post("/tasks/<rowid:task_id>/complete")
 def complete(launch_id: str, task_id: int) -> BaseResponse:
     check_csrf(current_launch(launch_id))
     task = _task(launch_id, task_id)
@@ -93,8 +93,10 @@ def complete(launch_id: str, task_id: int) -> BaseResponse:
 
     task.status = "done"
     task.finished_at = utcnow()
-    body = request.get_json(silent=True) or request.form
-    note = str(body.get("note") or "").strip()
+    body = request.get_json(silent=True)
+    # A JSON body that is not an object (an array, a number) carries no note.
+    fields = body if isinstance(body, dict) else request.form
+    note = str(fields.get("note") or "").strip()
     task.status_note = f"Completed: {note}" if note else "Completed."
     get_db().commit()
     return _answer(launch_id, task)

@@ -13,6 +13,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from flask import current_app, g, request
+from werkzeug.exceptions import NotFound
 from werkzeug.routing import IntegerConverter
 
 from helpdesk import duephrase
@@ -47,9 +48,16 @@ def viewer_zone() -> ZoneInfo:
 
 
 class RowId(IntegerConverter):
-    """``<rowid:ticket_id>``: a row id as the store's ``integer`` column holds it. A
-    larger number matches no route (404) instead of overflowing the query (a 500); the
-    OpenAPI document states the bounds (flask-smorest reads ``min``/``max``)."""
+    """``<rowid:ticket_id>``: a row id as the store's ``integer`` column holds it. A larger
+    number names no row: 404 for every method, instead of overflowing the query (a 500).
+    The OpenAPI document states the bounds (flask-smorest reads ``min``/``max``)."""
 
     def __init__(self, map: Any) -> None:  # noqa: A002 (werkzeug's parameter name)
         super().__init__(map, min=0, max=INT32_MAX)
+
+    def to_python(self, value: str) -> int:
+        # Not werkzeug's ValidationError: with it the router goes on to other rules and
+        # answers a PATCH of a too-large id with 405 (the GET rule's path matched).
+        if len(value) > len(str(INT32_MAX)) or int(value) > INT32_MAX:
+            raise NotFound("No such item for this launch.")
+        return int(value)

@@ -6,7 +6,7 @@ document cannot drift from the code.
 A rule across fields that JSON Schema can express is written twice on purpose, side by
 side: the ``validates_schema`` method the server runs, and the schema's ``json_rules``
 (JSON Schema keywords added to its OpenAPI component), so a client generated from the
-document never sends what the server refuses. Text must be storable (``_STORABLE``).
+document never sends what the server refuses. Text must be storable (``_text``).
 
 Datetimes in and out are aware ISO 8601 (a datetime without an offset is refused: the
 API cannot know which clock it was read from).
@@ -59,17 +59,24 @@ _TEXT_MAX = 10_000
 INT32_MAX = 2**31 - 1
 
 # PostgreSQL text cannot hold NUL, and UTF-8 cannot encode an unpaired surrogate (JSON's
-# "\ud800" decodes to one): either would fail at the database, so it is refused here. The
-# pattern is written with escapes so it reads the same in Python and in a JSON Schema.
-_STORABLE = validate.Regexp(
-    r"^[^\x00\ud800-\udfff]*$",
-    error="Text cannot contain NUL or unpaired surrogate characters.",
-)
+# "\ud800" decodes to one): either would fail at the database, so text is refused here
+# first. NUL is refused by a pattern the document shows; a surrogate cannot be written in
+# a pattern every JSON Schema engine reads (they are not characters), and is not valid
+# Unicode text to begin with, so it is refused by a check the document names in words.
+_NO_NUL = validate.Regexp(r"^[^\x00]*$", error="Text cannot contain NUL characters.")
+
+
+def _encodable(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValidationError("Text cannot contain unpaired surrogate characters.") from exc
 
 
 def _text(*validators: validate.Validator, **kwargs: Any) -> fields.String:
-    """A string that can be stored (see ``_STORABLE``), with its other validators."""
-    return fields.String(validate=[*validators, _STORABLE], **kwargs)
+    """A string that can be stored (no NUL, no unpaired surrogate), with its other
+    validators."""
+    return fields.String(validate=[*validators, _NO_NUL, _encodable], **kwargs)
 
 
 class StrictSchema(Schema):

@@ -110,7 +110,7 @@ def create_ticket_form(launch_id: str) -> BaseResponse | tuple[str, int]:
     )
 
 
-@bp.get("/l/<launch_id>/tickets/<int:ticket_id>")
+@bp.get("/l/<launch_id>/tickets/<rowid:ticket_id>")
 def ticket_page(launch_id: str, ticket_id: int) -> str:
     launch = request_launch()
     ticket = svc.get_ticket(get_db(), launch, ticket_id)
@@ -125,7 +125,7 @@ def _detail_with_errors(
     return html, status
 
 
-@bp.post("/l/<launch_id>/tickets/<int:ticket_id>")
+@bp.post("/l/<launch_id>/tickets/<rowid:ticket_id>")
 def update_ticket_form(launch_id: str, ticket_id: int) -> BaseResponse | tuple[str, int]:
     launch = request_launch()
     changes: dict[str, Any] = _form("status", "priority", "category")
@@ -143,7 +143,7 @@ def update_ticket_form(launch_id: str, ticket_id: int) -> BaseResponse | tuple[s
     )
 
 
-@bp.post("/l/<launch_id>/tickets/<int:ticket_id>/notes")
+@bp.post("/l/<launch_id>/tickets/<rowid:ticket_id>/notes")
 def add_note_form(launch_id: str, ticket_id: int) -> BaseResponse | tuple[str, int]:
     launch = request_launch()
     form = _form("body", "channel", "direction")

@@ -60,6 +60,8 @@ def test_every_api_route_and_method_is_documented(env, spec) -> None:
             if method in ("POST", "PATCH"):
                 assert {"browserCookie": [], "csrfToken": []} in op["security"]
                 assert "403" in op["responses"] and "422" in op["responses"]
+                # A body that is not JSON, or not parsable JSON, is documented too.
+                assert "415" in op["responses"] and "400" in op["responses"]
                 assert "requestBody" in op
     documented = {
         (path, method)

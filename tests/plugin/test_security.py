@@ -145,7 +145,7 @@ def test_every_page_with_patient_data_is_no_store(make_app) -> None:
         "/l/<launch_id>/patient/<path:patient_ref>",
         "/l/<launch_id>/part/<name>",
         "/l/<launch_id>/calls",
-        "/l/<launch_id>/tickets/<int:ticket_id>",
+        "/l/<launch_id>/tickets/<rowid:ticket_id>",
         "/api/l/<launch_id>/context",
         "/reports/csat",
         "/s/<token>",
