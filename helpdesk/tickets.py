@@ -9,8 +9,9 @@ registration: a session from EHR A never sees, reads, changes or notes EHR B's r
 row of another registration is reported as *not found* (never *forbidden*) so ids cannot
 be probed across EHRs. Every read of patient data writes an ``AuditEvent``.
 
-The web edges (``plugin.api``: JSON and HTML) validate input with ``plugin.schemas`` and
-call these functions; nothing here reads the request.
+The web edges (``plugin.api`` for JSON, ``plugin.ticket_pages`` and the sidebar for HTML)
+validate input with ``plugin.schemas`` and call these functions; nothing here reads the
+request.
 """
 
 from __future__ import annotations

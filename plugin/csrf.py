@@ -65,6 +65,6 @@ def check_csrf(launch: LaunchSession) -> None:
 
 
 def init_app(app: Flask) -> None:
-    """Makes ``csrf_token(launch)`` a Jinja global. (Registering ``plugin.api``'s blueprints
+    """Makes ``csrf_token(launch)`` a Jinja global. (Registering ``plugin.ticket_pages``
     does this too, so templates work whichever is set up.)"""
     app.add_template_global(csrf_token, "csrf_token")
