@@ -9,23 +9,30 @@ otherwise the task is ``done`` when it returns. What it raises decides the rest:
 
 - ``TemporaryFhirError``, ``TemporaryOutboundError``, ``TemporaryTaskError``, discovery
   or refresh trouble: the attempt is recorded and the next one scheduled (exponential
-  backoff, never sooner than the server's Retry-After) with its own job id;
+  backoff, never sooner than the server's Retry-After) by RQ's own ``Retry``: the job
+  returns one, and RQ schedules the same job again;
 - ``NeedsAuthorization``: the task waits, visibly, in ``needs-authorization``;
 - ``FatalFhirError`` (the OperationOutcome text kept), ``OutboundError``, ``TaskError``:
   the task fails with the reason on the row; the exception goes on to RQ (failed registry);
-- anything else: recorded, retried while attempts remain, and re-raised so RQ sees it.
+- anything else: recorded and retried the same way while attempts remain (its traceback
+  logged), then re-raised so RQ sees the failure.
+
+The row, not RQ, counts attempts and decides when to give up: RQ's retry count restarts
+with every job the sweeper enqueues anew (after a FLUSHALL or a dead worker).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from flask import Flask, current_app
-from rq import get_current_job
+from rq import Retry, get_current_job
+from rq.job import Job
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
@@ -101,7 +108,7 @@ def backoff(app: Flask, attempt: int, retry_after: float | None) -> float:
     return float(max(delay, retry_after or 0.0))
 
 
-def run_task(task_id: int) -> None:
+def run_task(task_id: int) -> Retry | None:
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     _load_handlers()
     job = get_current_job()
@@ -111,8 +118,8 @@ def run_task(task_id: int) -> None:
         task = _claim(session, task_id, job_id)
         if task is None:
             log.info("task %s: job %s skipped (task not waiting for this job)", task_id, job_id)
-            return
-        _run_claimed(app, session, task)
+            return None
+        return _run_claimed(app, session, task, job)
     finally:
         session.close()
 
@@ -153,7 +160,7 @@ def _claim(session: Session, task_id: int, job_id: str | None) -> CareTask | Non
     return task
 
 
-def _run_claimed(app: Flask, session: Session, task: CareTask) -> None:
+def _run_claimed(app: Flask, session: Session, task: CareTask, job: Job | None) -> Retry | None:
     task_id = task.id
     registered = HANDLERS.get(task.kind)
     try:
@@ -166,8 +173,7 @@ def _run_claimed(app: Flask, session: Session, task: CareTask) -> None:
             ctx.close()
     except Exception as exc:
         session.rollback()
-        _record_failure(app, task_id, exc)
-        return
+        return _record_failure(app, task_id, exc, job)
     now = utcnow()
     if task.status == "running":
         task.status = "done"
@@ -176,6 +182,7 @@ def _run_claimed(app: Flask, session: Session, task: CareTask) -> None:
     task.updated_at = now
     _finish_attempt(session, task, "done", None, now)
     session.commit()
+    return None
 
 
 def _finish_attempt(
@@ -198,9 +205,9 @@ def _message(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def _record_failure(app: Flask, task_id: int, exc: Exception) -> None:
-    """Write what happened on the row, then retry, wait or fail. Re-raises where RQ
-    should see the failure."""
+def _record_failure(app: Flask, task_id: int, exc: Exception, job: Job | None) -> Retry | None:
+    """Write what happened on the row, then retry (the ``Retry`` RQ is to act on), wait or
+    fail. Re-raises where RQ should see the failure."""
     now = utcnow()
     temporary = isinstance(
         exc,
@@ -212,7 +219,8 @@ def _record_failure(app: Flask, task_id: int, exc: Exception) -> None:
     )
     fatal = isinstance(exc, FatalFhirError | OutboundError | TaskError) and not temporary
     retry_after = getattr(exc, "retry_after", None)
-    reraise = not temporary
+    reraise = False
+    wait = 0
     with get_store(app).session() as session:
         task = session.get(CareTask, task_id)
         assert task is not None
@@ -226,18 +234,22 @@ def _record_failure(app: Flask, task_id: int, exc: Exception) -> None:
             )
             _finish_attempt(session, task, "needs-authorization", task.last_error, now)
             log.warning("task %s needs authorization", task_id)
-            return
+            return None
         if not fatal and task.attempts < task.max_attempts:
-            delay = backoff(app, task.attempts, retry_after)
+            # RQ keeps its schedule in whole seconds (it truncates): a second more than
+            # the delay rounded up, so a retry is never sooner than the Retry-After it
+            # honours.
+            wait = math.ceil(backoff(app, task.attempts, retry_after)) + 1
             task.status = "scheduled"
-            task.due_at = now + timedelta(seconds=delay)
+            task.due_at = now + timedelta(seconds=wait)
             _finish_attempt(session, task, "retry", task.last_error, now)
             log.warning(
-                "task %s attempt %d failed (%s); retry in %.1fs",
+                "task %s attempt %d failed (%s); retry in %ds",
                 task_id,
                 task.attempts,
                 type(exc).__name__,
-                delay,
+                wait,
+                exc_info=None if temporary else exc,
             )
         else:
             task.status = "failed"
@@ -250,12 +262,19 @@ def _record_failure(app: Flask, task_id: int, exc: Exception) -> None:
             final_failure(session, app, task)
             log.warning("task %s failed: %s", task_id, type(exc).__name__)
             reraise = True
-        retry_id = task.id if task.status == "scheduled" else None
-    if retry_id is not None:
-        # The row is committed; the next attempt's job (its own id) comes after.
-        dispatch([retry_id], app=app)
+        retry_in = wait if task.status == "scheduled" else None
     if reraise:
         raise exc
+    if retry_in is None:
+        return None
+    if job is None:
+        # Not run by RQ: the next attempt gets a job of its own.
+        dispatch([task_id], app=app)
+        return None
+    # The row is committed; RQ schedules this same job again (the row names it), in the
+    # pipeline that ends this execution. Retry's max is RQ's count, which restarts with
+    # every new job: the row's attempts decide, so RQ is always told one more is fine.
+    return Retry(max=(job.number_of_retries or 0) + 1, interval=retry_in)
 
 
 def final_failure(session: Session, app: Flask, task: CareTask) -> None:
