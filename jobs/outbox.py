@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import redis
 from flask import Flask, current_app
+from rq.callbacks import Callback
 from rq.job import Job, JobStatus
 from rq.rate_limit import RateLimit
 from rq.registry import StartedJobRegistry
@@ -39,6 +41,7 @@ LIVE_JOB_STATES = {
     JobStatus.RATE_LIMITED,
 }
 RUN_TASK = "jobs.tasks.run_task"
+JOB_FAILED = "jobs.tasks.job_failed"
 JOB_TIMEOUT = 600
 
 
@@ -66,6 +69,9 @@ def _enqueue(app: Flask, item: _Pending, now: datetime) -> None:
         "result_ttl": 3600,
         "failure_ttl": 7 * 86400,
         "description": f"{item.kind} task {item.task_id}",
+        # RQ calls it when the job fails, and when its worker died (RQ's started-job
+        # registry found the heartbeat lapsed: AbandonedJobError).
+        "on_failure": Callback(JOB_FAILED),
     }
     if not state.embedded:
         # Per-EHR concurrency: at most N jobs of one registration queued or running;
@@ -155,9 +161,14 @@ def sweep(
     Whether a running job's worker is alive is RQ's to say: the worker renews the job's
     heartbeat in RQ's started-job registry while it runs (``jobs.worker``), and
     ``StartedJobRegistry.cleanup`` moves a job whose heartbeat lapsed (SIGKILL, OOM, a lost
-    machine) to the failed registry as abandoned. So the registries are cleaned first;
-    then a running row whose job is no longer started is taken for dead: the attempt is
-    marked ``abandoned`` and the task runs again, or fails when it has no attempts left.
+    machine) to the failed registry as abandoned, calling the job's failure callback
+    (``jobs.tasks.job_failed``), which records the abandoned attempt and queues the task
+    again. RQ's workers do that clean-up too, every few seconds (``jobs.worker``); here it
+    runs first, and what its callbacks recovered is counted in the result. Then, as a net
+    for a callback that could not run (a clean-up by a process without the app, such as
+    ``rq info``), a running row whose job is no longer started is taken for dead the same
+    way: the attempt is marked ``abandoned`` and the task runs again, or fails when it has
+    no attempts left.
     What RQ cannot do is kept here: it knows nothing of the row, its attempts, or a task
     whose job vanished altogether (FLUSHALL, an enqueue that never happened).
     """
@@ -165,8 +176,16 @@ def sweep(
     if grace is None:
         grace = timedelta(seconds=int(app.config["TASK_SWEEP_GRACE_SECONDS"]))
     conn = get_queue_state(app).connection
-    _cleanup_started(app)
     result = SweepResult()
+    recovered: list[tuple[int, str]] = []
+    token = RECOVERED.set(recovered)
+    try:
+        _cleanup_started(app)
+    finally:
+        RECOVERED.reset(token)
+    for task_id, what in recovered:
+        result.dead.append(task_id)
+        (result.failed if what == "failed" else result.requeued).append(task_id)
     last_id = 0
     to_dispatch: list[int] = []
     store = get_store(app)
@@ -215,6 +234,9 @@ def sweep(
 
 
 ABANDONED = "the worker running this task stopped (killed or lost) before it finished"
+# Set by the sweeper while RQ's clean-up runs the failure callbacks, so it can count what
+# they recovered.
+RECOVERED: ContextVar[list[tuple[int, str]] | None] = ContextVar("recovered", default=None)
 
 
 def abandon(session: Session, app: Flask, task: CareTask, now: datetime) -> str | None:

@@ -63,7 +63,11 @@ def snapshot(app: Flask, *, failures: int = 20) -> dict[str, Any]:
         for name in state.queue_names:
             rq_info[name] = {
                 "queued": len(state.queue(name)),
-                "started": StartedJobRegistry(name, connection=state.connection).count,
+                # Without RQ's clean-up: it runs abandoned jobs' failure callbacks, which
+                # are the workers' and the sweeper's business, not a status page's.
+                "started": StartedJobRegistry(name, connection=state.connection).get_job_count(
+                    cleanup=False
+                ),
                 "scheduled": ScheduledJobRegistry(  # type: ignore[no-untyped-call]
                     name, connection=state.connection
                 ).count,

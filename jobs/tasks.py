@@ -30,8 +30,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from flask import Flask, current_app
+from flask import Flask, current_app, has_app_context
 from rq import Retry, get_current_job
+from rq.exceptions import AbandonedJobError
 from rq.job import Job
 from sqlalchemy import update
 from sqlalchemy.orm import Session
@@ -275,6 +276,48 @@ def _record_failure(app: Flask, task_id: int, exc: Exception, job: Job | None) -
     # pipeline that ends this execution. Retry's max is RQ's count, which restarts with
     # every new job: the row's attempts decide, so RQ is always told one more is fine.
     return Retry(max=(job.number_of_retries or 0) + 1, interval=retry_in)
+
+
+def job_failed(
+    job: Job,
+    connection: Any,
+    exc_type: type[BaseException] | None,
+    exc: BaseException | None,
+    traceback: Any,
+) -> None:
+    """RQ's failure callback of every task job.
+
+    Only an abandoned job concerns the row here: its worker died mid-job and RQ's clean-up
+    of the started-job registry (run by every worker every few seconds, and by the
+    sweeper) found its heartbeat lapsed. The attempt is recorded as abandoned and the task
+    queued again at once (or failed with no attempts left), instead of waiting for the
+    next sweep. A job that raised was recorded by ``run_task`` itself.
+    """
+    if not isinstance(exc, AbandonedJobError) or not job.args:
+        return
+    if not has_app_context():
+        # A clean-up by a process without the app (`rq info`): the sweeper's row pass
+        # recovers the task.
+        log.info("job %s abandoned; the sweeper will recover its task", job.id)
+        return
+    from jobs.outbox import RECOVERED, abandon
+
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    with get_store(app).session() as session:
+        task = session.get(CareTask, int(job.args[0]))
+        # Only the attempt of this job: the row may have moved on to another job (the
+        # sweeper got there first), and abandon()'s compare-and-set leaves alone a row
+        # that finished meanwhile.
+        mine = task is not None and task.job_id == job.id
+        outcome = abandon(session, app, task, utcnow()) if task is not None and mine else None
+    if outcome is None:
+        return
+    log.warning("task %s: its worker died mid-job (job %s); %s", job.args[0], job.id, outcome)
+    recovered = RECOVERED.get()
+    if recovered is not None:
+        recovered.append((int(job.args[0]), outcome))
+    if outcome == "queued":
+        dispatch([int(job.args[0])], app=app)
 
 
 def final_failure(session: Session, app: Flask, task: CareTask) -> None:

@@ -134,6 +134,12 @@ class AppWorker(SimpleWorker):
         # whole job timeout): a dead worker's task would wait that long to run again.
         return self.heartbeat_seconds
 
+    def run_maintenance_tasks(self) -> None:
+        # RQ's registry clean-up calls the failure callbacks of abandoned jobs
+        # (jobs.tasks.job_failed), which need the app.
+        with self.app.app_context():
+            super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
+
     def _start_scheduler(
         self,
         burst: bool = False,

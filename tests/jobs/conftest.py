@@ -112,11 +112,11 @@ def run_burst(app, timeout: float = 90) -> subprocess.CompletedProcess[str]:  # 
 
 
 @contextmanager
-def worker(app, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:  # type: ignore[no-untyped-def]
+def worker(app, log_path: Path, name: str | None = None) -> Iterator[subprocess.Popen[bytes]]:  # type: ignore[no-untyped-def]
     """A long-running worker (with RQ's scheduler) in its own process group."""
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "plugin.cli", "worker"],
+            [sys.executable, "-m", "plugin.cli", "worker", *(["--name", name] if name else [])],
             cwd=ROOT,
             env=worker_env(app),
             stdout=log,
