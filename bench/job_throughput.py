@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -226,6 +227,13 @@ def _drain(
             log.close()
 
 
+def _children_cpu_s() -> float:
+    """CPU seconds of this process's finished children (the drained workers): on a busy
+    machine, where wall time stretches with the load, what a job costs shows here."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
 def _job_span(log_dir: Path) -> tuple[int, float, int]:
     """(jobs that ran, seconds from the first start to the last end, failed jobs)."""
     conn = redis.Redis.from_url(REDIS_URL)
@@ -301,7 +309,9 @@ def run(*, quick: bool) -> Outcome:
         for workers in worker_counts:
             flush_bench_redis()
             _queue_noops(count)
+            cpu0 = _children_cpu_s()
             drained = _drain(db_url, workers, log_dir, window=None, timeout=timeout)
+            cpu = _children_cpu_s() - cpu0
             try:
                 ran, span, failed = _job_span(log_dir)
             except RuntimeError as exc:
@@ -314,6 +324,7 @@ def run(*, quick: bool) -> Outcome:
                 "drained": drained,
                 "span_s": span,
                 "jobs_per_s": ran / span,
+                "worker_cpu_ms_per_job": cpu / ran * 1000,
             }
         app = new_app(db_url)
         try:
@@ -327,7 +338,9 @@ def run(*, quick: bool) -> Outcome:
                         ids = _queue_writebacks(app, reg_id, count)
                         enqueue_s = time.perf_counter() - queued_at
                         before = sb.stats()
+                        cpu0 = _children_cpu_s()
                         drained = _drain(db_url, workers, log_dir, window=window, timeout=timeout)
+                        cpu = _children_cpu_s() - cpu0
                         after = sb.stats()
                         key = f"L{latency}_W{workers}"
                         try:
@@ -353,6 +366,7 @@ def run(*, quick: bool) -> Outcome:
                             "ehr_fhir_requests_per_job": fhir / ran,
                             "ehr_token_requests_per_job": tokens / ran,
                             "task_outcomes": _task_outcomes(app, ids),
+                            "worker_cpu_ms_per_job": cpu / ran * 1000,
                         }
         finally:
             close_app(app)
@@ -381,7 +395,8 @@ def _rows(out: Outcome, worker_counts: tuple[int, ...], latencies: tuple[int, ..
                 f"no-op RQ jobs, {workers} worker(s) (floor)",
                 noop["jobs_per_s"],
                 "jobs/s",
-                note=f"{noop['ran']:,} jobs, {noop['failed']} failed",
+                note=f"{noop['ran']:,} jobs, {noop['failed']} failed; worker CPU "
+                f"{noop['worker_cpu_ms_per_job']:.1f} ms/job (start-up included)",
             )
         )
     for latency in latencies:
@@ -411,7 +426,8 @@ def _rows(out: Outcome, worker_counts: tuple[int, ...], latencies: tuple[int, ..
             wb["per_job_ms_per_worker"] = per_job_ms
             done = "all" if wb["drained"] else f"{wb['ran']:,} of {wb['queued']:,} queued"
             note = (
-                f"{done} done in the window; per job {per_job_ms:.0f} ms per worker, "
+                f"{done} done in the window; per job {per_job_ms:.0f} ms per worker "
+                f"(worker CPU {wb['worker_cpu_ms_per_job']:.1f} ms, start-up included), "
                 f"{wb['ehr_fhir_requests_per_job']:.2f} FHIR + "
                 f"{wb['ehr_token_requests_per_job']:.2f} token requests"
             )
