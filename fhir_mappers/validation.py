@@ -109,7 +109,21 @@ def validation_warnings(
     try:
         validate_strictly(model, resource)
     except pydantic.ValidationError as exc:
-        for err in exc.errors(include_url=False, include_input=True):
+        try:
+            errors = exc.errors(include_url=False, include_input=True)
+        except UnicodeError:
+            # fhir.resources renders a wrong nested `resourceType` into its error message;
+            # with a lone surrogate in it pydantic cannot list the errors at all (found by
+            # the fuzz suite). Say so once rather than raise.
+            errors = []
+            add(
+                "(resource)",
+                "could not be validated (text that is not valid Unicode)",
+                issues.INVALID,
+                f"The {noun(rtype)} holds text that is not valid Unicode; its other problems "
+                "could not be listed.",
+            )
+        for err in errors:
             path = field_path(tuple(err["loc"]))
             kind = str(err["type"])
             if kind == "extra_forbidden":
