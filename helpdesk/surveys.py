@@ -23,6 +23,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from fhir_mappers import survey as mapper
+from helpdesk.access import PatientScope
 from helpdesk.models import CareTask, EhrRegistration, SurveyInvite, SurveyResponse, Ticket
 from helpdesk.survey_policy import writeback_blocker
 from helpdesk.tasks import new_task
@@ -256,14 +257,16 @@ def build_questionnaire_response(
 
 
 def latest_for_patient(
-    session: Session, registration_id: int, patient_ref: str
+    session: Session, scope: PatientScope, patient_ref: str
 ) -> dict[str, Any] | None:
-    """The patient's most recent survey answer, for the sidebar; None if never answered."""
+    """The patient's most recent survey answer, for the sidebar; None if never answered.
+    403 (``OtherPatient``) when ``scope`` may not see the patient."""
+    scope.check(patient_ref)
     row = session.execute(
         select(SurveyResponse, SurveyInvite)
         .join(SurveyInvite, SurveyInvite.id == SurveyResponse.invite_id)
         .where(
-            SurveyInvite.registration_id == registration_id,
+            *scope.where(SurveyInvite.registration_id, SurveyInvite.patient_ref),
             SurveyInvite.patient_ref == patient_ref,
         )
         .order_by(SurveyResponse.submitted_at.desc(), SurveyResponse.id.desc())
@@ -293,14 +296,31 @@ def latest_for_patient(
     }
 
 
+def sent_invitations(
+    session: Session, scope: PatientScope
+) -> list[tuple[SurveyInvite, SurveyResponse | None]]:
+    """Invitations that went out (answered and expired included), each with its answer
+    when there is one: what the CSAT report counts."""
+    query = (
+        select(SurveyInvite, SurveyResponse)
+        .outerjoin(SurveyResponse, SurveyResponse.invite_id == SurveyInvite.id)
+        .where(
+            *scope.where(SurveyInvite.registration_id, SurveyInvite.patient_ref),
+            SurveyInvite.sent_at.is_not(None),
+            SurveyInvite.status.in_(("sent", "answered", "expired")),
+        )
+    )
+    return [(invite, response) for invite, response in session.execute(query)]
+
+
 def export_rows(
-    session: Session, registration_id: int, *, status: str | None
+    session: Session, scope: PatientScope, *, status: str | None
 ) -> list[dict[str, Any]]:
     """Stored answers for export (e.g. the ones an EHR could not take), oldest first."""
     query = (
         select(SurveyResponse, SurveyInvite)
         .join(SurveyInvite, SurveyInvite.id == SurveyResponse.invite_id)
-        .where(SurveyInvite.registration_id == registration_id)
+        .where(*scope.where(SurveyInvite.registration_id, SurveyInvite.patient_ref))
         .order_by(SurveyResponse.submitted_at, SurveyResponse.id)
     )
     if status:

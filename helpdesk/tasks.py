@@ -9,6 +9,9 @@ The rules on these rows that the sidebar, the call list and the API share live h
 which channels a patient can receive (``fhir_mappers.contact``'s reading, applied to a
 task before it is stored), how a call's outcome ends or reschedules its follow-up, and
 which failures a retry can cure.
+
+What a launch may see of tasks and of the messages they sent follows ``helpdesk.access``
+(its registration, and its patient when it has one): out-of-scope rows are not found.
 """
 
 from __future__ import annotations
@@ -28,10 +31,10 @@ from sqlalchemy.orm import Session
 from fhir_mappers.contact import blocked, current_telecoms, is_deceased, may_survey, reachable
 from fhir_mappers.fhirutil import get_str
 from helpdesk import duephrase
-from helpdesk.access import patient_for
+from helpdesk.access import patient_for, scope_of
 from helpdesk.audit import audit
 from helpdesk.errors import AppError, NotFound
-from helpdesk.models import CallAttempt, CareTask, LaunchSession
+from helpdesk.models import CallAttempt, CareTask, LaunchSession, OutboundMessage
 from helpdesk.timeutil import as_utc, utcnow
 
 # A follow-up is reached by phone (a person calls) or by a message the job sends.
@@ -129,16 +132,23 @@ def list_tasks(
     patient: str | None = None,
     limit: int = 50,
 ) -> Sequence[CareTask]:
-    """The launch's patient's tasks; a launch without a patient sees its registration's."""
-    where = [CareTask.registration_id == launch.registration_id]
-    patient_ref = launch.patient_ref or patient
-    if patient_ref:
-        where.append(CareTask.patient_ref == patient_ref)
+    """The tasks the launch may see, newest first; ``patient`` narrows to one patient
+    (403 when the launch may not see that patient)."""
+    scope = scope_of(launch)
+    where = scope.where(CareTask.registration_id, CareTask.patient_ref)
+    if patient:
+        scope.check(patient)
+        where.append(CareTask.patient_ref == patient)
     if kind:
         where.append(CareTask.kind == kind)
     tasks = db.scalars(
         select(CareTask).where(*where).order_by(CareTask.id.desc()).limit(limit)
     ).all()
+    _audit_list(launch, tasks)
+    return tasks
+
+
+def _audit_list(launch: LaunchSession, tasks: Sequence[CareTask]) -> None:
     for ref in sorted({t.patient_ref for t in tasks if t.patient_ref}):
         audit(
             "task.list",
@@ -147,7 +157,50 @@ def list_tasks(
             entity="CareTask",
             detail={"ids": [t.id for t in tasks if t.patient_ref == ref]},
         )
+
+
+def get_task(db: Session, launch: LaunchSession, task_id: int) -> CareTask:
+    """One task the launch may see; 404 for a task that is absent or out of scope alike."""
+    task = db.get(CareTask, task_id)
+    if task is None or not scope_of(launch).sees(task.registration_id, task.patient_ref):
+        raise NotFound("No such task.")
+    return task
+
+
+def worklist(
+    db: Session,
+    launch: LaunchSession,
+    *,
+    assignee: str | None,
+    group: str | None = None,
+    limit: int = 500,
+) -> Sequence[CareTask]:
+    """Follow-ups waiting for a person (an assignee's, or a group's), soonest due first,
+    within what the launch may see."""
+    where = scope_of(launch).where(CareTask.registration_id, CareTask.patient_ref)
+    where += [CareTask.kind == "follow-up", CareTask.status == "waiting"]
+    if group:
+        where.append(CareTask.payload["group"].as_string() == group)
+    elif assignee:
+        where.append(CareTask.assignee == assignee)
+    tasks = db.scalars(
+        select(CareTask).where(*where).order_by(CareTask.due_at, CareTask.id).limit(limit)
+    ).all()
+    _audit_list(launch, tasks)
     return tasks
+
+
+def outbound_messages(
+    db: Session, launch: LaunchSession, *, limit: int = 100
+) -> Sequence[OutboundMessage]:
+    """Messages sent to patients the launch may see, newest first."""
+    where = scope_of(launch).where(OutboundMessage.registration_id, OutboundMessage.patient_ref)
+    messages = db.scalars(
+        select(OutboundMessage).where(*where).order_by(OutboundMessage.id.desc()).limit(limit)
+    ).all()
+    for ref in sorted({m.patient_ref for m in messages if m.patient_ref}):
+        audit("message.list", launch=launch, patient_ref=ref, entity="OutboundMessage")
+    return messages
 
 
 def create_task(
@@ -368,16 +421,8 @@ def lasting_failure(task: CareTask) -> bool:
 
 
 def _scoped_task(db: Session, launch: LaunchSession, task_id: int) -> CareTask:
-    """The task if this launch may see it: same EHR, and the launch's patient when it has
-    one. Anything else is "not found" (never "forbidden": that would confirm it exists)."""
-    task = db.get(CareTask, task_id)
-    if (
-        task is None
-        or task.registration_id != launch.registration_id
-        or (launch.patient_ref and task.patient_ref != launch.patient_ref)
-    ):
-        raise NotFound("No such task.")
-    return task
+    """The task if this launch may see it (``get_task``: helpdesk.access's rule)."""
+    return get_task(db, launch, task_id)
 
 
 def calls_of(db: Session, task_ids: Sequence[int]) -> dict[int, list[CallAttempt]]:
@@ -401,13 +446,8 @@ def open_calls(
     """Follow-ups waiting for a person to call, soonest due first. A launch with a
     patient sees that patient's only; ``mine`` keeps those assigned to the launch's user
     (or to nobody)."""
-    where = [
-        CareTask.registration_id == launch.registration_id,
-        CareTask.kind == "follow-up",
-        CareTask.status.in_(OPEN_CALL_STATUSES),
-    ]
-    if launch.patient_ref:
-        where.append(CareTask.patient_ref == launch.patient_ref)
+    where = scope_of(launch).where(CareTask.registration_id, CareTask.patient_ref)
+    where += [CareTask.kind == "follow-up", CareTask.status.in_(OPEN_CALL_STATUSES)]
     if mine and launch.fhir_user:
         where.append(
             (CareTask.assignee == launch.fhir_user)

@@ -4,10 +4,12 @@ Staff tickets (``create_ticket``, for a launch) and tickets opened by the system
 survey score, a follow-up that finally failed: ``open_ticket``) get the same SLA due time
 and an audit row, so a service-recovery ticket sorts and goes overdue like any other.
 
-Every function that acts for a launch scopes every query to that launch's EHR
-registration: a session from EHR A never sees, reads, changes or notes EHR B's rows. A
-row of another registration is reported as *not found* (never *forbidden*) so ids cannot
-be probed across EHRs. Every read of patient data writes an ``AuditEvent``.
+Every function that acts for a launch scopes every query with ``helpdesk.access``: to
+that launch's EHR registration (a session from EHR A never sees, reads, changes or notes
+EHR B's rows) and to the patients its launch may see (a launch from patient A's chart
+never sees patient B's tickets). A row out of scope is reported as *not found* (never
+*forbidden*) so ids cannot be probed; a filter naming a patient out of scope is 403.
+Every read of patient data writes an ``AuditEvent``.
 
 The web edges (``plugin.api`` for JSON, ``plugin.ticket_pages`` and the sidebar for HTML)
 validate input with ``plugin.schemas`` and call these functions; nothing here reads the
@@ -26,7 +28,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from helpdesk.access import patient_for
+from helpdesk.access import patient_for, scope_of
 from helpdesk.audit import audit, record
 from helpdesk.errors import AppError, ConfigError, NotFound
 from helpdesk.models import LaunchSession, Ticket, TicketNote
@@ -218,8 +220,9 @@ def _ref(ticket: Ticket) -> str:
 
 def _scoped(db: Session, launch: LaunchSession, ticket_id: int) -> Ticket:
     ticket = db.get(Ticket, ticket_id)
-    if ticket is None or ticket.registration_id != launch.registration_id:
-        # Same answer for "absent" and "another EHR's", so ids are not probeable.
+    if ticket is None or not scope_of(launch).sees(ticket.registration_id, ticket.patient_ref):
+        # Same answer for "absent", "another EHR's" and "another patient's", so ids are
+        # not probeable.
         raise NotFound("No such ticket.")
     return ticket
 
@@ -231,10 +234,12 @@ def get_ticket(db: Session, launch: LaunchSession, ticket_id: int) -> Ticket:
 
 
 def list_tickets(db: Session, launch: LaunchSession, filters: TicketFilters) -> TicketPage:
-    where = [Ticket.registration_id == launch.registration_id]
+    scope = scope_of(launch)
+    where = scope.where(Ticket.registration_id, Ticket.patient_ref)
     if filters.status:
         where.append(Ticket.status.in_(filters.status))
     if filters.patient:
+        scope.check(filters.patient)
         where.append(Ticket.patient_ref == filters.patient)
     if filters.category:
         where.append(Ticket.category == filters.category)

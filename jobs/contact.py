@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from fhir_mappers.contact import pick_language
 from fhir_mappers.patient import to_contact
 
 CHANNELS = ("sms", "email")
@@ -55,13 +56,7 @@ def reachable(
     return out
 
 
-def language(patient: Mapping[str, Any], available: tuple[str, ...]) -> str:
-    """The patient's preferred language among ``available`` (first of them if none fits)."""
-    comms = [c for c in patient.get("communication") or [] if isinstance(c, dict)]
-    comms.sort(key=lambda c: not c.get("preferred"))
-    for comm in comms:
-        for coding in (comm.get("language") or {}).get("coding") or []:
-            code = str(coding.get("code") or "").lower().split("-")[0]
-            if code in available:
-                return code
-    return available[0]
+def language(patient: object, available: tuple[str, ...]) -> str:
+    """The patient's preferred language among ``available`` (first of them if none fits):
+    the sidebar's reading of ``communication`` (``fhir_mappers.contact``)."""
+    return pick_language(patient, available, default=available[0])

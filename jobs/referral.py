@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 from flask import Flask, current_app
 from sqlalchemy import select
 
+from fhir_mappers.appointment import patients_of
 from fhir_mappers.referral import GOING_AHEAD, ReferralTarget, Scheduling, scheduling_of
 from helpdesk.db import get_store
 from helpdesk.models import CareTask
@@ -152,6 +153,8 @@ def referral(task: CareTask, ctx: JobContext) -> None:
     # object, so mutating the one already assigned was silently never saved (the first
     # run lost the Task reference and the written flag although the Task existed).
     if "ServiceRequest" not in task.fhir_refs:
+        if task.payload.get("appointment_ref"):
+            _check_appointment(ctx, task, str(task.payload["appointment_ref"]))
         ref = _find_or_create(ctx, service_request(task, ctx.now), conditional)
         task.fhir_refs = {**task.fhir_refs, "ServiceRequest": ref}
         # Remember it at once: a Task create failing next must not lose the reference.
@@ -231,6 +234,14 @@ def _set_status(ctx: JobContext, ref: str, status: str) -> None:
     version = (current.get("meta") or {}).get("versionId")
     headers = {"If-Match": f'W/"{version}"'} if version else None
     client.request("PUT", f"{rtype}/{rid}", json_body=body, headers=headers, what=f"update {ref}")
+
+
+def _check_appointment(ctx: JobContext, task: CareTask, appointment_ref: str) -> None:
+    """The referral's supporting appointment must be its patient's: a referral queued
+    from A's chart never points the EHR at B's visit."""
+    rtype, rid = split_reference(appointment_ref)
+    if task.patient_ref not in patients_of(ctx.fhir().read(rtype, rid)):
+        raise TaskError("the appointment is not this referral's patient's; nothing was written")
 
 
 def check_referrals(app: Flask, *, now: datetime | None = None) -> dict[str, int]:

@@ -1,4 +1,10 @@
-"""What `caredesk jobs status` and the admin page show: counts, oldest waiting, failures."""
+"""What `caredesk jobs status` and the admin page show: counts, oldest waiting, failures.
+
+The command line sees the whole installation. The admin page passes its launch's
+``PatientScope`` (``helpdesk.access``): counts, the oldest waiting task and the failures
+are then of that EHR registration (and of the launch's patient, when it has one) only,
+and the raw RQ figures, which cannot be split by EHR, are left out.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from flask import Flask
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from sqlalchemy import func, select
 
+from helpdesk.access import PatientScope
 from helpdesk.db import get_store
 from helpdesk.errors import ConfigError
 from helpdesk.models import CareTask
@@ -26,22 +33,25 @@ class Failure:
     finished_at: datetime | None
 
 
-def snapshot(app: Flask, *, failures: int = 20) -> dict[str, Any]:
+def snapshot(
+    app: Flask, *, failures: int = 20, scope: PatientScope | None = None
+) -> dict[str, Any]:
+    where = [] if scope is None else scope.where(CareTask.registration_id, CareTask.patient_ref)
     with get_store(app).session() as session:
         rows = session.execute(
-            select(CareTask.status, CareTask.queue, CareTask.kind, func.count()).group_by(
-                CareTask.status, CareTask.queue, CareTask.kind
-            )
+            select(CareTask.status, CareTask.queue, CareTask.kind, func.count())
+            .where(*where)
+            .group_by(CareTask.status, CareTask.queue, CareTask.kind)
         ).all()
         oldest = session.execute(
             select(CareTask.id, CareTask.kind, CareTask.created_at)
-            .where(CareTask.status.in_(("queued", "scheduled", "needs-authorization")))
+            .where(*where, CareTask.status.in_(("queued", "scheduled", "needs-authorization")))
             .order_by(CareTask.created_at)
             .limit(1)
         ).first()
         failed = session.scalars(
             select(CareTask)
-            .where(CareTask.status == "failed")
+            .where(*where, CareTask.status == "failed")
             .order_by(CareTask.updated_at.desc())
             .limit(failures)
         ).all()
@@ -57,26 +67,8 @@ def snapshot(app: Flask, *, failures: int = 20) -> dict[str, Any]:
         q[status] = q.get(status, 0) + count
         k = by_kind.setdefault(kind, {})
         k[status] = k.get(status, 0) + count
-    rq_info: dict[str, Any] = {}
-    try:
-        state = get_queue_state(app)
-        for name in state.queue_names:
-            rq_info[name] = {
-                "queued": len(state.queue(name)),
-                # Without RQ's clean-up: it runs abandoned jobs' failure callbacks, which
-                # are the workers' and the sweeper's business, not a status page's.
-                "started": StartedJobRegistry(name, connection=state.connection).get_job_count(
-                    cleanup=False
-                ),
-                "scheduled": ScheduledJobRegistry(  # type: ignore[no-untyped-call]
-                    name, connection=state.connection
-                ).count,
-                "failed": FailedJobRegistry(name, connection=state.connection).count,
-            }
-    except redis.exceptions.RedisError as exc:
-        rq_info = {"error": f"Redis unavailable: {type(exc).__name__}"}
-    except ConfigError as exc:
-        rq_info = {"error": str(exc)}
+    # RQ's queues are shared by every EHR: a scoped snapshot has no RQ figures.
+    rq_info = _rq_figures(app) if scope is None else {}
     return {
         "by_state": by_state,
         "by_queue": by_queue,
@@ -98,6 +90,30 @@ def snapshot(app: Flask, *, failures: int = 20) -> dict[str, Any]:
         ],
         "rq": rq_info,
     }
+
+
+def _rq_figures(app: Flask) -> dict[str, Any]:
+    rq_info: dict[str, Any] = {}
+    try:
+        state = get_queue_state(app)
+        for name in state.queue_names:
+            rq_info[name] = {
+                "queued": len(state.queue(name)),
+                # Without RQ's clean-up: it runs abandoned jobs' failure callbacks, which
+                # are the workers' and the sweeper's business, not a status page's.
+                "started": StartedJobRegistry(name, connection=state.connection).get_job_count(
+                    cleanup=False
+                ),
+                "scheduled": ScheduledJobRegistry(  # type: ignore[no-untyped-call]
+                    name, connection=state.connection
+                ).count,
+                "failed": FailedJobRegistry(name, connection=state.connection).count,
+            }
+    except redis.exceptions.RedisError as exc:
+        rq_info = {"error": f"Redis unavailable: {type(exc).__name__}"}
+    except ConfigError as exc:
+        rq_info = {"error": str(exc)}
+    return rq_info
 
 
 def retry(app: Flask, task_ids: list[int]) -> list[int]:

@@ -26,8 +26,18 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fhir_mappers import survey as mapper
-from fhir_mappers.fhirutil import parse_datetime, reference_of, zone
-from fhir_mappers.patient import restrictions_of
+from fhir_mappers.appointment import patients_of
+from fhir_mappers.bundle import search_entries
+from fhir_mappers.contact import preferred_language, restrictions_of
+from fhir_mappers.fhirutil import (
+    get_list,
+    get_str,
+    parse_datetime,
+    reference_of,
+    resource_id,
+    resource_zone,
+    zone,
+)
 from helpdesk import i18n
 from helpdesk.models import CareTask, SurveyInvite, SurveyResponse
 from helpdesk.survey_policy import (
@@ -50,6 +60,7 @@ from helpdesk.surveys import (
 )
 from helpdesk.tasks import new_task
 from jobs import outbox
+from jobs.errors import TaskError
 from jobs.tasks import handler
 from smart_launch.errors import FatalFhirError
 from smart_launch.fhir import parallel
@@ -65,23 +76,9 @@ def restriction_codes(patient: Mapping[str, Any]) -> frozenset[str]:
     return frozenset(restrictions_of(patient))
 
 
-def preferred_language(patient: Mapping[str, Any]) -> str | None:
-    comms = [c for c in patient.get("communication") or [] if isinstance(c, Mapping)]
-    chosen = next((c for c in comms if c.get("preferred") is True), comms[0] if comms else None)
-    if chosen is None:
-        return None
-    for coding in (chosen.get("language") or {}).get("coding") or []:
-        code = coding.get("code") if isinstance(coding, Mapping) else None
-        if isinstance(code, str) and code:
-            return code
-    return None
-
-
-def _ext_zone(resource: Mapping[str, Any] | None) -> ZoneInfo | None:
-    for ext in (resource or {}).get("extension") or []:
-        if isinstance(ext, Mapping) and ext.get("url") == TIMEZONE_EXT:
-            return zone(ext.get("valueCode"))
-    return None
+def _ext_zone(resource: object) -> ZoneInfo | None:
+    # One reading of the timezone extension (fhir_mappers), the sidebar's.
+    return resource_zone(resource)
 
 
 @dataclass(frozen=True)
@@ -98,8 +95,8 @@ class _Visit:
 
 def _visit(appointment: Mapping[str, Any], tz: dt.tzinfo) -> _Visit:
     refs: dict[str, tuple[str | None, str | None]] = {}
-    for part in appointment.get("participant") or []:
-        actor = part.get("actor") if isinstance(part, Mapping) else None
+    for part in get_list(appointment, "participant"):
+        actor = part.get("actor")
         ref = reference_of(actor)
         display = actor.get("display") if isinstance(actor, Mapping) else None
         if ref is not None and ref.type and ref.type not in refs:
@@ -107,13 +104,15 @@ def _visit(appointment: Mapping[str, Any], tz: dt.tzinfo) -> _Visit:
     patient = refs.get("Patient", (None, None))[0]
     if patient is None:
         raise FatalFhirError("The appointment names no patient; no survey can be sent.")
-    end = parse_datetime(appointment.get("end"), tz) or parse_datetime(appointment.get("start"), tz)
+    end = parse_datetime(get_str(appointment, "end"), tz) or parse_datetime(
+        get_str(appointment, "start"), tz
+    )
     location = refs.get("Location", (None, None))
     practitioner = refs.get("Practitioner", (None, None))
     return _Visit(
-        appointment_ref=f"Appointment/{appointment.get('id')}",
+        appointment_ref=f"Appointment/{resource_id(appointment)}",
         patient_ref=patient,
-        status=str(appointment.get("status") or ""),
+        status=get_str(appointment, "status") or "",
         end=end,
         location_ref=location[0],
         location_name=location[1],
@@ -145,10 +144,9 @@ def _encounter_for(client: Any, appointment_ref: str) -> str | None:
     except FatalFhirError as exc:
         log.info("Encounter search by appointment refused: HTTP %s", exc.status)
         return None
-    for entry in bundle.get("entry") or []:
-        resource = entry.get("resource") or {}
-        if resource.get("resourceType") == "Encounter" and resource.get("id"):
-            return f"Encounter/{resource['id']}"
+    for resource in search_entries(bundle, expect="Encounter")[0]:
+        if get_str(resource, "resourceType") == "Encounter" and (rid := resource_id(resource)):
+            return f"Encounter/{rid}"
     return None
 
 
@@ -185,6 +183,10 @@ def _first_run(task: CareTask, ctx: Any, appointment_ref: str) -> None:
     rtype, rid = appointment_ref.split("/", 1)
     appointment = client.read(rtype, rid)
     visit = _visit(appointment, fallback_tz)
+    if task.patient_ref and task.patient_ref not in patients_of(appointment):
+        # Asked for one patient (a launch from that patient's chart) about another
+        # patient's visit: never invite someone the asker could not see.
+        raise TaskError("the visit is not the patient's this survey was asked for; not sent")
     if visit.status != "fulfilled":
         task.status_note = f"survey not sent: the appointment is {visit.status or 'unknown'}"
         return

@@ -24,7 +24,9 @@ from fhir_mappers import flags
 from fhir_mappers.appointment import to_visit
 from fhir_mappers.board import board_rows, coverages_by_patient, patient_of, sort_by_flags
 from fhir_mappers.contact import reachable
+from fhir_mappers.fhirutil import resource_id, resource_type
 from fhir_mappers.patient import to_contact
+from helpdesk.access import OtherPatient, scope_of
 from helpdesk.db import get_db
 from helpdesk.models import CareTask, LaunchSession, Ticket
 from helpdesk.timeutil import utcnow
@@ -82,7 +84,16 @@ def fetch_board(
 ) -> dict[str, Any]:
     """The day's appointments with flags, from paged searches (requests per 50 rows, not
     per row): the day's appointments with their actors, then patients and coverages by
-    id lists for the rows the location/practitioner filters keep."""
+    id lists for the rows the location/practitioner filters keep.
+
+    The board shows other patients, so it belongs to launches without a patient: a
+    launch from a chart is bound to that chart's patient (403, for the page and the API
+    alike)."""
+    if launch.patient_ref:
+        raise OtherPatient(
+            "The day board lists other patients, and this CareDesk window belongs to one "
+            "patient's chart. Open CareDesk from the EHR's schedule to see the board."
+        )
     tz = ZoneInfo(viewer_tz())
     now = utcnow().astimezone(tz)
     start = dt.datetime.combine(day, dt.time.min, tz)
@@ -97,10 +108,11 @@ def fetch_board(
     day_appointments: list[dict[str, Any]] = []
     included: dict[str, dict[str, Any]] = {}
     for resource in client.search_all("Appointment", params, max_pages=100):
-        if resource.get("resourceType") == "Appointment":
+        rtype, rid = resource_type(resource), resource_id(resource)
+        if rtype == "Appointment":
             day_appointments.append(resource)
-        else:
-            included[f"{resource.get('resourceType')}/{resource.get('id')}"] = resource
+        elif rid:
+            included[f"{rtype}/{rid}"] = resource
 
     # Who and where has visits this day: the references of the day's appointments, named
     # from the `_include`d Practitioner/Location (a real server sends no `display`).
@@ -145,7 +157,7 @@ def fetch_board(
                 coverage_failed.extend(f"Patient/{i}" for i in chunk)
             continue
         if index % 2 == 0:
-            patients.update({f"Patient/{p.get('id')}": p for p in result})
+            patients.update({f"Patient/{rid}": p for p in result if (rid := resource_id(p))})
         else:
             coverage_resources.extend(result)
     coverages: dict[str, Sequence[Mapping[str, Any]] | None] | None
@@ -155,7 +167,11 @@ def fetch_board(
         coverages = dict(coverages_by_patient(coverage_resources))
         coverages.update(dict.fromkeys(coverage_failed))
 
-    store = _store_flags(launch, patient_refs, [f"Appointment/{a.get('id')}" for a in appointments])
+    store = _store_flags(
+        launch,
+        patient_refs,
+        [f"Appointment/{rid}" for a in appointments if (rid := resource_id(a))],
+    )
     rows = board_rows(
         appointments=appointments,
         included=included,
@@ -211,17 +227,17 @@ def _store_flags(
             k: empty for k in ("open_ticket", "high_priority", "overdue_call", "failed_reminder")
         }
     db = get_db()
-    reg = launch.registration_id
+    scope = scope_of(launch)
     tickets = db.execute(
         select(Ticket.patient_ref, Ticket.priority).where(
-            Ticket.registration_id == reg,
+            *scope.where(Ticket.registration_id, Ticket.patient_ref),
             Ticket.patient_ref.in_(patient_refs),
             Ticket.status.in_(("open", "pending")),
         )
     ).all()
     overdue = db.scalars(
         select(CareTask.patient_ref).where(
-            CareTask.registration_id == reg,
+            *scope.where(CareTask.registration_id, CareTask.patient_ref),
             # fhir_mappers.context's reading of an overdue call, for the whole page at once.
             CareTask.kind == "follow-up",
             CareTask.status.notin_(("done", "cancelled", "failed")),
@@ -232,7 +248,7 @@ def _store_flags(
     wanted = set(appointment_refs)
     failed = db.scalars(
         select(CareTask.payload).where(
-            CareTask.registration_id == reg,
+            *scope.where(CareTask.registration_id, CareTask.patient_ref),
             CareTask.kind == "reminder",
             CareTask.status == "failed",
             CareTask.patient_ref.in_(patient_refs),

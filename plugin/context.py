@@ -27,9 +27,11 @@ from cachetools import TTLCache
 from flask import Flask, current_app
 from sqlalchemy import select
 
+from fhir_mappers.bundle import search_entries
 from fhir_mappers.fhirutil import human_name
 from fhir_mappers.names import unresolved_references
 from helpdesk import ehr
+from helpdesk.access import scope_of
 from helpdesk.db import get_db
 from helpdesk.models import CallAttempt, CareTask, LaunchSession, SurveyInvite, Ticket
 from helpdesk.surveys import latest_for_patient
@@ -103,25 +105,9 @@ def _unavailable(exc: Exception) -> str:
 
 
 def _entries(bundle: object) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
-    """(matches, included, more pages) of a searchset; wrong shapes are skipped."""
-    matches: list[dict[str, Any]] = []
-    included: list[dict[str, Any]] = []
-    if not isinstance(bundle, dict):
-        return matches, included, False
-    entries = bundle.get("entry")
-    for entry in entries if isinstance(entries, list) else []:
-        resource = entry.get("resource") if isinstance(entry, dict) else None
-        if not isinstance(resource, dict):
-            continue
-        search = entry.get("search")
-        mode = search.get("mode", "match") if isinstance(search, dict) else "match"
-        (included if mode == "include" else matches).append(resource)
-    links = bundle.get("link")
-    more = any(
-        isinstance(link, dict) and link.get("relation") == "next"
-        for link in (links if isinstance(links, list) else [])
-    )
-    return matches, included, more
+    """(matches, included, more pages) of a searchset: fhir_mappers' one reading, which
+    never raises on a Bundle of the wrong shape."""
+    return search_entries(bundle)
 
 
 class _OneRefresh:
@@ -200,6 +186,8 @@ def start_patient(
     started, so one page load never asks the EHR twice."""
     if not patient_ref.startswith("Patient/"):
         raise NeedsAuthorization("This launch has no patient; open CareDesk from a chart.")
+    # Before any read: a launch from A's chart never reads or shows B (403).
+    scope_of(launch).check(patient_ref)
     key = f"{launch.id}:{patient_ref}"
     with _cache_lock:
         found = _cache.get(key) if use_cache else None
@@ -388,6 +376,8 @@ def fetch_context(
     patient_ref = patient_ref or launch.patient_ref
     if not patient_ref or not patient_ref.startswith("Patient/"):
         raise NeedsAuthorization("This launch has no patient; open CareDesk from a chart.")
+    scope = scope_of(launch)
+    scope.check(patient_ref)
     parts = parts or start_patient(launch, patient_ref, use_cache=use_cache)
     patient = wait_patient(parts)
     unavailable: dict[str, str] = {}
@@ -424,7 +414,7 @@ def fetch_context(
         for t in db.scalars(
             select(Ticket)
             .where(
-                Ticket.registration_id == launch.registration_id,
+                *scope.where(Ticket.registration_id, Ticket.patient_ref),
                 Ticket.patient_ref == patient_ref,
                 Ticket.status.in_(("open", "pending")),
             )
@@ -458,7 +448,7 @@ def task_rows(launch: LaunchSession, patient_ref: str) -> list[dict[str, Any]]:
         db.scalars(
             select(CareTask)
             .where(
-                CareTask.registration_id == launch.registration_id,
+                *scope_of(launch).where(CareTask.registration_id, CareTask.patient_ref),
                 CareTask.patient_ref == patient_ref,
                 CareTask.status.notin_(("done", "cancelled")),
             )
@@ -497,7 +487,7 @@ def survey_invites(launch: LaunchSession, patient_ref: str) -> dict[str, dict[st
     out: dict[str, dict[str, Any]] = {}
     queued = db.scalars(
         select(CareTask).where(
-            CareTask.registration_id == launch.registration_id,
+            *scope_of(launch).where(CareTask.registration_id, CareTask.patient_ref),
             CareTask.patient_ref == patient_ref,
             CareTask.kind == "survey-invite",
         )
@@ -514,7 +504,7 @@ def survey_invites(launch: LaunchSession, patient_ref: str) -> dict[str, dict[st
             }
     invites = db.scalars(
         select(SurveyInvite).where(
-            SurveyInvite.registration_id == launch.registration_id,
+            *scope_of(launch).where(SurveyInvite.registration_id, SurveyInvite.patient_ref),
             SurveyInvite.patient_ref == patient_ref,
         )
     )
@@ -533,7 +523,7 @@ def survey_invites(launch: LaunchSession, patient_ref: str) -> dict[str, dict[st
 
 
 def _surveys(launch: LaunchSession, patient_ref: str) -> list[dict[str, Any]]:
-    latest = latest_for_patient(get_db(), launch.registration_id, patient_ref)
+    latest = latest_for_patient(get_db(), scope_of(launch), patient_ref)
     return [latest] if latest else []
 
 

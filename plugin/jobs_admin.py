@@ -3,7 +3,9 @@ jobs admin page and the demo outbox. (Creating and listing tasks is the JSON API
 ``/api/l/<launch_id>/tasks``.)
 
 Everything is under ``/l/<launch_id>/``: the caller must own an active launch, and sees
-only its registration's tasks.
+only what ``helpdesk.access`` lets it see: its registration's tasks, counts and
+messages, and only its patient's when it was launched from a chart (another patient's
+task is 404 by id).
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ from typing import Any
 
 from flask import Blueprint, current_app, jsonify, render_template, request, url_for
 from flask.wrappers import Response
-from sqlalchemy import select
 from werkzeug.wrappers import Response as BaseResponse
 
+from helpdesk import tasks as task_svc
+from helpdesk.access import scope_of
 from helpdesk.crypto import get_vault
 from helpdesk.db import get_db
 from helpdesk.errors import AppError, NotFound
-from helpdesk.models import CareTask, OutboundMessage
+from helpdesk.models import CareTask
 from plugin.csrf import check_csrf
 from plugin.launch import current_launch
 from plugin.navigation import back
@@ -46,11 +49,7 @@ def task_json(task: CareTask) -> dict[str, Any]:
 
 
 def _task(launch_id: str, task_id: int) -> CareTask:
-    launch = current_launch(launch_id)
-    task = get_db().get(CareTask, task_id)
-    if task is None or task.registration_id != launch.registration_id:
-        raise NotFound("no such task")
-    return task
+    return task_svc.get_task(get_db(), current_launch(launch_id), task_id)
 
 
 def _answer(launch_id: str, task: CareTask) -> BaseResponse:
@@ -106,16 +105,9 @@ def complete(launch_id: str, task_id: int) -> BaseResponse:
 def worklist(launch_id: str) -> Response:
     launch = current_launch(launch_id)
     assignee = request.args.get("assignee") or launch.fhir_user
-    query = select(CareTask).where(
-        CareTask.registration_id == launch.registration_id,
-        CareTask.kind == "follow-up",
-        CareTask.status == "waiting",
+    rows = task_svc.worklist(
+        get_db(), launch, assignee=assignee, group=request.args.get("group") or None
     )
-    if request.args.get("group"):
-        query = query.where(CareTask.payload["group"].as_string() == request.args["group"])
-    elif assignee:
-        query = query.where(CareTask.assignee == assignee)
-    rows = get_db().scalars(query.order_by(CareTask.due_at, CareTask.id).limit(500))
     return jsonify({"assignee": assignee, "tasks": [task_json(t) for t in rows]})
 
 
@@ -123,16 +115,17 @@ def worklist(launch_id: str) -> Response:
 def status_json(launch_id: str) -> Response:
     from jobs.status import snapshot
 
-    current_launch(launch_id)
-    return jsonify(snapshot(current_app._get_current_object()))  # type: ignore[attr-defined]
+    scope = scope_of(current_launch(launch_id))
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    return jsonify(snapshot(app, scope=scope))
 
 
 @bp.get("/jobs")
 def admin_page(launch_id: str) -> str:
     from jobs.status import snapshot
 
-    current_launch(launch_id)
-    snap = snapshot(current_app._get_current_object())  # type: ignore[attr-defined]
+    scope = scope_of(current_launch(launch_id))
+    snap = snapshot(current_app._get_current_object(), scope=scope)  # type: ignore[attr-defined]
     return render_template("jobs/admin.html", snap=snap, launch_id=launch_id)
 
 
@@ -142,12 +135,7 @@ def outbox_page(launch_id: str) -> str:
     if current_app.config["ENV"] not in ("demo", "test", "development"):
         raise NotFound("the outbox page exists in the demo only")
     vault = get_vault()
-    rows = get_db().scalars(
-        select(OutboundMessage)
-        .where(OutboundMessage.registration_id == launch.registration_id)
-        .order_by(OutboundMessage.id.desc())
-        .limit(100)
-    )
+    rows = task_svc.outbound_messages(get_db(), launch)
     messages = [
         {
             "id": m.id,

@@ -1,7 +1,9 @@
 """``/reports/csat``: survey results per clinic location, practitioner and week.
 
 Opened from the sidebar with the launch id (``?launch=<id>``), so only a signed-in staff
-member of that EHR sees its figures. Definitions (also printed under the table):
+member of that EHR sees its figures, and only of the patients the launch may see
+(``helpdesk.access``: a launch from a patient's chart counts that patient's surveys
+only). Definitions (also printed under the table):
 
 - invitations: invitations sent for visits in the week (answered and expired included);
 - response rate: answered / invitations;
@@ -13,7 +15,6 @@ The chart is server-rendered SVG (the CSP forbids inline script and style).
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import io
 from collections.abc import Iterable
@@ -21,15 +22,15 @@ from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 from flask import Blueprint, Response, current_app, render_template, request
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from helpdesk.access import PatientScope, scope_of
 from helpdesk.audit import audit
 from helpdesk.db import get_db
 from helpdesk.errors import AppError
-from helpdesk.models import SurveyInvite, SurveyResponse
-from helpdesk.surveys import export_rows
+from helpdesk.surveys import export_rows, sent_invitations
 from helpdesk.timeutil import utcnow
+from plugin.csvout import write_csv
 from plugin.launch import current_launch
 
 bp = Blueprint("reports", __name__)
@@ -136,18 +137,9 @@ def _row(key: tuple[str, str, dt.date], recs: list[Record]) -> ReportRow:
     )
 
 
-def load_records(session: Session, registration_id: int, *, since: dt.datetime) -> list[Record]:
-    query = (
-        select(SurveyInvite, SurveyResponse)
-        .outerjoin(SurveyResponse, SurveyResponse.invite_id == SurveyInvite.id)
-        .where(
-            SurveyInvite.registration_id == registration_id,
-            SurveyInvite.sent_at.is_not(None),
-            SurveyInvite.status.in_(("sent", "answered", "expired")),
-        )
-    )
+def load_records(session: Session, scope: PatientScope, *, since: dt.datetime) -> list[Record]:
     records = []
-    for invite, response in session.execute(query):
+    for invite, response in sent_invitations(session, scope):
         when = invite.visit_at or invite.sent_at
         assert when is not None
         if when < since:
@@ -210,7 +202,7 @@ def _report(launch_id: str) -> tuple[list[ReportRow], int, dt.tzinfo]:
     now = utcnow()
     since_day = week_of(now, tz) - dt.timedelta(weeks=weeks - 1)
     since = dt.datetime.combine(since_day, dt.time(), tzinfo=tz)
-    rows = summarize(load_records(get_db(), launch.registration_id, since=since), tz)
+    rows = summarize(load_records(get_db(), scope_of(launch), since=since), tz)
     audit("report", launch=launch, entity="reports/csat")
     return rows, weeks, tz
 
@@ -258,25 +250,11 @@ CSV_COLUMNS = (
 
 def _csv(header: Iterable[str], rows: Iterable[Iterable[object]], filename: str) -> Response:
     out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(list(header))
-    for row in rows:
-        writer.writerow([_cell(v) for v in row])
+    write_csv(out, header, rows)
     response = Response(out.getvalue(), mimetype="text/csv")
     response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
     response.headers["Cache-Control"] = "no-store"
     return response
-
-
-def _cell(value: object) -> object:
-    # A text cell starting with = + - @ is run as a formula by spreadsheets: neutralize it.
-    # Numbers (a negative NPS) stay numbers.
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
-        try:
-            float(value)
-        except ValueError:
-            return "'" + value
-    return value
 
 
 def _num(value: float | None) -> str:
@@ -314,7 +292,7 @@ def responses_csv() -> Response:
     status = request.args.get("status") or None
     if status not in (None, "pending", "written", "not-supported", "failed"):
         raise AppError("status must be pending, written, not-supported or failed.")
-    rows = export_rows(get_db(), launch.registration_id, status=status)
+    rows = export_rows(get_db(), scope_of(launch), status=status)
     audit("export", launch=launch, entity="survey responses")
     columns = list(rows[0]) if rows else ["invitation_id", "patient", "csat", "nps"]
     return _csv(columns, ([r[c] for c in columns] for r in rows), "caredesk-survey-responses.csv")

@@ -34,7 +34,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from helpdesk import duephrase, ehr
 from helpdesk import tasks as task_svc
-from helpdesk.access import NoPatient, OtherPatient
+from helpdesk.access import NoPatient, OtherPatient, scope_of
 from helpdesk.audit import audit
 from helpdesk.db import get_db
 from helpdesk.errors import AppError
@@ -81,8 +81,11 @@ def _viewer_zone() -> ZoneInfo:
 
 
 def _check_patient(launch: LaunchSession, patient_ref: str) -> None:
-    """The lock: a launch with a patient works on that patient only (403 otherwise)."""
-    if launch.patient_ref and patient_ref != launch.patient_ref:
+    """The lock (``helpdesk.access``): a launch with a patient works on that patient only,
+    one without works within its EHR grant (403 otherwise); a refusal is audited."""
+    try:
+        scope_of(launch).check(patient_ref)
+    except OtherPatient:
         audit(
             "read",
             launch=launch,
@@ -91,10 +94,7 @@ def _check_patient(launch: LaunchSession, patient_ref: str) -> None:
             outcome="denied",
             detail={"view": "sidebar", "reason": "other patient"},
         )
-        raise OtherPatient(
-            "This CareDesk panel belongs to the patient whose chart opened it. Open the "
-            "other patient's chart in the EHR to work on their requests."
-        )
+        raise
 
 
 @bp.get("/l/<launch_id>/")
@@ -124,6 +124,7 @@ def _patient_of_request(launch: LaunchSession) -> str:
         return launch.patient_ref
     if not _PATIENT_REF.match(named):
         raise NoPatient("Open a patient from the board first.")
+    _check_patient(launch, named)
     return named
 
 

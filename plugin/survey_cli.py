@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import sys
 
 import click
@@ -10,12 +9,14 @@ from flask import current_app
 
 from helpdesk import ehr as ehr_bridge
 from helpdesk import surveys as domain
+from helpdesk.access import PatientScope
 from helpdesk.db import get_store
 from helpdesk.models import EhrRegistration
 from helpdesk.registry import find
 from helpdesk.timeutil import utcnow
 from jobs import outbox
 from plugin.cli import cli, with_appcontext
+from plugin.csvout import write_csv
 from smart_launch.errors import FatalFhirError, SmartError
 
 
@@ -106,10 +107,13 @@ def request_(ehr: str, appointment: str) -> None:
 def export(ehr: str, status: str) -> None:
     with get_store().session() as session:
         row = _registration(session, ehr)
-        rows = domain.export_rows(session, row.id, status=None if status == "all" else status)
+        rows = domain.export_rows(
+            session,
+            PatientScope.whole_registration(row.id),
+            status=None if status == "all" else status,
+        )
     if not rows:
         click.echo("no answers to export", err=True)
         return
-    writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
+    columns = list(rows[0])
+    write_csv(sys.stdout, columns, ([r[c] for c in columns] for r in rows))

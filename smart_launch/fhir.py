@@ -60,6 +60,14 @@ def _entry_status(status: str) -> int:
         return 0
 
 
+def _objects(container: object, key: str) -> list[dict[str, Any]]:
+    """The objects listed under ``key`` of a JSON object: a lone object counts as one,
+    anything else (a string, a number, a list item that is not an object) is skipped."""
+    value = container.get(key) if isinstance(container, dict) else None
+    items = value if isinstance(value, list) else [value]
+    return [item for item in items if isinstance(item, dict)]
+
+
 class FhirClient:
     def __init__(
         self,
@@ -223,18 +231,22 @@ class FhirClient:
         A generator: one page in memory at a time. Stops after ``max_pages`` pages so a
         server that loops its links cannot keep a worker forever.
         """
-        bundle = self.search(resource_type, params)
+        bundle: object = self.search(resource_type, params)
         pages = 1
         while True:
-            for entry in bundle.get("entry") or []:
+            # An EHR's Bundle may hold anything where a list of objects belongs: read what
+            # has the right shape, skip the rest, never raise on it.
+            for entry in _objects(bundle, "entry"):
                 resource = entry.get("resource")
                 if isinstance(resource, dict):
                     yield resource
             next_link = next(
                 (
-                    link.get("url")
-                    for link in bundle.get("link") or []
+                    url
+                    for link in _objects(bundle, "link")
                     if link.get("relation") == "next"
+                    and isinstance(url := link.get("url"), str)
+                    and url
                 ),
                 None,
             )

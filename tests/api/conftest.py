@@ -93,7 +93,17 @@ class Env:
         patient: str | None = "Patient/p1",
         user: str = "Practitioner/dr-a",
         status: str = "active",
+        scope: str | None = None,
     ) -> Browser:
+        """A launch as after a real callback. The grant is the EHR's usual one: the
+        patient's data for a launch from a chart, every patient's (``user/``) for a launch
+        without one; ``scope`` overrides it (``patient/`` scopes only, say)."""
+        if scope is None:
+            scope = (
+                "launch openid fhirUser patient/*.rs"
+                if patient
+                else "launch openid fhirUser user/*.rs"
+            )
         secret = secrets.token_urlsafe(32)
         launch_id = secrets.token_urlsafe(24)
         with self.app.app_context(), get_store(self.app).session() as db:
@@ -104,6 +114,7 @@ class Env:
                 browser_hash=hashlib.sha256(secret.encode()).hexdigest(),
                 patient_ref=patient,
                 fhir_user=user,
+                scope_granted=scope,
                 context={},
             )
             db.add(row)

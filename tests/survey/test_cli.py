@@ -82,3 +82,39 @@ def test_export_writes_answers_not_written_back_as_csv(survey_app, env, reg_id) 
     lines = _run("survey", "export", "ehr-a").splitlines()
     assert lines[0].startswith("invitation_id,patient,")
     assert len(lines) == 2 and lines[1].startswith(f"{kept},Patient/pat-001,")
+
+
+FORMULAS = [
+    ('=HYPERLINK("http://evil.example","click")', "'=HYPERLINK"),
+    ("+cmd|' /C calc'!A0", "'+cmd"),
+    ("-2+3", "'-2+3"),
+    ("@SUM(A1:A2)", "'@SUM"),
+    ("\t=1+1", "'\t=1+1"),
+    ("\r=1+1", "'\r=1+1"),
+    ("-3", "-3"),  # a plain number stays a number
+    ("Fine, thanks", "Fine, thanks"),
+]
+
+
+@pytest.mark.parametrize(("comment", "cell_starts"), FORMULAS)
+def test_export_neutralises_formula_leading_cells(
+    survey_app, env, reg_id, comment: str, cell_starts: str
+) -> None:
+    """The command line's CSV and the web's go through one writer (plugin.csvout)."""
+    import csv
+    import io
+
+    _, kept = make_invite(survey_app, reg_id, status="answered")
+    with get_store(survey_app).session() as s:
+        s.add(
+            SurveyResponse(
+                invite_id=kept,
+                answers={},
+                csat=1,
+                comment=comment,
+                writeback_status="not-supported",
+            )
+        )
+    [row] = list(csv.DictReader(io.StringIO(_run("survey", "export", "ehr-a"))))
+    assert row["comment"].startswith(cell_starts)
+    assert row["comment"].endswith(comment[-3:])

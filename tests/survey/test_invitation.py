@@ -234,3 +234,33 @@ def test_fulfilled_visit_to_questionnaire_response_end_to_end(
     assert qr["subject"] == {"reference": "Patient/pat-001"}
     assert qr["questionnaire"] == "https://caredesk.example/fhir/Questionnaire/csat|1.0.0"
     assert qr["item"][2]["answer"] == [{"valueString": "Nobody called me back"}]
+
+
+def test_a_survey_task_for_one_patient_about_anothers_visit_sends_nothing(
+    survey_app, sandbox
+) -> None:
+    """Jobs carry the patient they were queued for (a launch's): pointed at another
+    patient's visit, the invitation fails before anything is created or sent, even with
+    backend credentials that could read every patient."""
+    survey_app.config["SURVEY_QUIET_HOURS"] = ""
+    reg_id = register_backend_ehr(survey_app, sandbox)
+    with survey_app.app_context(), get_store(survey_app).session() as s:
+        task = domain.request_survey(
+            s,
+            survey_app,
+            registration_id=reg_id,
+            appointment_ref="Appointment/appt-pat-002-past",
+            patient_ref="Patient/pat-001",
+            now=datetime.now(CHICAGO),
+            fulfilled_at=datetime.now(CHICAGO) - timedelta(hours=3),
+        )
+        s.flush()
+        task_id = task.id
+    outbox.dispatch([task_id], app=survey_app)
+    work(survey_app)
+    with get_store(survey_app).session() as s:
+        row = s.get(CareTask, task_id)
+        assert row.status == "failed"
+        assert "not the patient's" in row.last_error
+        assert s.scalar(select(SurveyInvite.id)) is None
+        assert s.scalar(select(OutboundMessage.id)) is None

@@ -35,6 +35,8 @@ def _launch(app, reg_id: int) -> tuple[str, str]:  # type: ignore[no-untyped-def
                 status="active",
                 browser_hash=hashlib.sha256(secret.encode()).hexdigest(),
                 fhir_user="Practitioner/prac-clinician-lee",
+                # A staff launch without a patient whose grant reaches every patient.
+                scope_granted="openid fhirUser user/*.rs",
             )
         )
     return launch_id, secret

@@ -9,6 +9,7 @@ import pytest
 from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
 
 from helpdesk import surveys as domain
+from helpdesk.access import PatientScope
 from helpdesk.db import get_store
 from helpdesk.models import CareTask, SurveyResponse
 from helpdesk.tasks import new_task
@@ -185,8 +186,9 @@ def test_latest_for_patient_summarizes_the_last_answer(survey_app, sandbox) -> N
     _, response_id = _answered(survey_app, reg_id)
     _write_back(survey_app, reg_id, response_id)
     with get_store(survey_app).session() as s:
-        latest = domain.latest_for_patient(s, reg_id, "Patient/pat-001")
-        assert domain.latest_for_patient(s, reg_id, "Patient/pat-002") is None
+        everyone = PatientScope.whole_registration(reg_id)
+        latest = domain.latest_for_patient(s, everyone, "Patient/pat-001")
+        assert domain.latest_for_patient(s, everyone, "Patient/pat-002") is None
     assert latest is not None
     assert (latest["csat"], latest["nps"], latest["comment"]) == (2, 4, "Long wait")
     assert latest["needs_recovery"] is True and latest["writeback_status"] == "written"
