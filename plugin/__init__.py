@@ -33,6 +33,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, command: bool = 
     register_extensions(app, command=command)
     register_blueprints(app)
     register_errorhandlers(app)
+    register_limits(app)
     return app
 
 
@@ -82,6 +83,12 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(survey.bp)  # /s/<token>; importing it registers the survey jobs
     app.register_blueprint(reports.bp)  # /reports/csat
     app.register_blueprint(jobs_admin.bp)  # /l/<launch_id>/tasks/<id>/retry, /jobs, /worklist
+
+
+def register_limits(app: Flask) -> None:
+    from plugin import ratelimit
+
+    ratelimit.init_app(app)
 
 
 def register_errorhandlers(app: Flask) -> None:

@@ -182,6 +182,36 @@ SETTINGS: tuple[Setting, ...] = (
         "Survey page requests allowed per survey link per minute.",
     ),
     Setting(
+        "RATE_LAUNCH_PER_ADDRESS",
+        60,
+        "`/launch`, `/start` and `/callback` requests allowed per client address per "
+        "minute, each route counted apart. Behind a proxy set `CAREDESK_PROXY_FIX`, or "
+        "every client shares the proxy's address.",
+    ),
+    Setting(
+        "RATE_LAUNCH_PER_EHR",
+        600,
+        "`/launch`, `/start` and `/callback` requests allowed per EHR registration per "
+        "minute, each route counted apart.",
+    ),
+    Setting(
+        "RATE_SESSION_MISSES_PER_ADDRESS",
+        30,
+        "Requests naming an unknown launch id (or another browser's) allowed per client "
+        "address per minute: guessing launch ids stays slow.",
+    ),
+    Setting(
+        "RATE_SESSION_PER_EHR",
+        6000,
+        "Requests of signed-in sessions allowed per EHR registration per minute.",
+    ),
+    Setting(
+        "MAX_PENDING_LAUNCHES",
+        2000,
+        "Sign-ins in progress (between `/launch` and `/callback`) kept per EHR; past it, "
+        "expired ones are deleted, and a new launch gets 503 if none had expired.",
+    ),
+    Setting(
         "SURVEY_PUBLIC_URL",
         None,
         "Base URL patients open survey links at (`<url>/s/<token>`). Default: "

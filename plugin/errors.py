@@ -43,14 +43,19 @@ def error_response(
     *,
     title: str | None = None,
     fields: dict[str, Any] | None = None,
+    ehr_text: str | None = None,
 ) -> Response:
     """The one JSON error shape (``fields``: a 422's messages per input field), or a
-    sidebar-sized page."""
+    sidebar-sized page. ``message`` is CareDesk's own sentence; ``ehr_text`` is what the
+    EHR said (cleaned by ``smart_launch.errors``: one line, no control characters), kept
+    apart so a page shows it quoted and attributed to the EHR, never as CareDesk's."""
     rid = current_request_id()
     if wants_json():
         error: dict[str, Any] = {"code": code, "message": message, "request_id": rid}
         if fields is not None:
             error["fields"] = fields
+        if ehr_text:
+            error["ehr_text"] = ehr_text
         response = jsonify({"error": error})
     else:
         response = Response(
@@ -61,6 +66,7 @@ def error_response(
                 message=message,
                 request_id=rid,
                 title=title or _TITLES.get(status, "Something went wrong"),
+                ehr_text=ehr_text,
             ),
             mimetype="text/html",
         )
@@ -114,7 +120,7 @@ def register(app: Flask) -> None:
             getattr(exc, "status", None),
             status,
         )
-        response = error_response(status, code, exc.message)
+        response = error_response(status, code, exc.summary, ehr_text=exc.ehr_text)
         retry_after = getattr(exc, "retry_after", None)
         if status == 503 and retry_after:
             response.headers["Retry-After"] = str(int(retry_after))

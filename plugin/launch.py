@@ -8,16 +8,20 @@ ids to this browser.
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import re
 import secrets
 import threading
-from datetime import timedelta
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from typing import Any
 from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
     Response,
+    current_app,
     g,
     make_response,
     redirect,
@@ -25,7 +29,7 @@ from flask import (
     request,
     url_for,
 )
-from sqlalchemy import select, update
+from sqlalchemy import delete, func, select, update
 from werkzeug.wrappers import Response as BaseResponse
 
 from helpdesk import ehr
@@ -36,18 +40,18 @@ from helpdesk.errors import AppError
 from helpdesk.models import EhrRegistration, LaunchSession, SigningKey
 from helpdesk.registry import find, find_by_iss
 from helpdesk.timeutil import utcnow
-from smart_launch.errors import (
-    AuthorizationDenied,
-    SmartError,
-)
+from smart_launch.errors import BrowserMismatch, SmartError, StateError
 from smart_launch.launch import (
     STATE_TTL,
+    browser_key,
     build_authorization_request,
     exchange_code,
+    new_browser_secret,
     new_pkce,
     new_state,
     parse_callback,
     scopes_for,
+    state_key,
     warm_jwks,
 )
 
@@ -55,6 +59,9 @@ bp = Blueprint("launch", __name__)
 log = logging.getLogger("caredesk.launch")
 
 COOKIE = "caredesk_browser"
+# Launches one browser keeps at once (tabs on several patients); the oldest drops out.
+MAX_BOUND_LAUNCHES = 8
+_SECRET_SHAPE = re.compile(r"[A-Za-z0-9_-]{43}")
 # A launch left idle this long needs a new launch from the EHR (a shared workstation).
 SESSION_IDLE = timedelta(hours=12)
 # last_seen_at is written at most this often, not on every request.
@@ -62,27 +69,62 @@ SEEN_GRANULARITY = timedelta(minutes=5)
 
 
 def _sha(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
+    return browser_key(value)
 
 
-def _browser_secret() -> tuple[str, bool]:
-    """This browser's cookie secret, and whether it is new (then it must be set)."""
-    existing = request.cookies.get(COOKIE, "")
-    if len(existing) >= 32:
-        return existing, False
-    return secrets.token_urlsafe(32), True
+def _cookie_secrets() -> list[str]:
+    """The browser-binding secrets this browser sent, most recent last. Only what the
+    server issued ever binds a launch (each launch gets a fresh one, ``_begin``), so a
+    value planted in the cookie binds nothing."""
+    # Every cookie of that name: one planted with a narrower Path or another Domain is
+    # sent too (and first), and must not hide the one the server issued.
+    found: list[str] = []
+    for raw in request.cookies.getlist(COOKIE):
+        found += [s for s in raw.split(".") if _SECRET_SHAPE.fullmatch(s) and s not in found]
+    return found[:32]
 
 
-def _set_browser_cookie(response: BaseResponse, secret: str) -> None:
+def _owns(browser_hash: str | None) -> bool:
+    """Whether this browser holds the secret whose hash is ``browser_hash`` (constant
+    time per secret; every secret is compared, so timing says nothing about which)."""
+    found = False
+    for secret in _cookie_secrets():
+        found |= secrets.compare_digest(browser_hash or "", _sha(secret))
+    return bool(browser_hash) and found
+
+
+def _issue_secret() -> tuple[str, str]:
+    """A fresh secret for a new launch, and the cookie value to send: the secrets of this
+    browser's other live launches (two tabs on two patients keep working) plus the new
+    one. Secrets that bind no live launch are dropped, planted ones included."""
+    fresh = new_browser_secret()
+    held = _cookie_secrets()
+    live: set[str] = set()
+    if held:
+        hashes = {_sha(s): s for s in held}
+        live = set(
+            get_db().scalars(
+                select(LaunchSession.browser_hash).where(
+                    LaunchSession.browser_hash.in_(list(hashes)),
+                    LaunchSession.status.in_(("pending", "exchanging", "active")),
+                )
+            )
+        )
+        held = [s for s in held if _sha(s) in live]
+    kept = [*held, fresh][-MAX_BOUND_LAUNCHES:]
+    return fresh, ".".join(kept)
+
+
+def _set_browser_cookie(response: BaseResponse, value: str) -> None:
     if request.is_secure:
         # Inside an EHR iframe the cookie is third-party: it needs SameSite=None; Secure,
         # and Partitioned (CHIPS) so browsers that block third-party cookies keep it.
         response.set_cookie(
-            COOKIE, secret, secure=True, httponly=True, samesite="None", partitioned=True, path="/"
+            COOKIE, value, secure=True, httponly=True, samesite="None", partitioned=True, path="/"
         )
     else:
         # Plain http is only for the demo on loopback, where app and EHR are same-site.
-        response.set_cookie(COOKIE, secret, httponly=True, samesite="Lax", path="/")
+        response.set_cookie(COOKIE, value, httponly=True, samesite="Lax", path="/")
 
 
 @bp.get("/launch")
@@ -124,14 +166,17 @@ def _begin(row: EhrRegistration, *, launch: str | None) -> BaseResponse:
     scope = scopes_for(reg, conf, _standalone_scopes(reg.scopes) if launch is None else None)
     state = new_state()
     verifier, _ = new_pkce()
-    secret, new_cookie = _browser_secret()
     now = utcnow()
+    _make_room(row.id, now)
+    # A fresh secret at every launch: a cookie the browser brought (planted by someone
+    # who hopes to learn the launch id) never binds the new launch.
+    secret, cookie_value = _issue_secret()
     vault = get_vault()
     session = LaunchSession(
         id=secrets.token_urlsafe(24),
         registration_id=row.id,
         status="pending",
-        state_hash=_sha(state),
+        state_hash=state_key(state),
         state_expires_at=now + STATE_TTL,
         code_verifier_enc=vault.encrypt(verifier),
         launch_param_enc=vault.encrypt_optional(launch),
@@ -141,15 +186,12 @@ def _begin(row: EhrRegistration, *, launch: str | None) -> BaseResponse:
     db = get_db()
     db.add(session)
     db.commit()
-    if "openid" in scope.split():
+    if "openid" in scope.split() and conf.jwks_uri:
         # While the user is at the EHR's authorize page, fetch the EHR's signing keys so
-        # the callback can verify the id_token without another round trip.
-        threading.Thread(
-            target=warm_jwks,
-            args=(conf,),
-            kwargs={"http": ehr.clients().http(row.id)},
-            daemon=True,
-        ).start()
+        # the callback can verify the id_token without another round trip. Through a
+        # small bounded pool, never a thread per request: a flood of launches queues at
+        # most one fetch per EHR (the keys are cached after it).
+        _warmer().submit(conf.jwks_uri, warm_jwks, conf, http=ehr.clients().http(row.id))
     auth = build_authorization_request(
         reg, conf, state=state, code_verifier=verifier, launch=launch, scope=scope
     )
@@ -163,9 +205,83 @@ def _begin(row: EhrRegistration, *, launch: str | None) -> BaseResponse:
         )
     else:
         response = redirect(auth.url, code=302)
-    if new_cookie:
-        _set_browser_cookie(response, secret)
+    _set_browser_cookie(response, cookie_value)
     return response
+
+
+class Warmer:
+    """Background fetches that only save time later: at most ``workers`` threads and
+    ``pending`` jobs at once, one per key; when full, a fetch is skipped (the callback
+    then fetches the keys itself)."""
+
+    def __init__(self, *, workers: int = 2, pending: int = 16) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="caredesk-warm")
+        self._lock = threading.Lock()
+        self._keys: set[str] = set()
+        self._pending = pending
+
+    def submit(self, key: str, fn: Callable[..., object], *args: Any, **kwargs: Any) -> bool:
+        with self._lock:
+            if key in self._keys or len(self._keys) >= self._pending:
+                return False
+            self._keys.add(key)
+
+        def run() -> None:
+            try:
+                fn(*args, **kwargs)
+            finally:
+                with self._lock:
+                    self._keys.discard(key)
+
+        self._pool.submit(run)
+        return True
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _warmer() -> Warmer:
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    with _WARMER_LOCK:
+        warmer = app.extensions.get("caredesk.warmer")
+        if warmer is None:
+            warmer = app.extensions["caredesk.warmer"] = Warmer()
+    return warmer  # type: ignore[no-any-return]
+
+
+_WARMER_LOCK = threading.Lock()
+
+
+def _pending_count(registration_id: int) -> int:
+    query = select(func.count()).where(
+        LaunchSession.registration_id == registration_id, LaunchSession.status == "pending"
+    )
+    return int(get_db().scalar(query) or 0)
+
+
+def _make_room(registration_id: int, now: datetime) -> None:
+    """Cap the sign-ins in progress per EHR (each row holds a PKCE verifier until its
+    callback): past ``MAX_PENDING_LAUNCHES``, pending launches whose state has expired
+    (useless: their callback is refused) are deleted; if that frees nothing, 503."""
+    cap = int(current_app.config["MAX_PENDING_LAUNCHES"])
+    if _pending_count(registration_id) < cap:
+        return
+    db = get_db()
+    db.execute(
+        delete(LaunchSession).where(
+            LaunchSession.registration_id == registration_id,
+            LaunchSession.status == "pending",
+            LaunchSession.state_expires_at < now,
+        )
+    )
+    db.commit()
+    if _pending_count(registration_id) >= cap:
+        log.warning("launch refused: %d sign-ins already in progress for this EHR", cap)
+        raise AppError(
+            "Too many sign-ins to this EHR are in progress. Try again in a few minutes.",
+            status=503,
+            code="too_many_pending_launches",
+        )
 
 
 def _standalone_scopes(scopes: str) -> str:
@@ -178,45 +294,47 @@ def _standalone_scopes(scopes: str) -> str:
 
 @bp.get("/callback")
 def callback() -> BaseResponse:
-    try:
-        code, state = parse_callback(request.args)
-    except AuthorizationDenied as exc:
-        log.info("authorization denied by the EHR: %s", exc.error)
-        raise AppError(
-            f"The EHR did not authorize CareDesk ({exc.error}). "
-            + (exc.error_description or "Launch CareDesk again, or ask your EHR administrator."),
-            status=403,
-            code=exc.error,
-        ) from exc
+    """The EHR's redirect back. In this order, so that someone holding a victim's
+    callback URL cannot burn its state from another browser: look the pending launch up
+    by its state without using it up, check the browser binding, then the expiry, and
+    only then use the state up (one atomic UPDATE) and exchange the code."""
+    code, state = parse_callback(request.args)  # the EHR's error: AuthorizationDenied
     db = get_db()
     now = utcnow()
+    pending = db.scalars(
+        select(LaunchSession).where(
+            LaunchSession.state_hash == state_key(state), LaunchSession.status == "pending"
+        )
+    ).first()
+    if pending is None:
+        raise StateError("This sign-in link is unknown or was already used. Launch again.")
+    if not _owns(pending.browser_hash):
+        # Issued to another browser: a login-CSRF attempt, a replayed link, or blocked
+        # cookies. The pending launch is left as it was for the browser that started it.
+        raise BrowserMismatch(
+            "This sign-in did not start in this browser (or the browser blocked CareDesk's "
+            "cookie). Launch CareDesk again from the EHR."
+        )
+    if pending.state_expires_at is None or now >= pending.state_expires_at:
+        _fail(pending)
+        raise StateError("This sign-in took longer than 10 minutes. Launch again.")
     # Single use: only one request can move this row out of "pending".
     claimed = db.execute(
         update(LaunchSession)
-        .where(LaunchSession.state_hash == _sha(state), LaunchSession.status == "pending")
+        .where(
+            LaunchSession.id == pending.id,
+            LaunchSession.state_hash == state_key(state),
+            LaunchSession.status == "pending",
+        )
         .values(status="exchanging", state_hash=None)
         .returning(LaunchSession.id)
     ).scalar_one_or_none()
     db.commit()
     if claimed is None:
-        raise AppError(
-            "This sign-in link is unknown or was already used. Launch again.", code="invalid_state"
-        )
+        raise StateError("This sign-in link is unknown or was already used. Launch again.")
     launch = db.get(LaunchSession, claimed)
     assert launch is not None
-    if launch.state_expires_at is None or now >= launch.state_expires_at:
-        _fail(launch)
-        raise AppError(
-            "This sign-in took longer than 10 minutes. Launch again.", code="expired_state"
-        )
-    if launch.browser_hash != _sha(request.cookies.get(COOKIE, "")):
-        # The state was issued to another browser: a login-CSRF attempt, or cookies blocked.
-        _fail(launch)
-        raise AppError(
-            "This sign-in did not start in this browser (or the browser blocked CareDesk's "
-            "cookie). Launch CareDesk again from the EHR.",
-            code="browser_mismatch",
-        )
+    db.refresh(launch)
     reg = ehr.to_registration(launch.registration, web=True)
     try:
         conf = ehr.configuration(reg)
@@ -263,13 +381,7 @@ def _fail(launch: LaunchSession) -> None:
 def current_launch(launch_id: str) -> LaunchSession:
     """The active launch named in the URL, if this browser owns it; else 401."""
     launch = get_db().get(LaunchSession, launch_id)
-    cookie = request.cookies.get(COOKIE, "")
-    if (
-        launch is None
-        or launch.status != "active"
-        or not cookie
-        or not secrets.compare_digest(launch.browser_hash or "", _sha(cookie))
-    ):
+    if launch is None or launch.status != "active" or not _owns(launch.browser_hash):
         raise AppError(
             "This CareDesk session has ended or belongs to another browser. "
             "Launch CareDesk again from the EHR.",

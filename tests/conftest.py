@@ -65,6 +65,9 @@ def redis_url() -> Iterator[str]:
 def dispose(app: Flask) -> None:
     """Close what an app holds open: pooled HTTP sessions, database pool, Redis sockets."""
     app.extensions["caredesk.ehr"].close()
+    warmer = app.extensions.get("caredesk.warmer")
+    if warmer is not None:
+        warmer.close()
     app.extensions["caredesk.db"].engine.dispose()
     kv = app.extensions.get("caredesk.redis")
     if kv is not None:

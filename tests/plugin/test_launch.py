@@ -6,6 +6,7 @@ exercised is exactly what a browser in the EHR iframe would do.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import socket
@@ -23,6 +24,7 @@ from helpdesk import registry
 from helpdesk.crypto import get_vault
 from helpdesk.db import get_store
 from helpdesk.models import EhrRegistration, LaunchSession, SigningKey
+from plugin.launch import COOKIE
 from sandbox.testing import running_sandbox
 from smart_launch.keys import generate_signing_key
 from smart_launch.tokens import TokenSet
@@ -232,6 +234,52 @@ def test_callback_from_another_browser_is_refused(live) -> None:
         assert "did not start in this browser" in response.text
 
 
+def test_a_callback_replayed_from_another_browser_does_not_use_up_the_state(live) -> None:
+    """Someone holding the victim's callback URL cannot burn its state: the browser is
+    checked before the state is used up, so the victim's own callback still works."""
+    app, url = live
+    with running_sandbox() as sb:
+        _register(app, sb, url, "public")
+        victim = requests.Session()
+        launch = sb.launch(CLIENT_ID, patient=PATIENT)
+        to_authorize = victim.get(launch["url"], allow_redirects=False, timeout=30)
+        callback = sb.approve(to_authorize.headers["Location"])
+        attacker = requests.Session()
+        attacker.cookies.set(COOKIE, "A" * 43)
+        assert attacker.get(callback, timeout=30).status_code == 400
+        page = victim.get(callback, timeout=30)
+        assert page.status_code == 200 and "Okonkwo" in page.text
+        assert sb.stats()["token_requests"]["authorization_code"] == 1
+
+
+def test_a_planted_cookie_binds_nothing(live) -> None:
+    """Session fixation: the attacker plants a cookie value in the victim's browser and
+    learns the launch id; the server issued the launch a fresh secret at /launch, so the
+    planted value plus the launch id opens nothing (401)."""
+    app, url = live
+    planted = "P" * 43
+    with running_sandbox() as sb:
+        _register(app, sb, url, "public")
+        victim = requests.Session()
+        victim.cookies.set(COOKIE, planted)
+        launch = sb.launch(CLIENT_ID, patient=PATIENT)
+        to_authorize = victim.get(launch["url"], allow_redirects=False, timeout=30)
+        assert COOKIE in to_authorize.headers["Set-Cookie"]
+        assert planted not in to_authorize.headers["Set-Cookie"]  # not kept: it binds nothing
+        page = victim.get(sb.approve(to_authorize.headers["Location"]), timeout=30)
+        assert page.status_code == 200 and "Okonkwo" in page.text
+        row = _launch_row(app, page.url)
+        assert row.browser_hash != hashlib.sha256(planted.encode()).hexdigest()
+        attacker = requests.Session()
+        attacker.cookies.set(COOKIE, planted)
+        stolen = attacker.get(page.url, timeout=30, headers={"Accept": "text/html"})
+        assert stolen.status_code == 401
+        api = attacker.get(page.url.replace("/l/", "/api/l/") + "tickets", timeout=30)
+        assert api.status_code == 401
+        # The launch keeps working in the victim's browser.
+        assert victim.get(page.url, timeout=30).status_code == 200
+
+
 def test_access_denied_callback_shows_a_clear_page(live) -> None:
     _, url = live
     response = requests.get(
@@ -243,6 +291,36 @@ def test_access_denied_callback_shows_a_clear_page(live) -> None:
     assert response.status_code == 403
     assert "did not authorize CareDesk (access_denied)" in response.text
     assert "The user declined." in response.text
+
+
+def test_ehr_error_text_is_quoted_attributed_and_stripped_of_control_characters(
+    live, caplog
+) -> None:
+    _, url = live
+    caplog.set_level(logging.INFO)
+    params = {
+        "error": "access_denied\r\nX-Injected: yes",
+        "error_description": "Ask <b>IT</b>\x1b[31m\r\n2026-11-30 INFO forged log line",
+        "state": "s",
+    }
+    page = requests.get(f"{url}/callback", params=params, timeout=30)
+    assert page.status_code == 403
+    said = re.search(r'data-testid="ehr-said">(.*?)</figure>', page.text, re.S)
+    assert said is not None  # the EHR's words stand apart, under "The EHR said:"
+    assert "The EHR said:" in said.group(1)
+    assert "Ask &lt;b&gt;IT&lt;/b&gt; [31m 2026-11-30 INFO forged log line" in said.group(1)
+    mine = page.text.split('data-testid="ehr-said"')[0]
+    assert "forged" not in mine  # CareDesk's own sentence does not carry the EHR's text
+    assert "X-Injected" not in page.text and "\x1b" not in page.text
+    body = requests.get(
+        f"{url}/callback", params=params, timeout=30, headers={"Accept": "application/json"}
+    ).json()["error"]
+    assert body["code"] == "authorization_denied"
+    assert "access_denied" in body["message"] and "X-Injected" not in body["message"]
+    assert body["ehr_text"] == "Ask <b>IT</b> [31m 2026-11-30 INFO forged log line"
+    for record in caplog.records:
+        message = record.getMessage()
+        assert "\n" not in message and "\r" not in message and "X-Injected" not in message
 
 
 def test_fewer_scopes_granted_runs_and_says_what_is_missing(live) -> None:

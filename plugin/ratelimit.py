@@ -1,0 +1,163 @@
+"""Rate limits on the work anyone on the internet can cause, with Flask-Limiter.
+
+Counted in Redis (``CAREDESK_REDIS_URL``), so every gunicorn worker and every machine
+shares one count; the demo's in-process queue has no Redis, so it counts in memory.
+Each limited route is counted twice: per client address (one browser or script) and per
+EHR registration (a flood spread over many addresses still cannot make CareDesk hammer
+one EHR). Redis unavailable: requests go through (a patient answering a survey or a
+clinician launching matters more than the limiter), and the failure is logged.
+
+What is limited, and why:
+
+- ``/launch``, ``/start``, ``/callback``: each stores a pending launch or spends one, and
+  fetches from the EHR; unauthenticated by nature.
+- launch-id lookups (every ``/l/<id>/...``, ``/api/l/<id>/...`` and ``/reports?launch=``
+  route): a request whose launch id is unknown, or not this browser's, counts against
+  the address (guessing ids); all requests count against the launch's registration.
+
+Behind a reverse proxy every client has the proxy's address unless
+``CAREDESK_PROXY_FIX`` says how many proxies to trust: then one patient's limit is the
+whole clinic's. The first request that arrives with ``X-Forwarded-For`` while
+``CAREDESK_PROXY_FIX`` is 0 logs a warning saying so (once per process): start-up cannot
+know, but the first proxied request can.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable
+from typing import cast
+
+from flask import Blueprint, Flask, Response, current_app, request
+from flask_limiter import Limiter
+from sqlalchemy import select
+
+from helpdesk.db import get_db
+from helpdesk.models import LaunchSession
+from helpdesk.registry import find, find_by_iss
+
+log = logging.getLogger("caredesk.ratelimit")
+_proxy_warned = threading.Event()
+
+
+def _address() -> str:
+    """The client address as a hash (an address is personal data; keys live in Redis)."""
+    return hashlib.sha256((request.remote_addr or "unknown").encode()).hexdigest()[:24]
+
+
+def _per_minute(setting: str) -> Callable[[], str]:
+    return lambda: f"{int(current_app.config[setting])}/minute"
+
+
+# --- keys per registration -----------------------------------------------------------------
+
+
+def _launch_registration() -> str:
+    """The registration a ``/launch``, ``/start`` or ``/callback`` is for. Unknown ones
+    share one bucket, so made-up values cannot buy fresh counts."""
+    db = get_db()
+    if request.endpoint == "launch.callback":
+        from smart_launch.launch import state_key
+
+        state = request.args.get("state", "")
+        registration = (
+            db.scalar(
+                select(LaunchSession.registration_id).where(
+                    LaunchSession.state_hash == state_key(state)
+                )
+            )
+            if state and len(state) <= 512
+            else None
+        )
+        return f"ehr:{registration}" if registration is not None else "ehr:unknown"
+    if request.endpoint == "launch.ehr_launch":
+        row = find_by_iss(db, request.args.get("iss", "")[:1024])
+    elif request.endpoint == "launch.standalone_launch":
+        row = find(db, request.args.get("ehr", "")[:200])
+    else:
+        return _session_registration()
+    return f"ehr:{row.id}" if row is not None else "ehr:unknown"
+
+
+def launch_id_of_request() -> str | None:
+    args = request.view_args or {}
+    if "launch_id" in args:
+        return str(args["launch_id"])
+    if request.path.startswith("/reports/"):
+        return request.args.get("launch") or None
+    return None
+
+
+def _session_registration() -> str:
+    launch_id = launch_id_of_request()
+    launch = get_db().get(LaunchSession, launch_id[:64]) if launch_id else None
+    return f"ehr:{launch.registration_id}" if launch is not None else "ehr:unknown"
+
+
+def _session_missed(response: Response) -> bool:
+    """Deduct a launch-id lookup from the address only when it found no session of this
+    browser: guesses are slowed, a clinician's busy sidebar is not."""
+    return response.status_code == 401
+
+
+# --- set-up --------------------------------------------------------------------------------
+
+
+def _blueprint(app: Flask, name: str) -> Blueprint:
+    return cast(Blueprint, app.blueprints[name])
+
+
+def init_app(app: Flask) -> None:
+    """One limiter per app (tests build many apps), bound to the registered blueprints:
+    call after they are registered."""
+    redis_url = app.config.get("REDIS_URL")
+    # Shared through Redis; the demo's in-process stand-in has no server: memory.
+    app.config.setdefault("RATELIMIT_STORAGE_URI", str(redis_url) if redis_url else "memory://")
+    limiter = Limiter(
+        key_func=_address,
+        key_prefix="caredesk:rl",
+        strategy="moving-window",
+        headers_enabled=True,
+        swallow_errors=True,
+    )
+    limiter.init_app(app)
+    app.extensions["caredesk.limiter"] = limiter
+
+    launch_bp = _blueprint(app, "launch")
+    limiter.limit(_per_minute("RATE_LAUNCH_PER_ADDRESS"))(launch_bp)
+    limiter.limit(_per_minute("RATE_LAUNCH_PER_EHR"), key_func=_launch_registration)(launch_bp)
+
+    misses = limiter.shared_limit(
+        _per_minute("RATE_SESSION_MISSES_PER_ADDRESS"),
+        scope="session-miss",
+        deduct_when=_session_missed,
+    )
+    per_ehr = limiter.shared_limit(
+        _per_minute("RATE_SESSION_PER_EHR"), scope="session-ehr", key_func=_session_registration
+    )
+    # Every blueprint with a route that names a launch (a new one is covered without a
+    # change here), and the reports, which take the launch as ?launch=.
+    sessions = {
+        rule.endpoint.split(".", 1)[0]
+        for rule in app.url_map.iter_rules()
+        if "launch_id" in rule.arguments and "." in rule.endpoint
+    }
+    for name in sorted((sessions | {"reports"}) - {"launch"}):
+        misses(_blueprint(app, name))
+        per_ehr(_blueprint(app, name))
+
+    @app.before_request
+    def _warn_about_a_proxy() -> None:
+        if (
+            not _proxy_warned.is_set()
+            and not app.config.get("PROXY_FIX")
+            and request.headers.get("X-Forwarded-For")
+        ):
+            _proxy_warned.set()
+            log.warning(
+                "requests arrive through a proxy (X-Forwarded-For) but CAREDESK_PROXY_FIX "
+                "is 0: every client has the proxy's address, so per-address rate limits "
+                "are shared by all of them. Set CAREDESK_PROXY_FIX to the number of proxies."
+            )
