@@ -5,10 +5,16 @@ them with their defaults): CAREDESK_BIND, CAREDESK_WEB_WORKERS, CAREDESK_WEB_THR
 CAREDESK_FORWARDED_ALLOW_IPS.
 
 The access log omits query strings: OAuth callbacks carry the authorization code and EHR
-launches the launch token in the query, and neither may reach a log.
+launches the launch token in the query, and neither may reach a log. Paths still can:
+a survey link (`/s/<token>`) is a bearer credential, so every record, the access log's
+included, goes through `helpdesk.redact` (installed here, before the workers fork, and
+again by the app factory).
 """
 
+from helpdesk import redact
 from plugin.config import env_setting
+
+redact.install()
 
 bind = str(env_setting("BIND"))
 workers = int(env_setting("WEB_WORKERS"))

@@ -2,7 +2,8 @@
 
 The id lives in a context variable so it follows the request into worker threads that
 copy the context, and jobs set it to their job id. Log lines carry ids and FHIR resource
-ids only: never names, phone numbers, tokens or codes.
+ids only: never names, phone numbers, tokens or codes; ``helpdesk.redact`` is the net
+under that rule for lines that quote a URL or a payload (ours and the libraries').
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
+from helpdesk import redact
 from helpdesk.logctx import current_request_id, request_id_var
 
 # An incoming X-Request-Id is reused only when it looks like an id, so a caller cannot
@@ -48,6 +50,8 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"
 
 
 def configure(app: Flask) -> None:
+    # Every record of the process, ours and the libraries', is redacted as it is made.
+    redact.install()
     level = str(app.config.get("LOG_LEVEL", "INFO")).upper()
     handler = logging.StreamHandler()
     handler.addFilter(RequestIdFilter())
