@@ -174,12 +174,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "SURVEY_RATE_PER_IP",
         30,
-        "Survey page requests allowed per client IP per minute.",
+        "Survey page requests allowed per client address per minute (counted in Redis, "
+        "shared by every process).",
     ),
     Setting(
         "SURVEY_RATE_PER_TOKEN",
         10,
         "Survey page requests allowed per survey link per minute.",
+    ),
+    Setting(
+        "SURVEY_RATE_PER_EHR",
+        600,
+        "Survey page requests allowed per EHR registration per minute.",
     ),
     Setting(
         "RATE_LAUNCH_PER_ADDRESS",

@@ -96,6 +96,21 @@ def _session_registration() -> str:
     return f"ehr:{launch.registration_id}" if launch is not None else "ehr:unknown"
 
 
+def _survey_token() -> str:
+    return str((request.view_args or {}).get("token", ""))
+
+
+def _survey_link() -> str:
+    return "link:" + hashlib.sha256(_survey_token().encode()).hexdigest()[:32]
+
+
+def _survey_registration() -> str:
+    from plugin.survey import find_invite
+
+    invite = find_invite(_survey_token())
+    return f"ehr:{invite.registration_id}" if invite is not None else "ehr:unknown"
+
+
 def _session_missed(response: Response) -> bool:
     """Deduct a launch-id lookup from the address only when it found no session of this
     browser: guesses are slowed, a clinician's busy sidebar is not."""
@@ -147,6 +162,15 @@ def init_app(app: Flask) -> None:
     for name in sorted((sessions | {"reports"}) - {"launch"}):
         misses(_blueprint(app, name))
         per_ehr(_blueprint(app, name))
+
+    survey_bp = _blueprint(app, "survey")
+    limiter.shared_limit(_per_minute("SURVEY_RATE_PER_IP"), scope="survey-addr")(survey_bp)
+    limiter.shared_limit(
+        _per_minute("SURVEY_RATE_PER_TOKEN"), scope="survey-link", key_func=_survey_link
+    )(survey_bp)
+    limiter.shared_limit(
+        _per_minute("SURVEY_RATE_PER_EHR"), scope="survey-ehr", key_func=_survey_registration
+    )(survey_bp)
 
     @app.before_request
     def _warn_about_a_proxy() -> None:

@@ -3,7 +3,8 @@
 No login: the link token is the credential (random, stored only as its SHA-256, single
 use, expiring). A GET only shows the form and records nothing, so mail and SMS link
 scanners cannot answer for the patient; the answer is a POST carrying a CSRF token bound
-to the invitation. Both are rate-limited per client IP and per link. The page shows the
+to the invitation. Both are rate-limited per client address, per link and per EHR
+(``plugin.ratelimit``, counted in Redis across processes). The page shows the
 clinic and the visit date and nothing else about the patient.
 """
 
@@ -14,7 +15,8 @@ import hashlib
 import logging
 from zoneinfo import ZoneInfo
 
-from flask import Blueprint, Response, current_app, make_response, render_template, request
+from flask import Blueprint, Response, current_app, g, make_response, render_template, request
+from flask_limiter.errors import RateLimitExceeded
 from itsdangerous import Signer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -24,7 +26,6 @@ from fhir_mappers.fhirutil import zone
 from helpdesk import i18n
 from helpdesk import surveys as domain
 from helpdesk.db import get_db
-from helpdesk.kv import get_redis
 from helpdesk.models import SurveyInvite
 from helpdesk.tickets import sla_hours
 from helpdesk.timeutil import utcnow
@@ -33,7 +34,6 @@ from jobs import outbox
 bp = Blueprint("survey", __name__)
 log = logging.getLogger("caredesk.survey")
 
-RATE_WINDOW_SECONDS = 60
 
 # Page chrome in the patient's language (English here; the translations are in the
 # message catalogs, helpdesk/translations/<lang>.po); the questions come from the
@@ -99,33 +99,6 @@ def _csrf_ok(invite_id: str, sent: str) -> bool:
     )
 
 
-def _rate_limited() -> bool:
-    """Fixed one-minute windows in Redis per client IP and per link. Keys hold hashes
-    only (an IP address is personal data too). Redis down: let the patient through."""
-    token = request.view_args.get("token", "") if request.view_args else ""
-    ip = request.remote_addr or "unknown"
-    window = int(utcnow().timestamp()) // RATE_WINDOW_SECONDS
-    checks = (
-        ("ip", hashlib.sha256(ip.encode()).hexdigest()[:32], "SURVEY_RATE_PER_IP"),
-        ("link", domain.hash_token(token)[:32], "SURVEY_RATE_PER_TOKEN"),
-    )
-    try:
-        conn = get_redis()
-        pipe = conn.pipeline()
-        for kind, digest, _ in checks:
-            key = f"caredesk:rate:survey:{kind}:{digest}:{window}"
-            pipe.incr(key)
-            pipe.expire(key, RATE_WINDOW_SECONDS * 2)
-        counts = pipe.execute()[0::2]
-    except Exception:  # noqa: BLE001 - availability of the page beats the limiter
-        log.warning("survey rate limiter unavailable; request allowed")
-        return False
-    return any(
-        int(count) > int(current_app.config[setting])
-        for count, (_, _, setting) in zip(counts, checks, strict=True)
-    )
-
-
 def _message(lang: str, key: str, status: int) -> Response:
     text = _text(lang)
     response = make_response(
@@ -138,9 +111,14 @@ def _message(lang: str, key: str, status: int) -> Response:
         ),
         status,
     )
-    if status == 429:
-        response.headers["Retry-After"] = str(RATE_WINDOW_SECONDS)
     return response
+
+
+@bp.errorhandler(RateLimitExceeded)
+def _busy(exc: RateLimitExceeded) -> Response:
+    # The limits are plugin.ratelimit's (per address, per link, per EHR); the answer is
+    # this page's own, sized for a phone (Retry-After is added by the limiter).
+    return _message("en", "busy", 429)
 
 
 def _find(session: Session, token: str) -> SurveyInvite | None:
@@ -149,6 +127,15 @@ def _find(session: Session, token: str) -> SurveyInvite | None:
     return session.scalars(
         select(SurveyInvite).where(SurveyInvite.token_hash == domain.hash_token(token))
     ).first()
+
+
+def find_invite(token: str) -> SurveyInvite | None:
+    """The invitation of a link token, looked up once per request: the rate limiter's
+    per-EHR key (``plugin.ratelimit``) and the view share it."""
+    found: dict[str, SurveyInvite | None] = g.setdefault("survey_invites", {})
+    if token not in found:
+        found[token] = _find(get_db(), token)
+    return found[token]
 
 
 def _state(invite: SurveyInvite | None, now: dt.datetime) -> str:
@@ -198,9 +185,7 @@ def _form_page(
 
 @bp.get("/s/<token>")
 def show(token: str) -> Response:
-    if _rate_limited():
-        return _message("en", "busy", 429)
-    invite = _find(get_db(), token)
+    invite = find_invite(token)
     lang = _lang(invite.language if invite else None)
     state = _state(invite, utcnow())
     if state != "open" or invite is None:
@@ -210,11 +195,9 @@ def show(token: str) -> Response:
 
 @bp.post("/s/<token>")
 def answer(token: str) -> Response:
-    if _rate_limited():
-        return _message("en", "busy", 429)
     session = get_db()
     now = utcnow()
-    invite = _find(session, token)
+    invite = find_invite(token)
     lang = _lang(invite.language if invite else None)
     state = _state(invite, now)
     if state != "open" or invite is None:
