@@ -105,6 +105,12 @@ class ErrorBodySchema(Schema):
         data_key="fields",
         metadata={"description": "Only on 422: the messages per input field."},
     )
+    ehr_text = fields.String(
+        metadata={
+            "description": "Only when the EHR failed or refused: what the EHR said, one "
+            "line, control characters stripped; the EHR's words, not CareDesk's."
+        }
+    )
 
 
 class ErrorSchema(Schema):
