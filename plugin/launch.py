@@ -168,6 +168,12 @@ def _begin(row: EhrRegistration, *, launch: str | None) -> BaseResponse:
     verifier, _ = new_pkce()
     now = utcnow()
     _make_room(row.id, now)
+    if "openid" in scope.split() and conf.jwks_uri:
+        # While the user is at the EHR's authorize page, fetch the EHR's signing keys so
+        # the callback can verify the id_token without another round trip. Through a
+        # small bounded pool, never a thread per request: a flood of launches queues at
+        # most one fetch per EHR (the keys are cached after it).
+        _warmer().submit(conf.jwks_uri, warm_jwks, conf, http=ehr.clients().http(row.id))
     # A fresh secret at every launch: a cookie the browser brought (planted by someone
     # who hopes to learn the launch id) never binds the new launch.
     secret, cookie_value = _issue_secret()
@@ -186,12 +192,6 @@ def _begin(row: EhrRegistration, *, launch: str | None) -> BaseResponse:
     db = get_db()
     db.add(session)
     db.commit()
-    if "openid" in scope.split() and conf.jwks_uri:
-        # While the user is at the EHR's authorize page, fetch the EHR's signing keys so
-        # the callback can verify the id_token without another round trip. Through a
-        # small bounded pool, never a thread per request: a flood of launches queues at
-        # most one fetch per EHR (the keys are cached after it).
-        _warmer().submit(conf.jwks_uri, warm_jwks, conf, http=ehr.clients().http(row.id))
     auth = build_authorization_request(
         reg, conf, state=state, code_verifier=verifier, launch=launch, scope=scope
     )

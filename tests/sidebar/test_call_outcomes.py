@@ -71,6 +71,8 @@ def store(make_app, store_url):  # type: ignore[no-untyped-def]
                     status="active",
                     patient_ref=patient,
                     fhir_user="Practitioner/me",
+                    # As a callback stores it: the desk's grant reaches every patient.
+                    scope_granted="launch openid user/*.rs" if patient is None else None,
                     context={},
                 )
             )
