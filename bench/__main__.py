@@ -35,7 +35,7 @@ RESULTS = Path(__file__).resolve().parent / "results.json"
 
 
 def _suites() -> list[tuple[str, str, Callable[..., Outcome]]]:
-    from bench import fault_soak, job_throughput, launch, load, mapping, sweep
+    from bench import fault_soak, job_throughput, launch, load, mapping, survey_burst, sweep
 
     return [
         ("1", "1 launch", launch.run),
@@ -44,6 +44,7 @@ def _suites() -> list[tuple[str, str, Callable[..., Outcome]]]:
         ("4", "4 sweep", sweep.run),
         ("5", "5 load", load.run),
         ("6", "6 soak", fault_soak.run),
+        ("7", "7 survey burst", survey_burst.run),
     ]
 
 
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         nargs="+",
-        choices=["1", "2", "3", "4", "5", "6"],
+        choices=["1", "2", "3", "4", "5", "6", "7"],
         help="run only these benchmarks (by number)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON")

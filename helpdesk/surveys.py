@@ -114,12 +114,13 @@ def record_answer(
     *,
     now: dt.datetime,
     sla: Mapping[str, float] = DEFAULT_SLA_HOURS,
-) -> tuple[SurveyResponse, list[int]]:
+) -> tuple[SurveyResponse, list[CareTask]]:
     """Store the answer, open service recovery if needed, queue the write-back.
 
-    Returns the response and the ids of the CareTasks to dispatch after the caller's
-    commit. Single use is enforced by one conditional UPDATE, so two simultaneous POSTs
-    of the same link record one answer.
+    Returns the response and the CareTasks whose jobs to enqueue after the caller's
+    commit (``jobs.outbox.prepare`` before it, ``enqueue`` after). Single use is enforced
+    by one conditional UPDATE, so two simultaneous POSTs of the same link record one
+    answer.
     """
     claimed = session.execute(
         update(SurveyInvite)
@@ -144,7 +145,7 @@ def record_answer(
     )
     session.add(response)
     session.flush()
-    task_ids: list[int] = []
+    tasks: list[CareTask] = []
     reg = session.get(EhrRegistration, invite.registration_id)
     blocker = writeback_blocker(reg) if reg is not None else "The EHR is no longer registered."
     if blocker:
@@ -158,13 +159,14 @@ def record_answer(
             patient_ref=invite.patient_ref,
             payload={"response_id": response.id},
             dedupe_key=writeback_key(response.id),
+            new_key=True,  # the response was made just now
         )
         if task is not None:
-            session.flush()  # the id is what gets dispatched
-            task_ids.append(task.id)
+            tasks.append(task)
     if mapper.needs_recovery(answers.csat, answers.nps):
-        task_ids.extend(_open_recovery(session, invite, response, sla))
-    return response, task_ids
+        tasks.extend(_open_recovery(session, invite, response, sla))
+    session.flush()  # the ids are what the jobs carry
+    return response, tasks
 
 
 def _open_recovery(
@@ -172,7 +174,7 @@ def _open_recovery(
     invite: SurveyInvite,
     response: SurveyResponse,
     sla: Mapping[str, float],
-) -> list[int]:
+) -> list[CareTask]:
     scores = []
     if response.csat is not None:
         scores.append(f"CSAT {response.csat}/5")
@@ -216,11 +218,9 @@ def _open_recovery(
         },
         dedupe_key=f"survey-recovery:{response.id}",
         created_by="survey",
+        new_key=True,
     )
-    if task is None:
-        return []
-    session.flush()
-    return [task.id]
+    return [] if task is None else [task]
 
 
 # --- the Questionnaire and the QuestionnaireResponse --------------------------------------

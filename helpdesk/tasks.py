@@ -87,14 +87,17 @@ def new_task(
     max_attempts: int = 5,
     assignee: str | None = None,
     queue: str | None = None,
+    new_key: bool = False,
 ) -> CareTask | None:
     """Add a task row (the caller commits, then calls ``jobs.outbox.dispatch``).
 
     Returns None when ``dedupe_key`` exists already: a reminder or an invitation is never
     made twice. The unique index makes that true across processes too (the loser of a race
     gets IntegrityError at commit, which callers sweeping in bulk treat as "exists").
+    ``new_key=True`` skips the look-up for a key that cannot exist yet (it names a row
+    made in the same transaction); the unique index still guards it.
     """
-    if dedupe_key is not None:
+    if dedupe_key is not None and not new_key:
         found = session.scalar(select(CareTask.id).where(CareTask.dedupe_key == dedupe_key))
         if found is not None:
             return None

@@ -102,20 +102,31 @@ def dispatch(task_ids: Iterable[int], *, app: Flask | None = None) -> None:
     ids = list(task_ids)
     if not ids:
         return
-    now = utcnow()
+    with get_store(app).session() as session:
+        pending = prepare(session.scalars(select(CareTask).where(CareTask.id.in_(ids))), app=app)
+    enqueue(pending, app=app)
+
+
+def prepare(tasks: Iterable[CareTask], *, app: Flask) -> list[_Pending]:
+    """Write each task's job id (and queue) on its row, in the caller's transaction;
+    after the commit, ``enqueue`` the result. The same guarantees as ``dispatch``, one
+    transaction fewer for a caller that has just made the rows (a survey answer)."""
     pending: list[_Pending] = []
     default_queue = str(app.config.get("TASK_QUEUE") or "default")
-    with get_store(app).session() as session:
-        for task in session.scalars(select(CareTask).where(CareTask.id.in_(ids))):
-            if task.status not in ("queued", "scheduled"):
-                continue
-            task.job_id = job_id_for(task.id, task.attempts + 1)
-            task.queue = task.queue or default_queue
-            pending.append(
-                _Pending(
-                    task.id, task.job_id, task.queue, task.registration_id, task.due_at, task.kind
-                )
-            )
+    for task in tasks:
+        if task.status not in ("queued", "scheduled"):
+            continue
+        task.job_id = job_id_for(task.id, task.attempts + 1)
+        task.queue = task.queue or default_queue
+        pending.append(
+            _Pending(task.id, task.job_id, task.queue, task.registration_id, task.due_at, task.kind)
+        )
+    return pending
+
+
+def enqueue(pending: Iterable[_Pending], *, app: Flask) -> None:
+    """Enqueue prepared jobs (after the rows and their job ids are committed)."""
+    now = utcnow()
     for item in pending:
         try:
             _enqueue(app, item, now)

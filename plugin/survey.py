@@ -217,14 +217,18 @@ def answer(token: str) -> Response:
             for k, v in exc.errors.items()
         }
         return _form_page(invite, lang, values=values, errors=errors, status=422)
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
     try:
-        response, task_ids = domain.record_answer(
-            session, invite, answers, now=now, sla=sla_hours(current_app.config)
+        response, tasks = domain.record_answer(
+            session, invite, answers, now=now, sla=sla_hours(app.config)
         )
+        # The job ids go on the rows in the answer's own transaction: one commit, then
+        # the enqueue (a burst of answers is mostly round trips to the store).
+        pending = outbox.prepare(tasks, app=app)
         session.commit()
     except domain.NotAnswerable:
         session.rollback()
         return _message(lang, "done", 200)
     log.info("survey answered: invite %s, response %s", invite.id, response.id)
-    outbox.dispatch(task_ids, app=current_app._get_current_object())  # type: ignore[attr-defined]
+    outbox.enqueue(pending, app=app)
     return _message(lang, "thanks", 200)
