@@ -36,7 +36,7 @@ typecheck: $(INSTALLED) ## mypy --strict on every product package
 pytest: $(INSTALLED)
 	$(BIN)/pytest -v --cov --cov-report=term $(PYTEST_ARGS)
 
-services: ## Make sure PostgreSQL and Redis answer (start them if installed but stopped)
+services: ## Make sure PostgreSQL, Redis and the test IMAP server (dovecot) answer; start them if needed
 	@bash scripts/ensure-services.sh
 
 browser: ## Make sure Debian's Chromium is installed for the browser tests

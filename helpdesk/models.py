@@ -26,6 +26,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -291,6 +292,11 @@ class OutboundMessage(Base):
     # sent | failed
     status: Mapped[str] = mapped_column(String(16), default="sent")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The conversation it belongs to (a staff reply, or a sweep's message the patient
+    # answered): the ticket page shows it in the thread.
+    thread_id: Mapped[int | None] = mapped_column(ForeignKey("message_thread.id"))
+    # Who wrote it when a person did (a staff reply); None for CareDesk's own messages.
+    author: Mapped[str | None] = mapped_column(String(1024))
 
 
 class SurveyInvite(TimestampMixin, Base):
@@ -361,3 +367,119 @@ class AuditEvent(Base):
     outcome: Mapped[str] = mapped_column(String(16), default="success")
     request_id: Mapped[str | None] = mapped_column(String(64))
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class MessageThread(Base):
+    """A ticket's conversation with the patient, across SMS, WhatsApp and email.
+
+    ``token`` goes in the subject of every email CareDesk sends on the thread
+    (``[CD-<token>]``), so a reply finds its ticket even when the patient's mail program
+    drops ``In-Reply-To``.
+    """
+
+    __tablename__ = "message_thread"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    registration_id: Mapped[int] = mapped_column(ForeignKey("ehr_registration.id"))
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("ticket.id"), unique=True)
+    token: Mapped[str] = mapped_column(String(16), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_message_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class InboundMessage(Base):
+    """A message a patient (or anyone) sent the clinic: committed before anything else
+    happens to it, once per provider message id (providers retry deliveries).
+
+    Sender, text and attachment names are patient data, so encrypted; ``sender_key`` is
+    an HMAC of the normalised address (E.164 or lower-case email) for look-ups without
+    decrypting. ``status``: received | processed | unmatched | ignored.
+    """
+
+    __tablename__ = "inbound_message"
+    __table_args__ = (
+        UniqueConstraint("provider", "provider_id", name="uq_inbound_message_provider_id"),
+        Index("ix_inbound_message_reg_status", "registration_id", "status"),
+        Index("ix_inbound_message_thread", "thread_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    registration_id: Mapped[int] = mapped_column(ForeignKey("ehr_registration.id"))
+    # sms | whatsapp | email
+    channel: Mapped[str] = mapped_column(String(16))
+    # twilio | imap
+    provider: Mapped[str] = mapped_column(String(16))
+    provider_id: Mapped[str] = mapped_column(String(300))
+    sender_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    sender_key: Mapped[str] = mapped_column(String(64), index=True)
+    subject_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
+    body_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    # Attachment names, types and sizes (never their bodies), as encrypted JSON.
+    attachments_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
+    attachment_count: Mapped[int] = mapped_column(Integer, default=0)
+    # Email threading headers: message ids, not patient data.
+    message_id_header: Mapped[str | None] = mapped_column(String(998), index=True)
+    in_reply_to: Mapped[list[Any]] = mapped_column(default=list)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    status: Mapped[str] = mapped_column(String(16), default="received")
+    # stop | start | help | confirm | reschedule | message
+    intent: Mapped[str | None] = mapped_column(String(16))
+    patient_ref: Mapped[str | None] = mapped_column(String(300))
+    # unique | several | none | thread | staff: how the sender was matched
+    match: Mapped[str | None] = mapped_column(String(16))
+    # The patients the sender's address matched (several: staff pick one of them).
+    candidates: Mapped[list[Any]] = mapped_column(default=list)
+    thread_id: Mapped[int | None] = mapped_column(ForeignKey("message_thread.id"))
+    appointment_ref: Mapped[str | None] = mapped_column(String(300))
+    # What came of it, in words staff read ("Appointment confirmed in the EHR."), and as a
+    # code the board and sidebar read: confirmed-in-ehr | confirmed-staff-task |
+    # reschedule-ticket | ticket | opted-out | opted-in | help | unmatched.
+    outcome: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[str | None] = mapped_column(String(24))
+    processed_at: Mapped[datetime | None]
+    resolved_by: Mapped[str | None] = mapped_column(String(1024))
+
+
+class ContactOptOut(Base):
+    """A STOP: CareDesk sends nothing on ``channel`` to this address, nor to this patient
+    on this channel, until START (``lifted_at``). Every sender goes through
+    ``jobs.context.JobContext.send``, which consults these rows."""
+
+    __tablename__ = "contact_opt_out"
+    __table_args__ = (
+        Index("ix_contact_opt_out_lookup", "registration_id", "channel", "address_key"),
+        Index("ix_contact_opt_out_patient", "registration_id", "patient_ref"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    registration_id: Mapped[int] = mapped_column(ForeignKey("ehr_registration.id"))
+    # sms | whatsapp | email
+    channel: Mapped[str] = mapped_column(String(16))
+    address_key: Mapped[str] = mapped_column(String(64))
+    patient_ref: Mapped[str | None] = mapped_column(String(300))
+    keyword: Mapped[str] = mapped_column(String(32))
+    opted_out_at: Mapped[datetime] = mapped_column(default=utcnow)
+    lifted_at: Mapped[datetime | None]
+    lifted_keyword: Mapped[str | None] = mapped_column(String(32))
+    message_id: Mapped[int | None] = mapped_column(ForeignKey("inbound_message.id"))
+
+
+class RuleRun(Base):
+    """One run of an automation rule on a ticket (routing, auto-acknowledge, escalation):
+    the ticket page lists them, so staff see why a ticket moved."""
+
+    __tablename__ = "rule_run"
+    __table_args__ = (
+        Index("ix_rule_run_ticket", "ticket_id"),
+        # An escalation or acknowledgement happens once per ticket; routing once too.
+        UniqueConstraint("ticket_id", "rule", name="uq_rule_run_ticket_rule"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("ticket.id", ondelete="CASCADE"))
+    rule: Mapped[str] = mapped_column(String(100))
+    # route | acknowledge | escalate
+    action: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    # What it did, in words ("assigned to billing-team").
+    outcome: Mapped[str] = mapped_column(Text)

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 
 from fhir_mappers.contact import blocked, current_telecoms, is_deceased, may_survey, reachable
 from fhir_mappers.fhirutil import get_str
-from helpdesk import duephrase
+from helpdesk import duephrase, messaging
 from helpdesk.access import patient_for, scope_of
 from helpdesk.audit import audit
 from helpdesk.errors import AppError, NotFound
@@ -228,7 +228,8 @@ def create_task(
     patient_ref = patient_for(launch, patient)
     if kind == "follow-up":
         channel = str(payload.get("channel") or "phone")
-        refuse_unreachable(patient_resource, channel, now=utcnow())
+        stopped = messaging.stopped_channels(db, launch.registration_id, patient_ref)
+        refuse_unreachable(patient_resource, channel, now=utcnow(), stopped=stopped)
     task = new_task(
         db,
         registration_id=launch.registration_id,
@@ -334,7 +335,10 @@ def _callable_number(patient: Mapping[str, Any], now: datetime) -> bool:
 
 
 def channel_options(
-    patient: Mapping[str, Any] | None, *, now: datetime
+    patient: Mapping[str, Any] | None,
+    *,
+    now: datetime,
+    stopped: Mapping[str, str] | None = None,
 ) -> tuple[ChannelOption, ...]:
     """Each follow-up channel, and why the patient cannot receive it when they cannot.
 
@@ -342,7 +346,11 @@ def channel_options(
     be ruled out, so every channel stays open; the follow-up job reads the Patient again
     when it sends, and a channel that turns out impossible fails for a lasting reason
     there (the sidebar then offers another channel).
+
+    ``stopped`` maps a channel the patient opted out of by replying STOP
+    (``helpdesk.messaging.stopped_channels``) to the reason in words.
     """
+    stopped = stopped or {}
     if patient is None:
         return tuple(ChannelOption(c, CHANNEL_WORDS[c], True, None) for c in FOLLOW_UP_CHANNELS)
     banned = blocked(patient)
@@ -359,6 +367,8 @@ def channel_options(
                 "sms": "The patient asked not to be texted.",
                 "email": "The patient asked not to be emailed.",
             }[channel]
+        elif channel in stopped:
+            reason = stopped[channel]
         elif channel == "phone" and not _callable_number(patient, now):
             reason = "No phone number on file."
         elif channel == "sms" and channel not in messaging:
@@ -369,10 +379,16 @@ def channel_options(
     return tuple(out)
 
 
-def refuse_unreachable(patient: Mapping[str, Any] | None, channel: str, *, now: datetime) -> None:
+def refuse_unreachable(
+    patient: Mapping[str, Any] | None,
+    channel: str,
+    *,
+    now: datetime,
+    stopped: Mapping[str, str] | None = None,
+) -> None:
     """Raise ChannelRefused when the patient cannot receive ``channel`` (the server's half
     of the disabled option: a form or API call that names it anyway is refused)."""
-    for option in channel_options(patient, now=now):
+    for option in channel_options(patient, now=now, stopped=stopped):
         if option.channel == channel:
             if not option.allowed:
                 raise ChannelRefused(f"{option.label} is not possible: {option.reason}")
@@ -561,7 +577,8 @@ def change_channel(
         raise ChannelRefused("Only a follow-up that could not be sent can change channel.")
     if channel == task.payload.get("channel"):
         raise ChannelRefused("Choose another channel: this one failed already.")
-    refuse_unreachable(patient, channel, now=now)
+    stopped = messaging.stopped_channels(db, launch.registration_id, str(task.patient_ref))
+    refuse_unreachable(patient, channel, now=now, stopped=stopped)
     task.payload = {**task.payload, "channel": channel}
     task.status = "queued"
     task.due_at = now

@@ -10,14 +10,17 @@ from flask import Flask
 from sqlalchemy import select
 from sqlalchemy.orm import Session, joinedload
 
-from helpdesk import ehr
+from fhir_mappers.contact import blocked
+from helpdesk import ehr, messaging
 from helpdesk.crypto import get_vault
 from helpdesk.models import CareTask, EhrRegistration, LaunchSession, OutboundMessage
 from jobs import contact
+from jobs.contact import Reachable
 from jobs.outbound import (
     Adapter,
     Message,
     NoReachableChannel,
+    OptedOut,
     OutboundError,
     OutboundResult,
     languages_of,
@@ -114,7 +117,7 @@ class JobContext:
                 username=cfg.get("SMTP_USERNAME"),
                 password=cfg.get("SMTP_PASSWORD"),
             )
-        if channel == "sms" and cfg.get("OUTBOUND_SMS") == "twilio":
+        if channel in messaging.TEXT_CHANNELS and cfg.get("OUTBOUND_SMS") == "twilio":
             from jobs.outbound.twilio import TwilioAdapter
 
             if not cfg.get("SMS_ACCOUNT_SID") or not cfg.get("SMS_AUTH_TOKEN"):
@@ -135,8 +138,18 @@ class JobContext:
         template: str,
         language: str | None,
         params: dict[str, Any],
+        to: str | None = None,
+        thread_id: int | None = None,
+        author: str | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
     ) -> OutboundResult:
         """Send ``template`` to the patient on ``channel`` (or their best reachable one).
+
+        Every message CareDesk sends to a patient comes through here — reminders, surveys,
+        follow-ups, outreach, staff replies, HELP answers — so the checks live here once:
+        the EHR's contact restrictions, a STOP the patient sent (``ContactOptOut``), and a
+        phone number that must read as E.164. ``to`` sends to the address the patient wrote
+        from (a reply on their channel) instead of the EHR's; the same checks apply.
 
         Never twice for one task and template: a retry after a send finds the first
         message and returns it.
@@ -160,21 +173,16 @@ class JobContext:
                 mask(vault.decrypt(previous.to_enc)),
                 already_sent=True,
             )
-        options = contact.reachable(patient, now=self.now, requested=channel)
-        if not options:
-            what = f"by {channel}" if channel else "by SMS or email"
-            raise NoReachableChannel(
-                f"The patient cannot be reached {what} (nothing on file, or they asked "
-                "not to be contacted that way)."
-            )
-        target = options[0]
+        target = self._target(patient, channel, to)
         available = languages_of(template)
         lang = language if language in available else contact.language(patient, available)
         full = {"name": _first_name(patient), "clinic": self.app.config["CLINIC_NAME"]}
         full.update(params)
         subject, body = render(template, lang, full)
         adapter = self.adapter_for(target.channel)
-        message = Message(target.channel, target.address, subject, body, template, lang)
+        message = Message(
+            target.channel, target.address, subject, body, template, lang, headers=headers
+        )
         provider_id = adapter.send(message)
         row = OutboundMessage(
             task_id=self.task.id,
@@ -189,6 +197,8 @@ class JobContext:
             body_enc=vault.encrypt(body),
             provider_id=provider_id,
             status="sent",
+            thread_id=thread_id,
+            author=author,
         )
         self.session.add(row)
         # Committed at once: the message is out, and a retry must know that.
@@ -201,6 +211,54 @@ class JobContext:
             row.id,
             provider_id,
             mask(target.address),
+        )
+
+    def _target(self, patient: dict[str, Any], channel: str | None, to: str | None) -> Reachable:
+        """The first channel and address the patient may be sent to, or NoReachableChannel
+        (OptedOut when a STOP is what is in the way) with the reason in words."""
+        if to is not None:
+            if channel is None:
+                raise ValueError("a message to a given address needs its channel")
+            # fhir_mappers' one reading of the EHR's restrictions (and of a death); "do
+            # not text" covers WhatsApp as well as SMS.
+            kind = "sms" if channel in messaging.TEXT_CHANNELS else channel
+            if kind in blocked(patient):
+                raise NoReachableChannel(
+                    f"The patient's record in the EHR says not to contact them by {kind}."
+                )
+            options = [Reachable(channel, to)]
+        else:
+            options = contact.reachable(patient, now=self.now, requested=channel)
+        if not options:
+            what = f"by {channel}" if channel else "by SMS or email"
+            raise NoReachableChannel(
+                f"The patient cannot be reached {what} (nothing on file, or they asked "
+                "not to be contacted that way)."
+            )
+        region = messaging.phone_region(self.app)
+        stopped: list[str] = []
+        unreadable = 0
+        for option in options:
+            address = messaging.normalise_address(option.channel, option.address, region)
+            if address is None:
+                unreadable += 1
+                continue
+            standing = messaging.opt_out_for(
+                self.session,
+                registration_id=self.task.registration_id,
+                channel=option.channel,
+                address_key_=messaging.address_key(address, self.app),
+                patient_ref=self.task.patient_ref,
+            )
+            if standing is not None:
+                stopped.append(messaging.opt_out_reason(standing))
+                continue
+            return Reachable(option.channel, address)
+        if stopped:
+            raise OptedOut(" ".join(dict.fromkeys(stopped)))
+        raise NoReachableChannel(
+            f"The patient's {'address' if unreadable == 1 else 'addresses'} on file cannot "
+            "be read as a phone number or email address."
         )
 
 

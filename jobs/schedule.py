@@ -16,7 +16,16 @@ def build_cron(app: Flask) -> CronScheduler:
     state = get_queue_state(app)
     queue = str(app.config.get("TASK_QUEUE") or "default")
     cron = CronScheduler(connection=state.connection, name="caredesk-cron")
-    from jobs import maintenance, outbox, referral, reminders, survey_sweep
+    from jobs import (
+        inbound,
+        mailbox,
+        maintenance,
+        outbox,
+        outreach,
+        referral,
+        reminders,
+        survey_sweep,
+    )
 
     cron.register(
         reminders.sweep_reminders_job,
@@ -43,4 +52,25 @@ def build_cron(app: Flask) -> CronScheduler:
         name="survey-sweep",
     )
     cron.register(maintenance.prune_launches_job, queue, interval=3600, name="launch-prune")
+    cron.register(
+        outreach.sweep_outreach_job,
+        queue,
+        interval=int(app.config["OUTREACH_SWEEP_SECONDS"]),
+        job_timeout=1800,
+        name="insurance-outreach",
+    )
+    cron.register(
+        inbound.escalate_overdue_job,
+        queue,
+        interval=int(app.config["ESCALATION_SWEEP_SECONDS"]),
+        name="ticket-escalation",
+    )
+    if app.config.get("IMAP_HOST"):
+        cron.register(
+            mailbox.poll_job,
+            queue,
+            interval=int(app.config["IMAP_POLL_SECONDS"]),
+            job_timeout=600,
+            name="imap-poll",
+        )
     return cron

@@ -286,7 +286,7 @@ def _send_waiting(task: CareTask, ctx: Any, invite_id: str) -> None:
 
 
 def _deliver(invite: SurveyInvite, task: CareTask, ctx: Any, patient: dict[str, Any]) -> None:
-    from jobs.outbound import NoReachableChannel
+    from jobs.outbound import NoReachableChannel, OptedOut
 
     app: Flask = ctx.app
     now: dt.datetime = ctx.now
@@ -313,11 +313,13 @@ def _deliver(invite: SurveyInvite, task: CareTask, ctx: Any, patient: dict[str, 
             language=invite.language,
             params=params,
         )
-    except NoReachableChannel:
+    except NoReachableChannel as exc:
         invite.token_hash = None
         invite.sent_at = None
         invite.expires_at = None
-        _skip(invite, task, "unreachable")
+        # A STOP the patient texted is an opt-out like the EHR's no-survey restriction.
+        _skip(invite, task, "opted-out" if isinstance(exc, OptedOut) else "unreachable")
+        task.status_note = f"survey not sent: {exc}"
         return
     invite.channel = result.channel
     task.fhir_refs = {**(task.fhir_refs or {}), "survey_invite": invite.id}

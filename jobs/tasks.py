@@ -81,7 +81,15 @@ def handler(kind: str, *, on_final_failure: FailureHook | None = None) -> Callab
 
 # Modules whose import registers handlers. Other parts (surveys) add theirs here or list
 # them in the ``JOB_HANDLER_MODULES`` config value (comma-separated).
-HANDLER_MODULES: list[str] = ["jobs.followup", "jobs.referral", "jobs.reminders", "jobs.survey"]
+HANDLER_MODULES: list[str] = [
+    "jobs.followup",
+    "jobs.referral",
+    "jobs.reminders",
+    "jobs.survey",
+    "jobs.inbound",
+    "jobs.outreach",
+    "jobs.replies",
+]
 
 
 def load_handlers() -> None:

@@ -63,6 +63,7 @@ def register_blueprints(app: Flask) -> None:
         home,
         jobs_admin,
         launch,
+        messages,
         openapi,
         reports,
         sidebar,
@@ -83,6 +84,8 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(survey.bp)  # /s/<token>; importing it registers the survey jobs
     app.register_blueprint(reports.bp)  # /reports/csat
     app.register_blueprint(jobs_admin.bp)  # /l/<launch_id>/tasks/<id>/retry, /jobs, /worklist
+    app.register_blueprint(messages.inbound_bp)  # /inbound/sms/<slug> (public, signed)
+    app.register_blueprint(messages.bp)  # unmatched queue, replies, automation rules
 
 
 def register_limits(app: Flask) -> None:

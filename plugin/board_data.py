@@ -26,6 +26,7 @@ from fhir_mappers.board import board_rows, coverages_by_patient, patient_of, sor
 from fhir_mappers.contact import reachable
 from fhir_mappers.fhirutil import resource_id, resource_type
 from fhir_mappers.patient import to_contact
+from helpdesk import messaging
 from helpdesk.access import OtherPatient, scope_of
 from helpdesk.db import get_db
 from helpdesk.models import CareTask, LaunchSession, Ticket
@@ -167,11 +168,8 @@ def fetch_board(
         coverages = dict(coverages_by_patient(coverage_resources))
         coverages.update(dict.fromkeys(coverage_failed))
 
-    store = _store_flags(
-        launch,
-        patient_refs,
-        [f"Appointment/{rid}" for a in appointments if (rid := resource_id(a))],
-    )
+    appointment_refs = [f"Appointment/{rid}" for a in appointments if (rid := resource_id(a))]
+    store = _store_flags(launch, patient_refs, appointment_refs)
     rows = board_rows(
         appointments=appointments,
         included=included,
@@ -190,6 +188,8 @@ def fetch_board(
     # reminders need beside the mapper's row (MRN, phone, a channel a message may use).
     contacts = {ref: to_contact(resource, now=now) for ref, resource in patients.items()}
     messageable = {ref: bool(reachable(resource, now=now)) for ref, resource in patients.items()}
+    # The patient's answer to a reminder (helpdesk.messaging): "confirmed by text".
+    replies = messaging.appointment_replies(get_db(), launch.registration_id, appointment_refs)
     out_rows = []
     for row in rows:
         data = row.to_json()
@@ -201,6 +201,7 @@ def fetch_board(
             mrn=contact.mrn if contact else None,
             phone=contact.phones[0].value if contact and contact.phones else None,
             reachable=messageable.get(row.patient_ref or "", False),
+            patient_reply=replies.get(f"Appointment/{row.appointment_id}"),
         )
         out_rows.append(data)
     return {

@@ -227,6 +227,7 @@ def _demo_secret(instance: Path) -> str:
 # Command groups defined in their own modules attach themselves to `cli` on import.
 from plugin import ehr_cli as _ehr_cli  # noqa: E402,F401
 from plugin import jobs_cli as _jobs_cli  # noqa: E402,F401
+from plugin import messages_cli as _messages_cli  # noqa: E402,F401
 from plugin import survey_cli as _survey_cli  # noqa: E402,F401
 
 if __name__ == "__main__":  # pragma: no cover

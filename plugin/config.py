@@ -229,6 +229,85 @@ SETTINGS: tuple[Setting, ...] = (
         "QuestionnaireResponse.identifier.system; the value is the invitation id, so "
         "write-back retries find the response they already created.",
     ),
+    # --- two-way messaging ---
+    Setting(
+        "PHONE_REGION",
+        "US",
+        "Region (ISO 3166 code) for phone numbers written without a country code: every "
+        "number is made E.164 with it before a text is sent or a sender is matched.",
+    ),
+    Setting(
+        "CLINIC_PHONE",
+        None,
+        "The clinic's phone number, given in the answer to HELP.",
+    ),
+    Setting(
+        "CLINIC_HOURS",
+        "Mon-Fri 08:00-17:00",
+        "Opening hours in `VIEWER_TIMEZONE` (`Mon-Fri 08:00-17:00; Sat 09:00-12:00`): "
+        "messages outside them are acknowledged; the HELP answer names them. The "
+        "automation rule file's `clinic_hours` wins over this.",
+    ),
+    Setting(
+        "INBOUND_TICKET_WINDOW_DAYS",
+        7,
+        "A patient's message joins their open ticket whose conversation moved within this "
+        "many days; otherwise it opens a new ticket.",
+    ),
+    Setting(
+        "INBOUND_CATEGORY",
+        "clinical-question",
+        "Category of a ticket a patient's message opens when it answers none of CareDesk's "
+        "messages (the shortest SLA: an unread message may be clinical).",
+    ),
+    Setting(
+        "INBOUND_RATE_PER_MINUTE",
+        120,
+        "Messaging webhook requests allowed per client address per minute (signed or not).",
+    ),
+    Setting(
+        "INBOUND_RATE_PER_EHR",
+        600,
+        "Messaging webhook requests allowed per EHR registration per minute.",
+    ),
+    Setting(
+        "STAFF_TASK_GROUP",
+        "front-desk",
+        "Work-list group for what a person must do in the EHR (a confirmation the EHR would "
+        "not take) and for escalations of unassigned tickets.",
+    ),
+    Setting(
+        "AUTOMATION_RULES",
+        None,
+        "Automation rules: a JSON file's path (or the JSON). Default: the rules shipped in "
+        "`helpdesk/data/automation-rules.json`. Shown read-only at `/l/<launch>/automation`.",
+    ),
+    Setting("ESCALATION_SWEEP_SECONDS", 300, "How often overdue tickets are escalated."),
+    Setting(
+        "OUTREACH_COVERAGE_DAYS",
+        30,
+        "Insurance outreach messages patients whose coverage ends within this many days "
+        "(once per coverage period).",
+    ),
+    Setting("OUTREACH_SWEEP_SECONDS", 86400, "How often the insurance outreach sweep runs."),
+    Setting(
+        "IMAP_HOST",
+        None,
+        "Mailbox server patients' emails are read from (IMAP). Unset: no email intake.",
+    ),
+    Setting("IMAP_PORT", 993, "IMAP port (993 with TLS, 143 without)."),
+    Setting("IMAP_SSL", True, "Connect with TLS (IMAPS); false: plain IMAP (loopback tests only)."),
+    Setting("IMAP_USERNAME", None, "IMAP login."),
+    Setting("IMAP_PASSWORD", None, "IMAP password."),
+    Setting("IMAP_MAILBOX", "INBOX", "Folder the poller reads."),
+    Setting(
+        "IMAP_REGISTRATION",
+        None,
+        "Slug of the EHR registration whose patients write to this mailbox. Default: the "
+        "only registration (several: required).",
+    ),
+    Setting("IMAP_POLL_SECONDS", 60, "How often the cron polls the mailbox."),
+    Setting("IMAP_BATCH", 50, "Most messages taken per poll."),
     Setting(
         "INSTANCE",
         None,

@@ -30,7 +30,7 @@ from sqlalchemy import select
 from fhir_mappers.bundle import search_entries
 from fhir_mappers.fhirutil import human_name
 from fhir_mappers.names import unresolved_references
-from helpdesk import ehr
+from helpdesk import ehr, messaging
 from helpdesk.access import scope_of
 from helpdesk.db import get_db
 from helpdesk.models import CallAttempt, CareTask, LaunchSession, SurveyInvite, Ticket
@@ -90,6 +90,7 @@ def viewer_tz() -> str:
 
 
 def _client(launch: LaunchSession) -> FhirClient:
+    """A FHIR client on behalf of the launch's user (what the EHR lets them see)."""
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     return ehr.fhir_client(app, launch.registration, launch=launch, as_user=True)
 
@@ -437,6 +438,17 @@ def fetch_context(
     context["missing_scopes"] = (launch.context or {}).get("missing_scopes") or []
     context["patient_ref"] = patient_ref
     context["survey_invites"] = survey_invites(launch, patient_ref)
+    # Two-way messaging (helpdesk.messaging): the patient's STOPs and reminder answers.
+    context["messaging"] = messaging.summary(
+        db,
+        launch.registration_id,
+        patient_ref,
+        [
+            f"Appointment/{v['appointment_id']}"
+            for v in context.get("visits") or []
+            if v.get("appointment_id")
+        ],
+    )
     return context
 
 

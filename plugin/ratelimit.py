@@ -11,6 +11,8 @@ What is limited, and why:
 
 - ``/launch``, ``/start``, ``/callback``: each stores a pending launch or spends one, and
   fetches from the EHR; unauthenticated by nature.
+- ``/inbound/sms/<slug>``: the messaging webhook stores a row and queues a job per call
+  (after its signature is checked, but counted before).
 - launch-id lookups (every ``/l/<id>/...``, ``/api/l/<id>/...`` and ``/reports?launch=``
   route): a request whose launch id is unknown, or not this browser's, counts against
   the address (guessing ids); all requests count against the launch's registration.
@@ -111,6 +113,11 @@ def _survey_registration() -> str:
     return f"ehr:{invite.registration_id}" if invite is not None else "ehr:unknown"
 
 
+def _inbound_registration() -> str:
+    slug = str((request.view_args or {}).get("slug", ""))[:64]
+    return f"inbound:{hashlib.sha256(slug.encode()).hexdigest()[:24]}"
+
+
 def _session_missed(response: Response) -> bool:
     """Deduct a launch-id lookup from the address only when it found no session of this
     browser: guesses are slowed, a clinician's busy sidebar is not."""
@@ -171,6 +178,12 @@ def init_app(app: Flask) -> None:
     limiter.shared_limit(
         _per_minute("SURVEY_RATE_PER_EHR"), scope="survey-ehr", key_func=_survey_registration
     )(survey_bp)
+
+    # The messaging webhook: anyone can call it (the signature is checked after the
+    # count), so per address, and per registration for a flood spread over addresses.
+    inbound_bp = _blueprint(app, "inbound")
+    limiter.limit(_per_minute("INBOUND_RATE_PER_MINUTE"))(inbound_bp)
+    limiter.limit(_per_minute("INBOUND_RATE_PER_EHR"), key_func=_inbound_registration)(inbound_bp)
 
     @app.before_request
     def _warn_about_a_proxy() -> None:

@@ -32,7 +32,7 @@ from flask import (
 from marshmallow import ValidationError
 from werkzeug.wrappers import Response as BaseResponse
 
-from helpdesk import duephrase, ehr
+from helpdesk import duephrase, ehr, messaging
 from helpdesk import tasks as task_svc
 from helpdesk.access import NoPatient, OtherPatient, scope_of
 from helpdesk.audit import audit
@@ -250,7 +250,11 @@ def _model(
         and (launch.context or {}).get("need_patient_banner") is False,
         "from_board": from_board,
         "has_style": bool((launch.context or {}).get("smart_style_url")),
-        "channels": task_svc.channel_options(patient_res, now=now)
+        "channels": task_svc.channel_options(
+            patient_res,
+            now=now,
+            stopped=messaging.stopped_channels(get_db(), launch.registration_id, patient_ref, tz),
+        )
         if (patient_res is not None or parts.patient.done())
         else None,
         "quick": duephrase.quick_choices(now=now, tz=tz),

@@ -37,3 +37,7 @@ if ! redis_up; then
   fi
 fi
 echo "services: PostgreSQL and Redis answer on 127.0.0.1" >&2
+
+# The email tests' mailbox: a throwaway dovecot instance (installed with apt-get when
+# missing and root, like Chromium).
+bash "$(dirname "$0")/ensure-dovecot.sh" || exit 1

@@ -33,14 +33,20 @@ class NoReachableChannel(OutboundError):
     """The patient has no channel that fits (none on file, or restricted)."""
 
 
+class OptedOut(NoReachableChannel):
+    """The patient replied STOP on the only channel(s) that fit: nothing is sent."""
+
+
 @dataclass(frozen=True)
 class Message:
-    channel: str  # sms | email
+    channel: str  # sms | whatsapp | email
     to: str
     subject: str | None
     body: str
     template: str
     language: str
+    # Email threading (In-Reply-To, References) for a reply in a conversation.
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

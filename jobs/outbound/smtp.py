@@ -34,6 +34,8 @@ class SmtpAdapter:
         email["Subject"] = message.subject or "CareDesk"
         msg_id = make_msgid(domain=self.sender.rpartition("@")[2] or None)
         email["Message-ID"] = msg_id
+        for name, value in message.headers:
+            email[name] = value
         email.set_content(message.body)
         try:
             with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:

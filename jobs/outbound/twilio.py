@@ -37,7 +37,11 @@ class TwilioAdapter:
         self.timeout = timeout
 
     def send(self, message: Message) -> str | None:
-        form = {"To": message.to, "From": self.sender, "Body": message.body}
+        to, sender = message.to, self.sender
+        if message.channel == "whatsapp":
+            # Twilio addresses WhatsApp as "whatsapp:+E164" on both ends.
+            to, sender = f"whatsapp:{to}", f"whatsapp:{sender}"
+        form = {"To": to, "From": sender, "Body": message.body}
         try:
             post = self.session.post if self.session is not None else requests.post
             resp = post(self.url, data=form, auth=self.auth, timeout=self.timeout)

@@ -45,7 +45,8 @@ def test_sms_follow_up_goes_on_the_work_list_and_texts_the_patient(job_app, sand
     [(channel, language, to, body)] = _messages(job_app, task_id)
     # pat-002 prefers Spanish and has a mobile phone ranked first.
     assert channel == "sms" and language == "es"
-    assert to.startswith("+1 ")
+    # E.164 (PHONE_REGION), whatever way the EHR wrote the number ("+1 312-555-0120").
+    assert to == "+13125550120"
     assert "resultados de laboratorio" in body and body.startswith("Hola ")
     with get_store(job_app).session() as session:
         attempts = session.scalars(select(TaskAttempt).where(TaskAttempt.task_id == task_id)).all()

@@ -213,32 +213,6 @@ def upgrade() -> None:
         batch_op.create_index("ix_call_attempt_task", ["task_id", "attempt"], unique=False)
 
     op.create_table(
-        "outbound_message",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("task_id", sa.Integer(), nullable=True),
-        sa.Column("registration_id", sa.Integer(), nullable=True),
-        sa.Column("patient_ref", sa.String(length=300), nullable=True),
-        sa.Column("channel", sa.String(length=16), nullable=False),
-        sa.Column("adapter", sa.String(length=16), nullable=False),
-        sa.Column("template", sa.String(length=64), nullable=False),
-        sa.Column("language", sa.String(length=16), nullable=False),
-        sa.Column("to_enc", sa.LargeBinary(), nullable=False),
-        sa.Column("subject_enc", sa.LargeBinary(), nullable=True),
-        sa.Column("body_enc", sa.LargeBinary(), nullable=False),
-        sa.Column("provider_id", sa.String(length=128), nullable=True),
-        sa.Column("status", sa.String(length=16), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["registration_id"],
-            ["ehr_registration.id"],
-        ),
-        sa.ForeignKeyConstraint(["task_id"], ["care_task.id"], ondelete="SET NULL"),
-        sa.PrimaryKeyConstraint("id"),
-    )
-    with op.batch_alter_table("outbound_message", schema=None) as batch_op:
-        batch_op.create_index("ix_outbound_message_task", ["task_id"], unique=False)
-
-    op.create_table(
         "task_attempt",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("task_id", sa.Integer(), nullable=False),
@@ -289,6 +263,41 @@ def upgrade() -> None:
         )
 
     op.create_table(
+        "message_thread",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("registration_id", sa.Integer(), nullable=False),
+        sa.Column("ticket_id", sa.Integer(), nullable=False),
+        sa.Column("token", sa.String(length=16), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("last_message_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["registration_id"],
+            ["ehr_registration.id"],
+        ),
+        sa.ForeignKeyConstraint(
+            ["ticket_id"],
+            ["ticket.id"],
+        ),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("ticket_id"),
+        sa.UniqueConstraint("token"),
+    )
+    op.create_table(
+        "rule_run",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("ticket_id", sa.Integer(), nullable=False),
+        sa.Column("rule", sa.String(length=100), nullable=False),
+        sa.Column("action", sa.String(length=16), nullable=False),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("outcome", sa.Text(), nullable=False),
+        sa.ForeignKeyConstraint(["ticket_id"], ["ticket.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("ticket_id", "rule", name="uq_rule_run_ticket_rule"),
+    )
+    with op.batch_alter_table("rule_run", schema=None) as batch_op:
+        batch_op.create_index("ix_rule_run_ticket", ["ticket_id"], unique=False)
+
+    op.create_table(
         "ticket_note",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("ticket_id", sa.Integer(), nullable=False),
@@ -303,12 +312,145 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id"),
     )
+    op.create_table(
+        "inbound_message",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("registration_id", sa.Integer(), nullable=False),
+        sa.Column("channel", sa.String(length=16), nullable=False),
+        sa.Column("provider", sa.String(length=16), nullable=False),
+        sa.Column("provider_id", sa.String(length=300), nullable=False),
+        sa.Column("sender_enc", sa.LargeBinary(), nullable=False),
+        sa.Column("sender_key", sa.String(length=64), nullable=False),
+        sa.Column("subject_enc", sa.LargeBinary(), nullable=True),
+        sa.Column("body_enc", sa.LargeBinary(), nullable=False),
+        sa.Column("attachments_enc", sa.LargeBinary(), nullable=True),
+        sa.Column("attachment_count", sa.Integer(), nullable=False),
+        sa.Column("message_id_header", sa.String(length=998), nullable=True),
+        sa.Column("in_reply_to", sa.JSON(), nullable=False),
+        sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("intent", sa.String(length=16), nullable=True),
+        sa.Column("patient_ref", sa.String(length=300), nullable=True),
+        sa.Column("match", sa.String(length=16), nullable=True),
+        sa.Column("candidates", sa.JSON(), nullable=False),
+        sa.Column("thread_id", sa.Integer(), nullable=True),
+        sa.Column("appointment_ref", sa.String(length=300), nullable=True),
+        sa.Column("outcome", sa.Text(), nullable=True),
+        sa.Column("result", sa.String(length=24), nullable=True),
+        sa.Column("processed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("resolved_by", sa.String(length=1024), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["registration_id"],
+            ["ehr_registration.id"],
+        ),
+        sa.ForeignKeyConstraint(
+            ["thread_id"],
+            ["message_thread.id"],
+        ),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("provider", "provider_id", name="uq_inbound_message_provider_id"),
+    )
+    with op.batch_alter_table("inbound_message", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_inbound_message_message_id_header"), ["message_id_header"], unique=False
+        )
+        batch_op.create_index(
+            "ix_inbound_message_reg_status", ["registration_id", "status"], unique=False
+        )
+        batch_op.create_index(
+            batch_op.f("ix_inbound_message_sender_key"), ["sender_key"], unique=False
+        )
+        batch_op.create_index("ix_inbound_message_thread", ["thread_id"], unique=False)
+
+    op.create_table(
+        "outbound_message",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("task_id", sa.Integer(), nullable=True),
+        sa.Column("registration_id", sa.Integer(), nullable=True),
+        sa.Column("patient_ref", sa.String(length=300), nullable=True),
+        sa.Column("channel", sa.String(length=16), nullable=False),
+        sa.Column("adapter", sa.String(length=16), nullable=False),
+        sa.Column("template", sa.String(length=64), nullable=False),
+        sa.Column("language", sa.String(length=16), nullable=False),
+        sa.Column("to_enc", sa.LargeBinary(), nullable=False),
+        sa.Column("subject_enc", sa.LargeBinary(), nullable=True),
+        sa.Column("body_enc", sa.LargeBinary(), nullable=False),
+        sa.Column("provider_id", sa.String(length=128), nullable=True),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("thread_id", sa.Integer(), nullable=True),
+        sa.Column("author", sa.String(length=1024), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["registration_id"],
+            ["ehr_registration.id"],
+        ),
+        sa.ForeignKeyConstraint(["task_id"], ["care_task.id"], ondelete="SET NULL"),
+        sa.ForeignKeyConstraint(
+            ["thread_id"],
+            ["message_thread.id"],
+        ),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    with op.batch_alter_table("outbound_message", schema=None) as batch_op:
+        batch_op.create_index("ix_outbound_message_task", ["task_id"], unique=False)
+
+    op.create_table(
+        "contact_opt_out",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("registration_id", sa.Integer(), nullable=False),
+        sa.Column("channel", sa.String(length=16), nullable=False),
+        sa.Column("address_key", sa.String(length=64), nullable=False),
+        sa.Column("patient_ref", sa.String(length=300), nullable=True),
+        sa.Column("keyword", sa.String(length=32), nullable=False),
+        sa.Column("opted_out_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("lifted_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("lifted_keyword", sa.String(length=32), nullable=True),
+        sa.Column("message_id", sa.Integer(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["message_id"],
+            ["inbound_message.id"],
+        ),
+        sa.ForeignKeyConstraint(
+            ["registration_id"],
+            ["ehr_registration.id"],
+        ),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    with op.batch_alter_table("contact_opt_out", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_contact_opt_out_lookup", ["registration_id", "channel", "address_key"], unique=False
+        )
+        batch_op.create_index(
+            "ix_contact_opt_out_patient", ["registration_id", "patient_ref"], unique=False
+        )
+
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
+    with op.batch_alter_table("contact_opt_out", schema=None) as batch_op:
+        batch_op.drop_index("ix_contact_opt_out_patient")
+        batch_op.drop_index("ix_contact_opt_out_lookup")
+
+    op.drop_table("contact_opt_out")
+    with op.batch_alter_table("outbound_message", schema=None) as batch_op:
+        batch_op.drop_index("ix_outbound_message_task")
+
+    op.drop_table("outbound_message")
+    with op.batch_alter_table("inbound_message", schema=None) as batch_op:
+        batch_op.drop_index("ix_inbound_message_thread")
+        batch_op.drop_index(batch_op.f("ix_inbound_message_sender_key"))
+        batch_op.drop_index("ix_inbound_message_reg_status")
+        batch_op.drop_index(batch_op.f("ix_inbound_message_message_id_header"))
+
+    op.drop_table("inbound_message")
     op.drop_table("ticket_note")
+    with op.batch_alter_table("rule_run", schema=None) as batch_op:
+        batch_op.drop_index("ix_rule_run_ticket")
+
+    op.drop_table("rule_run")
+    op.drop_table("message_thread")
     with op.batch_alter_table("ticket", schema=None) as batch_op:
         batch_op.drop_index("ix_ticket_reg_patient_status")
 
@@ -317,10 +459,6 @@ def downgrade() -> None:
         batch_op.drop_index("ix_task_attempt_task")
 
     op.drop_table("task_attempt")
-    with op.batch_alter_table("outbound_message", schema=None) as batch_op:
-        batch_op.drop_index("ix_outbound_message_task")
-
-    op.drop_table("outbound_message")
     with op.batch_alter_table("call_attempt", schema=None) as batch_op:
         batch_op.drop_index("ix_call_attempt_task")
 
