@@ -480,7 +480,8 @@ def conversation(session: Session, vault: Vault, ticket: Ticket) -> list[Entry]:
                     subject=vault.decrypt_optional(msg.subject_enc),
                     who="patient",
                     status="received",
-                    note=msg.outcome,
+                    # "Added to ticket 3" says nothing on ticket 3's own page.
+                    note=msg.outcome if msg.result not in ("ticket", None) else None,
                     attachments=attachments,
                 )
             )

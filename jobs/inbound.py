@@ -108,10 +108,11 @@ def process(task: CareTask, ctx: JobContext) -> None:
         return
     if ticket is None and message.patient_ref is None:
         message.status = "unmatched"
+        what = "email address" if message.channel == "email" else "number"
         message.outcome = (
-            "Several patients have this address; pick one."
+            f"Several patients in the EHR have this {what}."
             if message.match == "several"
-            else "No patient in the EHR has this address; pick one."
+            else f"No patient in the EHR has this {what}."
         )
         message.result = "unmatched"
         log.info("inbound message %s unmatched (%s)", message.id, message.match)

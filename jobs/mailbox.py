@@ -23,9 +23,11 @@ import hashlib
 import imaplib
 import logging
 import re
+import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email.message import EmailMessage
-from email.utils import getaddresses, parseaddr, parsedate_to_datetime
+from email.utils import getaddresses, parseaddr
 from typing import Any
 
 from flask import Flask, current_app
@@ -103,15 +105,18 @@ def poll(app: Flask, *, limit: int | None = None) -> PollResult:
         uids = [int(u) for u in (data[0] or b"").split()][:batch] if status == "OK" else []
         for uid in uids:
             result.seen += 1
-            status, parts = conn.uid("FETCH", str(uid), "(BODY.PEEK[])")
-            raw = next(
-                (p[1] for p in parts or () if isinstance(p, tuple) and len(p) > 1),
-                None,
-            )
-            if status != "OK" or not isinstance(raw, bytes):
+            status, parts = conn.uid("FETCH", str(uid), "(INTERNALDATE BODY.PEEK[])")
+            found = next((p for p in parts or () if isinstance(p, tuple) and len(p) > 1), None)
+            if status != "OK" or found is None or not isinstance(found[1], bytes):
                 log.warning("IMAP: UID %s could not be fetched; left for the next poll", uid)
                 continue
-            created = _store(app, reg_id, raw, fallback_id=f"{validity.decode()}:{uid}")
+            created = _store(
+                app,
+                reg_id,
+                found[1],
+                fallback_id=f"{validity.decode()}:{uid}",
+                arrived=_internal_date(found[0]),
+            )
             if created:
                 result.stored += 1
             else:
@@ -134,8 +139,17 @@ def poll(app: Flask, *, limit: int | None = None) -> PollResult:
     return result
 
 
-def _store(app: Flask, reg_id: int, raw: bytes, *, fallback_id: str) -> bool:
-    incoming = parse(raw, reg_id, fallback_id=fallback_id)
+def _internal_date(header: bytes) -> datetime | None:
+    """When the mail server received the message (IMAP INTERNALDATE): the thread's order
+    follows arrival, not the Date a sender's clock wrote."""
+    parsed = imaplib.Internaldate2tuple(header)
+    return datetime.fromtimestamp(time.mktime(parsed), UTC) if parsed else None
+
+
+def _store(
+    app: Flask, reg_id: int, raw: bytes, *, fallback_id: str, arrived: datetime | None
+) -> bool:
+    incoming = parse(raw, reg_id, fallback_id=fallback_id, arrived=arrived)
     with get_store(app).session() as session:
         row, created = messaging.record_inbound(session, get_vault(app), incoming, app=app)
         task = queue_processing(session, row)
@@ -146,7 +160,9 @@ def _store(app: Flask, reg_id: int, raw: bytes, *, fallback_id: str) -> bool:
     return created
 
 
-def parse(raw: bytes, reg_id: int, *, fallback_id: str) -> messaging.Incoming:
+def parse(
+    raw: bytes, reg_id: int, *, fallback_id: str, arrived: datetime | None = None
+) -> messaging.Incoming:
     """An email as CareDesk keeps it: sender, subject, the text part, threading headers,
     and attachments as metadata only."""
     msg = email.message_from_bytes(raw, policy=email.policy.default)
@@ -175,15 +191,7 @@ def parse(raw: bytes, reg_id: int, *, fallback_id: str) -> messaging.Incoming:
                 "size": len(payload) if isinstance(payload, bytes) else 0,
             }
         )
-    received = None
-    try:
-        received = parsedate_to_datetime(str(msg.get("Date"))) if msg.get("Date") else None
-    except (TypeError, ValueError):
-        received = None
-    if received is not None and received.tzinfo is None:
-        received = None
-    # Mail clients put a date in the future or the distant past; the arrival is ours.
-    received = utcnow() if received is None or received > utcnow() else received
+    received = arrived or utcnow()
     provider_id = message_id or fallback_id
     if len(provider_id) > 300:
         provider_id = "sha256:" + hashlib.sha256(provider_id.encode()).hexdigest()

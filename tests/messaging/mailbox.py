@@ -82,11 +82,13 @@ def mail(
     return msg.as_bytes(), mid
 
 
-def deliver(name: str, *messages: bytes) -> None:
-    """Put mail in the folder as the mail server's delivery would (IMAP APPEND)."""
+def deliver(name: str, *messages: bytes, arrived: dt.datetime | None = None) -> None:
+    """Put mail in the folder as the mail server's delivery would (IMAP APPEND); ``arrived``
+    is the server's receipt time (INTERNALDATE, whole seconds), default now."""
+    when = imaplib.Time2Internaldate(arrived.timestamp()) if arrived else None
     with connection() as conn:
         for raw in messages:
-            status, _ = conn.append(name, None, None, raw)
+            status, _ = conn.append(name, None, when, raw)
             assert status == "OK"
 
 
