@@ -146,3 +146,51 @@ def test_the_unmatched_queue_and_a_patient_pick(ehr, chromium, screenshots) -> N
     [message] = inbound(app)
     assert message.match == "staff" and message.status == "processed"
     page.close()
+
+
+def test_sidebar_and_board_show_the_confirmation_and_the_stop(ehr, chromium, screenshots) -> None:
+    from zoneinfo import ZoneInfo
+
+    from tests.messaging.conftest import appointment, queue
+
+    app, url, sb, _ = ehr
+    start = (dt.datetime.now(dt.UTC) + dt.timedelta(days=2)).replace(microsecond=0)
+    appt = appointment(sb, "appt-browser", "Patient/pat-001", start)
+    queue(
+        app,
+        kind="reminder",
+        patient_ref="Patient/pat-001",
+        payload={"appointment_ref": appt, "offset_hours": 72},
+    )
+    drain(app)
+    post_sms(url, sms_form("+1 312-555-0104", "C"))
+    drain(app)
+    post_sms(url, sms_form("+1 312-555-0104", "STOP"))
+    drain(app)
+    page, frame, frame_el = open_in_ehr(
+        chromium, sb.base_url, user=CLINICIAN, patient="pat-001", client=CLIENT_ID
+    )
+    frame.get_by_test_id("coverage-state").wait_for(timeout=20_000)
+    assert frame.get_by_test_id("opt-out").inner_text().startswith("Replied STOP: no texts")
+    assert (
+        "Confirmed by the patient (text reply)"
+        in frame.get_by_test_id("patient-reply").inner_text()
+    )
+    frame_el.screenshot(path=str(screenshots / "sidebar-stop-and-confirmation-400px.png"))
+    sidebar_url = frame_url(frame_el)
+    shoot_widths(page, sidebar_url, "sidebar-stop-and-confirmation", screenshots)
+    assert_accessible(page, "the sidebar with a STOP and a confirmation")
+    page.close()
+    day = start.astimezone(ZoneInfo("America/Chicago")).date().isoformat()
+    board_page, board_frame, board_el = open_in_ehr(
+        chromium, sb.base_url, user=SCHEDULER, mode="board", client=CLIENT_ID
+    )
+    board_frame.get_by_test_id("board").wait_for(timeout=20_000)
+    inner = board_el.element_handle().content_frame()
+    inner.goto(inner.url.split("?")[0] + f"?date={day}")
+    reply = board_frame.get_by_test_id("patient-reply")
+    reply.first.wait_for()
+    assert reply.first.inner_text() == "Confirmed by the patient (text reply)"
+    reply.first.scroll_into_view_if_needed()
+    board_el.screenshot(path=str(screenshots / "board-confirmation-400px.png"))
+    board_page.close()
