@@ -233,7 +233,7 @@ def unmatched_page(launch_id: str) -> str:
     )
 
 
-@bp.post("/l/<launch_id>/messages/<int:message_id>/patient")
+@bp.post("/l/<launch_id>/messages/<rowid:message_id>/patient")
 def pick_patient(launch_id: str, message_id: int) -> BaseResponse:
     """Staff pick the patient of an unmatched message. Nothing is written to the EHR: the
     message is processed again as this patient's (ticket, reminder answer)."""
@@ -266,7 +266,7 @@ def pick_patient(launch_id: str, message_id: int) -> BaseResponse:
     return redirect(url_for("messages.unmatched_page", launch_id=launch_id, done=row.id), code=303)
 
 
-@bp.post("/l/<launch_id>/tickets/<int:ticket_id>/reply")
+@bp.post("/l/<launch_id>/tickets/<rowid:ticket_id>/reply")
 def reply(launch_id: str, ticket_id: int) -> BaseResponse:
     """A staff reply on the patient's channel (a job sends it, through the one send path)."""
     launch = current_launch(launch_id)
