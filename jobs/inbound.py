@@ -104,7 +104,7 @@ def process(task: CareTask, ctx: JobContext) -> None:
         _keyword(session, ctx, message, words)
         return
     if message.intent == "help":
-        _help(ctx, message, sender)
+        _help(ctx, message, sender, words)
         return
     if ticket is None and message.patient_ref is None:
         message.status = "unmatched"
@@ -180,7 +180,7 @@ def _keyword(session: Session, ctx: JobContext, message: InboundMessage, words: 
     message.processed_at = ctx.now
 
 
-def _help(ctx: JobContext, message: InboundMessage, sender: str) -> None:
+def _help(ctx: JobContext, message: InboundMessage, sender: str, body: str) -> None:
     cfg = ctx.app.config
     patient = _patient(ctx, message.patient_ref)
     hours = _rules(ctx.app).hours
@@ -190,7 +190,8 @@ def _help(ctx: JobContext, message: InboundMessage, sender: str) -> None:
             channel=message.channel,
             to=sender,
             template="contact-help",
-            language=None,
+            # AYUDA asks in Spanish; otherwise the patient's language (English when unknown).
+            language="es" if messaging.one_word(body) == "AYUDA" else None,
             params={
                 "phone": cfg.get("CLINIC_PHONE") or "the number on your appointment card",
                 "hours": hours.text if hours else "",

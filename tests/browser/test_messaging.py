@@ -77,7 +77,8 @@ def test_a_ticket_shows_text_staff_reply_and_email_in_one_thread(
     inner.goto(f"{url}/l/{launch_path}/tickets/{ticket.id}")
     frame.locator("#rp-body").fill("Yes, it is ready at the front desk until 6 pm.")
     frame.get_by_role("button", name="Send reply").click()
-    frame.get_by_test_id("thread-entry").first.wait_for()
+    # Back on the ticket with the reply in the thread (queued until its job runs).
+    frame.locator('[data-testid="thread-entry"][data-direction="outbound"]').wait_for()
     drain(app)
     with get_store(app).session() as session:
         token = session.scalar(select(MessageThread.token))

@@ -213,3 +213,11 @@ def test_a_message_is_processed_once_however_often_its_task_runs(msg_app, base_u
     assert rows(msg_app, CareTask, CareTask.kind == "inbound-message")[-1].status == "done"
     assert rows(msg_app, InboundMessage)[0].status == "processed"
     assert task(msg_app, rows(msg_app, CareTask)[0].id).status == "done"
+
+
+def test_ayuda_from_an_unknown_number_is_answered_in_spanish(msg_app, base_url) -> None:
+    post_sms(base_url, sms_form("+1 415-555-0142", "Ayuda"))
+    drain(msg_app)
+    [answer] = outbound(msg_app, "contact-help")
+    assert answer.language == "es"
+    assert "llámenos al +1 312-555-0100" in decrypt(msg_app, answer.body_enc)
