@@ -29,6 +29,7 @@ from sqlalchemy import select
 from werkzeug.wrappers import Response as BaseResponse
 
 from helpdesk import automation, messaging
+from helpdesk.access import scope_of
 from helpdesk.audit import audit
 from helpdesk.crypto import get_vault
 from helpdesk.db import get_db
@@ -153,6 +154,15 @@ def _staff_launch(launch_id: str) -> LaunchSession:
         raise AppError(
             "The unmatched messages are for the help desk: open CareDesk without a patient "
             "(the day board) to work on them.",
+            status=403,
+            code="other_patient",
+        )
+    if not scope_of(launch).every_patient:
+        # Whoever wrote could be any patient: only a grant that reaches every patient
+        # (user/ or system/ Patient read) may read them and pick one.
+        raise AppError(
+            "The EHR granted this session no access beyond single patients, so it cannot "
+            "see messages from unknown senders.",
             status=403,
             code="other_patient",
         )

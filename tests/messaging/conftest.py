@@ -144,6 +144,7 @@ def browser(
     *,
     patient: str | None = None,
     user: str = "Practitioner/prac-scheduler-ortiz",
+    scope: str = "launch openid fhirUser user/Patient.rs user/Appointment.rs",
 ) -> Any:
     """A browser tab on a launch of the messaging registration (the row written as after a
     real callback; the launch flow itself is tested in tests/plugin)."""
@@ -165,6 +166,7 @@ def browser(
             browser_hash=hashlib.sha256(secret.encode()).hexdigest(),
             patient_ref=patient,
             fhir_user=user,
+            scope_granted=scope,
             context={},
         )
         db.add(row)

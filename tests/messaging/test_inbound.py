@@ -90,13 +90,21 @@ def test_staff_pick_sends_the_message_to_that_patients_ticket_and_writes_nothing
     assert [w for w in writes if "/fhir/" in w["path"] and "_search" not in w["path"]] == []
 
 
-def test_a_chart_launch_cannot_see_the_unmatched_queue(msg_app, base_url) -> None:
+def test_only_a_launch_reaching_every_patient_sees_the_unmatched_queue(msg_app, base_url) -> None:
     post_sms(base_url, sms_form(SHARED, "private words"))
     drain(msg_app)
     chart = browser(msg_app, base_url, patient="Patient/pat-001")
     page = chart.page("/messages/unmatched")
     assert page.status_code == 403
     assert "private words" not in page.text
+    # Without a patient but with a grant that reaches single patients only: refused too.
+    narrow = browser(msg_app, base_url, scope="launch openid fhirUser patient/*.rs")
+    page = narrow.page("/messages/unmatched")
+    assert page.status_code == 403 and "private words" not in page.text
+    [message] = inbound(msg_app)
+    pick = narrow.form(f"/messages/{message.id}/patient", {"patient": "Patient/pat-012"})
+    assert pick.status_code == 403
+    assert inbound(msg_app)[0].status == "unmatched"
 
 
 def _reminder(app, sb, patient: str, appt_id: str) -> str:
