@@ -35,7 +35,16 @@ RESULTS = Path(__file__).resolve().parent / "results.json"
 
 
 def _suites() -> list[tuple[str, str, Callable[..., Outcome]]]:
-    from bench import fault_soak, job_throughput, launch, load, mapping, survey_burst, sweep
+    from bench import (
+        fault_soak,
+        fuzz,
+        job_throughput,
+        launch,
+        load,
+        mapping,
+        survey_burst,
+        sweep,
+    )
 
     return [
         ("1", "1 launch", launch.run),
@@ -45,6 +54,7 @@ def _suites() -> list[tuple[str, str, Callable[..., Outcome]]]:
         ("5", "5 load", load.run),
         ("6", "6 soak", fault_soak.run),
         ("7", "7 survey burst", survey_burst.run),
+        ("9", fuzz.SECTION, fuzz.run),
     ]
 
 
@@ -54,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         nargs="+",
-        choices=["1", "2", "3", "4", "5", "6", "7"],
+        choices=["1", "2", "3", "4", "5", "6", "7", "9"],
         help="run only these benchmarks (by number)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON")

@@ -399,6 +399,8 @@ def launch_id_of(sidebar_url: str) -> str:
 def fmt(value: float | None, digits: int = 2) -> str:
     if value is None:
         return "-"
+    if isinstance(value, int):  # a count (cases, exceptions, lost jobs)
+        return f"{value:,}"
     if abs(value) >= 1000:
         return f"{value:,.0f}"
     return f"{value:.{digits}f}"

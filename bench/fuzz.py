@@ -1,13 +1,22 @@
-"""6. Mapper fuzz: generated malformed FHIR through every mapper entry point (issue 12 §1).
+"""9. Fuzz: generated malformed FHIR through every mapper entry point and through the
+readers outside fhir_mappers (issue 12 §1), counted.
 
-`run_fuzz(10_000)` drives that many seeded Hypothesis cases (tests/mappers/fuzzing.py)
-through `drive` and counts, instead of stopping at the first failure: cases, seconds,
-entry-point calls, exceptions by type. `make test` runs a sample of the same generator
-(tests/mappers/test_mappers_fuzz.py); this is the full count for `make bench`.
+Two suites, 10,000 seeded Hypothesis cases each in `make bench` (`--quick`: a sample):
 
-    .venv/bin/python -m bench.fuzz [--examples N]      # count
-    .venv/bin/python -m bench.fuzz --find [--examples N] # shrink the first failure and
-                                                          # add it to the regression corpus
+- the mappers: `run_fuzz(n)` drives n cases (tests/mappers/fuzzing.py) through `drive`,
+  every public mapper entry point;
+- the readers: `run_readers(n)` drives n cases in all, spread evenly over the targets of
+  tests/plugin/reader_fuzzing.py (the sidebar context and the board through the real FHIR
+  client over a fake transport, the job readers, the encounter look-up).
+
+Both count instead of stopping at the first failure: cases, seconds, exceptions by type.
+`make test` runs a sample of the same generators (tests/mappers/test_mappers_fuzz.py,
+tests/plugin/test_fuzz_readers.py); this is the full count for `make bench`.
+
+    .venv/bin/python -m bench.fuzz [--examples N]        # count the mapper suite
+    .venv/bin/python -m bench.fuzz --readers [--examples N] # count the reader suite
+    .venv/bin/python -m bench.fuzz --find [--examples N] # shrink the first mapper failure
+                                                          # and add it to the corpus
 """
 
 from __future__ import annotations
@@ -19,17 +28,20 @@ import sys
 import time
 import traceback
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from flask import Flask
 from hypothesis import HealthCheck, Phase, find, given, settings
 
 from bench.common import Outcome, Row
 
 CORPUS = Path(__file__).resolve().parent.parent / "tests" / "mappers" / "fuzz_corpus"
 FULL_EXAMPLES = 10_000
-QUICK_EXAMPLES = 500
+# A sample for `make bench-quick`, which has two minutes for every section.
+QUICK_EXAMPLES = 100
+SECTION = "9 fuzz"
 
 
 def _fuzzing() -> Any:
@@ -49,35 +61,80 @@ def _settings(examples: int, *, phases: tuple[Phase, ...] = (Phase.generate,)) -
     )
 
 
+class _Count:
+    """Cases run, calls made and exceptions by type, over one or more targets."""
+
+    def __init__(self) -> None:
+        self.cases = 0
+        self.calls = 0
+        self.by_type: Counter[str] = Counter()
+        self.first: dict[str, str] = {}
+        self.started = time.perf_counter()
+
+    def run(self, strategy: Any, drive: Callable[[Any], int | None], examples: int) -> None:
+        @_settings(examples)
+        @given(strategy)
+        def one(case: Any) -> None:
+            self.cases += 1
+            try:
+                self.calls += drive(case) or 1
+            except Exception as exc:  # noqa: BLE001 - counting every failure is the point
+                name = type(exc).__name__
+                self.by_type[name] += 1
+                text = "".join(traceback.format_exception_only(exc)).strip()[:300]
+                self.first.setdefault(name, text)
+
+        one()
+
+    def result(self) -> dict[str, Any]:
+        return {
+            "cases": self.cases,
+            "seconds": time.perf_counter() - self.started,
+            "calls": self.calls,
+            "exceptions": sum(self.by_type.values()),
+            "by_type": dict(self.by_type),
+            "first_of_each": self.first,
+        }
+
+
 def run_fuzz(examples: int = FULL_EXAMPLES) -> dict[str, Any]:
-    """Drive `examples` generated cases; never raises. Returns the counts."""
+    """Drive `examples` generated cases through every mapper entry point; never raises.
+    Returns the counts."""
     fuzzing = _fuzzing()
-    counts: Counter[str] = Counter()
-    first: dict[str, str] = {}
-    state = {"cases": 0, "calls": 0}
+    count = _Count()
+    count.run(fuzzing.cases(), fuzzing.drive, examples)
+    return count.result()
 
-    @_settings(examples)
-    @given(fuzzing.cases())
-    def one(case: dict[str, Any]) -> None:
-        state["cases"] += 1
-        try:
-            state["calls"] += fuzzing.drive(case)
-        except Exception as exc:  # noqa: BLE001 - counting every failure is the point
-            name = type(exc).__name__
-            counts[name] += 1
-            first.setdefault(name, "".join(traceback.format_exception_only(exc)).strip()[:300])
 
-    started = time.perf_counter()
-    one()
-    seconds = time.perf_counter() - started
-    return {
-        "cases": state["cases"],
-        "seconds": seconds,
-        "calls": state["calls"],
-        "exceptions": sum(counts.values()),
-        "by_type": dict(counts),
-        "first_of_each": first,
-    }
+def run_readers(examples: int = FULL_EXAMPLES, *, app: Flask | None = None) -> dict[str, Any]:
+    """Drive `examples` generated cases in all, an equal share per reader target, through
+    the readers outside fhir_mappers; never raises. Returns the counts, per target too.
+    Without `app`, a CareDesk app on a throwaway SQLite store and the bench's Redis."""
+    from bench.common import close_app, new_app, sqlite_store
+    from helpdesk import migrate
+    from tests.plugin import reader_fuzzing as rf
+
+    if app is None:
+        with sqlite_store() as db_url:
+            migrate.upgrade(db_url)
+            own = new_app(db_url)
+            try:
+                return run_readers(examples, app=own)
+            finally:
+                close_app(own)
+    count = _Count()
+    per_target: dict[str, int] = {}
+    share, extra = divmod(examples, len(rf.TARGETS))
+    with rf.fake_ehr(app) as ehr:
+        for index, target in enumerate(rf.TARGETS):
+            before = count.cases
+
+            def drive(case: Any, target: Any = target) -> None:
+                target.drive(ehr, case)
+
+            count.run(target.cases, drive, share + (1 if index < extra else 0))
+            per_target[target.name] = count.cases - before
+    return {**count.result(), "per_target": per_target}
 
 
 def _signature(case: Any) -> tuple[str, str, str] | None:
@@ -172,19 +229,36 @@ def find_failure(examples: int = FULL_EXAMPLES) -> Path | None:
     return path
 
 
-def run(*, quick: bool) -> Outcome:
-    """For the bench table: all 10,000 cases (500 with --quick)."""
-    examples = QUICK_EXAMPLES if quick else FULL_EXAMPLES
-    found = run_fuzz(examples)
-    out = Outcome(data=found)
-    rate = found["cases"] / found["seconds"] if found["seconds"] else None
-    note = (
-        f"{found['cases']:,} cases, {found['calls']:,} entry-point calls in "
-        f"{found['seconds']:.0f} s; {found['exceptions']} exceptions"
-    )
+def _row(figure: str, found: dict[str, Any], detail: str) -> Row:
+    note = f"{found['cases']:,} cases run in {found['seconds']:.0f} s; {detail}"
     if found["by_type"]:
-        note += " (" + ", ".join(f"{k} {v}" for k, v in sorted(found["by_type"].items())) + ")"
-    out.rows.append(Row("6 fuzz", "mapper fuzz cases", rate, "cases/s", note=note))
+        note += "; " + ", ".join(f"{k} {v}" for k, v in sorted(found["by_type"].items()))
+        note += " (first: " + "; ".join(found["first_of_each"].values())[:300] + ")"
+    return Row(SECTION, figure, found["exceptions"], "exceptions", note=note)
+
+
+def run(*, quick: bool) -> Outcome:
+    """For the bench table: 10,000 cases per suite (a sample of QUICK_EXAMPLES with
+    --quick), one row each: exceptions (the target is 0), cases run and time."""
+    examples = QUICK_EXAMPLES if quick else FULL_EXAMPLES
+    mappers = run_fuzz(examples)
+    readers = run_readers(examples)
+    out = Outcome(data={"mappers": mappers, "readers": readers})
+    out.rows.append(
+        _row(
+            f"mapper fuzz: exceptions in {examples:,} generated cases (target 0)",
+            mappers,
+            f"{mappers['calls']:,} mapper entry-point calls",
+        )
+    )
+    shares = ", ".join(f"{k} {v:,}" for k, v in readers["per_target"].items())
+    out.rows.append(
+        _row(
+            f"reader fuzz: exceptions in {examples:,} generated cases (target 0)",
+            readers,
+            f"context/board assembly and job readers ({shares})",
+        )
+    )
     return out
 
 
@@ -192,12 +266,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.fuzz", description=__doc__)
     parser.add_argument("--examples", type=int, default=FULL_EXAMPLES)
     parser.add_argument("--find", action="store_true", help="shrink a failure into the corpus")
+    parser.add_argument(
+        "--readers", action="store_true", help="count the reader suite, not the mappers'"
+    )
     args = parser.parse_args(argv)
     if args.find:
         path = find_failure(args.examples)
         sys.stdout.write(f"{path or 'no failing case found'}\n")
         return 1 if path else 0
-    found = run_fuzz(args.examples)
+    found = run_readers(args.examples) if args.readers else run_fuzz(args.examples)
     sys.stdout.write(json.dumps(found, indent=2) + "\n")
     return 1 if found["exceptions"] else 0
 
