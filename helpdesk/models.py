@@ -165,7 +165,11 @@ class Ticket(TimestampMixin, Base):
     due_at: Mapped[datetime | None]
     created_by: Mapped[str | None] = mapped_column(String(1024))
     source: Mapped[str] = mapped_column(String(32), default="staff")
-    survey_response_id: Mapped[int | None] = mapped_column(ForeignKey("survey_response.id"))
+    # The service-recovery ticket of a survey answer: at most one per answer, whichever
+    # run of the write-back job opens it (helpdesk.surveys.open_recovery).
+    survey_response_id: Mapped[int | None] = mapped_column(
+        ForeignKey("survey_response.id"), unique=True
+    )
 
     notes: Mapped[list[TicketNote]] = relationship(
         back_populates="ticket", cascade="all, delete-orphan", order_by="TicketNote.id"

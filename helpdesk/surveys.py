@@ -1,5 +1,5 @@
 """Patient satisfaction surveys, the store's side: link tokens, requesting an invitation,
-recording an answer (with service recovery), the QuestionnaireResponse for an answer, and
+recording an answer, service recovery, the QuestionnaireResponse for an answer, and
 what the sidebar and exports show. The jobs that send invitations and write answers back
 are ``jobs.survey``; the public page is ``plugin.survey``.
 """
@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 # Imported with the module, not per call: the worker imports handler modules before it
 # forks, and building the R4B models was the costliest part of each write-back.
@@ -113,14 +113,20 @@ def record_answer(
     answers: mapper.Answers,
     *,
     now: dt.datetime,
-    sla: Mapping[str, float] = DEFAULT_SLA_HOURS,
 ) -> tuple[SurveyResponse, list[CareTask]]:
-    """Store the answer, open service recovery if needed, queue the write-back.
+    """Store the answer and queue the work that follows it, in the caller's transaction.
 
     Returns the response and the CareTasks whose jobs to enqueue after the caller's
     commit (``jobs.outbox.prepare`` before it, ``enqueue`` after). Single use is enforced
     by one conditional UPDATE, so two simultaneous POSTs of the same link record one
     answer.
+
+    What follows an answer is one ``survey-writeback`` task: its job opens service
+    recovery first (``open_recovery``: a low score's ticket and follow-up call, once) and
+    then writes the QuestionnaireResponse. The patient's request stores the answer and
+    nothing more, so a burst of answers costs the store little; the ticket appears when
+    the job runs, seconds later. An EHR that cannot take the write still gets the task
+    when the answer needs recovery (the job marks the write-back "not supported").
     """
     claimed = session.execute(
         update(SurveyInvite)
@@ -143,38 +149,57 @@ def record_answer(
         contact_ok=answers.contact_ok,
         submitted_at=now,
     )
-    session.add(response)
-    session.flush()
-    tasks: list[CareTask] = []
     reg = session.get(EhrRegistration, invite.registration_id)
     blocker = writeback_blocker(reg) if reg is not None else "The EHR is no longer registered."
     if blocker:
         response.writeback_status = "not-supported"
         response.writeback_error = blocker
-    else:
-        task = new_task(
-            session,
-            registration_id=invite.registration_id,
-            kind=WRITEBACK_KIND,
-            patient_ref=invite.patient_ref,
-            payload={"response_id": response.id},
-            dedupe_key=writeback_key(response.id),
-            new_key=True,  # the response was made just now
-        )
-        if task is not None:
-            tasks.append(task)
-    if mapper.needs_recovery(answers.csat, answers.nps):
-        tasks.extend(_open_recovery(session, invite, response, sla))
+    session.add(response)
+    session.flush()
+    if blocker and not mapper.needs_recovery(answers.csat, answers.nps):
+        return response, []
+    task = new_task(
+        session,
+        registration_id=invite.registration_id,
+        kind=WRITEBACK_KIND,
+        patient_ref=invite.patient_ref,
+        payload={"response_id": response.id},
+        dedupe_key=writeback_key(response.id),
+        new_key=True,  # the response was made just now
+    )
     session.flush()  # the ids are what the jobs carry
-    return response, tasks
+    return response, [] if task is None else [task]
 
 
-def _open_recovery(
+class Recovery(NamedTuple):
+    """What ``open_recovery`` opened: the ticket, and the follow-up call when the patient
+    agreed to be contacted."""
+
+    ticket: Ticket
+    follow_up: CareTask | None
+
+
+def open_recovery(
     session: Session,
     invite: SurveyInvite,
     response: SurveyResponse,
-    sla: Mapping[str, float],
-) -> list[CareTask]:
+    *,
+    sla: Mapping[str, float] = DEFAULT_SLA_HOURS,
+) -> Recovery | None:
+    """Service recovery for an unhappy answer (CSAT <= 2 or NPS <= 6): a high-priority
+    ``feedback`` ticket linked to the response and, when the patient agreed to be
+    contacted, a follow-up call task. Once per answer: nothing is opened when the answer
+    needs none or its ticket exists (a retried or repeated write-back job), and the
+    unique ticket-per-response index refuses a second one from a concurrent run. The SLA
+    clock starts when the patient answered. Returns what was opened (None: nothing); the
+    caller commits, then dispatches the follow-up."""
+    if not mapper.needs_recovery(response.csat, response.nps):
+        return None
+    opened = session.scalar(
+        select(Ticket.id).where(Ticket.survey_response_id == response.id).limit(1)
+    )
+    if opened is not None:
+        return None
     scores = []
     if response.csat is not None:
         scores.append(f"CSAT {response.csat}/5")
@@ -204,7 +229,7 @@ def _open_recovery(
         now=response.submitted_at,
     )
     if not response.contact_ok:
-        return []
+        return Recovery(ticket, None)
     task = new_task(
         session,
         registration_id=invite.registration_id,
@@ -218,9 +243,9 @@ def _open_recovery(
         },
         dedupe_key=f"survey-recovery:{response.id}",
         created_by="survey",
-        new_key=True,
     )
-    return [] if task is None else [task]
+    session.flush()  # the id is what the job carries
+    return Recovery(ticket, task)
 
 
 # --- the Questionnaire and the QuestionnaireResponse --------------------------------------

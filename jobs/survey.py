@@ -4,7 +4,9 @@ from ``CareTask`` rows).
 - ``survey-invite``: payload ``{"appointment_ref"}`` (first run: reads the visit from the
   EHR, applies the fatigue/opt-out/sampling rules and quiet hours, creates the
   ``SurveyInvite``) or ``{"invite_id"}`` (a send that had to wait for the morning).
-- ``survey-writeback``: payload ``{"response_id"}``: one QuestionnaireResponse per answer,
+- ``survey-writeback``: payload ``{"response_id"}``: what follows an answer. Service
+  recovery for a low score first (a ticket and, with consent, a follow-up call; once per
+  answer, committed before the EHR is called), then one QuestionnaireResponse per answer,
   never two: search by identifier first, then create with ``If-None-Exist``.
 
 The rules they apply are ``helpdesk.survey_policy``; the rows and the resource they write
@@ -54,11 +56,13 @@ from helpdesk.surveys import (
     WRITEBACK_KIND,
     build_questionnaire_response,
     new_link_token,
+    open_recovery,
     questionnaire,
     survey_link,
     writeback_key,
 )
 from helpdesk.tasks import new_task
+from helpdesk.tickets import sla_hours
 from jobs import outbox
 from jobs.errors import TaskError
 from jobs.tasks import handler
@@ -339,15 +343,23 @@ def _id_from(body: Mapping[str, Any]) -> str | None:
 
 @handler(WRITEBACK_KIND)
 def write_back(task: CareTask, ctx: Any) -> None:
-    """Create the QuestionnaireResponse for one answer, exactly once."""
+    """What follows a survey answer: service recovery for a low score, then the
+    QuestionnaireResponse in the EHR; each exactly once."""
     session: Session = ctx.session
     response = session.get(SurveyResponse, int(task.payload["response_id"]))
     if response is None:
         raise FatalFhirError("The survey response no longer exists.")
-    if response.writeback_status == "written" and response.fhir_id:
-        return
     invite = session.get(SurveyInvite, response.invite_id)
     assert invite is not None  # a foreign key
+    # Recovery first, committed before the EHR is asked anything: an EHR that is down,
+    # slow or refusing neither delays the ticket nor, on a retry, opens it twice.
+    opened = open_recovery(session, invite, response, sla=sla_hours(ctx.app.config))
+    if opened is not None:
+        pending = outbox.prepare([t for t in (opened.follow_up,) if t is not None], app=ctx.app)
+        session.commit()
+        outbox.enqueue(pending, app=ctx.app)
+    if response.writeback_status == "written" and response.fhir_id:
+        return
     blocker = writeback_blocker(ctx.registration)
     if blocker:
         _not_supported(response, task, blocker)

@@ -27,7 +27,6 @@ from helpdesk import i18n
 from helpdesk import surveys as domain
 from helpdesk.db import get_db
 from helpdesk.models import SurveyInvite
-from helpdesk.tickets import sla_hours
 from helpdesk.timeutil import utcnow
 from jobs import outbox
 
@@ -219,9 +218,7 @@ def answer(token: str) -> Response:
         return _form_page(invite, lang, values=values, errors=errors, status=422)
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     try:
-        response, tasks = domain.record_answer(
-            session, invite, answers, now=now, sla=sla_hours(app.config)
-        )
+        response, tasks = domain.record_answer(session, invite, answers, now=now)
         # The job ids go on the rows in the answer's own transaction: one commit, then
         # the enqueue (a burst of answers is mostly round trips to the store).
         pending = outbox.prepare(tasks, app=app)

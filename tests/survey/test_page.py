@@ -1,4 +1,5 @@
-"""The public survey page over real HTTP: scanners, CSRF, single use, expiry, recovery."""
+"""The public survey page over real HTTP: scanners, CSRF, single use, expiry, limits.
+(What a low score opens, and when: tests/survey/test_recovery.py.)"""
 
 from __future__ import annotations
 
@@ -164,44 +165,6 @@ def test_invalid_answers_show_the_form_again_with_the_problem_marked(
     assert 'id="err-csat"' in page.text and "Please choose an answer." in page.text
     assert 'value="7" checked' in page.text and ">kept</textarea>" in page.text
     assert _counts(survey_app) == (0, 0, 0)
-
-
-def test_low_score_with_consent_opens_a_high_priority_ticket_and_a_follow_up_call(
-    survey_app, reg_id, served
-) -> None:
-    token, invite_id = make_invite(survey_app, reg_id)
-    url = f"{served.url}/s/{token}"
-    csrf = _csrf(served.http.get(url).text)
-    form = {"csrf": csrf, "csat": "2", "nps": "8", "comment": "Waited 90 min", "contact-ok": "yes"}
-    assert served.http.post(url, data=form).status_code == 200
-    with get_store(survey_app).session() as s:
-        response = s.scalars(select(SurveyResponse)).one()
-        ticket = s.scalars(select(Ticket)).one()
-        assert (ticket.category, ticket.priority, ticket.status, ticket.source) == (
-            "feedback",
-            "high",
-            "open",
-            "survey",
-        )
-        assert ticket.survey_response_id == response.id
-        assert ticket.patient_ref == "Patient/pat-001" and "CSAT 2/5" in ticket.subject
-        kinds = {t.kind: t for t in s.scalars(select(CareTask))}
-        assert set(kinds) == {"survey-writeback", "follow-up"}
-        follow = kinds["follow-up"]
-        assert follow.payload["ticket_id"] == ticket.id
-        assert follow.payload["survey_response_id"] == response.id
-        assert follow.patient_ref == "Patient/pat-001" and follow.job_id
-
-
-def test_detractor_without_consent_gets_a_ticket_but_no_call(survey_app, reg_id, served) -> None:
-    token, _ = make_invite(survey_app, reg_id)
-    url = f"{served.url}/s/{token}"
-    csrf = _csrf(served.http.get(url).text)
-    served.http.post(url, data={"csrf": csrf, "csat": "4", "nps": "6", "contact-ok": "no"})
-    with get_store(survey_app).session() as s:
-        ticket = s.scalars(select(Ticket)).one()
-        assert "do not call" in ticket.description
-        assert [t.kind for t in s.scalars(select(CareTask))] == ["survey-writeback"]
 
 
 def test_ehr_that_cannot_take_the_write_keeps_the_answer_marked_not_written_back(

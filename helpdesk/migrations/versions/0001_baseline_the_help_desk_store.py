@@ -254,6 +254,7 @@ def upgrade() -> None:
             ["survey_response.id"],
         ),
         sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("survey_response_id"),
     )
     with op.batch_alter_table("ticket", schema=None) as batch_op:
         batch_op.create_index(
