@@ -116,6 +116,26 @@ def _rq_figures(app: Flask) -> dict[str, Any]:
     return rq_info
 
 
+@dataclass(frozen=True)
+class QueueHealth:
+    """Whether jobs can run at all, without figures of other EHRs (the admin page counts
+    its own EHR's tasks from the store; RQ's queues are shared by every EHR)."""
+
+    error: str | None  # why Redis cannot be read (down, not configured)
+    workers: int  # RQ workers registered on this Redis
+
+
+def queue_health(app: Flask) -> QueueHealth:
+    from rq import Worker
+
+    try:
+        return QueueHealth(None, Worker.count(connection=get_queue_state(app).connection))
+    except redis.exceptions.RedisError as exc:
+        return QueueHealth(f"Redis unavailable: {type(exc).__name__}", 0)
+    except ConfigError as exc:
+        return QueueHealth(str(exc), 0)
+
+
 def retry(app: Flask, task_ids: list[int]) -> list[int]:
     """Put failed / needs-authorization tasks back in the queue with fresh attempts."""
     from jobs.outbox import dispatch

@@ -172,6 +172,12 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("SURVEY_LINK_DAYS", 7, "Days a survey link stays valid after it is sent."),
     Setting(
+        "REPORT_MIN_ANSWERS",
+        5,
+        "Fewest answers behind a percentage or an NPS on the satisfaction report; a cell "
+        'with fewer says "not enough answers" (one answer is not a rate).',
+    ),
+    Setting(
         "SURVEY_RATE_PER_IP",
         30,
         "Survey page requests allowed per client address per minute (counted in Redis, "

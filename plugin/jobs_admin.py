@@ -10,10 +10,15 @@ task is 404 by id).
 
 from __future__ import annotations
 
+import re
+from datetime import datetime
+from functools import partial
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from flask import Blueprint, current_app, jsonify, render_template, request, url_for
 from flask.wrappers import Response
+from sqlalchemy import func, select
 from werkzeug.wrappers import Response as BaseResponse
 
 from helpdesk import tasks as task_svc
@@ -21,10 +26,14 @@ from helpdesk.access import scope_of
 from helpdesk.crypto import get_vault
 from helpdesk.db import get_db
 from helpdesk.errors import AppError, NotFound
-from helpdesk.models import CareTask
+from helpdesk.models import CareTask, LaunchSession
+from helpdesk.tasks import lasting_failure
+from helpdesk.timeutil import utcnow
+from jobs.status import QueueHealth
 from plugin.csrf import check_csrf
 from plugin.launch import current_launch
 from plugin.navigation import back
+from plugin.timewords import when_words
 
 bp = Blueprint("jobs_admin", __name__, url_prefix="/l/<launch_id>")
 
@@ -120,22 +129,195 @@ def status_json(launch_id: str) -> Response:
     return jsonify(snapshot(app, scope=scope))
 
 
+# The jobs page's filters: a state in words -> the task statuses it covers.
+STATES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "unfinished": ("Not finished yet", ("queued", "scheduled", "running", "needs-authorization")),
+    "failed": ("Failed", ("failed",)),
+    "waiting": ("Waiting for a person", ("waiting",)),
+    "done": ("Done", ("done",)),
+    "cancelled": ("Cancelled", ("cancelled",)),
+}
+KINDS = {
+    "follow-up": "Follow-up",
+    "referral": "Referral",
+    "reminder": "Visit reminder",
+    "survey-invite": "Survey invitation",
+    "survey-writeback": "Survey answer to the chart",
+}
+PAGE_SIZE = 200
+
+
+def retryable(task: CareTask) -> bool:
+    """Offer Retry only where it can succeed: a temporary failure (the EHR or the message
+    service kept failing: helpdesk.tasks.lasting_failure says which), or a task that waits
+    for the EHR's permission (reopening CareDesk renews it). A refusal that will come back
+    the same (no channel, a 4xx from the EHR) is shown with its reason, not a button."""
+    if task.status == "needs-authorization":
+        return True
+    return task.status == "failed" and not lasting_failure(task)
+
+
+def state_words(task: CareTask, *, now: datetime, tz: ZoneInfo) -> str:
+    when = partial(when_words, now=now, tz=tz)
+    status = task.status
+    if status == "queued":
+        return "Queued: waiting for a worker to start it"
+    if status == "scheduled":
+        return f"Scheduled for {when(task.due_at)}" if task.due_at else "Scheduled"
+    if status == "running":
+        return f"Running since {when(task.started_at)}" if task.started_at else "Running"
+    if status == "waiting":
+        if task.kind == "referral":
+            return "Sent to the EHR; waiting for an appointment"
+        return "On a work list: waiting for a call"
+    if status == "done":
+        return f"Done {when(task.finished_at)}" if task.finished_at else "Done"
+    if status == "failed":
+        lasting = "" if retryable(task) else " (a retry would fail the same way)"
+        at = f" {when(task.finished_at)}" if task.finished_at else ""
+        return f"Failed{at}{lasting}"
+    if status == "needs-authorization":
+        return "Needs the EHR's permission again: reopen CareDesk from the EHR, then retry"
+    if status == "cancelled":
+        return "Cancelled"
+    return status
+
+
+def queue_words(health: QueueHealth, counts: dict[str, int]) -> list[str]:
+    """Whether work is getting done, in sentences: first whether anything can run, then
+    this EHR's tasks on their way (counted from the store: RQ's own queues are shared by
+    every EHR and not shown to one)."""
+    unfinished = sum(counts.get(s, 0) for s in STATES["unfinished"][1])
+    if health.error:
+        lines = [
+            f"The job queue cannot be reached ({health.error}). Tasks are kept in the store "
+            "and are sent once it is back."
+        ]
+    elif health.workers == 0:
+        lines = [
+            "No worker is running: queued tasks wait until `caredesk worker` is started."
+            if unfinished
+            else "No worker is running (nothing is waiting for one)."
+        ]
+    else:
+        lines = [f"{health.workers} worker{'s' if health.workers != 1 else ''} running."]
+    lines.append(
+        f"{counts.get('queued', 0)} waiting to start, {counts.get('running', 0)} running, "
+        f"{counts.get('scheduled', 0)} scheduled for later, "
+        f"{counts.get('needs-authorization', 0)} waiting for the EHR's permission."
+    )
+    return lines
+
+
+def _scope(launch: LaunchSession) -> list[Any]:
+    """The tasks the launch may see (helpdesk.access: its EHR, and a chart's launch its
+    own patient's only)."""
+    return list(scope_of(launch).where(CareTask.registration_id, CareTask.patient_ref))
+
+
 @bp.get("/jobs")
 def admin_page(launch_id: str) -> str:
-    from jobs.status import snapshot
+    from jobs.status import queue_health
 
-    scope = scope_of(current_launch(launch_id))
-    snap = snapshot(current_app._get_current_object(), scope=scope)  # type: ignore[attr-defined]
-    return render_template("jobs/admin.html", snap=snap, launch_id=launch_id)
+    launch = current_launch(launch_id)
+    db = get_db()
+    state = request.args.get("state") or ""
+    kind = request.args.get("kind") or ""
+    if state not in STATES:
+        state = ""
+    if kind not in KINDS:
+        kind = ""
+    where = _scope(launch)
+    counts: dict[str, int] = {
+        status: count
+        for status, count in db.execute(
+            select(CareTask.status, func.count()).where(*where).group_by(CareTask.status)
+        )
+    }
+    filtered = list(where)
+    if state:
+        filtered.append(CareTask.status.in_(STATES[state][1]))
+    if kind:
+        filtered.append(CareTask.kind == kind)
+    total = db.scalar(select(func.count()).select_from(CareTask).where(*filtered)) or 0
+    tasks = db.scalars(
+        select(CareTask).where(*filtered).order_by(CareTask.id.desc()).limit(PAGE_SIZE)
+    ).all()
+    oldest = db.scalars(
+        select(CareTask)
+        .where(*where, CareTask.status.in_(STATES["unfinished"][1]))
+        .order_by(CareTask.created_at)
+        .limit(1)
+    ).first()
+    unfinished = sum(counts.get(s, 0) for s in STATES["unfinished"][1])
+    tz = ZoneInfo(str(current_app.config["VIEWER_TIMEZONE"]))
+    now = utcnow()
+    retried = request.args.get("retried", "")
+    confirmation = None
+    if retried.isdigit():
+        task = db.get(CareTask, int(retried))
+        if task is not None and scope_of(launch).sees(task.registration_id, task.patient_ref):
+            confirmation = (
+                f"Task #{task.id} ({KINDS.get(task.kind, task.kind).lower()}) is queued again: "
+                f"{state_words(task, now=now, tz=tz)}."
+            )
+    here = url_for(
+        "jobs_admin.admin_page", launch_id=launch.id, state=state or None, kind=kind or None
+    )
+    return render_template(
+        "jobs/admin.html",
+        launch=launch,
+        launch_id=launch_id,
+        tasks=tasks,
+        total=total,
+        page_size=PAGE_SIZE,
+        counts=counts,
+        state_counts={k: sum(counts.get(s, 0) for s in v[1]) for k, v in STATES.items()},
+        states=STATES,
+        kinds=KINDS,
+        state=state,
+        kind=kind,
+        oldest=oldest,
+        unfinished=unfinished,
+        queue_lines=queue_words(queue_health(current_app._get_current_object()), counts),  # type: ignore[attr-defined]
+        retryable=retryable,
+        state_words=lambda t: state_words(t, now=now, tz=tz),
+        when=lambda v: when_words(v, now=now, tz=tz),
+        confirmation=confirmation,
+        here=here,
+        next_after_retry=lambda t: f"{here}{'&' if '?' in here else '?'}retried={t.id}",
+    )
+
+
+_URL = re.compile(r"https?://[^\s<>\"']+")
+
+
+def linked(text: str) -> list[tuple[str, bool]]:
+    """``text`` cut into (part, is_link): the outbox shows survey links as links (Jinja
+    escapes every part; only http(s) URLs become links, trailing punctuation stays text)."""
+    parts: list[tuple[str, bool]] = []
+    at = 0
+    for found in _URL.finditer(text):
+        url = found.group(0).rstrip(".,;:!?)")
+        if found.start() > at:
+            parts.append((text[at : found.start()], False))
+        parts.append((url, True))
+        at = found.start() + len(url)
+    if at < len(text):
+        parts.append((text[at:], False))
+    return parts
 
 
 @bp.get("/jobs/outbox")
 def outbox_page(launch_id: str) -> str:
+    """What the demo would have sent: emails as emails, texts as texts (no subject)."""
     launch = current_launch(launch_id)
     if current_app.config["ENV"] not in ("demo", "test", "development"):
         raise NotFound("the outbox page exists in the demo only")
     vault = get_vault()
     rows = task_svc.outbound_messages(get_db(), launch)
+    tz = ZoneInfo(str(current_app.config["VIEWER_TIMEZONE"]))
+    now = utcnow()
     messages = [
         {
             "id": m.id,
@@ -144,10 +326,13 @@ def outbox_page(launch_id: str) -> str:
             "adapter": m.adapter,
             "language": m.language,
             "to": vault.decrypt(m.to_enc),
-            "subject": vault.decrypt_optional(m.subject_enc),
-            "body": vault.decrypt(m.body_enc),
-            "at": m.created_at.isoformat(),
+            # A text message has no subject line, whatever its template rendered.
+            "subject": vault.decrypt_optional(m.subject_enc) if m.channel == "email" else None,
+            "parts": linked(vault.decrypt(m.body_enc)),
+            "at": when_words(m.created_at, now=now, tz=tz),
         }
         for m in rows
     ]
-    return render_template("jobs/outbox.html", messages=messages, launch_id=launch_id)
+    return render_template(
+        "jobs/outbox.html", messages=messages, launch=launch, launch_id=launch_id
+    )

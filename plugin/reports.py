@@ -1,23 +1,30 @@
 """``/reports/csat``: survey results per clinic location, practitioner and week.
 
-Opened from the sidebar with the launch id (``?launch=<id>``), so only a signed-in staff
+Opened from CareDesk with the launch id (``?launch=<id>``), so only a signed-in staff
 member of that EHR sees its figures, and only of the patients the launch may see
 (``helpdesk.access``: a launch from a patient's chart counts that patient's surveys
-only). Definitions (also printed under the table):
+only). Definitions (also printed on the page):
 
-- invitations: invitations sent for visits in the week (answered and expired included);
+- invitations: invitations sent for visits in the period (answered and expired included);
 - response rate: answered / invitations;
 - CSAT %: share of CSAT answers that are 4 or 5;
 - NPS: % promoters (9-10) minus % detractors (0-6) of NPS answers, from -100 to 100.
 
-The chart is server-rendered SVG (the CSP forbids inline script and style).
+Every figure carries the count it rests on, and a figure resting on fewer answers than
+``REPORT_MIN_ANSWERS`` is shown as "not enough answers" instead of a percentage: one
+answer of 3 reads "CSAT 0 %, NPS -100" otherwise, and someone acts on it. The CSV files
+hold exactly the cells of the tables on the page (same rounding, same words), so a
+spreadsheet never disagrees with the screen.
+
+The chart is HTML with an SVG bar per row (attributes only: the CSP forbids inline
+style and script), so its words are page text at the page's size and contrast.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import io
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
@@ -28,6 +35,7 @@ from helpdesk.access import PatientScope, scope_of
 from helpdesk.audit import audit
 from helpdesk.db import get_db
 from helpdesk.errors import AppError
+from helpdesk.models import LaunchSession
 from helpdesk.surveys import export_rows, sent_invitations
 from helpdesk.timeutil import utcnow
 from plugin.csvout import write_csv
@@ -35,10 +43,13 @@ from plugin.launch import current_launch
 
 bp = Blueprint("reports", __name__)
 
+PERIOD_WEEKS = (4, 12, 52)
 DEFAULT_WEEKS = 12
-MAX_WEEKS = 104
+MAX_DAYS = 3 * 366  # the longest custom period
 NO_LOCATION = "(no location)"
 NO_PRACTITIONER = "(no practitioner)"
+NOT_ENOUGH = "not enough answers"
+NO_ANSWERS = "no answers"
 
 
 @dataclass(frozen=True)
@@ -54,10 +65,40 @@ class Record:
 
 
 @dataclass(frozen=True)
+class Figure:
+    """A percentage (or NPS) with the count it rests on; below ``min_n`` it is not shown."""
+
+    value: float | None
+    n: int
+    min_n: int
+    suffix: str = " %"
+
+    @property
+    def enough(self) -> bool:
+        return self.n >= self.min_n and self.value is not None
+
+    @property
+    def text(self) -> str:
+        """What the page and the CSV show in the figure's cell."""
+        if self.n == 0 or self.value is None:
+            return NO_ANSWERS
+        if not self.enough:
+            return NOT_ENOUGH
+        return f"{self.value:.0f}{self.suffix}"
+
+    @property
+    def percent(self) -> float:
+        """0-100 for a bar (NPS -100..100 is shifted onto it)."""
+        if self.value is None:
+            return 0.0
+        return self.value if self.suffix else (self.value + 100) / 2
+
+
+@dataclass(frozen=True)
 class ReportRow:
     location: str
     practitioner: str
-    week: dt.date  # the Monday the week starts on, in the report's time zone
+    week: dt.date | None  # the Monday the week starts on; None for a whole-period row
     invitations: int
     responses: int
     csat_answers: int
@@ -66,19 +107,21 @@ class ReportRow:
     promoters: int
     detractors: int
 
-    @property
-    def response_rate(self) -> float | None:
-        return 100.0 * self.responses / self.invitations if self.invitations else None
+    def response_rate(self, min_n: int) -> Figure:
+        value = 100.0 * self.responses / self.invitations if self.invitations else None
+        return Figure(value, self.invitations, min_n)
 
-    @property
-    def csat_percent(self) -> float | None:
-        return 100.0 * self.csat_satisfied / self.csat_answers if self.csat_answers else None
+    def csat(self, min_n: int) -> Figure:
+        value = 100.0 * self.csat_satisfied / self.csat_answers if self.csat_answers else None
+        return Figure(value, self.csat_answers, min_n)
 
-    @property
-    def nps(self) -> float | None:
-        if not self.nps_answers:
-            return None
-        return 100.0 * (self.promoters - self.detractors) / self.nps_answers
+    def nps(self, min_n: int) -> Figure:
+        value = (
+            100.0 * (self.promoters - self.detractors) / self.nps_answers
+            if self.nps_answers
+            else None
+        )
+        return Figure(value, self.nps_answers, min_n, suffix="")
 
 
 def week_of(moment: dt.datetime, tz: dt.tzinfo) -> dt.date:
@@ -86,18 +129,18 @@ def week_of(moment: dt.datetime, tz: dt.tzinfo) -> dt.date:
     return day - dt.timedelta(days=day.weekday())
 
 
-def summarize(records: Iterable[Record], tz: dt.tzinfo) -> list[ReportRow]:
-    """Group by (location, practitioner, week); rows sorted by week (newest first)."""
-    groups: dict[tuple[str, str, dt.date], list[Record]] = {}
+def summarize(records: Iterable[Record], tz: dt.tzinfo, *, by_week: bool = True) -> list[ReportRow]:
+    """Group by (location, practitioner[, week]); weekly rows newest week first."""
+    groups: dict[tuple[str, str, dt.date | None], list[Record]] = {}
     for rec in records:
         key = (
             rec.location or NO_LOCATION,
             rec.practitioner or NO_PRACTITIONER,
-            week_of(rec.visit_at, tz),
+            week_of(rec.visit_at, tz) if by_week else None,
         )
         groups.setdefault(key, []).append(rec)
     rows = [_row(key, recs) for key, recs in groups.items()]
-    rows.sort(key=lambda r: (-r.week.toordinal(), r.location, r.practitioner))
+    rows.sort(key=lambda r: (-(r.week.toordinal() if r.week else 0), r.location, r.practitioner))
     return rows
 
 
@@ -108,7 +151,7 @@ def total(rows: Iterable[ReportRow]) -> ReportRow | None:
     return ReportRow(
         location="All locations",
         practitioner="All practitioners",
-        week=min(r.week for r in rows),
+        week=None,
         invitations=sum(r.invitations for r in rows),
         responses=sum(r.responses for r in rows),
         csat_answers=sum(r.csat_answers for r in rows),
@@ -119,7 +162,7 @@ def total(rows: Iterable[ReportRow]) -> ReportRow | None:
     )
 
 
-def _row(key: tuple[str, str, dt.date], recs: list[Record]) -> ReportRow:
+def _row(key: tuple[str, str, dt.date | None], recs: list[Record]) -> ReportRow:
     answered = [r for r in recs if r.answered]
     csat = [r.csat for r in answered if r.csat is not None]
     nps = [r.nps for r in answered if r.nps is not None]
@@ -137,12 +180,15 @@ def _row(key: tuple[str, str, dt.date], recs: list[Record]) -> ReportRow:
     )
 
 
-def load_records(session: Session, scope: PatientScope, *, since: dt.datetime) -> list[Record]:
+def load_records(
+    session: Session, scope: PatientScope, *, since: dt.datetime, until: dt.datetime
+) -> list[Record]:
+    """Sent invitations for visits in [since, until), of the patients ``scope`` sees."""
     records = []
     for invite, response in sent_invitations(session, scope):
         when = invite.visit_at or invite.sent_at
         assert when is not None
-        if when < since:
+        if not since <= when < until:
             continue
         records.append(
             Record(
@@ -157,54 +203,133 @@ def load_records(session: Session, scope: PatientScope, *, since: dt.datetime) -
     return records
 
 
-def _fmt(value: float | None, suffix: str = "") -> str:
-    return "–" if value is None else f"{value:.0f}{suffix}"
+# --- the period ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Period:
+    start: dt.date  # first day, inclusive
+    end: dt.date  # last day, inclusive
+    weeks: int | None  # 4, 12 or 52; None for a custom period
+
+    @property
+    def words(self) -> str:
+        span = f"{_day(self.start)} – {_day(self.end)}"
+        return f"Last {self.weeks} weeks ({span})" if self.weeks else span
+
+    def query(self) -> dict[str, str]:
+        if self.weeks:
+            return {"weeks": str(self.weeks)}
+        return {"from": self.start.isoformat(), "to": self.end.isoformat()}
+
+
+def _day(day: dt.date) -> str:
+    return f"{day:%b} {day.day}, {day.year}"
+
+
+def read_period(args: dict[str, str], today: dt.date) -> Period:
+    """`weeks=4|12|52` (whole weeks up to this one), or `weeks=custom` (or no `weeks`)
+    with `from` and `to`."""
+    custom = args.get("weeks") == "custom" or (
+        not args.get("weeks") and (args.get("from") or args.get("to"))
+    )
+    if custom:
+        try:
+            start = dt.date.fromisoformat(args.get("from") or "")
+            end = dt.date.fromisoformat(args.get("to") or "")
+        except ValueError as exc:
+            raise AppError("Give both days of the period as dates.") from exc
+        if end < start:
+            raise AppError("The period ends before it starts.")
+        if (end - start).days > MAX_DAYS:
+            raise AppError("Choose a period of at most three years.")
+        return Period(start, end, None)
+    raw = args.get("weeks") or str(DEFAULT_WEEKS)
+    if not raw.isdigit() or int(raw) not in PERIOD_WEEKS:
+        raise AppError("Choose 4, 12 or 52 weeks, or a custom period.")
+    weeks = int(raw)
+    monday = today - dt.timedelta(days=today.weekday())
+    return Period(monday - dt.timedelta(weeks=weeks - 1), today, weeks)
+
+
+# --- what the page and the CSV show ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str  # the CSV header
+    title: str  # the table header
+    cell: Callable[[ReportRow, int], str]
+    num: bool = True  # a figure (kept on one line)
+
+
+def _count(name: str) -> Callable[[ReportRow, int], str]:
+    return lambda row, _min_n: str(getattr(row, name))
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("location", "Location", lambda r, _: r.location, num=False),
+    Column("practitioner", "Practitioner", lambda r, _: r.practitioner, num=False),
+    Column("invitations", "Invitations", _count("invitations")),
+    Column("responses", "Answered", _count("responses")),
+    Column("response_rate", "Response rate", lambda r, m: r.response_rate(m).text),
+    Column("csat", "CSAT", lambda r, m: r.csat(m).text),
+    Column("csat_answers", "CSAT answers", _count("csat_answers")),
+    Column("nps", "NPS", lambda r, m: r.nps(m).text),
+    Column("nps_answers", "NPS answers", _count("nps_answers")),
+)
+WEEK = Column("week", "Week of", lambda r, _: r.week.isoformat() if r.week else "")
+TABLES = {"people": COLUMNS, "weeks": (WEEK, *COLUMNS)}
+
+
+def table_cells(
+    rows: Sequence[ReportRow], columns: Sequence[Column], min_n: int
+) -> list[list[str]]:
+    return [[c.cell(row, min_n) for c in columns] for row in rows]
 
 
 @dataclass(frozen=True)
 class Bar:
     label: str
-    y: int
-    width: int
-    value: str
+    figure: Figure
 
 
-CHART_WIDTH = 200  # px for 100 %
+def chart_bars(rows: Sequence[ReportRow], min_n: int) -> list[Bar]:
+    """CSAT per location and practitioner over the period."""
+    return [Bar(f"{r.location} · {r.practitioner}", r.csat(min_n)) for r in rows]
 
 
-def chart_bars(rows: list[ReportRow]) -> list[Bar]:
-    """CSAT % per row as SVG bar geometry (attributes only: no style)."""
-    bars = []
-    for index, row in enumerate(rows):
-        pct = row.csat_percent
-        bars.append(
-            Bar(
-                label=f"{row.week.isoformat()} · {row.location} · {row.practitioner}",
-                y=index * 28,
-                width=round((pct or 0) * CHART_WIDTH / 100),
-                value=_fmt(pct, " %"),
-            )
-        )
-    return bars
+@dataclass(frozen=True)
+class Report:
+    launch: LaunchSession
+    period: Period
+    weekly: list[ReportRow]
+    people: list[ReportRow]
+    total: ReportRow | None
+    min_n: int
 
 
-def _weeks() -> int:
-    raw = request.args.get("weeks", str(DEFAULT_WEEKS))
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_WEEKS:
-        raise AppError(f"weeks must be a number from 1 to {MAX_WEEKS}.")
-    return int(raw)
+def _viewer_zone() -> ZoneInfo:
+    return ZoneInfo(str(current_app.config["VIEWER_TIMEZONE"]))
 
 
-def _report(launch_id: str) -> tuple[list[ReportRow], int, dt.tzinfo]:
+def _report(launch_id: str) -> Report:
     launch = current_launch(launch_id)
-    weeks = _weeks()
-    tz = ZoneInfo(str(current_app.config["VIEWER_TIMEZONE"]))
-    now = utcnow()
-    since_day = week_of(now, tz) - dt.timedelta(weeks=weeks - 1)
-    since = dt.datetime.combine(since_day, dt.time(), tzinfo=tz)
-    rows = summarize(load_records(get_db(), scope_of(launch), since=since), tz)
+    tz = _viewer_zone()
+    period = read_period(request.args.to_dict(), utcnow().astimezone(tz).date())
+    since = dt.datetime.combine(period.start, dt.time(), tzinfo=tz)
+    until = dt.datetime.combine(period.end + dt.timedelta(days=1), dt.time(), tzinfo=tz)
+    records = load_records(get_db(), scope_of(launch), since=since, until=until)
     audit("report", launch=launch, entity="reports/csat")
-    return rows, weeks, tz
+    people = summarize(records, tz, by_week=False)
+    return Report(
+        launch=launch,
+        period=period,
+        weekly=summarize(records, tz),
+        people=people,
+        total=total(people),
+        min_n=int(current_app.config.get("REPORT_MIN_ANSWERS") or 1),
+    )
 
 
 def _launch_id() -> str:
@@ -221,31 +346,19 @@ def _launch_id() -> str:
 @bp.get("/reports/csat")
 def csat_report() -> str:
     launch_id = _launch_id()
-    rows, weeks, _tz = _report(launch_id)
+    report = _report(launch_id)
     return render_template(
         "reports/csat.html",
-        rows=rows,
-        total=total(rows),
-        bars=chart_bars(rows),
-        chart_width=CHART_WIDTH,
-        weeks=weeks,
+        r=report,
+        launch=report.launch,
         launch_id=launch_id,
-        fmt=_fmt,
+        columns=COLUMNS,
+        week_columns=TABLES["weeks"],
+        people_cells=table_cells(report.people, COLUMNS, report.min_n),
+        week_cells=table_cells(report.weekly, TABLES["weeks"], report.min_n),
+        bars=chart_bars(report.people, report.min_n),
+        weeks_choices=PERIOD_WEEKS,
     )
-
-
-CSV_COLUMNS = (
-    "week",
-    "location",
-    "practitioner",
-    "invitations",
-    "responses",
-    "response_rate_percent",
-    "csat_percent",
-    "nps",
-    "csat_answers",
-    "nps_answers",
-)
 
 
 def _csv(header: Iterable[str], rows: Iterable[Iterable[object]], filename: str) -> Response:
@@ -257,32 +370,17 @@ def _csv(header: Iterable[str], rows: Iterable[Iterable[object]], filename: str)
     return response
 
 
-def _num(value: float | None) -> str:
-    return "" if value is None else f"{value:.1f}"
-
-
 @bp.get("/reports/csat.csv")
 def csat_csv() -> Response:
-    rows, _weeks_, _tz = _report(_launch_id())
-    return _csv(
-        CSV_COLUMNS,
-        (
-            (
-                r.week.isoformat(),
-                r.location,
-                r.practitioner,
-                r.invitations,
-                r.responses,
-                _num(r.response_rate),
-                _num(r.csat_percent),
-                _num(r.nps),
-                r.csat_answers,
-                r.nps_answers,
-            )
-            for r in rows
-        ),
-        "caredesk-csat.csv",
-    )
+    """One of the page's tables, cell for cell: `table=weeks` (default) or `people`."""
+    report = _report(_launch_id())
+    table = request.args.get("table") or "weeks"
+    if table not in TABLES:
+        raise AppError("table must be weeks or people.")
+    columns = TABLES[table]
+    rows = report.weekly if table == "weeks" else report.people
+    name = "caredesk-csat.csv" if table == "weeks" else "caredesk-csat-by-practitioner.csv"
+    return _csv((c.key for c in columns), table_cells(rows, columns, report.min_n), name)
 
 
 @bp.get("/reports/csat/responses.csv")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from html.parser import HTMLParser
 
+import pytest
+
 from helpdesk.models import Ticket
 
 XSS = '<script>alert("x")</script><img src=x onerror=alert(1)>'
@@ -34,7 +36,7 @@ def _controls(html: str) -> _Controls:
 
 
 def _ticket_id(location: str) -> int:
-    match = re.search(r"/tickets/(\d+)$", location)
+    match = re.search(r"/tickets/(\d+)\?ok=created$", location)
     assert match, location
     return int(match.group(1))
 
@@ -63,10 +65,11 @@ def test_new_ticket_form_creates_and_redirects_to_the_ticket(env, a) -> None:
             None,
             "Patient/p1",
         )
-    detail = a.page(f"/tickets/{ticket_id}")
+    detail = a.page(f"/tickets/{ticket_id}?ok=created")
     assert detail.status_code == 200
     assert "Needs a ride" in detail.text
-    assert 'data-testid="priority-badge">high!' in detail.text
+    assert 'data-testid="priority-badge">High priority<' in detail.text
+    assert f"Ticket #{ticket_id} opened · due " in detail.text  # the confirmation
 
 
 def test_form_redirects_back_only_to_this_launch_pages(a) -> None:
@@ -81,7 +84,8 @@ def test_form_redirects_back_only_to_this_launch_pages(a) -> None:
     ):
         response = a.form("/tickets", {**base, "next": target})
         assert response.status_code == 303
-        assert re.search(rf"/l/{a.launch_id}/tickets/\d+$", response.headers["Location"]), target
+        location = response.headers["Location"]
+        assert re.search(rf"/l/{a.launch_id}/tickets/\d+\?ok=created$", location), target
 
 
 def test_invalid_form_is_shown_again_with_messages_and_values(a) -> None:
@@ -124,13 +128,13 @@ def test_update_and_note_forms_change_the_ticket(env, a) -> None:
         {"status": "pending", "priority": "urgent", "category": "billing", "assignee": "kim"},
     )
     assert moved.status_code == 303
-    assert moved.headers["Location"].endswith(f"/l/{a.launch_id}/tickets/{ticket_id}")
+    assert moved.headers["Location"].endswith(f"/l/{a.launch_id}/tickets/{ticket_id}?ok=pending")
     noted = a.form(
         f"/tickets/{ticket_id}/notes",
         {"body": "Called, no answer", "channel": "phone", "direction": "outbound"},
     )
     assert noted.status_code == 303
-    assert noted.headers["Location"].endswith(f"/tickets/{ticket_id}#notes")
+    assert noted.headers["Location"].endswith(f"/tickets/{ticket_id}?ok=note#notes")
     detail = a.get(f"/tickets/{ticket_id}").json()
     assert (detail["status"], detail["priority"], detail["assignee"]) == (
         "pending",
@@ -177,3 +181,60 @@ def test_other_ehr_ticket_page_is_not_found(a, b) -> None:
     assert a.form(f"/tickets/{theirs}/notes", {"body": "n"}).status_code == 404
     assert a.form(f"/tickets/{theirs}", {"status": "closed"}).status_code == 404
     assert b.get(f"/tickets/{theirs}").json()["status"] == "open"
+
+
+def test_every_change_is_confirmed_on_the_page_it_lands_on(a) -> None:
+    ticket_id = a.post("/tickets", {"subject": "Bill question", "category": "billing"}).json()["id"]
+    saved = a.form(f"/tickets/{ticket_id}", {"status": "open", "priority": "high"})
+    page = a.http.get(a.base + saved.headers["Location"], timeout=10)
+    assert f"Ticket #{ticket_id} saved: open, high priority, unassigned." in page.text
+    resolved = a.form(f"/tickets/{ticket_id}", {"status": "open", "resolve": "1"})
+    assert resolved.headers["Location"].endswith("?ok=resolved")
+    page = a.http.get(a.base + resolved.headers["Location"], timeout=10)
+    assert f"Ticket #{ticket_id} is now resolved." in page.text
+    noted = a.form(
+        f"/tickets/{ticket_id}/notes",
+        {"body": "Left a voicemail", "channel": "phone", "direction": "outbound"},
+    )
+    page = a.http.get(a.base + noted.headers["Location"].split("#")[0], timeout=10)
+    assert "Note added: phone call to the patient." in page.text
+    # The word in the URL names what happened; the sentence comes from the row.
+    assert "saved" not in a.page(f"/tickets/{ticket_id}?ok=bogus").text.split("</nav>", 1)[1]
+
+
+@pytest.mark.parametrize(
+    ("kind", "channel", "direction"),
+    [
+        ("call", "phone", "outbound"),  # "Log a call" from a call list: a call we made
+        ("called", "phone", "inbound"),
+        ("message", "sms", "outbound"),
+        ("internal", "internal", "internal"),
+        ("", "internal", "internal"),
+    ],
+)
+def test_a_new_note_defaults_to_how_it_was_reached(
+    a, kind: str, channel: str, direction: str
+) -> None:
+    ticket_id = a.post("/tickets", {"subject": "s", "category": "billing"}).json()["id"]
+    page = a.page(f"/tickets/{ticket_id}?note={kind}").text
+    chosen = dict(
+        re.findall(
+            r'<select id="nn-(channel|direction)".*?<option value="([^"]+)" selected', page, re.S
+        )
+    )
+    assert chosen == {"channel": channel, "direction": direction}
+
+
+def test_ticket_pages_name_priorities_statuses_and_categories_in_words(a) -> None:
+    ticket_id = a.post(
+        "/tickets", {"subject": "s", "category": "clinical-question", "priority": "urgent"}
+    ).json()["id"]
+    page = a.page(f"/tickets/{ticket_id}").text
+    assert 'data-testid="priority-badge">Urgent<' in page
+    assert 'data-testid="status-badge">Open<' in page
+    assert "Clinical question" in page
+    assert "!" not in re.search(r'data-testid="priority-badge">([^<]*)<', page)[1]  # type: ignore[index]
+    listing = a.page("/tickets").text
+    assert "Urgent" in listing and "Clinical question" in listing
+    # The EHR of this launch does not answer: the patient is shown by reference, linked.
+    assert 'data-testid="patient-link">Patient/p1<' in page

@@ -184,6 +184,15 @@ def test_a_300_visit_day_in_a_full_tab_uses_the_width(busy_day, chromium, screen
 
     _story(page, page.main_frame, shot, "tab-1440")
     assert_accessible(page, "the board in a tab after coming back")
+    # Reminders for three visits, answered in the tab's width.
+    picks = page.locator("[data-row]:not([hidden]) input[name=appointment]")
+    for i in range(3):
+        picks.nth(i).check()
+    page.get_by_test_id("remind-selected").click()
+    page.get_by_test_id("reminder-summary").wait_for()
+    assert horizontal_overflow(page) <= 0
+    shot("reminders-1440")
+    assert_accessible(page, "the reminders summary in a tab")
     context.close()
 
 
