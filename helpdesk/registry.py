@@ -1,20 +1,37 @@
 """The EHR registry: which EHRs may launch CareDesk, and how CareDesk talks to each.
 
 Only a registered ``iss`` is ever contacted; lookups here are by exact FHIR base.
+
+A registration is written two ways: ``create`` (a new EHR; never touches an existing
+one) and ``update`` (changes only the fields it is given and keeps the slug, which
+``/start?ehr=<slug>`` links carry). What an integration engineer types, on the command
+line or in a registration file, is validated by ``RegistrationSchema`` first, every
+field at once. ``upsert`` remains for the demo and tests that (re)build a registration
+wholesale.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
+from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from helpdesk.crypto import Vault
-from helpdesk.models import EhrRegistration
+from helpdesk.models import EhrRegistration, SigningKey
+from smart_launch.features import FEATURES, scopes_for_features
+from smart_launch.keys import generate_signing_key
+from smart_launch.scopes import Level, validate_scopes
 
 CLIENT_TYPES = ("public", "confidential-symmetric", "confidential-asymmetric")
+KEY_ALGS = ("RS384", "ES384")
+# What a backend client asks for when the registration names none: every feature's
+# system/ scopes (smart_launch.features), so jobs, sweeps and `ehr check` can all run.
+DEFAULT_BACKEND_SCOPES = scopes_for_features(FEATURES, "backend")
 
 # What the sidebar, the board and the jobs need. v2 syntax; translated to v1 for servers
 # that only advertise permission-v1.
@@ -105,3 +122,293 @@ def upsert(
         reg.client_secret_enc = vault.encrypt(client_secret)
     session.flush()
     return reg
+
+
+# --- what an integration engineer gives: flags or a registration file -----------------
+
+
+class _Scopes(fields.Field):  # type: ignore[type-arg]
+    """A scope string, or a list of scopes (easier to read in a file), checked with
+    ``smart_launch.scopes.validate_scopes`` at its level; every problem is reported."""
+
+    def __init__(self, level: Level, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.level = level
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        if isinstance(value, str):
+            scopes = value.split()
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            scopes = [s for v in value for s in v.split()]
+        else:
+            raise ValidationError("Must be a space-separated string or a list of scopes.")
+        problems = validate_scopes(" ".join(scopes), level=self.level)
+        if problems:
+            raise ValidationError([str(p) for p in problems])
+        return " ".join(scopes)
+
+
+def _origin(value: str) -> None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationError(f"{value!r} is not an origin like https://ehr.example.org.")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise ValidationError(
+            f"{value!r} has more than an origin: scheme://host[:port] only, no path."
+        )
+
+
+_SLUG = r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"
+
+
+class RegistrationSchema(Schema):
+    """One EHR registration as a file (JSON or TOML) or the ``ehr add`` flags give it.
+
+    Keys starting with ``_`` are comments (JSON has none). Secrets never live in the
+    file: the client secret comes from ``$CAREDESK_CLIENT_SECRET``.
+    """
+
+    class Meta:
+        unknown = RAISE
+
+    iss = fields.Url(
+        required=True,
+        schemes={"http", "https"},
+        require_tld=False,
+        metadata={"help": "the EHR's FHIR base URL, exactly as it sends `iss` on launch"},
+    )
+    client_id = fields.String(required=True, validate=validate.Length(1, 255))
+    client_type = fields.String(validate=validate.OneOf(CLIENT_TYPES))
+    slug = fields.String(
+        validate=validate.Regexp(
+            _SLUG, error="Lower-case letters, digits and dashes, at most 64 characters."
+        )
+    )
+    name = fields.String(validate=validate.Length(1, 200))
+    scopes = _Scopes("user")
+    frame_origins = fields.List(fields.String(validate=_origin))
+    backend_client_id = fields.String(validate=validate.Length(1, 255))
+    backend_scopes = _Scopes("backend")
+    signing_key_alg = fields.String(validate=validate.OneOf(KEY_ALGS))
+    allow_writes = fields.Boolean(truthy={True}, falsy={False})
+    client_secret = fields.Raw(
+        validate=lambda _v: _refuse_secret(),
+    )
+
+    @pre_load
+    def _drop_comments(self, data: Any, **kwargs: Any) -> Any:
+        if isinstance(data, Mapping):
+            return {k: v for k, v in data.items() if not str(k).startswith("_")}
+        return data
+
+
+def _refuse_secret() -> bool:
+    raise ValidationError(
+        "Secrets do not belong in a registration file: pass it as $CAREDESK_CLIENT_SECRET."
+    )
+
+
+def slug_for(iss: str) -> str:
+    """The default short name: the iss without its scheme, dashed."""
+    return re.sub(r"[^a-z0-9]+", "-", iss.lower().split("://", 1)[-1]).strip("-")[:64].strip("-")
+
+
+def load_registration(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate a new registration; raises marshmallow's ``ValidationError`` whose
+    ``messages`` name every bad field at once."""
+    loaded: dict[str, Any] = RegistrationSchema().load(data)
+    return loaded
+
+
+def load_changes(reg: EhrRegistration, data: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate changes to ``reg`` (any subset of the fields): like ``load_registration``,
+    and an iss or slug that differs from the registration's is refused in the same pass
+    (a slug is in every `/start?ehr=` link; another iss is another EHR)."""
+    errors: dict[str, Any] = {}
+    loaded: dict[str, Any] = {}
+    try:
+        loaded = RegistrationSchema().load(data, partial=True)
+    except ValidationError as exc:
+        errors = dict(exc.messages) if isinstance(exc.messages, dict) else {"": exc.messages}
+    for fixed in ("iss", "slug"):
+        given = data.get(fixed)
+        if fixed in errors or not isinstance(given, str):
+            continue
+        if (normalize_iss(given) if fixed == "iss" else given) != getattr(reg, fixed):
+            errors[fixed] = [
+                f"stays {getattr(reg, fixed)!r} (links and launches use it); "
+                "register another EHR with `caredesk ehr add`"
+            ]
+    if errors:
+        raise ValidationError(errors)
+    return loaded
+
+
+class RegistrationConflict(ValueError):
+    """A registration cannot be written as given (the message says what to do instead)."""
+
+
+# The fields a registration row holds, in the order they are shown.
+_FIELDS = (
+    "name",
+    "client_id",
+    "client_type",
+    "scopes",
+    "frame_origins",
+    "backend_client_id",
+    "backend_scopes",
+    "allow_writes",
+)
+
+
+def with_defaults(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A new registration's values: what was given, CareDesk's defaults for the rest."""
+    out = dict(values)
+    out["iss"] = normalize_iss(str(values["iss"]))
+    out.setdefault("slug", slug_for(out["iss"]))
+    out.setdefault("name", out["slug"])
+    out.setdefault("client_type", "public")
+    out.setdefault("scopes", DEFAULT_SCOPES)
+    out["frame_origins"] = sorted({o.rstrip("/") for o in out.get("frame_origins", [])})
+    out.setdefault("backend_client_id", None)
+    if out["backend_client_id"] and not out.get("backend_scopes"):
+        out["backend_scopes"] = DEFAULT_BACKEND_SCOPES
+    out.setdefault("backend_scopes", None)
+    out.setdefault("allow_writes", True)
+    return out
+
+
+_NEEDS_SECRET = "a confidential-symmetric client needs a client secret: set $CAREDESK_CLIENT_SECRET"  # noqa: E501,S105 - a message, not a password
+
+
+def _combination_problems(values: Mapping[str, Any], *, has_secret: bool) -> dict[str, str]:
+    problems: dict[str, str] = {}
+    if values["client_type"] == "confidential-symmetric" and not has_secret:
+        problems["client_secret"] = _NEEDS_SECRET
+    if values.get("backend_scopes") and not values.get("backend_client_id"):
+        problems["backend_scopes"] = "backend scopes without a backend_client_id"
+    return problems
+
+
+def differences(reg: EhrRegistration, values: Mapping[str, Any]) -> list[str]:
+    """Fields of ``values`` (complete, as ``with_defaults`` makes them) that differ from
+    the stored registration."""
+    return [f for f in ("slug", *_FIELDS) if values.get(f) != getattr(reg, f)]
+
+
+def create(
+    session: Session,
+    vault: Vault,
+    values: Mapping[str, Any],
+    *,
+    client_secret: str | None = None,
+) -> EhrRegistration:
+    """A new registration from validated ``values``; an iss or slug already registered
+    is a ``RegistrationConflict`` (an existing registration is changed by ``update``)."""
+    full = with_defaults(values)
+    problems = _combination_problems(full, has_secret=bool(client_secret))
+    if problems:
+        raise ValidationError(problems)
+    existing = find_by_iss(session, full["iss"])
+    if existing is not None:
+        raise RegistrationConflict(existing.slug)
+    taken = session.scalar(select(EhrRegistration).where(EhrRegistration.slug == full["slug"]))
+    if taken is not None:
+        raise ValidationError(
+            {"slug": f"{full['slug']!r} is already the slug of {taken.iss}; choose another"}
+        )
+    reg = EhrRegistration(slug=full["slug"], iss=full["iss"], **{f: full[f] for f in _FIELDS})
+    if client_secret and full["client_type"] == "confidential-symmetric":
+        reg.client_secret_enc = vault.encrypt(client_secret)
+    session.add(reg)
+    if _needs_key(reg):
+        add_signing_key(reg, vault, full.get("signing_key_alg") or "RS384")
+    session.flush()
+    return reg
+
+
+def _needs_key(reg: EhrRegistration) -> bool:
+    # Both sign client assertions (private_key_jwt) and need a key from the start.
+    return reg.client_type == "confidential-asymmetric" or bool(reg.backend_client_id)
+
+
+def current_keys(reg: EhrRegistration) -> list[SigningKey]:
+    return [k for k in reg.signing_keys if k.retired_at is None]
+
+
+def add_signing_key(reg: EhrRegistration, vault: Vault, alg: str) -> SigningKey:
+    key = generate_signing_key(alg)  # type: ignore[arg-type]
+    row = SigningKey(
+        kid=key.kid,
+        alg=key.alg,
+        private_key_enc=vault.encrypt(key.private_pem),
+        public_jwk=key.public_jwk(),
+    )
+    reg.signing_keys.append(row)
+    return row
+
+
+def _show(field: str, value: Any) -> str:
+    if isinstance(value, list):
+        return " ".join(value) if value else "(none)"
+    if value is None:
+        return "(none)"
+    return str(value)
+
+
+def update(
+    session: Session,
+    vault: Vault,
+    reg: EhrRegistration,
+    changes: Mapping[str, Any],
+    *,
+    client_secret: str | None = None,
+    remove_backend: bool = False,
+) -> list[str]:
+    """Change only the fields in ``changes`` (validated); the slug and iss stay. Returns
+    one line per change for the person who asked, secrets never shown.
+
+    Changing the client type clears what no longer applies: a client secret once the
+    client is not confidential-symmetric, signing keys once nothing signs assertions
+    (neither a confidential-asymmetric client nor a backend client); a type that needs a
+    key gets one.
+    """
+    problems: dict[str, str] = {}
+    merged = {f: getattr(reg, f) for f in _FIELDS}
+    merged.update({f: changes[f] for f in _FIELDS if f in changes})
+    if "frame_origins" in changes:
+        merged["frame_origins"] = sorted({o.rstrip("/") for o in changes["frame_origins"]})
+    if remove_backend:
+        merged["backend_client_id"] = merged["backend_scopes"] = None
+    elif merged["backend_client_id"] and not merged["backend_scopes"]:
+        merged["backend_scopes"] = DEFAULT_BACKEND_SCOPES
+    keeps_secret = reg.client_secret_enc is not None or bool(client_secret)
+    problems.update(_combination_problems(merged, has_secret=keeps_secret))
+    if problems:
+        raise ValidationError(problems)
+
+    notes: list[str] = []
+    for field in _FIELDS:
+        old, new = getattr(reg, field), merged[field]
+        if old != new:
+            setattr(reg, field, new)
+            notes.append(f"{field}: {_show(field, old)} -> {_show(field, new)}")
+    if client_secret and reg.client_type == "confidential-symmetric":
+        if reg.client_secret_enc is None or vault.decrypt(reg.client_secret_enc) != client_secret:
+            notes.append("client secret: replaced")
+            reg.client_secret_enc = vault.encrypt(client_secret)
+    elif reg.client_secret_enc is not None and reg.client_type != "confidential-symmetric":
+        reg.client_secret_enc = None
+        notes.append(f"client secret: removed (a {reg.client_type} client has none)")
+    if _needs_key(reg) and not current_keys(reg):
+        key = add_signing_key(reg, vault, changes.get("signing_key_alg") or "RS384")
+        notes.append(f"signing key {key.kid} ({key.alg}): generated, published in the JWKS")
+    elif not _needs_key(reg) and reg.signing_keys:
+        kids = ", ".join(k.kid for k in reg.signing_keys)
+        reg.signing_keys.clear()
+        notes.append(
+            f"signing keys {kids}: removed, no longer published (a {reg.client_type} "
+            "client without a backend client signs nothing)"
+        )
+    session.flush()
+    return notes

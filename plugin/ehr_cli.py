@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
-import re
+import tomllib
+from pathlib import Path
+from typing import Any
 
 import click
 from flask import current_app
+from marshmallow import ValidationError
 from sqlalchemy import select
 
 from helpdesk import ehr as ehr_bridge
@@ -17,7 +20,7 @@ from helpdesk.models import EhrRegistration, SigningKey
 from helpdesk.timeutil import utcnow
 from plugin.cli import cli, with_appcontext
 from smart_launch.check import check_ehr
-from smart_launch.keys import generate_signing_key
+from smart_launch.features import FEATURES, feature_table, scopes_for_features
 
 
 @cli.group(help="The EHR registry: which EHRs may launch CareDesk, and how to reach them.")
@@ -25,111 +28,351 @@ def ehr() -> None:
     pass
 
 
-def _slugify(iss: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", iss.lower().split("://", 1)[-1]).strip("-")[:64]
-
-
 def _invalidate_frames() -> None:
     current_app.extensions["caredesk.frame_origins"].invalidate()
 
 
-@ehr.command("add", help="Register an EHR (or update the registration with the same iss).")
-@click.option("--iss", required=True, help="The EHR's FHIR base URL, exactly as it launches.")
-@click.option("--client-id", required=True, help="CareDesk's client_id at this EHR.")
-@click.option(
-    "--type",
-    "client_type",
-    default="public",
-    show_default=True,
-    type=click.Choice(registry.CLIENT_TYPES),
-    help="OAuth client type.",
+class RegistrationInputError(click.ClickException):
+    """Bad registration input: every bad field, one line each. Exit code 2, as for any
+    other usage error."""
+
+    exit_code = 2
+
+
+def _bad_fields(messages: Any, source: str) -> RegistrationInputError:
+    lines: list[str] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}[{key}]" if isinstance(key, int) else _join(prefix, key), inner)
+        elif isinstance(value, list):
+            for item in value:
+                walk(prefix, item)
+        else:
+            lines.append(f"  {prefix or 'file'}: {value}")
+
+    walk("", messages)
+    count = f"{len(lines)} problem" + ("s" if len(lines) != 1 else "")
+    return RegistrationInputError(f"{source}: {count}\n" + "\n".join(lines))
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else str(key)
+
+
+def _read_file(path: str) -> dict[str, Any]:
+    """A registration file: JSON, or TOML for a name ending in .toml."""
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        data = tomllib.loads(text) if path.endswith(".toml") else json.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise RegistrationInputError(f"{path}: not valid {_kind(path)}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise RegistrationInputError(f"{path}: must hold one registration (a JSON object)")
+    return data
+
+
+def _kind(path: str) -> str:
+    return "TOML" if path.endswith(".toml") else "JSON"
+
+
+def _given(from_file: str | None, flags: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The file's fields, then the flags that were given (they win)."""
+    data = _read_file(from_file) if from_file else {}
+    data.update({k: v for k, v in flags.items() if v not in (None, ())})
+    source = from_file or "the options"
+    if from_file and any(v not in (None, ()) for v in flags.values()):
+        source = f"{from_file} with the options"
+    return data, source
+
+
+def _registration_options(func: Any) -> Any:
+    """The options ``add`` and ``update`` share, in the order `--help` shows them."""
+    options = [
+        click.option(
+            "--from-file",
+            type=click.Path(exists=True, dir_okay=False),
+            default=None,
+            help="A registration file (JSON, or TOML for *.toml; the format is in "
+            "docs/integration.md, example fixtures/registrations/sample-ehr.json). "
+            "Options given as well win over the file.",
+        ),
+        click.option("--client-id", default=None, help="CareDesk's client_id at this EHR."),
+        click.option(
+            "--type",
+            "client_type",
+            default=None,
+            type=click.Choice(registry.CLIENT_TYPES),
+            help="OAuth client type (new registrations: public).",
+        ),
+        click.option(
+            "--client-secret",
+            envvar="CAREDESK_CLIENT_SECRET",
+            default=None,
+            help="For confidential-symmetric; better passed as $CAREDESK_CLIENT_SECRET.",
+        ),
+        click.option(
+            "--scopes",
+            default=None,
+            help="Space-separated user-level scopes (new registrations: CareDesk's "
+            "defaults; `caredesk ehr scopes` lists what each feature needs).",
+        ),
+        click.option(
+            "--frame-origin",
+            "frame_origins",
+            multiple=True,
+            help="Origin allowed to frame CareDesk, e.g. https://ehr.example (repeatable; "
+            "the list given replaces the registered one).",
+        ),
+        click.option(
+            "--backend-client-id", default=None, help="Client id for SMART Backend Services."
+        ),
+        click.option(
+            "--backend-scopes",
+            default=None,
+            help="system/ scopes for backend jobs (default with a backend client: every "
+            "feature's, see `caredesk ehr scopes`).",
+        ),
+        click.option("--name", default=None, help="Display name."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _flag_values(**flags: Any) -> dict[str, Any]:
+    out = dict(flags)
+    if out.get("frame_origins") == ():
+        out["frame_origins"] = None
+    elif out.get("frame_origins") is not None:
+        out["frame_origins"] = list(out["frame_origins"])
+    return out
+
+
+@ehr.command(
+    "add",
+    help="Register a new EHR, from options or a registration file (--from-file). An EHR "
+    "already registered is left as it is: the same settings again change nothing, "
+    "different ones are refused (change them with `caredesk ehr update`).",
 )
-@click.option(
-    "--client-secret",
-    envvar="CAREDESK_CLIENT_SECRET",
-    default=None,
-    help="For confidential-symmetric; better passed as $CAREDESK_CLIENT_SECRET.",
-)
+@click.option("--iss", default=None, help="The EHR's FHIR base URL, exactly as it launches.")
+@_registration_options
 @click.option(
     "--generate-key",
     "key_alg",
-    type=click.Choice(["RS384", "ES384"]),
+    type=click.Choice(registry.KEY_ALGS),
     default=None,
-    help="Generate a signing key pair (confidential-asymmetric, backend services).",
+    help="Algorithm of the signing key made for confidential-asymmetric and backend "
+    "clients (default RS384).",
 )
-@click.option(
-    "--scopes",
-    default=registry.DEFAULT_SCOPES,
-    show_default="CareDesk's defaults",
-    help="Space-separated scopes to request.",
-)
-@click.option(
-    "--frame-origin",
-    "frame_origins",
-    multiple=True,
-    help="Origin allowed to frame CareDesk, e.g. https://ehr.example (repeatable).",
-)
-@click.option("--backend-client-id", default=None, help="Client id for SMART Backend Services.")
-@click.option("--backend-scopes", default=None, help="system/ scopes for backend jobs.")
-@click.option("--slug", default=None, help="Short name (default: from the iss).")
-@click.option("--name", default=None, help="Display name.")
+@click.option("--slug", default=None, help="Short name, used in links (default: from the iss).")
 @click.option("--read-only", is_flag=True, help="Never write to this EHR (no write-back).")
 @with_appcontext
 def add(
-    iss: str,
-    client_id: str,
-    client_type: str,
+    iss: str | None,
+    from_file: str | None,
+    client_id: str | None,
+    client_type: str | None,
     client_secret: str | None,
-    key_alg: str | None,
-    scopes: str,
+    scopes: str | None,
     frame_origins: tuple[str, ...],
     backend_client_id: str | None,
     backend_scopes: str | None,
-    slug: str | None,
     name: str | None,
+    key_alg: str | None,
+    slug: str | None,
     read_only: bool,
 ) -> None:
-    if (client_type == "confidential-asymmetric" or backend_client_id) and not key_alg:
-        # Both sign client assertions (private_key_jwt): they need a key from the start.
-        key_alg = "RS384"
+    flags = _flag_values(
+        iss=iss,
+        client_id=client_id,
+        client_type=client_type,
+        scopes=scopes,
+        frame_origins=frame_origins,
+        backend_client_id=backend_client_id,
+        backend_scopes=backend_scopes,
+        name=name,
+        signing_key_alg=key_alg,
+        slug=slug,
+        allow_writes=False if read_only else None,
+    )
+    data, source = _given(from_file, flags)
     vault = get_vault()
     with get_store().session() as session:
         try:
-            reg = registry.upsert(
-                session,
-                vault,
-                slug=slug or _slugify(iss),
-                name=name,
-                iss=iss,
-                client_id=client_id,
-                client_type=client_type,
-                client_secret=client_secret,
-                scopes=scopes,
-                frame_origins=frame_origins,
-                backend_client_id=backend_client_id,
-                backend_scopes=backend_scopes,
-                allow_writes=not read_only,
-            )
-        except ValueError as exc:
-            raise click.UsageError(str(exc)) from exc
-        if key_alg and not [k for k in reg.signing_keys if k.retired_at is None]:
-            _add_key(reg, key_alg)
+            values = registry.load_registration(data)
+            reg = registry.create(session, vault, values, client_secret=client_secret)
+        except ValidationError as exc:
+            raise _bad_fields(exc.messages, source) from None
+        except registry.RegistrationConflict:
+            existing = registry.find_by_iss(session, values["iss"])
+            assert existing is not None
+            _already_registered(existing, registry.with_defaults(values), client_secret)
+            return
         click.echo(f"registered {reg.slug} (id {reg.id}): {reg.iss}")
         for key in reg.signing_keys:
             click.echo(f"  signing key {key.kid} ({key.alg}) published at /.well-known/jwks.json")
+        if reg.backend_client_id and "backend_scopes" not in values:
+            click.echo(f"  backend scopes (every feature's): {reg.backend_scopes}")
     _invalidate_frames()
 
 
-def _add_key(reg: EhrRegistration, alg: str) -> SigningKey:
-    key = generate_signing_key(alg)  # type: ignore[arg-type]
-    row = SigningKey(
-        kid=key.kid,
-        alg=key.alg,
-        private_key_enc=get_vault().encrypt(key.private_pem),
-        public_jwk=key.public_jwk(),
+def _already_registered(
+    reg: EhrRegistration, values: dict[str, Any], client_secret: str | None
+) -> None:
+    """`ehr add` for an iss already registered: a re-run with the same settings is a
+    no-op (so a provisioning script may run twice); anything else is refused, since
+    replacing a registration wholesale would drop settings the new command left out."""
+    diff = registry.differences(reg, values)
+    if (
+        client_secret
+        and reg.client_type == "confidential-symmetric"
+        and (
+            reg.client_secret_enc is None
+            or get_vault().decrypt(reg.client_secret_enc) != client_secret
+        )
+    ):
+        diff.append("client_secret")
+    if not diff:
+        click.echo(f"{reg.slug} (id {reg.id}) is already registered as given; nothing changed")
+        return
+    raise click.ClickException(
+        f"{reg.iss} is already registered as {reg.slug} (id {reg.id}), and these differ: "
+        f"{', '.join(diff)}. Nothing was changed: `ehr add` never replaces a registration. "
+        f"Change what you mean to with `caredesk ehr update {reg.slug} --...` (or "
+        f"`--from-file FILE`; only what is given changes)."
     )
-    reg.signing_keys.append(row)
-    return row
+
+
+@ehr.command(
+    "update",
+    help="Change a registration: only what is given changes; the slug and iss stay. "
+    "Changing --type clears a client secret or signing keys that no longer apply "
+    "(and says so); a type that signs gets a key.",
+)
+@click.argument("key")
+@_registration_options
+@click.option(
+    "--no-backend",
+    is_flag=True,
+    help="Remove the backend client (id and scopes).",
+)
+@click.option(
+    "--read-only/--allow-writes",
+    "read_only",
+    default=None,
+    help="Never write to this EHR / allow write-back again.",
+)
+@with_appcontext
+def update(
+    key: str,
+    from_file: str | None,
+    client_id: str | None,
+    client_type: str | None,
+    client_secret: str | None,
+    scopes: str | None,
+    frame_origins: tuple[str, ...],
+    backend_client_id: str | None,
+    backend_scopes: str | None,
+    name: str | None,
+    no_backend: bool,
+    read_only: bool | None,
+) -> None:
+    if no_backend and (backend_client_id or backend_scopes):
+        raise RegistrationInputError("--no-backend with --backend-client-id/--backend-scopes")
+    flags = _flag_values(
+        client_id=client_id,
+        client_type=client_type,
+        scopes=scopes,
+        frame_origins=frame_origins,
+        backend_client_id=backend_client_id,
+        backend_scopes=backend_scopes,
+        name=name,
+        allow_writes=None if read_only is None else not read_only,
+    )
+    data, source = _given(from_file, flags)
+    vault = get_vault()
+    with get_store().session() as session:
+        reg = _load(session, key)
+        try:
+            changes = registry.load_changes(reg, data)
+            notes = registry.update(
+                session,
+                vault,
+                reg,
+                changes,
+                client_secret=client_secret,
+                remove_backend=no_backend,
+            )
+        except ValidationError as exc:
+            raise _bad_fields(exc.messages, source) from None
+        if not notes:
+            click.echo(f"{reg.slug}: nothing to change")
+            return
+        click.echo(f"updated {reg.slug} (id {reg.id}):")
+        for note in notes:
+            click.echo(f"  {note}")
+    _invalidate_frames()
+
+
+@ehr.command(
+    "scopes",
+    help="The scopes each CareDesk feature needs, user-level (a launch) and backend "
+    "(system/, jobs and the command line), and the scope strings that cover them all.",
+)
+@click.option("--markdown", is_flag=True, help="As the Markdown table of docs/integration.md.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def scopes_cmd(markdown: bool, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(feature_table(), indent=2))
+    elif markdown:
+        click.echo(scopes_markdown())
+    else:
+        for row in feature_table():
+            click.echo(f"{row['title']} ({row['context']})")
+            for level in ("user", "backend"):
+                if row[f"{level}_scopes"]:
+                    click.echo(f"  {level + ':':<8} {' '.join(row[f'{level}_scopes'])}")
+        click.echo(f"\nall, user-level: {scopes_for_features(FEATURES, 'user')}")
+        click.echo(f"all, backend:    {scopes_for_features(FEATURES, 'backend')}")
+
+
+def scopes_markdown() -> str:
+    """The guide's scope table, generated from ``smart_launch.features`` (a test keeps the
+    guide equal to it)."""
+    where = {
+        "user": "launch only",
+        "backend": "backend only",
+        "both": "launch, or backend",
+    }
+    rows = [
+        "| feature | runs on | user-level scopes (a launch) | backend scopes |",
+        "|---|---|---|---|",
+    ]
+    for row in feature_table():
+        user = " ".join(f"`{s}`" for s in row["user_scopes"]) or "—"
+        backend = " ".join(f"`{s}`" for s in row["backend_scopes"]) or "—"
+        rows.append(f"| {row['title']} | {where[row['context']]} | {user} | {backend} |")
+    rows += [
+        "",
+        "Every feature at once, user-level (with the launch and identity scopes):",
+        "",
+        "```text",
+        scopes_for_features(FEATURES, "user"),
+        "```",
+        "",
+        "and backend:",
+        "",
+        "```text",
+        scopes_for_features(FEATURES, "backend"),
+        "```",
+    ]
+    return "\n".join(rows)
+
+
+def _add_key(reg: EhrRegistration, alg: str) -> SigningKey:
+    return registry.add_signing_key(reg, get_vault(), alg)
 
 
 def _load(session, key: str) -> EhrRegistration:  # type: ignore[no-untyped-def]

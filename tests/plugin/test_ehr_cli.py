@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -123,6 +124,237 @@ def test_generated_keys_are_published_and_rotation_keeps_the_old_one(
     refused = cli_env("ehr", "remove", "k", "--kid", current.kid)
     assert refused.exit_code != 0 and "rotate first" in refused.output
     assert isinstance(current, SigningKey)
+
+
+SAMPLE = Path(__file__).resolve().parents[2] / "fixtures" / "registrations" / "sample-ehr.json"
+
+
+def _show(cli_env, key: str) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    result = cli_env("ehr", "show", key)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)  # type: ignore[no-any-return]
+
+
+def test_add_from_the_sample_file_registers_every_setting(cli_env) -> None:
+    added = cli_env("ehr", "add", "--from-file", str(SAMPLE))
+    assert added.exit_code == 0, added.output
+    sample = json.loads(SAMPLE.read_text("utf-8"))
+    shown = _show(cli_env, "sandbox")
+    assert shown["slug"] == "sandbox" and shown["name"] == sample["name"]
+    assert shown["iss"] == sample["iss"] and shown["client_type"] == sample["client_type"]
+    assert shown["scopes"] == " ".join(sample["scopes"])
+    assert shown["backend_client_id"] == "caredesk-jobs"
+    assert shown["backend_scopes"] == " ".join(sample["backend_scopes"])
+    assert shown["frame_origins"] == sample["frame_origins"]
+    assert [k["alg"] for k in shown["signing_keys"]] == ["ES384"]
+    # The same file again changes nothing (a provisioning script may run twice).
+    again = cli_env("ehr", "add", "--from-file", str(SAMPLE))
+    assert again.exit_code == 0 and "nothing changed" in again.output
+    assert _show(cli_env, "sandbox") == shown
+
+
+def test_a_toml_registration_file_reads_the_same(cli_env, tmp_path) -> None:
+    path = tmp_path / "ehr.toml"
+    path.write_text(
+        "# TOML has comments\n"
+        'iss = "https://ehr.example/fhir/r4/"\n'
+        'client_id = "cd"\n'
+        'scopes = ["launch", "openid", "fhirUser", "patient/Patient.read"]\n'
+        'frame_origins = ["https://ehr.example"]\n'
+        "allow_writes = false\n",
+        encoding="utf-8",
+    )
+    added = cli_env("ehr", "add", "--from-file", str(path))
+    assert added.exit_code == 0, added.output
+    shown = _show(cli_env, "ehr-example-fhir-r4")
+    assert shown["iss"] == "https://ehr.example/fhir/r4" and shown["client_type"] == "public"
+    assert shown["scopes"] == "launch openid fhirUser patient/Patient.read"
+    assert shown["allow_writes"] is False and shown["signing_keys"] == []
+
+
+def test_a_bad_registration_file_reports_every_bad_field_at_once(
+    cli_env, sqlite_url, tmp_path
+) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(
+        json.dumps(
+            {
+                "_comment": "comments are fine",
+                "iss": "ehr.example/fhir",
+                "client_type": "confidential",
+                "client_secret": "s3cret",
+                "scopes": "launch openid patient/Apointment.rs ...",
+                "backend_scopes": ["system/Patient.rs", "patient/Coverage.rs"],
+                "frame_origins": ["https://ehr.example/app"],
+                "timezone": "America/Chicago",
+            }
+        ),
+        encoding="utf-8",
+    )
+    result = cli_env("ehr", "add", "--from-file", str(path))
+    assert result.exit_code == 2
+    out = result.output
+    for field in (
+        "iss:",
+        "client_id: Missing data for required field.",
+        "client_type:",
+        "client_secret: Secrets do not belong",
+        "scopes: 'patient/Apointment.rs'",
+        "did you mean Appointment?",
+        "scopes: '...'",
+        "backend_scopes: 'patient/Coverage.rs'",
+        "frame_origins[0]:",
+        "timezone: Unknown field.",
+    ):
+        assert field in out, field
+    assert "s3cret" not in out
+    assert "9 problems" in out  # two of them in `scopes`
+    assert _rows(sqlite_url) == []
+
+
+def test_flags_are_validated_like_the_file(cli_env, sqlite_url) -> None:
+    result = cli_env(
+        "ehr",
+        "add",
+        "--iss",
+        "https://e/fhir",
+        "--client-id",
+        "c",
+        "--backend-client-id",
+        "jobs",
+        "--backend-scopes",
+        "system/Patient.rs system/Appointment.rs ...",
+    )
+    assert result.exit_code == 2
+    assert "backend_scopes: '...': not a SMART scope" in result.output
+    assert _rows(sqlite_url) == []
+
+
+def _add_example(cli_env, *extra: str):  # type: ignore[no-untyped-def]
+    return cli_env(
+        "ehr",
+        "add",
+        "--iss",
+        "https://ehr.example/fhir",
+        "--client-id",
+        "cd",
+        "--slug",
+        "example",
+        "--name",
+        "Example Health",
+        "--frame-origin",
+        "https://ehr.example",
+        "--backend-client-id",
+        "cd-jobs",
+        *extra,
+    )
+
+
+def test_adding_a_registered_iss_again_is_refused_and_changes_nothing(cli_env) -> None:
+    assert _add_example(cli_env).exit_code == 0
+    before = _show(cli_env, "example")
+    # Re-running `ehr add` with fewer options used to rename the slug and drop the name,
+    # the frame origin and the backend client.
+    again = cli_env("ehr", "add", "--iss", "https://ehr.example/fhir/", "--client-id", "cd")
+    assert again.exit_code == 1
+    assert "already registered as example" in again.output
+    assert "slug, name, frame_origins, backend_client_id, backend_scopes" in again.output
+    assert "caredesk ehr update example" in again.output
+    assert _show(cli_env, "example") == before
+    same = _add_example(cli_env)
+    assert same.exit_code == 0 and "nothing changed" in same.output
+
+
+def test_a_slug_taken_by_another_ehr_is_refused(cli_env) -> None:
+    assert _add_example(cli_env).exit_code == 0
+    other = cli_env(
+        "ehr", "add", "--iss", "https://other.example/fhir", "--client-id", "x", "--slug", "example"
+    )
+    assert other.exit_code == 2
+    assert "slug: 'example' is already the slug of https://ehr.example/fhir" in other.output
+
+
+def test_update_changes_only_what_it_is_given_and_keeps_the_slug(cli_env, tmp_path) -> None:
+    assert _add_example(cli_env).exit_code == 0
+    before = _show(cli_env, "example")
+    updated = cli_env(
+        "ehr", "update", "example", "--scopes", "launch openid fhirUser user/Patient.rs"
+    )
+    assert updated.exit_code == 0, updated.output
+    assert "scopes: " in updated.output and "-> launch openid fhirUser user/Patient.rs" in (
+        updated.output
+    )
+    after = _show(cli_env, "example")
+    assert after["scopes"] == "launch openid fhirUser user/Patient.rs"
+    assert {k: v for k, v in after.items() if k != "scopes"} == {
+        k: v for k, v in before.items() if k != "scopes"
+    }
+    # From a file: only the fields in it; iss and slug may be repeated but not changed.
+    path = tmp_path / "change.json"
+    path.write_text(json.dumps({"name": "Example Health (test)"}), encoding="utf-8")
+    assert cli_env("ehr", "update", "example", "--from-file", str(path)).exit_code == 0
+    assert _show(cli_env, "example")["name"] == "Example Health (test)"
+    path.write_text(json.dumps({"slug": "renamed", "scopes": "user/Nothing.rs"}), "utf-8")
+    refused = cli_env("ehr", "update", "example", "--from-file", str(path))
+    assert refused.exit_code == 2
+    assert "slug: stays 'example'" in refused.output and "scopes: 'user/Nothing.rs'" in (
+        refused.output
+    )
+    assert cli_env("ehr", "update", "example", "--name", "Example Health (test)").output == (
+        "example: nothing to change\n"
+    )
+
+
+def test_changing_the_client_type_clears_what_no_longer_applies(cli_env, monkeypatch) -> None:
+    monkeypatch.setenv("CAREDESK_CLIENT_SECRET", "very-secret-value")
+    added = cli_env(
+        "ehr",
+        "add",
+        "--iss",
+        "https://s/fhir",
+        "--client-id",
+        "c",
+        "--type",
+        "confidential-symmetric",
+        "--slug",
+        "s",
+    )
+    assert added.exit_code == 0, added.output
+    assert _show(cli_env, "s")["has_client_secret"] is True
+    monkeypatch.delenv("CAREDESK_CLIENT_SECRET")
+    to_asym = cli_env("ehr", "update", "s", "--type", "confidential-asymmetric")
+    assert to_asym.exit_code == 0, to_asym.output
+    assert "client_type: confidential-symmetric -> confidential-asymmetric" in to_asym.output
+    assert "client secret: removed" in to_asym.output
+    assert "generated, published in the JWKS" in to_asym.output
+    shown = _show(cli_env, "s")
+    assert shown["has_client_secret"] is False and len(shown["signing_keys"]) == 1
+    to_public = cli_env("ehr", "update", "s", "--type", "public")
+    assert "removed, no longer published" in to_public.output
+    assert _show(cli_env, "s")["signing_keys"] == []
+    # Back to symmetric needs a secret, and says so without changing anything.
+    refused = cli_env("ehr", "update", "s", "--type", "confidential-symmetric")
+    assert refused.exit_code == 2 and "$CAREDESK_CLIENT_SECRET" in refused.output
+    assert _show(cli_env, "s")["client_type"] == "public"
+    # A backend client keeps its key when the launch client stops signing.
+    with_backend = cli_env(
+        "ehr", "update", "s", "--type", "confidential-asymmetric", "--backend-client-id", "jobs"
+    )
+    assert "backend_scopes: (none) -> system/Patient.rs" in with_backend.output
+    kept = cli_env("ehr", "update", "s", "--type", "public")
+    assert "signing key" not in kept.output and len(_show(cli_env, "s")["signing_keys"]) == 1
+    dropped = cli_env("ehr", "update", "s", "--no-backend")
+    assert "backend_client_id: jobs -> (none)" in dropped.output
+    assert "removed, no longer published" in dropped.output
+
+
+def test_scopes_lists_each_feature_at_both_levels(cli_env) -> None:
+    result = cli_env("ehr", "scopes", "--json")
+    rows = {row["name"]: row for row in json.loads(result.output)}
+    assert "user/Questionnaire.rs" in rows["survey-write-back"]["user_scopes"]
+    assert rows["survey-publish"]["backend_scopes"] == ["system/Questionnaire.crs"]
+    text = cli_env("ehr", "scopes").output
+    assert f"all, backend:    {scopes_for_features(FEATURES, 'backend')}" in text
 
 
 def test_check_with_a_correct_registration_verifies_and_exits_0(cli_env, sqlite_url) -> None:
