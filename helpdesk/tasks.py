@@ -431,9 +431,56 @@ def survey_route(patient: Mapping[str, Any] | None, *, now: datetime) -> SurveyR
     return SurveyRoute(found[0].channel, masked_address(found[0].address), None)
 
 
+# --- retry: the one rule the sidebar, the jobs page and the retry endpoint share ----------
+
+# What to do when retrying a failed task would fail the same way (refused message, no
+# reachable channel, the EHR's 4xx): the sidebar offers "change channel" for a follow-up,
+# the other kinds are fixed elsewhere and queued again from where they were made.
+INSTEAD_OF_RETRY = {
+    "follow-up": "Change the channel on the patient's page (or call the patient).",
+    "reminder": (
+        "Call the patient instead, or correct the phone or email in the EHR and queue a "
+        "new reminder from the board."
+    ),
+    "referral": (
+        "Correct what the EHR refused (the reason above), then queue a new referral from "
+        "the patient's page."
+    ),
+    "survey-invite": (
+        "Correct the patient's phone or email in the EHR if they are wrong; an invitation "
+        "that cannot reach the patient is not sent again."
+    ),
+    "survey-writeback": (
+        "The EHR refused the answer (the reason above); it stays in CareDesk's report. "
+        "Ask the EHR's administrator whether CareDesk may write QuestionnaireResponses."
+    ),
+}
+
+
+def can_retry(status: str | None, last_error: str | None) -> bool:
+    """A retry can succeed: the task failed for a temporary reason (the EHR or the message
+    service kept failing: jobs.tasks marks those with GAVE_UP), or it waits for the EHR's
+    permission (reopening CareDesk from the EHR renews it). Read from a row or from its
+    dict (the sidebar's task rows)."""
+    if status == "needs-authorization":
+        return True
+    return status == "failed" and (last_error or "").startswith(GAVE_UP)
+
+
 def lasting_failure(task: CareTask) -> bool:
     """A failed task whose reason will not go away by retrying (see GAVE_UP)."""
-    return task.status == "failed" and not (task.last_error or "").startswith(GAVE_UP)
+    return task.status == "failed" and not can_retry(task.status, task.last_error)
+
+
+def retry_refusal(task: CareTask) -> str | None:
+    """None when a retry of ``task`` can succeed; else why not, and what to do instead,
+    in a sentence the person who asked reads."""
+    if can_retry(task.status, task.last_error):
+        return None
+    if task.status == "failed":
+        instead = INSTEAD_OF_RETRY.get(task.kind, "Queue the work again once its cause is fixed.")
+        return f"A retry would fail the same way. {instead}"
+    return f"Only a failed task can be retried; this one is {task.status}."
 
 
 # --- calls --------------------------------------------------------------------------------

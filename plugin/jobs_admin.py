@@ -27,7 +27,7 @@ from helpdesk.crypto import get_vault
 from helpdesk.db import get_db
 from helpdesk.errors import AppError, NotFound
 from helpdesk.models import CareTask, LaunchSession
-from helpdesk.tasks import lasting_failure
+from helpdesk.tasks import retry_refusal
 from helpdesk.timeutil import utcnow
 from jobs.status import QueueHealth
 from plugin.csrf import check_csrf
@@ -51,7 +51,8 @@ def task_json(task: CareTask) -> dict[str, Any]:
         "max_attempts": task.max_attempts,
         "last_error": task.last_error,
         "fhir_refs": task.fhir_refs,
-        "can_retry": task.status in ("failed", "needs-authorization"),
+        "can_retry": retry_refusal(task) is None,
+        "retry_refusal": retry_refusal(task),
         "created_at": task.created_at.isoformat(),
         "finished_at": task.finished_at.isoformat() if task.finished_at else None,
     }
@@ -79,6 +80,12 @@ def retry(launch_id: str, task_id: int) -> BaseResponse:
 
     check_csrf(current_launch(launch_id))
     task = _task(launch_id, task_id)
+    # The rule the sidebar and the jobs page offer Retry by (helpdesk.tasks.can_retry):
+    # a lasting failure is refused here too, with what to do instead, so a stale page or
+    # a hand-made request cannot queue work that fails the same way again.
+    refusal = retry_refusal(task)
+    if refusal is not None:
+        raise AppError(refusal, status=409, code="not_retryable")
     if not do_retry(current_app._get_current_object(), [task.id]):  # type: ignore[attr-defined]
         raise AppError(
             "only failed or waiting-for-authorization tasks can be retried",
@@ -148,13 +155,10 @@ PAGE_SIZE = 200
 
 
 def retryable(task: CareTask) -> bool:
-    """Offer Retry only where it can succeed: a temporary failure (the EHR or the message
-    service kept failing: helpdesk.tasks.lasting_failure says which), or a task that waits
-    for the EHR's permission (reopening CareDesk renews it). A refusal that will come back
-    the same (no channel, a 4xx from the EHR) is shown with its reason, not a button."""
-    if task.status == "needs-authorization":
-        return True
-    return task.status == "failed" and not lasting_failure(task)
+    """Offer Retry only where it can succeed (helpdesk.tasks.can_retry, the sidebar's rule
+    and the retry endpoint's). A refusal that will come back the same (no channel, a 4xx
+    from the EHR) is shown with its reason and what to do instead, not a button."""
+    return retry_refusal(task) is None
 
 
 def state_words(task: CareTask, *, now: datetime, tz: ZoneInfo) -> str:
@@ -173,9 +177,8 @@ def state_words(task: CareTask, *, now: datetime, tz: ZoneInfo) -> str:
     if status == "done":
         return f"Done {when(task.finished_at)}" if task.finished_at else "Done"
     if status == "failed":
-        lasting = "" if retryable(task) else " (a retry would fail the same way)"
         at = f" {when(task.finished_at)}" if task.finished_at else ""
-        return f"Failed{at}{lasting}"
+        return f"Failed{at}" + ("" if retryable(task) else ": not for retrying")
     if status == "needs-authorization":
         return "Needs the EHR's permission again: reopen CareDesk from the EHR, then retry"
     if status == "cancelled":
@@ -281,6 +284,7 @@ def admin_page(launch_id: str) -> str:
         unfinished=unfinished,
         queue_lines=queue_words(queue_health(current_app._get_current_object()), counts),  # type: ignore[attr-defined]
         retryable=retryable,
+        retry_refusal=retry_refusal,
         state_words=lambda t: state_words(t, now=now, tz=tz),
         when=lambda v: when_words(v, now=now, tz=tz),
         confirmation=confirmation,

@@ -9,7 +9,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from fhir_mappers.fhirutil import parse_datetime
-from helpdesk.tasks import CALL_ATTEMPTS, GAVE_UP
+from helpdesk.tasks import CALL_ATTEMPTS, GAVE_UP, can_retry
 from plugin.timewords import when_words
 
 _FOLLOW_UP = {"phone": "Call", "sms": "Text message", "email": "Email"}
@@ -70,7 +70,7 @@ def _failed(task: Mapping[str, Any]) -> str:
 
 
 def is_lasting(task: Mapping[str, Any]) -> bool:
-    """A failed row whose reason a retry will not cure (see helpdesk.tasks.GAVE_UP)."""
-    return task.get("status") == "failed" and not str(task.get("last_error") or "").startswith(
-        GAVE_UP
-    )
+    """A failed row whose reason a retry will not cure (helpdesk.tasks.can_retry, the rule
+    the retry endpoint and the jobs page follow too)."""
+    status = str(task.get("status") or "")
+    return status == "failed" and not can_retry(status, str(task.get("last_error") or ""))

@@ -78,7 +78,8 @@ def test_task_list_with_reason_attempts_and_retry_only_where_it_can_succeed(
     assert f'name="csrf_token" value="{board.csrf}"' in temporary
     lasting = html.unescape(rows[tasks["lasting"]])
     assert "cannot be reached by SMS or email" in lasting
-    assert "a retry would fail the same way" in lasting
+    # Why not, and what to do instead, where the button would have been.
+    assert "A retry would fail the same way. Call the patient instead" in lasting
     assert 'data-testid="retry"' not in lasting
     assert 'data-testid="retry"' in rows[tasks["auth"]]
     for quiet in ("queued", "done"):
@@ -132,6 +133,44 @@ def test_retry_from_the_page_queues_the_task_again_and_says_so(
         board.base + form[1], data={"next": "/"}, timeout=10, allow_redirects=False
     )
     assert forged.status_code == 403
+
+
+def test_retry_of_a_lasting_failure_is_refused_with_what_to_do_instead(
+    env: Any, tasks: dict[str, int]
+) -> None:
+    """The server follows the page's rule: a stale page or a hand-made post cannot queue
+    work that fails the same way again (only the form once hid the button)."""
+    board = env.launch("A", patient=None)
+    for name, words in (
+        ("lasting", "Call the patient instead"),
+        ("queued", "Only a failed task can be retried; this one is queued."),
+        ("done", "Only a failed task can be retried; this one is done."),
+    ):
+        refused = board.form(f"/tasks/{tasks[name]}/retry", {"next": "/"})
+        assert refused.status_code == 409, name
+        assert words in html.unescape(refused.text), name
+    with env.db() as db:
+        lasting = db.get(CareTask, tasks["lasting"])
+        assert (lasting.status, lasting.attempts, lasting.max_attempts) == ("failed", 1, 5)
+        assert db.get(CareTask, tasks["queued"]).status == "queued"
+        assert db.get(CareTask, tasks["done"]).status == "done"
+
+
+def test_a_lasting_follow_up_failure_points_to_change_channel(env: Any) -> None:
+    task = _task(
+        env,
+        kind="follow-up",
+        status="failed",
+        attempts=1,
+        payload={"channel": "sms"},
+        last_error="The patient asked not to be texted.",
+    )
+    board = env.launch("A", patient=None)
+    row = html.unescape(_rows(board.page("/jobs").text)[task])
+    assert 'data-testid="retry"' not in row
+    assert "Change the channel on the patient's page" in row
+    link = re.search(r'data-testid="change-channel-link"', row)
+    assert link and f"/patient/Patient/p1#task-{task}" in row
 
 
 def test_queue_state_is_in_words_and_names_the_oldest_unfinished_task(
