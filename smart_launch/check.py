@@ -239,6 +239,11 @@ class CheckReport:
         }
 
     def render_text(self) -> str:
+        """The report for a terminal, without a final newline (``click.echo`` adds it)."""
+        if not self.reachable:
+            # Nothing was examined: one line, not a table of features that all "fail".
+            reason = self.errors[0] if self.errors else f"The EHR at {self.iss} cannot be reached."
+            return f"UNREACHABLE (exit 2): {reason}"
         width = max((len(line.name) for line in self.lines), default=10)
         out = [f"EHR {self.iss}"]
         if self.discovery_source:
@@ -267,7 +272,7 @@ class CheckReport:
             {0: "PASS", 1: "FAIL", 2: "UNREACHABLE"}[self.exit_code]
             + f" (exit {self.exit_code}: {EXIT_CODES[self.exit_code]})"
         )
-        return "\n".join(out) + "\n"
+        return "\n".join(out)
 
     def to_json_text(self) -> str:
         return json.dumps(self.to_json(), indent=2)

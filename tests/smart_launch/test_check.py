@@ -162,8 +162,12 @@ def test_unreachable_ehr_is_one_failed_line_and_exit_2(http: requests.Session) -
     ]
     assert report.exit_code == 2
     assert set(verdicts(report).values()) == {"failed"}
-    text = report.render_text()
-    assert "should work" not in text and "UNREACHABLE (exit 2" in text
+    # One line: nothing was examined, so no table of features that all "fail".
+    assert report.render_text() == (
+        f"UNREACHABLE (exit 2): The EHR at http://127.0.0.1:{port}/fhir cannot be reached: "
+        "could not connect (ConnectionError)."
+    )
+    assert json.loads(report.to_json_text())["exit_code"] == 2
 
 
 def test_epic_like_ehr_cannot_publish_or_confirm_but_required_features_pass(
