@@ -134,9 +134,11 @@ def config_table() -> None:
 
 @cli.command(
     "map",
-    help="Print the help-desk context CareDesk makes of a FHIR Bundle (searchset, collection, "
-    "transaction, batch-response) or NDJSON file, with warnings. FILE may be - for stdin. "
-    "Exit code 2 when the input is not FHIR.",
+    help="Summarise, per patient, the help-desk context CareDesk makes of a FHIR Bundle "
+    "(searchset, collection, transaction, batch-response) or NDJSON file: name, flags, "
+    "visits, coverage, warning count and the top warnings; --json prints the full contexts. "
+    "FILE may be - for stdin. Exit code 2 when the input is not FHIR, 3 when it is FHIR "
+    "about no patient.",
 )
 @click.argument("file", type=click.Path(allow_dash=True, dir_okay=False), default="-")
 @click.option(
@@ -152,7 +154,10 @@ def config_table() -> None:
     metavar="ISO-DATETIME",
     help="Evaluate as of this moment (with offset), e.g. 2026-11-27T09:30-06:00.",
 )
-def map_cmd(file: str, viewer_tz: str | None, now_text: str | None) -> None:
+@click.option(
+    "--json", "as_json", is_flag=True, help="The full context of each patient, as a JSON array."
+)
+def map_cmd(file: str, viewer_tz: str | None, now_text: str | None, as_json: bool) -> None:
     import datetime as dt
 
     from fhir_mappers.bundle import run_map
@@ -173,7 +178,7 @@ def map_cmd(file: str, viewer_tz: str | None, now_text: str | None) -> None:
     except (OSError, UnicodeDecodeError) as exc:
         click.echo(f"caredesk map: cannot read {file}: {exc}", err=True)
         raise SystemExit(2) from None
-    code, output = run_map(text, now=now, viewer_tz=tz)
+    code, output = run_map(text, now=now, viewer_tz=tz, as_json=as_json)
     click.echo(output, err=code != 0, nl=not output.endswith("\n"))
     raise SystemExit(code)
 
