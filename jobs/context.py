@@ -10,12 +10,11 @@ from flask import Flask
 from sqlalchemy import select
 from sqlalchemy.orm import Session, joinedload
 
-from fhir_mappers.contact import blocked
+from fhir_mappers import contact
+from fhir_mappers.contact import Reachable, blocked
 from helpdesk import ehr, messaging
 from helpdesk.crypto import get_vault
 from helpdesk.models import CareTask, EhrRegistration, LaunchSession, OutboundMessage
-from jobs import contact
-from jobs.contact import Reachable
 from jobs.outbound import (
     Adapter,
     Message,
@@ -175,7 +174,7 @@ class JobContext:
             )
         target = self._target(patient, channel, to)
         available = languages_of(template)
-        lang = language if language in available else contact.language(patient, available)
+        lang = language if language in available else contact.pick_language(patient, available)
         full = {"name": _first_name(patient), "clinic": self.app.config["CLINIC_NAME"]}
         full.update(params)
         subject, body = render(template, lang, full)

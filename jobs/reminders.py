@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from fhir_mappers.board import patient_of
+from fhir_mappers.contact import pick_language
 from fhir_mappers.fhirutil import parse_datetime
 from helpdesk import i18n
 from helpdesk.db import get_store
@@ -204,7 +205,6 @@ def reminder(task: CareTask, ctx: JobContext) -> None:
         return
     ptype, pid = split_reference(task.patient_ref or "")
     patient = client.read(ptype, pid)
-    from jobs.contact import language as pick_language
     from jobs.outbound import languages_of
 
     lang = pick_language(patient, languages_of("appointment-reminder"))

@@ -12,7 +12,8 @@ from jinja2 import UndefinedError
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from jobs.contact import language, reachable
+from fhir_mappers.contact import pick_language as language
+from fhir_mappers.contact import reachable
 from jobs.outbound import Message, OutboundError, TemporaryOutboundError, render
 from jobs.outbound.smtp import SmtpAdapter
 from jobs.outbound.twilio import TwilioAdapter

@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from helpdesk.db import get_store
 from helpdesk.models import Ticket
+from helpdesk.tickets import sla_due, sla_hours
 from tests.jobs.conftest import load_task, new_task, register_backend, run_burst
 from tests.jobs.test_outbound import _free_port, _Sink
 
@@ -61,6 +62,10 @@ def test_final_failure_of_a_follow_up_opens_a_ticket_and_cli_retry_requeues(
         [ticket] = session.scalars(select(Ticket)).all()
         assert ticket.patient_ref == "Patient/pat-005" and "billing question" in ticket.description
         assert ticket.assignee == "Practitioner/prac-scheduler-ortiz"
+        # A job-made ticket goes through the ticket service: it has its SLA due time,
+        # so it sorts with the dated tickets and can become overdue (issue 11).
+        assert ticket.priority == "high" and ticket.created_at is not None
+        assert ticket.due_at == sla_due("scheduling", ticket.created_at, sla_hours(job_app.config))
     status = runner_env(["jobs", "status", "--json"])
     snap = json.loads(status.stdout)
     assert snap["by_state"] == {"failed": 1}

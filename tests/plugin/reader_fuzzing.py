@@ -1,8 +1,8 @@
 """Generated odd FHIR for the readers outside fhir_mappers (issue 12 §1), and the drivers
 that put one generated case through each: the sidebar's context and the board's assembly
 (plugin.context, plugin.board_data, through the real FHIR client over a fake transport)
-and the job readers (jobs.survey, jobs.contact). Whatever JSON an EHR sends, they never
-raise: what cannot be read is left out or marked unavailable.
+and the job readers (jobs.survey; the senders use fhir_mappers.contact). Whatever JSON an EHR
+sends, they never raise: what cannot be read is left out or marked unavailable.
 
 Used by tests/plugin/test_fuzz_readers.py (a seeded sample per target in `make test`) and
 bench/fuzz.py (10,000 cases in all, spread over the targets, counted in `make bench`).
@@ -259,7 +259,8 @@ def drive_board(ehr: dict[str, Any], case: dict[str, Any]) -> None:
 
 
 def drive_job_readers(ehr: dict[str, Any], case: dict[str, Any]) -> None:
-    from jobs import contact, survey
+    from fhir_mappers import contact
+    from jobs import survey
 
     appointment, patient = case["appointment"], case["patient"]
     tz = ZoneInfo("America/Chicago")
@@ -271,7 +272,7 @@ def drive_job_readers(ehr: dict[str, Any], case: dict[str, Any]) -> None:
     survey.restriction_codes(patient)
     survey.preferred_language(patient)
     survey._ext_zone(patient)
-    contact.language(patient, ("en", "es"))
+    contact.pick_language(patient, ("en", "es"))
     contact.reachable(patient, now=dt.datetime(2026, 11, 30, 9, tzinfo=tz))
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from helpdesk.errors import ConfigError
 from plugin import create_app
+from sandbox.testing import running_sandbox
 from tests.conftest import dispose
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -146,6 +147,33 @@ def test_one_shot_command_without_redis_starts_no_worker_and_prints_only_its_out
     assert proc.returncode == 0, proc.stderr
     status = json.loads(proc.stdout)
     assert "CAREDESK_REDIS_URL" in status["rq"]["error"]
+    assert "scheduler" not in proc.stderr.lower() and "worker" not in proc.stderr.lower()
+
+
+def test_ehr_check_json_without_redis_is_exactly_json(sqlite_url) -> None:
+    """The guide's `caredesk ehr check --json <ehr> | python -m json.tool`, with no Redis
+    configured: nothing but the report reaches stdout (no worker, no scheduler lines)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAREDESK_")}
+    env.update(
+        CAREDESK_ENV="development", CAREDESK_SECRET_KEY="s" * 48, CAREDESK_DATABASE_URL=sqlite_url
+    )
+    with running_sandbox() as sb:
+        proc = subprocess.run(
+            [
+                "bash",
+                "-c",
+                f"{sys.executable} -m plugin.cli ehr check --json {sb.fhir_base}"
+                f" | {sys.executable} -m json.tool",
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["lines"] and "features" in report
     assert "scheduler" not in proc.stderr.lower() and "worker" not in proc.stderr.lower()
 
 

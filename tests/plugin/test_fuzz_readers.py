@@ -1,7 +1,7 @@
 """Property-based fuzzing of the readers outside fhir_mappers: the sidebar's context and
 the board's assembly (plugin.context, through the real FHIR client over a fake transport)
-and the job readers (jobs.survey, jobs.contact). Whatever JSON an EHR sends, they never
-raise: what cannot be read is left out or marked unavailable.
+and the job readers (jobs.survey; the senders use fhir_mappers.contact). Whatever JSON an EHR
+sends, they never raise: what cannot be read is left out or marked unavailable.
 
 The strategies and drivers are tests/plugin/reader_fuzzing.py, shared with `make bench`,
 which counts 10,000 cases over these targets (`python -m bench.fuzz --readers`).
