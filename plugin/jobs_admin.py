@@ -198,7 +198,8 @@ def queue_words(health: QueueHealth, counts: dict[str, int]) -> list[str]:
         ]
     elif health.workers == 0:
         lines = [
-            "No worker is running: queued tasks wait until `caredesk worker` is started."
+            "No worker is running: queued tasks wait until one is started (the command "
+            "“caredesk worker”)."
             if unfinished
             else "No worker is running (nothing is waiting for one)."
         ]

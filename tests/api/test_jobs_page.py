@@ -124,6 +124,9 @@ def test_retry_from_the_page_queues_the_task_again_and_says_so(
     assert answer.status_code == 303
     landed = board.http.get(board.base + answer.headers["Location"], timeout=10).text
     assert f"Task #{tasks['temporary']} (follow-up) is queued again" in landed
+    # The old failure is still there to read, as what the last attempt said.
+    every = board.page("/jobs").text
+    assert "Last attempt: gave up after 5 attempts" in _rows(every)[tasks["temporary"]]
     assert "state=failed" in answer.headers["Location"]  # back where the user was
     with env.db() as db:
         assert db.get(CareTask, tasks["temporary"]).status == "queued"
@@ -180,7 +183,10 @@ def test_queue_state_is_in_words_and_names_the_oldest_unfinished_task(
     queue = re.search(r'data-testid="queue-state">(.*?)</section>', page, re.S)
     assert queue
     words = re.sub(r"<[^>]+>", "", queue[1])
-    assert "No worker is running: queued tasks wait until `caredesk worker` is started." in words
+    assert (
+        "No worker is running: queued tasks wait until one is started (the command "
+        "“caredesk worker”)." in words
+    )
     assert "2 waiting to start, 0 running, 0 scheduled for later" in words
     assert "1 waiting for the EHR's permission" in words
     assert f"Oldest unfinished: task #{tasks['auth']} (referral)" in words

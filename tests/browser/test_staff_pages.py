@@ -177,6 +177,16 @@ def _widths(page: Any, url: str, name: str, screenshots: Any, ready: str) -> Non
         assert_accessible(page, f"{name} at {width} px")
 
 
+def _hidden_sideways(page_or_frame: Any) -> int:
+    """How many pixels of the report's tables sit outside their box (to be scrolled to)."""
+    return int(
+        page_or_frame.evaluate(
+            "Math.max(0, ...[...document.querySelectorAll('.st-scroll')]"
+            ".map(e => e.scrollWidth - e.clientWidth))"
+        )
+    )
+
+
 def test_satisfaction_report(staff, chromium, screenshots) -> None:
     _, sb = staff
     page, frame, frame_el = _board(sb, chromium)
@@ -187,12 +197,18 @@ def test_satisfaction_report(staff, chromium, screenshots) -> None:
     assert re.search(r"\d+ %", frame.get_by_test_id("chart").inner_text())
     frame_el.screenshot(path=str(screenshots / "report-ehr-400.png"))
     assert_accessible(page, "the report in the EHR panel", context=IN_FRAME)
+    # In the panel each row is a card: no column is cut off or hidden sideways.
+    assert _hidden_sideways(_content(frame_el)) == 0
+    frame.get_by_test_id("weeks-table").scroll_into_view_if_needed()
+    frame_el.screenshot(path=str(screenshots / "report-ehr-400-weeks.png"))
     # A different period, chosen in the page.
     frame.locator("input[name=weeks][value='4']").check()
     frame.get_by_role("button", name="Show").click()
     frame.get_by_test_id("period-words").filter(has_text="Last 4 weeks").wait_for()
     url = frame_url(frame_el)
     _widths(page, url, "report", screenshots, "[data-testid=totals]")
+    page.set_viewport_size({"width": NARROW, "height": 900})
+    assert _hidden_sideways(page) == 0
     # At 1440 px the NPS column is on screen, not cut off.
     page.set_viewport_size({"width": WIDE, "height": 900})
     box = page.locator("[data-testid=people-table] th", has_text="NPS answers").bounding_box()
