@@ -1,5 +1,7 @@
 """Reminders a scheduler queues from the board: which visits get one now, which are
-skipped and why.
+skipped and why. A reminder is a message (``queue_reminders``) or a call a person makes
+(``queue_calls``: a phone follow-up on the call list, for patients a message cannot reach
+or who should hear it from a person).
 
 The board (or any other edge) hands in the visits it shows, read from the EHR; this
 decides, on the store's rows, what to queue and adds one ``reminder`` task per visit,
@@ -19,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from helpdesk.models import CareTask
-from helpdesk.tasks import new_task
+from helpdesk.tasks import OPEN_CALL_STATUSES, new_task
 from helpdesk.timeutil import as_utc
 
 # FHIR Appointment statuses a reminder is for: a visit that is still going to happen.
@@ -39,7 +41,11 @@ UNREACHABLE = "unreachable"
 ALREADY_QUEUED = "already-queued"
 RECENTLY_SENT = "recently-sent"
 ASKED_TODAY = "asked-today"
+CALL_OPEN = "call-open"
+NO_PHONE = "no-phone"
 REASONS = {
+    CALL_OPEN: "A call about this visit is already on the call list",
+    NO_PHONE: "No phone number the patient can be called on",
     ALREADY_QUEUED: "A reminder is already queued",
     RECENTLY_SENT: "A reminder went out in the last 24 hours",
     ASKED_TODAY: "Already asked for from the board today",
@@ -61,6 +67,7 @@ class Visit:
     start: datetime | None  # aware
     reachable: bool  # the patient has a channel they may be sent a message on
     deceased: bool = False
+    callable: bool = False  # the patient has a current phone number to call
 
 
 @dataclass(frozen=True)
@@ -144,13 +151,109 @@ def queue_reminders(
     return outcome
 
 
+def call_key(registration_id: int, appointment_ref: str, day: str) -> str:
+    """The dedupe key of a reminder call asked for from the board on ``day``."""
+    return f"call:{registration_id}:{appointment_ref}:board:{day}"
+
+
+def queue_calls(
+    session: Session,
+    *,
+    registration_id: int,
+    visits: Sequence[Visit],
+    now: datetime,
+    today: str,
+    requested_by: str | None = None,
+    launch_session_id: str | None = None,
+) -> Outcome:
+    """Put a reminder call for each visit on the call list (a phone follow-up, due now,
+    assigned to nobody so every scheduler sees it); say why for the rest. A visit whose
+    call is still open (queued, scheduled or waiting for a person) or that was asked for
+    from the board today gets none. Flushes but does not commit."""
+    now = as_utc(now)
+    outcome = Outcome()
+    patients = sorted({v.patient_ref for v in visits if v.patient_ref})
+    earlier = _calls_of(session, registration_id, patients)
+    seen: set[str] = set()
+    for visit in visits:
+        if visit.appointment_ref in seen:
+            continue
+        seen.add(visit.appointment_ref)
+        key = call_key(registration_id, visit.appointment_ref, today)
+        reason, blocking = _not_a_visit_to_remind(visit, now=now)
+        if reason is None:
+            reason, blocking = _why_no_call(visit, earlier.get(visit.appointment_ref, ()), key)
+        if reason is not None:
+            outcome.skipped.append(Skipped(visit, reason, blocking))
+            continue
+        task = new_task(
+            session,
+            registration_id=registration_id,
+            kind="follow-up",
+            patient_ref=visit.patient_ref,
+            payload={
+                "channel": "phone",
+                "reason": "Reminder call about the coming visit",
+                "appointment_ref": visit.appointment_ref,
+                "requested": "board",
+            },
+            due_at=now,
+            dedupe_key=key,
+            launch_session_id=launch_session_id,
+            created_by=requested_by,
+        )
+        if task is None:
+            outcome.skipped.append(Skipped(visit, ASKED_TODAY))
+            continue
+        outcome.queued.append((visit, task))
+    session.flush()
+    return outcome
+
+
+def _why_no_call(
+    visit: Visit, earlier: Sequence[CareTask], key: str
+) -> tuple[str | None, int | None]:
+    for task in earlier:
+        if task.status in (*OPEN_CALL_STATUSES, "running"):
+            return CALL_OPEN, task.id
+    for task in earlier:
+        if task.dedupe_key == key:
+            return ASKED_TODAY, task.id
+    if not visit.callable:
+        return NO_PHONE, None
+    return None, None
+
+
+def _calls_of(
+    session: Session, registration_id: int, patient_refs: Sequence[str]
+) -> dict[str, list[CareTask]]:
+    """Every phone follow-up of these patients about an appointment, by appointment."""
+    if not patient_refs:
+        return {}
+    found: dict[str, list[CareTask]] = {}
+    rows = session.scalars(
+        select(CareTask)
+        .where(
+            CareTask.registration_id == registration_id,
+            CareTask.kind == "follow-up",
+            CareTask.patient_ref.in_(patient_refs),
+        )
+        .order_by(CareTask.id.desc())
+    )
+    for task in rows:
+        payload = task.payload or {}
+        ref = str(payload.get("appointment_ref") or "")
+        if ref and payload.get("channel", "phone") == "phone":
+            found.setdefault(ref, []).append(task)
+    return found
+
+
 def _key(registration_id: int, visit: Visit, today: str) -> str:
     return board_key(registration_id, visit.appointment_ref, today)
 
 
-def _why_not(
-    visit: Visit, earlier: Sequence[CareTask], *, now: datetime, key: str
-) -> tuple[str | None, int | None]:
+def _not_a_visit_to_remind(visit: Visit, *, now: datetime) -> tuple[str | None, int | None]:
+    """What rules a visit out of any reminder, a message or a call."""
     if not visit.patient_ref:
         return NO_PATIENT, None
     if visit.status not in REMIND_STATUSES:
@@ -159,6 +262,15 @@ def _why_not(
         return STARTED, None
     if visit.deceased:
         return DECEASED, None
+    return None, None
+
+
+def _why_not(
+    visit: Visit, earlier: Sequence[CareTask], *, now: datetime, key: str
+) -> tuple[str | None, int | None]:
+    ruled_out = _not_a_visit_to_remind(visit, now=now)
+    if ruled_out[0] is not None:
+        return ruled_out
     for task in earlier:
         if task.status in ON_ITS_WAY:
             return ALREADY_QUEUED, task.id

@@ -424,6 +424,8 @@ def _visits(rows: Sequence[Mapping[str, Any]]) -> list[reminder_svc.Visit]:
                 start=_parse(row.get("start")),
                 reachable=bool(row.get("reachable")),
                 deceased=flags.DECEASED in [f["code"] for f in row.get("flags") or ()],
+                callable=bool(row.get("phone"))
+                and flags.UNREACHABLE not in [f["code"] for f in row.get("flags") or ()],
             )
         )
     return out
@@ -431,7 +433,8 @@ def _visits(rows: Sequence[Mapping[str, Any]]) -> list[reminder_svc.Visit]:
 
 @bp.post("/l/<launch_id>/board/reminders")
 def queue_reminders(launch_id: str) -> tuple[str, int]:
-    """Queue reminders for the selected rows, or for every unconfirmed visit tomorrow.
+    """Queue reminders for the selected rows, or for every unconfirmed visit tomorrow;
+    or reminder calls (phone follow-ups on the call list) for the selected rows.
 
     The rows are read again from the EHR here (only ids come from the form), so a
     reminder always goes to the patient of the appointment, as the EHR has it now."""
@@ -441,6 +444,9 @@ def queue_reminders(launch_id: str) -> tuple[str, int]:
     check_csrf(launch)
     state = read_state(request.form)
     scope = request.form.get("scope")
+    calls = scope == "call-selected"
+    if calls:
+        scope = "selected"
     if scope == "tomorrow":
         day = _today() + dt.timedelta(days=1)
         what = f"Unconfirmed visits on {day:%A, %B} {day.day}"
@@ -462,6 +468,7 @@ def queue_reminders(launch_id: str) -> tuple[str, int]:
                 launch=launch,
                 state=state,
                 what=what,
+                calls=calls,
                 outcome=None,
                 down=True,
                 back=state.url(launch.id),
@@ -475,7 +482,8 @@ def queue_reminders(launch_id: str) -> tuple[str, int]:
         chosen = [r for r in rows if r.get("appointment_id") in selected]
     now = utcnow()
     db = get_db()
-    outcome = reminder_svc.queue_reminders(
+    queue = reminder_svc.queue_calls if calls else reminder_svc.queue_reminders
+    outcome = queue(
         db,
         registration_id=launch.registration_id,
         visits=_visits(chosen),
@@ -490,7 +498,12 @@ def queue_reminders(launch_id: str) -> tuple[str, int]:
         "reminders.queue",
         launch=launch,
         entity="Appointment?date=" + day.isoformat(),
-        detail={"scope": scope, "queued": len(outcome.queued), "skipped": len(outcome.skipped)},
+        detail={
+            "scope": scope,
+            "how": "call" if calls else "message",
+            "queued": len(outcome.queued),
+            "skipped": len(outcome.skipped),
+        },
     )
     by_ref = {f"Appointment/{r['appointment_id']}": r for r in rows if r.get("appointment_id")}
     return (
@@ -499,6 +512,7 @@ def queue_reminders(launch_id: str) -> tuple[str, int]:
             launch=launch,
             state=state,
             what=what,
+            calls=calls,
             outcome=outcome,
             rows=by_ref,
             down=False,

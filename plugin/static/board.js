@@ -180,11 +180,11 @@
     // Bulk selection: "select all shown" and a count on the button.
     var all = document.querySelector("[data-select-all]");
     var wrap = document.querySelector("[data-select-all-wrap]");
-    var count = document.querySelector("[data-selected-count]");
+    var counts = Array.prototype.slice.call(document.querySelectorAll("[data-selected-count]"));
     var boxes = Array.prototype.slice.call(document.querySelectorAll("input[name=appointment]"));
     function recount() {
       var n = boxes.filter(function (b) { return b.checked; }).length;
-      if (count) { count.textContent = n ? " (" + n + ")" : ""; }
+      counts.forEach(function (c) { c.textContent = n ? " (" + n + ")" : ""; });
     }
     if (wrap && boxes.length) { wrap.hidden = false; }
     if (all) {

@@ -250,6 +250,18 @@ def test_queue_reminders_from_the_board_in_the_browser(busy_day, chromium, scree
     assert frame.get_by_test_id("skipped").inner_text().count("task #") >= 1
     frame_el.screenshot(path=str(screenshots / "board-reminders-second-run.png"))
     assert_accessible(page, "the reminders summary, second run", context=IN_FRAME)
+    # The same rows as reminder calls: on the call list, the count on that button too.
+    frame.get_by_test_id("back-to-board").click()
+    frame.get_by_test_id("board").wait_for()
+    picks = frame.locator("input[name=appointment]")
+    for i in range(2):
+        picks.nth(i).check()
+    assert "(2)" in frame.get_by_test_id("call-selected").inner_text()
+    frame.get_by_test_id("call-selected").click()
+    summary.wait_for()
+    assert re.search(r"\b[0-2] reminder calls? queued", summary.inner_text())
+    frame_el.screenshot(path=str(screenshots / "board-reminder-calls.png"))
+    assert_accessible(page, "the reminder calls summary", context=IN_FRAME)
     page.close()
 
 

@@ -154,6 +154,74 @@ def test_reminders_already_on_their_way_or_just_sent_are_not_repeated(
     ]
 
 
+@time_machine.travel(NOW, tick=False)
+def test_reminder_calls_go_on_the_call_list_once_per_visit(store: tuple[Any, int]) -> None:
+    app, reg = store
+    with get_store(app).session() as session:
+        # A call about visit 2 is already waiting for a person; visit 3's was made.
+        waiting = new_task(
+            session,
+            registration_id=reg,
+            kind="follow-up",
+            patient_ref="Patient/p2",
+            payload={"channel": "phone", "appointment_ref": "Appointment/a2"},
+        )
+        made = new_task(
+            session,
+            registration_id=reg,
+            kind="follow-up",
+            patient_ref="Patient/p3",
+            payload={"channel": "phone", "appointment_ref": "Appointment/a3"},
+        )
+        assert waiting and made
+        waiting.status = "waiting"
+        made.status, made.finished_at = "done", NOW - dt.timedelta(days=2)
+        session.flush()
+        waiting_id = waiting.id
+
+    def run() -> reminders.Outcome:
+        with get_store(app).session() as session:
+            outcome = reminders.queue_calls(
+                session,
+                registration_id=reg,
+                visits=[
+                    visit(1, callable=True, reachable=False),  # a call reaches who a text cannot
+                    visit(2, callable=True),
+                    visit(3, callable=True),
+                    visit(4, callable=False),
+                    visit(5, callable=True, status="cancelled"),
+                ],
+                now=NOW,
+                today=NOW.date().isoformat(),
+            )
+            session.expunge_all()
+        return outcome
+
+    first = run()
+    assert [v.appointment_ref for v, _ in first.queued] == ["Appointment/a1", "Appointment/a3"]
+    assert [(s.visit.appointment_ref, s.reason, s.task_id) for s in first.skipped] == [
+        ("Appointment/a2", reminders.CALL_OPEN, waiting_id),
+        ("Appointment/a4", reminders.NO_PHONE, None),
+        ("Appointment/a5", reminders.NOT_BOOKED, None),
+    ]
+    with get_store(app).session() as session:
+        task = session.get(CareTask, first.task_ids()[0])
+        assert task is not None
+        assert (task.kind, task.status, task.assignee) == ("follow-up", "queued", None)
+        assert task.payload["channel"] == "phone"
+        assert task.payload["appointment_ref"] == "Appointment/a1"
+    # Run again: the calls just queued are open, so nothing is queued twice.
+    second = run()
+    assert second.queued == []
+    assert {s.visit.appointment_ref: s.reason for s in second.skipped} == {
+        "Appointment/a1": reminders.CALL_OPEN,
+        "Appointment/a2": reminders.CALL_OPEN,
+        "Appointment/a3": reminders.CALL_OPEN,
+        "Appointment/a4": reminders.NO_PHONE,
+        "Appointment/a5": reminders.NOT_BOOKED,
+    }
+
+
 # --- the board, over HTTP ------------------------------------------------------------------
 
 CLIENT_ID = "caredesk-board"
@@ -238,3 +306,25 @@ def test_remind_all_unconfirmed_tomorrow_twice_queues_once_and_says_why(make_app
         # A form with a stale or missing token changes nothing.
         refused = browser.post(post_url, data={**form, "csrf_token": "x"}, timeout=30)
         assert refused.status_code == 403
+
+        # Reminder calls for the selected rows: the patient no message reaches has no
+        # phone either, so says why; the call goes on the call list once.
+        calls = {
+            "csrf_token": token[1],
+            "scope": "call-selected",
+            "date": tomorrow.isoformat(),
+            "appointment": ["bulk-okonkwo", "bulk-johnson"],
+        }
+        first_calls = browser.post(post_url, data=calls, timeout=60)
+        assert first_calls.status_code == 200
+        line, skipped = _summary(first_calls.text)
+        assert line.startswith("1 reminder call queued")
+        assert any("Johnson" in item for item in skipped[reminders.NO_PHONE])
+        assert "Each is on the call list" in re.sub(r"<[^>]+>", "", first_calls.text)
+        with get_store(app).session() as session:
+            [call] = session.scalars(select(CareTask).where(CareTask.kind == "follow-up")).all()
+            assert call.payload["appointment_ref"] == "Appointment/bulk-okonkwo"
+        again = browser.post(post_url, data=calls, timeout=60)
+        line, skipped = _summary(again.text)
+        assert line.startswith("0 reminder calls queued")
+        assert any("Okonkwo" in item for item in skipped[reminders.CALL_OPEN])
