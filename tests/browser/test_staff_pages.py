@@ -224,6 +224,10 @@ def test_jobs_page_retry_works_in_the_browser(staff, chromium, screenshots) -> N
     assert "No worker is running" in frame.get_by_test_id("queue-state").inner_text()
     retries = frame.get_by_test_id("retry")
     assert retries.count() == 2  # the 503s and the ended grant; not "cannot be reached"
+    # The lasting failure says why there is no Retry and what to do instead.
+    lasting = frame.locator("tr", has_text="cannot be reached by SMS or email")
+    assert lasting.get_by_test_id("retry").count() == 0
+    assert "Call the patient instead" in lasting.get_by_test_id("instead").inner_text()
     frame_el.screenshot(path=str(screenshots / "jobs-ehr-400.png"))
     assert_accessible(page, "the jobs page in the EHR panel", context=IN_FRAME)
     frame.locator("#jb-state").select_option("failed")
