@@ -170,7 +170,13 @@ def _confirmation(launch: LaunchSession, kind: str, row_id: int) -> str | None:
         if attempt.next_due_at is not None:
             nxt = when_words(attempt.next_due_at, now=now, tz=tz)
             return f"Call {attempt.attempt} logged: {said.lower()}. Next attempt {nxt}."
-        return f"Call {attempt.attempt} logged: {said.lower()}. {task.status_note or ''}".strip()
+        # The last call: say the task is over, and what is left to do (never the outcome
+        # twice, as "reached. Reached the patient." did).
+        end = {
+            "reached": f"Task #{task.id} is done.",
+            "wrong-number": f"Correct the patient's phone in the EHR; task #{task.id} is done.",
+        }.get(attempt.outcome, f"Not reached after {attempt.attempt} calls; task #{task.id} ends.")
+        return f"Call {attempt.attempt} logged: {said.lower()}. {end}"
     if kind == "done":
         task = db.get(CareTask, row_id)
         if task is None or task.registration_id != launch.registration_id:

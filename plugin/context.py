@@ -57,6 +57,20 @@ _cache_lock = threading.Lock()
 # Names of practitioners, places and payors per EHR (`(registration, Type/id)` ->
 # resource): staff and places, no patient data; kept 10 minutes, bounded.
 _names: TTLCache[tuple[int, str], dict[str, Any]] = TTLCache(maxsize=4096, ttl=600)
+# Who a patient is (the Patient's name, birth date, gender and identifiers only), per EHR
+# and patient, as the EHR last gave it to any launch of this process: a launch's first
+# page shows name, DOB and MRN at once, before the EHR has answered its own read (issue
+# 13 §8: a slow EHR must not cost the clinician the patient's identity), and that read
+# replaces it when it arrives. SMART gives no other early source: the launch context and
+# the token response carry the patient's id only, and the id_token describes the user.
+# Shown only to a launch already allowed that patient (``scope_of`` runs first) and that
+# the EHR launched with that patient in context or whose own user read it; never once the
+# EHR refused this launch the record. Memory only (PHI), bounded, one working day.
+IDENTITY_TTL_SECONDS = 8 * 3600.0
+_identities: TTLCache[tuple[int, str, str], tuple[dict[str, Any], dt.datetime, str | None]] = (
+    TTLCache(maxsize=4096, ttl=IDENTITY_TTL_SECONDS)
+)
+_IDENTITY_FIELDS = ("resourceType", "id", "name", "birthDate", "gender", "identifier")
 # The sidebar's reads run here: bounded, so a burst of launches queues instead of
 # starting a thread per request.
 _pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="caredesk-context")
@@ -218,8 +232,18 @@ def start_patient(
 
         return run
 
+    identity_key = (launch.registration_id, launch.registration.iss, patient_ref)
+
+    def read_patient() -> dict[str, Any]:
+        resource = client.read("Patient", patient_id)
+        if resource.get("resourceType") == "Patient":
+            kept = {k: resource[k] for k in _IDENTITY_FIELDS if k in resource}
+            with _cache_lock:
+                _identities[identity_key] = (kept, utcnow(), launch.fhir_user)
+        return resource
+
     parts = PatientParts(
-        patient=_pool.submit(in_app(lambda: client.read("Patient", patient_id))),
+        patient=_pool.submit(in_app(read_patient)),
         rest=_pool.submit(
             in_app(partial(_read_rest, client, launch.registration_id, patient_id, now))
         ),
@@ -347,6 +371,28 @@ def wait_patient(parts: PatientParts, timeout: float = WAIT_SECONDS) -> dict[str
     except (FutureTimeout, Exception) as exc:  # noqa: BLE001 - shown as "unavailable"
         log.info("context part patient unavailable: %s", type(exc).__name__)
         return None
+
+
+def known_identity(
+    launch: LaunchSession, patient_ref: str, parts: PatientParts
+) -> tuple[dict[str, Any], dt.datetime] | None:
+    """The patient's identity as this EHR last gave it (a Patient with name, birthDate,
+    gender and identifier only) and when it was read; None when not read lately, when
+    this launch's own read was refused (401/403/404: not a slow or failing EHR but a
+    "no"), or when the patient is not the launch's own and another user read it. The
+    caller has checked the launch may see ``patient_ref`` (``start_patient`` does)."""
+    if parts.patient.done():
+        exc = parts.patient.exception()
+        if isinstance(exc, FhirError) and exc.status in (401, 403, 404):
+            return None
+    with _cache_lock:
+        found = _identities.get((launch.registration_id, launch.registration.iss, patient_ref))
+    if found is None:
+        return None
+    resource, read_at, reader = found
+    if patient_ref != launch.patient_ref and reader != launch.fhir_user:
+        return None
+    return resource, read_at
 
 
 def patient_error(parts: PatientParts) -> str | None:

@@ -7,7 +7,6 @@ cannot receive, the call log, the EHR down, the EHR slow, and a session the EHR 
 from __future__ import annotations
 
 import datetime as dt
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -202,6 +201,18 @@ def test_failures_keep_the_form_and_say_why_at_the_field(env, chromium, screensh
     assert _content(frame_el).evaluate("document.activeElement.id") == "fu-due"
     _shot(frame_el, screenshots, "sidebar-error-follow-up-when")
     assert_accessible(page, "unreadable due phrase", context=frame_ctx)
+
+    _act(frame, "referral")
+    frame.locator("#rf-specialty").fill("Orthopedics")
+    _submit(frame_el, frame.locator("#act-referral form[method=post] button[type=submit]"))
+    frame.locator("#act-referral [data-testid=form-error]").wait_for()
+    assert (
+        "Say why you refer" in frame.locator("#act-referral [data-testid=field-error]").inner_text()
+    )
+    assert frame.locator("#rf-specialty").input_value() == "Orthopedics"
+    assert _content(frame_el).evaluate("document.activeElement.id") == "rf-reason"
+    _shot(frame_el, screenshots, "sidebar-error-referral-reason")
+    assert_accessible(page, "referral without a reason", context=frame_ctx)
     assert _rows(app, Ticket) == [] and _rows(app, CareTask) == []
     page.close()
 
@@ -274,9 +285,11 @@ def test_call_log_from_queue_to_outcome(env, chromium, screenshots) -> None:
 
     call.locator("input[value=reached]").check()
     _submit(frame_el, call.get_by_test_id("log-call"))
-    assert "Call 2 logged: reached" in frame.get_by_test_id("confirmation").inner_text()
+    text = frame.get_by_test_id("confirmation").inner_text()
+    assert "Call 2 logged: reached. Task #" in text and "Reached the patient" not in text, text
     assert frame.get_by_test_id("no-calls").is_visible()
     _shot(frame_el, screenshots, "calls-reached")
+    assert_accessible(page, "call reached", context={"fromFrames": ["#app-frame"]})
     [task] = [t for t in _rows(app, CareTask) if t.kind == "follow-up"]
     assert task.status == "done" and task.status_note == "Reached the patient."
     page.close()
@@ -290,39 +303,69 @@ def test_ehr_down_says_so_and_never_shows_no_name(env, chromium, screenshots) ->
     frame.get_by_test_id("identity-error").wait_for(timeout=30_000)
     body = frame.locator("body").inner_text()
     assert "no name on file" not in body.lower()
-    assert "Patient details unavailable" in body and "Try again" in body
+    # Who the patient is, as the EHR gave it minutes ago, said to be that.
+    assert "Okonkwo" in frame.get_by_test_id("patient-name").inner_text()
+    error = frame.get_by_test_id("identity-error").inner_text()
+    assert "did not answer" in error and "As the EHR gave them today" in error
+    assert "Try again" in error
+    assert "Contact details could not be read" in body
     assert "No upcoming visits" not in body
     assert frame.get_by_test_id("visits-unavailable").is_visible()
     _shot(frame_el, screenshots, "sidebar-degraded-ehr-down")
     assert_accessible(page, "EHR down", context={"fromFrames": ["#app-frame"]})
     sb.set_knobs(error_rate=0.0)
     _submit(frame_el, frame.get_by_test_id("identity-error").get_by_text("Try again"))
-    frame.get_by_test_id("patient-facts").wait_for(timeout=30_000)
+    frame.get_by_test_id("coverage-state").wait_for(timeout=30_000)
+    assert frame.get_by_test_id("identity-error").count() == 0
     page.close()
 
 
 def test_slow_ehr_shows_the_page_at_once_and_fills_it(env, chromium, screenshots) -> None:
+    """The EHR takes 3 s per request: the first response already names the patient and
+    offers the actions, and the sections fill in as the EHR answers. Timed by what the
+    server reports (Server-Timing), never by the clock of a busy browser; the browser
+    waits on what the page shows, not on a duration."""
     app, sb = env
     page, frame, frame_el = _open(chromium, sb, "pat-001")
+    # The page's request for its sections is held until the loading state has been
+    # looked at, however slowly a busy machine runs the browser.
+    held: list[Any] = []
+    page.route("**/part/sections*", lambda route: held.append(route))
     sb.set_knobs(latency_ms=3000)
-    inner = _content(frame_el)
-    started = time.monotonic()
-    inner.goto(frame_url(frame_el).split("?")[0] + "?refresh=1", wait_until="domcontentloaded")
-    first_paint = time.monotonic() - started
-    assert first_paint < 0.5, f"the page took {first_paint:.2f}s"  # the server's part < 0.2 s
-    served = inner.evaluate(
-        "() => { const t = performance.getEntriesByType('navigation')[0];"
-        " return t.responseEnd - t.requestStart; }"
-    )
-    assert served < 200, f"first byte to last byte of the page: {served:.0f} ms"
-    assert frame.get_by_test_id("sections-loading").is_visible()
-    assert frame.locator("#cd-actions").is_visible()
-    _shot(frame_el, screenshots, "sidebar-slow-loading")
-    assert_accessible(page, "EHR slow: loading", context={"fromFrames": ["#app-frame"]})
-    frame.get_by_test_id("patient-facts").wait_for(timeout=20_000)
-    frame.get_by_test_id("coverage-state").wait_for(timeout=20_000)
-    _shot(frame_el, screenshots, "sidebar-slow-filled")
-    sb.set_knobs(latency_ms=0)
+    try:
+        inner = _content(frame_el)
+        response = inner.goto(
+            frame_url(frame_el).split("?")[0] + "?refresh=1", wait_until="domcontentloaded"
+        )
+        timing = dict(
+            (part.split(";dur=")[0].strip(), float(part.split(";dur=")[1]))
+            for part in response.header_value("server-timing").split(",")
+        )
+        # The server waited at most its first-paint deadline for the EHR, and its
+        # time to first byte on an idle machine (that wait plus its CPU) is under 200 ms.
+        assert timing["ehr"] + timing["cpu"] < 200, timing
+        # What the server sent first (before the EHR answered): identity and actions.
+        first = response.text()
+        assert 'data-testid="sections-loading"' in first
+        assert "Okonkwo" in first and "DOB 1958-03-14" in first and 'id="cd-actions"' in first
+        frame.get_by_test_id("sections-loading").wait_for()
+        assert "Okonkwo" in frame.get_by_test_id("patient-name").inner_text()
+        assert frame.locator("#cd-actions").is_visible()
+        _shot(frame_el, screenshots, "sidebar-slow-loading")
+        assert_accessible(page, "EHR slow: loading", context={"fromFrames": ["#app-frame"]})
+        for _ in range(600):  # the script's request, once it has been made (30 s at most)
+            if held:
+                break
+            page.wait_for_timeout(50)
+        assert held, "the page never asked for its sections"
+        for route in held:
+            route.continue_()
+        frame.get_by_test_id("coverage-state").wait_for(timeout=30_000)
+        frame.get_by_test_id("patient-facts").wait_for(timeout=30_000)
+        _shot(frame_el, screenshots, "sidebar-slow-filled")
+        assert_accessible(page, "EHR slow: filled", context={"fromFrames": ["#app-frame"]})
+    finally:
+        sb.set_knobs(latency_ms=0)
     page.close()
 
 
