@@ -45,7 +45,6 @@ log = logging.getLogger("caredesk.tickets")
 def _template_helpers(state: BlueprintSetupState) -> None:
     state.app.add_template_global(csrf_token, "csrf_token")
     state.app.add_template_global(ticket_overdue, "ticket_overdue")
-    state.app.add_template_filter(local_time, "local_time")
     state.app.add_template_filter(_when, "when")
     state.app.jinja_env.globals.setdefault("ticket_choices", _CHOICES)
     state.app.jinja_env.globals.setdefault("ticket_words", WORDS)
@@ -93,6 +92,8 @@ NOTE_KINDS: dict[str, tuple[str, str, str]] = {
 
 
 def _when(value: datetime | str | None) -> str:
+    """The one way a page shows a moment (``plugin.timewords``): the viewer's zone, named,
+    "today 3:00 PM CST"; tickets, notes, the conversation and the sidebar read alike."""
     return when_words(value, now=utcnow(), tz=viewer_zone())
 
 
@@ -153,14 +154,6 @@ def confirmation(ticket: Ticket, ok: str) -> str | None:
 
 def ticket_overdue(ticket: Ticket) -> bool:
     return svc.is_overdue(ticket, utcnow())
-
-
-def local_time(value: datetime | None) -> str:
-    """A stored (UTC) time as the viewer reads it: "Mar 6, 14:05 CST"."""
-    if value is None:
-        return ""
-    local = value.astimezone(viewer_zone())
-    return local.strftime("%b %-d, %H:%M %Z")
 
 
 def _form(*names: str) -> dict[str, str]:
