@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 PORT ?= 5000
 PYTEST_ARGS ?=
+# pytest-xdist processes (0 runs in one process, e.g. to debug with -x --pdb).
+PYTEST_WORKERS ?= 2
 
 .PHONY: help demo test lint typecheck pytest services browser bench bench-quick clean migration
 
@@ -34,7 +36,7 @@ typecheck: $(INSTALLED) ## mypy --strict on every product package
 	$(BIN)/mypy fhir_mappers smart_launch helpdesk jobs plugin
 
 pytest: $(INSTALLED)
-	$(BIN)/pytest -v --cov --cov-report=term $(PYTEST_ARGS)
+	$(BIN)/pytest -v -n $(PYTEST_WORKERS) --durations=25 --cov --cov-report=term $(PYTEST_ARGS)
 
 services: ## Make sure PostgreSQL, Redis and the test IMAP server (dovecot) answer; start them if needed
 	@bash scripts/ensure-services.sh

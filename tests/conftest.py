@@ -7,6 +7,7 @@ Redis isolation: tests use database 13 and flush it before and after each test t
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,9 +19,30 @@ from flask import Flask
 from sqlalchemy import create_engine, text
 
 PG_BASE = os.environ.get("CAREDESK_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("CAREDESK_TEST_REDIS", "redis://127.0.0.1:6379/13")
+
+
+def _redis_for_this_worker(url: str) -> str:
+    """pytest-xdist runs `make test` in two processes: each gets its own pair of Redis
+    databases (the test's and, one below it, the survey tests'), counting down from the
+    configured one (13/12 for gw0, 10/9 for gw1, ...), so one flushdb never hits the
+    other's keys."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        return url
+    base, db = url.rsplit("/", 1)
+    index = int(db) - 3 * int(worker[2:])
+    if index < 1:
+        raise RuntimeError(f"too many xdist workers for Redis databases below {url}")
+    return f"{base}/{index}"
+
+
+REDIS_URL = _redis_for_this_worker(
+    os.environ.get("CAREDESK_TEST_REDIS", "redis://127.0.0.1:6379/13")
+)
+SURVEY_REDIS_URL = REDIS_URL.rsplit("/", 1)[0] + "/" + str(int(REDIS_URL.rsplit("/", 1)[1]) - 1)
 
 STORE_BACKENDS: set[str] = set()
+STORE_ID = re.compile(r"[\[-](sqlite|postgresql)(?=[\]-])")
 
 
 @pytest.fixture
@@ -147,7 +169,10 @@ def chromium() -> Iterator[object]:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # type: ignore[no-untyped-def]
-    if STORE_BACKENDS:
-        terminalreporter.write_line(
-            "store tests ran on: " + ", ".join(sorted(STORE_BACKENDS)), bold=True
-        )
+    # Read from the passed tests' ids ([sqlite] / [postgresql]): under pytest-xdist the
+    # fixtures ran in the worker processes, not in this one.
+    ran = set(STORE_BACKENDS)
+    for report in terminalreporter.stats.get("passed", []):
+        ran.update(STORE_ID.findall(getattr(report, "nodeid", "")))
+    if ran:
+        terminalreporter.write_line("store tests ran on: " + ", ".join(sorted(ran)), bold=True)

@@ -5,7 +5,6 @@ and short-lived tokens refresh once, not on every request."""
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import time
 import uuid
@@ -25,10 +24,10 @@ from smart_launch.errors import GrantRejected
 from smart_launch.fhir import FhirClient
 from smart_launch.refresh import refresh_serialized, token_callbacks
 from smart_launch.tokens import MAX_REFRESH_MARGIN, TokenSet, normalize_fhir_user
+from tests.conftest import REDIS_URL
 from tests.smart_launch.httpfake import FakeServer, Request, Response
 from tests.smart_launch.sandbox_flow import MemoryStore
 
-REDIS_URL = os.environ.get("CAREDESK_TEST_REDIS", "redis://127.0.0.1:6379/13")
 TZ = timezone(timedelta(hours=5, minutes=30))
 
 

@@ -4,7 +4,6 @@ vendor profile, ending in an authenticated FHIR read, then a refresh after expir
 from __future__ import annotations
 
 import logging
-import os
 import uuid
 from collections.abc import Iterator
 
@@ -19,6 +18,7 @@ from smart_launch.discovery import discover
 from smart_launch.fhir import FhirClient
 from smart_launch.keys import generate_signing_key, jwks
 from smart_launch.refresh import refresh_serialized, token_callbacks
+from tests.conftest import REDIS_URL
 from tests.smart_launch.sandbox_flow import (
     EHR_SCOPES,
     STANDALONE_SCOPES,
@@ -27,7 +27,6 @@ from tests.smart_launch.sandbox_flow import (
     run_launch,
 )
 
-REDIS_URL = os.environ.get("CAREDESK_TEST_REDIS", "redis://127.0.0.1:6379/13")
 CLIENT_TYPES = ["public", "confidential-symmetric", "confidential-asymmetric"]
 PROFILES = ["smart", "epic", "oracle"]
 

@@ -6,7 +6,6 @@ refreshed id_tokens without aud or none at all, scopes unticked at consent."""
 from __future__ import annotations
 
 import logging
-import os
 import uuid
 from collections.abc import Iterator
 from urllib.parse import parse_qsl, urlsplit
@@ -19,14 +18,13 @@ from sandbox.testing import running_sandbox
 from smart_launch.discovery import find_registration
 from smart_launch.fhir import FhirClient
 from smart_launch.refresh import token_callbacks
+from tests.conftest import REDIS_URL
 from tests.smart_launch.sandbox_flow import (
     EHR_SCOPES,
     MemoryStore,
     client_and_registration,
     run_launch,
 )
-
-REDIS_URL = os.environ.get("CAREDESK_TEST_REDIS", "redis://127.0.0.1:6379/13")
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import uuid
@@ -29,9 +28,8 @@ from smart_launch.keys import generate_signing_key
 from smart_launch.launch import JwksCache, exchange_code, refresh, verify_id_token
 from smart_launch.refresh import refresh_serialized
 from smart_launch.tokens import TokenSet
+from tests.conftest import REDIS_URL
 from tests.smart_launch.httpfake import FakeServer, Request, Response
-
-REDIS_URL = os.environ.get("CAREDESK_TEST_REDIS", "redis://127.0.0.1:6379/13")
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from helpdesk.crypto import get_vault
 from helpdesk.db import get_store
 from helpdesk.models import SurveyInvite
 from helpdesk.timeutil import utcnow
-from tests.conftest import REDIS_URL
+from tests.conftest import SURVEY_REDIS_URL
 from tests.ehr import connect_backend, sandbox_token
 
 CLINIC = "CareDesk Clinic - Lakeview"
@@ -40,7 +40,6 @@ def register_survey(app) -> None:  # type: ignore[no-untyped-def]
 
 # Redis database of the survey tests: not the shared test database 13, which other test
 # runs flush and whose "default" queue other test workers consume.
-SURVEY_REDIS_URL = REDIS_URL.rsplit("/", 1)[0] + "/12"
 
 
 @pytest.fixture
