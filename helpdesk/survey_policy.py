@@ -18,7 +18,7 @@ SURVEY_OPT_OUT_CODES = frozenset({"no-survey", "no-contact"})
 SEND_SLACK = dt.timedelta(minutes=1)
 # The invitation was sent (or could have been answered): these count against fatigue.
 _SENT_STATUSES = ("sent", "answered", "expired")
-_WRITE_BACK_FEATURE = "survey write-back"
+WRITE_BACK_FEATURE = "survey write-back"
 
 
 def parse_quiet_hours(spec: str | None) -> tuple[dt.time, dt.time] | None:
@@ -96,9 +96,16 @@ def writeback_blocker(reg: EhrRegistration) -> str | None:
     """Why this EHR cannot take QuestionnaireResponse writes, or None when it can (or
     when ``caredesk ehr check`` has not run: then the write is tried and a refusal is
     recorded as not supported)."""
-    if not reg.allow_writes:
+    features = (reg.capabilities or {}).get("features") or {}
+    return blocker_of(reg.allow_writes, features.get(WRITE_BACK_FEATURE))
+
+
+def blocker_of(allow_writes: bool, feature: object) -> str | None:
+    """``writeback_blocker`` from the registration's ``allow_writes`` and the write-back
+    entry of its check report (``capabilities["features"][WRITE_BACK_FEATURE]``): the
+    survey page reads just these two in its invitation query."""
+    if not allow_writes:
         return "This EHR is registered read-only."
-    feature = ((reg.capabilities or {}).get("features") or {}).get(_WRITE_BACK_FEATURE)
     if isinstance(feature, Mapping) and feature.get("works") is False:
         missing = ", ".join(str(b) for b in feature.get("blocked_by") or []) or "capabilities"
         return f"The EHR check found no support for: {missing}."

@@ -13,20 +13,20 @@ import secrets
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 # Imported with the module, not per call: the worker imports handler modules before it
 # forks, and building the R4B models was the costliest part of each write-back.
 from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
 from flask import Flask
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from fhir_mappers import survey as mapper
 from helpdesk.access import PatientScope
 from helpdesk.models import CareTask, EhrRegistration, SurveyInvite, SurveyResponse, Ticket
-from helpdesk.survey_policy import writeback_blocker
-from helpdesk.tasks import new_task
+from helpdesk.survey_policy import WRITE_BACK_FEATURE, blocker_of
+from helpdesk.tasks import insert_task, new_task
 from helpdesk.tickets import DEFAULT_SLA_HOURS, open_ticket
 
 INVITE_KIND = "survey-invite"
@@ -95,7 +95,78 @@ def request_survey(
     )
 
 
-# --- recording an answer (the web edge calls this) --------------------------------------
+# --- the public page: an invitation by its link token, recording an answer ---------------
+#
+# A burst of patients answering at once is this module's hot path, so both run a few
+# Core statements built once (a statement object keeps its cache key: executing it again
+# skips SQLAlchemy's statement construction) instead of the ORM's identity map and unit
+# of work. tests/survey/test_answer_costs.py counts the statements.
+
+_invite = cast(Table, SurveyInvite.__table__)
+_registration = cast(Table, EhrRegistration.__table__)
+_response = cast(Table, SurveyResponse.__table__)
+
+
+class LinkInvite(NamedTuple):
+    """What the public page needs of an invitation, and whether its EHR takes the
+    answer back (``survey_policy.writeback_blocker``), read in one query."""
+
+    id: str
+    registration_id: int
+    patient_ref: str
+    language: str
+    timezone: str | None
+    status: str
+    expires_at: dt.datetime | None
+    visit_at: dt.datetime | None
+    clinic_name: str | None
+    writeback_blocker: str | None
+
+
+_BY_TOKEN = (
+    select(
+        _invite.c.id,
+        _invite.c.registration_id,
+        _invite.c.patient_ref,
+        _invite.c.language,
+        _invite.c.timezone,
+        _invite.c.status,
+        _invite.c.expires_at,
+        _invite.c.visit_at,
+        _invite.c.clinic_name,
+        _registration.c.allow_writes,
+        # Only the write-back entry of the check report, not the whole report.
+        _registration.c.capabilities[("features", WRITE_BACK_FEATURE)].label("write_back"),
+    )
+    .outerjoin(_registration, _registration.c.id == _invite.c.registration_id)
+    .where(_invite.c.token_hash == bindparam("token_hash"))
+)
+
+
+def find_by_token(session: Session, token: str) -> LinkInvite | None:
+    """The invitation of a link token (one indexed look-up by the token's hash); None for
+    an unknown or absurd token."""
+    if not token or len(token) > 128:
+        return None
+    row = session.connection().execute(_BY_TOKEN, {"token_hash": hash_token(token)}).first()
+    if row is None:
+        return None
+    return LinkInvite(
+        id=row.id,
+        registration_id=row.registration_id,
+        patient_ref=row.patient_ref,
+        language=row.language,
+        timezone=row.timezone,
+        status=row.status,
+        expires_at=row.expires_at,
+        visit_at=row.visit_at,
+        clinic_name=row.clinic_name,
+        writeback_blocker=(
+            "The EHR is no longer registered."
+            if row.allow_writes is None
+            else blocker_of(bool(row.allow_writes), row.write_back)
+        ),
+    )
 
 
 class NotAnswerable(Exception):
@@ -107,68 +178,79 @@ def writeback_key(response_id: int) -> str:
     return f"survey-writeback:{response_id}"
 
 
+class Answered(NamedTuple):
+    """A recorded answer: its row, and the ``survey-writeback`` task whose job to enqueue
+    after the caller's commit (None: nothing follows the answer)."""
+
+    response_id: int
+    writeback_task_id: int | None
+
+
+_CLAIM = (
+    update(_invite)
+    .where(
+        _invite.c.id == bindparam("invite_id"),
+        _invite.c.status == "sent",
+        _invite.c.expires_at > bindparam("now"),
+    )
+    .values(status="answered", answered_at=bindparam("now"), updated_at=bindparam("now"))
+)
+_INSERT_RESPONSE = insert(_response).returning(_response.c.id)
+
+
 def record_answer(
     session: Session,
-    invite: SurveyInvite,
+    invite: LinkInvite,
     answers: mapper.Answers,
     *,
     now: dt.datetime,
-) -> tuple[SurveyResponse, list[CareTask]]:
-    """Store the answer and queue the work that follows it, in the caller's transaction.
+) -> Answered:
+    """Store the answer and the task that follows it, in the caller's transaction: three
+    statements (claim the invitation, insert the answer, insert the task).
 
-    Returns the response and the CareTasks whose jobs to enqueue after the caller's
-    commit (``jobs.outbox.prepare`` before it, ``enqueue`` after). Single use is enforced
-    by one conditional UPDATE, so two simultaneous POSTs of the same link record one
-    answer.
+    Single use is enforced by one conditional UPDATE, so two simultaneous POSTs of the
+    same link record one answer (the loser gets ``NotAnswerable``).
 
     What follows an answer is one ``survey-writeback`` task: its job opens service
     recovery first (``open_recovery``: a low score's ticket and follow-up call, once) and
     then writes the QuestionnaireResponse. The patient's request stores the answer and
     nothing more, so a burst of answers costs the store little; the ticket appears when
     the job runs, seconds later. An EHR that cannot take the write still gets the task
-    when the answer needs recovery (the job marks the write-back "not supported").
+    when the answer needs recovery (the job marks the write-back "not supported"); the
+    answer is marked so at once.
     """
-    claimed = session.execute(
-        update(SurveyInvite)
-        .where(
-            SurveyInvite.id == invite.id,
-            SurveyInvite.status == "sent",
-            SurveyInvite.expires_at > now,
-        )
-        .values(status="answered", answered_at=now, updated_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    if getattr(claimed, "rowcount", 0) != 1:
+    conn = session.connection()
+    claimed = conn.execute(_CLAIM, {"invite_id": invite.id, "now": now})
+    if claimed.rowcount != 1:
         raise NotAnswerable(invite.id)
-    response = SurveyResponse(
-        invite_id=invite.id,
-        answers=answers.to_json(),
-        csat=answers.csat,
-        nps=answers.nps,
-        comment=answers.comment,
-        contact_ok=answers.contact_ok,
-        submitted_at=now,
+    blocker = invite.writeback_blocker
+    response_id = int(
+        conn.execute(
+            _INSERT_RESPONSE,
+            {
+                "invite_id": invite.id,
+                "answers": answers.to_json(),
+                "csat": answers.csat,
+                "nps": answers.nps,
+                "comment": answers.comment,
+                "contact_ok": answers.contact_ok,
+                "submitted_at": now,
+                "writeback_status": "not-supported" if blocker else "pending",
+                "writeback_error": blocker,
+            },
+        ).scalar_one()
     )
-    reg = session.get(EhrRegistration, invite.registration_id)
-    blocker = writeback_blocker(reg) if reg is not None else "The EHR is no longer registered."
-    if blocker:
-        response.writeback_status = "not-supported"
-        response.writeback_error = blocker
-    session.add(response)
-    session.flush()
     if blocker and not mapper.needs_recovery(answers.csat, answers.nps):
-        return response, []
-    task = new_task(
+        return Answered(response_id, None)
+    task_id = insert_task(
         session,
         registration_id=invite.registration_id,
         kind=WRITEBACK_KIND,
         patient_ref=invite.patient_ref,
-        payload={"response_id": response.id},
-        dedupe_key=writeback_key(response.id),
-        new_key=True,  # the response was made just now
+        payload={"response_id": response_id},
+        dedupe_key=writeback_key(response_id),
     )
-    session.flush()  # the ids are what the jobs carry
-    return response, [] if task is None else [task]
+    return Answered(response_id, task_id)
 
 
 class Recovery(NamedTuple):

@@ -20,12 +20,12 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 from flask import current_app, has_app_context
 from marshmallow import ValidationError
-from sqlalchemy import select
+from sqlalchemy import Table, insert, select
 from sqlalchemy.orm import Session
 
 from fhir_mappers.contact import blocked, current_telecoms, is_deceased, may_survey, reachable
@@ -87,38 +87,93 @@ def new_task(
     max_attempts: int = 5,
     assignee: str | None = None,
     queue: str | None = None,
-    new_key: bool = False,
 ) -> CareTask | None:
     """Add a task row (the caller commits, then calls ``jobs.outbox.dispatch``).
 
     Returns None when ``dedupe_key`` exists already: a reminder or an invitation is never
     made twice. The unique index makes that true across processes too (the loser of a race
     gets IntegrityError at commit, which callers sweeping in bulk treat as "exists").
-    ``new_key=True`` skips the look-up for a key that cannot exist yet (it names a row
-    made in the same transaction); the unique index still guards it.
     """
-    if dedupe_key is not None and not new_key:
+    if dedupe_key is not None:
         found = session.scalar(select(CareTask.id).where(CareTask.dedupe_key == dedupe_key))
         if found is not None:
             return None
-    now = utcnow()
-    due = as_utc(due_at) if due_at is not None else None
     task = CareTask(
-        registration_id=registration_id,
-        kind=kind,
-        patient_ref=patient_ref,
-        payload=dict(payload),
-        due_at=due,
-        status="scheduled" if due is not None and due > now else "queued",
-        dedupe_key=dedupe_key,
-        launch_session_id=launch_session_id,
-        created_by=created_by,
-        max_attempts=max_attempts,
-        assignee=assignee,
-        queue=queue or _configured_queue(),
+        **_task_values(
+            registration_id=registration_id,
+            kind=kind,
+            patient_ref=patient_ref,
+            payload=payload,
+            due_at=due_at,
+            dedupe_key=dedupe_key,
+            launch_session_id=launch_session_id,
+            created_by=created_by,
+            max_attempts=max_attempts,
+            assignee=assignee,
+            queue=queue,
+        )
     )
     session.add(task)
     return task
+
+
+# Built once: a statement object keeps its compiled form's cache key, so executing it
+# again skips SQLAlchemy's statement construction (a survey answer's hot path).
+_task = cast(Table, CareTask.__table__)
+_INSERT_TASK = insert(_task).returning(_task.c.id)
+
+
+def insert_task(
+    session: Session,
+    *,
+    registration_id: int,
+    kind: str,
+    patient_ref: str | None,
+    payload: Mapping[str, Any],
+    dedupe_key: str,
+) -> int:
+    """``new_task`` for a row with a key that cannot exist yet (it names a row made in the
+    same transaction), due now, as one INSERT in the caller's transaction, without the
+    ORM's unit of work; returns the row id. The unique index still guards the key."""
+    values = _task_values(
+        registration_id=registration_id,
+        kind=kind,
+        patient_ref=patient_ref,
+        payload=payload,
+        dedupe_key=dedupe_key,
+    )
+    return int(session.connection().execute(_INSERT_TASK, values).scalar_one())
+
+
+def _task_values(
+    *,
+    registration_id: int,
+    kind: str,
+    patient_ref: str | None,
+    payload: Mapping[str, Any],
+    due_at: datetime | None = None,
+    dedupe_key: str | None = None,
+    launch_session_id: str | None = None,
+    created_by: str | None = None,
+    max_attempts: int = 5,
+    assignee: str | None = None,
+    queue: str | None = None,
+) -> dict[str, Any]:
+    due = as_utc(due_at) if due_at is not None else None
+    return {
+        "registration_id": registration_id,
+        "kind": kind,
+        "patient_ref": patient_ref,
+        "payload": dict(payload),
+        "due_at": due,
+        "status": "scheduled" if due is not None and due > utcnow() else "queued",
+        "dedupe_key": dedupe_key,
+        "launch_session_id": launch_session_id,
+        "created_by": created_by,
+        "max_attempts": max_attempts,
+        "assignee": assignee,
+        "queue": queue or _configured_queue(),
+    }
 
 
 def _configured_queue() -> str | None:

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import redis
 from flask import Flask, current_app
@@ -21,7 +21,7 @@ from rq.callbacks import Callback
 from rq.job import Job, JobStatus
 from rq.rate_limit import RateLimit
 from rq.registry import StartedJobRegistry
-from sqlalchemy import select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from helpdesk.db import get_store
@@ -122,6 +122,28 @@ def prepare(tasks: Iterable[CareTask], *, app: Flask) -> list[_Pending]:
             _Pending(task.id, task.job_id, task.queue, task.registration_id, task.due_at, task.kind)
         )
     return pending
+
+
+_task = cast(Table, CareTask.__table__)
+_SET_JOB_ID = (
+    update(_task)
+    .where(_task.c.id == bindparam("task_id"))
+    .values(job_id=bindparam("job_id"), updated_at=bindparam("now"))
+)
+
+
+def prepare_inserted(
+    session: Session, task_id: int, *, registration_id: int, kind: str, app: Flask
+) -> _Pending:
+    """``prepare`` for a row the caller has just inserted with
+    ``helpdesk.tasks.insert_task`` (queued, due now, no attempt yet, on the configured
+    queue): its job id in one UPDATE, without loading the row."""
+    job_id = job_id_for(task_id, 1)
+    session.connection().execute(
+        _SET_JOB_ID, {"task_id": task_id, "job_id": job_id, "now": utcnow()}
+    )
+    queue = str(app.config.get("TASK_QUEUE") or "default")
+    return _Pending(task_id, job_id, queue, registration_id, None, kind)
 
 
 def enqueue(pending: Iterable[_Pending], *, app: Flask) -> None:

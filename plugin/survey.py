@@ -18,15 +18,13 @@ from zoneinfo import ZoneInfo
 from flask import Blueprint, Response, current_app, g, make_response, render_template, request
 from flask_limiter.errors import RateLimitExceeded
 from itsdangerous import Signer
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from fhir_mappers import survey as mapper
 from fhir_mappers.fhirutil import zone
 from helpdesk import i18n
 from helpdesk import surveys as domain
 from helpdesk.db import get_db
-from helpdesk.models import SurveyInvite
+from helpdesk.surveys import LinkInvite
 from helpdesk.timeutil import utcnow
 from jobs import outbox
 
@@ -73,7 +71,7 @@ def _text(lang: str) -> dict[str, str]:
     return {key: i18n.gettext(lang, english) for key, english in TEXT.items()}
 
 
-def _visit_date(invite: SurveyInvite, lang: str) -> str | None:
+def _visit_date(invite: LinkInvite, lang: str) -> str | None:
     if invite.visit_at is None:
         return None
     tz = zone(invite.timezone) or ZoneInfo(str(current_app.config["VIEWER_TIMEZONE"]))
@@ -120,24 +118,16 @@ def _busy(exc: RateLimitExceeded) -> Response:
     return _message("en", "busy", 429)
 
 
-def _find(session: Session, token: str) -> SurveyInvite | None:
-    if not token or len(token) > 128:
-        return None
-    return session.scalars(
-        select(SurveyInvite).where(SurveyInvite.token_hash == domain.hash_token(token))
-    ).first()
-
-
-def find_invite(token: str) -> SurveyInvite | None:
+def find_invite(token: str) -> LinkInvite | None:
     """The invitation of a link token, looked up once per request: the rate limiter's
     per-EHR key (``plugin.ratelimit``) and the view share it."""
-    found: dict[str, SurveyInvite | None] = g.setdefault("survey_invites", {})
+    found: dict[str, LinkInvite | None] = g.setdefault("survey_invites", {})
     if token not in found:
-        found[token] = _find(get_db(), token)
+        found[token] = domain.find_by_token(get_db(), token)
     return found[token]
 
 
-def _state(invite: SurveyInvite | None, now: dt.datetime) -> str:
+def _state(invite: LinkInvite | None, now: dt.datetime) -> str:
     if invite is None or invite.status in ("pending", "skipped"):
         return "unknown"
     if invite.status == "answered":
@@ -151,7 +141,7 @@ _STATE_STATUS = {"unknown": 404, "done": 200, "expired": 410}
 
 
 def _form_page(
-    invite: SurveyInvite,
+    invite: LinkInvite,
     lang: str,
     *,
     values: dict[str, str] | None = None,
@@ -218,14 +208,24 @@ def answer(token: str) -> Response:
         return _form_page(invite, lang, values=values, errors=errors, status=422)
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     try:
-        response, tasks = domain.record_answer(session, invite, answers, now=now)
-        # The job ids go on the rows in the answer's own transaction: one commit, then
-        # the enqueue (a burst of answers is mostly round trips to the store).
-        pending = outbox.prepare(tasks, app=app)
+        answered = domain.record_answer(session, invite, answers, now=now)
+        # The job id goes on the task row in the answer's own transaction: one commit,
+        # then the enqueue (a burst of answers is mostly round trips to the store).
+        pending = []
+        if answered.writeback_task_id is not None:
+            pending.append(
+                outbox.prepare_inserted(
+                    session,
+                    answered.writeback_task_id,
+                    registration_id=invite.registration_id,
+                    kind=domain.WRITEBACK_KIND,
+                    app=app,
+                )
+            )
         session.commit()
     except domain.NotAnswerable:
         session.rollback()
         return _message(lang, "done", 200)
-    log.info("survey answered: invite %s, response %s", invite.id, response.id)
+    log.info("survey answered: invite %s, response %s", invite.id, answered.response_id)
     outbox.enqueue(pending, app=app)
     return _message(lang, "thanks", 200)
