@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import cast
 
@@ -141,11 +142,27 @@ def init_app(app: Flask) -> None:
         key_func=_address,
         key_prefix="caredesk:rl",
         strategy="moving-window",
-        headers_enabled=True,
+        # No X-RateLimit-* headers: they cost every limited request one more Redis round
+        # trip (the window's state, read after the view), and a patient's phone or an EHR
+        # has no use for them. A refusal still says when to come back (``_retry_after``).
+        headers_enabled=False,
         swallow_errors=True,
     )
     limiter.init_app(app)
     app.extensions["caredesk.limiter"] = limiter
+
+    @app.after_request
+    def _retry_after(response: Response) -> Response:
+        # Only on a refusal: the breached limit's reset, read from Redis then.
+        limit = limiter.current_limit
+        if response.status_code == 429 and limit is not None and limit.breached:
+            try:
+                wait = int(limit.reset_at - time.time())
+            except Exception:  # noqa: BLE001 - Redis gone: a refusal without the hint
+                log.warning("rate limit reset unavailable for Retry-After")
+            else:
+                response.headers["Retry-After"] = str(max(wait, 1))
+        return response
 
     launch_bp = _blueprint(app, "launch")
     limiter.limit(_per_minute("RATE_LAUNCH_PER_ADDRESS"))(launch_bp)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from flask import Blueprint, Response, current_app, g, make_response, render_template, request
@@ -76,6 +77,13 @@ def _visit_date(invite: LinkInvite, lang: str) -> str | None:
         return None
     tz = zone(invite.timezone) or ZoneInfo(str(current_app.config["VIEWER_TIMEZONE"]))
     return i18n.long_date(invite.visit_at.astimezone(tz).date(), lang)
+
+
+@lru_cache(maxsize=64)
+def _form(language: str | None) -> mapper.SurveyForm:
+    """The form in a language (frozen; the Questionnaire is package data): built once
+    per language, not per request."""
+    return mapper.to_form(domain.questionnaire(), language)
 
 
 def _form_signer(secret_key: str | None = None) -> Signer:
@@ -148,7 +156,7 @@ def _form_page(
     errors: dict[str, str] | None = None,
     status: int = 200,
 ) -> Response:
-    form = mapper.to_form(domain.questionnaire(), invite.language)
+    form = _form(invite.language)
     text = _text(lang)
     date = _visit_date(invite, lang)
     clinic = invite.clinic_name or text["the_clinic"]
@@ -195,7 +203,7 @@ def answer(token: str) -> Response:
     if not _csrf_ok(invite.id, posted):
         log.info("survey answer refused: missing or wrong CSRF token")
         return _message(lang, "stale", 400)
-    form = mapper.to_form(domain.questionnaire(), invite.language)
+    form = _form(invite.language)
     values = {item.link_id: request.form.get(item.link_id, "") for item in form.items}
     try:
         answers = mapper.parse_answers(form, values)
