@@ -535,7 +535,10 @@ def retry_refusal(task: CareTask) -> str | None:
     if task.status == "failed":
         instead = INSTEAD_OF_RETRY.get(task.kind, "Queue the work again once its cause is fixed.")
         return f"A retry would fail the same way. {instead}"
-    return f"Only a failed task can be retried; this one is {task.status}."
+    return (
+        "Only a failed task, or one waiting for the EHR's permission, can be retried; "
+        f"this one is {task.status}."
+    )
 
 
 # --- calls --------------------------------------------------------------------------------
