@@ -23,18 +23,19 @@ from sqlalchemy.orm import Session
 
 from helpdesk.crypto import Vault
 from helpdesk.models import EhrRegistration, SigningKey
-from smart_launch.features import FEATURES, scopes_for_features
+from smart_launch.features import FEATURES, Feature, scopes_for_features
 from smart_launch.keys import generate_signing_key
 from smart_launch.scopes import Level, validate_scopes
 
 CLIENT_TYPES = ("public", "confidential-symmetric", "confidential-asymmetric")
 KEY_ALGS = ("RS384", "ES384")
-# What a backend client asks for when the registration names none: every feature's
-# system/ scopes (smart_launch.features), so jobs, sweeps and `ehr check` can all run.
-DEFAULT_BACKEND_SCOPES = scopes_for_features(FEATURES, "backend")
 
-# What the sidebar, the board and the jobs need. v2 syntax; translated to v1 for servers
-# that only advertise permission-v1.
+# What a launch asks for when the registration names nothing else: the launch context
+# (EHR launch and a standalone patient picker), the user's identity and a refresh token,
+# patient/ scopes for the sidebar where the EHR grants only those, and every feature's
+# user/ scopes (smart_launch.features), so jobs that run on a launch's refresh token
+# (no backend client) have what they need. v2 syntax; translated to v1 for servers that
+# only advertise permission-v1.
 DEFAULT_SCOPES = " ".join(
     [
         "launch",
@@ -48,14 +49,12 @@ DEFAULT_SCOPES = " ".join(
         "patient/QuestionnaireResponse.cs",
         "patient/ServiceRequest.cs",
         "patient/Task.cs",
-        "user/Patient.rs",
-        "user/Appointment.rs",
-        "user/Coverage.rs",
-        "user/Practitioner.rs",
-        "user/Location.rs",
-        "user/Organization.rs",
+        *(s for s in scopes_for_features(FEATURES, "user").split() if s.startswith("user/")),
     ]
 )
+# What a backend client asks for when the registration names none: every feature's
+# system/ scopes, so jobs, sweeps and `ehr check` can all run.
+DEFAULT_BACKEND_SCOPES = scopes_for_features(FEATURES, "backend")
 
 
 def normalize_iss(iss: str) -> str:
@@ -412,3 +411,37 @@ def update(
         )
     session.flush()
     return notes
+
+
+def scope_gaps(reg: EhrRegistration) -> list[str]:
+    """Features this registration's scopes leave out, one line each (empty: all covered).
+
+    A feature that runs on a launch needs the launch scopes; one that runs in jobs needs
+    the backend client's scopes, or else the launch scopes (jobs then use the refresh
+    token of the launch that queued them); a backend-only one needs a backend client.
+    The EHR check's own reads are optional and not counted.
+    """
+    backend = (reg.backend_scopes or "") if reg.backend_client_id else None
+    gaps: list[str] = []
+    for feature in FEATURES:
+        if feature.name != "ehr-check":
+            reason = _gap(feature, reg.scopes, backend)
+            if reason:
+                gaps.append(f"{feature.title}: {reason}")
+    return gaps
+
+
+def _gap(feature: Feature, scopes: str, backend: str | None) -> str:
+    user = " ".join(feature.missing(scopes, "user"))
+    if feature.context == "user":
+        return f"the launch scopes lack {user}" if user else ""
+    if backend is None:
+        if feature.context == "backend":
+            return "needs a backend client"
+        return f"the launch scopes lack {user} and there is no backend client" if user else ""
+    system = " ".join(feature.missing(backend, "backend"))
+    if feature.context == "backend":
+        return f"the backend scopes lack {system}" if system else ""
+    if system and user:
+        return f"the backend scopes lack {system} and the launch scopes lack {user}"
+    return ""

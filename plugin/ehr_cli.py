@@ -215,7 +215,18 @@ def add(
             click.echo(f"  signing key {key.kid} ({key.alg}) published at /.well-known/jwks.json")
         if reg.backend_client_id and "backend_scopes" not in values:
             click.echo(f"  backend scopes (every feature's): {reg.backend_scopes}")
+        _echo_scope_gaps(reg)
     _invalidate_frames()
+
+
+def _echo_scope_gaps(reg: EhrRegistration) -> None:
+    gaps = registry.scope_gaps(reg)
+    if gaps:
+        click.echo(
+            "  not covered by these scopes (`caredesk ehr scopes` lists what each feature needs):"
+        )
+        for gap in gaps:
+            click.echo(f"    {gap}")
 
 
 def _already_registered(
@@ -313,6 +324,7 @@ def update(
         click.echo(f"updated {reg.slug} (id {reg.id}):")
         for note in notes:
             click.echo(f"  {note}")
+        _echo_scope_gaps(reg)
     _invalidate_frames()
 
 

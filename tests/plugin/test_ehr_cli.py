@@ -348,6 +348,27 @@ def test_changing_the_client_type_clears_what_no_longer_applies(cli_env, monkeyp
     assert "removed, no longer published" in dropped.output
 
 
+def test_add_says_which_features_the_scopes_leave_out(cli_env) -> None:
+    # CareDesk's default launch scopes cover every feature that can run on a launch; only
+    # what needs a backend client is left out without one.
+    plain = cli_env("ehr", "add", "--iss", "https://a/fhir", "--client-id", "a")
+    gaps = plain.output.split("not covered by these scopes", 1)[1].splitlines()[1:]
+    assert [g.strip() for g in gaps] == [
+        "survey publishing: needs a backend client",
+        "inbound message matching: needs a backend client",
+    ]
+    # With a backend client and the default backend scopes: nothing left out.
+    full = cli_env(
+        "ehr", "add", "--iss", "https://b/fhir", "--client-id", "b", "--backend-client-id", "b-jobs"
+    )
+    assert full.exit_code == 0 and "not covered" not in full.output
+    # Backend scopes without Questionnaire: publishing will not work, and it says why.
+    update = cli_env(
+        "ehr", "update", "b-fhir", "--backend-scopes", "system/Patient.rs system/Appointment.rus"
+    )
+    assert "survey publishing: the backend scopes lack system/Questionnaire.crs" in update.output
+
+
 def test_scopes_lists_each_feature_at_both_levels(cli_env) -> None:
     result = cli_env("ehr", "scopes", "--json")
     rows = {row["name"]: row for row in json.loads(result.output)}
