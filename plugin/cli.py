@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -195,8 +196,30 @@ def map_cmd(file: str, viewer_tz: str | None, now_text: str | None, as_json: boo
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def sandbox_cmd(args: tuple[str, ...]) -> None:
     # The sandbox is the other side of the protocol and is never imported by the product:
-    # it runs as its own process.
-    raise SystemExit(subprocess.call([sys.executable, "-m", "sandbox", *args]))  # noqa: S603
+    # it runs as its own process, and that process ends with this one. SIGTERM and SIGINT
+    # are passed on (a bare subprocess.call left the child listening after a SIGTERM);
+    # the child has its own process group so a terminal's Ctrl-C reaches it once, through
+    # here; --exit-with-parent covers this process being killed outright.
+    raise SystemExit(run_child([sys.executable, "-m", "sandbox", "--exit-with-parent", *args]))
+
+
+def run_child(argv: list[str]) -> int:
+    """Run ``argv`` to its end, passing SIGTERM and SIGINT on; its exit code."""
+    child = subprocess.Popen(argv, process_group=0)  # noqa: S603 - our own interpreter
+
+    def forward(signum: int, _frame: object) -> None:
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if child.poll() is None:  # pragma: no cover - only if wait() itself was interrupted
+            child.kill()
+            child.wait()
 
 
 @cli.command(help="Run CareDesk and the sandbox EHR on loopback, ready to click through.")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import signal
 import socket
@@ -160,3 +162,70 @@ def test_profile_defaults_apply_and_flags_win() -> None:
         proc.terminate()
     assert knobs["omit_display"] is True and knobs["canonical_version_search"] is False
     assert knobs["refresh_id_token"] == "omit"
+
+
+# --- `caredesk sandbox`: the wrapper and its child end together ---------------------------
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _gone(pid: int, deadline: float) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    while time.monotonic() < deadline:
+        if not status.exists() or "zombie" in status.read_text():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@contextmanager
+def _caredesk_sandbox() -> Iterator[tuple[subprocess.Popen[str], int, int]]:
+    """`caredesk sandbox --port 0`: (the wrapper, its sandbox child's pid, the port)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAREDESK_")}
+    proc = subprocess.Popen(  # noqa: S603 - our own module, fixed arguments
+        [sys.executable, "-m", "plugin.cli", "sandbox", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
+    started: list[int] = []
+    try:
+        port = _read_port(proc.stdout)
+        started.extend(_children(proc.pid))
+        [child] = started
+        yield proc, child, port
+    finally:
+        # Whatever the test saw, nothing of this test keeps running (the child by its own
+        # pid: once the wrapper is gone it is no longer listed as its child).
+        for pid in [proc.pid, *started]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_caredesk_sandbox_takes_its_child_along_on_signal(sig: signal.Signals) -> None:
+    with _caredesk_sandbox() as (proc, child, port):
+        assert requests.get(f"http://127.0.0.1:{port}/fhir/metadata", timeout=10).ok
+        proc.send_signal(sig)
+        assert proc.wait(timeout=15) == 0
+        assert _gone(child, time.monotonic() + 10)
+        assert not _listening(port)
+        assert proc.stderr is not None
+        assert "Traceback" not in proc.stderr.read()
+
+
+def test_caredesk_sandbox_killed_outright_still_ends_its_child() -> None:
+    with _caredesk_sandbox() as (proc, child, port):
+        proc.kill()
+        proc.wait(timeout=10)
+        assert _gone(child, time.monotonic() + 10)
+        assert not _listening(port)
