@@ -30,6 +30,7 @@ class QueueState:
     embedded: bool
     queue_names: tuple[str, ...]
     worker_thread: threading.Thread | None = None
+    worker: Any = None  # the EmbeddedWorker of the demo, once started
     stop_event: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -69,12 +70,16 @@ def start_embedded_worker(app: Flask) -> threading.Thread:
         raise RuntimeError("the embedded worker runs on the in-process queue only")
     if state.worker_thread and state.worker_thread.is_alive():
         return state.worker_thread
+    # RQ's own lines (worker, scheduler lock, cron registrations and enqueues) only at
+    # WARNING, unless CareDesk itself logs at DEBUG: the demo's console stays readable.
+    rq_level = "DEBUG" if str(app.config.get("LOG_LEVEL", "")).upper() == "DEBUG" else "WARNING"
 
     def run() -> None:
         worker = EmbeddedWorker(
             [state.queue(n) for n in state.queue_names], connection=state.connection, app=app
         )
-        worker.work(with_scheduler=False, logging_level="WARNING")
+        state.worker = worker
+        worker.work(with_scheduler=False, logging_level=rq_level)
 
     def schedule() -> None:
         # RQ's scheduler normally runs in a forked process, which cannot share an
@@ -82,7 +87,9 @@ def start_embedded_worker(app: Flask) -> threading.Thread:
         from rq.scheduler import RQScheduler
 
         scheduler = RQScheduler(
-            [state.queue(n) for n in state.queue_names], connection=state.connection
+            [state.queue(n) for n in state.queue_names],
+            connection=state.connection,
+            logging_level=rq_level,
         )
         scheduler.acquire_locks()  # type: ignore[no-untyped-call]
         # The demo's cron (reminder, survey, task and referral sweeps) runs here too;
@@ -90,7 +97,7 @@ def start_embedded_worker(app: Flask) -> threading.Thread:
         with app.app_context():
             from jobs.schedule import build_cron
 
-            cron = build_cron(app)
+            cron = build_cron(app, logging_level=rq_level)
         while not state.stop_event.wait(1.0):
             scheduler.enqueue_scheduled_jobs()  # type: ignore[no-untyped-call]
             cron.enqueue_jobs()
@@ -101,6 +108,16 @@ def start_embedded_worker(app: Flask) -> threading.Thread:
     state.worker_thread = thread
     log.info("embedded worker started on queues %s", ",".join(state.queue_names))
     return thread
+
+
+def stop_embedded_worker(app: Flask, *, timeout: float = 10.0) -> None:
+    """The demo stopping: the cron and RQ's scheduler enqueue nothing more, the worker
+    finishes the job in hand (up to ``timeout`` s) and takes no other. Called before the
+    sandbox is stopped, so no job meets an EHR that is going away."""
+    state = get_queue_state(app)
+    state.stop_event.set()
+    if state.worker is not None and not state.worker.stop_after_current_job(timeout):
+        log.warning("a job was still running after %.0f s; stopping anyway", timeout)
 
 
 def enqueue(func: str, *args: Any, queue: str = "default", **kwargs: Any) -> Any:

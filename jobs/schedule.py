@@ -12,10 +12,14 @@ from rq.cron import CronScheduler
 from jobs.queue import get_queue_state
 
 
-def build_cron(app: Flask) -> CronScheduler:
+def build_cron(app: Flask, *, logging_level: str | int = "INFO") -> CronScheduler:
+    """``logging_level``: RQ's own lines (each registration, each enqueue); the demo keeps
+    them at WARNING so they do not scroll its printed URL away."""
     state = get_queue_state(app)
     queue = str(app.config.get("TASK_QUEUE") or "default")
-    cron = CronScheduler(connection=state.connection, name="caredesk-cron")
+    cron = CronScheduler(
+        connection=state.connection, name="caredesk-cron", logging_level=logging_level
+    )
     from jobs import (
         inbound,
         mailbox,

@@ -183,7 +183,30 @@ class EmbeddedWorker(AppWorker):
 
     death_penalty_class = TimerDeathPenalty
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_hand = threading.Lock()
+        self._stopping = False
+
     def _install_signal_handlers(self) -> None:
-        # signal.signal() only works in the main thread; the demo stops the thread by
-        # process exit (it is a daemon thread).
+        # signal.signal() only works in the main thread; the demo stops the thread with
+        # stop_after_current_job(), then by process exit (it is a daemon thread).
         return None
+
+    def execute_job(self, job: Any, queue: Any) -> None:
+        with self._in_hand:
+            if self._stopping:
+                # Dequeued as the demo stops: left to the outbox sweeper of the next start
+                # (its CareTask row is still pending), not run against an EHR going away.
+                return
+            super().execute_job(job, queue)
+
+    def stop_after_current_job(self, timeout: float) -> bool:
+        """Take no further job; wait up to ``timeout`` s for the one in hand. False when it
+        is still running."""
+        self._stopping = True
+        self._stop_requested = True  # RQ's own flag: the work loop ends at its next turn
+        if not self._in_hand.acquire(timeout=timeout):
+            return False
+        self._in_hand.release()
+        return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -20,7 +21,7 @@ from helpdesk import migrate, registry
 from helpdesk.crypto import get_vault
 from helpdesk.db import get_store
 from helpdesk.models import SigningKey
-from jobs.queue import start_embedded_worker
+from jobs.queue import start_embedded_worker, stop_embedded_worker
 from plugin import create_app
 
 DEMO_CLIENT_ID = "caredesk-demo"
@@ -36,9 +37,18 @@ def run_demo(*, host: str, port: int, with_sandbox: bool, profile: str) -> None:
         overrides["SURVEY_DELAY_MINUTES"] = 0
     if "CAREDESK_SURVEY_QUIET_HOURS" not in os.environ:
         overrides["SURVEY_QUIET_HOURS"] = ""
+    # The console shows the URLs to open, then warnings only: job summaries at INFO and
+    # access logs at DEBUG would scroll the URLs away. CAREDESK_LOG_LEVEL=INFO shows the
+    # jobs' lines, DEBUG every request of CareDesk and of the sandbox too.
+    if "CAREDESK_LOG_LEVEL" not in os.environ:
+        overrides["LOG_LEVEL"] = "WARNING"
     app = create_app(overrides)
     migrate.upgrade(app.config["DATABASE_URL"])
+    level = str(app.config["LOG_LEVEL"]).upper()
+    # Access lines are logged at DEBUG (_NoQueryLog); werkzeug's logger follows ours.
+    logging.getLogger("werkzeug").setLevel(level)
     sandbox: subprocess.Popen[bytes] | None = None
+    worker_started = False
 
     def _terminate(signum: int, _frame: FrameType | None) -> None:
         raise KeyboardInterrupt
@@ -65,23 +75,39 @@ def run_demo(*, host: str, port: int, with_sandbox: bool, profile: str) -> None:
                     profile,
                     "--clients",
                     str(clients),
-                ]
+                    "--log-level",
+                    "DEBUG" if level == "DEBUG" else "WARNING",
+                    # Gone with this process even if it is killed outright.
+                    "--exit-with-parent",
+                ],
+                # Its own process group: a terminal's Ctrl-C reaches it once, as the
+                # terminate() below, not twice.
+                process_group=0,
             )
             _wait_until_up(f"{sandbox_origin}/fhir/metadata", sandbox)
             app.extensions["caredesk.frame_origins"].invalidate()
         # Jobs and the cron's sweeps start only once the sandbox answers: a sweep fired at
         # an EHR that is still starting would only print a traceback.
         start_embedded_worker(app)
+        worker_started = True
         # Bind before printing: whoever reads the URLs can use them at once.
         server = make_server(host, port, app, threaded=True, request_handler=_NoQueryLog)
+        # The URL to open is the last line printed: what follows are warnings only.
+        click.echo(
+            "\nCtrl-C stops CareDesk and the sandbox. The console shows warnings only "
+            "(CAREDESK_LOG_LEVEL=INFO for jobs, DEBUG for every request)."
+        )
+        click.secho(f"  CareDesk:      {app_origin}/   health: {app_origin}/healthz", bold=True)
         if with_sandbox:
-            click.secho(f"\n  EHR (sandbox): {sandbox_origin}/ehr   <- open this", bold=True)
-        click.secho(f"  CareDesk:      {app_origin}/   health: {app_origin}/healthz\n", bold=True)
-        click.echo("Ctrl-C stops CareDesk and the sandbox.")
+            click.secho(f"  EHR (sandbox): {sandbox_origin}/ehr   <- open this", bold=True)
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
+        if worker_started:
+            # Jobs first: one still running against a stopped sandbox would only print a
+            # warning and a retry.
+            stop_embedded_worker(app)
         if sandbox is not None:
             sandbox.terminate()
             try:
@@ -92,12 +118,13 @@ def run_demo(*, host: str, port: int, with_sandbox: bool, profile: str) -> None:
 
 
 class _NoQueryLog(WSGIRequestHandler):
-    """Access log lines without query strings: callbacks carry the authorization code and
-    launches the launch token, and neither may reach a log, not even the demo's."""
+    """Access log lines without query strings (callbacks carry the authorization code and
+    launches the launch token, and neither may reach a log, not even the demo's), at
+    DEBUG: a click-through makes dozens of requests a second."""
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         path = self.path.split("?", 1)[0]
-        self.log("info", '"%s %s" %s %s', self.command, path, code, size)
+        self.log("debug", '"%s %s" %s %s', self.command, path, code, size)
 
 
 DEMO_BACKEND_CLIENT_ID = "caredesk-demo-jobs"

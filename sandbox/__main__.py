@@ -15,7 +15,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 from sandbox.app import create_app
 from sandbox.clients import client_from_json, load_clients_file
@@ -246,7 +246,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"sandbox: {exc}", file=sys.stderr)  # noqa: T201 - CLI error message
         return 2
-    server = make_server(options.host, options.port, app, threaded=True)
+    # werkzeug would set its logger to INFO and print every request; it follows
+    # --log-level instead, and the access lines themselves are DEBUG.
+    logging.getLogger("werkzeug").setLevel(args.log_level.upper())
+    server = make_server(
+        options.host, options.port, app, threaded=True, request_handler=_DebugAccessLog
+    )
     port = server.server_port
     # SIGTERM (what a supervisor or `kill` sends) ends the process like Ctrl-C: the
     # listening socket is closed on the way out, request threads are daemons.
@@ -262,6 +267,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         server.server_close()
     return 0
+
+
+class _DebugAccessLog(WSGIRequestHandler):
+    """One access line per request, at DEBUG (--log-level DEBUG shows them)."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        self.log("debug", '"%s" %s %s', self.requestline, code, size)
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
