@@ -48,7 +48,7 @@ from plugin.csrf import check_csrf
 from plugin.launch import current_launch
 from plugin.navigation import back
 from plugin.tasktext import is_lasting, task_sentence
-from plugin.timewords import when_words
+from plugin.timewords import date_words, when_words
 from smart_launch.errors import NeedsAuthorization
 
 bp = Blueprint("sidebar", __name__)
@@ -292,6 +292,7 @@ def _model(
         "now": now,
         "tz": tz,
         "when": lambda value: when_words(value, now=now, tz=tz),
+        "day": lambda value: date_words(value, now=now, tz=tz) or str(value),
         "is_past": lambda value: (m := parse_datetime(value, dt.UTC)) is not None and m <= now,
         "task_sentence": lambda task: task_sentence(task, now=now, tz=tz),
     }

@@ -54,9 +54,22 @@ def when_words(value: dt.datetime | str | None, *, now: dt.datetime, tz: ZoneInf
     return f"{day}{sep}{clock(local)}"
 
 
-def date_words(value: dt.datetime | str | None, *, now: dt.datetime, tz: ZoneInfo) -> str:
-    """The day only: "today", "Thu Nov 5", "Mon Jan 5, 2027"."""
-    moment = _moment(value)
+def date_words(value: dt.date | dt.datetime | str | None, *, now: dt.datetime, tz: ZoneInfo) -> str:
+    """The day only: "today", "Thu Nov 5", "Mon Jan 5, 2027". A date without a time (a
+    coverage period's end, `2026-11-27`) is that calendar day wherever the viewer is: it
+    is not midnight UTC, which Chicago would read as the day before."""
+    today = now.astimezone(tz).date()
+    day: dt.date | None = None
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        day = value
+    elif isinstance(value, str) and len(value) == 10:
+        try:
+            day = dt.date.fromisoformat(value)
+        except ValueError:
+            return ""
+    if day is not None:
+        return day_words(dt.datetime.combine(day, dt.time(12), tz), today)
+    moment = _moment(value) if isinstance(value, dt.datetime | str) else None
     if moment is None:
         return ""
-    return day_words(moment.astimezone(tz), now.astimezone(tz).date())
+    return day_words(moment.astimezone(tz), today)

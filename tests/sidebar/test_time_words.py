@@ -47,3 +47,20 @@ def test_ticket_pages_and_the_sidebar_show_time_the_same_way(make_app) -> None:
         for name in app.jinja_env.list_templates(extensions=["html"]):
             source = app.jinja_loader.get_source(app.jinja_env, name)[0]  # type: ignore[union-attr]
             assert "local_time" not in source, name
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2026-11-30", "today"),  # a date is that day, not midnight UTC (Nov 29 in Chicago)
+        ("2026-11-27", "Fri Nov 27"),
+        ("2027-12-31", "Fri Dec 31, 2027"),
+        ("2026-12-01T04:13:00+00:00", "today"),  # a moment: on the viewer's clock
+        ("2026-13-01", ""),
+        (None, ""),
+    ],
+)
+def test_a_day_reads_as_its_calendar_day(value, expected) -> None:
+    from plugin.timewords import date_words
+
+    assert date_words(value, now=LATE, tz=CHICAGO) == expected
