@@ -378,9 +378,20 @@ def _fail(launch: LaunchSession) -> None:
     get_db().commit()
 
 
+def launch_row(launch_id: str) -> LaunchSession | None:
+    """The launch row with this id, read once per request: the rate limiter's key (its
+    registration) and ``current_launch`` both need it, and the row is kept on ``g``
+    because the session's identity map holds rows only weakly (a second ``get`` was a
+    second query)."""
+    rows: dict[str, LaunchSession | None] = g.setdefault("launch_rows", {})
+    if launch_id not in rows:
+        rows[launch_id] = get_db().get(LaunchSession, launch_id)
+    return rows[launch_id]
+
+
 def current_launch(launch_id: str) -> LaunchSession:
     """The active launch named in the URL, if this browser owns it; else 401."""
-    launch = get_db().get(LaunchSession, launch_id)
+    launch = launch_row(launch_id)
     if launch is None or launch.status != "active" or not _owns(launch.browser_hash):
         raise AppError(
             "This CareDesk session has ended or belongs to another browser. "

@@ -40,6 +40,7 @@ from sqlalchemy import select
 from helpdesk.db import get_db
 from helpdesk.models import LaunchSession
 from helpdesk.registry import find, find_by_iss
+from plugin.launch import launch_row
 
 log = logging.getLogger("caredesk.ratelimit")
 _proxy_warned = threading.Event()
@@ -95,7 +96,7 @@ def launch_id_of_request() -> str | None:
 
 def _session_registration() -> str:
     launch_id = launch_id_of_request()
-    launch = get_db().get(LaunchSession, launch_id[:64]) if launch_id else None
+    launch = launch_row(launch_id[:64]) if launch_id else None
     return f"ehr:{launch.registration_id}" if launch is not None else "ehr:unknown"
 
 
