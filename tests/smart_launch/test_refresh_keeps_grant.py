@@ -260,6 +260,38 @@ def test_sixty_second_tokens_ten_requests_in_a_row_make_at_most_one_token_reques
     assert len(fake.hits("/oauth2/token")) <= 1
 
 
+class CountingStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.loads = 0
+
+    def load(self, grant_id: str) -> TokenSet | None:
+        self.loads += 1
+        return super().load(grant_id)
+
+
+def test_one_clients_requests_load_the_token_set_once_while_it_is_fresh(
+    fake: FakeServer, server_key: RSAKey, redis_conn: redis.Redis
+) -> None:
+    """One page's reads (or one job's) read and decrypt the stored grant once, not once
+    per FHIR request; a 401 still loads it again (another process may have refreshed)."""
+    server = RotatingServer(fake, server_key)
+    fake.route("GET", "/fhir/Patient/p1", Response(200, {"resourceType": "Patient", "id": "p1"}))
+    store, grant = CountingStore(), f"grant-{uuid.uuid4().hex}"
+    store.save(grant, launched(expires_in=600))
+    with requests.Session() as http:
+        token, on_unauthorized = token_callbacks(
+            grant, reg_for(fake), conf_for(fake), store=store, redis=redis_conn, http=http
+        )
+        with FhirClient(
+            f"{fake.base_url}/fhir", token, session=http, on_unauthorized=on_unauthorized
+        ) as fhir:
+            for _ in range(6):
+                assert fhir.read("Patient", "p1")["id"] == "p1"
+    assert store.loads == 1
+    assert server.issued == 0
+
+
 NOW = datetime(2026, 11, 3, 9, 30, tzinfo=TZ)
 
 
