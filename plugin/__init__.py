@@ -38,13 +38,14 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, command: bool = 
 
 
 def register_extensions(app: Flask, *, command: bool = False) -> None:
-    from helpdesk import crypto, db, ehr, kv
+    from helpdesk import crypto, db, ehr, kv, stamps
     from plugin import logs, security
 
     logs.configure(app)
     db.init_app(app)
     crypto.init_app(app)
     kv.init_app(app, required=not command)
+    stamps.init_app(app)
     security.init_app(app)
     ehr.init_app(app)
     if app.config.get("PROXY_FIX"):

@@ -30,9 +30,10 @@ from sqlalchemy import select
 from fhir_mappers.bundle import search_entries
 from fhir_mappers.fhirutil import human_name
 from fhir_mappers.names import unresolved_references
-from helpdesk import ehr, messaging
+from helpdesk import ehr, messaging, stamps
 from helpdesk.access import scope_of
 from helpdesk.db import get_db
+from helpdesk.kv import EXTENSION as KV_EXTENSION
 from helpdesk.models import CallAttempt, CareTask, LaunchSession, SurveyInvite, Ticket
 from helpdesk.surveys import latest_for_patient
 from helpdesk.timeutil import utcnow
@@ -54,6 +55,13 @@ WAIT_SECONDS = 20.0
 # re-fetching. Memory only, bounded (it holds PHI): nothing is written to Redis or disk.
 _cache: TTLCache[str, PatientParts] = TTLCache(maxsize=512, ttl=CONTEXT_TTL_SECONDS)
 _cache_lock = threading.Lock()
+# The context built from those reads and the store's rows, per launch and patient: kept
+# while the reads are the same cache entry and the patient's change stamps
+# (``helpdesk.stamps``) have not moved, so a repeated request reads no store rows and maps
+# nothing again. Same bounds and lifetime as the reads (it holds PHI: memory only).
+_built: TTLCache[str, tuple[PatientParts, tuple[str, str], dict[str, Any]]] = TTLCache(
+    maxsize=512, ttl=CONTEXT_TTL_SECONDS
+)
 # Names of practitioners, places and payors per EHR (`(registration, Type/id)` ->
 # resource): staff and places, no patient data; kept 10 minutes, bounded.
 _names: TTLCache[tuple[int, str], dict[str, Any]] = TTLCache(maxsize=4096, ttl=600)
@@ -92,11 +100,12 @@ class PatientParts:
 def invalidate(launch_id: str, patient_ref: str | None = None) -> None:
     """Forget cached context after a change (a new ticket or task shows at once)."""
     with _cache_lock:
-        if patient_ref is None:
-            for key in [k for k in _cache if k.startswith(f"{launch_id}:")]:
-                _cache.pop(key, None)
-        else:
-            _cache.pop(f"{launch_id}:{patient_ref}", None)
+        for cache in (_cache, _built):
+            if patient_ref is None:
+                for key in [k for k in cache if k.startswith(f"{launch_id}:")]:
+                    cache.pop(key, None)
+            else:
+                cache.pop(f"{launch_id}:{patient_ref}", None)
 
 
 def viewer_tz() -> str:
@@ -418,7 +427,6 @@ def fetch_context(
 ) -> dict[str, Any]:
     """A patient's help-desk context as JSON (see ``fhir_mappers.context``): the launch's
     patient, or ``patient_ref`` when a scheduler opens one from the board."""
-    from fhir_mappers.context import build_context
 
     patient_ref = patient_ref or launch.patient_ref
     if not patient_ref or not patient_ref.startswith("Patient/"):
@@ -426,6 +434,35 @@ def fetch_context(
     scope = scope_of(launch)
     scope.check(patient_ref)
     parts = parts or start_patient(launch, patient_ref, use_cache=use_cache)
+    key = f"{launch.id}:{patient_ref}"
+    # Read before the rows (a write in between renews it: the next request rebuilds).
+    stamp = (
+        stamps.read(_redis(), launch.registration_id, patient_ref)
+        if parts.done() and not _failed(parts)
+        else None
+    )
+    if stamp is not None:
+        with _cache_lock:
+            hit = _built.get(key)
+        if hit is not None and hit[0] is parts and hit[1] == stamp:
+            return dict(hit[2])
+    context = _build_context(launch, patient_ref, scope, parts)
+    if stamp is not None:
+        with _cache_lock:
+            _built[key] = (parts, stamp, context)
+    return dict(context)
+
+
+def _redis() -> Any:
+    found = current_app.extensions.get(KV_EXTENSION)
+    return found.connection if found is not None else None
+
+
+def _build_context(
+    launch: LaunchSession, patient_ref: str, scope: Any, parts: PatientParts
+) -> dict[str, Any]:
+    from fhir_mappers.context import build_context
+
     patient = wait_patient(parts)
     unavailable: dict[str, str] = {}
     if patient is None:

@@ -1,0 +1,189 @@
+"""What one cached sidebar request costs in round trips to the store and to Redis, counted
+(never timed): each cut of issue 16 §3 has a test here that fails if it is undone.
+
+A real EHR launch against the sandbox; then the context API (and the sidebar page) asked
+again while the EHR's reads are cached, each request counted on its own.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import redis
+import requests
+from flask import Flask
+from sqlalchemy import event
+
+from helpdesk.db import get_store
+from sandbox.testing import running_sandbox
+from tests.ehr import connect
+from tests.live import serve
+
+CLIENT_ID = "caredesk-costs"
+
+
+@dataclass
+class Counts:
+    sql: list[str] = field(default_factory=list)
+    redis: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Sidebar:
+    app: Flask
+    launch_id: str
+    cookie: str
+
+    def client(self) -> Any:
+        client = self.app.test_client()
+        client.set_cookie("caredesk_browser", self.cookie)
+        return client
+
+
+@pytest.fixture
+def sidebar(make_app) -> Iterator[Sidebar]:  # type: ignore[no-untyped-def]
+    app = make_app()
+    with serve(app) as url, running_sandbox() as sb:
+        connect(app, sb, url, client_id=CLIENT_ID)
+        browser = requests.Session()
+        page = browser.get(sb.launch(CLIENT_ID, patient="pat-001")["url"], timeout=30)
+        assert page.status_code == 200
+        found = re.search(r"/l/([^/]+)/", page.url)
+        assert found
+        cookie = browser.cookies.get("caredesk_browser")
+        assert cookie
+        yield Sidebar(app, found.group(1), cookie)
+        browser.close()
+
+
+@pytest.fixture
+def counts(sidebar: Sidebar, monkeypatch: pytest.MonkeyPatch) -> Iterator[Counts]:
+    """Every SQL statement the app's engine sends and every Redis command any client of
+    this process sends (the rate limiter has its own)."""
+    seen = Counts()
+    engine = get_store(sidebar.app).engine
+
+    def statement(conn, cursor, sql, params, context, executemany) -> None:  # type: ignore[no-untyped-def]
+        table = re.search(r"\b(?:FROM|INTO|UPDATE)\s+(\w+)", sql)
+        seen.sql.append(f"{sql.split()[0]} {table.group(1) if table else '?'}")
+
+    real = redis.Redis.execute_command
+
+    def command(self: redis.Redis, *args: Any, **kw: Any) -> Any:
+        seen.redis.append(str(args[0]))
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(redis.Redis, "execute_command", command)
+    event.listen(engine, "before_cursor_execute", statement)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", statement)
+
+
+def _one(sidebar: Sidebar, counts: Counts, path: str) -> Counts:
+    client = sidebar.client()
+    assert client.get(path + "?refresh=1").status_code == 200  # the EHR's reads cached
+    assert client.get(path).status_code == 200
+    counts.sql.clear()
+    counts.redis.clear()
+    response = client.get(path)
+    assert response.status_code == 200
+    return Counts(list(counts.sql), list(counts.redis))
+
+
+def test_a_request_reads_its_launch_row_once(sidebar: Sidebar, counts: Counts) -> None:
+    """The rate limiter's key (the launch's EHR) and the authentication share one read."""
+    got = _one(sidebar, counts, f"/api/l/{sidebar.launch_id}/context")
+    launch_reads = [s for s in got.sql if s == "SELECT launch_session"]
+    assert len(launch_reads) == 1, got.sql
+
+
+def test_a_cached_context_reads_no_store_rows_and_writes_its_audit_row(
+    sidebar: Sidebar, counts: Counts
+) -> None:
+    """The launch row and the audit row: the patient's tickets, tasks, calls, surveys,
+    STOPs and replies come from the context built before, while their change stamp holds."""
+    got = _one(sidebar, counts, f"/api/l/{sidebar.launch_id}/context")
+    assert got.sql == ["SELECT launch_session", "INSERT audit_event"]
+
+
+def test_rate_limit_headers_cost_no_redis_read_on_a_request_that_passes(
+    sidebar: Sidebar, counts: Counts
+) -> None:
+    """Two limits per launch route (misses per address: tested; requests per EHR: hit),
+    one Redis call each; the X-RateLimit headers' extra read is made on a 429 only. The
+    third call is the patient's change stamps (one MGET)."""
+    got = _one(sidebar, counts, f"/api/l/{sidebar.launch_id}/context")
+    assert got.redis == ["EVALSHA", "EVALSHA", "MGET"], got.redis
+
+
+def test_a_refused_request_still_says_when_to_retry(make_app) -> None:  # type: ignore[no-untyped-def]
+    app = make_app(RATE_SESSION_MISSES_PER_ADDRESS=2)
+    client = app.test_client()
+    codes = [client.get("/api/l/nobody/context").status_code for _ in range(3)]
+    assert codes == [401, 401, 429]
+    refused = client.get("/api/l/nobody/context")
+    assert refused.status_code == 429
+    assert int(refused.headers["Retry-After"]) > 0
+    assert refused.headers["X-RateLimit-Limit"] == "2"
+    assert refused.headers["X-RateLimit-Remaining"] == "0"
+
+
+def _subjects(client: Any, launch_id: str) -> list[str]:
+    body = client.get(f"/api/l/{launch_id}/context").get_json()
+    return [t["subject"] for t in body["tickets"]]
+
+
+def test_a_write_from_another_process_shows_in_the_next_cached_context(
+    sidebar: Sidebar, make_app
+) -> None:  # type: ignore[no-untyped-def]
+    """Another app on the same store and Redis (a second gunicorn worker, a job worker)
+    writes; this process's cached context is not served again, for a row that names the
+    patient (a ticket), a row that does not (a call on a task) and a bulk UPDATE."""
+    from sqlalchemy import select, update
+
+    from helpdesk.models import CallAttempt, CareTask, LaunchSession, Ticket
+
+    client = sidebar.client()
+    assert client.get(f"/api/l/{sidebar.launch_id}/context?refresh=1").status_code == 200
+    assert _subjects(client, sidebar.launch_id) == []
+    other = make_app(DATABASE_URL=sidebar.app.config["DATABASE_URL"])
+    with get_store(other).session() as db:
+        launch = db.get(LaunchSession, sidebar.launch_id)
+        assert launch is not None
+        db.add(
+            Ticket(
+                registration_id=launch.registration_id,
+                patient_ref=launch.patient_ref,
+                subject="Written elsewhere",
+                status="open",
+                priority="normal",
+                category="general",
+            )
+        )
+        task = CareTask(
+            registration_id=launch.registration_id,
+            patient_ref=launch.patient_ref,
+            kind="follow-up",
+            status="queued",
+            payload={"reason": "call back"},
+        )
+        db.add(task)
+    assert _subjects(client, sidebar.launch_id) == ["Written elsewhere"]
+    body = client.get(f"/api/l/{sidebar.launch_id}/context").get_json()
+    [row] = body["tasks"]
+    assert (row["status"], row["calls"]) == ("queued", 0)
+    with get_store(other).session() as db:
+        task_id = db.scalars(select(CareTask.id)).one()
+        db.add(CallAttempt(task_id=task_id, attempt=1, outcome="no-answer"))
+    body = client.get(f"/api/l/{sidebar.launch_id}/context").get_json()
+    assert body["tasks"][0]["calls"] == 1
+    with get_store(other).session() as db:
+        db.execute(update(CareTask).where(CareTask.id == task_id).values(status="running"))
+    body = client.get(f"/api/l/{sidebar.launch_id}/context").get_json()
+    assert body["tasks"][0]["status"] == "running"
