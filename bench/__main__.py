@@ -36,6 +36,7 @@ RESULTS = Path(__file__).resolve().parent / "results.json"
 
 def _suites() -> list[tuple[str, str, Callable[..., Outcome]]]:
     from bench import (
+        board,
         fault_soak,
         fuzz,
         job_throughput,
@@ -54,6 +55,7 @@ def _suites() -> list[tuple[str, str, Callable[..., Outcome]]]:
         ("5", "5 load", load.run),
         ("6", "6 soak", fault_soak.run),
         ("7", "7 survey burst", survey_burst.run),
+        ("8", "8 board", board.run),
         ("9", fuzz.SECTION, fuzz.run),
     ]
 
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         nargs="+",
-        choices=["1", "2", "3", "4", "5", "6", "7", "9"],
+        choices=["1", "2", "3", "4", "5", "6", "7", "8", "9"],
         help="run only these benchmarks (by number)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON")
