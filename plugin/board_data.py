@@ -127,12 +127,13 @@ def fetch_board(
         for v in visits
         if v.appointment_id
     }
-    appointments = [
-        a
+    kept = [
+        (a, v)
         for a, v in zip(day_appointments, visits, strict=True)
         if (not location or _id_of(v.location_ref) == location)
         and (not practitioner or _id_of(v.practitioner_ref) == practitioner)
     ]
+    appointments = [a for a, _ in kept]
 
     patient_refs = sorted({ref for a in appointments if (ref := patient_of(a))})
     ids = [ref.split("/", 1)[1] for ref in patient_refs]
@@ -181,6 +182,7 @@ def fetch_board(
         failed_reminder_appointments=store["failed_reminder"],
         now=now,
         viewer_tz=viewer_tz(),
+        visits=[v for _, v in kept],  # mapped once above, not again per row
     )
     if sort == "flags":
         rows = sort_by_flags(rows)

@@ -187,3 +187,51 @@ def test_a_write_from_another_process_shows_in_the_next_cached_context(
         db.execute(update(CareTask).where(CareTask.id == task_id).values(status="running"))
     body = client.get(f"/api/l/{sidebar.launch_id}/context").get_json()
     assert body["tasks"][0]["status"] == "running"
+
+
+def test_a_board_maps_each_appointment_once_and_loads_its_token_once(
+    make_app, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The filters' choices and the rows share one mapping of each appointment, and the
+    board's searches (pages, patients, coverages) share one read of the stored grant."""
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    from fhir_mappers import board as board_mapper
+    from helpdesk import ehr
+    from plugin import board_data
+
+    mapped: list[object] = []
+    loads: list[str] = []
+    real_visit = board_data.to_visit
+    real_load = ehr.DbTokenStore.load
+
+    def to_visit(appointment: Any, **kw: Any) -> Any:
+        mapped.append(appointment.get("id"))
+        return real_visit(appointment, **kw)
+
+    def load(self: Any, grant_id: str) -> Any:
+        loads.append(grant_id)
+        return real_load(self, grant_id)
+
+    monkeypatch.setattr(board_data, "to_visit", to_visit)
+    monkeypatch.setattr(board_mapper, "to_visit", to_visit)
+    monkeypatch.setattr(ehr.DbTokenStore, "load", load)
+    app = make_app()
+    day = dt.datetime.now(ZoneInfo("America/Chicago")).date().isoformat()
+    with serve(app) as url, running_sandbox() as sb:
+        connect(app, sb, url, client_id=CLIENT_ID)
+        sb.generate_appointments(day, 120)
+        browser = requests.Session()
+        launch = sb.launch(CLIENT_ID, user="Practitioner/prac-scheduler-ortiz")
+        page = browser.get(launch["url"], timeout=30)
+        assert page.status_code == 200 and "/board" in page.url
+        mapped.clear()
+        loads.clear()
+        sb.clear_requests()
+        board = browser.get(page.url.split("?")[0], params={"date": day}, timeout=60)
+        assert board.status_code == 200
+        fhir = [r for r in sb.requests() if r["path"].startswith("/fhir/")]
+        browser.close()
+    assert len(mapped) == len(set(mapped)) >= 120
+    assert len(fhir) >= 3 and len(loads) == 1
