@@ -235,3 +235,25 @@ def test_a_board_maps_each_appointment_once_and_loads_its_token_once(
         browser.close()
     assert len(mapped) == len(set(mapped)) >= 120
     assert len(fhir) >= 3 and len(loads) == 1
+
+
+def test_a_new_app_loads_the_templates_an_earlier_app_compiled(make_app, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A brand-new app (a cold launch) renders without compiling its templates again."""
+    from flask import render_template
+    from jinja2 import Environment
+
+    compiled: list[str | None] = []
+    real = Environment.compile
+
+    def compile(self: Environment, source: Any, name: str | None = None, *a: Any, **kw: Any) -> Any:
+        compiled.append(name)
+        return real(self, source, name, *a, **kw)
+
+    monkeypatch.setattr(Environment, "compile", compile)
+    first, second = make_app(), make_app()
+    with first.test_request_context():
+        page = render_template("error.html", status=404, code="x", title="t", message="m")
+    compiled.clear()  # (the first app compiled it, or an app built earlier in this process)
+    with second.test_request_context():
+        assert render_template("error.html", status=404, code="x", title="t", message="m") == page
+    assert compiled == []
