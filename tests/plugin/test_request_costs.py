@@ -116,8 +116,8 @@ def test_rate_limit_headers_cost_no_redis_read_on_a_request_that_passes(
     sidebar: Sidebar, counts: Counts
 ) -> None:
     """Two limits per launch route (misses per address: tested; requests per EHR: hit),
-    one Redis call each; the X-RateLimit headers' extra read is made on a 429 only. The
-    third call is the patient's change stamps (one MGET)."""
+    one Redis call each (no X-RateLimit headers: their read is made for a 429's
+    Retry-After only). The third call is the patient's change stamps (one MGET)."""
     got = _one(sidebar, counts, f"/api/l/{sidebar.launch_id}/context")
     assert got.redis == ["EVALSHA", "EVALSHA", "MGET"], got.redis
 
@@ -130,8 +130,6 @@ def test_a_refused_request_still_says_when_to_retry(make_app) -> None:  # type: 
     refused = client.get("/api/l/nobody/context")
     assert refused.status_code == 429
     assert int(refused.headers["Retry-After"]) > 0
-    assert refused.headers["X-RateLimit-Limit"] == "2"
-    assert refused.headers["X-RateLimit-Remaining"] == "0"
 
 
 def _subjects(client: Any, launch_id: str) -> list[str]:
