@@ -21,7 +21,7 @@ from helpdesk.models import EhrRegistration, LaunchSession
 from smart_launch.backend import BackendTokenCache, backend_token
 from smart_launch.config import Registration, SigningKey
 from smart_launch.discovery import DiscoveryCache, SmartConfiguration, discover
-from smart_launch.errors import NeedsAuthorization
+from smart_launch.errors import NeedsAuthorization, NoBackendClient
 from smart_launch.fhir import FhirClient
 from smart_launch.refresh import token_callbacks
 from smart_launch.tokens import TokenSet
@@ -139,6 +139,12 @@ class DbTokenStore:
             )
 
 
+_NOTHING_TO_ACT_WITH = (
+    "No backend-services client is registered for this EHR and there is no launch with a "
+    "refresh token to act on."
+)
+
+
 def fhir_client(
     app: Flask,
     row: EhrRegistration,
@@ -154,9 +160,15 @@ def fhir_client(
     Otherwise on behalf of CareDesk itself (jobs, sweeps, the CLI): SMART Backend
     Services where the registration has a backend client and a key; failing that, the
     refresh token of ``launch`` (the launch a task was queued from: its user has left);
-    failing that, ``NeedsAuthorization``.
+    failing that, ``NeedsAuthorization`` (``NoBackendClient`` when there was nothing to
+    try, raised before any request).
     """
     reg = to_registration(row, vault=get_vault(app), web=as_user, app=app)
+    has_backend = bool(reg.backend_client_id and reg.signing_keys)
+    if not as_user and not has_backend and (launch is None or launch.token_set_enc is None):
+        # Nothing to act with: said before any request (a sweep over every EHR skips this
+        # one in a line, it does not try the EHR's discovery first).
+        raise NoBackendClient(_NOTHING_TO_ACT_WITH)
     shared = clients(app)
     http = shared.http(row.id)
     conf = discover(reg, http=http, cache=shared.discovery)
@@ -165,7 +177,7 @@ def fhir_client(
             raise ValueError("a user's FHIR client needs the launch")
         return _launch_client(app, launch.id, reg, conf, http, check_now=False)
     backend_error: NeedsAuthorization | None = None
-    if reg.backend_client_id and reg.signing_keys:
+    if has_backend:
         try:
             backend_token(reg, conf, http=http, cache=shared.backend_tokens)
         except NeedsAuthorization as exc:
@@ -184,12 +196,7 @@ def fhir_client(
     if launch is not None and launch.token_set_enc is not None:
         # NeedsAuthorization now rather than halfway through a job.
         return _launch_client(app, launch.id, reg, conf, http, check_now=True)
-    if backend_error is not None:
-        raise backend_error
-    raise NeedsAuthorization(
-        "No backend-services client is registered for this EHR and there is no launch "
-        "with a refresh token to act on."
-    )
+    raise backend_error or NoBackendClient(_NOTHING_TO_ACT_WITH)
 
 
 def _launch_client(

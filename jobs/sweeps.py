@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from helpdesk.db import get_store
 from helpdesk.models import EhrRegistration
+from smart_launch.errors import NoBackendClient, SmartError
 
 log = logging.getLogger("caredesk.jobs.sweeps")
 
@@ -29,6 +30,11 @@ def each_registration(
 
     One EHR down must not stop the others; the sweep still fails at the end (after trying
     every EHR), so RQ shows the failed cron job, and the next run tries that EHR again.
+
+    A registration without a backend-services client cannot be swept (a sweep has no
+    user's launch to act on): one line at INFO, and it is not a failure. A refusal the
+    EHR or CareDesk's registration explains (:class:`SmartError`) is one line saying whose
+    fault it is; only the unexpected gets a traceback.
     """
     with get_store(app).session() as session:
         reg_ids = list(session.scalars(select(EhrRegistration.id).order_by(EhrRegistration.id)))
@@ -37,6 +43,11 @@ def each_registration(
     for reg_id in reg_ids:
         try:
             results.append(sweep(app, reg_id, now=now))
+        except NoBackendClient:
+            log.info("%s of registration %s skipped: no backend-services client", what, reg_id)
+        except SmartError as exc:
+            log.error("%s of registration %s failed (%s): %s", what, reg_id, exc.party, exc)
+            failed.append(reg_id)
         except Exception:
             log.exception("%s of registration %s failed", what, reg_id)
             failed.append(reg_id)
