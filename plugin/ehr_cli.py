@@ -101,6 +101,7 @@ def _registration_options(func: Any) -> Any:
         click.option("--client-id", default=None, help="CareDesk's client_id at this EHR."),
         click.option(
             "--type",
+            "--client-type",
             "client_type",
             default=None,
             type=click.Choice(registry.CLIENT_TYPES),

@@ -329,7 +329,7 @@ def test_changing_the_client_type_clears_what_no_longer_applies(cli_env, monkeyp
     assert "generated, published in the JWKS" in to_asym.output
     shown = _show(cli_env, "s")
     assert shown["has_client_secret"] is False and len(shown["signing_keys"]) == 1
-    to_public = cli_env("ehr", "update", "s", "--type", "public")
+    to_public = cli_env("ehr", "update", "s", "--client-type", "public")
     assert "removed, no longer published" in to_public.output
     assert _show(cli_env, "s")["signing_keys"] == []
     # Back to symmetric needs a secret, and says so without changing anything.
