@@ -17,6 +17,8 @@ from helpdesk.errors import AppError
 from helpdesk.logctx import current_request_id
 from smart_launch.errors import (
     AuthorizationDenied,
+    ClientRejected,
+    ConfigurationError,
     NeedsAuthorization,
     SmartError,
     StateError,
@@ -87,6 +89,24 @@ _TITLES = {
 }
 
 
+# The page's heading says whose side must act, so an `invalid_client` (CareDesk's own
+# credentials) is not headed "The EHR did not answer as expected". The EHR's failures keep
+# the status's heading.
+_PARTY_TITLES = {
+    "caredesk": "CareDesk's set-up for this EHR needs fixing",
+    "network": "The EHR could not be reached",
+}
+
+
+def _party_title(exc: SmartError) -> str | None:
+    """The heading for CareDesk's own credentials or set-up and for an unreachable EHR;
+    None (the status's heading) otherwise: a launch to redo, a refused sign-in, the EHR's
+    own failure."""
+    if isinstance(exc, ClientRejected | ConfigurationError) or exc.party == "network":
+        return _PARTY_TITLES.get(exc.party)
+    return None
+
+
 def smart_error_status(exc: SmartError) -> tuple[int, str]:
     """The one reading of a SMART/FHIR failure as an HTTP answer: (status, code).
 
@@ -120,7 +140,9 @@ def register(app: Flask) -> None:
             getattr(exc, "status", None),
             status,
         )
-        response = error_response(status, code, exc.summary, ehr_text=exc.ehr_text)
+        response = error_response(
+            status, code, exc.summary, ehr_text=exc.ehr_text, title=_party_title(exc)
+        )
         retry_after = getattr(exc, "retry_after", None)
         if status == 503 and retry_after:
             response.headers["Retry-After"] = str(int(retry_after))

@@ -93,3 +93,26 @@ def test_sixty_second_tokens_ten_page_views_make_at_most_one_token_request(live)
     asked = sum(after.values()) - sum(before.values())
     # A fixed 60-second margin called a fresh 60-second token "expiring" on every view.
     assert asked <= 1, (before, after)
+
+
+def test_a_client_secret_the_ehr_refuses_is_caredesks_set_up_not_the_ehr(live) -> None:  # type: ignore[no-untyped-def]
+    app, url = live
+    with running_sandbox() as sb:
+        connect(app, sb, url, client_id=CLIENT_ID, client_type="confidential-symmetric")
+        # The EHR's registration of CareDesk has another secret than CareDesk's.
+        sb.register_client(
+            {
+                "client_id": CLIENT_ID,
+                "type": "confidential-symmetric",
+                "client_secret": "not-the-one-caredesk-has",
+                "redirect_uris": [f"{url}/callback"],
+                "launch_url": f"{url}/launch",
+            }
+        )
+        link = sb.launch(CLIENT_ID, patient="pat-001", user="Practitioner/prac-clinician-lee")
+        page = requests.get(link["url"], timeout=30)
+    assert page.status_code == 502
+    assert "CareDesk&#39;s set-up for this EHR needs fixing" in page.text
+    assert "The EHR did not answer as expected" not in page.text
+    assert "did not accept CareDesk&#39;s client credentials" in page.text
+    assert 'data-testid="ehr-said"' in page.text  # the EHR's own words, set apart
