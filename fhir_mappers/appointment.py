@@ -321,8 +321,10 @@ def to_visit(
     is_today = start is not None and start.date() == now_viewer.date()
     if start is None:
         timing = "unknown"
-    elif over is not None and over <= now:
+    elif (over is not None and over <= now) or status in _OVER_ONCE_STARTED:
         # A visit that ended this morning is over: timing follows its end, not its date.
+        # One the EHR already calls fulfilled or a no-show is over even if its start reads
+        # later than now (a clock or data-entry slip): it is never offered as upcoming.
         timing = "past"
     elif is_today:
         timing = "today"

@@ -9,6 +9,7 @@ from urllib.parse import urlencode
 import pytest
 
 from sandbox.testing import running_sandbox
+from tests.browser.pages import assert_accessible
 from tests.ehr import connect
 from tests.live import serve
 
@@ -72,6 +73,7 @@ def test_sidebar_screenshots_at_400px(
     )
     assert overflow <= 0
     frame_el.screenshot(path=str(screenshots / f"sidebar-{name}.png"))
+    assert_accessible(page, f"the sidebar of {name}", context={"fromFrames": ["#app-frame"]})
     assert dialogs == []
     # The same page on its own at the narrowest and widest sidebar widths: no sideways
     # scrolling, and the actions open from the keyboard.
@@ -103,6 +105,12 @@ def test_board_screenshot_and_link_into_a_patient(ehr, chromium, screenshots) ->
     frame_el.screenshot(path=str(screenshots / "board.png"))
     rows.first.locator("a").first.click()
     frame.get_by_test_id("coverage-state").wait_for(timeout=20_000)
+    # A patient opened from the board says plainly it is not the chart's patient.
+    assert "Not the chart's patient" in frame.get_by_test_id("not-chart-patient").inner_text()
+    frame_el.screenshot(path=str(screenshots / "sidebar-from-board.png"))
+    assert_accessible(
+        page, "a patient opened from the board", context={"fromFrames": ["#app-frame"]}
+    )
     assert dialogs == []
     page.close()
 

@@ -105,6 +105,12 @@ def visit(resource: dict[str, Any], viewer_tz: str = "America/Chicago") -> Any:
             True,
         ),
         (
+            "fulfilled though its start reads later tonight: over, never upcoming",
+            appt("2026-11-30T23:30:00-06:00", status="fulfilled"),
+            "past",
+            True,
+        ),
+        (
             "a no-show tonight is over",
             appt("2026-11-30T22:00:00-06:00", status="noshow"),
             "past",
