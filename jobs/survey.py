@@ -40,6 +40,7 @@ from fhir_mappers.fhirutil import (
     resource_zone,
     zone,
 )
+from fhir_mappers.names import resource_name
 from helpdesk import i18n
 from helpdesk.models import CareTask, SurveyInvite, SurveyResponse
 from helpdesk.survey_policy import (
@@ -194,15 +195,18 @@ def _first_run(task: CareTask, ctx: Any, appointment_ref: str) -> None:
     if visit.status != "fulfilled":
         task.status_note = f"survey not sent: the appointment is {visit.status or 'unknown'}"
         return
-    # Location, patient and encounter depend only on the appointment: one wave, not three
-    # round trips in a row.
+    # Location, patient, encounter (and the practitioner when the reference carries no
+    # display) depend only on the appointment: one wave, not round trips in a row.
+    # A real third-party server sent references without display: the CSAT report then
+    # grouped by "Practitioner/a9…" unless the name is read from the Practitioner.
     results = parallel(
         [
             lambda: _read(client, visit.location_ref),
             lambda: client.read("Patient", visit.patient_ref.split("/", 1)[1]),
             lambda: _encounter_for(client, appointment_ref),
+            lambda: None if visit.practitioner_name else _read(client, visit.practitioner_ref),
         ],
-        max_workers=3,
+        max_workers=4,
     )
     for result in results:
         if isinstance(result, Exception):
@@ -210,6 +214,7 @@ def _first_run(task: CareTask, ctx: Any, appointment_ref: str) -> None:
     location = cast(dict[str, Any] | None, results[0])
     patient = cast(dict[str, Any], results[1])
     encounter_ref = cast(str | None, results[2])
+    practitioner = cast(dict[str, Any] | None, results[3])
     tz = _ext_zone(patient) or _ext_zone(location) or fallback_tz
     if visit.end is not None:
         visit = _visit(appointment, tz)  # re-read a local time without offset in the right zone
@@ -222,7 +227,8 @@ def _first_run(task: CareTask, ctx: Any, appointment_ref: str) -> None:
         location_ref=visit.location_ref,
         practitioner_ref=visit.practitioner_ref,
         clinic_name=(location or {}).get("name") or visit.location_name,
-        practitioner_name=visit.practitioner_name,
+        practitioner_name=visit.practitioner_name
+        or (resource_name(practitioner, {}) if practitioner else None),
         language=mapper.pick_language(questionnaire(), preferred_language(patient)),
         timezone=getattr(tz, "key", None),
         visit_at=visit.end,

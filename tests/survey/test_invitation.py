@@ -18,7 +18,14 @@ from helpdesk import survey_policy as policy
 from helpdesk import surveys as domain
 from helpdesk.crypto import get_vault
 from helpdesk.db import get_store
-from helpdesk.models import CareTask, OutboundMessage, SurveyInvite, SurveyResponse, Ticket
+from helpdesk.models import (
+    CareTask,
+    EhrRegistration,
+    OutboundMessage,
+    SurveyInvite,
+    SurveyResponse,
+    Ticket,
+)
 from jobs import outbox
 from sandbox.testing import SandboxHandle, running_sandbox
 from tests.survey.conftest import questionnaire_responses, register_backend_ehr, work
@@ -264,3 +271,22 @@ def test_a_survey_task_for_one_patient_about_anothers_visit_sends_nothing(
         assert "not the patient's" in row.last_error
         assert s.scalar(select(SurveyInvite.id)) is None
         assert s.scalar(select(OutboundMessage.id)) is None
+
+
+def test_invitation_names_the_practitioner_when_references_carry_no_display(
+    survey_app,
+) -> None:
+    """A real third-party server sent no display on references: the name is read from the
+    Practitioner (the CSAT report groups by it), not left as a bare reference."""
+    with running_sandbox(omit_display=True) as sb:
+        reg_id = register_backend_ehr(survey_app, sb)
+        with get_store(survey_app).session() as s:
+            s.get(EhrRegistration, reg_id).backend_scopes += " system/Practitioner.rs"
+        fulfilled = datetime.now(CHICAGO).replace(hour=12, minute=0)
+        with time_machine.travel(fulfilled + timedelta(hours=3), tick=True):
+            _request(survey_app, reg_id, fulfilled)
+            work(survey_app)
+    [invite] = _invites(survey_app)
+    assert invite.practitioner_ref == "Practitioner/prac-clinician-okafor"
+    assert invite.practitioner_name is not None and "Chinedu Okafor" in invite.practitioner_name
+    assert invite.clinic_name == "CareDesk Clinic - Lakeview"
