@@ -131,7 +131,21 @@ def test_clinician_opens_a_ticket_queues_a_call_and_logs_its_outcomes(
     assert "Call 1: Left voicemail" in call.inner_text()
     shot("5-voicemail-logged")
     assert_accessible(page, "the call list after a voicemail", context=IN_FRAME)
-    calls_url = frame_url(frame_el)
+    # The same list in a tab, at a phone's width and a desktop's, then back in the EHR.
+    ehr_url = page.url
+    shoot_widths(page, frame_url(frame_el).split("?")[0], "story-clinician-calls", screenshots)
+    assert NAME in page.get_by_test_id("patient-name").inner_text()
+    page.set_viewport_size({"width": 320, "height": 900})
+    # Each phone number on one line, to be read and dialled as one.
+    assert page.evaluate(
+        "[...document.querySelectorAll('a[href^=\"tel:\"]')]"
+        ".every(a => a.getClientRects().length === 1)"
+    )
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto(ehr_url)
+    frame.get_by_test_id("coverage-state").wait_for(timeout=20_000)
+    _submit(frame_el, frame.get_by_test_id("log-call-link"))
+    call = frame.get_by_test_id("call").first
 
     call.locator("input[value=reached]").check()
     _submit(frame_el, call.get_by_test_id("log-call"))
@@ -146,8 +160,6 @@ def test_clinician_opens_a_ticket_queues_a_call_and_logs_its_outcomes(
     frame.get_by_role("link", name="Back to the patient").click()
     frame.get_by_test_id("coverage-state").wait_for(timeout=20_000)
     _named(frame)
-    shoot_widths(page, calls_url.split("?")[0], "story-clinician-calls", screenshots)
-    assert NAME in page.get_by_test_id("patient-name").inner_text()
     page.close()
 
 
@@ -243,6 +255,12 @@ def test_patient_texts_then_answers_the_survey_on_a_phone(clinic, chromium, scre
     mobile = phone.new_page()
     mobile.goto(link)
     assert mobile.get_by_role("heading").first.is_visible()
+    # Each question reads inside its card (a wrapped legend once straddled the border).
+    assert mobile.evaluate(
+        "[...document.querySelectorAll('fieldset')].every(f =>"
+        " f.querySelector('legend').getBoundingClientRect().top"
+        " > f.getBoundingClientRect().top)"
+    )
     mobile.screenshot(path=str(screenshots / "story-patient-3-survey-360px.png"), full_page=True)
     assert_accessible(mobile, "the survey on a phone")
     assert mobile.evaluate(
