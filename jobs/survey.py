@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 
 from flask import Flask
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from fhir_mappers import survey as mapper
 from fhir_mappers.appointment import patients_of
@@ -42,7 +42,7 @@ from fhir_mappers.fhirutil import (
 )
 from fhir_mappers.names import resource_name
 from helpdesk import i18n
-from helpdesk.models import CareTask, SurveyInvite, SurveyResponse
+from helpdesk.models import CareTask, EhrRegistration, SurveyInvite, SurveyResponse
 from helpdesk.survey_policy import (
     SEND_SLACK,
     SURVEY_OPT_OUT_CODES,
@@ -352,11 +352,22 @@ def write_back(task: CareTask, ctx: Any) -> None:
     """What follows a survey answer: service recovery for a low score, then the
     QuestionnaireResponse in the EHR; each exactly once."""
     session: Session = ctx.session
-    response = session.get(SurveyResponse, int(task.payload["response_id"]))
-    if response is None:
+    # The answer, its invitation and the registration with its signing keys (what the
+    # FHIR client needs, found by ``ctx.registration`` in the session) in one query.
+    found = (
+        session.execute(
+            select(SurveyResponse, SurveyInvite, EhrRegistration)
+            .join(SurveyInvite, SurveyInvite.id == SurveyResponse.invite_id)
+            .join(EhrRegistration, EhrRegistration.id == SurveyInvite.registration_id)
+            .options(joinedload(EhrRegistration.signing_keys))
+            .where(SurveyResponse.id == int(task.payload["response_id"]))
+        )
+        .unique()
+        .one_or_none()
+    )
+    if found is None:
         raise FatalFhirError("The survey response no longer exists.")
-    invite = session.get(SurveyInvite, response.invite_id)
-    assert invite is not None  # a foreign key
+    response, invite, _registration = found
     # Recovery first, committed before the EHR is asked anything: an EHR that is down,
     # slow or refusing neither delays the ticket nor, on a retry, opens it twice.
     opened = open_recovery(session, invite, response, sla=sla_hours(ctx.app.config))

@@ -4,7 +4,9 @@
   and HTTP connections, compiled statements, model classes) serves the next;
 - a survey write-back's first attempt is one EHR request (a conditional create), not a
   search and a create;
-- the store statements of a write-back job.
+- the store statements of a write-back job, on one connection checkout per job, with the
+  outcome committed without waiting for PostgreSQL's WAL flush;
+- the EHR client reads the environment's proxy settings once per host, not per request.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+import requests
 from rq.job import Job
 from sqlalchemy import event
 
+from helpdesk import ehr
 from helpdesk import surveys as domain
 from helpdesk.db import get_store
 from helpdesk.ehr import clients
@@ -95,8 +99,10 @@ def test_a_first_write_back_is_one_ehr_request_on_one_connection_each(
     store = get_store(app)
     store.engine.dispose()
     opened: list[object] = []
+    checkouts: list[object] = []
     statements: list[str] = []
     event.listen(store.engine, "connect", lambda *a: opened.append(a))
+    event.listen(store.engine, "checkout", lambda *a: checkouts.append(a))
 
     def count(conn, cursor, statement, *rest) -> None:  # type: ignore[no-untyped-def]
         statements.append(statement.split(None, 1)[0].upper())
@@ -104,6 +110,7 @@ def test_a_first_write_back_is_one_ehr_request_on_one_connection_each(
     event.listen(store.engine, "before_cursor_execute", count)
     sandbox.clear_requests()
     _work(app)
+    checked_out = len(checkouts)
     assert _statuses(app, ids) == {"done"}
     requests_made = [
         (r["method"], r["path"].rsplit("/", 1)[-1])
@@ -112,14 +119,56 @@ def test_a_first_write_back_is_one_ehr_request_on_one_connection_each(
     ]
     # Create with If-None-Exist only: no search before the first attempt's create.
     assert requests_made == [("POST", "QuestionnaireResponse")] * 5
-    # One database connection (pool_pre_ping's SELECT 1 aside) served every job.
+    # One database connection (pool_pre_ping's ping aside) served every job, checked out
+    # once per job: the claim's transaction and the work's share it (one ping, not two).
     assert len(opened) == 1
-    # Per job: the claim (UPDATE .. RETURNING, INSERT attempt), the answer, its
-    # invitation, the registration with its signing keys (one query), then the outcome:
-    # answer, task, attempt. No re-read of the task, no separate query for the keys.
-    one_job = ["UPDATE", "INSERT", "SELECT", "SELECT", "SELECT", "UPDATE", "UPDATE", "UPDATE"]
+    assert checked_out == 5
+    # Per job: the claim (UPDATE .. RETURNING, INSERT attempt), one query for the answer,
+    # its invitation and the registration with its signing keys, then the outcome (answer,
+    # task, attempt) committed without waiting for the WAL flush (SET LOCAL). No re-read
+    # of the task, no separate queries for the invitation, the registration or its keys.
+    one_job = ["UPDATE", "INSERT", "SELECT", "UPDATE", "UPDATE", "UPDATE", "SET"]
     assert statements[: 5 * len(one_job)] == one_job * 5, statements
     http = clients(app).http(reg_id)
     pools = http.get_adapter(sandbox.fhir_base).poolmanager.pools
     # One HTTP connection to the EHR, kept alive from job to job.
     assert [pools[key].num_connections for key in pools.keys()] == [1]
+
+
+def test_the_ehr_client_reads_proxy_settings_once_per_host(
+    make_app, pg_url, sandbox, monkeypatch
+) -> None:
+    app = make_app(DATABASE_URL=pg_url, SECRET_KEY=SECRET, **JOB_CONFIG)
+    reg_id = register_backend_ehr(app, sandbox)
+    ids = _writebacks(app, reg_id, 5)
+    lookups: list[str] = []
+    real = ehr.get_environ_proxies
+
+    def counted(url: str, no_proxy: str | None = None) -> dict[str, str]:
+        lookups.append(url)
+        return real(url, no_proxy=no_proxy)
+
+    monkeypatch.setattr(ehr, "get_environ_proxies", counted)
+    sandbox.clear_requests()
+    _work(app)
+    assert _statuses(app, ids) == {"done"}
+    assert len([r for r in sandbox.requests() if r["method"] == "POST"]) >= 5
+    # requests would look them up for each of the five creates (and the token request).
+    assert len(lookups) == 1
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://ehr.example.org/fhir/Patient/1", "https://inside.example.net/fhir/metadata"],
+)
+def test_the_ehr_client_honours_proxy_settings_as_requests_does(monkeypatch, url: str) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.example.com:3128")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example.com:3129")
+    monkeypatch.setenv("NO_PROXY", "inside.example.net")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    ours = ehr.EhrClients().http(1)
+    plain = requests.Session()
+    for _ in range(2):  # the second time from what the first one kept
+        assert ours.merge_environment_settings(url, {}, None, None, None) == (
+            plain.merge_environment_settings(url, {}, None, None, None)
+        )
