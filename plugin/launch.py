@@ -33,7 +33,7 @@ from sqlalchemy import delete, func, select, update
 from werkzeug.wrappers import Response as BaseResponse
 
 from helpdesk import ehr
-from helpdesk.audit import audit
+from helpdesk.audit import record
 from helpdesk.crypto import get_vault
 from helpdesk.db import get_db
 from helpdesk.errors import AppError
@@ -367,8 +367,9 @@ def callback() -> BaseResponse:
         "missing_scopes": tokens.missing_scopes(),
     }
     launch.last_seen_at = now
+    # The audit row in the same commit as the launch it records (one commit, not two).
+    record(db, "launch", launch=launch, entity=f"LaunchSession/{launch.id}")
     db.commit()
-    audit("launch", launch=launch, entity=f"LaunchSession/{launch.id}")
     return redirect(url_for("sidebar.home", launch_id=launch.id), code=303)
 
 

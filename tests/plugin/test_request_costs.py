@@ -255,3 +255,38 @@ def test_a_new_app_loads_the_templates_an_earlier_app_compiled(make_app, monkeyp
     with second.test_request_context():
         assert render_template("error.html", status=404, code="x", title="t", message="m") == page
     assert compiled == []
+
+
+def test_a_callback_commits_the_claim_then_the_launch_with_its_audit_row(
+    make_app, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Two commits: the state used up (before the code exchange, so it is single use),
+    then the active launch together with its audit row."""
+    from sqlalchemy import select
+
+    from helpdesk.models import AuditEvent
+
+    app = make_app()
+    engine = get_store(app).engine
+    commits: list[str] = []
+    with serve(app) as url, running_sandbox() as sb:
+        connect(app, sb, url, client_id=CLIENT_ID)
+        browser = requests.Session()
+        to_ehr = browser.get(
+            sb.launch(CLIENT_ID, patient="pat-001")["url"], allow_redirects=False, timeout=30
+        )
+        callback = sb.approve(to_ehr.headers["Location"])
+
+        def commit(conn: Any) -> None:
+            commits.append("commit")
+
+        event.listen(engine, "commit", commit)
+        try:
+            done = browser.get(callback, allow_redirects=False, timeout=30)
+        finally:
+            event.remove(engine, "commit", commit)
+        browser.close()
+    assert done.status_code == 303
+    assert len(commits) == 2
+    with get_store(app).session() as db:
+        assert db.scalars(select(AuditEvent.action)).all() == ["launch"]
