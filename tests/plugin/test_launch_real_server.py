@@ -116,3 +116,21 @@ def test_a_client_secret_the_ehr_refuses_is_caredesks_set_up_not_the_ehr(live) -
     assert "The EHR did not answer as expected" not in page.text
     assert "did not accept CareDesk&#39;s client credentials" in page.text
     assert 'data-testid="ehr-said"' in page.text  # the EHR's own words, set apart
+
+
+def test_names_without_display_are_read_once_then_cached(live) -> None:  # type: ignore[no-untyped-def]
+    app, url = live
+    with running_sandbox(profile="thirdparty") as sb:
+        browser, sidebar = _launch(sb, app, url)
+        _view(browser, sidebar)  # names read (or already in this EHR's name cache)
+        sb.clear_requests()
+        page = browser.get(sidebar + "?refresh=1&wait=1", timeout=30)
+        assert page.status_code == 200
+        # Names though no reference carried a display...
+        assert "Okafor" in page.text and "CareDesk Clinic - Lakeview" in page.text
+        assert "Aetna" in page.text
+        paths = [r["path"] for r in sb.requests() if r["path"].startswith("/fhir/")]
+    # ...and the patient's data read again, but not the names: they come from the cache.
+    assert "/fhir/Patient/pat-001" in paths or "/fhir/Patient" in paths, paths
+    named = {"/fhir/Practitioner", "/fhir/Location", "/fhir/Organization", "/fhir/PractitionerRole"}
+    assert not named & set(paths), paths
