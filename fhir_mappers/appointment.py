@@ -4,13 +4,14 @@ someone has to act on it."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 from fhir_mappers import issues
 from fhir_mappers.fhirutil import (
+    Ref,
     ResourceIndex,
     as_resource,
     concept_text,
@@ -27,7 +28,7 @@ from fhir_mappers.fhirutil import (
     zone,
 )
 from fhir_mappers.issues import DataWarning, field_words, zone_words
-from fhir_mappers.names import contained_target, name_of, resource_name
+from fhir_mappers.names import Included, resolve, resource_name
 
 STATUS_TEXT = {
     "proposed": "Proposed, time not agreed yet",
@@ -114,18 +115,58 @@ def _ended_at(
 
 class _Actor(NamedTuple):
     kind: str  # resource type (from the reference, the target, or a guess)
-    name: str | None
+    name: str | None  # None for a Patient: the context's own patient is not named here
     ref: str | None
     target: Mapping[str, Any] | None
     status: str | None  # the participant's status
 
 
+class _Resolved(NamedTuple):
+    """What a reference string leads to: the same on every visit of a page."""
+
+    ref: Ref | None  # None: not a FHIR reference
+    target: Mapping[str, Any] | None  # the contained or included resource, if any
+    kind: str | None  # the target's type, else the reference's
+    name: str | None  # the target's own name (not the reference's display)
+
+
+def _resolve_actor(
+    actor: Mapping[str, Any],
+    resource: Mapping[str, Any],
+    included: Included,
+    memo: dict[tuple[str, str], Any] | None,
+) -> _Resolved:
+    """Parse, look up and name the target of an actor that has a reference; with a page's
+    memo, once per reference as sent (a contained `#id` belongs to its appointment and is
+    resolved each time)."""
+    sent = actor.get("reference")
+    key = ("actor", sent) if memo is not None and type(sent) is str else None
+    if key is not None and memo is not None:
+        cached = memo.get(key)
+        if isinstance(cached, _Resolved):
+            return cached
+    ref = reference_of(actor)
+    if ref is None:
+        return _NOTHING
+    target = resolve(ref, included, container=resource)
+    kind = get_str(target, "resourceType") or ref.type
+    name = resource_name(target, included) if target is not None and kind != "Patient" else None
+    found = _Resolved(ref, target, kind, name)
+    if key is not None and memo is not None and not ref.contained:
+        memo[key] = found
+    return found
+
+
 def _actors(
     resource: Mapping[str, Any],
-    included: Mapping[str, Mapping[str, Any]],
+    included: Included,
     warn: Callable[..., None],
 ) -> list[_Actor]:
-    """Resolve each participant's actor: contained or included resource, else display."""
+    """Resolve each participant's actor: contained or included resource, else display.
+
+    A page of visits names the same patient, practitioners and places again and again: with
+    a ResourceIndex, each reference is parsed, looked up and named once per page.
+    """
     out: list[_Actor] = []
     memo = included.memo if isinstance(included, ResourceIndex) else None
     for i, part in enumerate(get_list(resource, "participant")):
@@ -133,39 +174,22 @@ def _actors(
         if actor is None:
             continue
         raw = get_str(actor, "reference")
-        ref = reference_of(actor) if raw is not None else None
+        found = _NOTHING if raw is None else _resolve_actor(actor, resource, included, memo)
+        ref, target = found.ref, found.target
         if raw is not None and ref is None:
             warn(
                 f"participant[{i}].actor",
                 "reference is not a FHIR reference",
                 issues.BAD_REFERENCE,
             )
-        target: Mapping[str, Any] | None = None
-        name: str | None
-        if ref is not None and ref.contained:
-            target = contained_target(resource, ref)
-            name = name_of(actor, target, included)
-        elif ref is not None:
-            target = included.get(ref.key)
-            if target is not None and memo is not None:
-                # The same practitioner or place in every visit of a page: named once.
-                cached = memo.get(("name", ref.key), _MISSING)
-                if cached is _MISSING:
-                    cached = memo[("name", ref.key)] = resource_name(target, included)
-                name = cached or get_str(actor, "display")
-            else:
-                name = name_of(actor, target, included)
-        else:
-            name = get_str(actor, "display")
-        kind = (
-            get_str(target, "resourceType")
-            or (ref.type if ref else None)
-            or get_str(actor, "type")
-            or "Unknown"
-        )
+        kind = found.kind or get_str(actor, "type") or "Unknown"
+        key = ref.key if ref is not None and not ref.contained else None
         if kind == "Patient":
-            pass  # the context's own patient: known by reference, its name is not needed here
-        elif name is None:
+            # The context's own patient: known by reference, its name is not needed here.
+            out.append(_Actor(kind, None, key, target, get_str(part, "status")))
+            continue
+        name = found.name or get_str(actor, "display")
+        if name is None:
             warn(
                 f"participant[{i}].actor",
                 "actor has neither a resolvable reference nor a display",
@@ -179,11 +203,11 @@ def _actors(
                 "actor has a display but no reference",
                 issues.DISPLAY_ONLY_REFERENCE,
             )
-        key = ref.key if ref is not None and not ref.contained else None
         out.append(_Actor(kind, name, key, target, get_str(part, "status")))
     return out
 
 
+_NOTHING = _Resolved(None, None, None, None)
 _MISSING = object()
 
 
@@ -225,10 +249,46 @@ def to_visit(
     `viewer_tz` must be a valid IANA zone name (it is CareDesk configuration, not EHR
     data): ValueError otherwise.
     """
+    viewer = _viewer_zone(now, viewer_tz)
+    return _visit(
+        resource, now=now, viewer=viewer, today=now.astimezone(viewer).date(), included=included
+    )
+
+
+def to_visits(
+    appointments: Iterable[Mapping[str, Any]],
+    *,
+    now: dt.datetime,
+    viewer_tz: str,
+    included: Mapping[str, Mapping[str, Any]],
+) -> list[Visit]:
+    """`to_visit` for each of a page of appointments, in order; `now` and `viewer_tz` are
+    checked, and the viewer's day worked out, once for the page."""
+    viewer = _viewer_zone(now, viewer_tz)
+    today = now.astimezone(viewer).date()
+    return [
+        _visit(resource, now=now, viewer=viewer, today=today, included=included)
+        for resource in appointments
+    ]
+
+
+def _viewer_zone(now: dt.datetime, viewer_tz: str) -> ZoneInfo:
     require_aware(now)
     viewer = zone(viewer_tz)
     if viewer is None:
         raise ValueError("viewer_tz is not a known time zone")
+    return viewer
+
+
+def _visit(
+    resource: Mapping[str, Any],
+    *,
+    now: dt.datetime,
+    viewer: ZoneInfo,
+    today: dt.date,
+    included: Mapping[str, Mapping[str, Any]],
+) -> Visit:
+    """`to_visit` once `now` and the viewer's zone are known good; `today` is the viewer's."""
     rid = get_str(resource, "id")
     warnings: list[DataWarning] = []
 
@@ -317,8 +377,7 @@ def to_visit(
         and start.utcoffset() != local_start.utcoffset()
     )
     over = _ended_at(start, end, status, get_int(resource, "minutesDuration"))
-    now_viewer = now.astimezone(viewer)
-    is_today = start is not None and start.date() == now_viewer.date()
+    is_today = start is not None and start.date() == today
     if start is None:
         timing = "unknown"
     elif (over is not None and over <= now) or status in _OVER_ONCE_STARTED:

@@ -162,19 +162,32 @@ def patient_languages(patient: object) -> tuple[str, ...]:
     return tuple(found)
 
 
+def preferred_communication(patient: object) -> Mapping[str, Any] | None:
+    """The `Patient.communication` marked `preferred`, else the first one; None if none."""
+    comms = get_list(patient, "communication")
+    return next((c for c in comms if c.get("preferred") is True), comms[0] if comms else None)
+
+
+def language_code(communication: Mapping[str, Any] | None) -> str | None:
+    """A communication's language code as written (`es`, `es-MX`), the BCP-47 coding when
+    there are several."""
+    return _language_code(communication) if communication is not None else None
+
+
+def language_text(communication: Mapping[str, Any] | None) -> str | None:
+    """Words for a communication's language (`Spanish`), from the EHR's text or display."""
+    return concept_text(get_dict(communication, "language"))
+
+
 def preferred_language(patient: object) -> str | None:
     """The patient's preferred language code as written (`es`, `es-MX`): the communication
     marked `preferred`, else the first one; the BCP-47 coding when there are several."""
-    comms = get_list(patient, "communication")
-    chosen = next((c for c in comms if c.get("preferred") is True), comms[0] if comms else None)
-    return _language_code(chosen) if chosen is not None else None
+    return language_code(preferred_communication(patient))
 
 
 def preferred_language_text(patient: object) -> str | None:
     """Words for the preferred language (`Spanish`), from the EHR's text or display."""
-    comms = get_list(patient, "communication")
-    chosen = next((c for c in comms if c.get("preferred") is True), comms[0] if comms else None)
-    return concept_text(get_dict(chosen, "language")) if chosen is not None else None
+    return language_text(preferred_communication(patient))
 
 
 def base_language(code: str) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fhir_mappers import flags
-from fhir_mappers.appointment import Visit, patients_of, to_visit
+from fhir_mappers.appointment import Visit, patients_of, to_visits
 from fhir_mappers.contact import blocked_by, needs_interpreter
 from fhir_mappers.coverage import Insurance, beneficiary_of, to_insurance
 from fhir_mappers.fhirutil import (
@@ -220,10 +220,8 @@ def build_context(
         missing["patient"] = "no Patient resource"
 
     included_by_key = index_resources(included)
-    visits: list[Visit] = []
-    for appt in appointments:
-        resources.append(appt)
-        visits.append(to_visit(appt, now=now, viewer_tz=viewer_tz, included=included_by_key))
+    resources.extend(appointments)
+    visits = to_visits(appointments, now=now, viewer_tz=viewer_tz, included=included_by_key)
     visits.sort(
         key=lambda v: (
             v.start is None,

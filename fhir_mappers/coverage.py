@@ -25,7 +25,7 @@ from fhir_mappers.fhirutil import (
     require_aware,
 )
 from fhir_mappers.issues import DataWarning
-from fhir_mappers.names import reference_name
+from fhir_mappers.names import name_of, resolve
 
 _V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 _CLASS_SYSTEM = "http://terminology.hl7.org/CodeSystem/coverage-class"
@@ -62,11 +62,15 @@ class Insurance:
     expiring_days: int
 
 
-def _class_value(resource: Mapping[str, Any], kind: str) -> tuple[str | None, str | None]:
+def _class_values(resource: Mapping[str, Any]) -> dict[str, tuple[str | None, str | None]]:
+    """`plan` and `group` (and any other coverage-class code) -> (name, value) of the first
+    `Coverage.class` of that type, in one pass over the classes."""
+    found: dict[str, tuple[str | None, str | None]] = {}
     for cls in get_list(resource, "class"):
-        if any(c == kind and s in (None, _CLASS_SYSTEM) for s, c in codes(get_dict(cls, "type"))):
-            return get_str(cls, "name"), get_str(cls, "value")
-    return None, None
+        for system, code in codes(get_dict(cls, "type")):
+            if system in (None, _CLASS_SYSTEM) and code not in found:
+                found[code] = (get_str(cls, "name"), get_str(cls, "value"))
+    return found
 
 
 def _member_id(resource: Mapping[str, Any]) -> str | None:
@@ -147,7 +151,9 @@ def to_policy(
         ref = reference_of(first)
         if get_str(first, "reference") and ref is None:
             warn("payor[0]", "reference is not a FHIR reference", issues.BAD_REFERENCE)
-        payor_name = reference_name(first, included or {}, container=resource)
+        # The reference parsed above, not again: `name_of` with the target it points at.
+        target = resolve(ref, included or {}, container=resource) if ref is not None else None
+        payor_name = name_of(first, target, included or {})
         payor_ref = ref.key if ref and not ref.contained else None
         if ref is None and payor_name:
             warn("payor[0]", "payor has a display but no reference", issues.DISPLAY_ONLY_REFERENCE)
@@ -160,8 +166,9 @@ def to_policy(
                 "display and the organization it points at was not read.",
             )
 
-    plan_name, plan_value = _class_value(resource, "plan")
-    group_name, group_value = _class_value(resource, "group")
+    classes = _class_values(resource)
+    plan_name, plan_value = classes.get("plan", (None, None))
+    group_name, group_value = classes.get("group", (None, None))
     member = _member_id(resource)
     if member is None:
         warn(

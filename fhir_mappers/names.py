@@ -56,8 +56,11 @@ def target_of(
     """The resource a Reference points at: contained in `container`, else in `included`
     (keyed `Type/id`; absolute and versioned references find it too)."""
     ref = reference_of(reference)
-    if ref is None:
-        return None
+    return None if ref is None else resolve(ref, included, container=container)
+
+
+def resolve(ref: Ref, included: Included, *, container: object = None) -> Mapping[str, Any] | None:
+    """`target_of` for a reference its caller has already parsed."""
     if ref.contained:
         return contained_target(container, ref)
     return included.get(ref.key)

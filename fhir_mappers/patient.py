@@ -22,8 +22,9 @@ from fhir_mappers.contact import (
     interpreter_required,
     is_current,
     is_deceased,
-    preferred_language,
-    preferred_language_text,
+    language_code,
+    language_text,
+    preferred_communication,
     restrictions_of,
 )
 from fhir_mappers.fhirutil import (
@@ -36,7 +37,6 @@ from fhir_mappers.fhirutil import (
     get_str,
     get_str_list,
     human_name,
-    is_partial_date,
     require_aware,
 )
 from fhir_mappers.issues import DataWarning
@@ -95,20 +95,20 @@ def _telecoms(
     resource: Mapping[str, Any], now: dt.datetime, banned: frozenset[str]
 ) -> tuple[tuple[Telecom, ...], tuple[Telecom, ...], str | None, bool]:
     points = current_telecoms(resource, now)
+    channels = [channel_for(point, banned) for point in points]  # each point's, once
     preferred: Mapping[str, Any] | None = None
     channel: str | None = None
-    for point in points:
-        found = channel_for(point, banned)
+    for point, found in zip(points, channels, strict=True):
         if found:
             preferred, channel = point, found
             break
     phones: list[Telecom] = []
     emails: list[Telecom] = []
     by_phone = False
-    for point in points:
+    for point, found in zip(points, channels, strict=True):
         system = get_str(point, "system") or ""
         if system in ("phone", "sms") and not by_phone:
-            by_phone = channel_for(point, banned) is not None
+            by_phone = found is not None
         telecom = Telecom(
             system=system,
             value=get_str(point, "value") or "",
@@ -211,7 +211,7 @@ def to_contact(resource: Mapping[str, Any], *, now: dt.datetime) -> Contact:
             oldest = _age_on(earliest, today)
             youngest = _age_on(min(latest, today), today)
             age, approximate = youngest, oldest != youngest
-        if is_partial_date(birth):
+        if earliest != latest:  # `1980` or `1980-07`: a year or a month, not a day
             warn(
                 "birthDate",
                 "birthDate is partial; age may be approximate",
@@ -219,6 +219,7 @@ def to_contact(resource: Mapping[str, Any], *, now: dt.datetime) -> Contact:
                 "The patient record's birth date is only partly known; the age may be off by one.",
             )
 
+    communication = preferred_communication(resource)
     restrictions = restrictions_of(resource)
     # The channel the chart allows; death is shown as its own flag, and the senders'
     # `contact.reachable` / `may_*` refuse a deceased patient.
@@ -241,8 +242,8 @@ def to_contact(resource: Mapping[str, Any], *, now: dt.datetime) -> Contact:
         gender=get_str(resource, "gender"),
         deceased=is_deceased(resource),
         interpreter_required=interpreter_required(resource),
-        preferred_language=preferred_language(resource),
-        language_display=preferred_language_text(resource),
+        preferred_language=language_code(communication),
+        language_display=language_text(communication),
         phones=phones,
         emails=emails,
         preferred_channel=channel,

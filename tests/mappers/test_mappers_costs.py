@@ -1,0 +1,176 @@
+"""Work the tolerant mapping does per page (issue 16 §2), counted rather than timed: each
+test fails if its optimisation is undone, and checks the output did not change with it.
+
+Time is frozen (passed as `now`) at 22:13 in Chicago, UTC-6.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from fhir_mappers import appointment, contact, coverage, fhirutil, patient
+from fhir_mappers.context import build_context
+from fhir_mappers.fhirutil import index_resources
+
+NOW = dt.datetime.fromisoformat("2026-11-30T22:13:00-06:00")
+TZ_EXT = "http://hl7.org/fhir/StructureDefinition/timezone"
+PRACTITIONER = {
+    "resourceType": "Practitioner",
+    "id": "lee",
+    "name": [{"family": "Lee", "given": ["Ana"], "prefix": ["Dr."]}],
+}
+LOCATION = {
+    "resourceType": "Location",
+    "id": "den",
+    "name": "Denver clinic",
+    "extension": [{"url": TZ_EXT, "valueCode": "America/Denver"}],
+}
+
+
+def _appointment(aid: str, day: int) -> dict[str, Any]:
+    return {
+        "resourceType": "Appointment",
+        "id": aid,
+        "status": "booked",
+        "start": f"2026-12-{day:02d}T10:00:00-07:00",
+        "end": f"2026-12-{day:02d}T10:30:00-07:00",
+        "participant": [
+            {"actor": {"reference": "Patient/p1"}, "status": "accepted"},
+            {"actor": {"reference": "Practitioner/lee"}, "status": "accepted"},
+            {"actor": {"reference": "Location/den", "display": "old name"}, "status": "accepted"},
+        ],
+    }
+
+
+PAGE = [_appointment(f"a{day}", day) for day in range(1, 6)]
+
+
+def _count(monkeypatch: pytest.MonkeyPatch, module: object, name: str, calls: list[str]) -> None:
+    real: Callable[..., Any] = getattr(module, name)
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counting)
+
+
+def _context(**overrides: Any) -> Any:
+    fields: dict[str, Any] = {
+        "patient": None,
+        "appointments": PAGE,
+        "included": [PRACTITIONER, LOCATION],
+        "coverages": [],
+        "now": NOW,
+        "viewer_tz": "America/Chicago",
+        "validate": False,
+    }
+    return build_context(**{**fields, **overrides})
+
+
+def test_a_page_of_visits_parses_and_names_each_reference_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Five visits with the same patient, practitioner and place: three references parsed
+    and two targets named, not fifteen and ten."""
+    parsed: list[str] = []
+    named: list[str] = []
+    _count(monkeypatch, fhirutil, "_parse_reference", parsed)
+    _count(monkeypatch, appointment, "resource_name", named)
+    visits = _context().visits
+    assert len(parsed) == 3
+    assert len(named) == 2
+    assert {(v.practitioner, v.location, v.location_tz) for v in visits} == {
+        ("Dr. Ana Lee", "Denver clinic", "America/Denver")
+    }
+
+
+def test_a_contained_actor_is_resolved_in_its_own_appointment() -> None:
+    """`#id` means "in this resource": the per-page memo must not hand one appointment's
+    contained practitioner to another."""
+    page = []
+    for aid, family in (("a1", "One"), ("a2", "Two")):
+        appt = _appointment(aid, 1)
+        appt["contained"] = [
+            {"resourceType": "Practitioner", "id": "p", "name": [{"family": family}]}
+        ]
+        appt["participant"][1] = {"actor": {"reference": "#p"}, "status": "accepted"}
+        page.append(appt)
+    visits = _context(appointments=page).visits
+    assert [v.practitioner for v in visits] == ["One", "Two"]
+
+
+def test_a_page_of_visits_checks_the_viewer_zone_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    looked_up: list[str] = []
+    _count(monkeypatch, appointment, "zone", looked_up)
+    visits = _context().visits
+    assert looked_up == ["zone"]  # not once per visit
+    assert [v.timing for v in visits] == ["upcoming"] * 5
+
+
+def test_a_coverage_reads_its_classes_and_payor_reference_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    plan_type = {"coding": [{"code": "plan"}]}
+    group_type = {"coding": [{"code": "group"}]}
+    cov = {
+        "resourceType": "Coverage",
+        "id": "c1",
+        "status": "active",
+        "subscriberId": "M1",
+        "payor": [{"reference": "Organization/o1", "display": "Acme"}],
+        "class": [
+            {"type": group_type, "value": "G-7", "name": "Group seven"},
+            {"type": plan_type, "value": "P-1", "name": "Gold"},
+        ],
+    }
+    read: list[str] = []
+    parsed: list[str] = []
+    _count(monkeypatch, coverage, "codes", read)
+    _count(monkeypatch, fhirutil, "_parse_reference", parsed)
+    policy = coverage.to_policy(cov, today=NOW.date(), included=index_resources([]))
+    assert len(read) == 2  # one per class, not one per class per kind looked for
+    assert len(parsed) == 1
+    assert (policy.plan, policy.plan_id, policy.group, policy.payor, policy.payor_ref) == (
+        "Gold",
+        "P-1",
+        "G-7",
+        "Acme",
+        "Organization/o1",
+    )
+
+
+def test_a_patient_reads_its_language_and_contact_channels_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    resource = {
+        "resourceType": "Patient",
+        "id": "p1",
+        "extension": [
+            {"url": contact.CONTACT_RESTRICTION_URL, "valueCode": "no-sms"},
+            {"url": contact.CONTACT_RESTRICTION_URL, "valueCode": "no-call"},
+        ],
+        "telecom": [
+            {"system": "phone", "value": "+1 312 555 0100", "use": "home"},
+            {"system": "phone", "value": "+1 312 555 0101", "use": "mobile"},
+            {"system": "email", "value": "p@example.com"},
+        ],
+        "communication": [
+            {"language": {"coding": [{"system": contact.BCP47, "code": "es"}], "text": "Spanish"}}
+        ],
+        "birthDate": "1980-07",
+    }
+    communications: list[str] = []
+    channels: list[str] = []
+    _count(monkeypatch, patient, "preferred_communication", communications)
+    _count(monkeypatch, patient, "channel_for", channels)
+    found = patient.to_contact(resource, now=NOW)
+    assert len(communications) == 1
+    assert len(channels) == 3  # once per contact point
+    assert (found.preferred_language, found.language_display) == ("es", "Spanish")
+    assert (found.preferred_channel, found.phone_reachable) == ("email", False)
+    assert [w.code for w in found.warnings if w.field == "birthDate"] == ["partial-date"]
