@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from helpdesk import ehr as ehr_bridge
 from helpdesk import registry
+from helpdesk import surveys as domain_surveys
 from helpdesk.crypto import get_vault
 from helpdesk.db import get_store
 from helpdesk.models import EhrRegistration, SigningKey
@@ -511,7 +512,13 @@ def check(iss_or_id: str, as_json: bool) -> None:
         if row is None and not iss_or_id.startswith(("https://", "http://")):
             raise click.ClickException(f"{iss_or_id!r} is neither a registered EHR nor a URL")
         http = ehr_bridge.clients().http(row.id if row else 0)
-        report = check_ehr(target, http=http)
+        # The Questionnaire `caredesk survey publish` puts there: without it the report
+        # said "no Questionnaire to look for was given" and left survey write-back
+        # unchecked, right after the guide had published it.
+        csat = domain_surveys.questionnaire()
+        report = check_ehr(
+            target, http=http, questionnaire=(str(csat["url"]), str(csat["version"]))
+        )
         if row is not None:
             row.capabilities = report.to_json()
             row.checked_at = utcnow()

@@ -89,3 +89,17 @@ def test_nothing_listening_is_one_line_and_exit_2(app) -> None:  # type: ignore[
     assert as_json.exit_code == 2
     report = json.loads(as_json.stdout)  # exactly JSON: nothing else on stdout
     assert (report["reachable"], report["exit_code"]) == (False, 2)
+
+
+def test_the_csat_questionnaire_is_looked_for_after_survey_publish(app) -> None:  # type: ignore[no-untyped-def]
+    """The guide runs `caredesk survey publish` then `caredesk ehr check`: the check looks
+    for the Questionnaire CareDesk publishes (it said "no Questionnaire to look for was
+    given" and left survey write-back unchecked)."""
+    with running_sandbox() as sb:
+        connect_backend(app, sb, client_id="caredesk-jobs", scopes=BACKEND_SCOPES)
+        text = check("sandbox")
+    assert text.exit_code == 0, text.output
+    assert "no Questionnaire to look for" not in text.stdout
+    [line] = [line for line in text.stdout.splitlines() if "CSAT Questionnaire" in line]
+    assert line.startswith("ok ") and "Questionnaire/csat" in line, line
+    assert "survey write-back: will work" in text.stdout

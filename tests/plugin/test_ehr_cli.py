@@ -424,9 +424,9 @@ def test_check_with_a_correct_registration_verifies_and_exits_0(cli_env, sqlite_
         report = json.loads(cli_env("ehr", "check", "sb", "--json").output)
     assert report["exit_code"] == 0
     assert [x for x in report["lines"] if x["result"] == "failed"] == []
-    # The CLI does not name the CSAT Questionnaire to look for yet: those two are unchecked.
+    # The CLI looks for the CSAT Questionnaire CareDesk publishes: every feature verified.
     unverified = {f for f, v in report["features"].items() if v["verdict"] != "verified"}
-    assert unverified == {"survey write-back", "survey publishing"}
+    assert unverified == set()
     assert all(f["works"] for f in report["features"].values())
 
 
