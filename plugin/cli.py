@@ -70,9 +70,19 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True, help="Target revision.")
 @with_appcontext
 def db_upgrade(revision: str) -> None:
+    from sqlalchemy.exc import OperationalError
+
     from helpdesk import migrate
 
-    migrate.upgrade(current_app.config["DATABASE_URL"], revision)
+    try:
+        migrate.upgrade(current_app.config["DATABASE_URL"], revision)
+    except OperationalError as exc:
+        # The integrator's first command: a database not created yet, a server not
+        # running, a wrong password. One line that says so, not a traceback (the
+        # driver's message names host and database, never the password).
+        raise click.ClickException(
+            f"cannot open the store at CAREDESK_DATABASE_URL: {str(exc.orig).strip()}"
+        ) from exc
     click.echo(f"store at {revision} ({current_app.extensions['caredesk.db'].backend})")
 
 

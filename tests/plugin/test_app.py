@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,34 @@ def test_cli_db_upgrade_in_production_without_secret_names_the_variable(tmp_path
     )
     assert proc.returncode != 0
     assert "CAREDESK_SECRET_KEY" in proc.stderr + proc.stdout
+
+
+def test_cli_db_upgrade_on_a_database_not_created_yet_says_so_in_one_line(
+    tmp_path, redis_url
+) -> None:
+    """docs/integration.md's first command on a fresh PostgreSQL without the database."""
+    from tests.conftest import PG_BASE
+
+    missing = PG_BASE.rsplit("/", 1)[0] + "/caredesk_not_created_" + secrets.token_hex(4)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAREDESK_")}
+    env.update(
+        CAREDESK_ENV="production",
+        CAREDESK_SECRET_KEY="k" * 40,
+        CAREDESK_DATABASE_URL=missing,
+        CAREDESK_REDIS_URL=redis_url,
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "plugin.cli", "db", "upgrade"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "cannot open the store at CAREDESK_DATABASE_URL" in proc.stderr
+    assert "does not exist" in proc.stderr
 
 
 def test_environment_variables_configure_the_app(monkeypatch, pg_url, redis_url) -> None:
