@@ -232,6 +232,8 @@ def test_patient_texts_then_answers_the_survey_on_a_phone(clinic, chromium, scre
     assert "From the patient" in entry.inner_text() and "Text" in entry.inner_text()
     assert "Can I get my refill early?" in entry.inner_text()
     assert NAME in frame.get_by_test_id("ticket-patient").inner_text()
+    # The number masked as the sidebar masks it (the ticket once said ***04).
+    assert "Reply by text to ···0104" in frame.locator("label[for=rp-body]").inner_text()
     frame_el.screenshot(path=str(screenshots / "story-patient-1-text-on-ticket-400px.png"))
 
     # After the visit the clinician sends the survey from the sidebar.

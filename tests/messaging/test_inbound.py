@@ -71,7 +71,7 @@ def test_staff_pick_sends_the_message_to_that_patients_ticket_and_writes_nothing
     desk = browser(msg_app, base_url)
     page = desk.page("/messages/unmatched")
     assert page.status_code == 200
-    assert "Need a note for work" in page.text and "***11" in page.text
+    assert "Need a note for work" in page.text and "···0111" in page.text
     # Both patients with the number are offered (names need the user's own token).
     assert page.text.count('name="patient"') == 2
     sandbox.clear_requests()
