@@ -13,7 +13,7 @@ commits, then dispatches the returned task ids.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -86,6 +86,14 @@ class Outcome:
     queued: list[tuple[Visit, CareTask]] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
 
+    def add(self, visit: Visit, task: CareTask | None) -> None:
+        """The task ``new_task`` made for ``visit``, or None: its key exists, another
+        request of today won the race."""
+        if task is None:
+            self.skipped.append(Skipped(visit, ASKED_TODAY))
+        else:
+            self.queued.append((visit, task))
+
     def task_ids(self) -> list[int]:
         return [task.id for _, task in self.queued]
 
@@ -120,14 +128,9 @@ def queue_reminders(
     """
     now = as_utc(now)
     outcome = Outcome()
-    patients = sorted({v.patient_ref for v in visits if v.patient_ref})
-    earlier = _reminders_of(session, registration_id, patients)
-    seen: set[str] = set()
-    for visit in visits:
-        if visit.appointment_ref in seen:
-            continue  # the same row selected twice
-        seen.add(visit.appointment_ref)
-        key = _key(registration_id, visit, today)
+    earlier = _tasks_by_appointment(session, registration_id, visits, kind="reminder")
+    for visit in _once_each(visits):
+        key = board_key(registration_id, visit.appointment_ref, today)
         reason, blocking = _why_not(visit, earlier.get(visit.appointment_ref, ()), now=now, key=key)
         if reason is not None:
             outcome.skipped.append(Skipped(visit, reason, blocking))
@@ -143,10 +146,7 @@ def queue_reminders(
             created_by=requested_by,
             max_attempts=MAX_ATTEMPTS,
         )
-        if task is None:  # the key exists: another request of today won the race
-            outcome.skipped.append(Skipped(visit, ASKED_TODAY))
-            continue
-        outcome.queued.append((visit, task))
+        outcome.add(visit, task)
     session.flush()
     return outcome
 
@@ -172,13 +172,8 @@ def queue_calls(
     from the board today gets none. Flushes but does not commit."""
     now = as_utc(now)
     outcome = Outcome()
-    patients = sorted({v.patient_ref for v in visits if v.patient_ref})
-    earlier = _calls_of(session, registration_id, patients)
-    seen: set[str] = set()
-    for visit in visits:
-        if visit.appointment_ref in seen:
-            continue
-        seen.add(visit.appointment_ref)
+    earlier = _calls_of(session, registration_id, visits)
+    for visit in _once_each(visits):
         key = call_key(registration_id, visit.appointment_ref, today)
         reason, blocking = _not_a_visit_to_remind(visit, now=now)
         if reason is None:
@@ -202,10 +197,7 @@ def queue_calls(
             launch_session_id=launch_session_id,
             created_by=requested_by,
         )
-        if task is None:
-            outcome.skipped.append(Skipped(visit, ASKED_TODAY))
-            continue
-        outcome.queued.append((visit, task))
+        outcome.add(visit, task)
     session.flush()
     return outcome
 
@@ -225,31 +217,16 @@ def _why_no_call(
 
 
 def _calls_of(
-    session: Session, registration_id: int, patient_refs: Sequence[str]
+    session: Session, registration_id: int, visits: Sequence[Visit]
 ) -> dict[str, list[CareTask]]:
-    """Every phone follow-up of these patients about an appointment, by appointment."""
-    if not patient_refs:
-        return {}
-    found: dict[str, list[CareTask]] = {}
-    rows = session.scalars(
-        select(CareTask)
-        .where(
-            CareTask.registration_id == registration_id,
-            CareTask.kind == "follow-up",
-            CareTask.patient_ref.in_(patient_refs),
-        )
-        .order_by(CareTask.id.desc())
-    )
-    for task in rows:
-        payload = task.payload or {}
-        ref = str(payload.get("appointment_ref") or "")
-        if ref and payload.get("channel", "phone") == "phone":
-            found.setdefault(ref, []).append(task)
-    return found
-
-
-def _key(registration_id: int, visit: Visit, today: str) -> str:
-    return board_key(registration_id, visit.appointment_ref, today)
+    """Every phone follow-up of these visits' patients about an appointment, by
+    appointment."""
+    follow_ups = _tasks_by_appointment(session, registration_id, visits, kind="follow-up")
+    calls = {
+        ref: [task for task in tasks if (task.payload or {}).get("channel", "phone") == "phone"]
+        for ref, tasks in follow_ups.items()
+    }
+    return {ref: tasks for ref, tasks in calls.items() if tasks}
 
 
 def _not_a_visit_to_remind(visit: Visit, *, now: datetime) -> tuple[str | None, int | None]:
@@ -286,11 +263,21 @@ def _why_not(
     return None, None
 
 
-def _reminders_of(
-    session: Session, registration_id: int, patient_refs: Sequence[str]
+def _once_each(visits: Sequence[Visit]) -> Iterator[Visit]:
+    """The visits, each appointment once (the same row may be selected twice)."""
+    seen: set[str] = set()
+    for visit in visits:
+        if visit.appointment_ref not in seen:
+            seen.add(visit.appointment_ref)
+            yield visit
+
+
+def _tasks_by_appointment(
+    session: Session, registration_id: int, visits: Sequence[Visit], *, kind: str
 ) -> dict[str, list[CareTask]]:
-    """Every reminder task of these patients, by the appointment it is about (newest
-    first): one query for the whole request."""
+    """Every task of ``kind`` of these visits' patients, by the appointment it is about
+    (newest first): one query for the whole request."""
+    patient_refs = sorted({v.patient_ref for v in visits if v.patient_ref})
     if not patient_refs:
         return {}
     found: dict[str, list[CareTask]] = {}
@@ -298,7 +285,7 @@ def _reminders_of(
         select(CareTask)
         .where(
             CareTask.registration_id == registration_id,
-            CareTask.kind == "reminder",
+            CareTask.kind == kind,
             CareTask.patient_ref.in_(patient_refs),
         )
         .order_by(CareTask.id.desc())
