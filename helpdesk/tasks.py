@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, NotRequired, TypedDict, Unpack, cast
 from zoneinfo import ZoneInfo
 
 from flask import current_app, has_app_context
@@ -73,46 +73,36 @@ class CallRefused(AppError):
         self.field = field
 
 
-def new_task(
-    session: Session,
-    *,
-    registration_id: int,
-    kind: str,
-    patient_ref: str | None,
-    payload: Mapping[str, Any],
-    due_at: datetime | None = None,
-    dedupe_key: str | None = None,
-    launch_session_id: str | None = None,
-    created_by: str | None = None,
-    max_attempts: int = 5,
-    assignee: str | None = None,
-    queue: str | None = None,
-) -> CareTask | None:
+class TaskFields(TypedDict):
+    """A task row as its maker describes it: ``new_task``'s keyword arguments. What is
+    left out takes the default ``_task_values`` gives it."""
+
+    registration_id: int
+    kind: str
+    patient_ref: str | None
+    payload: Mapping[str, Any]
+    due_at: NotRequired[datetime | None]  # None: due now ("queued"), else "scheduled"
+    dedupe_key: NotRequired[str | None]
+    launch_session_id: NotRequired[str | None]
+    created_by: NotRequired[str | None]
+    max_attempts: NotRequired[int]  # 5
+    assignee: NotRequired[str | None]
+    queue: NotRequired[str | None]  # None: the configured TASK_QUEUE
+
+
+def new_task(session: Session, **fields: Unpack[TaskFields]) -> CareTask | None:
     """Add a task row (the caller commits, then calls ``jobs.outbox.dispatch``).
 
     Returns None when ``dedupe_key`` exists already: a reminder or an invitation is never
     made twice. The unique index makes that true across processes too (the loser of a race
     gets IntegrityError at commit, which callers sweeping in bulk treat as "exists").
     """
+    dedupe_key = fields.get("dedupe_key")
     if dedupe_key is not None:
         found = session.scalar(select(CareTask.id).where(CareTask.dedupe_key == dedupe_key))
         if found is not None:
             return None
-    task = CareTask(
-        **_task_values(
-            registration_id=registration_id,
-            kind=kind,
-            patient_ref=patient_ref,
-            payload=payload,
-            due_at=due_at,
-            dedupe_key=dedupe_key,
-            launch_session_id=launch_session_id,
-            created_by=created_by,
-            max_attempts=max_attempts,
-            assignee=assignee,
-            queue=queue,
-        )
-    )
+    task = CareTask(**_task_values(fields))
     session.add(task)
     return task
 
@@ -136,43 +126,33 @@ def insert_task(
     same transaction), due now, as one INSERT in the caller's transaction, without the
     ORM's unit of work; returns the row id. The unique index still guards the key."""
     values = _task_values(
-        registration_id=registration_id,
-        kind=kind,
-        patient_ref=patient_ref,
-        payload=payload,
-        dedupe_key=dedupe_key,
+        TaskFields(
+            registration_id=registration_id,
+            kind=kind,
+            patient_ref=patient_ref,
+            payload=payload,
+            dedupe_key=dedupe_key,
+        )
     )
     return int(session.connection().execute(_INSERT_TASK, values).scalar_one())
 
 
-def _task_values(
-    *,
-    registration_id: int,
-    kind: str,
-    patient_ref: str | None,
-    payload: Mapping[str, Any],
-    due_at: datetime | None = None,
-    dedupe_key: str | None = None,
-    launch_session_id: str | None = None,
-    created_by: str | None = None,
-    max_attempts: int = 5,
-    assignee: str | None = None,
-    queue: str | None = None,
-) -> dict[str, Any]:
+def _task_values(fields: TaskFields) -> dict[str, Any]:
+    due_at = fields.get("due_at")
     due = as_utc(due_at) if due_at is not None else None
     return {
-        "registration_id": registration_id,
-        "kind": kind,
-        "patient_ref": patient_ref,
-        "payload": dict(payload),
+        "registration_id": fields["registration_id"],
+        "kind": fields["kind"],
+        "patient_ref": fields["patient_ref"],
+        "payload": dict(fields["payload"]),
         "due_at": due,
         "status": "scheduled" if due is not None and due > utcnow() else "queued",
-        "dedupe_key": dedupe_key,
-        "launch_session_id": launch_session_id,
-        "created_by": created_by,
-        "max_attempts": max_attempts,
-        "assignee": assignee,
-        "queue": queue or _configured_queue(),
+        "dedupe_key": fields.get("dedupe_key"),
+        "launch_session_id": fields.get("launch_session_id"),
+        "created_by": fields.get("created_by"),
+        "max_attempts": fields.get("max_attempts", 5),
+        "assignee": fields.get("assignee"),
+        "queue": fields.get("queue") or _configured_queue(),
     }
 
 
