@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from flask import Flask, current_app
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from fhir_mappers.board import patient_of
 from fhir_mappers.contact import pick_language
@@ -113,6 +114,25 @@ def sweep_registration(
     return result
 
 
+def _new_reminder(
+    session: Session,
+    registration_id: int,
+    hours_before: int,
+    key: str,
+    appointment_ref: str,
+    patient_ref: str,
+) -> CareTask | None:
+    return new_task(
+        session,
+        registration_id=registration_id,
+        kind="reminder",
+        patient_ref=patient_ref,
+        payload={"appointment_ref": appointment_ref, "offset_hours": hours_before},
+        dedupe_key=key,
+        max_attempts=3,
+    )
+
+
 def _queue(
     app: Flask, registration_id: int, hours_before: int, batch: list[tuple[str, str]]
 ) -> int:
@@ -131,15 +151,7 @@ def _queue(
     try:
         with store.session() as session:
             tasks = [
-                new_task(
-                    session,
-                    registration_id=registration_id,
-                    kind="reminder",
-                    patient_ref=patient,
-                    payload={"appointment_ref": appt, "offset_hours": hours_before},
-                    dedupe_key=key,
-                    max_attempts=3,
-                )
+                _new_reminder(session, registration_id, hours_before, key, appt, patient)
                 for key, (appt, patient) in fresh.items()
             ]
             session.flush()
@@ -151,15 +163,7 @@ def _queue(
         for key, (appt, patient) in fresh.items():
             try:
                 with store.session() as session:
-                    task = new_task(
-                        session,
-                        registration_id=registration_id,
-                        kind="reminder",
-                        patient_ref=patient,
-                        payload={"appointment_ref": appt, "offset_hours": hours_before},
-                        dedupe_key=key,
-                        max_attempts=3,
-                    )
+                    task = _new_reminder(session, registration_id, hours_before, key, appt, patient)
                     session.flush()
                     if task is not None:
                         ids.append(task.id)
