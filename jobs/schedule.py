@@ -6,10 +6,16 @@ name). Each entry enqueues a plain function by path onto the task queue.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from flask import Flask
 from rq.cron import CronScheduler
 
 from jobs.queue import get_queue_state
+
+# The job timeout of a sweep that pages through everything one EHR holds.
+EHR_WIDE = 1800
 
 
 def build_cron(app: Flask, *, logging_level: str | int = "INFO") -> CronScheduler:
@@ -31,50 +37,29 @@ def build_cron(app: Flask, *, logging_level: str | int = "INFO") -> CronSchedule
         survey_sweep,
     )
 
-    cron.register(
-        reminders.sweep_reminders_job,
-        queue,
-        interval=int(app.config["REMINDER_SWEEP_SECONDS"]),
-        job_timeout=1800,
-        name="reminder-sweep",
-    )
-    cron.register(
-        outbox.sweep_job, queue, interval=int(app.config["TASK_SWEEP_SECONDS"]), name="task-sweep"
-    )
-    cron.register(
-        referral.check_referrals_job,
-        queue,
-        interval=int(app.config["REFERRAL_CHECK_SECONDS"]),
-        job_timeout=1800,
-        name="referral-check",
-    )
-    cron.register(
-        survey_sweep.sweep_surveys_job,
-        queue,
-        interval=int(app.config.get("SURVEY_SWEEP_SECONDS") or 900),
-        job_timeout=1800,
-        name="survey-sweep",
-    )
-    cron.register(maintenance.prune_launches_job, queue, interval=3600, name="launch-prune")
-    cron.register(
-        outreach.sweep_outreach_job,
-        queue,
-        interval=int(app.config["OUTREACH_SWEEP_SECONDS"]),
-        job_timeout=1800,
-        name="insurance-outreach",
-    )
-    cron.register(
-        inbound.escalate_overdue_job,
-        queue,
-        interval=int(app.config["ESCALATION_SWEEP_SECONDS"]),
-        name="ticket-escalation",
-    )
-    if app.config.get("IMAP_HOST"):
-        cron.register(
-            mailbox.poll_job,
-            queue,
-            interval=int(app.config["IMAP_POLL_SECONDS"]),
-            job_timeout=600,
-            name="imap-poll",
-        )
+    cfg = app.config
+    # name, job, every how many seconds, job timeout (None: RQ's default)
+    entries: list[tuple[str, Callable[[], object], Any, int | None]] = [
+        ("reminder-sweep", reminders.sweep_reminders_job, cfg["REMINDER_SWEEP_SECONDS"], EHR_WIDE),
+        ("task-sweep", outbox.sweep_job, cfg["TASK_SWEEP_SECONDS"], None),
+        ("referral-check", referral.check_referrals_job, cfg["REFERRAL_CHECK_SECONDS"], EHR_WIDE),
+        (
+            "survey-sweep",
+            survey_sweep.sweep_surveys_job,
+            cfg.get("SURVEY_SWEEP_SECONDS") or 900,
+            EHR_WIDE,
+        ),
+        ("launch-prune", maintenance.prune_launches_job, 3600, None),
+        (
+            "insurance-outreach",
+            outreach.sweep_outreach_job,
+            cfg["OUTREACH_SWEEP_SECONDS"],
+            EHR_WIDE,
+        ),
+        ("ticket-escalation", inbound.escalate_overdue_job, cfg["ESCALATION_SWEEP_SECONDS"], None),
+    ]
+    if cfg.get("IMAP_HOST"):
+        entries.append(("imap-poll", mailbox.poll_job, cfg["IMAP_POLL_SECONDS"], 600))
+    for name, job, seconds, job_timeout in entries:
+        cron.register(job, queue, interval=int(seconds), job_timeout=job_timeout, name=name)
     return cron
