@@ -456,12 +456,8 @@ def queue_reminders(launch_id: str) -> tuple[str, int]:
     else:
         raise AppError("Choose the visits to remind.", status=422, code="validation_error")
     selected = set(request.form.getlist("appointment"))
-    try:
-        data = board_data.fetch_board(launch, day=day)
-    except NeedsAuthorization:
-        raise
-    except SmartError as exc:
-        code, _ = smart_error_status(exc)
+
+    def page(status: int, **result: Any) -> tuple[str, int]:
         return (
             render_template(
                 "board_reminders.html",
@@ -470,12 +466,19 @@ def queue_reminders(launch_id: str) -> tuple[str, int]:
                 what=what,
                 zone_words=_zone_words(),
                 calls=calls,
-                outcome=None,
-                down=True,
                 back=state.url(launch.id),
+                **result,
             ),
-            code,
+            status,
         )
+
+    try:
+        data = board_data.fetch_board(launch, day=day)
+    except NeedsAuthorization:
+        raise
+    except SmartError as exc:
+        code, _ = smart_error_status(exc)
+        return page(code, outcome=None, down=True)
     rows = decorate(data["rows"])
     if scope == "tomorrow":
         chosen = [r for r in rows if flags.UNCONFIRMED in r["codes"]]
@@ -507,19 +510,4 @@ def queue_reminders(launch_id: str) -> tuple[str, int]:
         },
     )
     by_ref = {f"Appointment/{r['appointment_id']}": r for r in rows if r.get("appointment_id")}
-    return (
-        render_template(
-            "board_reminders.html",
-            launch=launch,
-            state=state,
-            what=what,
-            zone_words=_zone_words(),
-            calls=calls,
-            outcome=outcome,
-            rows=by_ref,
-            down=False,
-            asked=len(chosen),
-            back=state.url(launch.id),
-        ),
-        200,
-    )
+    return page(200, outcome=outcome, rows=by_ref, down=False, asked=len(chosen))
