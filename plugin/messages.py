@@ -26,6 +26,7 @@ from flask import (
     url_for,
 )
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 from werkzeug.wrappers import Response as BaseResponse
 
 from helpdesk import automation, messaging
@@ -34,7 +35,13 @@ from helpdesk.audit import audit
 from helpdesk.crypto import get_vault
 from helpdesk.db import get_db
 from helpdesk.errors import AppError, NotFound
-from helpdesk.models import EhrRegistration, InboundMessage, LaunchSession, Ticket
+from helpdesk.models import (
+    ContactOptOut,
+    EhrRegistration,
+    InboundMessage,
+    LaunchSession,
+    Ticket,
+)
 from helpdesk.tasks import new_task
 from helpdesk.tickets import get_ticket
 from jobs import outbox
@@ -276,6 +283,18 @@ def pick_patient(launch_id: str, message_id: int) -> BaseResponse:
     return redirect(url_for("messages.unmatched_page", launch_id=launch_id, done=row.id), code=303)
 
 
+def _stop_against_reply(db: Session, ticket: Ticket, last: InboundMessage) -> ContactOptOut | None:
+    """The standing STOP that forbids a reply on the channel and to the address of the
+    patient's latest message."""
+    return messaging.opt_out_for(
+        db,
+        registration_id=ticket.registration_id,
+        channel=last.channel,
+        address_key_=last.sender_key,
+        patient_ref=ticket.patient_ref,
+    )
+
+
 @bp.post("/l/<launch_id>/tickets/<rowid:ticket_id>/reply")
 def reply(launch_id: str, ticket_id: int) -> BaseResponse:
     """A staff reply on the patient's channel (a job sends it, through the one send path)."""
@@ -298,13 +317,7 @@ def reply(launch_id: str, ticket_id: int) -> BaseResponse:
             status=409,
             code="no_thread",
         )
-    standing = messaging.opt_out_for(
-        db,
-        registration_id=ticket.registration_id,
-        channel=last.channel,
-        address_key_=last.sender_key,
-        patient_ref=ticket.patient_ref,
-    )
+    standing = _stop_against_reply(db, ticket, last)
     if standing is not None:
         raise AppError(
             messaging.opt_out_reason(standing, _viewer_zone()), status=409, code="opted_out"
@@ -353,13 +366,7 @@ def ticket_thread(ticket: Ticket) -> dict[str, Any]:
     last = messaging.reply_channel(db, ticket)
     standing = None
     if last is not None:
-        standing = messaging.opt_out_for(
-            db,
-            registration_id=ticket.registration_id,
-            channel=last.channel,
-            address_key_=last.sender_key,
-            patient_ref=ticket.patient_ref,
-        )
+        standing = _stop_against_reply(db, ticket, last)
     return {
         "entries": messaging.conversation(db, get_vault(), ticket),
         "rule_runs": messaging.rule_runs(db, ticket.id),
