@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from flask import current_app
+from flask import Flask, current_app
 
 from plugin import __version__, create_app
 
@@ -33,6 +33,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 @click.version_option(__version__, prog_name="caredesk")
 def cli() -> None:
     pass
+
+
+def flask_app() -> Flask:
+    """The app behind ``current_app``, for a command that hands it to code taking an app."""
+    return current_app._get_current_object()  # type: ignore[attr-defined,no-any-return]
 
 
 def with_appcontext(func: F) -> F:

@@ -5,18 +5,13 @@ from __future__ import annotations
 import json
 
 import click
-from flask import Flask, current_app
 
-from plugin.cli import cli, with_appcontext
+from plugin.cli import cli, flask_app, with_appcontext
 
 
 @cli.group(help="Follow-up, referral, reminder and survey jobs (CareTask rows + RQ).")
 def jobs() -> None:
     pass
-
-
-def _app() -> Flask:
-    return current_app._get_current_object()  # type: ignore[attr-defined,no-any-return]
 
 
 @jobs.command("status", help="Counts per state and queue, oldest waiting, failures.")
@@ -25,7 +20,7 @@ def _app() -> Flask:
 def status(as_json: bool) -> None:
     from jobs.status import snapshot
 
-    snap = snapshot(_app())
+    snap = snapshot(flask_app())
     if as_json:
         click.echo(json.dumps(snap, indent=2))
         return
@@ -61,8 +56,8 @@ def retry(task_id: int | None, all_failed: bool) -> None:
 
     if (task_id is None) == (not all_failed):
         raise click.UsageError("give a task id or --failed (not both)")
-    ids = failed_ids(_app()) if all_failed else [int(task_id or 0)]
-    done = do_retry(_app(), ids)
+    ids = failed_ids(flask_app()) if all_failed else [int(task_id or 0)]
+    done = do_retry(flask_app(), ids)
     if task_id is not None and not done:
         raise click.ClickException(f"task {task_id} is not failed or waiting for authorization")
     click.echo(
@@ -75,7 +70,7 @@ def retry(task_id: int | None, all_failed: bool) -> None:
 def sweep() -> None:
     from jobs.outbox import sweep as do_sweep
 
-    click.echo(json.dumps(do_sweep(_app()).to_json()))
+    click.echo(json.dumps(do_sweep(flask_app()).to_json()))
 
 
 @jobs.command("remind", help="Sweep upcoming appointments now and queue due reminders.")
@@ -83,7 +78,7 @@ def sweep() -> None:
 def remind() -> None:
     from jobs.reminders import sweep_all
 
-    for result in sweep_all(_app()):
+    for result in sweep_all(flask_app()):
         click.echo(
             f"registration {result.registration_id}: {result.seen} appointments, "
             f"{result.created} reminders queued"
@@ -95,7 +90,7 @@ def remind() -> None:
 def check_referrals() -> None:
     from jobs.referral import check_referrals as do_check
 
-    click.echo(json.dumps(do_check(_app())))
+    click.echo(json.dumps(do_check(flask_app())))
 
 
 @jobs.command(
@@ -113,7 +108,7 @@ def close_referral(task_id: int, cancelled: bool, note: str) -> None:
 
     try:
         task = do_close(
-            _app(), task_id, outcome="cancelled" if cancelled else "completed", note=note
+            flask_app(), task_id, outcome="cancelled" if cancelled else "completed", note=note
         )
     except TaskError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -125,6 +120,6 @@ def close_referral(task_id: int, cancelled: bool, note: str) -> None:
 def cron() -> None:
     from jobs.schedule import build_cron
 
-    scheduler = build_cron(_app())
+    scheduler = build_cron(flask_app())
     click.echo(f"cron {scheduler.name}: {len(scheduler.get_jobs())} entries", err=True)
     scheduler.start()  # type: ignore[no-untyped-call]

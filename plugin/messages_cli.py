@@ -6,18 +6,13 @@ from __future__ import annotations
 import json
 
 import click
-from flask import Flask, current_app
 
-from plugin.cli import cli, with_appcontext
+from plugin.cli import cli, flask_app, with_appcontext
 
 
 @cli.group(help="Inbound messages, automation rules and outreach (two-way messaging).")
 def inbound() -> None:
     pass
-
-
-def _app() -> Flask:
-    return current_app._get_current_object()  # type: ignore[attr-defined,no-any-return]
 
 
 @inbound.command("poll", help="Take new mail from the IMAP mailbox (CAREDESK_IMAP_*) now.")
@@ -26,7 +21,7 @@ def _app() -> Flask:
 def poll(limit: int | None) -> None:
     from jobs.mailbox import poll as poll_mailbox
 
-    click.echo(json.dumps(poll_mailbox(_app(), limit=limit).to_json()))
+    click.echo(json.dumps(poll_mailbox(flask_app(), limit=limit).to_json()))
 
 
 @inbound.command("escalate", help="Apply the escalation rules to overdue tickets now.")
@@ -34,7 +29,7 @@ def poll(limit: int | None) -> None:
 def escalate() -> None:
     from jobs.inbound import escalate_overdue
 
-    click.echo(json.dumps({"escalated": escalate_overdue(_app())}))
+    click.echo(json.dumps({"escalated": escalate_overdue(flask_app())}))
 
 
 @inbound.command("outreach", help="Queue insurance outreach for coverages ending soon, now.")
@@ -42,7 +37,7 @@ def escalate() -> None:
 def outreach() -> None:
     from jobs.outreach import sweep_all
 
-    click.echo(json.dumps({"queued": sum(s.queued for s in sweep_all(_app()))}))
+    click.echo(json.dumps({"queued": sum(s.queued for s in sweep_all(flask_app()))}))
 
 
 @inbound.command("rules", help="Print the automation rules as CareDesk reads them.")
@@ -50,7 +45,7 @@ def outreach() -> None:
 def rules() -> None:
     from helpdesk.automation import load_rules
 
-    loaded = load_rules(_app().config)
+    loaded = load_rules(flask_app().config)
     click.echo(
         json.dumps({"source": loaded.source, "rules": loaded.raw.get("rules", [])}, indent=2)
     )
