@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
@@ -63,3 +64,24 @@ def audit(
         detail=detail,
     )
     db.commit()
+
+
+class _Shown(Protocol):
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def patient_ref(self) -> str | None: ...
+
+
+def audit_shown(action: str, *, launch: LaunchSession, entity: str, rows: Sequence[_Shown]) -> None:
+    """A list was shown: one audit row per patient in it, naming the rows of that patient,
+    so "who looked at patient X" is one indexed query."""
+    for ref in sorted({r.patient_ref for r in rows if r.patient_ref}):
+        audit(
+            action,
+            launch=launch,
+            patient_ref=ref,
+            entity=entity,
+            detail={"ids": [r.id for r in rows if r.patient_ref == ref]},
+        )

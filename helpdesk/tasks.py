@@ -32,7 +32,7 @@ from fhir_mappers.contact import blocked, current_telecoms, is_deceased, may_sur
 from fhir_mappers.fhirutil import get_str
 from helpdesk import duephrase, messaging
 from helpdesk.access import patient_for, scope_of
-from helpdesk.audit import audit
+from helpdesk.audit import audit, audit_shown
 from helpdesk.errors import AppError, NotFound
 from helpdesk.models import CallAttempt, CareTask, LaunchSession, OutboundMessage
 from helpdesk.timeutil import as_utc, utcnow
@@ -182,19 +182,8 @@ def list_tasks(
     tasks = db.scalars(
         select(CareTask).where(*where).order_by(CareTask.id.desc()).limit(limit)
     ).all()
-    _audit_list(launch, tasks)
+    audit_shown("task.list", launch=launch, entity="CareTask", rows=tasks)
     return tasks
-
-
-def _audit_list(launch: LaunchSession, tasks: Sequence[CareTask]) -> None:
-    for ref in sorted({t.patient_ref for t in tasks if t.patient_ref}):
-        audit(
-            "task.list",
-            launch=launch,
-            patient_ref=ref,
-            entity="CareTask",
-            detail={"ids": [t.id for t in tasks if t.patient_ref == ref]},
-        )
 
 
 def get_task(db: Session, launch: LaunchSession, task_id: int) -> CareTask:
@@ -224,7 +213,7 @@ def worklist(
     tasks = db.scalars(
         select(CareTask).where(*where).order_by(CareTask.due_at, CareTask.id).limit(limit)
     ).all()
-    _audit_list(launch, tasks)
+    audit_shown("task.list", launch=launch, entity="CareTask", rows=tasks)
     return tasks
 
 

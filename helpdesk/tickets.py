@@ -29,7 +29,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from helpdesk.access import patient_for, scope_of
-from helpdesk.audit import audit, record
+from helpdesk.audit import audit, audit_shown, record
 from helpdesk.errors import AppError, ConfigError, NotFound
 from helpdesk.models import LaunchSession, Ticket, TicketNote
 from helpdesk.timeutil import utcnow
@@ -256,15 +256,7 @@ def list_tickets(db: Session, launch: LaunchSession, filters: TicketFilters) -> 
         .limit(per_page)
         .offset((page - 1) * per_page)
     ).all()
-    # One audit row per patient shown, so "who looked at patient X" is one indexed query.
-    for patient_ref in sorted({t.patient_ref for t in items if t.patient_ref}):
-        audit(
-            "ticket.list",
-            launch=launch,
-            patient_ref=patient_ref,
-            entity="Ticket",
-            detail={"ids": [t.id for t in items if t.patient_ref == patient_ref]},
-        )
+    audit_shown("ticket.list", launch=launch, entity="Ticket", rows=items)
     return TicketPage(items=items, total=total, page=page, per_page=per_page)
 
 
