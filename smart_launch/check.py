@@ -67,6 +67,7 @@ SURVEY = "survey write-back"
 SURVEY_PUBLISH = "survey publishing"
 INBOUND = "inbound message matching"
 CONFIRMATION = "reminder confirmation"
+OUTREACH = "insurance outreach"
 BACKEND = "backend jobs"
 FEATURES = (
     LAUNCH,
@@ -79,6 +80,7 @@ FEATURES = (
     SURVEY_PUBLISH,
     INBOUND,
     CONFIRMATION,
+    OUTREACH,
     BACKEND,
 )
 # Without these CareDesk cannot run at all; the others switch single features off.
@@ -91,7 +93,15 @@ EXIT_CODES: Mapping[int, str] = {
 }
 REACHABLE = "EHR reachable"
 # Features whose jobs run with the backend client (else a launch's refresh token).
-_BACKEND_FEATURES = (FOLLOW_UPS, REFERRALS, SURVEY_INVITATIONS, SURVEY, SURVEY_PUBLISH, INBOUND)
+_BACKEND_FEATURES = (
+    FOLLOW_UPS,
+    REFERRALS,
+    SURVEY_INVITATIONS,
+    SURVEY,
+    SURVEY_PUBLISH,
+    INBOUND,
+    OUTREACH,
+)
 _LEGACY_STATUS = {
     "verified": "supported",
     "advertised": "supported",
@@ -709,14 +719,15 @@ CHECKS: tuple[tuple[Callable[[Probe], CheckLine], tuple[str, ...], str | None], 
         (CONFIRMATION, BACKEND),
         None,
     ),
-    (_read("Patient"), (SIDEBAR, BOARD, FOLLOW_UPS, SURVEY_INVITATIONS, INBOUND), None),
+    (_backend_scopes(_feature("insurance-outreach"), OUTREACH), (OUTREACH, BACKEND), None),
+    (_read("Patient"), (SIDEBAR, BOARD, FOLLOW_UPS, SURVEY_INVITATIONS, INBOUND, OUTREACH), None),
     (
         _read("Appointment"),
         (SIDEBAR, BOARD, FOLLOW_UPS, REFERRALS, SURVEY_INVITATIONS, CONFIRMATION),
         None,
     ),
-    (_read("Coverage"), (SIDEBAR, BOARD), None),
-    (_read("Practitioner"), (SIDEBAR, BOARD, REFERRALS), None),
+    (_read("Coverage"), (SIDEBAR, BOARD, OUTREACH), None),
+    (_read("Practitioner"), (SIDEBAR, BOARD, REFERRALS, SURVEY_INVITATIONS), None),
     (_read("Location"), (SIDEBAR, BOARD, SURVEY_INVITATIONS), None),
     (_read("Organization"), (SIDEBAR,), None),
     (_read("Encounter"), (SURVEY_INVITATIONS,), None),

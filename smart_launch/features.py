@@ -129,8 +129,16 @@ REFERRALS = Feature(
 SURVEY_INVITATIONS = Feature(
     "survey-invitations",
     "survey invitations",
-    (("Patient", "rs"), ("Appointment", "rs"), ("Location", "rs"), ("Encounter", "rs")),
+    (
+        ("Patient", "rs"),
+        ("Appointment", "rs"),
+        ("Location", "rs"),
+        ("Encounter", "rs"),
+        ("Practitioner", "rs"),
+    ),
     "both",
+    "The practitioner is read by id when the appointment's reference has no display, so "
+    "the invitation can name who the patient saw.",
 )
 SURVEY_WRITE_BACK = Feature(
     "survey-write-back",
@@ -161,6 +169,13 @@ REMINDER_CONFIRMATION = Feature(
     "both",
     "A patient's YES to a reminder confirms the appointment (read, then update).",
 )
+INSURANCE_OUTREACH = Feature(
+    "insurance-outreach",
+    "insurance outreach",
+    (("Coverage", "rs"), ("Patient", "rs")),
+    "backend",
+    "The sweep searches coverages ending soon and messages their patients.",
+)
 
 EHR_CHECK = Feature(
     "ehr-check",
@@ -188,6 +203,7 @@ FEATURES: tuple[Feature, ...] = (
     SURVEY_PUBLISH,
     INBOUND_MATCHING,
     REMINDER_CONFIRMATION,
+    INSURANCE_OUTREACH,
     EHR_CHECK,
 )
 FEATURES_BY_NAME = {f.name: f for f in FEATURES}

@@ -356,6 +356,7 @@ def test_add_says_which_features_the_scopes_leave_out(cli_env) -> None:
     assert [g.strip() for g in gaps] == [
         "survey publishing: needs a backend client",
         "inbound message matching: needs a backend client",
+        "insurance outreach: needs a backend client",
     ]
     # With a backend client and the default backend scopes: nothing left out.
     full = cli_env(
@@ -424,9 +425,12 @@ def test_check_with_a_correct_registration_verifies_and_exits_0(cli_env, sqlite_
         report = json.loads(cli_env("ehr", "check", "sb", "--json").output)
     assert report["exit_code"] == 0
     assert [x for x in report["lines"] if x["result"] == "failed"] == []
-    # The CLI looks for the CSAT Questionnaire CareDesk publishes: every feature verified.
+    # The CLI looks for CareDesk's CSAT Questionnaire too, so the survey features are
+    # verified like the others.
     unverified = {f for f, v in report["features"].items() if v["verdict"] != "verified"}
     assert unverified == set()
+    csat = next(x for x in report["lines"] if x["name"] == "CSAT Questionnaire")
+    assert csat["result"] == "verified"
     assert all(f["works"] for f in report["features"].values())
 
 
