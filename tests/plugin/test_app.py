@@ -186,6 +186,15 @@ def test_ehr_check_json_without_redis_is_exactly_json(sqlite_url) -> None:
     env.update(
         CAREDESK_ENV="development", CAREDESK_SECRET_KEY="s" * 48, CAREDESK_DATABASE_URL=sqlite_url
     )
+    upgrade = subprocess.run(
+        [sys.executable, "-m", "plugin.cli", "db", "upgrade"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert upgrade.returncode == 0, upgrade.stderr
     with running_sandbox() as sb:
         proc = subprocess.run(
             [
