@@ -81,7 +81,7 @@ class TaskFields(TypedDict):
     kind: str
     patient_ref: str | None
     payload: Mapping[str, Any]
-    due_at: NotRequired[datetime | None]  # None: due now ("queued"), else "scheduled"
+    due_at: NotRequired[datetime | None]  # None: due now; a later time: "scheduled"
     dedupe_key: NotRequired[str | None]
     launch_session_id: NotRequired[str | None]
     created_by: NotRequired[str | None]
