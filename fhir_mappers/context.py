@@ -96,8 +96,7 @@ def _overdue_call(task: Mapping[str, Any], now: dt.datetime) -> bool:
     Store times without an offset are UTC."""
     if task.get("kind") != "follow-up" or task.get("status") in ("done", "cancelled", "failed"):
         return False
-    due = parse_datetime(task.get("due_at"), dt.UTC)
-    return due is not None and due < now
+    return flags.call_overdue(parse_datetime(task.get("due_at"), dt.UTC), now)
 
 
 def _no_show_to_rebook(visits: Sequence[Visit]) -> bool:

@@ -11,6 +11,7 @@ ask a covered patient for an insurance card.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -24,6 +25,9 @@ COVERAGE_EXPIRING = "coverage-expiring"
 UNREACHABLE = "unreachable"
 OVERDUE_CALL = "overdue-call"
 HIGH_PRIORITY_TICKET = "open-high-priority-ticket"
+# A call is overdue once it has waited this long past its due time: a call queued for
+# "now" is due, not already late, while the caller reaches for the phone.
+CALL_GRACE = dt.timedelta(minutes=15)
 COVERAGE_CANCELLED = "coverage-cancelled"
 NO_COVERAGE = "no-coverage"
 DO_NOT_TEXT = "do-not-text"
@@ -104,3 +108,9 @@ def needs_call(codes: Iterable[str]) -> bool:
 
 def describe(codes: Iterable[str]) -> tuple[Flag, ...]:
     return tuple(BY_CODE[code] for code in ordered(codes))
+
+
+def call_overdue(due_at: dt.datetime | None, now: dt.datetime) -> bool:
+    """A call (an open follow-up) due at ``due_at`` is overdue at ``now``: the one reading
+    the sidebar's alert, its task sentence and the board's flag share."""
+    return due_at is not None and due_at + CALL_GRACE < now

@@ -244,7 +244,7 @@ def _store_flags(
             # fhir_mappers.context's reading of an overdue call, for the whole page at once.
             CareTask.kind == "follow-up",
             CareTask.status.notin_(("done", "cancelled", "failed")),
-            CareTask.due_at < utcnow(),
+            CareTask.due_at < utcnow() - flags.CALL_GRACE,
             CareTask.patient_ref.in_(patient_refs),
         )
     )

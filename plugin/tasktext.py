@@ -9,6 +9,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from fhir_mappers.fhirutil import parse_datetime
+from fhir_mappers.flags import call_overdue
 from helpdesk.tasks import CALL_ATTEMPTS, GAVE_UP, can_retry
 from plugin.timewords import when_words
 
@@ -32,7 +33,8 @@ def task_sentence(task: Mapping[str, Any], *, now: dt.datetime, tz: ZoneInfo) ->
         calls = int(task.get("calls") or 0)
         if channel == "phone" or status == "waiting":
             what = "Call" if channel == "phone" else f"Call after the {channel_word(channel)}"
-            when = f"overdue since {due}" if overdue else f"due {due}" if due else "due now"
+            late = call_overdue(due_at, now)
+            when = f"overdue since {due}" if late else f"due {due}" if due else "due now"
             return f"{what} {when} · attempt {calls + 1} of {CALL_ATTEMPTS}"
         return f"{_FOLLOW_UP.get(channel, 'Message')} to the patient goes {due or 'now'}"
     if kind == "referral":

@@ -213,6 +213,15 @@ def restricted(*codes: str) -> dict[str, Any]:
             ["overdue-call", "no-coverage"],  # 15:00 UTC (store time) is 09:00 in Chicago
         ),
         (
+            # Due ten minutes ago (09:20 Chicago): still within CALL_GRACE, due, not late.
+            {
+                "tasks": [
+                    {"kind": "follow-up", "status": "waiting", "due_at": "2026-11-27T15:20:00"}
+                ]
+            },
+            ["no-coverage"],
+        ),
+        (
             {
                 "tasks": [
                     {"kind": "follow-up", "status": "waiting", "due_at": "2026-11-27T16:00:00"}
