@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -11,9 +12,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, joinedload
 
 from fhir_mappers import contact
+from fhir_mappers.board import patient_of
 from fhir_mappers.contact import Reachable, blocked
 from helpdesk import ehr, messaging
 from helpdesk.crypto import get_vault
+from helpdesk.db import get_store
 from helpdesk.models import CareTask, EhrRegistration, LaunchSession, OutboundMessage
 from jobs.outbound import (
     Adapter,
@@ -29,16 +32,32 @@ from jobs.outbound import (
 from smart_launch.fhir import FhirClient
 
 
-def registration_client(
-    app: Flask, session: Session, registration_id: int, *, now: datetime
-) -> FhirClient:
-    """A FHIR client for a sweep that runs per EHR, not per task (reminders, surveys).
+def registration_client(app: Flask, registration_id: int, *, now: datetime) -> FhirClient:
+    """A FHIR client for a sweep that runs per EHR, not per task (reminders, surveys,
+    outreach); LookupError when the registration is gone.
 
     It authenticates like a job; with no task there is no launch to borrow a refresh token
     from, so in practice this is SMART Backend Services or NeedsAuthorization.
     """
-    sweep = CareTask(id=0, registration_id=registration_id, kind="sweep", payload={})
-    return JobContext(app=app, session=session, task=sweep, now=now).fhir()
+    with get_store(app).session() as session:
+        if session.get(EhrRegistration, registration_id) is None:
+            raise LookupError(f"registration {registration_id} not found")
+        sweep = CareTask(id=0, registration_id=registration_id, kind="sweep", payload={})
+        return JobContext(app=app, session=session, task=sweep, now=now).fhir()
+
+
+def appointments_of_patients(
+    client: FhirClient, params: list[tuple[str, str]], *, max_pages: int
+) -> Iterator[tuple[dict[str, Any], str]]:
+    """A sweep's Appointment search, page by page: each appointment with its patient
+    (``fhir_mappers.board.patient_of``); what names no patient, or is not an Appointment
+    with an id, is passed over."""
+    for appt in client.search_all("Appointment", params, max_pages=max_pages):
+        if appt.get("resourceType") != "Appointment" or not appt.get("id"):
+            continue
+        patient = patient_of(appt)
+        if patient is not None:
+            yield appt, patient
 
 
 @dataclass

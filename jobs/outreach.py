@@ -48,9 +48,7 @@ def sweep_registration(
     days = int(app.config["OUTREACH_COVERAGE_DAYS"])
     today = now.astimezone(ZoneInfo(str(app.config["VIEWER_TIMEZONE"]))).date()
     result = OutreachSweep(registration_id)
-    store = get_store(app)
-    with store.session() as session:
-        client = registration_client(app, session, registration_id, now=now)
+    client = registration_client(app, registration_id, now=now)
     ids: list[int] = []
     # Coverage has no standard search by period end: page through the active ones and
     # read each period with fhir_mappers' one reading of a policy.
@@ -67,7 +65,7 @@ def sweep_registration(
         if not today <= policy.period_end <= today + dt.timedelta(days=days):
             continue
         key = f"outreach:{registration_id}:Coverage/{coverage['id']}:{policy.period_end}"
-        with store.session() as session:
+        with get_store(app).session() as session:
             task = new_task(
                 session,
                 registration_id=registration_id,

@@ -18,16 +18,15 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from fhir_mappers.board import patient_of
 from fhir_mappers.contact import pick_language
 from fhir_mappers.fhirutil import parse_datetime
 from helpdesk import i18n
 from helpdesk.db import get_store
-from helpdesk.models import CareTask, EhrRegistration
+from helpdesk.models import CareTask
 from helpdesk.reminders import REMIND_STATUSES as remind_statuses
 from helpdesk.tasks import new_task
 from helpdesk.timeutil import utcnow
-from jobs.context import JobContext, registration_client
+from jobs.context import JobContext, appointments_of_patients, registration_client
 from jobs.errors import split_reference
 from jobs.outbound import NoReachableChannel
 from jobs.outbox import dispatch
@@ -74,12 +73,7 @@ def sweep_registration(
 ) -> ReminderSweep:
     now = now or utcnow()
     result = ReminderSweep(registration_id)
-    store = get_store(app)
-    with store.session() as session:
-        reg = session.get(EhrRegistration, registration_id)
-        if reg is None:
-            raise LookupError(f"registration {registration_id} not found")
-        client = registration_client(app, session, registration_id, now=now)
+    client = registration_client(app, registration_id, now=now)
     for hours_before, after, up_to in windows(offsets(app), now):
         params = [
             ("date", "gt" + after.isoformat()),
@@ -89,12 +83,7 @@ def sweep_registration(
             ("_elements", "id,status,start,participant"),
         ]
         batch: list[tuple[str, str]] = []
-        for appt in client.search_all("Appointment", params, max_pages=10_000):
-            if appt.get("resourceType") != "Appointment" or not appt.get("id"):
-                continue
-            patient = patient_of(appt)
-            if patient is None:
-                continue
+        for appt, patient in appointments_of_patients(client, params, max_pages=10_000):
             result.seen += 1
             batch.append((f"Appointment/{appt['id']}", patient))
             if len(batch) >= PAGE_SIZE:

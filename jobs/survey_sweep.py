@@ -13,12 +13,10 @@ from datetime import datetime, timedelta
 
 from flask import Flask, current_app
 
-from fhir_mappers.board import patient_of
 from helpdesk.db import get_store
-from helpdesk.models import EhrRegistration
 from helpdesk.surveys import request_survey
 from helpdesk.timeutil import utcnow
-from jobs.context import registration_client
+from jobs.context import appointments_of_patients, registration_client
 from jobs.outbox import dispatch
 from jobs.sweeps import each_registration
 
@@ -40,12 +38,7 @@ def sweep_registration(
 ) -> SurveySweep:
     now = now or utcnow()
     result = SurveySweep(registration_id)
-    store = get_store(app)
-    with store.session() as session:
-        reg = session.get(EhrRegistration, registration_id)
-        if reg is None:
-            raise LookupError(f"registration {registration_id} not found")
-        client = registration_client(app, session, registration_id, now=now)
+    client = registration_client(app, registration_id, now=now)
     params = [
         ("status", "fulfilled"),
         ("date", "ge" + (now - LOOK_BACK).isoformat()),
@@ -53,14 +46,9 @@ def sweep_registration(
         ("_count", str(PAGE_SIZE)),
     ]
     queued: list[int] = []
-    for appt in client.search_all("Appointment", params, max_pages=1_000):
-        if appt.get("resourceType") != "Appointment" or not appt.get("id"):
-            continue
-        patient = patient_of(appt)
-        if patient is None:
-            continue
+    for appt, patient in appointments_of_patients(client, params, max_pages=1_000):
         result.seen += 1
-        with store.session() as session:
+        with get_store(app).session() as session:
             task = request_survey(
                 session,
                 app,

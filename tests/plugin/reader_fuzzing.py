@@ -212,11 +212,13 @@ def fake_ehr(app: Flask) -> Iterator[dict[str, Any]]:
 
 
 def _launch(patient: str | None) -> Any:
-    from helpdesk.models import LaunchSession
+    from helpdesk.models import EhrRegistration, LaunchSession
 
     return LaunchSession(
         id="fuzz",
         registration_id=1,
+        # As a stored launch has it (the sidebar keys its identity cache on the iss).
+        registration=EhrRegistration(id=1, slug="fuzz", iss="https://fuzz.example/fhir"),
         status="active",
         patient_ref=patient,
         scope_granted="launch openid user/*.rs",
