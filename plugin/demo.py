@@ -54,6 +54,9 @@ def run_demo(*, host: str, port: int, with_sandbox: bool, profile: str) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _terminate)
+    # Ctrl-C stops the demo even when it was started with SIGINT ignored (in the
+    # background of a script, or under a parent that ignores it): inherited otherwise.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         if with_sandbox:
             sandbox_port = port + 1

@@ -256,6 +256,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM (what a supervisor or `kill` sends) ends the process like Ctrl-C: the
     # listening socket is closed on the way out, request threads are daemons.
     signal.signal(signal.SIGTERM, _interrupt)
+    # SIGINT too, explicitly: a process started in the background of a non-interactive
+    # shell (or by a parent that ignores SIGINT, as pytest-xdist's workers do) inherits
+    # SIGINT ignored, and Python then installs no KeyboardInterrupt handler of its own.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if args.exit_with_parent:
         _watch_parent(os.getppid())
     # One line on stdout that a parent process can wait for.
