@@ -13,7 +13,6 @@ from fhir_mappers import issues
 from fhir_mappers.fhirutil import (
     Ref,
     ResourceIndex,
-    as_resource,
     concept_text,
     get_dict,
     get_int,
@@ -289,17 +288,8 @@ def _visit(
     included: Mapping[str, Mapping[str, Any]],
 ) -> Visit:
     """`to_visit` once `now` and the viewer's zone are known good; `today` is the viewer's."""
-    rid = get_str(resource, "id")
-    warnings: list[DataWarning] = []
-
-    def warn(field: str, message: str, code: str, plain: str = "") -> None:
-        warning = DataWarning("Appointment", rid, field, message, code, plain)
-        if warning not in warnings:
-            warnings.append(warning)
-
-    if not isinstance(resource, Mapping):
-        warn("(resource)", "not a JSON object", issues.BAD_VALUE)
-        resource = as_resource(resource)
+    warn = issues.Warnings("Appointment", resource, once=True)
+    resource = warn.readable(resource)
 
     # A display-only actor has no type. Only when no actor is known to be a clinician is
     # such an actor taken as the clinician: locations and patients are rarely display-only.
@@ -399,7 +389,7 @@ def _visit(
         (t for c in get_list(resource, "serviceType") if (t := concept_text(c))), None
     ) or concept_text(next(iter(get_list(resource, "serviceCategory")), None))
     return Visit(
-        appointment_id=rid,
+        appointment_id=warn.resource_id,
         status=status,
         status_text=STATUS_TEXT.get(
             status or "", f"Status {status}" if status else "Status unknown"
@@ -425,5 +415,5 @@ def _visit(
         cancellation_reason=concept_text(get_dict(resource, "cancelationReason"))
         if status == "cancelled"
         else None,
-        warnings=tuple(warnings),
+        warnings=tuple(warn.found),
     )

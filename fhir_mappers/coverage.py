@@ -13,7 +13,6 @@ from typing import Any
 
 from fhir_mappers import issues
 from fhir_mappers.fhirutil import (
-    as_resource,
     codes,
     date_bounds,
     get_dict,
@@ -92,15 +91,8 @@ def to_policy(
     expiring_days: int = 30,
     included: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Policy:
-    rid = get_str(resource, "id")
-    warnings: list[DataWarning] = []
-
-    def warn(field: str, message: str, code: str, plain: str = "") -> None:
-        warnings.append(DataWarning("Coverage", rid, field, message, code, plain))
-
-    if not isinstance(resource, Mapping):
-        warn("(resource)", "not a JSON object", issues.BAD_VALUE)
-        resource = as_resource(resource)
+    warn = issues.Warnings("Coverage", resource)
+    resource = warn.readable(resource)
 
     status = get_str(resource, "status")
     period = get_dict(resource, "period")
@@ -178,7 +170,7 @@ def to_policy(
             "The coverage record has no member id (subscriberId or an identifier of type MB).",
         )
     return Policy(
-        coverage_id=rid,
+        coverage_id=warn.resource_id,
         state=state,
         status=status,
         payor=payor_name,
@@ -191,7 +183,7 @@ def to_policy(
         period_start=start,
         period_end=end,
         days_left=days_left,
-        warnings=tuple(warnings),
+        warnings=tuple(warn.found),
     )
 
 

@@ -14,7 +14,11 @@ otherwise it is built here from the resource type, the field and the code.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+from fhir_mappers.fhirutil import as_resource, get_str
 
 # The codes, stable for UIs and tests:
 INVALID = "invalid"  # strict R4B validation failed for another reason
@@ -147,3 +151,29 @@ class DataWarning:
     def __str__(self) -> str:
         where = f"{self.resource_type}/{self.resource_id or '?'}"
         return f"{where} {self.field}: {self.message} [{self.code}]"
+
+
+class Warnings:
+    """The data warnings of one resource, collected as its mapper reads it.
+
+    ``warn = Warnings("Patient", resource)`` then ``warn(field, message, code)``;
+    ``warn.readable(resource)`` is the resource to read (an empty one, with a warning,
+    when it is not a JSON object); ``warn.found`` the warnings in the order found.
+    ``once`` drops a repeat of the same warning (a page of visits sharing one actor).
+    """
+
+    def __init__(self, resource_type: str, resource: object, *, once: bool = False) -> None:
+        self.resource_type = resource_type
+        self.resource_id = get_str(resource, "id")
+        self.once = once
+        self.found: list[DataWarning] = []
+
+    def __call__(self, field: str, message: str, code: str, plain: str = "") -> None:
+        warning = DataWarning(self.resource_type, self.resource_id, field, message, code, plain)
+        if not (self.once and warning in self.found):
+            self.found.append(warning)
+
+    def readable(self, resource: object) -> Mapping[str, Any]:
+        if not isinstance(resource, Mapping):
+            self("(resource)", "not a JSON object", BAD_VALUE)
+        return as_resource(resource)

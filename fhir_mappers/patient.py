@@ -28,7 +28,6 @@ from fhir_mappers.contact import (
     restrictions_of,
 )
 from fhir_mappers.fhirutil import (
-    as_resource,
     codes,
     date_bounds,
     get_dict,
@@ -169,15 +168,8 @@ def _address(resource: Mapping[str, Any], now: dt.datetime) -> PostalAddress | N
 def to_contact(resource: Mapping[str, Any], *, now: dt.datetime) -> Contact:
     """Map a Patient. Never raises on odd data; what is missing comes back as warnings."""
     require_aware(now)
-    rid = get_str(resource, "id")
-    warnings: list[DataWarning] = []
-
-    def warn(field: str, message: str, code: str, plain: str = "") -> None:
-        warnings.append(DataWarning("Patient", rid, field, message, code, plain))
-
-    if not isinstance(resource, Mapping):
-        warn("(resource)", "not a JSON object", issues.BAD_VALUE)
-        resource = as_resource(resource)
+    warn = issues.Warnings("Patient", resource)
+    resource = warn.readable(resource)
 
     display = human_name(resource.get("name"))
     if display is None:
@@ -232,7 +224,7 @@ def to_contact(resource: Mapping[str, Any], *, now: dt.datetime) -> Contact:
             "The patient record has no phone number or email.",
         )
     return Contact(
-        patient_id=rid,
+        patient_id=warn.resource_id,
         display_name=display,
         preferred_name=_preferred_name(resource, display),
         mrn=mrn,
@@ -250,7 +242,7 @@ def to_contact(resource: Mapping[str, Any], *, now: dt.datetime) -> Contact:
         phone_reachable=by_phone,
         restrictions=restrictions,
         address=_address(resource, now),
-        warnings=tuple(warnings),
+        warnings=tuple(warn.found),
     )
 
 
