@@ -221,35 +221,54 @@ def _by_provider_id(session: Session, provider: str, provider_id: str) -> Inboun
 # --- STOP and START ----------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Sender:
+    """Whom a STOP or START is about: an address (by its ``address_key``) on a channel of
+    one EHR, and the patient it is known to be, if any. Either may be unknown when
+    asking whether a STOP stands (``opt_out_for``)."""
+
+    registration_id: int
+    channel: str
+    address_key: str | None
+    patient_ref: str | None
+
+    @classmethod
+    def of(cls, message: InboundMessage) -> Sender:
+        """The sender of an inbound message, as matched so far."""
+        return cls(
+            message.registration_id, message.channel, message.sender_key, message.patient_ref
+        )
+
+
 def opt_out(
     session: Session,
+    sender: Sender,
     *,
-    registration_id: int,
-    channel: str,
-    address_key_: str,
-    patient_ref: str | None,
     keyword: str,
     message_id: int | None = None,
     now: datetime | None = None,
 ) -> ContactOptOut:
-    """Record a STOP (the caller commits). A second STOP while one stands adds nothing."""
+    """Record a STOP from ``sender``'s address (the caller commits). A second STOP while
+    one stands adds nothing."""
+    if not sender.address_key:
+        raise ValueError("a STOP is recorded against the address it came from")
     current = session.scalar(
         select(ContactOptOut).where(
-            ContactOptOut.registration_id == registration_id,
-            ContactOptOut.channel == channel,
-            ContactOptOut.address_key == address_key_,
+            ContactOptOut.registration_id == sender.registration_id,
+            ContactOptOut.channel == sender.channel,
+            ContactOptOut.address_key == sender.address_key,
             ContactOptOut.lifted_at.is_(None),
         )
     )
     if current is not None:
-        if patient_ref and not current.patient_ref:
-            current.patient_ref = patient_ref
+        if sender.patient_ref and not current.patient_ref:
+            current.patient_ref = sender.patient_ref
         return current
     row = ContactOptOut(
-        registration_id=registration_id,
-        channel=channel,
-        address_key=address_key_,
-        patient_ref=patient_ref,
+        registration_id=sender.registration_id,
+        channel=sender.channel,
+        address_key=sender.address_key,
+        patient_ref=sender.patient_ref,
         keyword=keyword,
         opted_out_at=now or utcnow(),
         message_id=message_id,
@@ -258,63 +277,47 @@ def opt_out(
     return row
 
 
-def opt_in(
-    session: Session,
-    *,
-    registration_id: int,
-    channel: str,
-    address_key_: str,
-    patient_ref: str | None,
-    keyword: str,
-    now: datetime | None = None,
-) -> int:
+def opt_in(session: Session, sender: Sender, *, keyword: str, now: datetime | None = None) -> int:
     """START: lift every standing STOP of this address on this channel, and the patient's
     on this channel (they texted from the number the STOP came from, or a new one of
     theirs). Returns how many were lifted; the caller commits."""
-    match = [ContactOptOut.address_key == address_key_]
-    if patient_ref:
-        match.append(ContactOptOut.patient_ref == patient_ref)
-    rows = session.scalars(
-        select(ContactOptOut).where(
-            ContactOptOut.registration_id == registration_id,
-            ContactOptOut.channel == channel,
-            ContactOptOut.lifted_at.is_(None),
-            or_(*match),
-        )
-    ).all()
+    where = _standing(sender)
+    if not where:
+        return 0
+    rows = session.scalars(select(ContactOptOut).where(*where)).all()
     for row in rows:
         row.lifted_at = now or utcnow()
         row.lifted_keyword = keyword
     return len(rows)
 
 
-def opt_out_for(
-    session: Session,
-    *,
-    registration_id: int,
-    channel: str,
-    address_key_: str | None,
-    patient_ref: str | None,
-) -> ContactOptOut | None:
-    """The standing STOP that forbids sending on ``channel`` to this address or patient."""
-    match = []
-    if address_key_:
-        match.append(ContactOptOut.address_key == address_key_)
-    if patient_ref:
-        match.append(ContactOptOut.patient_ref == patient_ref)
-    if not match:
+def opt_out_for(session: Session, sender: Sender) -> ContactOptOut | None:
+    """The standing STOP that forbids sending on the sender's channel to this address or
+    this patient."""
+    where = _standing(sender)
+    if not where:
         return None
     return session.scalar(
-        select(ContactOptOut)
-        .where(
-            ContactOptOut.registration_id == registration_id,
-            ContactOptOut.channel == channel,
-            ContactOptOut.lifted_at.is_(None),
-            or_(*match),
-        )
-        .order_by(ContactOptOut.id.desc())
-        .limit(1)
+        select(ContactOptOut).where(*where).order_by(ContactOptOut.id.desc()).limit(1)
     )
+
+
+def _standing(sender: Sender) -> list[Any]:
+    """Where-clauses of the STOPs still standing for ``sender``'s address or patient on
+    its channel; empty when neither is known."""
+    match = []
+    if sender.address_key:
+        match.append(ContactOptOut.address_key == sender.address_key)
+    if sender.patient_ref:
+        match.append(ContactOptOut.patient_ref == sender.patient_ref)
+    if not match:
+        return []
+    return [
+        ContactOptOut.registration_id == sender.registration_id,
+        ContactOptOut.channel == sender.channel,
+        ContactOptOut.lifted_at.is_(None),
+        or_(*match),
+    ]
 
 
 def opt_outs_of(session: Session, registration_id: int, patient_ref: str) -> list[ContactOptOut]:

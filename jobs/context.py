@@ -261,13 +261,13 @@ class JobContext:
             if address is None:
                 unreadable += 1
                 continue
-            standing = messaging.opt_out_for(
-                self.session,
-                registration_id=self.task.registration_id,
-                channel=option.channel,
-                address_key_=messaging.address_key(address, self.app),
-                patient_ref=self.task.patient_ref,
+            recipient = messaging.Sender(
+                self.task.registration_id,
+                option.channel,
+                messaging.address_key(address, self.app),
+                self.task.patient_ref,
             )
+            standing = messaging.opt_out_for(self.session, recipient)
             if standing is not None:
                 stopped.append(messaging.opt_out_reason(standing))
                 continue

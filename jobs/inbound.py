@@ -151,10 +151,7 @@ def _keyword(session: Session, ctx: JobContext, message: InboundMessage, words: 
     if message.intent == "stop":
         messaging.opt_out(
             session,
-            registration_id=message.registration_id,
-            channel=message.channel,
-            address_key_=message.sender_key,
-            patient_ref=message.patient_ref,
+            messaging.Sender.of(message),
             keyword=keyword,
             message_id=message.id,
             now=ctx.now,
@@ -166,13 +163,7 @@ def _keyword(session: Session, ctx: JobContext, message: InboundMessage, words: 
         # second confirmation from us would be one message too many.
     else:
         lifted = messaging.opt_in(
-            session,
-            registration_id=message.registration_id,
-            channel=message.channel,
-            address_key_=message.sender_key,
-            patient_ref=message.patient_ref,
-            keyword=keyword,
-            now=ctx.now,
+            session, messaging.Sender.of(message), keyword=keyword, now=ctx.now
         )
         message.outcome = f"{keyword}: {lifted} opt-out(s) lifted."
         message.result = "opted-in"

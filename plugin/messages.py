@@ -286,13 +286,10 @@ def pick_patient(launch_id: str, message_id: int) -> BaseResponse:
 def _stop_against_reply(db: Session, ticket: Ticket, last: InboundMessage) -> ContactOptOut | None:
     """The standing STOP that forbids a reply on the channel and to the address of the
     patient's latest message."""
-    return messaging.opt_out_for(
-        db,
-        registration_id=ticket.registration_id,
-        channel=last.channel,
-        address_key_=last.sender_key,
-        patient_ref=ticket.patient_ref,
+    recipient = messaging.Sender(
+        ticket.registration_id, last.channel, last.sender_key, ticket.patient_ref
     )
+    return messaging.opt_out_for(db, recipient)
 
 
 @bp.post("/l/<launch_id>/tickets/<rowid:ticket_id>/reply")

@@ -42,51 +42,24 @@ def test_messaging_rows_on_both_stores(make_app, store_url) -> None:
         assert first.sender_key == key
 
         messaging.opt_out(
-            session,
-            registration_id=reg.id,
-            channel="sms",
-            address_key_=key,
-            patient_ref="Patient/p1",
-            keyword="STOP",
+            session, messaging.Sender(reg.id, "sms", key, "Patient/p1"), keyword="STOP"
         )
         session.flush()
         by_patient = messaging.opt_out_for(
-            session,
-            registration_id=reg.id,
-            channel="sms",
-            address_key_=None,
-            patient_ref="Patient/p1",
+            session, messaging.Sender(reg.id, "sms", None, "Patient/p1")
         )
         other_channel = messaging.opt_out_for(
-            session,
-            registration_id=reg.id,
-            channel="email",
-            address_key_=key,
-            patient_ref="Patient/p1",
+            session, messaging.Sender(reg.id, "email", key, "Patient/p1")
         )
         assert by_patient is not None and other_channel is None
         assert (
             messaging.opt_in(
-                session,
-                registration_id=reg.id,
-                channel="sms",
-                address_key_="other",
-                patient_ref="Patient/p1",
-                keyword="START",
+                session, messaging.Sender(reg.id, "sms", "other", "Patient/p1"), keyword="START"
             )
             == 1
         )
         session.flush()
-        assert (
-            messaging.opt_out_for(
-                session,
-                registration_id=reg.id,
-                channel="sms",
-                address_key_=key,
-                patient_ref=None,
-            )
-            is None
-        )
+        assert messaging.opt_out_for(session, messaging.Sender(reg.id, "sms", key, None)) is None
 
         ticket = open_ticket(
             session,
