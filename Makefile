@@ -7,8 +7,9 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 PORT ?= 5000
 PYTEST_ARGS ?=
-# pytest-xdist processes (0 runs in one process, e.g. to debug with -x --pdb).
-PYTEST_WORKERS ?= 2
+# pytest-xdist processes: one more than the 2 cores, as the suite mostly waits on
+# sandboxes, workers and Chromium (0 runs in one process, e.g. to debug with -x --pdb).
+PYTEST_WORKERS ?= 3
 
 .PHONY: help demo test lint typecheck pytest services browser bench bench-quick clean migration
 
