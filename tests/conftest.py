@@ -22,10 +22,10 @@ PG_BASE = os.environ.get("CAREDESK_TEST_PG", "postgresql+psycopg://postgres@127.
 
 
 def _redis_for_this_worker(url: str) -> str:
-    """pytest-xdist runs `make test` in two processes: each gets its own pair of Redis
-    databases (the test's and, one below it, the survey tests'), counting down from the
-    configured one (13/12 for gw0, 10/9 for gw1, ...), so one flushdb never hits the
-    other's keys."""
+    """pytest-xdist runs `make test` in several processes: each gets its own pair of
+    Redis databases (the test's and, one below it, the survey tests'), counting down from
+    the configured one (13/12 for gw0, 10/9 for gw1, 7/6 for gw2, ...; the bench keeps 11),
+    so one flushdb never hits another's keys."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     if not worker.startswith("gw"):
         return url
