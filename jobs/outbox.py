@@ -91,6 +91,24 @@ def _enqueue(app: Flask, item: _Pending, now: datetime) -> None:
         queue.enqueue(RUN_TASK, item.task_id, **options)
 
 
+def finish_attempt(
+    session: Session, task: CareTask, outcome: str, error: str | None, now: datetime
+) -> None:
+    """Close the task's running attempt row with ``outcome`` (done, retry, failed,
+    abandoned, ...). Core, not ORM-enabled: no attempt object is in the session to keep in
+    step."""
+    attempts = _ATTEMPTS.c
+    session.execute(
+        update(_ATTEMPTS)
+        .where(
+            attempts.task_id == task.id,
+            attempts.attempt == task.attempts,
+            attempts.outcome == "running",
+        )
+        .values(outcome=outcome, error=error, finished_at=now)
+    )
+
+
 def dispatch(task_ids: Iterable[int], *, app: Flask | None = None) -> None:
     """Enqueue the tasks' jobs. Call only after the rows are committed.
 
@@ -125,6 +143,7 @@ def prepare(tasks: Iterable[CareTask], *, app: Flask) -> list[_Pending]:
 
 
 _task = cast(Table, CareTask.__table__)
+_ATTEMPTS = cast(Table, TaskAttempt.__table__)
 _SET_JOB_ID = (
     update(_task)
     .where(_task.c.id == bindparam("task_id"))
@@ -296,16 +315,7 @@ def abandon(session: Session, app: Flask, task: CareTask, now: datetime) -> str 
     ).rowcount  # type: ignore[attr-defined]
     if not changed:
         return None
-    session.execute(
-        update(TaskAttempt)
-        .where(
-            TaskAttempt.task_id == task.id,
-            TaskAttempt.attempt == task.attempts,
-            TaskAttempt.outcome == "running",
-        )
-        .values(outcome="abandoned", error=ABANDONED, finished_at=now)
-        .execution_options(synchronize_session=False)
-    )
+    finish_attempt(session, task, "abandoned", ABANDONED, now)
     session.refresh(task)
     if status == "failed":
         from jobs.tasks import final_failure

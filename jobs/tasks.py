@@ -27,7 +27,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, TypeVar, cast
 
 from flask import Flask, current_app, has_app_context
@@ -44,7 +44,7 @@ from helpdesk.timeutil import utcnow
 from jobs.context import JobContext
 from jobs.errors import TaskError, TemporaryTaskError
 from jobs.outbound import OutboundError, TemporaryOutboundError
-from jobs.outbox import dispatch
+from jobs.outbox import dispatch, finish_attempt
 from smart_launch.errors import (
     DiscoveryError,
     FatalFhirError,
@@ -201,7 +201,7 @@ def _run_claimed(app: Flask, session: Session, task: CareTask, job: Job | None) 
     if task.status in ("done", "cancelled"):
         task.finished_at = now
     task.updated_at = now
-    _finish_attempt(session, task, "done", None, now)
+    finish_attempt(session, task, "done", None, now)
     _commit_without_waiting_for_disk(session)
     return None
 
@@ -221,22 +221,6 @@ def _commit_without_waiting_for_disk(session: Session) -> None:
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SET LOCAL synchronous_commit TO OFF"))
     session.commit()
-
-
-def _finish_attempt(
-    session: Session, task: CareTask, outcome: str, error: str | None, now: datetime
-) -> None:
-    # Core, not ORM-enabled: no attempt object is in the session to keep in step.
-    attempts = _ATTEMPTS.c
-    session.execute(
-        update(_ATTEMPTS)
-        .where(
-            attempts.task_id == task.id,
-            attempts.attempt == task.attempts,
-            attempts.outcome == "running",
-        )
-        .values(outcome=outcome, error=error, finished_at=now)
-    )
 
 
 def _message(exc: BaseException) -> str:
@@ -271,7 +255,7 @@ def _record_failure(app: Flask, task_id: int, exc: Exception, job: Job | None) -
                 "Waiting for authorization: no backend-services credentials and no usable "
                 "refresh token. Launch CareDesk from the EHR, then retry."
             )
-            _finish_attempt(session, task, "needs-authorization", task.last_error, now)
+            finish_attempt(session, task, "needs-authorization", task.last_error, now)
             log.warning("task %s needs authorization", task_id)
             return None
         if not fatal and task.attempts < task.max_attempts:
@@ -281,7 +265,7 @@ def _record_failure(app: Flask, task_id: int, exc: Exception, job: Job | None) -
             wait = math.ceil(backoff(app, task.attempts, retry_after)) + 1
             task.status = "scheduled"
             task.due_at = now + timedelta(seconds=wait)
-            _finish_attempt(session, task, "retry", task.last_error, now)
+            finish_attempt(session, task, "retry", task.last_error, now)
             log.warning(
                 "task %s attempt %d failed (%s); retry in %ds",
                 task_id,
@@ -297,7 +281,7 @@ def _record_failure(app: Flask, task_id: int, exc: Exception, job: Job | None) -
                 # GAVE_UP marks a failure a later retry may cure (the sidebar offers
                 # Retry only for these; other failures get "change channel").
                 task.last_error = f"{GAVE_UP} {task.attempts} attempts: {task.last_error}"
-            _finish_attempt(session, task, "failed", task.last_error, now)
+            finish_attempt(session, task, "failed", task.last_error, now)
             final_failure(session, app, task)
             log.warning("task %s failed: %s", task_id, type(exc).__name__)
             reraise = True
