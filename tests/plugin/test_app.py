@@ -20,6 +20,14 @@ from tests.conftest import dispose
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _run(
+    env: dict[str, str], argv: list[str], timeout: int, cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
+    """A command as a user runs it (from the repository unless ``cwd``), with exactly
+    ``env``."""
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
 def test_production_without_secret_key_refuses_to_start(monkeypatch) -> None:
     monkeypatch.delenv("CAREDESK_SECRET_KEY", raising=False)
     with pytest.raises(ConfigError, match="CAREDESK_SECRET_KEY"):
@@ -29,14 +37,7 @@ def test_production_without_secret_key_refuses_to_start(monkeypatch) -> None:
 def test_wsgi_without_secret_key_exits_nonzero_naming_the_variable(tmp_path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAREDESK_")}
     env["CAREDESK_ENV"] = "production"
-    proc = subprocess.run(
-        [sys.executable, "-c", "import wsgi"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = _run(env, [sys.executable, "-c", "import wsgi"], timeout=60)
     assert proc.returncode != 0
     assert "CAREDESK_SECRET_KEY" in proc.stderr
 
@@ -44,14 +45,7 @@ def test_wsgi_without_secret_key_exits_nonzero_naming_the_variable(tmp_path) -> 
 def test_cli_db_upgrade_in_production_without_secret_names_the_variable(tmp_path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAREDESK_")}
     env["CAREDESK_ENV"] = "production"
-    proc = subprocess.run(
-        [sys.executable, "-m", "plugin.cli", "db", "upgrade"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = _run(env, [sys.executable, "-m", "plugin.cli", "db", "upgrade"], 60, cwd=tmp_path)
     assert proc.returncode != 0
     assert "CAREDESK_SECRET_KEY" in proc.stderr + proc.stdout
 
@@ -70,14 +64,7 @@ def test_cli_db_upgrade_on_a_database_not_created_yet_says_so_in_one_line(
         CAREDESK_DATABASE_URL=missing,
         CAREDESK_REDIS_URL=redis_url,
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "plugin.cli", "db", "upgrade"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = _run(env, [sys.executable, "-m", "plugin.cli", "db", "upgrade"], 60, cwd=tmp_path)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr, proc.stderr
     assert "cannot open the store at CAREDESK_DATABASE_URL" in proc.stderr
@@ -134,14 +121,7 @@ def test_wsgi_in_production_without_redis_exits_naming_the_variable(pg_url) -> N
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAREDESK_")}
     env.update(CAREDESK_ENV="production", CAREDESK_SECRET_KEY="s" * 48)
     env["CAREDESK_DATABASE_URL"] = pg_url
-    proc = subprocess.run(
-        [sys.executable, "-c", "import wsgi"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = _run(env, [sys.executable, "-c", "import wsgi"], timeout=60)
     assert proc.returncode != 0
     assert "CAREDESK_REDIS_URL" in proc.stderr
 
@@ -155,23 +135,9 @@ def test_one_shot_command_without_redis_starts_no_worker_and_prints_only_its_out
     env.update(
         CAREDESK_ENV="development", CAREDESK_SECRET_KEY="s" * 48, CAREDESK_DATABASE_URL=sqlite_url
     )
-    upgrade = subprocess.run(
-        [sys.executable, "-m", "plugin.cli", "db", "upgrade"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    upgrade = _run(env, [sys.executable, "-m", "plugin.cli", "db", "upgrade"], timeout=60)
     assert upgrade.returncode == 0, upgrade.stderr
-    proc = subprocess.run(
-        [sys.executable, "-m", "plugin.cli", "jobs", "status", "--json"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = _run(env, [sys.executable, "-m", "plugin.cli", "jobs", "status", "--json"], timeout=60)
     # The store's side is reported; RQ's side says why it is missing. Exactly JSON.
     assert proc.returncode == 0, proc.stderr
     status = json.loads(proc.stdout)
@@ -186,27 +152,17 @@ def test_ehr_check_json_without_redis_is_exactly_json(sqlite_url) -> None:
     env.update(
         CAREDESK_ENV="development", CAREDESK_SECRET_KEY="s" * 48, CAREDESK_DATABASE_URL=sqlite_url
     )
-    upgrade = subprocess.run(
-        [sys.executable, "-m", "plugin.cli", "db", "upgrade"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    upgrade = _run(env, [sys.executable, "-m", "plugin.cli", "db", "upgrade"], timeout=60)
     assert upgrade.returncode == 0, upgrade.stderr
     with running_sandbox() as sb:
-        proc = subprocess.run(
+        proc = _run(
+            env,
             [
                 "bash",
                 "-c",
                 f"{sys.executable} -m plugin.cli ehr check --json {sb.fhir_base}"
                 f" | {sys.executable} -m json.tool",
             ],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
             timeout=120,
         )
     assert proc.returncode == 0, proc.stderr
