@@ -1,27 +1,29 @@
 """Reminders a scheduler queues from the board: which visits get one now, which are
-skipped and why. A reminder is a message (``queue_reminders``) or a call a person makes
-(``queue_calls``: a phone follow-up on the call list, for patients a message cannot reach
-or who should hear it from a person).
+skipped and why. A reminder is a message (``queue(..., "message")``) or a call a person
+makes (``queue(..., "call")``: a phone follow-up on the call list, for patients a message
+cannot reach or who should hear it from a person).
 
 The board (or any other edge) hands in the visits it shows, read from the EHR; this
-decides, on the store's rows, what to queue and adds one ``reminder`` task per visit,
-the same kind of task the cron sweep makes (``jobs.reminders`` sends it). Nothing is
-queued twice: a visit that already has a reminder waiting to go out, one sent in the last
-day, or one asked for from the board today is skipped with that reason. The caller
-commits, then dispatches the returned task ids.
+decides, on the store's rows, what to queue and adds one task per visit: for a message a
+``reminder`` task, the same kind of task the cron sweep makes (``jobs.reminders`` sends
+it). Nothing is queued twice: a visit that already has a reminder waiting to go out, one
+sent in the last day, or one asked for from the board today is skipped with that reason.
+The caller commits, then dispatches the returned task ids.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from operator import attrgetter
+from typing import Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from helpdesk.models import CareTask
-from helpdesk.tasks import OPEN_CALL_STATUSES, new_task
+from helpdesk.tasks import DEFAULT_ATTEMPTS, OPEN_CALL_STATUSES, new_task
 from helpdesk.timeutil import as_utc
 
 # FHIR Appointment statuses a reminder is for: a visit that is still going to happen.
@@ -105,14 +107,75 @@ class Outcome:
         return [(REASONS[r], groups[r]) for r in REASONS if r in groups]
 
 
-def board_key(registration_id: int, appointment_ref: str, day: str) -> str:
+Way = Literal["message", "call"]
+
+
+@dataclass(frozen=True)
+class _Way:
+    """What a reminder message and a reminder call do differently; ``queue`` is the rest.
+
+    The checks run in one order for both: a reminder still on its way, one sent
+    recently (messages only), one asked for from the board today, no way to reach the
+    patient."""
+
+    kind: str  # of the task made, and of the earlier tasks that can make it unnecessary
+    key: str  # the first word of the board's dedupe key
+    counts: Callable[[CareTask], bool]  # which earlier tasks of that kind are about this
+    on_its_way: tuple[str, ...]  # an earlier task in one of these statuses blocks a new one
+    on_its_way_reason: str
+    quiet_after_sent: timedelta | None  # a reminder sent this recently makes another noise
+    reaches: Callable[[Visit], bool]
+    unreachable_reason: str
+    payload: Mapping[str, str]  # beside the appointment and where it was asked for
+    due_now: bool  # on the call list from now; a message goes when its job runs
+    max_attempts: int
+
+
+def _a_call(task: CareTask) -> bool:
+    """A phone follow-up (a follow-up without a channel is a call: it predates the others)."""
+    return bool((task.payload or {}).get("channel", "phone") == "phone")
+
+
+_WAYS: dict[Way, _Way] = {
+    "message": _Way(
+        kind="reminder",
+        key="reminder",
+        counts=lambda task: True,
+        on_its_way=ON_ITS_WAY,
+        on_its_way_reason=ALREADY_QUEUED,
+        quiet_after_sent=RECENT,
+        reaches=attrgetter("reachable"),
+        unreachable_reason=UNREACHABLE,
+        payload={},
+        due_now=False,
+        max_attempts=MAX_ATTEMPTS,
+    ),
+    "call": _Way(
+        kind="follow-up",
+        key="call",
+        counts=_a_call,
+        on_its_way=(*OPEN_CALL_STATUSES, "running"),
+        on_its_way_reason=CALL_OPEN,
+        quiet_after_sent=None,
+        reaches=attrgetter("callable"),
+        unreachable_reason=NO_PHONE,
+        payload={"channel": "phone", "reason": "Reminder call about the coming visit"},
+        due_now=True,
+        max_attempts=DEFAULT_ATTEMPTS,
+    ),
+}
+
+
+def board_key(way: Way, registration_id: int, appointment_ref: str, day: str) -> str:
     """The dedupe key of a reminder asked for from the board on ``day`` (the viewer's
-    date): beside the cron sweep's ``reminder:<reg>:<appointment>:<offset>h`` keys."""
-    return f"reminder:{registration_id}:{appointment_ref}:board:{day}"
+    date): beside the cron sweep's ``reminder:<reg>:<appointment>:<offset>h`` keys; a
+    call's starts with ``call:``."""
+    return f"{_WAYS[way].key}:{registration_id}:{appointment_ref}:board:{day}"
 
 
-def queue_reminders(
+def queue(
     session: Session,
+    way: Way,
     *,
     registration_id: int,
     visits: Sequence[Visit],
@@ -121,116 +184,45 @@ def queue_reminders(
     requested_by: str | None = None,
     launch_session_id: str | None = None,
 ) -> Outcome:
-    """Add a reminder task for each visit that should get one now; say why for the rest.
+    """Add a reminder for each visit that should get one now, and say why for the rest:
+    a ``message`` (a ``reminder`` task) or a ``call`` (a phone follow-up on the call
+    list, due now, assigned to nobody so every scheduler sees it).
 
     ``today`` is the viewer's date (``YYYY-MM-DD``): one board request per visit and day.
     Flushes (the tasks have ids) but does not commit.
     """
+    how = _WAYS[way]
     now = as_utc(now)
     outcome = Outcome()
-    earlier = _tasks_by_appointment(session, registration_id, visits, kind="reminder")
+    earlier = _tasks_by_appointment(session, registration_id, visits, how)
     for visit in _once_each(visits):
-        key = board_key(registration_id, visit.appointment_ref, today)
-        reason, blocking = _why_not(visit, earlier.get(visit.appointment_ref, ()), now=now, key=key)
+        key = board_key(way, registration_id, visit.appointment_ref, today)
+        reason, blocking = _why_not(how, visit, earlier.get(visit.appointment_ref, ()), now, key)
         if reason is not None:
             outcome.skipped.append(Skipped(visit, reason, blocking))
             continue
         task = new_task(
             session,
             registration_id=registration_id,
-            kind="reminder",
+            kind=how.kind,
             patient_ref=visit.patient_ref,
-            payload={"appointment_ref": visit.appointment_ref, "requested": "board"},
+            payload={**how.payload, "appointment_ref": visit.appointment_ref, "requested": "board"},
+            due_at=now if how.due_now else None,
             dedupe_key=key,
             launch_session_id=launch_session_id,
             created_by=requested_by,
-            max_attempts=MAX_ATTEMPTS,
+            max_attempts=how.max_attempts,
         )
         outcome.add(visit, task)
     session.flush()
     return outcome
 
 
-def call_key(registration_id: int, appointment_ref: str, day: str) -> str:
-    """The dedupe key of a reminder call asked for from the board on ``day``."""
-    return f"call:{registration_id}:{appointment_ref}:board:{day}"
-
-
-def queue_calls(
-    session: Session,
-    *,
-    registration_id: int,
-    visits: Sequence[Visit],
-    now: datetime,
-    today: str,
-    requested_by: str | None = None,
-    launch_session_id: str | None = None,
-) -> Outcome:
-    """Put a reminder call for each visit on the call list (a phone follow-up, due now,
-    assigned to nobody so every scheduler sees it); say why for the rest. A visit whose
-    call is still open (queued, scheduled or waiting for a person) or that was asked for
-    from the board today gets none. Flushes but does not commit."""
-    now = as_utc(now)
-    outcome = Outcome()
-    earlier = _calls_of(session, registration_id, visits)
-    for visit in _once_each(visits):
-        key = call_key(registration_id, visit.appointment_ref, today)
-        reason, blocking = _not_a_visit_to_remind(visit, now=now)
-        if reason is None:
-            reason, blocking = _why_no_call(visit, earlier.get(visit.appointment_ref, ()), key)
-        if reason is not None:
-            outcome.skipped.append(Skipped(visit, reason, blocking))
-            continue
-        task = new_task(
-            session,
-            registration_id=registration_id,
-            kind="follow-up",
-            patient_ref=visit.patient_ref,
-            payload={
-                "channel": "phone",
-                "reason": "Reminder call about the coming visit",
-                "appointment_ref": visit.appointment_ref,
-                "requested": "board",
-            },
-            due_at=now,
-            dedupe_key=key,
-            launch_session_id=launch_session_id,
-            created_by=requested_by,
-        )
-        outcome.add(visit, task)
-    session.flush()
-    return outcome
-
-
-def _why_no_call(
-    visit: Visit, earlier: Sequence[CareTask], key: str
+def _why_not(
+    how: _Way, visit: Visit, earlier: Sequence[CareTask], now: datetime, key: str
 ) -> tuple[str | None, int | None]:
-    for task in earlier:
-        if task.status in (*OPEN_CALL_STATUSES, "running"):
-            return CALL_OPEN, task.id
-    for task in earlier:
-        if task.dedupe_key == key:
-            return ASKED_TODAY, task.id
-    if not visit.callable:
-        return NO_PHONE, None
-    return None, None
-
-
-def _calls_of(
-    session: Session, registration_id: int, visits: Sequence[Visit]
-) -> dict[str, list[CareTask]]:
-    """Every phone follow-up of these visits' patients about an appointment, by
-    appointment."""
-    follow_ups = _tasks_by_appointment(session, registration_id, visits, kind="follow-up")
-    calls = {
-        ref: [task for task in tasks if (task.payload or {}).get("channel", "phone") == "phone"]
-        for ref, tasks in follow_ups.items()
-    }
-    return {ref: tasks for ref, tasks in calls.items() if tasks}
-
-
-def _not_a_visit_to_remind(visit: Visit, *, now: datetime) -> tuple[str | None, int | None]:
-    """What rules a visit out of any reminder, a message or a call."""
+    """Why ``visit`` gets no reminder this way (a key of REASONS, and the earlier task
+    that makes it unnecessary), or (None, None)."""
     if not visit.patient_ref:
         return NO_PATIENT, None
     if visit.status not in REMIND_STATUSES:
@@ -239,28 +231,24 @@ def _not_a_visit_to_remind(visit: Visit, *, now: datetime) -> tuple[str | None, 
         return STARTED, None
     if visit.deceased:
         return DECEASED, None
-    return None, None
-
-
-def _why_not(
-    visit: Visit, earlier: Sequence[CareTask], *, now: datetime, key: str
-) -> tuple[str | None, int | None]:
-    ruled_out = _not_a_visit_to_remind(visit, now=now)
-    if ruled_out[0] is not None:
-        return ruled_out
     for task in earlier:
-        if task.status in ON_ITS_WAY:
-            return ALREADY_QUEUED, task.id
-    for task in earlier:
-        sent = (task.fhir_refs or {}).get("reminder_sent") is True
-        if sent and task.finished_at is not None and as_utc(task.finished_at) > now - RECENT:
-            return RECENTLY_SENT, task.id
+        if task.status in how.on_its_way:
+            return how.on_its_way_reason, task.id
+    if how.quiet_after_sent is not None:
+        for task in earlier:
+            if _sent_after(task, now - how.quiet_after_sent):
+                return RECENTLY_SENT, task.id
     for task in earlier:
         if task.dedupe_key == key:
             return ASKED_TODAY, task.id
-    if not visit.reachable:
-        return UNREACHABLE, None
+    if not how.reaches(visit):
+        return how.unreachable_reason, None
     return None, None
+
+
+def _sent_after(task: CareTask, since: datetime) -> bool:
+    sent = (task.fhir_refs or {}).get("reminder_sent") is True
+    return sent and task.finished_at is not None and as_utc(task.finished_at) > since
 
 
 def _once_each(visits: Sequence[Visit]) -> Iterator[Visit]:
@@ -273,10 +261,10 @@ def _once_each(visits: Sequence[Visit]) -> Iterator[Visit]:
 
 
 def _tasks_by_appointment(
-    session: Session, registration_id: int, visits: Sequence[Visit], *, kind: str
+    session: Session, registration_id: int, visits: Sequence[Visit], how: _Way
 ) -> dict[str, list[CareTask]]:
-    """Every task of ``kind`` of these visits' patients, by the appointment it is about
-    (newest first): one query for the whole request."""
+    """Every task of these visits' patients that ``how`` counts, by the appointment it
+    is about (newest first): one query for the whole request."""
     patient_refs = sorted({v.patient_ref for v in visits if v.patient_ref})
     if not patient_refs:
         return {}
@@ -285,13 +273,13 @@ def _tasks_by_appointment(
         select(CareTask)
         .where(
             CareTask.registration_id == registration_id,
-            CareTask.kind == kind,
+            CareTask.kind == how.kind,
             CareTask.patient_ref.in_(patient_refs),
         )
         .order_by(CareTask.id.desc())
     )
     for task in rows:
         ref = str((task.payload or {}).get("appointment_ref") or "")
-        if ref:
+        if ref and how.counts(task):
             found.setdefault(ref, []).append(task)
     return found

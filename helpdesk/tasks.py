@@ -49,6 +49,8 @@ CALL_OUTCOMES = {
     "wrong-number": "Wrong number",
 }
 OPEN_CALL_STATUSES = ("queued", "scheduled", "waiting")
+# How often a task's job runs at the most, unless its maker says otherwise.
+DEFAULT_ATTEMPTS = 5
 # jobs.tasks writes this in front of the last error when it stops retrying a failure that
 # was temporary (EHR busy, provider down): a retry may cure it. Any other failed task
 # failed for a lasting reason (refused message, no reachable channel): retrying the same
@@ -85,7 +87,7 @@ class TaskFields(TypedDict):
     dedupe_key: NotRequired[str | None]
     launch_session_id: NotRequired[str | None]
     created_by: NotRequired[str | None]
-    max_attempts: NotRequired[int]  # 5
+    max_attempts: NotRequired[int]  # DEFAULT_ATTEMPTS
     assignee: NotRequired[str | None]
     queue: NotRequired[str | None]  # None: the configured TASK_QUEUE
 
@@ -150,7 +152,7 @@ def _task_values(fields: TaskFields) -> dict[str, Any]:
         "dedupe_key": fields.get("dedupe_key"),
         "launch_session_id": fields.get("launch_session_id"),
         "created_by": fields.get("created_by"),
-        "max_attempts": fields.get("max_attempts", 5),
+        "max_attempts": fields.get("max_attempts", DEFAULT_ATTEMPTS),
         "assignee": fields.get("assignee"),
         "queue": fields.get("queue") or _configured_queue(),
     }

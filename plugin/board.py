@@ -486,9 +486,9 @@ def queue_reminders(launch_id: str) -> tuple[str, int]:
         chosen = [r for r in rows if r.get("appointment_id") in selected]
     now = utcnow()
     db = get_db()
-    queue = reminder_svc.queue_calls if calls else reminder_svc.queue_reminders
-    outcome = queue(
+    outcome = reminder_svc.queue(
         db,
+        "call" if calls else "message",
         registration_id=launch.registration_id,
         visits=_visits(chosen),
         now=now,

@@ -52,8 +52,9 @@ def store(make_app) -> Iterator[tuple[Any, int]]:  # type: ignore[no-untyped-def
 
 def _run(app: Any, reg: int, visits: list[reminders.Visit]) -> reminders.Outcome:
     with get_store(app).session() as session:
-        outcome = reminders.queue_reminders(
+        outcome = reminders.queue(
             session,
+            "message",
             registration_id=reg,
             visits=visits,
             now=NOW,
@@ -181,8 +182,9 @@ def test_reminder_calls_go_on_the_call_list_once_per_visit(store: tuple[Any, int
 
     def run() -> reminders.Outcome:
         with get_store(app).session() as session:
-            outcome = reminders.queue_calls(
+            outcome = reminders.queue(
                 session,
+                "call",
                 registration_id=reg,
                 visits=[
                     visit(1, callable=True, reachable=False),  # a call reaches who a text cannot
