@@ -28,19 +28,17 @@ from typing import Any
 
 from sqlalchemy import ColumnElement
 
-from helpdesk.errors import AppError
+from helpdesk.errors import AppError, Forbidden
 from helpdesk.models import LaunchSession
 from smart_launch.scopes import parse_resource_scope
 
 
-class NoPatient(AppError):
-    status = 422
-    code = "no_patient"
+class NoPatient(AppError, status=422, code="no_patient"):
+    """The action needs a patient and the launch has none, nor does the request name one."""
 
 
-class OtherPatient(AppError):
-    status = 403
-    code = "other_patient"
+class OtherPatient(Forbidden, code="other_patient"):
+    """The request names a patient the launch may not see."""
 
 
 _BOUND = (

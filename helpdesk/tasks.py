@@ -58,17 +58,15 @@ DEFAULT_ATTEMPTS = 5
 GAVE_UP = "gave up after"
 
 
-class ChannelRefused(AppError):
+class ChannelRefused(AppError, status=422, code="channel_refused"):
     """The patient cannot receive this channel; ``field`` names the form field."""
 
-    status = 422
-    code = "channel_refused"
     field = "channel"
 
 
-class CallRefused(AppError):
-    status = 422
-    code = "call_refused"
+class CallRefused(AppError, status=422, code="call_refused"):
+    """A follow-up's call cannot be logged or ended that way; ``field`` names the form
+    field at fault."""
 
     def __init__(self, message: str, *, field: str = "outcome") -> None:
         super().__init__(message)

@@ -104,9 +104,8 @@ def is_overdue(ticket: Ticket, now: datetime) -> bool:
     return ticket.status in ACTIVE_STATUSES and ticket.due_at is not None and ticket.due_at < now
 
 
-class TransitionError(AppError):
-    status = 409
-    code = "invalid_transition"
+class TransitionError(AppError, status=409, code="invalid_transition"):
+    """The ticket's status cannot change that way (``TRANSITIONS``), or it is closed."""
 
 
 # --- tickets -------------------------------------------------------------------------------

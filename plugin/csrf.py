@@ -25,9 +25,8 @@ FORM_FIELD = "csrf_token"
 SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
 
 
-class CsrfFailed(AppError):
-    status = 403
-    code = "csrf_failed"
+class CsrfFailed(AppError, status=403, code="csrf_failed"):
+    """The form or header token is missing or not this launch's."""
 
 
 def _signer() -> Signer:
