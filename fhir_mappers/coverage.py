@@ -19,6 +19,7 @@ from fhir_mappers.fhirutil import (
     get_int,
     get_list,
     get_str,
+    identifier_of_type,
     patient_key,
     reference_of,
     require_aware,
@@ -26,7 +27,6 @@ from fhir_mappers.fhirutil import (
 from fhir_mappers.issues import DataWarning
 from fhir_mappers.names import name_of, resolve
 
-_V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 _CLASS_SYSTEM = "http://terminology.hl7.org/CodeSystem/coverage-class"
 
 # Per policy and overall. `none`: looked, nothing on file. `unknown`: can't tell (draft,
@@ -73,15 +73,7 @@ def _class_values(resource: Mapping[str, Any]) -> dict[str, tuple[str | None, st
 
 
 def _member_id(resource: Mapping[str, Any]) -> str | None:
-    subscriber = get_str(resource, "subscriberId")
-    if subscriber:
-        return subscriber
-    for ident in get_list(resource, "identifier"):
-        if any(c == "MB" and s in (None, _V2_0203) for s, c in codes(get_dict(ident, "type"))):
-            value = get_str(ident, "value")
-            if value:
-                return value
-    return None
+    return get_str(resource, "subscriberId") or identifier_of_type(resource, "MB")
 
 
 def to_policy(

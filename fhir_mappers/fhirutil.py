@@ -384,6 +384,24 @@ def codes(concept: object) -> list[tuple[str | None, str]]:
     return out
 
 
+V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+
+
+def identifier_of_type(resource: object, type_code: str) -> str | None:
+    """The value of the first identifier whose type is `type_code` of HL7 v2 table 0203
+    (`MR` a medical record number, `MB` a member number); a coding without a system is
+    taken as that table (EHRs leave it out)."""
+    for ident in get_list(resource, "identifier"):
+        if any(
+            code == type_code and system in (None, V2_0203)
+            for system, code in codes(get_dict(ident, "type"))
+        ):
+            value = get_str(ident, "value")
+            if value:
+                return value
+    return None
+
+
 def concept_text(concept: object) -> str | None:
     """The words for a CodeableConcept: its text, else the first coding display, else code."""
     if type(concept) is not dict and (concept is None or not isinstance(concept, Mapping)):

@@ -28,19 +28,16 @@ from fhir_mappers.contact import (
     restrictions_of,
 )
 from fhir_mappers.fhirutil import (
-    codes,
     date_bounds,
-    get_dict,
     get_int,
     get_list,
     get_str,
     get_str_list,
     human_name,
+    identifier_of_type,
     require_aware,
 )
 from fhir_mappers.issues import DataWarning
-
-_V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 
 
 @dataclass(frozen=True)
@@ -122,16 +119,6 @@ def _telecoms(
     return tuple(phones), tuple(emails), channel, by_phone
 
 
-def _mrn(resource: Mapping[str, Any]) -> str | None:
-    for ident in get_list(resource, "identifier"):
-        type_codes = codes(get_dict(ident, "type"))
-        if any(code == "MR" and system in (None, _V2_0203) for system, code in type_codes):
-            value = get_str(ident, "value")
-            if value:
-                return value
-    return None
-
-
 def _preferred_name(resource: Mapping[str, Any], display: str | None) -> str | None:
     for name in get_list(resource, "name"):
         if get_str(name, "use") not in ("usual", "nickname"):
@@ -174,7 +161,7 @@ def to_contact(resource: Mapping[str, Any], *, now: dt.datetime) -> Contact:
     display = human_name(resource.get("name"))
     if display is None:
         warn("name", "no usable name", issues.MISSING, "The patient record has no usable name.")
-    mrn = _mrn(resource)
+    mrn = identifier_of_type(resource, "MR")
     if mrn is None:
         warn(
             "identifier",

@@ -11,6 +11,7 @@ from fhir_mappers.fhirutil import (
     Ref,
     date_bounds,
     human_name,
+    identifier_of_type,
     is_partial_date,
     lacks_timezone,
     parse_date,
@@ -221,3 +222,29 @@ def test_require_aware_refuses_naive_now() -> None:
 )
 def test_human_name_picks_the_best_name(names: object, expected: str | None) -> None:
     assert human_name(names) == expected
+
+
+_V2 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+
+
+def _ident(value: object, code: str, system: str | None = _V2) -> dict[str, object]:
+    coding = {"code": code} if system is None else {"system": system, "code": code}
+    return {"type": {"coding": [coding]}, "value": value}
+
+
+@pytest.mark.parametrize(
+    ("resource", "expected"),
+    [
+        ({"identifier": [_ident("A1", "MB"), _ident("M7", "MR")]}, "M7"),
+        ({"identifier": [_ident("M8", "MR", system=None)]}, "M8"),  # no system: table 0203
+        ({"identifier": [_ident("X1", "MR", system="urn:local"), _ident("M9", "MR")]}, "M9"),
+        ({"identifier": [_ident("", "MR"), _ident(None, "MR"), _ident("M2", "MR")]}, "M2"),
+        ({"identifier": [{"type": {"coding": [{"code": "MR"}]}}]}, None),
+        ({"identifier": "MR"}, None),
+        ("not a resource", None),
+    ],
+)
+def test_identifier_of_type_reads_the_first_usable_v2_0203_identifier(
+    resource: object, expected: str | None
+) -> None:
+    assert identifier_of_type(resource, "MR") == expected
