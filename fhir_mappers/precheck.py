@@ -92,27 +92,23 @@ def _decimal(value: object) -> bool:
     return type(value) is float and math.isfinite(value)
 
 
-def _full_date(year: str, month: str, day: str) -> bool:
+def _real_date(text: str) -> bool:
+    """A date, year-month or year whose day exists (the pattern lets 2026-02-31 through)."""
+    match = _DATE.fullmatch(text)
+    if match is None:
+        return False
+    if match[3] is None:
+        return True
     try:
-        dt.date(int(year), int(month), int(day))
+        dt.date(int(match[1]), int(match[2]), int(match[3]))
     except ValueError:
         return False
     return True
 
 
-def _date(value: object) -> bool:
-    if type(value) is not str or not fhir_types.Date.pattern.fullmatch(value):
-        return False
-    match = _DATE.fullmatch(value)
-    if match is None:
-        return False
-    if match[3] is not None:
-        return _full_date(match[1], match[2], match[3])
-    return True
-
-
-def _instant_text(value: str) -> bool:
-    match = _DATETIME.fullmatch(value)
+def _real_instant(text: str) -> bool:
+    """A date and time that exists (the pattern lets 2026-02-31T25:00 through)."""
+    match = _DATETIME.fullmatch(text)
     if match is None or int(match[6]) > 59:  # a leap second is read differently: unsure
         return False
     try:
@@ -122,20 +118,24 @@ def _instant_text(value: str) -> bool:
     return True
 
 
-def _datetime(value: object) -> bool:
-    if type(value) is not str or not fhir_types.DateTime.pattern.fullmatch(value):
-        return False
-    if "T" in value:
-        return _instant_text(value)
-    return _date(value)
+def _real_datetime(text: str) -> bool:
+    return _real_instant(text) if "T" in text else _real_date(text)
 
 
-def _instant(value: object) -> bool:
-    return (
-        type(value) is str
-        and fhir_types.Instant.pattern.fullmatch(value) is not None
-        and _instant_text(value)
-    )
+def _formatted(primitive: Any, real: Callable[[str], bool]) -> _Checker:
+    """A string the primitive's own pattern accepts that `real` reads as a moment that
+    exists: fhir.resources parses the value after matching it, and fails on a 31 February."""
+    pattern = primitive.pattern
+
+    def check(value: object) -> bool:
+        return type(value) is str and pattern.fullmatch(value) is not None and real(value)
+
+    return check
+
+
+_date = _formatted(fhir_types.Date, _real_date)
+_datetime = _formatted(fhir_types.DateTime, _real_datetime)
+_instant = _formatted(fhir_types.Instant, _real_instant)
 
 
 # fhir_core's primitive markers -> an exact-or-stricter check. Markers not listed here
