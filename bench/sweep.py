@@ -46,7 +46,7 @@ def child(db_url: str, reg_id: int, day: dt.date) -> dict[str, float | int]:
     return {
         "seconds": seconds,
         "seen": result.seen,
-        "created": result.created,
+        "created": result.queued,
         "pages": result.pages,
         "rss_before_mb": before,
         # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over exec from the

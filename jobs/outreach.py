@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 from flask import Flask, current_app
@@ -20,12 +19,11 @@ from fhir_mappers.coverage import beneficiary_of, to_policy
 from helpdesk.db import get_store
 from helpdesk.models import CareTask
 from helpdesk.tasks import new_task
-from helpdesk.timeutil import utcnow
-from jobs.context import JobContext, registration_client
+from jobs.context import JobContext
 from jobs.errors import split_reference
 from jobs.outbound import NoReachableChannel
 from jobs.outbox import dispatch
-from jobs.sweeps import each_registration
+from jobs.sweeps import SweepRun, Swept, each_registration, per_registration
 from jobs.tasks import handler
 
 log = logging.getLogger("caredesk.jobs.outreach")
@@ -34,25 +32,16 @@ KIND = "insurance-outreach"
 TEMPLATE = "insurance-outreach"
 
 
-@dataclass
-class OutreachSweep:
-    registration_id: int
-    seen: int = 0
-    queued: int = 0
-
-
-def sweep_registration(
-    app: Flask, registration_id: int, *, now: dt.datetime | None = None
-) -> OutreachSweep:
-    now = now or utcnow()
+@per_registration
+def sweep_registration(run: SweepRun) -> Swept:
+    app, registration_id = run.app, run.registration_id
     days = int(app.config["OUTREACH_COVERAGE_DAYS"])
-    today = now.astimezone(ZoneInfo(str(app.config["VIEWER_TIMEZONE"]))).date()
-    result = OutreachSweep(registration_id)
-    client = registration_client(app, registration_id, now=now)
+    today = run.now.astimezone(ZoneInfo(str(app.config["VIEWER_TIMEZONE"]))).date()
+    result = Swept(registration_id)
     ids: list[int] = []
     # Coverage has no standard search by period end: page through the active ones and
     # read each period with fhir_mappers' one reading of a policy.
-    for coverage in client.search_all(
+    for coverage in run.client.search_all(
         "Coverage", [("status", "active"), ("_count", "200")], max_pages=1000
     ):
         if coverage.get("resourceType") != "Coverage" or not coverage.get("id"):
@@ -92,7 +81,7 @@ def sweep_registration(
     return result
 
 
-def sweep_all(app: Flask, *, now: dt.datetime | None = None) -> list[OutreachSweep]:
+def sweep_all(app: Flask, *, now: dt.datetime | None = None) -> list[Swept]:
     return each_registration(app, sweep_registration, what="insurance outreach", now=now)
 
 

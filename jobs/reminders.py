@@ -25,12 +25,11 @@ from helpdesk.db import get_store
 from helpdesk.models import CareTask
 from helpdesk.reminders import REMIND_STATUSES as remind_statuses
 from helpdesk.tasks import new_task
-from helpdesk.timeutil import utcnow
-from jobs.context import JobContext, appointments_of_patients, registration_client
+from jobs.context import JobContext, appointments_of_patients
 from jobs.errors import split_reference
 from jobs.outbound import NoReachableChannel
 from jobs.outbox import dispatch
-from jobs.sweeps import each_registration
+from jobs.sweeps import SweepRun, Swept, each_registration, per_registration
 from jobs.tasks import handler
 
 log = logging.getLogger("caredesk.jobs")
@@ -60,21 +59,16 @@ def windows(hours: list[int], now: datetime) -> list[tuple[int, datetime, dateti
 
 
 @dataclass
-class ReminderSweep:
-    registration_id: int
-    seen: int = 0
-    created: int = 0
+class ReminderSweep(Swept):
     pages: int = 0
     per_offset: dict[int, int] = field(default_factory=dict)
 
 
-def sweep_registration(
-    app: Flask, registration_id: int, *, now: datetime | None = None
-) -> ReminderSweep:
-    now = now or utcnow()
+@per_registration
+def sweep_registration(run: SweepRun) -> ReminderSweep:
+    app, registration_id = run.app, run.registration_id
     result = ReminderSweep(registration_id)
-    client = registration_client(app, registration_id, now=now)
-    for hours_before, after, up_to in windows(offsets(app), now):
+    for hours_before, after, up_to in windows(offsets(app), run.now):
         params = [
             ("date", "gt" + after.isoformat()),
             ("date", "le" + up_to.isoformat()),
@@ -83,22 +77,22 @@ def sweep_registration(
             ("_elements", "id,status,start,participant"),
         ]
         batch: list[tuple[str, str]] = []
-        for appt, patient in appointments_of_patients(client, params, max_pages=10_000):
+        for appt, patient in appointments_of_patients(run.client, params, max_pages=10_000):
             result.seen += 1
             batch.append((f"Appointment/{appt['id']}", patient))
             if len(batch) >= PAGE_SIZE:
-                result.created += _queue(app, registration_id, hours_before, batch)
+                result.queued += _queue(app, registration_id, hours_before, batch)
                 result.pages += 1
                 batch = []
         if batch:
-            result.created += _queue(app, registration_id, hours_before, batch)
+            result.queued += _queue(app, registration_id, hours_before, batch)
             result.pages += 1
-        result.per_offset[hours_before] = result.created - sum(result.per_offset.values())
+        result.per_offset[hours_before] = result.queued - sum(result.per_offset.values())
     log.info(
         "reminder sweep of registration %s: %d appointments, %d reminders queued",
         registration_id,
         result.seen,
-        result.created,
+        result.queued,
     )
     return result
 
@@ -169,7 +163,7 @@ def sweep_all(app: Flask, *, now: datetime | None = None) -> list[ReminderSweep]
 def sweep_reminders_job() -> int:
     """The cron entry point."""
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
-    return sum(s.created for s in sweep_all(app))
+    return sum(s.queued for s in sweep_all(app))
 
 
 def when_text(at: datetime, language: str) -> tuple[str, str]:

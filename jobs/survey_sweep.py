@@ -8,17 +8,15 @@ staff member's "send survey" click) a no-op, so overlapping windows are harmless
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from flask import Flask, current_app
 
 from helpdesk.db import get_store
 from helpdesk.surveys import request_survey
-from helpdesk.timeutil import utcnow
-from jobs.context import appointments_of_patients, registration_client
+from jobs.context import appointments_of_patients
 from jobs.outbox import dispatch
-from jobs.sweeps import each_registration
+from jobs.sweeps import SweepRun, Swept, each_registration, per_registration
 
 log = logging.getLogger("caredesk.jobs.survey_sweep")
 
@@ -26,19 +24,10 @@ LOOK_BACK = timedelta(days=2)
 PAGE_SIZE = 100
 
 
-@dataclass
-class SurveySweep:
-    registration_id: int
-    seen: int = 0
-    queued: int = 0
-
-
-def sweep_registration(
-    app: Flask, registration_id: int, *, now: datetime | None = None
-) -> SurveySweep:
-    now = now or utcnow()
-    result = SurveySweep(registration_id)
-    client = registration_client(app, registration_id, now=now)
+@per_registration
+def sweep_registration(run: SweepRun) -> Swept:
+    app, registration_id, now = run.app, run.registration_id, run.now
+    result = Swept(registration_id)
     params = [
         ("status", "fulfilled"),
         ("date", "ge" + (now - LOOK_BACK).isoformat()),
@@ -46,7 +35,7 @@ def sweep_registration(
         ("_count", str(PAGE_SIZE)),
     ]
     queued: list[int] = []
-    for appt, patient in appointments_of_patients(client, params, max_pages=1_000):
+    for appt, patient in appointments_of_patients(run.client, params, max_pages=1_000):
         result.seen += 1
         with get_store(app).session() as session:
             task = request_survey(
@@ -86,7 +75,7 @@ def _end_of(appt: dict) -> datetime | None:  # type: ignore[type-arg]
     return parsed if parsed and parsed.tzinfo else None
 
 
-def sweep_all(app: Flask, *, now: datetime | None = None) -> list[SurveySweep]:
+def sweep_all(app: Flask, *, now: datetime | None = None) -> list[Swept]:
     return each_registration(app, sweep_registration, what="survey sweep", now=now)
 
 

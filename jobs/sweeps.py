@@ -1,27 +1,79 @@
-"""Running a sweep over every registered EHR (reminders, surveys)."""
+"""Running a sweep over every registered EHR (reminders, surveys, insurance outreach).
+
+A sweep is written once per kind as a function of one :class:`SweepRun` (the EHR, the
+sweep's clock, a FHIR client) and made callable per registration by
+:func:`per_registration`; :func:`each_registration` runs it over every EHR.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from flask import Flask
 from sqlalchemy import select
 
 from helpdesk.db import get_store
 from helpdesk.models import EhrRegistration
+from helpdesk.timeutil import utcnow
+from jobs.context import registration_client
 from smart_launch.errors import NoBackendClient, SmartError
+from smart_launch.fhir import FhirClient
 
 log = logging.getLogger("caredesk.jobs.sweeps")
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+
+@dataclass
+class Swept:
+    """What one sweep of one EHR looked at and queued (its log line; the cron job's count)."""
+
+    registration_id: int
+    seen: int = 0
+    queued: int = 0
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One sweep of one EHR: its registration, the sweep's `now` (every window and dedupe
+    key is read from it), and a FHIR client that authenticates as the sweep's jobs do."""
+
+    app: Flask
+    registration_id: int
+    now: datetime
+    client: FhirClient
+
+
+class RegistrationSweep(Protocol[T_co]):
+    """``sweep(app, registration_id, now=None)``: what :func:`each_registration`, the CLI
+    and the tests call."""
+
+    def __call__(
+        self, app: Flask, registration_id: int, *, now: datetime | None = None
+    ) -> T_co: ...
+
+
+def per_registration(body: Callable[[SweepRun], T]) -> RegistrationSweep[T]:
+    """``body`` as a sweep of one registration: `now` defaults to the clock, and the client
+    is made before the body runs (LookupError for a registration that is gone)."""
+
+    def sweep(app: Flask, registration_id: int, *, now: datetime | None = None) -> T:
+        now = now or utcnow()
+        client = registration_client(app, registration_id, now=now)
+        return body(SweepRun(app, registration_id, now, client))
+
+    sweep.__doc__ = body.__doc__
+    return sweep
 
 
 def each_registration(
     app: Flask,
-    sweep: Callable[..., T],
+    sweep: RegistrationSweep[T],
     *,
     what: str,
     now: datetime | None = None,

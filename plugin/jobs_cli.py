@@ -81,7 +81,7 @@ def remind() -> None:
     for result in sweep_all(flask_app()):
         click.echo(
             f"registration {result.registration_id}: {result.seen} appointments, "
-            f"{result.created} reminders queued"
+            f"{result.queued} reminders queued"
         )
 
 

@@ -37,7 +37,7 @@ def main() -> None:
         json.dumps(
             {
                 "seen": result.seen,
-                "created": result.created,
+                "created": result.queued,
                 "before_mb": before,
                 "peak_mb": _vm_hwm_mb(),
             }

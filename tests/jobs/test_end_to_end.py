@@ -96,7 +96,7 @@ def test_reminder_sweep_queues_and_sends_one_reminder_per_appointment(job_app, s
     now = dt.datetime.combine(day, dt.time(6, 0), tzinfo=ZoneInfo("America/Chicago"))
     with job_app.app_context():
         first = sweep_registration(job_app, reg_id, now=now)
-    assert first.created == 3 and first.per_offset[24] == 3
+    assert first.queued == 3 and first.per_offset[24] == 3
     run_burst(job_app)
     with get_store(job_app).session() as session:
         tasks = session.scalars(select(CareTask).where(CareTask.kind == "reminder")).all()
@@ -109,7 +109,7 @@ def test_reminder_sweep_queues_and_sends_one_reminder_per_appointment(job_app, s
         assert len(messages) == len(sent)
     with job_app.app_context():
         again = sweep_registration(job_app, reg_id, now=now)
-    assert again.seen == 3 and again.created == 0
+    assert again.seen == 3 and again.queued == 0
 
 
 def test_reminder_for_a_start_time_without_timezone_is_read_in_the_clinic_zone(

@@ -63,7 +63,7 @@ def test_sweep_of_5000_appointments_has_flat_memory_and_never_duplicates(job_app
         f"5,000 appointments {big['peak_mb']:.1f} MB"
     )
     assert small["created"] == 1000 and big["created"] == 5000
-    assert again.seen == 5000 and again.created == 0
+    assert again.seen == 5000 and again.queued == 0
     assert _count(job_app) == 6000
     # Pages, not lists: five times the appointments may not cost materially more memory
     # (each figure is the high-water mark of a process that ran only that sweep).
