@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import update_wrapper
 from pathlib import Path
 from typing import Any
 
@@ -78,18 +82,50 @@ def _kind(path: str) -> str:
     return "TOML" if path.endswith(".toml") else "JSON"
 
 
-def _given(from_file: str | None, flags: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    """The file's fields, then the flags that were given (they win)."""
-    data = _read_file(from_file) if from_file else {}
-    data.update({k: v for k, v in flags.items() if v not in (None, ())})
-    source = from_file or "the options"
-    if from_file and any(v not in (None, ()) for v in flags.values()):
-        source = f"{from_file} with the options"
-    return data, source
+@dataclass(frozen=True)
+class RegistrationInput:
+    """What ``add`` and ``update`` are given alike: a registration file, the registration
+    fields given as options (None where not given; they win over the file), and a client
+    secret (an argument of its own: it is encrypted, never a field of the values)."""
+
+    from_file: str | None
+    client_secret: str | None
+    options: dict[str, Any]
+
+    @classmethod
+    def of(
+        cls,
+        from_file: str | None,
+        client_secret: str | None,
+        frame_origins: tuple[str, ...],
+        **options: Any,
+    ) -> RegistrationInput:
+        # A repeatable option not given is (); a list given replaces the registered one.
+        options["frame_origins"] = list(frame_origins) if frame_origins else None
+        return cls(from_file, client_secret, options)
+
+    def fields(self, **more: Any) -> tuple[dict[str, Any], str]:
+        """The file's fields, then the options given here and the command's own (``more``),
+        and where they came from, for the error messages."""
+        given = {k: v for k, v in {**self.options, **more}.items() if v is not None}
+        data = {**_read_file(self.from_file), **given} if self.from_file else given
+        source = self.from_file or "the options"
+        if self.from_file and given:
+            source = f"{self.from_file} with the options"
+        return data, source
 
 
-def _registration_options(func: Any) -> Any:
-    """The options ``add`` and ``update`` share, in the order `--help` shows them."""
+def _registration_options(func: Callable[..., None]) -> Callable[..., None]:
+    """The options ``add`` and ``update`` share, in the order `--help` shows them, handed
+    to the command as one ``given`` (a :class:`RegistrationInput`)."""
+
+    own = inspect.signature(func).parameters
+
+    def command(**kwargs: Any) -> None:
+        shared = {name: kwargs.pop(name) for name in list(kwargs) if name not in own}
+        func(given=RegistrationInput.of(**shared), **kwargs)
+
+    update_wrapper(command, func)  # the options the command declared below this one stay
     options = [
         click.option(
             "--from-file",
@@ -139,17 +175,8 @@ def _registration_options(func: Any) -> Any:
         click.option("--name", default=None, help="Display name."),
     ]
     for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def _flag_values(**flags: Any) -> dict[str, Any]:
-    out = dict(flags)
-    if out.get("frame_origins") == ():
-        out["frame_origins"] = None
-    elif out.get("frame_origins") is not None:
-        out["frame_origins"] = list(out["frame_origins"])
-    return out
+        command = option(command)
+    return command
 
 
 @ehr.command(
@@ -173,33 +200,15 @@ def _flag_values(**flags: Any) -> dict[str, Any]:
 @with_appcontext
 def add(
     iss: str | None,
-    from_file: str | None,
-    client_id: str | None,
-    client_type: str | None,
-    client_secret: str | None,
-    scopes: str | None,
-    frame_origins: tuple[str, ...],
-    backend_client_id: str | None,
-    backend_scopes: str | None,
-    name: str | None,
+    given: RegistrationInput,
     key_alg: str | None,
     slug: str | None,
     read_only: bool,
 ) -> None:
-    flags = _flag_values(
-        iss=iss,
-        client_id=client_id,
-        client_type=client_type,
-        scopes=scopes,
-        frame_origins=frame_origins,
-        backend_client_id=backend_client_id,
-        backend_scopes=backend_scopes,
-        name=name,
-        signing_key_alg=key_alg,
-        slug=slug,
-        allow_writes=False if read_only else None,
+    data, source = given.fields(
+        iss=iss, signing_key_alg=key_alg, slug=slug, allow_writes=False if read_only else None
     )
-    data, source = _given(from_file, flags)
+    client_secret = given.client_secret
     vault = get_vault()
     with get_store().session() as session:
         try:
@@ -280,31 +289,13 @@ def _already_registered(
 @with_appcontext
 def update(
     key: str,
-    from_file: str | None,
-    client_id: str | None,
-    client_type: str | None,
-    client_secret: str | None,
-    scopes: str | None,
-    frame_origins: tuple[str, ...],
-    backend_client_id: str | None,
-    backend_scopes: str | None,
-    name: str | None,
+    given: RegistrationInput,
     no_backend: bool,
     read_only: bool | None,
 ) -> None:
-    if no_backend and (backend_client_id or backend_scopes):
+    if no_backend and (given.options["backend_client_id"] or given.options["backend_scopes"]):
         raise RegistrationInputError("--no-backend with --backend-client-id/--backend-scopes")
-    flags = _flag_values(
-        client_id=client_id,
-        client_type=client_type,
-        scopes=scopes,
-        frame_origins=frame_origins,
-        backend_client_id=backend_client_id,
-        backend_scopes=backend_scopes,
-        name=name,
-        allow_writes=None if read_only is None else not read_only,
-    )
-    data, source = _given(from_file, flags)
+    data, source = given.fields(allow_writes=None if read_only is None else not read_only)
     vault = get_vault()
     with get_store().session() as session:
         reg = _load(session, key)
@@ -315,7 +306,7 @@ def update(
                 vault,
                 reg,
                 changes,
-                client_secret=client_secret,
+                client_secret=given.client_secret,
                 remove_backend=no_backend,
             )
         except ValidationError as exc:
