@@ -37,6 +37,7 @@ from helpdesk.kv import EXTENSION as KV_EXTENSION
 from helpdesk.models import CallAttempt, CareTask, LaunchSession, SurveyInvite, Ticket
 from helpdesk.surveys import latest_for_patient
 from helpdesk.timeutil import utcnow
+from plugin.rowjson import columns
 from smart_launch.errors import FhirError, NeedsAuthorization, SmartError
 from smart_launch.fhir import FhirClient, parallel
 
@@ -487,14 +488,7 @@ def _build_context(
     now = utcnow().astimezone(ZoneInfo(viewer_tz()))
     db = get_db()
     tickets = [
-        {
-            "id": t.id,
-            "subject": t.subject,
-            "status": t.status,
-            "priority": t.priority,
-            "category": t.category,
-            "due_at": t.due_at.isoformat() if t.due_at else None,
-        }
+        columns(t, "id", "subject", "status", "priority", "category", "due_at")
         for t in db.scalars(
             select(Ticket)
             .where(
@@ -559,17 +553,9 @@ def task_rows(launch: LaunchSession, patient_ref: str) -> list[dict[str, Any]]:
             calls[task_id] += 1
     return [
         {
-            "id": t.id,
-            "kind": t.kind,
-            "status": t.status,
-            "attempts": t.attempts,
+            **columns(t, "id", "kind", "status", "attempts", "due_at", "last_error", "status_note"),
             "calls": calls[t.id],
-            "due_at": t.due_at.isoformat() if t.due_at else None,
-            "last_error": t.last_error,
-            "status_note": t.status_note,
-            "reason": (t.payload or {}).get("reason"),
-            "channel": (t.payload or {}).get("channel"),
-            "target": (t.payload or {}).get("target"),
+            **{key: (t.payload or {}).get(key) for key in ("reason", "channel", "target")},
         }
         for t in rows
     ]
@@ -605,15 +591,16 @@ def survey_invites(launch: LaunchSession, patient_ref: str) -> dict[str, dict[st
     )
     for invite in invites:
         if invite.appointment_ref:
-            out[invite.appointment_ref] = {
-                "status": invite.status,
-                "channel": invite.channel,
-                "send_at": invite.send_at.isoformat() if invite.send_at else None,
-                "sent_at": invite.sent_at.isoformat() if invite.sent_at else None,
-                "expires_at": invite.expires_at.isoformat() if invite.expires_at else None,
-                "answered_at": invite.answered_at.isoformat() if invite.answered_at else None,
-                "skip_reason": invite.skip_reason,
-            }
+            out[invite.appointment_ref] = columns(
+                invite,
+                "status",
+                "channel",
+                "send_at",
+                "sent_at",
+                "expires_at",
+                "answered_at",
+                "skip_reason",
+            )
     return out
 
 

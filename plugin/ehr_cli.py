@@ -24,6 +24,7 @@ from helpdesk.db import get_store
 from helpdesk.models import EhrRegistration, SigningKey
 from helpdesk.timeutil import utcnow
 from plugin.cli import cli, with_appcontext
+from plugin.rowjson import columns
 from smart_launch.check import check_ehr
 from smart_launch.features import FEATURES, feature_table, scopes_for_features
 
@@ -405,26 +406,13 @@ def list_(as_json: bool) -> None:
 
 def _summary(reg: EhrRegistration) -> dict[str, object]:
     return {
-        "id": reg.id,
-        "slug": reg.slug,
-        "name": reg.name,
-        "iss": reg.iss,
-        "client_id": reg.client_id,
-        "client_type": reg.client_type,
+        **columns(reg, "id", "slug", "name", "iss", "client_id", "client_type"),
         "has_client_secret": reg.client_secret_enc is not None,
-        "scopes": reg.scopes,
-        "frame_origins": reg.frame_origins,
-        "backend_client_id": reg.backend_client_id,
-        "backend_scopes": reg.backend_scopes,
-        "allow_writes": reg.allow_writes,
+        **columns(
+            reg, "scopes", "frame_origins", "backend_client_id", "backend_scopes", "allow_writes"
+        ),
         "signing_keys": [
-            {
-                "kid": k.kid,
-                "alg": k.alg,
-                "created_at": k.created_at.isoformat(),
-                "retired_at": k.retired_at.isoformat() if k.retired_at else None,
-            }
-            for k in reg.signing_keys
+            columns(k, "kid", "alg", "created_at", "retired_at") for k in reg.signing_keys
         ],
         "capabilities": reg.capabilities,
     }

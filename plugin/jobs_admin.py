@@ -33,28 +33,33 @@ from jobs.status import QueueHealth
 from plugin.csrf import check_csrf
 from plugin.launch import current_launch
 from plugin.navigation import back
+from plugin.rowjson import columns
 from plugin.timewords import when_words
 
 bp = Blueprint("jobs_admin", __name__, url_prefix="/l/<launch_id>")
 
 
 def task_json(task: CareTask) -> dict[str, Any]:
+    refusal = retry_refusal(task)
     return {
-        "id": task.id,
-        "kind": task.kind,
-        "status": task.status,
-        "status_note": task.status_note,
+        **columns(
+            task,
+            "id",
+            "kind",
+            "status",
+            "status_note",
+            "assignee",
+            "due_at",
+            "attempts",
+            "max_attempts",
+            "last_error",
+            "fhir_refs",
+            "created_at",
+            "finished_at",
+        ),
         "patient": task.patient_ref,
-        "assignee": task.assignee,
-        "due_at": task.due_at.isoformat() if task.due_at else None,
-        "attempts": task.attempts,
-        "max_attempts": task.max_attempts,
-        "last_error": task.last_error,
-        "fhir_refs": task.fhir_refs,
-        "can_retry": retry_refusal(task) is None,
-        "retry_refusal": retry_refusal(task),
-        "created_at": task.created_at.isoformat(),
-        "finished_at": task.finished_at.isoformat() if task.finished_at else None,
+        "can_retry": refusal is None,
+        "retry_refusal": refusal,
     }
 
 
@@ -325,11 +330,7 @@ def outbox_page(launch_id: str) -> str:
     now = utcnow()
     messages = [
         {
-            "id": m.id,
-            "task_id": m.task_id,
-            "channel": m.channel,
-            "adapter": m.adapter,
-            "language": m.language,
+            **columns(m, "id", "task_id", "channel", "adapter", "language"),
             "to": vault.decrypt(m.to_enc),
             # A text message has no subject line, whatever its template rendered.
             "subject": vault.decrypt_optional(m.subject_enc) if m.channel == "email" else None,
