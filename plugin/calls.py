@@ -27,7 +27,9 @@ from helpdesk.models import CallAttempt, CareTask, LaunchSession
 from helpdesk.timeutil import utcnow
 from plugin import context as ctx
 from plugin.csrf import check_csrf
+from plugin.forms import due_fields, form_values, resolve_due
 from plugin.launch import current_launch
+from plugin.launched import viewer_zone
 from plugin.tasktext import task_sentence
 from plugin.timewords import when_words
 from smart_launch.errors import NeedsAuthorization
@@ -35,10 +37,6 @@ from smart_launch.fhir import parallel
 
 bp = Blueprint("calls", __name__)
 log = logging.getLogger("caredesk.calls")
-
-
-def _zone() -> Any:
-    return duephrase.viewer_zone(ctx.viewer_tz())
 
 
 def _patients(launch: LaunchSession, refs: list[str]) -> dict[str, dict[str, Any]]:
@@ -77,7 +75,7 @@ def _render(
     ok: str | None = None,
 ) -> tuple[str, int]:
     db = get_db()
-    tz = _zone()
+    tz = viewer_zone()
     now = utcnow()
     mine = request.values.get("all") != "1"
     tasks = task_svc.open_calls(db, launch, mine=mine)
@@ -157,7 +155,7 @@ def calls_page(launch_id: str) -> tuple[str, int]:
 
 def _confirmation(launch: LaunchSession, kind: str, row_id: int) -> str | None:
     db = get_db()
-    tz = _zone()
+    tz = viewer_zone()
     now = utcnow()
     if kind == "call":
         attempt = db.get(CallAttempt, row_id)
@@ -198,11 +196,7 @@ def _back(launch: LaunchSession, ok: str) -> BaseResponse:
 def log_call(launch_id: str, task_id: int) -> BaseResponse | tuple[str, int]:
     launch = current_launch(launch_id)
     check_csrf(launch)
-    values = {
-        k: v.strip()
-        for k in ("outcome", "next_choice", "next_at_local", "next_due", "note")
-        if (v := request.form.get(k, "")).strip()
-    }
+    values = form_values("outcome", *due_fields("next_due"), "note")
     outcome = values.get("outcome", "")
     errors: dict[str, str] = {}
     next_due = None
@@ -210,13 +204,7 @@ def log_call(launch_id: str, task_id: int) -> BaseResponse | tuple[str, int]:
     # task; the service says which (it counts the calls).
     if outcome in ("voicemail", "no-answer"):
         try:
-            next_due, _ = duephrase.resolve_due(
-                phrase=values.get("next_due"),
-                at_local=values.get("next_at_local"),
-                choice=values.get("next_choice"),
-                now=utcnow(),
-                tz=_zone(),
-            )
+            next_due, _ = resolve_due(values, "next_due")
         except duephrase.DuePhraseError as exc:
             errors["next_due"] = str(exc)
     if not errors:

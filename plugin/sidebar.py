@@ -17,7 +17,6 @@ import re
 import time
 from typing import Any
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo
 
 import requests
 from flask import (
@@ -45,7 +44,9 @@ from helpdesk.tickets import ACTIVE_STATUSES, TicketFilters, create_ticket, list
 from helpdesk.timeutil import utcnow
 from plugin import context as ctx
 from plugin.csrf import check_csrf
+from plugin.forms import due_fields, form_values, resolve_due
 from plugin.launch import current_launch
+from plugin.launched import viewer_zone
 from plugin.navigation import back
 from plugin.tasktext import is_lasting, task_sentence
 from plugin.timewords import date_words, when_words
@@ -76,10 +77,6 @@ class Form:
 
     def get(self, name: str, default: str = "") -> str:
         return self.values.get(name, default)
-
-
-def _viewer_zone() -> ZoneInfo:
-    return duephrase.viewer_zone(ctx.viewer_tz())
 
 
 def _check_patient(launch: LaunchSession, patient_ref: str) -> None:
@@ -210,7 +207,7 @@ def _model(
     """Everything sidebar.html and its fragments need."""
     from fhir_mappers.patient import to_contact
 
-    tz = _viewer_zone()
+    tz = viewer_zone()
     now = utcnow()
     from fhir_mappers.context import _jsonable
 
@@ -307,7 +304,7 @@ def _confirmation(
     if not raw.isdigit():
         return None
     db = get_db()
-    tz = _viewer_zone()
+    tz = viewer_zone()
     now = utcnow()
     if kind == "ticket":
         ticket = db.get(Ticket, int(raw))
@@ -382,10 +379,6 @@ def _done(launch: LaunchSession, patient_ref: str, ok: str) -> BaseResponse:
     return redirect(_page_url(launch, patient_ref, ok=ok), code=303)
 
 
-def _values(*names: str) -> dict[str, str]:
-    return {n: v.strip() for n in names if (v := request.form.get(n, "")).strip()}
-
-
 def _messages(exc: ValidationError) -> dict[str, str]:
     raw: dict[str, Any] = exc.normalized_messages()  # type: ignore[no-untyped-call]
     return {
@@ -401,7 +394,7 @@ def new_ticket(launch_id: str) -> BaseResponse | tuple[str, int]:
     launch = current_launch(launch_id)
     check_csrf(launch)
     patient_ref = _patient_of_request(launch)
-    values = _values("subject", "description", "category", "priority")
+    values = form_values("subject", "description", "category", "priority")
     if "subject" not in values:
         form = Form("ticket", values, {"subject": "Say in a few words what the ticket is about."})
         return _page(launch, patient_ref, form=form, status=422)
@@ -426,12 +419,10 @@ def queue_task_form(launch_id: str) -> BaseResponse | tuple[str, int]:
     patient_ref = _patient_of_request(launch)
     kind = request.form.get("kind", "")
     action = "followup" if kind == "follow-up" else "referral"
-    values = _values(
+    values = form_values(
         "kind",
         "reason",
-        "due",
-        "due_at_local",
-        "due_choice",
+        *due_fields("due"),
         "assignee",
         "channel",
         "specialty",
@@ -441,9 +432,7 @@ def queue_task_form(launch_id: str) -> BaseResponse | tuple[str, int]:
         "appointment",
     )
     body: dict[str, Any] = {
-        k: v
-        for k, v in values.items()
-        if k not in ("due", "due_at_local", "due_choice", "assignee")
+        k: v for k, v in values.items() if k not in (*due_fields("due"), "assignee")
     }
     body["patient"] = patient_ref
     errors: dict[str, str] = {}
@@ -451,13 +440,7 @@ def queue_task_form(launch_id: str) -> BaseResponse | tuple[str, int]:
         if values.get("assignee") == "me" and launch.fhir_user:
             body["assignee"] = launch.fhir_user
         try:
-            _, words = duephrase.resolve_due(
-                phrase=values.get("due"),
-                at_local=values.get("due_at_local"),
-                choice=values.get("due_choice"),
-                now=utcnow(),
-                tz=_viewer_zone(),
-            )
+            _, words = resolve_due(values, "due")
             body["due"] = words
         except duephrase.DuePhraseError as exc:
             errors["due"] = str(exc)
@@ -473,7 +456,7 @@ def queue_task_form(launch_id: str) -> BaseResponse | tuple[str, int]:
             get_db(),
             launch,
             load_task_create(body),
-            tz=_viewer_zone(),
+            tz=viewer_zone(),
             patient_resource=resource,
         )
     except ValidationError as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from datetime import timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 import requests
@@ -13,8 +14,8 @@ from rq.job import Job
 from sqlalchemy import select
 
 from helpdesk.db import get_store
-from helpdesk.models import CareTask
-from helpdesk.timeutil import utcnow
+from helpdesk.models import CallAttempt, CareTask
+from helpdesk.timeutil import as_utc, utcnow
 from jobs.queue import get_queue_state
 from sandbox.testing import running_sandbox
 from tests.ehr import connect
@@ -70,6 +71,32 @@ def test_follow_up_form_queues_a_task_and_shows_it_in_the_sidebar(sidebar) -> No
     # The job carries the row id only.
     job = Job.fetch(task.job_id, connection=get_queue_state(app).connection)
     assert job.args == (task.id,)
+
+
+def _post(browser: requests.Session, url: str, form_page: str, **fields: str) -> requests.Response:
+    """A form post as the page's form sends it: with the CSRF token of ``form_page``."""
+    return browser.post(url, data={"csrf_token": _csrf(form_page), **fields}, timeout=30)
+
+
+def test_due_times_given_by_choice_or_date_control_are_read_by_their_field_names(sidebar) -> None:
+    """The follow-up form and the call list each post a due time in three fields
+    (plugin.forms.due_fields); a quick choice and the date-time control alone are enough."""
+    app, browser, page = sidebar
+    fields = {"kind": "follow-up", "reason": "Check the inhaler", "due_choice": "tomorrow morning"}
+    assert _post(browser, page.url + "actions/task", page.text, **fields).status_code == 200
+    [task] = _tasks(app)
+    assert task.due_at is not None and task.due_at > utcnow()
+    calls = browser.get(page.url + "calls", timeout=30)
+    assert 'name="next_due_choice"' in calls.text and 'name="next_due_at_local"' in calls.text
+    next_at = (utcnow() + timedelta(days=2)).astimezone(ZoneInfo("America/Chicago"))
+    local = next_at.strftime("%Y-%m-%dT%H:%M")
+    log_url = page.url + f"calls/{task.id}/log"
+    logged = _post(browser, log_url, calls.text, outcome="voicemail", next_due_at_local=local)
+    assert logged.status_code == 200, logged.text
+    with get_store(app).session() as session:
+        [attempt] = session.scalars(select(CallAttempt))
+        assert attempt.next_due_at is not None
+        assert abs(as_utc(attempt.next_due_at) - next_at) < timedelta(minutes=1)
 
 
 def test_referral_form_stores_the_target_the_job_reads(sidebar) -> None:
