@@ -124,11 +124,21 @@ def smart_error_status(exc: SmartError) -> tuple[int, str]:
     return 502, "ehr_error"
 
 
+_INVALID = "Some fields are missing or invalid."
+_INTERNAL = "CareDesk hit an unexpected error. Quote the request id to support."
+
+
+def _refused(status: int, code: str, message: str, **extra: Any) -> Response:
+    """A request refused for what it asked (not a failure of CareDesk or the EHR): one log
+    line with the code and status only (the input may hold patient data), and the answer."""
+    log.info("request failed: %s (%s)", code, status)
+    return error_response(status, code, message, **extra)
+
+
 def register(app: Flask) -> None:
     @app.errorhandler(AppError)
     def _app_error(exc: AppError) -> Response:
-        log.info("request failed: %s (%s)", exc.code, exc.status)
-        return error_response(exc.status, exc.code, exc.message)
+        return _refused(exc.status, exc.code, exc.message)
 
     @app.errorhandler(SmartError)
     def _smart_error(exc: SmartError) -> Response:
@@ -152,13 +162,7 @@ def register(app: Flask) -> None:
     def _invalid(exc: ValidationError) -> Response:
         # A schema (plugin.schemas) or a service rule refused the input: 422 with the
         # messages per field.
-        log.info("request failed: validation_failed (422)")
-        return error_response(
-            422,
-            "validation_failed",
-            "Some fields are missing or invalid.",
-            fields=field_messages(exc),
-        )
+        return _refused(422, "validation_failed", _INVALID, fields=field_messages(exc))
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
@@ -177,11 +181,7 @@ def register(app: Flask) -> None:
     def _unhandled(exc: Exception) -> Response:
         # The traceback goes to the log with the request id; the client gets the id only.
         log.exception("unhandled error")
-        return error_response(
-            500,
-            "internal_error",
-            "CareDesk hit an unexpected error. Quote the request id to support.",
-        )
+        return error_response(500, "internal_error", _INTERNAL)
 
 
 def field_messages(exc: ValidationError) -> dict[str, Any]:
