@@ -258,7 +258,6 @@ def admin_page(launch_id: str) -> str:
         .order_by(CareTask.created_at)
         .limit(1)
     ).first()
-    unfinished = sum(counts.get(s, 0) for s in STATES["unfinished"][1])
     tz = ZoneInfo(str(current_app.config["VIEWER_TIMEZONE"]))
     now = utcnow()
     retried = request.args.get("retried", "")
@@ -276,25 +275,20 @@ def admin_page(launch_id: str) -> str:
     return render_template(
         "jobs/admin.html",
         launch=launch,
-        launch_id=launch_id,
         tasks=tasks,
         total=total,
-        page_size=PAGE_SIZE,
-        counts=counts,
         state_counts={k: sum(counts.get(s, 0) for s in v[1]) for k, v in STATES.items()},
         states=STATES,
         kinds=KINDS,
         state=state,
         kind=kind,
         oldest=oldest,
-        unfinished=unfinished,
         queue_lines=queue_words(queue_health(current_app._get_current_object()), counts),  # type: ignore[attr-defined]
         retryable=retryable,
         retry_refusal=retry_refusal,
         state_words=lambda t: state_words(t, now=now, tz=tz),
         when=lambda v: when_words(v, now=now, tz=tz),
         confirmation=confirmation,
-        here=here,
         next_after_retry=lambda t: f"{here}{'&' if '?' in here else '?'}retried={t.id}",
     )
 
