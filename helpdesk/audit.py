@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict, Unpack
 
 from sqlalchemy.orm import Session
 
@@ -12,57 +12,43 @@ from helpdesk.logctx import current_request_id
 from helpdesk.models import AuditEvent, LaunchSession
 
 
-def record(
-    session: Session,
-    action: str,
-    *,
-    launch: LaunchSession | None = None,
-    registration_id: int | None = None,
-    actor: str | None = None,
-    patient_ref: str | None = None,
-    entity: str | None = None,
-    outcome: str = "success",
-    detail: dict[str, Any] | None = None,
-) -> AuditEvent:
+class Audited(TypedDict, total=False):
+    """What an audit row says besides its action: ``record``'s and ``audit``'s keywords."""
+
+    launch: LaunchSession | None  # the actor, its registration and (by default) its patient
+    registration_id: int | None  # without a launch: work no person did
+    actor: str | None  # without a launch: a job, a survey answer
+    patient_ref: str | None
+    entity: str | None
+    outcome: str  # "success"
+    detail: dict[str, Any] | None
+
+
+def record(session: Session, action: str, **row: Unpack[Audited]) -> AuditEvent:
     """Add an audit row to ``session`` (the caller commits with the change it records).
 
     The actor is the launch's user, or ``actor`` for work no person did (a job, a survey
     answer)."""
+    launch = row.get("launch")
     request_id = current_request_id()
     event = AuditEvent(
         action=action,
-        registration_id=launch.registration_id if launch else registration_id,
-        actor=launch.fhir_user if launch else actor,
-        patient_ref=patient_ref or (launch.patient_ref if launch else None),
-        entity=entity,
-        outcome=outcome,
+        registration_id=launch.registration_id if launch else row.get("registration_id"),
+        actor=launch.fhir_user if launch else row.get("actor"),
+        patient_ref=row.get("patient_ref") or (launch.patient_ref if launch else None),
+        entity=row.get("entity"),
+        outcome=row.get("outcome", "success"),
         request_id=None if request_id == "-" else request_id,
-        detail=detail or {},
+        detail=row.get("detail") or {},
     )
     session.add(event)
     return event
 
 
-def audit(
-    action: str,
-    *,
-    launch: LaunchSession | None = None,
-    patient_ref: str | None = None,
-    entity: str | None = None,
-    outcome: str = "success",
-    detail: dict[str, Any] | None = None,
-) -> None:
+def audit(action: str, **row: Unpack[Audited]) -> None:
     """Record and commit at once, in the request's session (the web edge's form)."""
     db = get_db()
-    record(
-        db,
-        action,
-        launch=launch,
-        patient_ref=patient_ref,
-        entity=entity,
-        outcome=outcome,
-        detail=detail,
-    )
+    record(db, action, **row)
     db.commit()
 
 
