@@ -24,11 +24,12 @@ which act for the whole registration, use :meth:`PatientScope.whole_registration
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import ColumnElement
+from sqlalchemy.orm import Session
 
-from helpdesk.errors import AppError, Forbidden
+from helpdesk.errors import AppError, Forbidden, NotFound
 from helpdesk.models import LaunchSession
 from smart_launch.scopes import parse_resource_scope
 
@@ -130,3 +131,26 @@ def patient_for(launch: LaunchSession, requested: str | None) -> str:
         raise NoPatient("Name the patient (`Patient/<id>`): this launch has no patient context.")
     scope.check(requested)
     return requested
+
+
+class _PatientRow(Protocol):
+    @property
+    def registration_id(self) -> int: ...
+
+    @property
+    def patient_ref(self) -> str | None: ...
+
+
+_R = TypeVar("_R", bound=_PatientRow)
+
+
+def get_visible(
+    db: Session, launch: LaunchSession, model: type[_R], row_id: int, *, missing: str
+) -> _R:
+    """The ``model`` row ``row_id`` if ``launch`` may see it, else NotFound(``missing``):
+    the same answer for "absent", "another EHR's" and "another patient's", so ids are not
+    probeable."""
+    row = db.get(model, row_id)
+    if row is None or not scope_of(launch).sees(row.registration_id, row.patient_ref):
+        raise NotFound(missing)
+    return row

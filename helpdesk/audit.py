@@ -52,7 +52,7 @@ def audit(action: str, **row: Unpack[Audited]) -> None:
     db.commit()
 
 
-class _Shown(Protocol):
+class _Row(Protocol):
     @property
     def id(self) -> int: ...
 
@@ -60,7 +60,29 @@ class _Shown(Protocol):
     def patient_ref(self) -> str | None: ...
 
 
-def audit_shown(action: str, *, launch: LaunchSession, entity: str, rows: Sequence[_Shown]) -> None:
+def entity_of(row: _Row) -> str:
+    """How the audit trail names one of our rows: its model and id (``Ticket/7``)."""
+    return f"{type(row).__name__}/{row.id}"
+
+
+def audit_row(
+    session: Session, action: str, row: _Row, *, launch: LaunchSession, **detail: Any
+) -> None:
+    """A launch read or changed one of our rows: its audit row (about the row's patient)
+    commits in ``session`` together with the change, so no change is stored unaudited."""
+    session.flush()  # a row added by the caller gets its id
+    record(
+        session,
+        action,
+        launch=launch,
+        patient_ref=row.patient_ref,
+        entity=entity_of(row),
+        detail=detail,
+    )
+    session.commit()
+
+
+def audit_shown(action: str, *, launch: LaunchSession, entity: str, rows: Sequence[_Row]) -> None:
     """A list was shown: one audit row per patient in it, naming the rows of that patient,
     so "who looked at patient X" is one indexed query."""
     for ref in sorted({r.patient_ref for r in rows if r.patient_ref}):

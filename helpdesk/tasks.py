@@ -31,9 +31,9 @@ from sqlalchemy.orm import Session
 from fhir_mappers.contact import blocked, current_telecoms, is_deceased, may_survey, reachable
 from fhir_mappers.fhirutil import get_str
 from helpdesk import duephrase, messaging
-from helpdesk.access import patient_for, scope_of
-from helpdesk.audit import audit, audit_shown
-from helpdesk.errors import AppError, NotFound
+from helpdesk.access import get_visible, patient_for, scope_of
+from helpdesk.audit import audit, audit_row, audit_shown
+from helpdesk.errors import AppError
 from helpdesk.models import CallAttempt, CareTask, LaunchSession, OutboundMessage
 from helpdesk.timeutil import as_utc, utcnow
 
@@ -188,10 +188,7 @@ def list_tasks(
 
 def get_task(db: Session, launch: LaunchSession, task_id: int) -> CareTask:
     """One task the launch may see; 404 for a task that is absent or out of scope alike."""
-    task = db.get(CareTask, task_id)
-    if task is None or not scope_of(launch).sees(task.registration_id, task.patient_ref):
-        raise NotFound("No such task.")
-    return task
+    return get_visible(db, launch, CareTask, task_id, missing="No such task.")
 
 
 def worklist(
@@ -268,8 +265,7 @@ def create_task(
     )
     # None only for a duplicate dedupe_key, and a user's task has none.
     assert task is not None
-    db.commit()
-    audit("task.create", launch=launch, patient_ref=patient_ref, entity=f"CareTask/{task.id}")
+    audit_row(db, "task.create", task, launch=launch)
     return task
 
 
@@ -605,14 +601,7 @@ def log_call(
         task.due_at = as_utc(next_due)  # type: ignore[arg-type]
         task.status_note = f"{CALL_OUTCOMES[outcome]} on call {attempt} of {CALL_ATTEMPTS}."
     task.updated_at = now
-    db.commit()
-    audit(
-        "call.log",
-        launch=launch,
-        patient_ref=task.patient_ref,
-        entity=f"CareTask/{task.id}",
-        detail={"outcome": outcome, "attempt": attempt},
-    )
+    audit_row(db, "call.log", task, launch=launch, outcome=outcome, attempt=attempt)
     return row
 
 
@@ -628,8 +617,7 @@ def finish_call(
     task.finished_at = now
     task.updated_at = now
     task.status_note = "Marked done on the call list."
-    db.commit()
-    audit("call.done", launch=launch, patient_ref=task.patient_ref, entity=f"CareTask/{task.id}")
+    audit_row(db, "call.done", task, launch=launch)
     return task
 
 
@@ -661,12 +649,5 @@ def change_channel(
     task.finished_at = None
     task.status_note = f"Channel changed to {CHANNEL_WORDS[channel].lower()}."
     task.updated_at = now
-    db.commit()
-    audit(
-        "task.channel",
-        launch=launch,
-        patient_ref=task.patient_ref,
-        entity=f"CareTask/{task.id}",
-        detail={"channel": channel},
-    )
+    audit_row(db, "task.channel", task, launch=launch, channel=channel)
     return task

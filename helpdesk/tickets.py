@@ -28,9 +28,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from helpdesk.access import patient_for, scope_of
-from helpdesk.audit import audit, audit_shown, record
-from helpdesk.errors import AppError, ConfigError, NotFound
+from helpdesk.access import get_visible, patient_for, scope_of
+from helpdesk.audit import audit_row, audit_shown, entity_of, record
+from helpdesk.errors import AppError, ConfigError
 from helpdesk.models import LaunchSession, Ticket, TicketNote
 from helpdesk.timeutil import utcnow
 
@@ -174,7 +174,7 @@ def open_ticket(
         registration_id=registration_id,
         actor=created_by or source,
         patient_ref=patient_ref,
-        entity=_ref(ticket),
+        entity=entity_of(ticket),
         detail={"source": source},
     )
     return ticket
@@ -213,22 +213,13 @@ def create_ticket(
     return ticket
 
 
-def _ref(ticket: Ticket) -> str:
-    return f"Ticket/{ticket.id}"
-
-
 def _scoped(db: Session, launch: LaunchSession, ticket_id: int) -> Ticket:
-    ticket = db.get(Ticket, ticket_id)
-    if ticket is None or not scope_of(launch).sees(ticket.registration_id, ticket.patient_ref):
-        # Same answer for "absent", "another EHR's" and "another patient's", so ids are
-        # not probeable.
-        raise NotFound("No such ticket.")
-    return ticket
+    return get_visible(db, launch, Ticket, ticket_id, missing="No such ticket.")
 
 
 def get_ticket(db: Session, launch: LaunchSession, ticket_id: int) -> Ticket:
     ticket = _scoped(db, launch, ticket_id)
-    audit("ticket.read", launch=launch, patient_ref=ticket.patient_ref, entity=_ref(ticket))
+    audit_row(db, "ticket.read", ticket, launch=launch)
     return ticket
 
 
@@ -302,14 +293,7 @@ def update_ticket(
         changed["due_at"] = True
     if changed:
         ticket.updated_at = utcnow()
-        db.commit()
-    audit(
-        "ticket.update",
-        launch=launch,
-        patient_ref=ticket.patient_ref,
-        entity=_ref(ticket),
-        detail={"changes": changed},
-    )
+    audit_row(db, "ticket.update", ticket, launch=launch, changes=changed)
     return ticket
 
 
@@ -335,12 +319,14 @@ def add_note(
     )
     db.add(note)
     ticket.updated_at = utcnow()
-    db.commit()
-    audit(
+    db.flush()  # the note's id goes on the audit row
+    audit_row(
+        db,
         "ticket.note",
+        ticket,
         launch=launch,
-        patient_ref=ticket.patient_ref,
-        entity=_ref(ticket),
-        detail={"note_id": note.id, "channel": channel, "direction": direction},
+        note_id=note.id,
+        channel=channel,
+        direction=direction,
     )
     return note

@@ -9,12 +9,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import time_machine
-from sqlalchemy import select
+from sqlalchemy import event, select
+from sqlalchemy.orm import Session
 
 from helpdesk import registry
 from helpdesk.crypto import get_vault
 from helpdesk.db import get_store
-from helpdesk.models import CallAttempt, CareTask, LaunchSession, Ticket
+from helpdesk.models import AuditEvent, CallAttempt, CareTask, LaunchSession, Ticket
 from helpdesk.tasks import (
     CallRefused,
     ChannelRefused,
@@ -131,6 +132,33 @@ def test_call_outcomes_end_or_reschedule_the_follow_up(store, outcomes, status, 
                 assert calls[-1].next_due_at == next_due
             else:
                 assert task.finished_at is not None and calls[-1].next_due_at is None
+
+
+def test_a_logged_call_commits_once_with_its_audit_row(store) -> None:
+    """The change and its audit row are one transaction in the caller's session, so a
+    change is never stored without its audit row (it was two commits, the audit row's in
+    the request's session even when the caller had its own)."""
+    task_id = _follow_up(store)
+    commits: list[Session] = []
+
+    def count(session: Session) -> None:
+        commits.append(session)
+
+    event.listen(Session, "after_commit", count)
+    try:
+        with get_store(store).session() as db:
+            log_call(db, _launch(db, "chart-a"), task_id, outcome="reached")
+            assert commits == [db]
+    finally:
+        event.remove(Session, "after_commit", count)
+    with get_store(store).session() as db:
+        row = db.scalars(select(AuditEvent).where(AuditEvent.action == "call.log")).one()
+        assert (row.entity, row.patient_ref, row.actor, row.detail) == (
+            f"CareTask/{task_id}",
+            "Patient/p1",
+            "Practitioner/me",
+            {"outcome": "reached", "attempt": 1},
+        )
 
 
 def test_an_unanswered_call_needs_a_next_attempt_in_the_future(store) -> None:
