@@ -23,7 +23,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NotRequired, TypedDict, Unpack
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -129,35 +129,43 @@ class TicketPage:
     per_page: int
 
 
+class TicketFields(TypedDict):
+    """What the person or job opening a ticket says about it (``open_ticket``'s and
+    ``create_ticket``'s keywords)."""
+
+    subject: str
+    category: str  # one of CATEGORIES: it sets the SLA due time
+    description: NotRequired[str]  # ""
+    priority: NotRequired[str]  # "normal"
+    assignee: NotRequired[str | None]
+
+
 def open_ticket(
     session: Session,
     *,
     registration_id: int,
     patient_ref: str | None,
-    subject: str,
-    category: str,
-    description: str = "",
-    priority: str = "normal",
-    assignee: str | None = None,
     source: str = "staff",
     created_by: str | None = None,
     survey_response_id: int | None = None,
     sla: Mapping[str, float] = DEFAULT_SLA_HOURS,
     now: datetime | None = None,
     launch: LaunchSession | None = None,
+    **fields: Unpack[TicketFields],
 ) -> Ticket:
     """Add a ticket with its SLA due time and its audit row; the caller commits (a job
     commits it with the rest of its outcome)."""
     now = now or utcnow()
+    category = fields["category"]
     ticket = Ticket(
         registration_id=registration_id,
         patient_ref=patient_ref,
-        subject=subject,
-        description=description,
+        subject=fields["subject"],
+        description=fields.get("description", ""),
         status="open",
-        priority=priority,
+        priority=fields.get("priority", "normal"),
         category=category,
-        assignee=assignee,
+        assignee=fields.get("assignee"),
         due_at=sla_due(category, now, sla),
         created_by=created_by,
         source=source,
@@ -184,30 +192,22 @@ def create_ticket(
     db: Session,
     launch: LaunchSession,
     *,
-    subject: str,
-    category: str,
-    description: str = "",
-    priority: str = "normal",
-    assignee: str | None = None,
     patient: str | None = None,
     sla: Mapping[str, float] = DEFAULT_SLA_HOURS,
     now: datetime | None = None,
+    **fields: Unpack[TicketFields],
 ) -> Ticket:
     """A ticket a person opened from a launch (about that launch's patient)."""
     ticket = open_ticket(
         db,
         registration_id=launch.registration_id,
         patient_ref=patient_for(launch, patient),
-        subject=subject,
-        category=category,
-        description=description,
-        priority=priority,
-        assignee=assignee,
         created_by=launch.fhir_user,
         source="staff",
         sla=sla,
         now=now,
         launch=launch,
+        **fields,
     )
     db.commit()
     return ticket
