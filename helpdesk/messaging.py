@@ -27,7 +27,7 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypedDict
 
 import phonenumbers
 from flask import Flask, current_app
@@ -462,6 +462,21 @@ class Entry:
     kind: str = "message"
 
 
+class _Content(TypedDict):
+    channel: str
+    body: str
+    subject: str | None
+
+
+def _content(vault: Vault, message: InboundMessage | OutboundMessage) -> _Content:
+    """What a stored message said, inbound or outbound: its channel and its text, decrypted."""
+    return {
+        "channel": message.channel,
+        "body": vault.decrypt(message.body_enc),
+        "subject": vault.decrypt_optional(message.subject_enc),
+    }
+
+
 def conversation(session: Session, vault: Vault, ticket: Ticket) -> list[Entry]:
     """The ticket's thread in order: what the patient sent, what CareDesk and staff sent,
     and staff replies still on their way (or refused, with the reason)."""
@@ -476,11 +491,9 @@ def conversation(session: Session, vault: Vault, ticket: Ticket) -> list[Entry]:
             )
             entries.append(
                 Entry(
+                    **_content(vault, msg),
                     at=msg.received_at,
                     direction="inbound",
-                    channel=msg.channel,
-                    body=vault.decrypt(msg.body_enc),
-                    subject=vault.decrypt_optional(msg.subject_enc),
                     who="patient",
                     status="received",
                     # "Added to ticket 3" says nothing on ticket 3's own page.
@@ -493,11 +506,9 @@ def conversation(session: Session, vault: Vault, ticket: Ticket) -> list[Entry]:
         ):
             entries.append(
                 Entry(
+                    **_content(vault, out),
                     at=out.created_at,
                     direction="outbound",
-                    channel=out.channel,
-                    body=vault.decrypt(out.body_enc),
-                    subject=vault.decrypt_optional(out.subject_enc),
                     who=out.author or "CareDesk",
                     status=out.status,
                     kind="reply" if out.template == REPLY_TEMPLATE else out.template,
