@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple, TypedDict, cast
 
 # Imported with the module, not per call: the worker imports handler modules before it
 # forks, and building the R4B models was the costliest part of each write-back.
@@ -261,6 +261,17 @@ class Recovery(NamedTuple):
     follow_up: CareTask | None
 
 
+class _About(TypedDict):
+    registration_id: int
+    patient_ref: str | None
+
+
+def _about(invite: SurveyInvite) -> _About:
+    """Whom the rows that follow an answer are about: the invitation's patient, in its
+    registration."""
+    return {"registration_id": invite.registration_id, "patient_ref": invite.patient_ref}
+
+
 def open_recovery(
     session: Session,
     invite: SurveyInvite,
@@ -295,8 +306,7 @@ def open_recovery(
     )
     ticket = open_ticket(
         session,
-        registration_id=invite.registration_id,
-        patient_ref=invite.patient_ref,
+        **_about(invite),
         subject=f"Low satisfaction after {visit} ({', '.join(scores)})",
         description=(
             f"Survey answer at {invite.clinic_name or 'the clinic'}"
@@ -314,9 +324,8 @@ def open_recovery(
         return Recovery(ticket, None)
     task = new_task(
         session,
-        registration_id=invite.registration_id,
+        **_about(invite),
         kind=FOLLOW_UP_KIND,
-        patient_ref=invite.patient_ref,
         payload={
             "ticket_id": ticket.id,
             "survey_response_id": response.id,
