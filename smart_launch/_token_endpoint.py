@@ -122,7 +122,7 @@ def token_error(status: int, payload: Any, *, grant_type: str | None) -> AuthFai
     error = clean_error_code(payload.get("error")) if isinstance(payload, dict) else None
     description = payload.get("error_description") if isinstance(payload, dict) else None
     description = description if isinstance(description, str) else None
-    kw: dict[str, Any] = {"error": error, "error_description": description, "status": status}
+    kw: dict[str, Any] = {"error": error, "ehr_text": description, "status": status}
     if error in _CLIENT_ERRORS:
         return ClientRejected(_CLIENT_ERRORS[error], **kw)
     if error is None and status == 401:

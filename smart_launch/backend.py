@@ -109,7 +109,7 @@ def _fetch(
             f"({exc.error or 'HTTP ' + str(exc.status)}). Check the backend client id, its "
             "key and its scopes here and in the EHR.",
             error=exc.error,
-            error_description=exc.ehr_text,
+            ehr_text=exc.ehr_text,
             status=exc.status,
         ) from exc
     return TokenSet.from_response(body, scope_requested=scope, now=now or datetime.now(UTC))

@@ -23,7 +23,7 @@ shape (:meth:`SmartError.to_dict`), and jobs let RQ see them. Every error carrie
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, TypedDict, Unpack
 
 Party = Literal["caredesk", "ehr", "network"]
 
@@ -58,34 +58,64 @@ def clean_error_code(value: object) -> str | None:
     return match.group(0) if match else None
 
 
+class Detail(TypedDict, total=False):
+    """What an error says besides its summary (see the module docstring)."""
+
+    code: str | None  # instead of the class's own code (an id_token check's, say)
+    party: Party | None  # instead of the class's own party
+    error: str | None
+    ehr_text: str | None
+    status: int | None  # the HTTP status, when there was an answer
+
+
 class SmartError(Exception):
     """Base class. ``code`` is a short machine-readable reason; ``summary`` is CareDesk's
-    own user-safe sentence; see the module docstring for the other attributes."""
+    own user-safe sentence; see the module docstring for the other attributes.
+
+    A kind of error gives its code, and its party and whether it is temporary where they
+    differ from its base's, where the class is named:
+    ``class RefreshBusy(SmartError, code="refresh_busy", temporary=True)``."""
 
     code: str = "smart_error"
     party: Party = "caredesk"
     temporary: bool = False
+    # What ``to_dict`` gives, in this order.
+    _PUBLIC: ClassVar[tuple[str, ...]] = (
+        "code",
+        "party",
+        "summary",
+        "error",
+        "ehr_text",
+        "status",
+        "temporary",
+    )
 
-    def __init__(
-        self,
-        message: str,
+    def __init_subclass__(
+        cls,
         *,
         code: str | None = None,
         party: Party | None = None,
-        error: str | None = None,
-        ehr_text: str | None = None,
-        status: int | None = None,
+        temporary: bool | None = None,
+        **kwargs: Any,
     ) -> None:
+        super().__init_subclass__(**kwargs)
+        # Only what is given: an attribute set on every class would hide what a later
+        # base in a subclass's MRO gives.
+        if code is not None:
+            cls.code = code
+        if party is not None:
+            cls.party = party
+        if temporary is not None:
+            cls.temporary = temporary
+
+    def __init__(self, message: str, **detail: Unpack[Detail]) -> None:
         super().__init__(message)
         self.summary = message
-        cleaned = clean_error_code(code)
-        if cleaned is not None:
-            self.code = cleaned
-        if party is not None:
-            self.party = party
-        self.error = clean_error_code(error)
-        self.ehr_text = clean_ehr_text(ehr_text)
-        self.status = status
+        self.code = clean_error_code(detail.get("code")) or self.code
+        self.party = detail.get("party") or self.party
+        self.error = clean_error_code(detail.get("error"))
+        self.ehr_text = clean_ehr_text(detail.get("ehr_text"))
+        self.status = detail.get("status")
         self.message = self.describe()
 
     def describe(self) -> str:
@@ -99,53 +129,48 @@ class SmartError(Exception):
 
     def to_dict(self) -> dict[str, Any]:
         """One JSON-able shape for every error (the web edge's error body)."""
-        return {
-            "code": self.code,
-            "party": self.party,
-            "summary": self.summary,
-            "error": self.error,
-            "ehr_text": self.ehr_text,
-            "status": self.status,
-            "temporary": self.temporary,
-        }
+        return {name: getattr(self, name) for name in self._PUBLIC}
 
 
-class ConfigurationError(SmartError):
+class OAuthErrorResponse(SmartError):
+    """What an OAuth server answered with instead of a grant or a token (RFC 6749
+    4.1.2.1, 5.2): its ``error`` code, and its ``error_description`` kept as ``ehr_text``."""
+
+    @property
+    def error_description(self) -> str | None:
+        return self.ehr_text
+
+
+class ConfigurationError(SmartError, code="configuration"):
     """CareDesk was asked to do something its registration does not allow (a redirect
     without a redirect URI, a backend token without a backend client)."""
 
-    code = "configuration"
+
+class LaunchError(SmartError, code="launch_error"):
+    """The launch cannot go on; the subclasses say why."""
 
 
-class LaunchError(SmartError):
-    code = "launch_error"
+class UnknownIssuer(LaunchError, code="unknown_issuer"):
+    """The launch names an EHR (``iss``) that is not registered."""
 
 
-class UnknownIssuer(LaunchError):
-    code = "unknown_issuer"
+class StateError(LaunchError, code="invalid_state"):
+    """The callback's ``state`` is missing, unknown, used or expired."""
 
 
-class StateError(LaunchError):
-    code = "invalid_state"
-
-
-class BrowserMismatch(StateError):
+class BrowserMismatch(StateError, code="browser_mismatch"):
     """The callback arrived in a browser other than the one that started the launch."""
 
-    code = "browser_mismatch"
+
+class DiscoveryError(LaunchError, code="discovery_failed", party="ehr"):
+    """The EHR's SMART configuration cannot be found or read."""
 
 
-class DiscoveryError(LaunchError):
-    code = "discovery_failed"
-    party: Party = "ehr"
-
-
-class AuthorizationDenied(LaunchError):
+class AuthorizationDenied(
+    LaunchError, OAuthErrorResponse, code="authorization_denied", party="ehr"
+):
     """The authorization server redirected back with ``error=...`` (the user said no, or
     the EHR refused the request). The EHR's code is ``error``, its text ``ehr_text``."""
-
-    code = "authorization_denied"
-    party: Party = "ehr"
 
     def __init__(self, error: str, error_description: str | None = None) -> None:
         code = clean_error_code(error)
@@ -158,32 +183,21 @@ class AuthorizationDenied(LaunchError):
             ehr_text=error_description,
         )
 
-    @property
-    def error_description(self) -> str | None:
-        return self.ehr_text
 
-
-class NeedsAuthorization(SmartError):
+class NeedsAuthorization(SmartError, code="needs_authorization"):
     """No usable access token, refresh token or backend credentials: a user must launch again."""
 
-    code = "needs_authorization"
 
-
-class NoBackendClient(NeedsAuthorization, ConfigurationError):
+class NoBackendClient(NeedsAuthorization, ConfigurationError, code="no_backend_client"):
     """The registration has no backend-services client (or no key): not a failure of
     the EHR, just a job that must wait for a user's grant. Sweeps log it in one line."""
 
-    code = "no_backend_client"
 
-
-class RefreshBusy(SmartError):
+class RefreshBusy(SmartError, code="refresh_busy", temporary=True):
     """Another worker held the refresh lock for longer than we were willing to wait."""
 
-    code = "refresh_busy"
-    temporary = True
 
-
-class AuthFailed(SmartError):
+class AuthFailed(OAuthErrorResponse, code="auth_failed", party="ehr"):
     """The token endpoint refused us, or what it returned cannot be trusted.
 
     The subclasses say whose fault: :class:`ClientRejected` (CareDesk's credentials),
@@ -191,124 +205,71 @@ class AuthFailed(SmartError):
     :class:`EhrUnreachable`, :class:`IdTokenInvalid`.
     """
 
-    code = "auth_failed"
-    party: Party = "ehr"
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        error: str | None = None,
-        error_description: str | None = None,
-        status: int | None = None,
-        party: Party | None = None,
-        code: str | None = None,
-    ) -> None:
-        super().__init__(
-            message,
-            code=code,
-            party=party,
-            error=error,
-            ehr_text=error_description,
-            status=status,
-        )
-
-    @property
-    def error_description(self) -> str | None:
-        return self.ehr_text
-
-
-class ClientRejected(AuthFailed):
+class ClientRejected(AuthFailed, code="client_rejected", party="caredesk"):
     """The token endpoint refused CareDesk's own client credentials or registration:
     ``invalid_client`` (unknown client, unknown asymmetric client, bad secret, bad
     assertion), ``unauthorized_client``, ``invalid_scope``. Relaunching will not help;
     the registration (here or in the EHR) must be fixed."""
 
-    code = "client_rejected"
-    party: Party = "caredesk"
 
-
-class BackendClientRejected(ClientRejected, NeedsAuthorization):
+class BackendClientRejected(ClientRejected, NeedsAuthorization, code="backend_client_rejected"):
     """The EHR refused the backend-services client (``invalid_client`` for an unknown
     asymmetric client or a bad assertion...). A :class:`NeedsAuthorization` too: a job
     may still run on the refresh token of the launch that queued it."""
 
-    code = "backend_client_rejected"
 
-
-class GrantRejected(AuthFailed, NeedsAuthorization):
+class GrantRejected(AuthFailed, NeedsAuthorization, code="grant_rejected", party="ehr"):
     """``invalid_grant``: the EHR no longer honours this code or refresh token (used,
     expired, revoked). The user must launch CareDesk again."""
 
-    code = "grant_rejected"
-    party: Party = "ehr"
 
-
-class EhrServerError(AuthFailed):
+class EhrServerError(AuthFailed, code="ehr_server_error", party="ehr", temporary=True):
     """The token endpoint failed on its side (5xx, ``server_error``,
     ``temporarily_unavailable``): worth retrying later."""
 
-    code = "ehr_server_error"
-    party: Party = "ehr"
-    temporary = True
 
-
-class EhrUnreachable(AuthFailed):
+class EhrUnreachable(AuthFailed, code="ehr_unreachable", party="network", temporary=True):
     """The token endpoint could not be reached or did not answer in time."""
 
-    code = "ehr_unreachable"
-    party: Party = "network"
-    temporary = True
+
+class IdTokenInvalid(AuthFailed, code="invalid_id_token", party="ehr"):
+    """The EHR's id_token cannot be trusted: no keys to check it with, not a JWT, or a
+    signature or claim that does not verify."""
 
 
-class IdTokenInvalid(AuthFailed):
-    code = "invalid_id_token"
-    party: Party = "ehr"
-
-
-class FhirError(SmartError):
-    code = "fhir_error"
-    party: Party = "ehr"
+class FhirError(SmartError, code="fhir_error", party="ehr"):
+    """A FHIR request failed (see :class:`TemporaryFhirError` and :class:`FatalFhirError`);
+    ``operation_outcome`` is what the server explained, ``retry_after`` how long it asked
+    to wait (seconds)."""
 
     def __init__(
         self,
         message: str,
         *,
-        status: int | None = None,
         operation_outcome: dict[str, Any] | None = None,
         retry_after: float | None = None,
-        ehr_text: str | None = None,
-        party: Party | None = None,
+        **detail: Unpack[Detail],
     ) -> None:
-        super().__init__(message, status=status, ehr_text=ehr_text, party=party)
+        super().__init__(message, **detail)
         self.operation_outcome = operation_outcome
         self.retry_after = retry_after
 
 
-class TemporaryFhirError(FhirError):
+class TemporaryFhirError(FhirError, code="fhir_temporary", temporary=True):
     """408/429/500/502/503/504, timeouts and connection failures: worth retrying."""
 
-    code = "fhir_temporary"
-    temporary = True
 
-
-class FhirUnreachable(TemporaryFhirError):
+class FhirUnreachable(TemporaryFhirError, code="fhir_unreachable", party="network"):
     """The FHIR server could not be reached or did not answer in time."""
 
-    code = "fhir_unreachable"
-    party: Party = "network"
 
-
-class FatalFhirError(FhirError):
+class FatalFhirError(FhirError, code="fhir_fatal"):
     """Everything else: retrying the same request will not help."""
 
-    code = "fhir_fatal"
 
-
-class UnsafeUrl(FatalFhirError):
+class UnsafeUrl(FatalFhirError, code="unsafe_url"):
     """A URL (a paging link, a redirect) that leaves the registration's FHIR base.
 
     The bearer token must never travel there, so no request is made.
     """
-
-    code = "unsafe_url"
