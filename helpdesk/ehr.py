@@ -28,7 +28,7 @@ from smart_launch.config import Registration, SigningKey
 from smart_launch.discovery import DiscoveryCache, SmartConfiguration, discover
 from smart_launch.errors import NeedsAuthorization, NoBackendClient
 from smart_launch.fhir import FhirClient
-from smart_launch.refresh import token_callbacks
+from smart_launch.refresh import Grant, token_callbacks
 from smart_launch.tokens import TokenSet
 
 EXTENSION = "caredesk.ehr"
@@ -265,12 +265,7 @@ def _launch_client(
     check_now: bool,
 ) -> FhirClient:
     token, on_unauthorized = token_callbacks(
-        launch_id,
-        reg,
-        conf,
-        store=DbTokenStore(app),
-        redis=get_redis(app),
-        http=http,
+        Grant(launch_id, reg, conf, store=DbTokenStore(app), redis=get_redis(app), http=http)
     )
     if check_now:
         token()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -36,19 +37,28 @@ def lock_name(grant_id: str) -> str:
     return f"caredesk:refresh:{grant_id}"
 
 
+@dataclass(frozen=True)
+class Grant:
+    """One stored grant and what renewing it takes: its registration and SMART
+    configuration, the store that holds its tokens, the Redis whose lock serializes its
+    refreshes, and the HTTP session to the token endpoint."""
+
+    grant_id: str
+    reg: Registration
+    conf: SmartConfiguration
+    store: TokenStore
+    redis: redis_lib.Redis
+    http: requests.Session
+
+
 def refresh_serialized(
-    grant_id: str,
-    reg: Registration,
-    conf: SmartConfiguration,
+    grant: Grant,
     *,
-    store: TokenStore,
-    redis: redis_lib.Redis,
-    http: requests.Session,
     now: datetime | None = None,
     rejected_access_token: str | None = None,
     margin: timedelta | None = None,
 ) -> TokenSet:
-    """Refresh ``grant_id`` unless someone else just did; return the current TokenSet.
+    """Refresh the grant unless someone else just did; return the current TokenSet.
 
     Without ``rejected_access_token`` a refresh happens only if the stored token expires
     within ``margin`` (default: the token's own :meth:`TokenSet.refresh_margin`, a share
@@ -60,8 +70,9 @@ def refresh_serialized(
     rotates refresh tokens, the old one is already dead, and losing the new one would
     end the grant.
     """
+    grant_id, store = grant.grant_id, grant.store
     before = store.load(grant_id)
-    lock = redis.lock(lock_name(grant_id), timeout=LOCK_TIMEOUT, blocking_timeout=LOCK_WAIT)
+    lock = grant.redis.lock(lock_name(grant_id), timeout=LOCK_TIMEOUT, blocking_timeout=LOCK_WAIT)
     if not lock.acquire():
         raise RefreshBusy("The EHR session is being renewed elsewhere; try again shortly.")
     try:
@@ -85,7 +96,9 @@ def refresh_serialized(
             store.save(grant_id, accepted)
             saved.append(accepted)
 
-        fresh = launch.refresh(reg, conf, current, http=http, now=now, on_accepted=keep)
+        fresh = launch.refresh(
+            grant.reg, grant.conf, current, http=grant.http, now=now, on_accepted=keep
+        )
         if not saved or fresh is not saved[-1]:
             # The refreshed id_token verified: store the identity it carries too.
             store.save(grant_id, fresh)
@@ -100,39 +113,21 @@ def refresh_serialized(
 
 
 def ensure_fresh(
-    grant_id: str,
-    reg: Registration,
-    conf: SmartConfiguration,
-    *,
-    store: TokenStore,
-    redis: redis_lib.Redis,
-    http: requests.Session,
-    now: datetime | None = None,
-    margin: timedelta | None = None,
+    grant: Grant, *, now: datetime | None = None, margin: timedelta | None = None
 ) -> TokenSet:
     """The grant's TokenSet, refreshed first when it expires within ``margin`` (default:
     the token's own refresh margin, a tenth of its lifetime, at most a minute)."""
-    current = store.load(grant_id)
+    current = grant.store.load(grant.grant_id)
     if current is None:
         raise NeedsAuthorization("The EHR session has ended. Launch CareDesk again.")
     if not current.expires_soon(now or datetime.now(UTC), margin):
         return current
     if not current.refresh_token:
         raise NeedsAuthorization("The EHR session has expired. Launch CareDesk again.")
-    return refresh_serialized(
-        grant_id, reg, conf, store=store, redis=redis, http=http, now=now, margin=margin
-    )
+    return refresh_serialized(grant, now=now, margin=margin)
 
 
-def token_callbacks(
-    grant_id: str,
-    reg: Registration,
-    conf: SmartConfiguration,
-    *,
-    store: TokenStore,
-    redis: redis_lib.Redis,
-    http: requests.Session,
-) -> tuple[Callable[[], str], Callable[[], str]]:
+def token_callbacks(grant: Grant) -> tuple[Callable[[], str], Callable[[], str]]:
     """``(token, on_unauthorized)`` for :class:`smart_launch.fhir.FhirClient`.
 
     A client serves one page or one job: the token set loaded (and decrypted) for its
@@ -144,7 +139,7 @@ def token_callbacks(
     def token() -> str:
         if held and not held[0].expires_soon(datetime.now(UTC)):
             return last["access_token"]
-        current = ensure_fresh(grant_id, reg, conf, store=store, redis=redis, http=http)
+        current = ensure_fresh(grant)
         held[:] = [current]
         last["access_token"] = current.access_token
         return current.access_token
@@ -152,17 +147,9 @@ def token_callbacks(
     def on_unauthorized() -> str:
         rejected = last.get("access_token")
         if rejected is None:
-            stored = store.load(grant_id)
+            stored = grant.store.load(grant.grant_id)
             rejected = stored.access_token if stored else None
-        fresh = refresh_serialized(
-            grant_id,
-            reg,
-            conf,
-            store=store,
-            redis=redis,
-            http=http,
-            rejected_access_token=rejected or "",
-        )
+        fresh = refresh_serialized(grant, rejected_access_token=rejected or "")
         held[:] = [fresh]
         last["access_token"] = fresh.access_token
         return fresh.access_token

@@ -22,7 +22,7 @@ from smart_launch.config import Registration
 from smart_launch.discovery import SmartConfiguration
 from smart_launch.errors import GrantRejected
 from smart_launch.fhir import FhirClient
-from smart_launch.refresh import refresh_serialized, token_callbacks
+from smart_launch.refresh import Grant, refresh_serialized, token_callbacks
 from smart_launch.tokens import MAX_REFRESH_MARGIN, TokenSet, normalize_fhir_user
 from tests.conftest import REDIS_URL
 from tests.smart_launch.httpfake import FakeServer, Request, Response
@@ -133,7 +133,7 @@ def server_key() -> RSAKey:
 def refresh_now(grant: str, fake: FakeServer, store: MemoryStore, conn: redis.Redis) -> TokenSet:
     with requests.Session() as http:
         return refresh_serialized(
-            grant, reg_for(fake), conf_for(fake), store=store, redis=conn, http=http
+            Grant(grant, reg_for(fake), conf_for(fake), store=store, redis=conn, http=http)
         )
 
 
@@ -202,12 +202,7 @@ def test_rotating_server_refresh_then_failed_id_token_check_leaves_a_working_gra
     # The access token dies; the grant must still refresh (with RT-2: RT-1 is dead).
     with requests.Session() as http:
         second = refresh_serialized(
-            grant,
-            reg_for(fake),
-            conf_for(fake),
-            store=store,
-            redis=redis_conn,
-            http=http,
+            Grant(grant, reg_for(fake), conf_for(fake), store=store, redis=redis_conn, http=http),
             rejected_access_token=first.access_token,
         )
     assert (second.access_token, second.refresh_token) == ("AT-3", "RT-3")
@@ -250,7 +245,7 @@ def test_sixty_second_tokens_ten_requests_in_a_row_make_at_most_one_token_reques
     store.save(grant, launched(expires_in=60, lifetime=60))
     with requests.Session() as http:
         token, on_unauthorized = token_callbacks(
-            grant, reg_for(fake), conf_for(fake), store=store, redis=redis_conn, http=http
+            Grant(grant, reg_for(fake), conf_for(fake), store=store, redis=redis_conn, http=http)
         )
         with FhirClient(
             f"{fake.base_url}/fhir", token, session=http, on_unauthorized=on_unauthorized
@@ -281,7 +276,7 @@ def test_one_clients_requests_load_the_token_set_once_while_it_is_fresh(
     store.save(grant, launched(expires_in=600))
     with requests.Session() as http:
         token, on_unauthorized = token_callbacks(
-            grant, reg_for(fake), conf_for(fake), store=store, redis=redis_conn, http=http
+            Grant(grant, reg_for(fake), conf_for(fake), store=store, redis=redis_conn, http=http)
         )
         with FhirClient(
             f"{fake.base_url}/fhir", token, session=http, on_unauthorized=on_unauthorized

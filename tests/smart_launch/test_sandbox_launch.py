@@ -17,7 +17,7 @@ from smart_launch.config import Registration
 from smart_launch.discovery import discover
 from smart_launch.fhir import FhirClient
 from smart_launch.keys import generate_signing_key, jwks
-from smart_launch.refresh import refresh_serialized, token_callbacks
+from smart_launch.refresh import Grant, refresh_serialized, token_callbacks
 from tests.conftest import REDIS_URL
 from tests.smart_launch.sandbox_flow import (
     EHR_SCOPES,
@@ -73,7 +73,7 @@ def test_launch_reads_patient_and_refreshes_after_expiry(
         # The sandbox now answers 401 to the first access token (no waiting for it).
         assert sb.expire_tokens() >= 1
         token, on_unauthorized = token_callbacks(
-            grant, reg, launched.conf, store=store, redis=redis_conn, http=http
+            Grant(grant, reg, launched.conf, store=store, redis=redis_conn, http=http)
         )
         with FhirClient(sb.fhir_base, token, session=http, on_unauthorized=on_unauthorized) as f:
             assert f.read("Patient", tokens.patient)["id"] == tokens.patient
@@ -122,12 +122,7 @@ def test_two_workers_refresh_rotating_token_once(
             # Both workers just had the first access token refused (401).
             with requests.Session() as own:
                 return refresh_serialized(
-                    grant,
-                    reg,
-                    launched.conf,
-                    store=store,
-                    redis=redis_conn,
-                    http=own,
+                    Grant(grant, reg, launched.conf, store=store, redis=redis_conn, http=own),
                     rejected_access_token=launched.tokens.access_token,
                 ).access_token
 
@@ -150,7 +145,7 @@ def test_no_token_secret_or_code_in_logs(
         store.save(grant, launched.tokens)
         sb.expire_tokens()
         token, on_unauthorized = token_callbacks(
-            grant, reg, launched.conf, store=store, redis=redis_conn, http=http
+            Grant(grant, reg, launched.conf, store=store, redis=redis_conn, http=http)
         )
         with FhirClient(sb.fhir_base, token, session=http, on_unauthorized=on_unauthorized) as f:
             f.read("Patient", launched.tokens.patient or "")
@@ -216,7 +211,7 @@ def test_sixty_second_tokens_ten_reads_make_at_most_one_token_request(
         store.save(grant, launched.tokens)
         before = sum(sb.stats()["token_requests"].values())
         token, on_unauthorized = token_callbacks(
-            grant, reg, launched.conf, store=store, redis=redis_conn, http=http
+            Grant(grant, reg, launched.conf, store=store, redis=redis_conn, http=http)
         )
         with FhirClient(sb.fhir_base, token, session=http, on_unauthorized=on_unauthorized) as f:
             for _ in range(10):

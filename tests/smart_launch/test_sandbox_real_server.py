@@ -17,7 +17,7 @@ import requests
 from sandbox.testing import running_sandbox
 from smart_launch.discovery import find_registration
 from smart_launch.fhir import FhirClient
-from smart_launch.refresh import token_callbacks
+from smart_launch.refresh import Grant, token_callbacks
 from tests.conftest import REDIS_URL
 from tests.smart_launch.sandbox_flow import (
     EHR_SCOPES,
@@ -69,7 +69,7 @@ def test_thirdparty_server_launch_and_refreshes_keep_a_working_grant(
         store, grant = MemoryStore(), f"grant-{uuid.uuid4().hex}"
         store.save(grant, launched.tokens)
         token, on_unauthorized = token_callbacks(
-            grant, reg, launched.conf, store=store, redis=redis_conn, http=http
+            Grant(grant, reg, launched.conf, store=store, redis=redis_conn, http=http)
         )
         seen_refresh_tokens = {launched.tokens.refresh_token}
         with FhirClient(sb.fhir_base, token, session=http, on_unauthorized=on_unauthorized) as f:
@@ -98,7 +98,7 @@ def test_refresh_without_any_id_token_keeps_the_launch_identity(
         store.save(grant, launched.tokens)
         sb.expire_tokens()
         token, on_unauthorized = token_callbacks(
-            grant, reg, launched.conf, store=store, redis=redis_conn, http=http
+            Grant(grant, reg, launched.conf, store=store, redis=redis_conn, http=http)
         )
         with FhirClient(sb.fhir_base, token, session=http, on_unauthorized=on_unauthorized) as f:
             assert f.read("Patient", "pat-001")["id"] == "pat-001"

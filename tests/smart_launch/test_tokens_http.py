@@ -26,7 +26,7 @@ from smart_launch.errors import (
 )
 from smart_launch.keys import generate_signing_key
 from smart_launch.launch import JwksCache, exchange_code, refresh, verify_id_token
-from smart_launch.refresh import refresh_serialized
+from smart_launch.refresh import Grant, refresh_serialized
 from smart_launch.tokens import TokenSet
 from tests.conftest import REDIS_URL
 from tests.smart_launch.httpfake import FakeServer, Request, Response
@@ -290,12 +290,14 @@ def test_concurrent_refreshes_of_one_grant_use_the_refresh_token_once(
             try:
                 results.append(
                     refresh_serialized(
-                        grant,
-                        reg_for(fake),
-                        conf_for(fake),
-                        store=store,
-                        redis=redis_conn,
-                        http=http,
+                        Grant(
+                            grant,
+                            reg_for(fake),
+                            conf_for(fake),
+                            store=store,
+                            redis=redis_conn,
+                            http=http,
+                        )
                     )
                 )
             except Exception as exc:
@@ -322,12 +324,7 @@ def test_refresh_after_401_is_skipped_when_another_worker_already_refreshed(
     )
     store.save(grant, fresh)
     got = refresh_serialized(
-        grant,
-        reg_for(fake),
-        conf_for(fake),
-        store=store,
-        redis=redis_conn,
-        http=http,
+        Grant(grant, reg_for(fake), conf_for(fake), store=store, redis=redis_conn, http=http),
         rejected_access_token="AT-old",
     )
     assert got.access_token == "AT-new"
