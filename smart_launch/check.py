@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 import requests
 
+from . import features as feat
 from ._http import json_or_none
 from ._token_endpoint import client_auth, post_token
 from .backend import backend_token
@@ -49,7 +50,7 @@ from .discovery import (
     parse_smart_configuration,
 )
 from .errors import AuthFailed, DiscoveryError, GrantRejected, Party, SmartError
-from .features import FEATURES_BY_NAME, Feature
+from .features import Feature
 from .fhir import FhirClient, find_canonical
 from .scopes import missing_scopes
 from .tokens import TokenSet
@@ -57,32 +58,17 @@ from .tokens import TokenSet
 Result = Literal["verified", "advertised", "failed", "skipped"]
 Verdict = Literal["verified", "advertised", "failed", "skipped"]
 
+# The features the report judges: CareDesk's (``smart_launch.features``, by title; the
+# EHR check's own reads only let it prove the others), the launch, and the backend jobs.
+_JUDGED = tuple(f for f in feat.FEATURES if f is not feat.EHR_CHECK)
 LAUNCH = "launch"
-SIDEBAR = "sidebar context"
-BOARD = "day board"
-FOLLOW_UPS = "follow-ups and reminders"
-REFERRALS = "referrals"
-SURVEY_INVITATIONS = "survey invitations"
-SURVEY = "survey write-back"
-SURVEY_PUBLISH = "survey publishing"
-INBOUND = "inbound message matching"
-CONFIRMATION = "reminder confirmation"
-OUTREACH = "insurance outreach"
 BACKEND = "backend jobs"
-FEATURES = (
-    LAUNCH,
-    SIDEBAR,
-    BOARD,
-    FOLLOW_UPS,
-    REFERRALS,
-    SURVEY_INVITATIONS,
-    SURVEY,
-    SURVEY_PUBLISH,
-    INBOUND,
-    CONFIRMATION,
-    OUTREACH,
-    BACKEND,
-)
+FEATURES = (LAUNCH, *(f.title for f in _JUDGED), BACKEND)
+SIDEBAR = feat.SIDEBAR.title
+REFERRALS = feat.REFERRALS.title
+SURVEY = feat.SURVEY_WRITE_BACK.title
+SURVEY_PUBLISH = feat.SURVEY_PUBLISH.title
+CONFIRMATION = feat.REMINDER_CONFIRMATION.title
 # Without these CareDesk cannot run at all; the others switch single features off.
 DEFAULT_REQUIRED = frozenset({LAUNCH, SIDEBAR})
 CHECK_TIMEOUT = 10.0
@@ -92,15 +78,19 @@ EXIT_CODES: Mapping[int, str] = {
     2: "the EHR cannot be reached",
 }
 REACHABLE = "EHR reachable"
-# Features whose jobs run with the backend client (else a launch's refresh token).
-_BACKEND_FEATURES = (
-    FOLLOW_UPS,
-    REFERRALS,
-    SURVEY_INVITATIONS,
-    SURVEY,
-    SURVEY_PUBLISH,
-    INBOUND,
-    OUTREACH,
+# Features that run in a user's launch, and those whose jobs run with the backend client
+# (else a launch's refresh token).
+_LAUNCHED = tuple(f for f in _JUDGED if f.context == "user")
+_JOBS = tuple(f for f in _JUDGED if f.context != "user")
+# Resource types whose search the check proves with the backend token, in report order.
+_SEARCHED = (
+    "Patient",
+    "Appointment",
+    "Coverage",
+    "Practitioner",
+    "Location",
+    "Organization",
+    "Encounter",
 )
 _LEGACY_STATUS = {
     "verified": "supported",
@@ -131,16 +121,18 @@ class CheckLine:
         return _LEGACY_STATUS[self.result]
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "result": self.result,
-            "status": self.status,
-            "detail": self.detail,
-            "features": list(self.features),
-            "group": self.group,
-            "party": self.party,
-            "ehr_text": self.ehr_text,
-        }
+        return _as_json(self, _LINE_JSON)
+
+
+# What a line's and a verdict's JSON hold, in this order.
+_LINE_JSON = ("name", "result", "status", "detail", "features", "group", "party", "ehr_text")
+_VERDICT_JSON = ("verdict", "works", "blocked_by", "unverified", "skipped")
+
+
+def _as_json(obj: object, names: tuple[str, ...]) -> dict[str, Any]:
+    """The attributes ``names`` of ``obj`` as JSON values (a tuple becomes a list)."""
+    values = {name: getattr(obj, name) for name in names}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
 def _failed(name: str, exc: SmartError, detail: str | None = None) -> CheckLine:
@@ -154,14 +146,13 @@ class FeatureVerdict:
     unverified: tuple[str, ...] = ()
     skipped: tuple[str, ...] = ()
 
+    @property
+    def works(self) -> bool:
+        """Nothing stops the feature (verified, advertised or not checked)."""
+        return self.verdict != "failed"
+
     def to_json(self) -> dict[str, Any]:
-        return {
-            "verdict": self.verdict,
-            "works": self.verdict != "failed",
-            "blocked_by": list(self.blocked_by),
-            "unverified": list(self.unverified),
-            "skipped": list(self.skipped),
-        }
+        return _as_json(self, _VERDICT_JSON)
 
 
 @dataclass(frozen=True)
@@ -224,7 +215,7 @@ class CheckReport:
 
     def verdict(self) -> dict[str, bool]:
         """Feature -> whether nothing stops it (verified, advertised or not checked)."""
-        return {f: v.verdict != "failed" for f, v in self.feature_verdicts().items()}
+        return {f: v.works for f, v in self.feature_verdicts().items()}
 
     @property
     def exit_code(self) -> int:
@@ -507,9 +498,9 @@ def check_backend_token(p: Probe) -> CheckLine:
     )
 
 
-def _backend_scopes(feature: Feature, title: str) -> Callable[[Probe], CheckLine]:
+def _backend_scopes(feature: Feature) -> Callable[[Probe], CheckLine]:
     def check(p: Probe) -> CheckLine:
-        name = f"backend scopes for {title}"
+        name = f"backend scopes for {feature.title}"
         if p.backend is None:
             return CheckLine(name, "skipped", "no backend token")
         # What the EHR granted; a server that does not echo scope granted what was asked.
@@ -523,9 +514,9 @@ def _backend_scopes(feature: Feature, title: str) -> Callable[[Probe], CheckLine
     return check
 
 
-def _user_scopes(feature: Feature, title: str) -> Callable[[Probe], CheckLine]:
+def _user_scopes(feature: Feature) -> Callable[[Probe], CheckLine]:
     def check(p: Probe) -> CheckLine:
-        name = f"launch scopes for {title}"
+        name = f"launch scopes for {feature.title}"
         if p.reg is None:
             return CheckLine(name, "skipped", "no registration given")
         missing = feature.missing(p.reg.scopes, "user")
@@ -679,12 +670,14 @@ def check_batch(p: Probe) -> CheckLine:
     )
 
 
-def _feature(name: str) -> Feature:
-    return FEATURES_BY_NAME[name]
+def _reading(rtype: str) -> tuple[str, ...]:
+    """The judged features that read or search ``rtype``: they need its search line."""
+    return tuple(f.title for f in _JUDGED if f.reads(rtype))
 
 
-# The table: (check, features that need its line). Order is the report's order, and
-# later checks use what earlier ones found (the backend token, the CapabilityStatement).
+# The table: (check, features that need its line, "any of" group). Order is the report's
+# order, and later checks use what earlier ones found (the backend token, the
+# CapabilityStatement). The scope and read lines follow from smart_launch.features.
 CHECKS: tuple[tuple[Callable[[Probe], CheckLine], tuple[str, ...], str | None], ...] = (
     (check_well_known, (LAUNCH,), "discovery"),
     (check_capability_statement, (LAUNCH,), "discovery"),
@@ -701,36 +694,10 @@ CHECKS: tuple[tuple[Callable[[Probe], CheckLine], tuple[str, ...], str | None], 
     (_grant("refresh_token"), (), None),
     (_grant("client_credentials"), (), None),
     (check_client_accepted, (LAUNCH,), None),
-    (_user_scopes(_feature("sidebar"), SIDEBAR), (SIDEBAR,), None),
-    (_user_scopes(_feature("board"), BOARD), (BOARD,), None),
-    (check_backend_token, (BACKEND, *_BACKEND_FEATURES, CONFIRMATION), None),
-    (_backend_scopes(_feature("follow-ups"), FOLLOW_UPS), (FOLLOW_UPS, BACKEND), None),
-    (_backend_scopes(_feature("referrals"), REFERRALS), (REFERRALS, BACKEND), None),
-    (
-        _backend_scopes(_feature("survey-invitations"), SURVEY_INVITATIONS),
-        (SURVEY_INVITATIONS, BACKEND),
-        None,
-    ),
-    (_backend_scopes(_feature("survey-write-back"), SURVEY), (SURVEY, BACKEND), None),
-    (_backend_scopes(_feature("survey-publish"), SURVEY_PUBLISH), (SURVEY_PUBLISH, BACKEND), None),
-    (_backend_scopes(_feature("inbound-matching"), INBOUND), (INBOUND, BACKEND), None),
-    (
-        _backend_scopes(_feature("reminder-confirmation"), CONFIRMATION),
-        (CONFIRMATION, BACKEND),
-        None,
-    ),
-    (_backend_scopes(_feature("insurance-outreach"), OUTREACH), (OUTREACH, BACKEND), None),
-    (_read("Patient"), (SIDEBAR, BOARD, FOLLOW_UPS, SURVEY_INVITATIONS, INBOUND, OUTREACH), None),
-    (
-        _read("Appointment"),
-        (SIDEBAR, BOARD, FOLLOW_UPS, REFERRALS, SURVEY_INVITATIONS, CONFIRMATION),
-        None,
-    ),
-    (_read("Coverage"), (SIDEBAR, BOARD, OUTREACH), None),
-    (_read("Practitioner"), (SIDEBAR, BOARD, REFERRALS, SURVEY_INVITATIONS), None),
-    (_read("Location"), (SIDEBAR, BOARD, SURVEY_INVITATIONS), None),
-    (_read("Organization"), (SIDEBAR,), None),
-    (_read("Encounter"), (SURVEY_INVITATIONS,), None),
+    *((_user_scopes(f), (f.title,), None) for f in _LAUNCHED),
+    (check_backend_token, (BACKEND, *(f.title for f in _JOBS)), None),
+    *((_backend_scopes(f), (f.title, BACKEND), None) for f in _JOBS),
+    *((_read(rtype), _reading(rtype), None) for rtype in _SEARCHED),
     (check_batch, (), None),
     (_write("QuestionnaireResponse"), (SURVEY,), None),
     (check_qr_conditional_create, (SURVEY,), "duplicate guard"),

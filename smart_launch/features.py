@@ -54,6 +54,10 @@ class Feature:
         prefix = "system" if level == "backend" else "user"
         return tuple(f"{prefix}/{rtype}.{perms}" for rtype, perms in self.needs)
 
+    def reads(self, rtype: str) -> bool:
+        """Whether this feature reads or searches ``rtype``."""
+        return any(t == rtype and ("r" in perms or "s" in perms) for t, perms in self.needs)
+
     def missing(self, granted: str, level: Level) -> list[str]:
         """Needed scopes the ``granted`` scope string does not cover (v1 or v2; at user
         level a patient/ scope covers too when :attr:`patient_ok`)."""
