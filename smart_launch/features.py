@@ -32,14 +32,15 @@ LAUNCH_USER_SCOPES = ("launch", "openid", "fhirUser", "offline_access")
 class Feature:
     """One CareDesk feature and the FHIR access it needs.
 
-    ``reads`` are (resource type, permissions) pairs in v2 letters; ``context`` is
+    ``needs`` are the resource scopes without their level, in v2 letters
+    (``"Patient.rs Appointment.ru"``); ``context`` is
     ``"user"`` (needs a user's launch), ``"backend"`` (jobs and CLI) or ``"both"`` (jobs
     that may run on a launch's refresh token when there is no backend client).
     """
 
     name: str
     title: str
-    needs: tuple[tuple[str, str], ...]
+    needs: str
     context: Literal["user", "backend", "both"]
     note: str = ""
     # At user level, patient/ scopes are enough (the sidebar always has a patient).
@@ -52,11 +53,15 @@ class Feature:
         if level == "user" and self.context == "backend":
             return ()
         prefix = "system" if level == "backend" else "user"
-        return tuple(f"{prefix}/{rtype}.{perms}" for rtype, perms in self.needs)
+        return tuple(f"{prefix}/{need}" for need in self.needs.split())
 
     def reads(self, rtype: str) -> bool:
         """Whether this feature reads or searches ``rtype``."""
-        return any(t == rtype and ("r" in perms or "s" in perms) for t, perms in self.needs)
+        for need in self.needs.split():
+            needed, _, perms = need.partition(".")
+            if needed == rtype and ("r" in perms or "s" in perms):
+                return True
+        return False
 
     def missing(self, granted: str, level: Level) -> list[str]:
         """Needed scopes the ``granted`` scope string does not cover (v1 or v2; at user
@@ -84,14 +89,7 @@ class Feature:
 SIDEBAR = Feature(
     "sidebar",
     "sidebar context",
-    (
-        ("Patient", "rs"),
-        ("Appointment", "rs"),
-        ("Coverage", "rs"),
-        ("Practitioner", "rs"),
-        ("Location", "rs"),
-        ("Organization", "rs"),
-    ),
+    "Patient.rs Appointment.rs Coverage.rs Practitioner.rs Location.rs Organization.rs",
     "user",
     "The patient, their visits (with practitioner and location) and coverage; patient/ "
     "scopes are enough here.",
@@ -100,32 +98,21 @@ SIDEBAR = Feature(
 BOARD = Feature(
     "board",
     "day board",
-    (
-        ("Appointment", "rs"),
-        ("Patient", "rs"),
-        ("Coverage", "rs"),
-        ("Practitioner", "rs"),
-        ("Location", "rs"),
-    ),
+    "Appointment.rs Patient.rs Coverage.rs Practitioner.rs Location.rs",
     "user",
     "Every appointment of a day across patients: user/ scopes, not patient/.",
 )
 FOLLOW_UPS = Feature(
     "follow-ups",
     "follow-ups and reminders",
-    (("Patient", "rs"), ("Appointment", "rs")),
+    "Patient.rs Appointment.rs",
     "both",
     "Messages themselves go out by SMS or email, not through FHIR.",
 )
 REFERRALS = Feature(
     "referrals",
     "referrals",
-    (
-        ("ServiceRequest", "cus"),
-        ("Task", "cus"),
-        ("Practitioner", "rs"),
-        ("Appointment", "rs"),
-    ),
+    "ServiceRequest.cus Task.cus Practitioner.rs Appointment.rs",
     "both",
     "Creates and updates ServiceRequest and Task (found again by identifier before "
     "creating), finds the referred practitioner and the appointment that schedules it.",
@@ -133,13 +120,7 @@ REFERRALS = Feature(
 SURVEY_INVITATIONS = Feature(
     "survey-invitations",
     "survey invitations",
-    (
-        ("Patient", "rs"),
-        ("Appointment", "rs"),
-        ("Location", "rs"),
-        ("Encounter", "rs"),
-        ("Practitioner", "rs"),
-    ),
+    "Patient.rs Appointment.rs Location.rs Encounter.rs Practitioner.rs",
     "both",
     "The practitioner is read by id when the appointment's reference has no display, so "
     "the invitation can name who the patient saw.",
@@ -147,7 +128,7 @@ SURVEY_INVITATIONS = Feature(
 SURVEY_WRITE_BACK = Feature(
     "survey-write-back",
     "survey write-back",
-    (("QuestionnaireResponse", "cs"), ("Questionnaire", "rs")),
+    "QuestionnaireResponse.cs Questionnaire.rs",
     "both",
     "QuestionnaireResponse create, searched by identifier first so a retry never "
     "duplicates; the CSAT Questionnaire found by url and version.",
@@ -155,28 +136,28 @@ SURVEY_WRITE_BACK = Feature(
 SURVEY_PUBLISH = Feature(
     "survey-publish",
     "survey publishing",
-    (("Questionnaire", "crs"),),
+    "Questionnaire.crs",
     "backend",
     "`caredesk survey publish` creates the CSAT Questionnaire once (searched first).",
 )
 INBOUND_MATCHING = Feature(
     "inbound-matching",
     "inbound message matching",
-    (("Patient", "rs"),),
+    "Patient.rs",
     "backend",
     "Finds the patient of an inbound SMS or email by phone number or address.",
 )
 REMINDER_CONFIRMATION = Feature(
     "reminder-confirmation",
     "reminder confirmation",
-    (("Appointment", "ru"),),
+    "Appointment.ru",
     "both",
     "A patient's YES to a reminder confirms the appointment (read, then update).",
 )
 INSURANCE_OUTREACH = Feature(
     "insurance-outreach",
     "insurance outreach",
-    (("Coverage", "rs"), ("Patient", "rs")),
+    "Coverage.rs Patient.rs",
     "backend",
     "The sweep searches coverages ending soon and messages their patients.",
 )
@@ -184,14 +165,8 @@ INSURANCE_OUTREACH = Feature(
 EHR_CHECK = Feature(
     "ehr-check",
     "EHR check reads",
-    (
-        ("Patient", "rs"),
-        ("Appointment", "rs"),
-        ("Coverage", "rs"),
-        ("Practitioner", "rs"),
-        ("Location", "rs"),
-        ("Organization", "rs"),
-    ),
+    # The sidebar's and the board's reads, each once: they are what it proves.
+    " ".join(dict.fromkeys([*SIDEBAR.needs.split(), *BOARD.needs.split()])),
     "backend",
     "Optional: lets `caredesk ehr check` prove the sidebar's and the board's reads with "
     "the backend client (without them those lines stay 'advertised').",
