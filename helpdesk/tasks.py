@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 
 from flask import current_app, has_app_context
 from marshmallow import ValidationError
-from sqlalchemy import Table, insert, select
+from sqlalchemy import ColumnElement, String, Table, bindparam, insert, literal, select, update
 from sqlalchemy.orm import Session
 
 from fhir_mappers.contact import blocked, current_telecoms, is_deceased, may_survey, reachable
@@ -113,6 +113,41 @@ _task = cast(Table, CareTask.__table__)
 _INSERT_TASK = insert(_task).returning(_task.c.id)
 
 
+_SET_JOB_ID = (
+    update(_task)
+    .where(_task.c.id == bindparam("task_id"))
+    .values(job_id=bindparam("job_id"), updated_at=bindparam("now"))
+)
+
+
+def job_id_for(task_id: int, attempt: int) -> str:
+    """The RQ job id of a task's attempt: unique per task and attempt, so a re-enqueue of
+    one attempt never makes two jobs. ``job_id_sql`` writes the same in SQL."""
+    return f"task-{task_id}-a{attempt}"
+
+
+def job_id_sql(task_id: ColumnElement[int], attempt: int) -> ColumnElement[str]:
+    """``job_id_for`` as SQL, for a row whose id the database picks in the same statement."""
+    return literal("task-", String) + task_id.cast(String) + literal(f"-a{attempt}", String)
+
+
+def queued_task_values(
+    *, registration_id: int, kind: str, patient_ref: str | None
+) -> dict[str, Any]:
+    """Every column of a task row due now (as ``new_task`` makes it) but its id, payload,
+    dedupe key and job id, for a statement that computes those in SQL
+    (``helpdesk.surveys``). The model's defaults are spelled out: SQLAlchemy fills them in
+    for a statement that is an INSERT, not for an INSERT inside a CTE."""
+    values = _task_values(
+        TaskFields(registration_id=registration_id, kind=kind, patient_ref=patient_ref, payload={})
+    )
+    for column in ("payload", "dedupe_key"):
+        del values[column]
+    now = utcnow()
+    values.update(attempts=0, fhir_refs={}, created_at=now, updated_at=now)
+    return values
+
+
 def insert_task(
     session: Session,
     *,
@@ -123,8 +158,10 @@ def insert_task(
     dedupe_key: str,
 ) -> int:
     """``new_task`` for a row with a key that cannot exist yet (it names a row made in the
-    same transaction), due now, as one INSERT in the caller's transaction, without the
-    ORM's unit of work; returns the row id. The unique index still guards the key."""
+    same transaction), due now, without the ORM's unit of work: one INSERT, then the job id
+    of its first attempt (``job_id_for``), in the caller's transaction; returns the row id.
+    After the commit, ``jobs.outbox.enqueue_inserted`` enqueues that job. The unique index
+    still guards the key."""
     values = _task_values(
         TaskFields(
             registration_id=registration_id,
@@ -134,7 +171,12 @@ def insert_task(
             dedupe_key=dedupe_key,
         )
     )
-    return int(session.connection().execute(_INSERT_TASK, values).scalar_one())
+    conn = session.connection()
+    task_id = int(conn.execute(_INSERT_TASK, values).scalar_one())
+    conn.execute(
+        _SET_JOB_ID, {"task_id": task_id, "job_id": job_id_for(task_id, 1), "now": utcnow()}
+    )
+    return task_id
 
 
 def _task_values(fields: TaskFields) -> dict[str, Any]:

@@ -21,11 +21,12 @@ from rq.callbacks import Callback
 from rq.job import Job, JobStatus
 from rq.rate_limit import RateLimit
 from rq.registry import StartedJobRegistry
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Table, select, update
 from sqlalchemy.orm import Session
 
 from helpdesk.db import get_store
 from helpdesk.models import CareTask, TaskAttempt
+from helpdesk.tasks import job_id_for
 from helpdesk.timeutil import utcnow
 from jobs.queue import get_queue_state
 
@@ -43,11 +44,6 @@ LIVE_JOB_STATES = {
 RUN_TASK = "jobs.tasks.run_task"
 JOB_FAILED = "jobs.tasks.job_failed"
 JOB_TIMEOUT = 600
-
-
-def job_id_for(task_id: int, attempt: int) -> str:
-    """Unique per task and attempt, so a re-enqueue of one attempt never makes two jobs."""
-    return f"task-{task_id}-a{attempt}"
 
 
 @dataclass(frozen=True)
@@ -142,27 +138,16 @@ def prepare(tasks: Iterable[CareTask], *, app: Flask) -> list[_Pending]:
     return pending
 
 
-_task = cast(Table, CareTask.__table__)
 _ATTEMPTS = cast(Table, TaskAttempt.__table__)
-_SET_JOB_ID = (
-    update(_task)
-    .where(_task.c.id == bindparam("task_id"))
-    .values(job_id=bindparam("job_id"), updated_at=bindparam("now"))
-)
 
 
-def prepare_inserted(
-    session: Session, task_id: int, *, registration_id: int, kind: str, app: Flask
-) -> _Pending:
-    """``prepare`` for a row the caller has just inserted with
-    ``helpdesk.tasks.insert_task`` (queued, due now, no attempt yet, on the configured
-    queue): its job id in one UPDATE, without loading the row."""
-    job_id = job_id_for(task_id, 1)
-    session.connection().execute(
-        _SET_JOB_ID, {"task_id": task_id, "job_id": job_id, "now": utcnow()}
-    )
+def pending_inserted(task_id: int, *, registration_id: int, kind: str, app: Flask) -> _Pending:
+    """The job of a row the caller has just inserted with its job id
+    (``helpdesk.tasks.insert_task``, ``helpdesk.surveys.record_answer``: queued, due now,
+    first attempt, on the configured queue), to ``enqueue`` after the commit, without
+    reading or writing the row again."""
     queue = str(app.config.get("TASK_QUEUE") or "default")
-    return _Pending(task_id, job_id, queue, registration_id, None, kind)
+    return _Pending(task_id, job_id_for(task_id, 1), queue, registration_id, None, kind)
 
 
 def enqueue(pending: Iterable[_Pending], *, app: Flask) -> None:

@@ -216,24 +216,20 @@ def answer(token: str) -> Response:
         return _form_page(invite, lang, values=values, errors=errors, status=422)
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     try:
-        answered = domain.record_answer(session, invite, answers, now=now)
-        # The job id goes on the task row in the answer's own transaction: one commit,
+        # The task's job id goes on its row in the answer's own transaction: one commit,
         # then the enqueue (a burst of answers is mostly round trips to the store).
-        pending = []
-        if answered.writeback_task_id is not None:
-            pending.append(
-                outbox.prepare_inserted(
-                    session,
-                    answered.writeback_task_id,
-                    registration_id=invite.registration_id,
-                    kind=domain.WRITEBACK_KIND,
-                    app=app,
-                )
-            )
+        answered = domain.record_answer(session, invite, answers, now=now)
         session.commit()
     except domain.NotAnswerable:
         session.rollback()
         return _message(lang, "done", 200)
     log.info("survey answered: invite %s, response %s", invite.id, answered.response_id)
-    outbox.enqueue(pending, app=app)
+    if answered.writeback_task_id is not None:
+        job = outbox.pending_inserted(
+            answered.writeback_task_id,
+            registration_id=invite.registration_id,
+            kind=domain.WRITEBACK_KIND,
+            app=app,
+        )
+        outbox.enqueue([job], app=app)
     return _message(lang, "thanks", 200)
