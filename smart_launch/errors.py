@@ -70,11 +70,7 @@ class Detail(TypedDict, total=False):
 
 class SmartError(Exception):
     """Base class. ``code`` is a short machine-readable reason; ``summary`` is CareDesk's
-    own user-safe sentence; see the module docstring for the other attributes.
-
-    A kind of error gives its code, and its party and whether it is temporary where they
-    differ from its base's, where the class is named:
-    ``class RefreshBusy(SmartError, code="refresh_busy", temporary=True)``."""
+    own user-safe sentence; see the module docstring for the other attributes."""
 
     code: str = "smart_error"
     party: Party = "caredesk"
@@ -89,24 +85,6 @@ class SmartError(Exception):
         "status",
         "temporary",
     )
-
-    def __init_subclass__(
-        cls,
-        *,
-        code: str | None = None,
-        party: Party | None = None,
-        temporary: bool | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init_subclass__(**kwargs)
-        # Only what is given: an attribute set on every class would hide what a later
-        # base in a subclass's MRO gives.
-        if code is not None:
-            cls.code = code
-        if party is not None:
-            cls.party = party
-        if temporary is not None:
-            cls.temporary = temporary
 
     def __init__(self, message: str, **detail: Unpack[Detail]) -> None:
         super().__init__(message)
@@ -141,36 +119,50 @@ class OAuthErrorResponse(SmartError):
         return self.ehr_text
 
 
-class ConfigurationError(SmartError, code="configuration"):
+class ConfigurationError(SmartError):
     """CareDesk was asked to do something its registration does not allow (a redirect
     without a redirect URI, a backend token without a backend client)."""
 
+    code = "configuration"
 
-class LaunchError(SmartError, code="launch_error"):
+
+class LaunchError(SmartError):
     """The launch cannot go on; the subclasses say why."""
 
+    code = "launch_error"
 
-class UnknownIssuer(LaunchError, code="unknown_issuer"):
+
+class UnknownIssuer(LaunchError):
     """The launch names an EHR (``iss``) that is not registered."""
 
+    code = "unknown_issuer"
 
-class StateError(LaunchError, code="invalid_state"):
+
+class StateError(LaunchError):
     """The callback's ``state`` is missing, unknown, used or expired."""
 
+    code = "invalid_state"
 
-class BrowserMismatch(StateError, code="browser_mismatch"):
+
+class BrowserMismatch(StateError):
     """The callback arrived in a browser other than the one that started the launch."""
 
+    code = "browser_mismatch"
 
-class DiscoveryError(LaunchError, code="discovery_failed", party="ehr"):
+
+class DiscoveryError(LaunchError):
     """The EHR's SMART configuration cannot be found or read."""
 
+    code = "discovery_failed"
+    party: Party = "ehr"
 
-class AuthorizationDenied(
-    LaunchError, OAuthErrorResponse, code="authorization_denied", party="ehr"
-):
+
+class AuthorizationDenied(LaunchError, OAuthErrorResponse):
     """The authorization server redirected back with ``error=...`` (the user said no, or
     the EHR refused the request). The EHR's code is ``error``, its text ``ehr_text``."""
+
+    code = "authorization_denied"
+    party: Party = "ehr"
 
     def __init__(self, error: str, error_description: str | None = None) -> None:
         code = clean_error_code(error)
@@ -184,20 +176,27 @@ class AuthorizationDenied(
         )
 
 
-class NeedsAuthorization(SmartError, code="needs_authorization"):
+class NeedsAuthorization(SmartError):
     """No usable access token, refresh token or backend credentials: a user must launch again."""
 
+    code = "needs_authorization"
 
-class NoBackendClient(NeedsAuthorization, ConfigurationError, code="no_backend_client"):
+
+class NoBackendClient(NeedsAuthorization, ConfigurationError):
     """The registration has no backend-services client (or no key): not a failure of
     the EHR, just a job that must wait for a user's grant. Sweeps log it in one line."""
 
+    code = "no_backend_client"
 
-class RefreshBusy(SmartError, code="refresh_busy", temporary=True):
+
+class RefreshBusy(SmartError):
     """Another worker held the refresh lock for longer than we were willing to wait."""
 
+    code = "refresh_busy"
+    temporary = True
 
-class AuthFailed(OAuthErrorResponse, code="auth_failed", party="ehr"):
+
+class AuthFailed(OAuthErrorResponse):
     """The token endpoint refused us, or what it returned cannot be trusted.
 
     The subclasses say whose fault: :class:`ClientRejected` (CareDesk's credentials),
@@ -205,43 +204,68 @@ class AuthFailed(OAuthErrorResponse, code="auth_failed", party="ehr"):
     :class:`EhrUnreachable`, :class:`IdTokenInvalid`.
     """
 
+    code = "auth_failed"
+    party: Party = "ehr"
 
-class ClientRejected(AuthFailed, code="client_rejected", party="caredesk"):
+
+class ClientRejected(AuthFailed):
     """The token endpoint refused CareDesk's own client credentials or registration:
     ``invalid_client`` (unknown client, unknown asymmetric client, bad secret, bad
     assertion), ``unauthorized_client``, ``invalid_scope``. Relaunching will not help;
     the registration (here or in the EHR) must be fixed."""
 
+    code = "client_rejected"
+    party: Party = "caredesk"
 
-class BackendClientRejected(ClientRejected, NeedsAuthorization, code="backend_client_rejected"):
+
+class BackendClientRejected(ClientRejected, NeedsAuthorization):
     """The EHR refused the backend-services client (``invalid_client`` for an unknown
     asymmetric client or a bad assertion...). A :class:`NeedsAuthorization` too: a job
     may still run on the refresh token of the launch that queued it."""
 
+    code = "backend_client_rejected"
 
-class GrantRejected(AuthFailed, NeedsAuthorization, code="grant_rejected", party="ehr"):
+
+class GrantRejected(AuthFailed, NeedsAuthorization):
     """``invalid_grant``: the EHR no longer honours this code or refresh token (used,
     expired, revoked). The user must launch CareDesk again."""
 
+    code = "grant_rejected"
+    party: Party = "ehr"
 
-class EhrServerError(AuthFailed, code="ehr_server_error", party="ehr", temporary=True):
+
+class EhrServerError(AuthFailed):
     """The token endpoint failed on its side (5xx, ``server_error``,
     ``temporarily_unavailable``): worth retrying later."""
 
+    code = "ehr_server_error"
+    party: Party = "ehr"
+    temporary = True
 
-class EhrUnreachable(AuthFailed, code="ehr_unreachable", party="network", temporary=True):
+
+class EhrUnreachable(AuthFailed):
     """The token endpoint could not be reached or did not answer in time."""
 
+    code = "ehr_unreachable"
+    party: Party = "network"
+    temporary = True
 
-class IdTokenInvalid(AuthFailed, code="invalid_id_token", party="ehr"):
+
+class IdTokenInvalid(AuthFailed):
     """The EHR's id_token cannot be trusted: no keys to check it with, not a JWT, or a
     signature or claim that does not verify."""
 
+    code = "invalid_id_token"
+    party: Party = "ehr"
 
-class FhirError(SmartError, code="fhir_error", party="ehr"):
+
+class FhirError(SmartError):
     """A FHIR request failed (see :class:`TemporaryFhirError` and :class:`FatalFhirError`);
     ``operation_outcome`` is what the server explained, ``retry_after`` how long it asked
     to wait (seconds)."""
+
+    code = "fhir_error"
+    party: Party = "ehr"
 
     def __init__(
         self,
@@ -256,20 +280,30 @@ class FhirError(SmartError, code="fhir_error", party="ehr"):
         self.retry_after = retry_after
 
 
-class TemporaryFhirError(FhirError, code="fhir_temporary", temporary=True):
+class TemporaryFhirError(FhirError):
     """408/429/500/502/503/504, timeouts and connection failures: worth retrying."""
 
+    code = "fhir_temporary"
+    temporary = True
 
-class FhirUnreachable(TemporaryFhirError, code="fhir_unreachable", party="network"):
+
+class FhirUnreachable(TemporaryFhirError):
     """The FHIR server could not be reached or did not answer in time."""
 
+    code = "fhir_unreachable"
+    party: Party = "network"
 
-class FatalFhirError(FhirError, code="fhir_fatal"):
+
+class FatalFhirError(FhirError):
     """Everything else: retrying the same request will not help."""
 
+    code = "fhir_fatal"
 
-class UnsafeUrl(FatalFhirError, code="unsafe_url"):
+
+class UnsafeUrl(FatalFhirError):
     """A URL (a paging link, a redirect) that leaves the registration's FHIR base.
 
     The bearer token must never travel there, so no request is made.
     """
+
+    code = "unsafe_url"
