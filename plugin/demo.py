@@ -20,7 +20,6 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 from helpdesk import migrate, registry
 from helpdesk.crypto import get_vault
 from helpdesk.db import get_store
-from helpdesk.models import SigningKey
 from jobs.queue import start_embedded_worker, stop_embedded_worker
 from plugin import create_app
 
@@ -152,8 +151,6 @@ DEMO_BACKEND_SCOPES = " ".join(
 def _register_sandbox(app: Flask, sandbox_origin: str, profile: str) -> dict[str, object]:
     """Register the sandbox EHR; jobs use Backend Services with a key made once per checkout.
     Returns the public JWKS the sandbox needs to know CareDesk's backend client."""
-    from smart_launch.keys import generate_signing_key
-
     with app.app_context(), get_store(app).session() as session:
         reg = registry.upsert(
             session,
@@ -167,15 +164,7 @@ def _register_sandbox(app: Flask, sandbox_origin: str, profile: str) -> dict[str
             backend_scopes=DEMO_BACKEND_SCOPES,
         )
         if not [k for k in reg.signing_keys if k.retired_at is None]:
-            key = generate_signing_key("ES384")
-            reg.signing_keys.append(
-                SigningKey(
-                    kid=key.kid,
-                    alg=key.alg,
-                    private_key_enc=get_vault(app).encrypt(key.private_pem),
-                    public_jwk=key.public_jwk(),
-                )
-            )
+            registry.add_signing_key(reg, get_vault(app), "ES384")
             session.flush()
         return {"keys": [dict(k.public_jwk) for k in reg.signing_keys]}
 
