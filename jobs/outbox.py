@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -172,12 +172,7 @@ class SweepResult:
     failed: list[int] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "checked": self.checked,
-            "requeued": self.requeued,
-            "dead": self.dead,
-            "failed": self.failed,
-        }
+        return asdict(self)
 
 
 def _job_state(conn: redis.Redis, job_id: str | None) -> JobStatus | None:
