@@ -14,8 +14,6 @@ from typing import Any
 
 from fhir_mappers import issues
 from fhir_mappers.contact import (
-    CONTACT_RESTRICTION_URL,
-    RESTRICTION_CODES,
     blocked_by,
     channel_for,
     current_telecoms,
@@ -233,12 +231,4 @@ def to_contact(resource: Mapping[str, Any], *, now: dt.datetime) -> Contact:
     )
 
 
-__all__ = [
-    "CONTACT_RESTRICTION_URL",
-    "RESTRICTION_CODES",
-    "Contact",
-    "PostalAddress",
-    "Telecom",
-    "restrictions_of",
-    "to_contact",
-]
+__all__ = ["Contact", "PostalAddress", "Telecom", "to_contact"]

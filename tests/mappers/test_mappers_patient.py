@@ -8,7 +8,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from fhir_mappers.patient import CONTACT_RESTRICTION_URL, to_contact
+from fhir_mappers.contact import CONTACT_RESTRICTION_URL
+from fhir_mappers.patient import to_contact
 
 CHI = ZoneInfo("America/Chicago")
 NOW = dt.datetime(2026, 11, 27, 9, 30, tzinfo=CHI)
