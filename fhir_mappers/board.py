@@ -27,33 +27,52 @@ FLAG_ORDER = flags.ORDER
 FLAG_TEXT = {f.code: f.text for f in flags.FLAGS}
 
 
+# What a row shows of its visit (``Visit``'s fields of the same names; times in the
+# viewer's zone, and the location's only when its clock differs).
+_VISIT_FIELDS = (
+    "appointment_id",
+    "start",
+    "status",
+    "status_text",
+    "practitioner",
+    "location",
+    "service",
+    "timing",
+    "tz_abbr",
+    "location_tz",
+    "location_start",
+    "location_tz_abbr",
+)
+
+
 @dataclass(frozen=True)
 class BoardRow:
-    appointment_id: str | None
+    """One appointment of the day, and what its patient's part adds."""
+
+    visit: Visit
     patient_ref: str | None
     patient_name: str | None
     preferred_name: str | None
-    start: dt.datetime | None  # in the viewer's zone
-    status: str | None  # the FHIR code
-    status_text: str
-    practitioner: str | None
-    location: str | None
-    service: str | None
     flags: tuple[str, ...]  # codes of fhir_mappers.flags, most urgent first
     needs_call: bool
     coverage_state: str  # Insurance.state; `unknown` when coverage could not be read
-    timing: str  # past | today | upcoming | unknown (see Visit.timing)
-    tz_abbr: str | None
-    location_tz: str | None  # only when the location's clock differs from the viewer's
-    location_start: dt.datetime | None
-    location_tz_abbr: str | None
+
+    @property
+    def appointment_id(self) -> str | None:
+        return self.visit.appointment_id
+
+    @property
+    def start(self) -> dt.datetime | None:
+        return self.visit.start
 
     def to_json(self) -> dict[str, Any]:
-        # Every field is a scalar or a tuple of strings: no deep copy (dataclasses.asdict)
-        # is needed, and on a 300-row board it cost more than the rest of to_json.
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
-        data["start"] = self.start.isoformat() if self.start else None
-        data["location_start"] = self.location_start.isoformat() if self.location_start else None
+        """The visit's fields the board shows and the row's own, side by side."""
+        # Only scalars and tuples of strings: no deep copy (dataclasses.asdict) is needed,
+        # and on a 300-row board it cost more than the rest of to_json.
+        data = {name: getattr(self.visit, name) for name in _VISIT_FIELDS}
+        data.update({f.name: getattr(self, f.name) for f in fields(self) if f.name != "visit"})
+        for moment in ("start", "location_start"):
+            data[moment] = data[moment].isoformat() if data[moment] else None
         data["flags"] = [flags.flag(f).to_json() for f in self.flags]
         return data
 
@@ -137,24 +156,13 @@ def board_rows(
         shown = flags.ordered(codes)
         rows.append(
             BoardRow(
-                appointment_id=visit.appointment_id,
+                visit=visit,
                 patient_ref=patient_ref,
                 patient_name=contact.display_name if contact else None,
                 preferred_name=contact.preferred_name if contact else None,
-                start=visit.start,
-                status=visit.status,
-                status_text=visit.status_text,
-                practitioner=visit.practitioner,
-                location=visit.location,
-                service=visit.service,
                 flags=shown,
                 needs_call=flags.needs_call(shown),
                 coverage_state=coverage_state,
-                timing=visit.timing,
-                tz_abbr=visit.tz_abbr,
-                location_tz=visit.location_tz,
-                location_start=visit.location_start,
-                location_tz_abbr=visit.location_tz_abbr,
             )
         )
     far = dt.datetime.max.replace(tzinfo=dt.UTC)
