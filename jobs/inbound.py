@@ -232,8 +232,7 @@ def _answer_reminder(
     if not appointment_ref:
         return False
     rtype, rid = split_reference(appointment_ref)
-    client = ctx.fhir()
-    appointment = client.read(rtype, rid)
+    appointment = ctx.fhir().read(rtype, rid)
     zone = ZoneInfo(str(ctx.app.config["VIEWER_TIMEZONE"]))
     start = parse_datetime(appointment.get("start"), zone)
     if appointment.get("status") not in OPEN_APPOINTMENT or start is None or start <= ctx.now:
@@ -241,7 +240,7 @@ def _answer_reminder(
     message.appointment_ref = appointment_ref
     when = f"{start.astimezone(zone):%a %b %-d, %H:%M}"
     if message.intent == "confirm":
-        message.outcome = _confirm(ctx, message, client, appointment, appointment_ref, when)
+        message.outcome = _confirm(ctx, message, appointment, when)
         message.status = "processed"
         message.processed_at = ctx.now
         return True
@@ -265,14 +264,12 @@ def _answer_reminder(
 
 
 def _confirm(
-    ctx: JobContext,
-    message: InboundMessage,
-    client: FhirClient,
-    appointment: dict[str, Any],
-    appointment_ref: str,
-    when: str,
+    ctx: JobContext, message: InboundMessage, appointment: dict[str, Any], when: str
 ) -> str:
-    """Participation ``accepted`` in the EHR, or a task for staff to do it there."""
+    """Participation ``accepted`` in the EHR for the appointment the message answers
+    (``message.appointment_ref``, read as ``appointment``), or a task for staff to do it
+    there."""
+    appointment_ref = str(message.appointment_ref)
     index = _participant_index(appointment, str(message.patient_ref))
     reason = None
     if not ctx.registration.allow_writes:
@@ -287,7 +284,7 @@ def _confirm(
         version = (appointment.get("meta") or {}).get("versionId")
         headers = {"If-Match": f'W/"{version}"'} if version else None
         try:
-            client.request(
+            ctx.fhir().request(
                 "PUT",
                 appointment_ref,
                 json_body=updated,
