@@ -4,12 +4,10 @@ against real local servers."""
 from __future__ import annotations
 
 import datetime as dt
-import threading
 
 import pytest
 from aiosmtpd.controller import Controller
 from jinja2 import UndefinedError
-from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from fhir_mappers.contact import pick_language as language
@@ -17,6 +15,7 @@ from fhir_mappers.contact import reachable
 from jobs.outbound import Message, OutboundError, TemporaryOutboundError, render
 from jobs.outbound.smtp import SmtpAdapter
 from jobs.outbound.twilio import TwilioAdapter
+from tests.live import serve
 
 NOW = dt.datetime(2026, 11, 27, 9, 30, tzinfo=dt.timezone(dt.timedelta(hours=-6)))
 RESTRICT = "https://caredesk.example/fhir/StructureDefinition/contact-restriction"
@@ -164,15 +163,8 @@ def sms_api():  # type: ignore[no-untyped-def]
             headers={"Retry-After": "3"} if status == 429 else {},
         )
 
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}", calls, answers
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serve(app) as base:
+        yield base, calls, answers
 
 
 def test_twilio_adapter_posts_the_twilio_form(sms_api) -> None:

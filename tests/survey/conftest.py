@@ -4,7 +4,6 @@ and the app served over real HTTP on loopback."""
 from __future__ import annotations
 
 import secrets
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,7 +13,6 @@ from typing import Any
 import pytest
 import redis
 import requests
-from werkzeug.serving import WSGIRequestHandler, make_server
 
 from helpdesk import registry
 from helpdesk import surveys as domain
@@ -24,13 +22,9 @@ from helpdesk.models import SurveyInvite
 from helpdesk.timeutil import utcnow
 from tests.conftest import SURVEY_REDIS_URL
 from tests.ehr import connect_backend, sandbox_token
+from tests.live import serve
 
 CLINIC = "CareDesk Clinic - Lakeview"
-
-
-class _Quiet(WSGIRequestHandler):
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        return None
 
 
 def register_survey(app) -> None:  # type: ignore[no-untyped-def]
@@ -97,17 +91,8 @@ class Served:
 
 @pytest.fixture
 def served(survey_app) -> Iterator[Served]:  # type: ignore[no-untyped-def]
-    server = make_server("127.0.0.1", 0, survey_app, threaded=True, request_handler=_Quiet)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    http = requests.Session()
-    try:
-        yield Served(f"http://127.0.0.1:{server.server_port}", http)
-    finally:
-        http.close()
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serve(survey_app) as url, requests.Session() as http:
+        yield Served(url, http)
 
 
 def make_invite(  # type: ignore[no-untyped-def]
