@@ -10,7 +10,6 @@ from click.testing import CliRunner
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
-from helpdesk import migrate
 from helpdesk.models import EhrRegistration, SigningKey
 from plugin.cli import cli
 from sandbox.testing import running_sandbox
@@ -18,12 +17,11 @@ from smart_launch.features import FEATURES, scopes_for_features
 
 
 @pytest.fixture
-def cli_env(sqlite_url, redis_url, monkeypatch):  # type: ignore[no-untyped-def]
+def cli_env(migrated_sqlite_url, redis_url, monkeypatch):  # type: ignore[no-untyped-def]
     monkeypatch.setenv("CAREDESK_ENV", "test")
     monkeypatch.setenv("CAREDESK_SECRET_KEY", "s" * 48)  # one key across CLI invocations
-    monkeypatch.setenv("CAREDESK_DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("CAREDESK_DATABASE_URL", migrated_sqlite_url)
     monkeypatch.setenv("CAREDESK_REDIS_URL", redis_url)
-    migrate.upgrade(sqlite_url)
     runner = CliRunner()
 
     def run(*args: str, input: str | None = None):  # type: ignore[no-untyped-def]
