@@ -23,15 +23,10 @@ from helpdesk.crypto import get_vault
 from helpdesk.db import get_store
 from helpdesk.models import EhrRegistration, SigningKey
 from helpdesk.timeutil import utcnow
-from plugin.cli import cli, with_appcontext
+from plugin.cli import ehr, with_appcontext
 from plugin.rowjson import columns
 from smart_launch.check import check_ehr
 from smart_launch.features import FEATURES, feature_table, scopes_for_features
-
-
-@cli.group(help="The EHR registry: which EHRs may launch CareDesk, and how to reach them.")
-def ehr() -> None:
-    pass
 
 
 def _invalidate_frames() -> None:

@@ -6,12 +6,7 @@ import json
 
 import click
 
-from plugin.cli import cli, flask_app, with_appcontext
-
-
-@cli.group(help="Follow-up, referral, reminder and survey jobs (CareTask rows + RQ).")
-def jobs() -> None:
-    pass
+from plugin.cli import flask_app, jobs, with_appcontext
 
 
 @jobs.command("status", help="Counts per state and queue, oldest waiting, failures.")

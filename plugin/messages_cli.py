@@ -7,12 +7,7 @@ import json
 
 import click
 
-from plugin.cli import cli, flask_app, with_appcontext
-
-
-@cli.group(help="Inbound messages, automation rules and outreach (two-way messaging).")
-def inbound() -> None:
-    pass
+from plugin.cli import flask_app, inbound, with_appcontext
 
 
 @inbound.command("poll", help="Take new mail from the IMAP mailbox (CAREDESK_IMAP_*) now.")

@@ -16,16 +16,11 @@ from helpdesk.models import EhrRegistration
 from helpdesk.registry import find
 from helpdesk.timeutil import utcnow
 from jobs import outbox
-from plugin.cli import cli, with_appcontext
+from plugin.cli import survey, with_appcontext
 from plugin.csvout import write_csv
 from smart_launch.errors import FatalFhirError, SmartError
 from smart_launch.fhir import find_canonical
 from smart_launch.scopes import missing_scopes
-
-
-@cli.group(help="Patient satisfaction surveys.")
-def survey() -> None:
-    pass
 
 
 def _registration(session, key: str) -> EhrRegistration:  # type: ignore[no-untyped-def]

@@ -161,7 +161,7 @@ def service_requests(sb: SandboxHandle, task_id: int) -> dict[str, Any]:
     return result
 
 
-# `caredesk jobs` comes from plugin.jobs_cli, which plugin.cli imports.
+# `caredesk jobs` (its commands are plugin.jobs_cli's, imported when the group runs).
 CLI = "from plugin.cli import main; main()"
 
 

@@ -9,7 +9,6 @@ import pytest
 import requests
 from click.testing import CliRunner
 
-import plugin.survey_cli  # noqa: F401 - attaches `caredesk survey` to the CLI
 from fixtures.population import build_population
 from helpdesk.db import get_store
 from helpdesk.models import CareTask, EhrRegistration, SurveyResponse
