@@ -105,18 +105,27 @@ def _csrf_ok(invite_id: str, sent: str) -> bool:
 
 
 def _message(lang: str, key: str, status: int) -> Response:
-    text = _text(lang)
-    response = make_response(
-        render_template(
+    """A page that says one thing (thank you, already answered, expired, ...). Its HTML
+    depends only on the language, the message and where the app is mounted, so each is
+    rendered once per app and kept: the thank-you page of a burst of answers costs no
+    template rendering (unless templates reload, as in development)."""
+    pages: dict[tuple[str, str, str], str] = current_app.extensions.setdefault(
+        "caredesk.survey_pages", {}
+    )
+    cache_key = (lang, key, request.script_root)
+    page = pages.get(cache_key)
+    if page is None:
+        text = _text(lang)
+        page = render_template(
             "survey/message.html",
             lang=lang,
             title=text[f"{key}_title"],
             message=text[key],
             kind=key,
-        ),
-        status,
-    )
-    return response
+        )
+        if not current_app.jinja_env.auto_reload:
+            pages[cache_key] = page
+    return make_response(page, status)
 
 
 @bp.errorhandler(RateLimitExceeded)

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import redis
+from flask import template_rendered
 from rq.job import Job
 from sqlalchemy import event, select
 
@@ -133,3 +134,22 @@ def test_no_key_derivation_on_the_answer_path(
     assert page.status_code == 200 and "Thank you" in page.get_data(as_text=True)
     with get_store(app).session() as s:
         assert s.scalars(select(SurveyResponse.id)).one()
+
+
+def test_the_thank_you_page_is_rendered_once_per_app_and_language(pg_survey_app) -> None:
+    """Its HTML says the same to every patient of a language: a burst of answers renders
+    no template after the first (plugin.survey._message)."""
+    app = pg_survey_app
+    reg_id = add_registration(app, "https://ehr.example/fhir")
+    first = make_invite(app, reg_id)
+    second = make_invite(app, reg_id, patient_ref="Patient/pat-002")
+    rendered: list[str] = []
+
+    def record(_sender: Any, template: Any, **_extra: Any) -> None:
+        rendered.append(str(template.name))
+
+    with template_rendered.connected_to(record, app):
+        pages = [_post(app, *first), _post(app, *second)]
+    assert pages[0].get_data() == pages[1].get_data()
+    assert "Thank you" in pages[1].get_data(as_text=True)
+    assert rendered == ["survey/message.html"]
