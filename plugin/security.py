@@ -18,9 +18,11 @@ from __future__ import annotations
 import ipaddress
 import time
 from threading import Lock
+from typing import NoReturn
 from urllib.parse import urlsplit
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Request, Response, current_app, g, request
+from flask.sessions import NullSession, SessionInterface, SessionMixin
 from sqlalchemy import select
 from werkzeug.wrappers import Response as BaseResponse
 
@@ -136,7 +138,34 @@ def _refuse_plain_http() -> BaseResponse:
     )
 
 
+class _NoSession(NullSession):
+    def _fail(self, *args: object, **kwargs: object) -> NoReturn:
+        raise RuntimeError(
+            "CareDesk keeps nothing in Flask's cookie session (plugin.security.NoCookieSession): "
+            "keep it on a server-side row and name it by the browser cookie or the launch id."
+        )
+
+    __setitem__ = __delitem__ = clear = pop = popitem = update = setdefault = _fail
+
+
+class NoCookieSession(SessionInterface):
+    """Flask's signed-cookie session is not opened. CareDesk keeps no state in it: the
+    browser binding is its own cookie (``plugin.launch``), OAuth state and tokens are rows
+    on the server (a signed cookie is readable by the browser). Opening it built a signing
+    serializer on every request for nothing; writing to ``flask.session`` now fails
+    loudly instead of putting data in a cookie."""
+
+    null_session_class = _NoSession
+
+    def open_session(self, app: Flask, request: Request) -> None:
+        return None  # Flask then uses null_session_class
+
+    def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
+        return None
+
+
 def init_app(app: Flask) -> None:
+    app.session_interface = NoCookieSession()
     origins = FrameOrigins()
     app.extensions["caredesk.frame_origins"] = origins
 

@@ -150,3 +150,26 @@ def test_every_page_with_patient_data_is_no_store(make_app) -> None:
         "/reports/csat",
         "/s/<token>",
     } <= served, seen
+
+
+def test_no_flask_cookie_session_is_opened_and_writing_one_fails_loudly(
+    make_app, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CareDesk keeps nothing in Flask's signed-cookie session (plugin.security
+    .NoCookieSession): no request builds its signing serializer, and data put in
+    flask.session would be an error, not a cookie the browser can read."""
+    from flask import session
+    from flask.sessions import SecureCookieSessionInterface
+
+    def refuse(*_args: object) -> None:
+        raise AssertionError("a request opened Flask's cookie session")
+
+    monkeypatch.setattr(SecureCookieSessionInterface, "get_signing_serializer", refuse)
+    app = make_app()
+    client = app.test_client()
+    page = client.get("/healthz")
+    assert page.status_code == 200 and "Set-Cookie" not in page.headers
+    with app.test_request_context("/"):
+        assert dict(session) == {}
+        with pytest.raises(RuntimeError, match="keeps nothing in Flask's cookie session"):
+            session["launch"] = "value"
