@@ -83,9 +83,11 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "WEB_WORKERS",
-        4,
-        "gunicorn worker processes; each serves `CAREDESK_WEB_THREADS` requests at once. "
-        "FHIR reads wait on the EHR, so threads, not processes, carry most of the load.",
+        0,
+        "gunicorn worker processes; 0: one per CPU core this process may run on. Each "
+        "serves `CAREDESK_WEB_THREADS` requests at once: FHIR reads wait on the EHR, so "
+        "threads, not processes, carry most of the load, and one Python process keeps at "
+        "most one core busy.",
     ),
     Setting("WEB_THREADS", 4, "Threads per gunicorn worker process."),
     Setting(

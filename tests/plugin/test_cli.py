@@ -90,6 +90,7 @@ def test_readme_configuration_table_is_current() -> None:
 
 
 def test_gunicorn_takes_every_web_setting_from_the_documented_settings(monkeypatch) -> None:
+    import os
     import re
     import runpy
     from pathlib import Path
@@ -108,7 +109,13 @@ def test_gunicorn_takes_every_web_setting_from_the_documented_settings(monkeypat
         "CAREDESK_FORWARDED_ALLOW_IPS",
     }
     defaults = runpy.run_path(str(conf_file))
-    assert (defaults["bind"], defaults["workers"], defaults["threads"]) == ("0.0.0.0:8000", 4, 4)
+    # One worker process per core this process may run on, four threads each.
+    cores = len(os.sched_getaffinity(0))
+    assert (defaults["bind"], defaults["workers"], defaults["threads"]) == (
+        "0.0.0.0:8000",
+        cores,
+        4,
+    )
     monkeypatch.setenv("CAREDESK_BIND", "127.0.0.1:9001")
     monkeypatch.setenv("CAREDESK_WEB_WORKERS", "2")
     monkeypatch.setenv("CAREDESK_WEB_THREADS", "8")
