@@ -24,7 +24,10 @@ bind = str(env_setting("BIND"))
 # 200 simultaneous survey answers, interleaved runs): 2 processes x 4 threads used about
 # 10% less CPU per answer than 4 x 4 and half as much per no-op request, with a lower
 # p99; 8 threads per process did worse than 4.
-workers = int(env_setting("WEB_WORKERS")) or len(os.sched_getaffinity(0))
+# (sched_getaffinity: the cores this process may run on, which a container can narrow;
+# macOS has no such call.)
+_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+workers = int(env_setting("WEB_WORKERS")) or _cores or 1
 threads = int(env_setting("WEB_THREADS"))
 accesslog = "-"
 # %(U)s is the path without the query string; X-Request-Id ties the line to app logs.
