@@ -223,11 +223,22 @@ def test_next_who_needs_a_call_from_the_keyboard(busy_day, chromium, screenshots
     page.close()
 
 
+def _tomorrows_board(frame: Any) -> None:
+    frame.get_by_test_id("next-day").click()
+    frame.get_by_role("heading", name=re.compile(r"^Tomorrow")).wait_for()
+    frame.get_by_test_id("board").wait_for()
+
+
 def test_queue_reminders_from_the_board_in_the_browser(busy_day, chromium, screenshots) -> None:
+    # Tomorrow's visits: today's first ones have started by mid-morning in Denver, and a
+    # visit that has started gets no reminder, whatever the time of day the test runs.
+    tomorrow = dt.datetime.now(CHICAGO).date() + dt.timedelta(days=1)
+    busy_day.generate_appointments(tomorrow.isoformat(), 12)
     page, frame, frame_el = open_in_ehr(
         chromium, busy_day.base_url, user=SCHEDULER, mode="board", client=CLIENT_ID
     )
     frame.get_by_test_id("board").wait_for(timeout=30_000)
+    _tomorrows_board(frame)
     picks = frame.locator("input[name=appointment]")
     for i in range(3):
         picks.nth(i).check()
@@ -239,6 +250,7 @@ def test_queue_reminders_from_the_board_in_the_browser(busy_day, chromium, scree
     frame_el.screenshot(path=str(screenshots / "board-reminders-queued.png"))
     assert_accessible(page, "the reminders summary", context=IN_FRAME)
     frame.get_by_test_id("back-to-board").click()
+    frame.get_by_role("heading", name=re.compile(r"^Tomorrow")).wait_for()
     frame.get_by_test_id("board").wait_for()
     # The same three again: nothing new, and why.
     picks = frame.locator("input[name=appointment]")
@@ -252,6 +264,7 @@ def test_queue_reminders_from_the_board_in_the_browser(busy_day, chromium, scree
     assert_accessible(page, "the reminders summary, second run", context=IN_FRAME)
     # The same rows as reminder calls: on the call list, the count on that button too.
     frame.get_by_test_id("back-to-board").click()
+    frame.get_by_role("heading", name=re.compile(r"^Tomorrow")).wait_for()
     frame.get_by_test_id("board").wait_for()
     picks = frame.locator("input[name=appointment]")
     for i in range(2):
