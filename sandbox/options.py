@@ -6,7 +6,10 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from joserfc.jwk import RSAKey
 
 # Features a test can switch off (`--disable F`, or the `disabled` knob). Each one is
 # also reflected in the CapabilityStatement and smart-configuration the sandbox serves.
@@ -123,6 +126,10 @@ class SandboxOptions:
     # Other initial knobs (any field of Knobs); they win over the profile's.
     knobs: Mapping[str, Any] = field(default_factory=dict)
     seed: int = 20261127
+    # The key that signs id_tokens and access tokens, instead of a new one (sandbox.testing
+    # hands in-process sandboxes one of a few made once per process). A key saved in
+    # data_dir wins.
+    signing_key: RSAKey | None = None
 
 
 @dataclass

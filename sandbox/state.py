@@ -83,7 +83,9 @@ class SandboxState:
         path = self.data_dir / "signing-key.json" if self.data_dir else None
         if path and path.exists():
             return jwk.RSAKey.import_key(json.loads(path.read_text(encoding="utf-8")))
-        key = jwk.RSAKey.generate_key(2048, parameters={"kid": secrets.token_hex(8)})
+        key = self.options.signing_key or jwk.RSAKey.generate_key(
+            2048, parameters={"kid": secrets.token_hex(8)}
+        )
         if path:
             path.write_text(json.dumps(key.as_dict(private=True)), encoding="utf-8")
             path.chmod(0o600)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -30,12 +31,30 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import requests
+from joserfc import jwk
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from sandbox.app import create_app
 from sandbox.options import SandboxOptions
 
 HTTP_TIMEOUT = 30
+
+# Making an RSA-2048 key is 0.05-0.3 s of CPU, about half of starting an in-process
+# sandbox, and a test run starts ~430 of them. Each takes the next of KEY_POOL keys made
+# once per process, so sandboxes that run side by side (two EHRs in a test) still sign
+# with different keys.
+KEY_POOL = 4
+_keys: list[jwk.RSAKey] = []
+_keys_lock = threading.Lock()
+_key_turn = itertools.count()
+
+
+def _pooled_signing_key() -> jwk.RSAKey:
+    turn = next(_key_turn) % KEY_POOL
+    with _keys_lock:
+        while len(_keys) <= turn:
+            _keys.append(jwk.RSAKey.generate_key(2048, parameters={"kid": secrets.token_hex(8)}))
+        return _keys[turn]
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -298,6 +317,7 @@ def running_sandbox(
             timezone=timezone,
             extra_appointments=extra_appointments,
             knobs=knobs,
+            signing_key=_pooled_signing_key(),
         )
         app = create_app(options)
         server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=_QuietHandler)

@@ -42,3 +42,33 @@ def test_make_app_starts_from_the_migrated_template_without_migrating(
         revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
     head = ScriptDirectory.from_config(migrate.alembic_config(url)).get_current_head()
     assert revision == head
+
+
+def test_in_process_sandboxes_share_a_few_signing_keys_made_once(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """An RSA-2048 key is 0.05-0.3 s of CPU, half of a sandbox's start: the tests' sandboxes
+    take turns with KEY_POOL keys made once per process, and two running side by side
+    publish different keys."""
+    import requests
+    from joserfc import jwk
+
+    from sandbox import testing
+
+    made = []
+    generate = jwk.RSAKey.generate_key
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        made.append(1)
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(jwk.RSAKey, "generate_key", counted)
+    kids = []
+    for _ in range(testing.KEY_POOL + 2):
+        with testing.running_sandbox() as one, testing.running_sandbox() as two:
+            pair = [
+                requests.get(f"{sb.base_url}/auth/jwks", timeout=10).json()["keys"][0]["kid"]
+                for sb in (one, two)
+            ]
+        assert pair[0] != pair[1]
+        kids.extend(pair)
+    assert len(made) <= testing.KEY_POOL
+    assert len(set(kids)) == testing.KEY_POOL
