@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import importlib
 import json
-from collections.abc import Callable
+import pkgutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -445,6 +448,48 @@ def cases() -> st.SearchStrategy[dict[str, Any]]:
     """One fuzz case: a handful of damaged resources, a Bundle of them, a clock, and
     sometimes a damaged Questionnaire."""
     return CASES
+
+
+# Packages whose source constants Hypothesis may draw from while generating cases.
+CONSTANTS_FROM = ("fhir_mappers", "fixtures")
+
+
+@contextmanager
+def constants_of_the_mappers() -> Iterator[None]:
+    """Generate with the source constants of the mappers and their fixture data only.
+
+    Hypothesis (6.13x) also draws, now and then, an integer or a string it found in the
+    source of every local module imported so far (hypothesis.internal.conjecture.providers),
+    so a derandomized sample was the same only in a process that had imported the same
+    modules: alone, the 600 cases took ~22 s of CPU and 0.8 GB; after other tests of the
+    same pytest-xdist process had imported the app and the jobs, 137 s and 10 GB. This pins
+    the pool to what the sample gets when it runs alone (every module of CONSTANTS_FROM).
+    It reaches into Hypothesis' internals (hypothesis<7 is pinned in pyproject.toml);
+    tests/mappers/test_mappers_fuzz.py checks the pool stays pinned.
+    """
+    from hypothesis.internal.conjecture import providers
+    from hypothesis.internal.constants_ast import Constants, constants_from_module
+    from hypothesis.internal.floats import float_to_int
+    from sortedcontainers import SortedSet
+
+    pool = Constants(
+        integers=SortedSet(),
+        floats=SortedSet(key=float_to_int),
+        bytes=SortedSet(),
+        strings=SortedSet(),
+    )
+    for package in map(importlib.import_module, CONSTANTS_FROM):
+        pool |= constants_from_module(package)
+        for info in pkgutil.iter_modules(package.__path__, f"{package.__name__}."):
+            pool |= constants_from_module(importlib.import_module(info.name))
+    saved = providers._get_local_constants
+    providers._get_local_constants = lambda: pool
+    providers.CONSTANTS_CACHE.cache.clear()  # constant choices cached from another pool
+    try:
+        yield
+    finally:
+        providers._get_local_constants = saved
+        providers.CONSTANTS_CACHE.cache.clear()
 
 
 # --- driving every entry point -----------------------------------------------------------
