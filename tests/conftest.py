@@ -133,8 +133,8 @@ def make_app(
 
     ``make_app(**config)`` is ``create_app`` in the test environment on a migrated store
     (SQLite unless ``DATABASE_URL`` is given) and the test Redis; every app made is
-    disposed after the test. The test's SQLite store starts as a copy of
-    ``store_template``; any other store is migrated.
+    disposed after the test. The test's SQLite store, if nothing has made it yet, starts as
+    a copy of ``store_template``; any other store is migrated.
     """
     from helpdesk import migrate
     from plugin import create_app
@@ -151,10 +151,11 @@ def make_app(
         }
         settings.update(config)
         url = settings["DATABASE_URL"]
-        if url == sqlite_url and url not in migrated:
+        fresh = url == sqlite_url and not Path(url.removeprefix("sqlite:///")).exists()
+        if fresh:
             copy_store(store_template, url)
         app = create_app(settings)
-        if url not in migrated and url != sqlite_url:
+        if not fresh and url not in migrated:
             migrate.upgrade(url)
         migrated.add(url)
         made.append(app)

@@ -72,3 +72,22 @@ def test_in_process_sandboxes_share_a_few_signing_keys_made_once(monkeypatch) ->
         kids.extend(pair)
     assert len(made) <= testing.KEY_POOL
     assert len(set(kids)) == testing.KEY_POOL
+
+
+def test_make_app_keeps_a_store_the_test_already_made(make_app, migrated_sqlite_url) -> None:  # type: ignore[no-untyped-def]
+    """Only a store that does not exist yet starts as the template: one a command has
+    written to is migrated (a no-op) and kept."""
+    from sqlalchemy import create_engine, text
+
+    from helpdesk.db import get_store
+
+    engine = create_engine(migrated_sqlite_url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE written_by_a_command (note TEXT)"))
+        conn.execute(text("INSERT INTO written_by_a_command VALUES ('kept')"))
+    engine.dispose()
+    app = make_app()
+    assert app.config["DATABASE_URL"] == migrated_sqlite_url
+    with get_store(app).engine.connect() as conn:
+        notes = conn.execute(text("SELECT note FROM written_by_a_command")).scalars().all()
+    assert notes == ["kept"]
