@@ -2,10 +2,11 @@
 §1). What a mapper cannot read becomes a warning.
 
 `make test` runs a seeded sample of FUZZ_EXAMPLES = 600 cases, the same cases in any
-process (same_sample): 46 s of CPU under coverage on the 2-core test machine, 35 s
-without, most of it in seven cases of ~600 MB each. `CAREDESK_FUZZ_EXAMPLES=10000` runs
-the full count through this same test, and `python -m bench.fuzz` counts all 10,000 for
-`make bench` without stopping at the first failure.
+process (same_sample): the whole file takes about 38 s of CPU under coverage on the 2-core
+test machine and 320 MB (65 s and 1 GB while generated strings reached 120,000
+characters). `CAREDESK_FUZZ_EXAMPLES=10000` runs the full count through this same test,
+and `python -m bench.fuzz` counts all 10,000 for `make bench` without stopping at the
+first failure.
 
 Every failure found so far (each re-found by the fuzzer with its fix undone) was shrunk by
 Hypothesis, then minimized (`bench.fuzz --find`), and is kept in fuzz_corpus/, named for
