@@ -207,11 +207,14 @@ def fhir_client(
     *,
     launch: LaunchSession | None = None,
     as_user: bool = False,
+    token_set: TokenSet | None = None,
 ) -> FhirClient:
     """The one way CareDesk gets a FHIR client: for the web, the jobs and the CLI.
 
     ``as_user`` (the web): on behalf of the person of ``launch``, with that launch's
-    token set, refreshed when due (serialised across processes by a Redis lock).
+    token set, refreshed when due (serialised across processes by a Redis lock);
+    ``token_set`` is that set when the caller holds it already (the callback that just
+    stored it), so the first request does not read and decrypt it again.
 
     Otherwise on behalf of CareDesk itself (jobs, sweeps, the CLI): SMART Backend
     Services where the registration has a backend client and a key; failing that, the
@@ -231,7 +234,7 @@ def fhir_client(
     if as_user:
         if launch is None:
             raise ValueError("a user's FHIR client needs the launch")
-        return _launch_client(app, launch.id, reg, conf, http, check_now=False)
+        return _launch_client(app, launch.id, reg, conf, http, check_now=False, current=token_set)
     backend_error: NeedsAuthorization | None = None
     if has_backend:
         try:
@@ -263,9 +266,11 @@ def _launch_client(
     http: requests.Session,
     *,
     check_now: bool,
+    current: TokenSet | None = None,
 ) -> FhirClient:
     token, on_unauthorized = token_callbacks(
-        Grant(launch_id, reg, conf, store=DbTokenStore(app), redis=get_redis(app), http=http)
+        Grant(launch_id, reg, conf, store=DbTokenStore(app), redis=get_redis(app), http=http),
+        current=current,
     )
     if check_now:
         token()

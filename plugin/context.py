@@ -40,6 +40,7 @@ from helpdesk.timeutil import utcnow
 from plugin.rowjson import columns
 from smart_launch.errors import FhirError, NeedsAuthorization, SmartError
 from smart_launch.fhir import FhirClient, parallel
+from smart_launch.tokens import TokenSet
 
 log = logging.getLogger("caredesk.context")
 
@@ -113,10 +114,12 @@ def viewer_tz() -> str:
     return str(current_app.config.get("VIEWER_TIMEZONE") or "UTC")
 
 
-def _client(launch: LaunchSession) -> FhirClient:
+def _client(launch: LaunchSession, token_set: TokenSet | None = None) -> FhirClient:
     """A FHIR client on behalf of the launch's user (what the EHR lets them see)."""
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    return ehr.fhir_client(app, launch.registration, launch=launch, as_user=True)
+    return ehr.fhir_client(
+        app, launch.registration, launch=launch, as_user=True, token_set=token_set
+    )
 
 
 def _unavailable(exc: Exception) -> str:
@@ -187,8 +190,8 @@ class _OneRefresh:
         return guarded
 
 
-def _page_client(launch: LaunchSession) -> FhirClient:
-    client = _client(launch)
+def _page_client(launch: LaunchSession, token_set: TokenSet | None = None) -> FhirClient:
+    client = _client(launch, token_set)
     guard = _OneRefresh()
     # FhirClient keeps its callbacks as attributes; the guard goes around both.
     client._token = guard.token(client._token)  # noqa: SLF001
@@ -203,12 +206,14 @@ def start_patient(
     *,
     use_cache: bool = True,
     retry_failed: bool = True,
+    token_set: TokenSet | None = None,
 ) -> PatientParts:
     """The patient's EHR reads, started now (or the ones already in flight or cached).
 
     Reads that finished with a failure are started again (a page load is the user asking
     again) unless ``retry_failed`` is false: the page's own fragments take what the page
-    started, so one page load never asks the EHR twice."""
+    started, so one page load never asks the EHR twice. ``token_set``: the launch's
+    tokens when the caller holds them (the callback), for the first request."""
     if not patient_ref.startswith("Patient/"):
         raise NeedsAuthorization("This launch has no patient; open CareDesk from a chart.")
     # Before any read: a launch from A's chart never reads or shows B (403).
@@ -220,7 +225,7 @@ def start_patient(
         return found
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     try:
-        client = _page_client(launch)
+        client = _page_client(launch, token_set)
     except NeedsAuthorization:
         raise
     except SmartError as exc:

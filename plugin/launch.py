@@ -40,6 +40,7 @@ from helpdesk.errors import AppError
 from helpdesk.models import EhrRegistration, LaunchSession, SigningKey
 from helpdesk.registry import find, find_by_iss
 from helpdesk.timeutil import utcnow
+from plugin import context as ctx
 from smart_launch.errors import BrowserMismatch, SmartError, StateError
 from smart_launch.launch import (
     STATE_TTL,
@@ -367,9 +368,27 @@ def callback() -> BaseResponse:
         "missing_scopes": tokens.missing_scopes(),
     }
     launch.last_seen_at = now
-    # The audit row in the same commit as the launch it records (one commit, not two).
-    record(db, "launch", launch=launch, entity=f"LaunchSession/{launch.id}")
+    # The audit row in the same commit as the launch it records (one commit, not two); it
+    # says when the launch's patient is read from the EHR right away (below), so that
+    # read is on record even if the browser never asks for the sidebar.
+    prefetch = launch.patient_ref is not None
+    record(
+        db,
+        "launch",
+        launch=launch,
+        entity=f"LaunchSession/{launch.id}",
+        detail={"patient_reads": "started"} if prefetch else None,
+    )
     db.commit()
+    if prefetch:
+        # The sidebar's first wave of reads (Patient, Appointments, Coverages) goes out now,
+        # with the tokens just received and verified, while the browser follows the
+        # redirect and the sidebar request checks its session: it takes these reads (keyed
+        # by this launch's id and its patient) instead of starting them itself, which put
+        # that work and a second request for the page's sections on a launch's critical
+        # path (issue 16 §4). Started after the commit: a 401 on them refreshes from the
+        # stored grant as any page's reads do; failed reads are asked again by the page.
+        ctx.start_patient(launch, str(launch.patient_ref), token_set=tokens)
     return redirect(url_for("sidebar.home", launch_id=launch.id), code=303)
 
 

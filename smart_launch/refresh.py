@@ -127,14 +127,22 @@ def ensure_fresh(
     return refresh_serialized(grant, now=now, margin=margin)
 
 
-def token_callbacks(grant: Grant) -> tuple[Callable[[], str], Callable[[], str]]:
+def token_callbacks(
+    grant: Grant, *, current: TokenSet | None = None
+) -> tuple[Callable[[], str], Callable[[], str]]:
     """``(token, on_unauthorized)`` for :class:`smart_launch.fhir.FhirClient`.
 
     A client serves one page or one job: the token set loaded (and decrypted) for its
     first request is kept for the next ones until it is due for a refresh, instead of
-    one store read and decryption per FHIR request (a 300-row board makes six)."""
+    one store read and decryption per FHIR request (a 300-row board makes six).
+    ``current``: the grant's token set as the caller already holds it (the callback, the
+    moment the token response arrived), so even the first request reads nothing from the
+    store; it must be the one the store holds, which a refresh then replaces."""
     last: dict[str, str] = {}
     held: list[TokenSet] = []
+    if current is not None:
+        held.append(current)
+        last["access_token"] = current.access_token
 
     def token() -> str:
         if held and not held[0].expires_soon(datetime.now(UTC)):

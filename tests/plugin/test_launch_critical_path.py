@@ -1,0 +1,110 @@
+"""What an EHR launch puts on its critical path (issue 16 §4), counted in requests and
+their order, never timed: the sandbox's request log says when each EHR request started,
+and the browser here stops at each redirect so the test decides when the next one goes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+from sqlalchemy import select
+
+from helpdesk.db import get_store
+from helpdesk.ehr import DbTokenStore
+from helpdesk.models import AuditEvent
+from sandbox.testing import SandboxHandle, running_sandbox
+from tests.ehr import connect
+from tests.live import serve
+
+CLIENT_ID = "caredesk-critical-path"
+SIDEBAR_READS = ("/fhir/Patient/pat-001", "/fhir/Appointment", "/fhir/Coverage")
+
+
+@pytest.fixture
+def ehr(make_app) -> Iterator[tuple[Any, SandboxHandle]]:  # type: ignore[no-untyped-def]
+    app = make_app()
+    with serve(app) as url, running_sandbox() as sb:
+        connect(app, sb, url, client_id=CLIENT_ID)
+        yield app, sb
+
+
+def _to_the_sidebar_redirect(sb: SandboxHandle, browser: requests.Session) -> str:
+    """The launch up to the callback's answer, whose redirect (to the sidebar) is not
+    followed: returns the sidebar's URL."""
+    url = sb.launch(CLIENT_ID, patient="pat-001")["url"]
+    for _ in range(10):
+        answer = browser.get(url, allow_redirects=False, timeout=30)
+        assert answer.status_code in (302, 303), answer.text[:300]
+        url = requests.compat.urljoin(url, answer.headers["Location"])
+        if "/l/" in url:
+            return url
+    raise AssertionError("the launch never redirected to the sidebar")
+
+
+def _reads(sb: SandboxHandle) -> list[dict[str, Any]]:
+    return [r for r in sb.requests() if r["path"] in SIDEBAR_READS]
+
+
+def _wait_for_reads(sb: SandboxHandle, count: int) -> list[dict[str, Any]]:
+    """The sidebar's EHR reads, once ``count`` of them have been answered (or what there
+    is after 10 s: nothing asks the sidebar meanwhile)."""
+    give_up = time.monotonic() + 10
+    while len(found := _reads(sb)) < count and time.monotonic() < give_up:
+        time.sleep(0.02)
+    return found
+
+
+def test_the_sidebar_reads_start_in_the_callback_before_the_browser_asks(  # type: ignore[no-untyped-def]
+    ehr, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The callback starts the Patient, Appointment and Coverage reads with the tokens it
+    has just received (not read back from the store and decrypted); the sidebar takes
+    them instead of reading again."""
+    app, sb = ehr
+    loads: list[str] = []
+    real_load = DbTokenStore.load
+
+    def load(self: DbTokenStore, grant_id: str) -> Any:
+        loads.append(grant_id)
+        return real_load(self, grant_id)
+
+    monkeypatch.setattr(DbTokenStore, "load", load)
+    browser = requests.Session()
+    sb.clear_requests()
+    sidebar_url = _to_the_sidebar_redirect(sb, browser)
+    before_the_sidebar = _wait_for_reads(sb, len(SIDEBAR_READS))
+    assert sorted(r["path"] for r in before_the_sidebar) == sorted(SIDEBAR_READS)
+    assert loads == []
+    page = browser.get(sidebar_url, timeout=30)
+    assert page.status_code == 200
+    assert "Okonkwo" in page.text
+    assert 'data-loading="1"' not in page.text  # the whole page, not a loading one
+    assert len(_reads(sb)) == len(SIDEBAR_READS)  # nothing read twice
+    with get_store(app).session() as session:
+        actions = session.execute(
+            select(AuditEvent.action, AuditEvent.patient_ref, AuditEvent.detail).order_by(
+                AuditEvent.id
+            )
+        ).all()
+    # The reads are on record from the launch on; the page's view is recorded as before.
+    assert actions[0] == ("launch", "Patient/pat-001", {"patient_reads": "started"})
+    assert ("read", "Patient/pat-001", {"view": "sidebar"}) in actions
+
+
+def test_a_failed_early_read_is_read_again_by_the_sidebar(ehr) -> None:  # type: ignore[no-untyped-def]
+    _app, sb = ehr
+    sb.set_knobs(fail_next=[{"status": 503, "path_contains": "/Patient/pat-001"}])
+    browser = requests.Session()
+    sb.clear_requests()
+    sidebar_url = _to_the_sidebar_redirect(sb, browser)
+    early = _wait_for_reads(sb, len(SIDEBAR_READS))
+    assert [r["status"] for r in early if r["path"] == "/fhir/Patient/pat-001"] == [503]
+    page = browser.get(sidebar_url, params={"wait": "1"}, timeout=30)
+    assert page.status_code == 200
+    assert "Okonkwo" in page.text
+    patient_reads = [r["status"] for r in _reads(sb) if r["path"] == "/fhir/Patient/pat-001"]
+    assert patient_reads == [503, 200]
