@@ -132,11 +132,14 @@ class PendingLaunch:
     """
 
     state: str
+    """The OAuth ``state`` sent with the authorize redirect; the callback must return it."""
     code_verifier: str
+    """The PKCE verifier (S256): only its challenge left the server."""
     registration_id: str
     scope_requested: str
     created_at: datetime
     launch: str | None = None
+    """The EHR's ``launch`` parameter (an EHR launch); ``None`` for a standalone launch."""
     browser_key: str | None = None
 
     @classmethod

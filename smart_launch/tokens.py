@@ -70,16 +70,27 @@ def normalize_fhir_user(value: object, fhir_base: str | None = None) -> str | No
 
 @dataclass(frozen=True, repr=False)
 class TokenSet:
+    """One grant as the token endpoint gave it, with the SMART launch context it carried.
+
+    Secrets (access, refresh and id tokens) stay out of ``repr``; the store keeps the whole
+    set encrypted (``helpdesk.ehr``), never in a cookie, log or job argument.
+    """
+
     access_token: str
     token_type: str
     expires_at: datetime
     scope_granted: str
+    """What the server granted: may be narrower than asked (:meth:`missing_scopes`)."""
     scope_requested: str
     refresh_token: str | None = None
     id_token: str | None = None
     id_claims: Mapping[str, Any] = field(default_factory=dict)
+    """The id_token's claims, verified (signature, issuer, audience, nonce) before use."""
     fhir_user: str | None = None
+    """The signed-in user as a relative reference (``Practitioner/123``), or the absolute
+    URL when it is not under the FHIR base (:func:`normalize_fhir_user`)."""
     patient: str | None = None
+    """The launch's patient id: a launch with one acts on that patient only."""
     encounter: str | None = None
     fhir_context: tuple[Mapping[str, Any], ...] = ()
     need_patient_banner: bool | None = None
