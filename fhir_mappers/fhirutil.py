@@ -135,11 +135,16 @@ def patient_key(value: object) -> str | None:
 
 class ResourceIndex(dict[str, Mapping[str, Any]]):
     """`Type/id` -> resource, plus what the mappers worked out about each target once (its
-    name, its time zone): a page of visits names the same few practitioners and places."""
+    name, its time zone): a page of visits names the same few practitioners and places.
+
+    `missed` collects the keys the mappers looked up and did not find: a caller that maps
+    a page of a search before the later pages arrive can tell whether a later page's
+    `_include` would have changed what it mapped (clear `memo` and `missed`, then map)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.memo: dict[tuple[str, str], Any] = {}
+        self.missed: set[str] = set()
 
 
 def index_resources(resources: Iterable[object]) -> ResourceIndex:

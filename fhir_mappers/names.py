@@ -16,6 +16,7 @@ from typing import Any
 
 from fhir_mappers.fhirutil import (
     Ref,
+    ResourceIndex,
     concept_text,
     get_dict,
     get_list,
@@ -63,7 +64,10 @@ def resolve(ref: Ref, included: Included, *, container: object = None) -> Mappin
     """`target_of` for a reference its caller has already parsed."""
     if ref.contained:
         return contained_target(container, ref)
-    return included.get(ref.key)
+    found = included.get(ref.key)
+    if found is None and isinstance(included, ResourceIndex):
+        included.missed.add(ref.key)
+    return found
 
 
 def resource_name(resource: object, included: Included) -> str | None:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -21,10 +22,10 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 
 from fhir_mappers import flags
-from fhir_mappers.appointment import to_visit
+from fhir_mappers.appointment import Visit, to_visits
 from fhir_mappers.board import board_rows, coverages_by_patient, patient_of, sort_by_flags
 from fhir_mappers.contact import reachable
-from fhir_mappers.fhirutil import resource_id, resource_type
+from fhir_mappers.fhirutil import ResourceIndex, resource_id, resource_type
 from fhir_mappers.patient import to_contact
 from helpdesk import messaging
 from helpdesk.access import OtherPatient, scope_of
@@ -32,9 +33,11 @@ from helpdesk.db import get_db
 from helpdesk.models import CareTask, LaunchSession, Ticket
 from helpdesk.timeutil import utcnow
 from plugin.context import PAGE, _client, _unavailable, viewer_tz
-from smart_launch.fhir import FhirClient, parallel
+from smart_launch.fhir import FhirClient, read_ahead
 
 CHUNK = 50  # ids per `_id=` / `patient=` search on the board: requests grow per 50 rows
+# Patient and Coverage searches in flight at once, beside the one Appointment page.
+SEARCH_WORKERS = 4
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,124 @@ def _choices(values: Sequence[tuple[str | None, str | None]]) -> list[Choice]:
     return sorted((Choice(i, names[i], n) for i, n in counts.items()), key=lambda c: c.name.lower())
 
 
+def _kept(visit: Visit, *, location: str | None, practitioner: str | None) -> bool:
+    """Whether the location and practitioner filters keep this visit's row."""
+    return (not location or _id_of(visit.location_ref) == location) and (
+        not practitioner or _id_of(visit.practitioner_ref) == practitioner
+    )
+
+
+@dataclass
+class _Page:
+    """One page of the day's Appointment search: its appointments and their visits, mapped
+    with the `_include`s of this page and the ones before it."""
+
+    appointments: list[dict[str, Any]]
+    keep: Callable[[Visit], bool]
+    visits: list[Visit] = field(default_factory=list)
+    missed: frozenset[str] = frozenset()  # included keys the mapping looked for in vain
+
+    def map(self, included: ResourceIndex, *, now: dt.datetime) -> None:
+        included.memo.clear()  # an answer remembered for "not included" may be stale now
+        included.missed.clear()
+        self.visits = to_visits(
+            self.appointments, now=now, viewer_tz=viewer_tz(), included=included
+        )
+        self.missed = frozenset(included.missed)
+
+    def kept(self) -> list[tuple[dict[str, Any], Visit]]:
+        return [(a, v) for a, v in zip(self.appointments, self.visits, strict=True) if self.keep(v)]
+
+
+def _read_day(
+    client: FhirClient,
+    params: list[tuple[str, str]],
+    *,
+    now: dt.datetime,
+    keep: Callable[[Visit], bool],
+    reads: _PatientReads,
+) -> list[_Page]:
+    """The day's Appointment pages, each mapped while the next one is in flight, and the
+    Patient and Coverage searches for the patients of each page's kept rows started as soon
+    as that page is mapped: after the last page only its own new patients are still to
+    read, not the whole day's.
+
+    An EHR names the people and places of a page's visits in that page's `_include`s; one
+    that sends them with a later page gets the earlier pages that looked for them mapped
+    again, so every visit is mapped with all the day's `_include`s, as if read at the end.
+    """
+    included = ResourceIndex()
+    pages: list[_Page] = []
+    with ThreadPoolExecutor(max_workers=1) as pager:
+        for resources in read_ahead(
+            client.search_pages("Appointment", params, max_pages=100), pager
+        ):
+            page = _Page([], keep)
+            new: set[str] = set()
+            for resource in resources:
+                rtype, rid = resource_type(resource), resource_id(resource)
+                if rtype == "Appointment":
+                    page.appointments.append(resource)
+                elif rid and (key := f"{rtype}/{rid}") not in included:
+                    included[key] = resource
+                    new.add(key)
+            for earlier in pages:
+                if earlier.missed & new:
+                    earlier.map(included, now=now)
+                    reads.ask(earlier.kept())
+            page.map(included, now=now)
+            reads.ask(page.kept())
+            pages.append(page)
+    return pages
+
+
+class _PatientReads:
+    """The Patient and Coverage searches for the board's patients, `CHUNK` ids a search,
+    each patient asked for once; at most `SEARCH_WORKERS` of them in flight at once."""
+
+    def __init__(self, client: FhirClient, pool: Executor) -> None:
+        self.client, self.pool = client, pool
+        self.asked: set[str] = set()
+        self.chunks: list[tuple[Sequence[str], Future[Any], Future[Any]]] = []
+
+    def ask(self, rows: Sequence[tuple[Mapping[str, Any], Visit]]) -> None:
+        refs = sorted({ref for a, _ in rows if (ref := patient_of(a))} - self.asked)
+        self.asked.update(refs)
+        for chunk in _chunks([ref.split("/", 1)[1] for ref in refs], CHUNK):
+            patients_param = [("_id", ",".join(chunk))]
+            coverage_param = [("patient", ",".join(f"Patient/{i}" for i in chunk))]
+            self.chunks.append(
+                (
+                    chunk,
+                    self.pool.submit(_all, self.client, "Patient", patients_param),
+                    self.pool.submit(_all, self.client, "Coverage", coverage_param),
+                )
+            )
+
+    def results(
+        self,
+    ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], list[str], dict[str, str]]:
+        """(patients by `Patient/id`, coverages, patients whose Coverage search failed,
+        what could not be read and why), once every search has answered."""
+        patients: dict[str, dict[str, Any]] = {}
+        coverage_resources: list[dict[str, Any]] = []
+        coverage_failed: list[str] = []
+        unavailable: dict[str, str] = {}
+        for chunk, patient_search, coverage_search in self.chunks:
+            try:
+                found = patient_search.result()
+            except Exception as exc:  # shown as "could not be read", never raised
+                unavailable["patients"] = _unavailable(exc)
+            else:
+                patients.update({f"Patient/{rid}": p for p in found if (rid := resource_id(p))})
+            try:
+                coverage_resources.extend(coverage_search.result())
+            except Exception as exc:  # those patients' coverage is unknown
+                unavailable["coverage"] = _unavailable(exc)
+                coverage_failed.extend(f"Patient/{i}" for i in chunk)
+        return patients, coverage_resources, coverage_failed, unavailable
+
+
 def fetch_board(
     launch: LaunchSession,
     *,
@@ -106,20 +227,24 @@ def fetch_board(
         ("_count", str(PAGE)),
     ]
     client = _client(launch)
-    day_appointments: list[dict[str, Any]] = []
-    included: dict[str, dict[str, Any]] = {}
-    for resource in client.search_all("Appointment", params, max_pages=100):
-        rtype, rid = resource_type(resource), resource_id(resource)
-        if rtype == "Appointment":
-            day_appointments.append(resource)
-        elif rid:
-            included[f"{rtype}/{rid}"] = resource
-
+    pool = ThreadPoolExecutor(max_workers=SEARCH_WORKERS)
+    try:
+        reads = _PatientReads(client, pool)
+        pages = _read_day(
+            client,
+            params,
+            now=now,
+            keep=partial(_kept, location=location, practitioner=practitioner),
+            reads=reads,
+        )
+        patients, coverage_resources, coverage_failed, unavailable = reads.results()
+    finally:
+        # A page of the day failed (the board is down): searches still queued are not sent.
+        pool.shutdown(wait=True, cancel_futures=True)
+    day_appointments = [a for page in pages for a in page.appointments]
     # Who and where has visits this day: the references of the day's appointments, named
     # from the `_include`d Practitioner/Location (a real server sends no `display`).
-    visits = [
-        to_visit(a, now=now, viewer_tz=viewer_tz(), included=included) for a in day_appointments
-    ]
+    visits = [v for page in pages for v in page.visits]
     places = _choices([(_id_of(v.location_ref), v.location) for v in visits])
     people = _choices([(_id_of(v.practitioner_ref), v.practitioner) for v in visits])
     refs_of = {
@@ -127,43 +252,11 @@ def fetch_board(
         for v in visits
         if v.appointment_id
     }
-    kept = [
-        (a, v)
-        for a, v in zip(day_appointments, visits, strict=True)
-        if (not location or _id_of(v.location_ref) == location)
-        and (not practitioner or _id_of(v.practitioner_ref) == practitioner)
-    ]
+    kept = [(a, v) for page in pages for a, v in page.kept()]
     appointments = [a for a, _ in kept]
-
     patient_refs = sorted({ref for a in appointments if (ref := patient_of(a))})
-    ids = [ref.split("/", 1)[1] for ref in patient_refs]
-    chunks = list(_chunks(ids, CHUNK))
-    calls: list[Callable[[], list[dict[str, Any]]]] = []
-    for chunk in chunks:
-        patients_param = [("_id", ",".join(chunk))]
-        coverage_param = [("patient", ",".join(f"Patient/{i}" for i in chunk))]
-        calls.append(partial(_all, client, "Patient", patients_param))
-        calls.append(partial(_all, client, "Coverage", coverage_param))
-    results = parallel(calls, max_workers=4)
-    patients: dict[str, dict[str, Any]] = {}
-    coverage_resources: list[dict[str, Any]] = []
-    coverage_failed: list[str] = []  # patients whose chunk of the Coverage search failed
-    unavailable: dict[str, str] = {}
-    for index, result in enumerate(results):
-        chunk = chunks[index // 2]
-        if isinstance(result, Exception):
-            if index % 2 == 0:
-                unavailable["patients"] = _unavailable(result)
-            else:
-                unavailable["coverage"] = _unavailable(result)
-                coverage_failed.extend(f"Patient/{i}" for i in chunk)
-            continue
-        if index % 2 == 0:
-            patients.update({f"Patient/{rid}": p for p in result if (rid := resource_id(p))})
-        else:
-            coverage_resources.extend(result)
     coverages: dict[str, Sequence[Mapping[str, Any]] | None] | None
-    if coverage_failed and len(coverage_failed) == len(patient_refs):
+    if coverage_failed and set(patient_refs) <= set(coverage_failed):
         coverages = None  # no Coverage search answered: every row is "coverage unknown"
     else:
         coverages = dict(coverages_by_patient(coverage_resources))
@@ -173,7 +266,7 @@ def fetch_board(
     store = _store_flags(launch, patient_refs, appointment_refs)
     rows = board_rows(
         appointments=appointments,
-        included=included,
+        included={},  # the visits are mapped (with the day's `_include`s) already
         patients=patients,
         coverages=coverages,
         open_ticket_patients=store["open_ticket"],

@@ -9,9 +9,11 @@ are checked before any request.
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, TypeVar
 from urllib.parse import urlencode, urljoin
 
@@ -231,15 +233,29 @@ class FhirClient:
         A generator: one page in memory at a time. Stops after ``max_pages`` pages so a
         server that loops its links cannot keep a worker forever.
         """
+        for page in self.search_pages(resource_type, params, max_pages=max_pages):
+            yield from page
+
+    def search_pages(
+        self,
+        resource_type: str,
+        params: Mapping[str, str] | Sequence[tuple[str, str]],
+        *,
+        max_pages: int = 50,
+    ) -> Iterator[list[dict[str, Any]]]:
+        """``search_all`` a page at a time: the resources of each page (matches and
+        ``_include``s, in the Bundle's order), the next page asked for when the next one is
+        wanted."""
         bundle: object = self.search(resource_type, params)
         pages = 1
         while True:
             # An EHR's Bundle may hold anything where a list of objects belongs: read what
             # has the right shape, skip the rest, never raise on it.
-            for entry in _objects(bundle, "entry"):
-                resource = entry.get("resource")
-                if isinstance(resource, dict):
-                    yield resource
+            yield [
+                resource
+                for entry in _objects(bundle, "entry")
+                if isinstance(resource := entry.get("resource"), dict)
+            ]
             next_link = next(
                 (
                     url
@@ -335,6 +351,50 @@ def parallel(calls: Sequence[Callable[[], T]], *, max_workers: int = 4) -> list[
 
     with ThreadPoolExecutor(max_workers=min(max_workers, len(calls))) as pool:
         return list(pool.map(run, calls))
+
+
+def read_ahead(items: Iterator[T], pool: Executor) -> Iterator[T]:
+    """``items`` read in ``pool`` and handed over in order, the next one read while the
+    caller works on this one: the next page of a search is asked for as soon as this
+    page has arrived, by the thread that read it (it holds the GIL then, it does not wait
+    for the caller's mapping to let go of it).
+
+    At most two items are read ahead of the one the caller has. An exception raised by
+    ``items`` comes out here, where that item would have. When the caller stops early, no
+    further item is asked for (one in flight is let finish).
+    """
+    handoff: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
+    room = threading.Semaphore(2)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            while True:
+                room.acquire()
+                if stop.is_set():
+                    return
+                try:
+                    item = next(items)
+                except StopIteration:
+                    handoff.put((False, None))
+                    return
+                handoff.put((True, item))
+        except BaseException as exc:  # handed to the caller's thread, raised there
+            handoff.put((False, exc))
+
+    pool.submit(produce)
+    try:
+        while True:
+            more, value = handoff.get()
+            if not more:
+                if value is not None:
+                    raise value
+                return
+            room.release()
+            yield value
+    finally:
+        stop.set()
+        room.release()  # a reader waiting for room wakes up and sees the stop
 
 
 def find_canonical(

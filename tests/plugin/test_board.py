@@ -9,6 +9,7 @@ import datetime as dt
 import html
 import math
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -120,6 +121,39 @@ def test_board_requests_grow_with_pages_not_rows(board: Board) -> None:
     assert not any(
         re.match(r"^/fhir/(Patient|Practitioner|Location)/[^/]+$", r["path"]) for r in fhir
     )
+
+
+def test_the_day_is_read_as_a_pipeline_not_page_after_page_then_patients(
+    board: Board, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 16 §5: each Appointment page is asked for while the one before it is mapped,
+    and the patients of the first pages are read while the later pages are on their way,
+    so after the last page only what that page adds is left to wait for."""
+    from plugin import board_data
+
+    board.sb.generate_appointments(_today(), 250)
+    mapped: list[float] = []  # when the mapping of each page ended
+    real = board_data.to_visits
+
+    def to_visits(appointments: Any, **kw: Any) -> Any:
+        visits = real(appointments, **kw)
+        time.sleep(0.05)  # a slow mapping: the next page must be on its way meanwhile
+        mapped.append(time.monotonic())
+        return visits
+
+    monkeypatch.setattr(board_data, "to_visits", to_visits)
+    board.sb.set_knobs(latency_ms=40)
+    board.sb.clear_requests()
+    page = board.get(date=_today())
+    board.sb.set_knobs(latency_ms=0)
+    assert page.status_code == 200 and len(rows(page.text)) >= 250
+    log = board.sb.requests()
+    pages = sorted((r for r in log if r["path"] == "/fhir/Appointment"), key=lambda r: r["start"])
+    searches = [r for r in log if r["path"] in ("/fhir/Patient", "/fhir/Coverage")]
+    assert len(pages) >= 3 and len(mapped) == len(pages)
+    for done_mapping, following in zip(mapped, pages[1:], strict=False):
+        assert following["start"] < done_mapping
+    assert min(r["start"] for r in searches) < pages[-1]["end"]
 
 
 def test_filters_list_who_and_where_has_visits_that_day_not_the_user(board: Board) -> None:
@@ -292,3 +326,77 @@ def test_a_chart_launch_cannot_open_the_board(board: Board) -> None:
     refused = browser.get(f"{base}/l/{launch_id}/board", timeout=30)
     assert refused.status_code == 403
     assert "belongs to the chart's patient" in html.unescape(refused.text)
+
+
+def _appointment(aid: str, patient: str, start: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Appointment",
+        "id": aid,
+        "status": "booked",
+        "start": start,
+        "participant": [
+            {"actor": {"reference": f"Patient/{patient}"}, "status": "accepted"},
+            {"actor": {"reference": "Practitioner/dr-late"}, "status": "accepted"},
+            {"actor": {"reference": "Location/loc-late"}, "status": "accepted"},
+        ],
+    }
+
+
+_LATE_INCLUDES = [
+    {
+        "resourceType": "Practitioner",
+        "id": "dr-late",
+        "name": [{"given": ["Ana"], "family": "Lee", "prefix": ["Dr."]}],
+    },
+    {
+        "resourceType": "Location",
+        "id": "loc-late",
+        "name": "Denver Highlands",
+        "extension": [
+            {
+                "url": "http://hl7.org/fhir/StructureDefinition/timezone",
+                "valueCode": "America/Denver",
+            }
+        ],
+    },
+]
+
+
+@pytest.mark.parametrize("includes_on", ["first page", "second page"])
+def test_an_include_sent_with_a_later_page_names_the_earlier_pages_visits(
+    make_app, includes_on: str
+) -> None:  # type: ignore[no-untyped-def]
+    """Pages are mapped as they arrive; an EHR that sends a page's `_include`s with a
+    later page still gets every visit named and timed as if the day were read at once."""
+    from plugin.board_data import fetch_board
+    from tests.plugin.reader_fuzzing import _launch, fake_ehr
+
+    first = [_appointment("a1", "p1", "2026-11-30T15:00:00Z")]
+    second = [_appointment("a2", "p2", "2026-11-30T16:00:00Z")]
+    if includes_on == "first page":
+        first += _LATE_INCLUDES
+    else:
+        second += _LATE_INCLUDES
+
+    def bundle(resources: list[dict[str, Any]], next_url: str | None = None) -> dict[str, Any]:
+        return {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "link": [{"relation": "next", "url": next_url}] if next_url else [],
+            "entry": [{"resource": r} for r in resources],
+        }
+
+    with fake_ehr(make_app()) as ehr:
+        ehr["/Appointment"] = bundle(first, "http://ehr.test/fhir/Appointment-page-2")
+        ehr["/Appointment-page-2"] = bundle(second)
+        ehr["/Patient"] = bundle(
+            [{"resourceType": "Patient", "id": p, "name": [{"text": p}]} for p in ("p1", "p2")]
+        )
+        board = fetch_board(_launch(None), day=dt.date(2026, 11, 30))
+    by_id = {row["appointment_id"]: row for row in board["rows"]}
+    assert set(by_id) == {"a1", "a2"}
+    for row in by_id.values():
+        assert row["practitioner"] == "Dr. Ana Lee"
+        assert row["location"] == "Denver Highlands"
+        assert row["location_tz"] == "America/Denver" and row["location_start"]
+    assert [c["name"] for c in board["locations"]] == ["Denver Highlands"]

@@ -201,8 +201,12 @@ def test_a_board_maps_each_appointment_once_and_loads_its_token_once(
 
     mapped: list[object] = []
     loads: list[str] = []
-    real_visit = board_data.to_visit
+    real_visits, real_visit = board_data.to_visits, board_mapper.to_visit
     real_load = ehr.DbTokenStore.load
+
+    def to_visits(appointments: Any, **kw: Any) -> Any:
+        mapped.extend(appointment.get("id") for appointment in appointments)
+        return real_visits(appointments, **kw)
 
     def to_visit(appointment: Any, **kw: Any) -> Any:
         mapped.append(appointment.get("id"))
@@ -212,7 +216,7 @@ def test_a_board_maps_each_appointment_once_and_loads_its_token_once(
         loads.append(grant_id)
         return real_load(self, grant_id)
 
-    monkeypatch.setattr(board_data, "to_visit", to_visit)
+    monkeypatch.setattr(board_data, "to_visits", to_visits)
     monkeypatch.setattr(board_mapper, "to_visit", to_visit)
     monkeypatch.setattr(ehr.DbTokenStore, "load", load)
     app = make_app()

@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
 from smart_launch.errors import FatalFhirError, TemporaryFhirError, UnsafeUrl
-from smart_launch.fhir import FhirClient, parallel
+from smart_launch.fhir import FhirClient, parallel, read_ahead
 from tests.smart_launch.httpfake import FakeServer, Request, Response
 
 OUTCOME = {
@@ -235,3 +236,53 @@ def test_parallel_runs_concurrently_and_keeps_order_and_errors() -> None:
     results = parallel([lambda i=i: call(i) for i in range(3)])  # type: ignore[misc]
     assert results[0] == 0 and results[2] == 2
     assert isinstance(results[1], ValueError)
+
+
+def test_read_ahead_asks_for_the_next_item_while_the_caller_works_on_this_one() -> None:
+    asked: list[int] = []
+    second_asked = threading.Event()
+
+    def items():  # type: ignore[no-untyped-def]
+        for i in range(3):
+            asked.append(i)
+            if i == 1:
+                second_asked.set()
+            yield i
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        seen = []
+        for item in read_ahead(items(), pool):
+            if item == 0:
+                # The caller is still on item 0: item 1 is being read already.
+                assert second_asked.wait(timeout=10)
+            seen.append(item)
+    assert seen == [0, 1, 2] and asked == [0, 1, 2]
+
+
+def test_read_ahead_raises_where_the_failed_item_would_be_and_stops_when_the_caller_does() -> None:
+    def failing():  # type: ignore[no-untyped-def]
+        yield "page 1"
+        raise TemporaryFhirError("page 2 failed", status=503)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        got = []
+        with pytest.raises(TemporaryFhirError):
+            for item in read_ahead(failing(), pool):
+                got.append(item)
+        assert got == ["page 1"]
+
+    asked: list[int] = []
+
+    def endless():  # type: ignore[no-untyped-def]
+        i = 0
+        while True:
+            asked.append(i)
+            yield i
+            i += 1
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        for item in read_ahead(endless(), pool):
+            if item == 2:
+                break
+    # At most two items are read ahead of the caller's, then nothing more.
+    assert asked[:3] == [0, 1, 2] and len(asked) <= 5
