@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from flask import (
@@ -56,6 +56,7 @@ from smart_launch.launch import (
     warm_jwks,
 )
 
+_Row = TypeVar("_Row")
 bp = Blueprint("launch", __name__)
 log = logging.getLogger("caredesk.launch")
 
@@ -137,7 +138,7 @@ def ehr_launch() -> BaseResponse:
             "An EHR launch needs both `iss` and `launch`. Open CareDesk from the EHR.",
             code="missing_launch_parameters",
         )
-    row = find_by_iss(get_db(), iss)
+    row = registration_by_iss(iss)
     if row is None:
         # Never fetched, never redirected to: an unregistered iss could be anyone's server.
         log.warning("launch refused: unregistered iss")
@@ -153,7 +154,7 @@ def ehr_launch() -> BaseResponse:
 @bp.get("/start")
 def standalone_launch() -> BaseResponse:
     key = request.args.get("ehr", "")
-    row = find(get_db(), key) if key else None
+    row = registration_by_key(key) if key else None
     if row is None:
         raise AppError(
             "Unknown EHR. Choose a registered EHR to sign in to.", status=404, code="unknown_ehr"
@@ -302,12 +303,8 @@ def callback() -> BaseResponse:
     code, state = parse_callback(request.args)  # the EHR's error: AuthorizationDenied
     db = get_db()
     now = utcnow()
-    pending = db.scalars(
-        select(LaunchSession).where(
-            LaunchSession.state_hash == state_key(state), LaunchSession.status == "pending"
-        )
-    ).first()
-    if pending is None:
+    pending = launch_by_state(state)
+    if pending is None or pending.status != "pending":
         raise StateError("This sign-in link is unknown or was already used. Launch again.")
     if not _owns(pending.browser_hash):
         # Issued to another browser: a login-CSRF attempt, a replayed link, or blocked
@@ -333,9 +330,9 @@ def callback() -> BaseResponse:
     db.commit()
     if claimed is None:
         raise StateError("This sign-in link is unknown or was already used. Launch again.")
-    launch = db.get(LaunchSession, claimed)
-    assert launch is not None
-    db.refresh(launch)
+    # The row read above, now ours alone: the claim changed only its status and state
+    # (synchronised into it by the UPDATE), so it is not read again.
+    launch = pending
     reg = ehr.to_registration(launch.registration, web=True)
     try:
         conf = ehr.configuration(reg)
@@ -392,6 +389,34 @@ def callback() -> BaseResponse:
     return redirect(url_for("sidebar.home", launch_id=launch.id), code=303)
 
 
+def registration_by_iss(iss: str) -> EhrRegistration | None:
+    """The registration of this ``iss``, read once per request: the rate limiter's key
+    (``plugin.ratelimit``) and ``/launch`` both need it."""
+    return _once("registration_by_iss", iss, lambda: find_by_iss(get_db(), iss))
+
+
+def registration_by_key(key: str) -> EhrRegistration | None:
+    """The registration ``/start?ehr=`` names (id, slug or iss), read once per request."""
+    return _once("registration_by_key", key, lambda: find(get_db(), key))
+
+
+def launch_by_state(state: str) -> LaunchSession | None:
+    """The launch row that holds this state (whatever its status), read once per
+    request: the rate limiter's key (its registration) and ``/callback`` both need it."""
+    query = select(LaunchSession).where(LaunchSession.state_hash == state_key(state))
+    return _once("launch_by_state", state, lambda: get_db().scalars(query).first())
+
+
+def _once(kind: str, key: str, read: Callable[[], _Row]) -> _Row:
+    """A row (or None) read once per request, kept on ``g``: the session's identity map
+    holds rows only weakly, and a query by anything but the primary key is a query again."""
+    rows: dict[tuple[str, str], Any] = g.setdefault("rows_by_key", {})
+    if (kind, key) not in rows:
+        rows[(kind, key)] = read()
+    found: _Row = rows[(kind, key)]
+    return found
+
+
 def _fail(launch: LaunchSession) -> None:
     launch.status = "failed"
     launch.code_verifier_enc = None
@@ -403,10 +428,7 @@ def launch_row(launch_id: str) -> LaunchSession | None:
     registration) and ``current_launch`` both need it, and the row is kept on ``g``
     because the session's identity map holds rows only weakly (a second ``get`` was a
     second query)."""
-    rows: dict[str, LaunchSession | None] = g.setdefault("launch_rows", {})
-    if launch_id not in rows:
-        rows[launch_id] = get_db().get(LaunchSession, launch_id)
-    return rows[launch_id]
+    return _once("launch_row", launch_id, lambda: get_db().get(LaunchSession, launch_id))
 
 
 def current_launch(launch_id: str) -> LaunchSession:

@@ -35,12 +35,8 @@ from typing import cast
 
 from flask import Blueprint, Flask, Response, current_app, request
 from flask_limiter import Limiter
-from sqlalchemy import select
 
-from helpdesk.db import get_db
-from helpdesk.models import LaunchSession
-from helpdesk.registry import find, find_by_iss
-from plugin.launch import launch_row
+from plugin.launch import launch_by_state, launch_row, registration_by_iss, registration_by_key
 
 log = logging.getLogger("caredesk.ratelimit")
 _proxy_warned = threading.Event()
@@ -61,25 +57,15 @@ def _per_minute(setting: str) -> Callable[[], str]:
 def _launch_registration() -> str:
     """The registration a ``/launch``, ``/start`` or ``/callback`` is for. Unknown ones
     share one bucket, so made-up values cannot buy fresh counts."""
-    db = get_db()
     if request.endpoint == "launch.callback":
-        from smart_launch.launch import state_key
-
         state = request.args.get("state", "")
-        registration = (
-            db.scalar(
-                select(LaunchSession.registration_id).where(
-                    LaunchSession.state_hash == state_key(state)
-                )
-            )
-            if state and len(state) <= 512
-            else None
-        )
-        return f"ehr:{registration}" if registration is not None else "ehr:unknown"
+        launch = launch_by_state(state) if state and len(state) <= 512 else None
+        return f"ehr:{launch.registration_id}" if launch is not None else "ehr:unknown"
+    # The view reads the same row again from ``g``, not from the store.
     if request.endpoint == "launch.ehr_launch":
-        row = find_by_iss(db, request.args.get("iss", "")[:1024])
+        row = registration_by_iss(request.args.get("iss", "")[:1024])
     elif request.endpoint == "launch.standalone_launch":
-        row = find(db, request.args.get("ehr", "")[:200])
+        row = registration_by_key(request.args.get("ehr", "")[:200])
     else:
         return _session_registration()
     return f"ehr:{row.id}" if row is not None else "ehr:unknown"

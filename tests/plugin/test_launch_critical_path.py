@@ -5,13 +5,14 @@ and the browser here stops at each redirect so the test decides when the next on
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import requests
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from helpdesk.db import get_store
 from helpdesk.ehr import DbTokenStore
@@ -32,11 +33,16 @@ def ehr(make_app) -> Iterator[tuple[Any, SandboxHandle]]:  # type: ignore[no-unt
         yield app, sb
 
 
-def _to_the_sidebar_redirect(sb: SandboxHandle, browser: requests.Session) -> str:
+def _to_the_sidebar_redirect(
+    sb: SandboxHandle, browser: requests.Session, seen: list[str] | None = None
+) -> str:
     """The launch up to the callback's answer, whose redirect (to the sidebar) is not
-    followed: returns the sidebar's URL."""
+    followed: returns the sidebar's URL. ``seen``: cleared before each request, so it
+    holds what the callback's request put there."""
     url = sb.launch(CLIENT_ID, patient="pat-001")["url"]
     for _ in range(10):
+        if seen is not None:
+            seen.clear()
         answer = browser.get(url, allow_redirects=False, timeout=30)
         assert answer.status_code in (302, 303), answer.text[:300]
         url = requests.compat.urljoin(url, answer.headers["Location"])
@@ -108,3 +114,41 @@ def test_a_failed_early_read_is_read_again_by_the_sidebar(ehr) -> None:  # type:
     assert "Okonkwo" in page.text
     patient_reads = [r["status"] for r in _reads(sb) if r["path"] == "/fhir/Patient/pat-001"]
     assert patient_reads == [503, 200]
+
+
+def test_launch_and_callback_read_each_row_they_need_once(ehr) -> None:  # type: ignore[no-untyped-def]
+    """The rate limiter's key (the EHR registration of an iss, the launch of a state) and
+    the view share one read; the callback does not read its launch row again after
+    claiming its state. Before the token request the callback reads the launch row, claims
+    it, and reads the registration and its keys, nothing else."""
+    app, sb = ehr
+    statements: list[str] = []
+
+    def statement(conn, cursor, sql, params, context, executemany) -> None:  # type: ignore[no-untyped-def]
+        table = re.search(r"\b(?:FROM|INTO|UPDATE)\s+(\w+)", sql)
+        statements.append(f"{sql.split()[0]} {table.group(1) if table else '?'}")
+
+    # A launch first, as in a running app (the CSP's frame origins are read once per 30 s).
+    assert requests.get(sb.launch(CLIENT_ID, patient="pat-001")["url"], timeout=30).ok
+    seen_by_path: dict[str, list[str]] = {}
+    engine = get_store(app).engine
+    event.listen(engine, "before_cursor_execute", statement)
+    try:
+        browser = requests.Session()
+        url = sb.launch(CLIENT_ID, patient="pat-001")["url"]
+        while "/l/" not in url:
+            statements.clear()
+            answer = browser.get(url, allow_redirects=False, timeout=30)
+            seen_by_path[url.split("?", 1)[0].rsplit("/", 1)[-1]] = list(statements)
+            url = requests.compat.urljoin(url, answer.headers["Location"])
+    finally:
+        event.remove(engine, "before_cursor_execute", statement)
+    assert seen_by_path["launch"].count("SELECT ehr_registration") == 1, seen_by_path["launch"]
+    callback = seen_by_path["callback"]
+    before_the_token = callback[: callback.index("INSERT audit_event")]
+    assert before_the_token == [
+        "SELECT launch_session",
+        "UPDATE launch_session",
+        "SELECT ehr_registration",
+        "SELECT signing_key",
+    ], callback
