@@ -28,6 +28,7 @@ from fhir_mappers.fhirutil import (
 )
 from fhir_mappers.issues import DataWarning, field_words, zone_words
 from fhir_mappers.names import Included, resolve, resource_name
+from fhir_mappers.records import quick_init
 
 STATUS_TEXT = {
     "proposed": "Proposed, time not agreed yet",
@@ -47,6 +48,7 @@ _SETTLED = {"arrived", "checked-in", "fulfilled", "cancelled", "noshow", "entere
 _NO_TIME_NEEDED = {"proposed", "cancelled", "waitlist", "entered-in-error"}
 
 
+@quick_init
 @dataclass(frozen=True)
 class Visit:
     appointment_id: str | None

@@ -24,9 +24,11 @@ from fhir_mappers.fhirutil import (
 from fhir_mappers.flags import Flag
 from fhir_mappers.issues import DataWarning
 from fhir_mappers.patient import Contact, to_contact
+from fhir_mappers.records import quick_init
 from fhir_mappers.validation import validation_warnings
 
 
+@quick_init
 @dataclass(frozen=True)
 class HelpdeskContext:
     patient_id: str | None

@@ -26,6 +26,7 @@ from fhir_mappers.fhirutil import (
 )
 from fhir_mappers.issues import DataWarning
 from fhir_mappers.names import name_of, resolve
+from fhir_mappers.records import quick_init
 
 _CLASS_SYSTEM = "http://terminology.hl7.org/CodeSystem/coverage-class"
 
@@ -35,6 +36,7 @@ STATES = ("active", "expiring", "expired", "cancelled", "none", "unknown")
 _USABLE = ("active", "expiring")
 
 
+@quick_init
 @dataclass(frozen=True)
 class Policy:
     coverage_id: str | None
@@ -53,6 +55,7 @@ class Policy:
     warnings: tuple[DataWarning, ...]
 
 
+@quick_init
 @dataclass(frozen=True)
 class Insurance:
     state: str

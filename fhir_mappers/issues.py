@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fhir_mappers.fhirutil import as_resource, get_str
+from fhir_mappers.records import quick_init
 
 # The codes, stable for UIs and tests:
 INVALID = "invalid"  # strict R4B validation failed for another reason
@@ -133,6 +134,7 @@ def plain_words(resource_type: str, field: str, code: str) -> str:
     )
 
 
+@quick_init
 @dataclass(frozen=True)
 class DataWarning:
     resource_type: str

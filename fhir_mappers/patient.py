@@ -36,8 +36,10 @@ from fhir_mappers.fhirutil import (
     require_aware,
 )
 from fhir_mappers.issues import DataWarning
+from fhir_mappers.records import quick_init
 
 
+@quick_init
 @dataclass(frozen=True)
 class Telecom:
     system: str  # phone | sms | email (FHIR ContactPoint.system)
@@ -47,6 +49,7 @@ class Telecom:
     preferred: bool  # the contact point the preferred channel uses
 
 
+@quick_init
 @dataclass(frozen=True)
 class PostalAddress:
     text: str  # one line, for display
@@ -58,6 +61,7 @@ class PostalAddress:
     use: str | None
 
 
+@quick_init
 @dataclass(frozen=True)
 class Contact:
     patient_id: str | None

@@ -6,15 +6,19 @@ Time is frozen (passed as `now`) at 22:13 in Chicago, UTC-6.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import inspect
+import pickle
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from fhir_mappers import appointment, contact, coverage, fhirutil, patient
+from fhir_mappers import appointment, contact, context, coverage, fhirutil, issues, patient
 from fhir_mappers.context import build_context
 from fhir_mappers.fhirutil import index_resources
+from fhir_mappers.records import quick_init
 
 NOW = dt.datetime.fromisoformat("2026-11-30T22:13:00-06:00")
 TZ_EXT = "http://hl7.org/fhir/StructureDefinition/timezone"
@@ -174,3 +178,85 @@ def test_a_patient_reads_its_language_and_contact_channels_once(
     assert (found.preferred_language, found.language_display) == ("es", "Spanish")
     assert (found.preferred_channel, found.phone_reachable) == ("email", False)
     assert [w.code for w in found.warnings if w.field == "birthDate"] == ["partial-date"]
+
+
+# Frozen records the tolerant mapping builds per resource (issue 16 §2).
+RECORDS = (
+    appointment.Visit,
+    patient.Contact,
+    patient.Telecom,
+    patient.PostalAddress,
+    coverage.Policy,
+    coverage.Insurance,
+    context.HelpdeskContext,
+    issues.DataWarning,
+)
+
+
+@pytest.mark.parametrize("cls", RECORDS, ids=lambda cls: cls.__name__)
+def test_mapper_records_are_built_without_a_setattr_call_per_field(cls: type) -> None:
+    """A frozen dataclass's own `__init__` calls `object.__setattr__` once per field (a
+    tenth of the tolerant mapping's time on the bench population); `records.quick_init`
+    writes the fields without it, with the dataclass's signature."""
+    init = cls.__init__
+    assert "__setattr__" not in init.__code__.co_names
+    fields = [f.name for f in dataclasses.fields(cls)]
+    assert list(inspect.signature(init).parameters)[1:] == fields
+
+
+@quick_init
+@dataclasses.dataclass(frozen=True)
+class _Sample:
+    a: int
+    b: str = "b"
+    c: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.c:
+            object.__setattr__(self, "c", self.b * 2)
+
+
+def test_quick_init_keeps_what_a_frozen_dataclass_does() -> None:
+    one = _Sample(1)
+    assert (one.a, one.b, one.c) == (1, "b", "bb")
+    assert _Sample(1, "x") == _Sample(a=1, b="x") == _Sample(1, b="x", c="xx")
+    assert hash(_Sample(1, "x")) == hash(_Sample(1, b="x", c="xx"))
+    assert repr(one) == "_Sample(a=1, b='b', c='bb')"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        one.a = 2  # type: ignore[misc]
+    assert dataclasses.replace(one, b="y") == _Sample(1, "y", "bb")
+    assert pickle.loads(pickle.dumps(one)) == one
+    with pytest.raises(TypeError):
+        _Sample()  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        _Sample(1, d=2)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"frozen": False}, {"frozen": True, "slots": True}],
+)
+def test_quick_init_refuses_what_it_would_build_wrongly(options: dict[str, bool]) -> None:
+    @dataclasses.dataclass(**options)  # type: ignore[call-overload]
+    class Odd:
+        a: int
+
+    with pytest.raises(TypeError):
+        quick_init(Odd)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        dataclasses.field(default_factory=list),
+        dataclasses.field(default=1, kw_only=True),
+        dataclasses.field(default=1, init=False),
+    ],
+)
+def test_quick_init_refuses_fields_it_does_not_build(spec: Any) -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Odd:
+        a: Any = spec
+
+    with pytest.raises(TypeError):
+        quick_init(Odd)
