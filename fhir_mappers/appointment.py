@@ -138,14 +138,10 @@ def _resolve_actor(
     memo: dict[tuple[str, str], Any] | None,
 ) -> _Resolved:
     """Parse, look up and name the target of an actor that has a reference; with a page's
-    memo, once per reference as sent (a contained `#id` belongs to its appointment and is
-    resolved each time)."""
+    memo, kept under ("actor", the reference as sent) for `_actors` to find next time (a
+    contained `#id` belongs to its appointment and is resolved each time)."""
     sent = actor.get("reference")
     key = ("actor", sent) if memo is not None and type(sent) is str else None
-    if key is not None and memo is not None:
-        cached = memo.get(key)
-        if isinstance(cached, _Resolved):
-            return cached
     ref = reference_of(actor)
     if ref is None:
         return _NOTHING
@@ -174,8 +170,15 @@ def _actors(
         actor = get_dict(part, "actor")
         if actor is None:
             continue
-        raw = get_str(actor, "reference")
-        found = _NOTHING if raw is None else _resolve_actor(actor, resource, included, memo)
+        sent = actor.get("reference")
+        cached = memo.get(("actor", sent)) if memo is not None and type(sent) is str else None
+        if isinstance(cached, _Resolved):
+            # Seen on this page: parsed, so `sent` is a non-blank reference string.
+            raw: str | None = sent
+            found = cached
+        else:
+            raw = get_str(actor, "reference")
+            found = _NOTHING if raw is None else _resolve_actor(actor, resource, included, memo)
         ref, target = found.ref, found.target
         if raw is not None and ref is None:
             warn(

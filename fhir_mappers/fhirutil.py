@@ -320,19 +320,29 @@ def require_aware(now: dt.datetime) -> dt.datetime:
 
 def get_str(obj: object, key: str) -> str | None:
     """A non-empty string field, stripped; None for anything else."""
-    if type(obj) is not dict and (obj is None or not isinstance(obj, Mapping)):
+    if type(obj) is dict:
+        value = obj.get(key)
+        if type(value) is str:  # the usual case, settled in two type tests
+            return value.strip() or None
+    elif obj is None or not isinstance(obj, Mapping):
         return None
-    value = obj.get(key)
-    if type(value) is str or (value is not None and isinstance(value, str)):
+    else:
+        value = obj.get(key)
+    if value is not None and isinstance(value, str):
         return value.strip() or None
     return None
 
 
 def get_dict(obj: object, key: str) -> Mapping[str, Any] | None:
-    if type(obj) is not dict and (obj is None or not isinstance(obj, Mapping)):
+    if type(obj) is dict:
+        value = obj.get(key)
+        if type(value) is dict:
+            return value
+    elif obj is None or not isinstance(obj, Mapping):
         return None
-    value = obj.get(key)
-    if type(value) is dict or (value is not None and isinstance(value, Mapping)):
+    else:
+        value = obj.get(key)
+    if value is not None and isinstance(value, Mapping):
         return value
     return None
 

@@ -164,6 +164,8 @@ class Warnings:
     ``once`` drops a repeat of the same warning (a page of visits sharing one actor).
     """
 
+    __slots__ = ("found", "once", "resource_id", "resource_type")
+
     def __init__(self, resource_type: str, resource: object, *, once: bool = False) -> None:
         self.resource_type = resource_type
         self.resource_id = get_str(resource, "id")
@@ -176,6 +178,8 @@ class Warnings:
             self.found.append(warning)
 
     def readable(self, resource: object) -> Mapping[str, Any]:
+        if type(resource) is dict:  # a JSON object: no ABC check on the mappers' hot path
+            return resource
         if not isinstance(resource, Mapping):
             self("(resource)", "not a JSON object", BAD_VALUE)
         return as_resource(resource)

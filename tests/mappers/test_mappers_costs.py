@@ -79,14 +79,18 @@ def _context(**overrides: Any) -> Any:
 def test_a_page_of_visits_parses_and_names_each_reference_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Five visits with the same patient, practitioner and place: three references parsed
-    and two targets named, not fifteen and ten."""
+    """Five visits with the same patient, practitioner and place: three references parsed,
+    resolved and two targets named, not fifteen and ten (a reference seen before on the
+    page is found in the page's memo without a call)."""
     parsed: list[str] = []
     named: list[str] = []
+    resolved: list[str] = []
     _count(monkeypatch, fhirutil, "_parse_reference", parsed)
     _count(monkeypatch, appointment, "resource_name", named)
+    _count(monkeypatch, appointment, "_resolve_actor", resolved)
     visits = _context().visits
     assert len(parsed) == 3
+    assert len(resolved) == 3
     assert len(named) == 2
     assert {(v.practitioner, v.location, v.location_tz) for v in visits} == {
         ("Dr. Ana Lee", "Denver clinic", "America/Denver")
