@@ -104,6 +104,7 @@ def board_rows(
     overdue_call_patients: frozenset[str] = frozenset(),
     clinic_languages: Sequence[str] = ("en",),
     visits: Sequence[Visit] | None = None,
+    contacts: Mapping[str, Contact] | None = None,
 ) -> list[BoardRow]:
     """Rows in time order. `patients` and `coverages` are keyed by `Patient/id`.
 
@@ -113,7 +114,8 @@ def board_rows(
     that was fetched has none on file. `included` may also hold the Practitioners and
     Locations read after `fhir_mappers.names.unresolved_references`. `visits`, when the
     caller mapped the appointments already (same order, same `now` and zone), are used
-    instead of mapping each appointment again.
+    instead of mapping each appointment again; `contacts`, when the caller mapped the
+    patients already (`to_contact` of each of `patients`, same `now`), likewise.
     """
     require_aware(now)
     if visits is not None and len(visits) != len(appointments):
@@ -135,6 +137,7 @@ def board_rows(
                 now=now,
                 expiring_days=expiring_days,
                 clinic_languages=clinic_languages,
+                contacts=contacts,
             )
         contact, coverage_state, patient_codes = per_patient[patient_ref]
         codes = list(patient_codes)
@@ -189,10 +192,14 @@ def _patient_part(
     now: dt.datetime,
     expiring_days: int,
     clinic_languages: Sequence[str],
+    contacts: Mapping[str, Contact] | None,
 ) -> tuple[Contact | None, str, tuple[str, ...]]:
     """What a patient's rows share: once per patient, however many visits they have."""
     patient = patients.get(patient_ref) if patient_ref else None
-    contact = to_contact(patient, now=now) if isinstance(patient, Mapping) else None
+    if patient_ref and contacts is not None and patient_ref in contacts:
+        contact: Contact | None = contacts[patient_ref]
+    else:
+        contact = to_contact(patient, now=now) if isinstance(patient, Mapping) else None
     if coverages is None:
         state = "unknown"
     else:

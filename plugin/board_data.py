@@ -264,6 +264,9 @@ def fetch_board(
 
     appointment_refs = [f"Appointment/{rid}" for a in appointments if (rid := resource_id(a))]
     store = _store_flags(launch, patient_refs, appointment_refs)
+    # Per patient, once however many visits they have: the rows' names and the MRN and
+    # phone beside them come from the same mapping.
+    contacts = {ref: to_contact(resource, now=now) for ref, resource in patients.items()}
     rows = board_rows(
         appointments=appointments,
         included={},  # the visits are mapped (with the day's `_include`s) already
@@ -276,12 +279,12 @@ def fetch_board(
         now=now,
         viewer_tz=viewer_tz(),
         visits=[v for _, v in kept],  # mapped once above, not again per row
+        contacts=contacts,
     )
     if sort == "flags":
         rows = sort_by_flags(rows)
-    # Per patient, once however many visits they have: what the search and the bulk
-    # reminders need beside the mapper's row (MRN, phone, a channel a message may use).
-    contacts = {ref: to_contact(resource, now=now) for ref, resource in patients.items()}
+    # What the search and the bulk reminders need beside the mapper's row (MRN, phone, a
+    # channel a message may use).
     messageable = {ref: bool(reachable(resource, now=now)) for ref, resource in patients.items()}
     # The patient's answer to a reminder (helpdesk.messaging): "confirmed by text".
     replies = messaging.appointment_replies(get_db(), launch.registration_id, appointment_refs)

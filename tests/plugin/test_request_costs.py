@@ -187,11 +187,12 @@ def test_a_write_from_another_process_shows_in_the_next_cached_context(
     assert body["tasks"][0]["status"] == "running"
 
 
-def test_a_board_maps_each_appointment_once_and_loads_its_token_once(
+def test_a_board_maps_each_appointment_and_patient_once_and_loads_its_token_once(
     make_app, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
-    """The filters' choices and the rows share one mapping of each appointment, and the
-    board's searches (pages, patients, coverages) share one read of the stored grant."""
+    """The filters' choices and the rows share one mapping of each appointment, the rows'
+    names and the MRN and phone beside them one mapping of each patient, and the board's
+    searches (pages, patients, coverages) share one read of the stored grant."""
     import datetime as dt
     from zoneinfo import ZoneInfo
 
@@ -203,6 +204,12 @@ def test_a_board_maps_each_appointment_once_and_loads_its_token_once(
     loads: list[str] = []
     real_visits, real_visit = board_data.to_visits, board_mapper.to_visit
     real_load = ehr.DbTokenStore.load
+    contacts: list[object] = []
+    real_contact = board_data.to_contact
+
+    def to_contact(patient: Any, **kw: Any) -> Any:
+        contacts.append(patient.get("id"))
+        return real_contact(patient, **kw)
 
     def to_visits(appointments: Any, **kw: Any) -> Any:
         mapped.extend(appointment.get("id") for appointment in appointments)
@@ -218,6 +225,8 @@ def test_a_board_maps_each_appointment_once_and_loads_its_token_once(
 
     monkeypatch.setattr(board_data, "to_visits", to_visits)
     monkeypatch.setattr(board_mapper, "to_visit", to_visit)
+    monkeypatch.setattr(board_data, "to_contact", to_contact)
+    monkeypatch.setattr(board_mapper, "to_contact", to_contact)
     monkeypatch.setattr(ehr.DbTokenStore, "load", load)
     app = make_app()
     day = dt.datetime.now(ZoneInfo("America/Chicago")).date().isoformat()
@@ -230,12 +239,14 @@ def test_a_board_maps_each_appointment_once_and_loads_its_token_once(
         assert page.status_code == 200 and "/board" in page.url
         mapped.clear()
         loads.clear()
+        contacts.clear()
         sb.clear_requests()
         board = browser.get(page.url.split("?")[0], params={"date": day}, timeout=60)
         assert board.status_code == 200
         fhir = [r for r in sb.requests() if r["path"].startswith("/fhir/")]
         browser.close()
     assert len(mapped) == len(set(mapped)) >= 120
+    assert len(contacts) == len(set(contacts)) >= 10
     assert len(fhir) >= 3 and len(loads) == 1
 
 
