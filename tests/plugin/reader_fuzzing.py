@@ -197,7 +197,7 @@ def fake_ehr(app: Flask) -> Iterator[dict[str, Any]]:
 
     answers: dict[str, Any] = {}
 
-    def client(launch: Any) -> Any:
+    def client(launch: Any, token_set: Any = None) -> Any:
         http = requests.Session()
         http.mount("http://", Transport(answers))
         return FhirClient("http://ehr.test/fhir", lambda: "token", session=http)
