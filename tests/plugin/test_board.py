@@ -200,6 +200,34 @@ def test_refused_coverage_search_says_coverage_unknown_never_no_coverage(make_ap
         assert 'data-flag="no-coverage"' not in text
 
 
+def test_the_rows_are_rendered_with_dict_lookups_not_attribute_misses(make_app) -> None:  # type: ignore[no-untyped-def]
+    """Issue 16 §5: a row and its flags are dicts, read in the template as r["x"]; r.x has
+    Jinja try an attribute first and catch an AttributeError for every field of every row
+    (about half the render time of a 300-visit day)."""
+    app = make_app()
+    looked_up: list[tuple[dict[str, Any], str]] = []
+    real = app.jinja_env.getattr
+
+    def getattr_(obj: Any, attribute: str) -> Any:
+        if isinstance(obj, dict):
+            looked_up.append((obj, attribute))
+        return real(obj, attribute)
+
+    app.jinja_env.getattr = getattr_  # type: ignore[method-assign]
+    with serve(app) as url, running_sandbox() as sb:
+        connect(app, sb, url, client_id=CLIENT_ID)
+        sb.generate_appointments(_today(), 60)
+        b = _launch(sb)
+        looked_up.clear()
+        page = b.get(date=_today())
+    assert page.status_code == 200 and len(rows(page.text)) >= 60
+    assert 'class="cd-flag cd-flag-' in page.text
+    assert looked_up  # the page's other dicts (flag counts, filter choices) are read so
+    on_rows = [a for d, a in looked_up if "appointment_id" in d]
+    on_flags = [a for d, a in looked_up if "code" in d and "count" not in d]
+    assert on_rows == [] and on_flags == []
+
+
 def test_ehr_down_shows_the_board_frame_with_try_again(board: Board) -> None:
     board.sb.set_knobs(error_rate=1.0)
     page = board.get(date=_today(), sort="flags")
