@@ -67,3 +67,18 @@ def test_gunicorn_access_log_hides_survey_tokens_codes_and_states(pg_url, redis_
     assert '"GET /callback" 400' in output
     for value in (token, code, state, launch):
         assert value not in output
+
+
+def test_a_worker_sets_its_start_up_objects_aside_from_full_collections() -> None:
+    """gunicorn's post_worker_init hook freezes what the loaded app holds, so a full
+    collection during a request does not walk ~150,000 start-up objects (issue 16)."""
+    import gc
+    import runpy
+
+    conf = runpy.run_path(str(Path(__file__).resolve().parents[2] / "gunicorn.conf.py"))
+    assert gc.get_freeze_count() == 0
+    try:
+        conf["post_worker_init"](object())
+        assert gc.get_freeze_count() > 10_000
+    finally:
+        gc.unfreeze()
