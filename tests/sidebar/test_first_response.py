@@ -32,10 +32,19 @@ def sandbox(make_app) -> Iterator[tuple]:  # type: ignore[type-arg]
         yield app, sb
 
 
-def _launch_to_sidebar(sb, browser: requests.Session, patient: str) -> str:  # type: ignore[no-untyped-def]
-    """Follow the EHR launch up to (not into) the sidebar: the sidebar's URL."""
+def _launch_to_sidebar(  # type: ignore[no-untyped-def]
+    sb, browser: requests.Session, patient: str, *, before_callback: dict | None = None
+) -> str:
+    """Follow the EHR launch up to (not into) the sidebar: the sidebar's URL.
+
+    ``before_callback``: sandbox knobs set once the user has authorized, before the browser
+    brings the code back to CareDesk. The callback starts the patient's reads (issue 16
+    §4), so an EHR that is slow or refuses for this launch must be so by then."""
     url = sb.launch(CLIENT_ID, patient=patient)["url"]
     for _ in range(10):
+        if before_callback is not None and "/callback" in url:
+            sb.set_knobs(**before_callback)
+            before_callback = None
         answer = browser.get(url, allow_redirects=False, timeout=30)
         assert answer.status_code in (200, 302, 303), (answer.status_code, answer.text[:300])
         if answer.status_code == 200:  # an auto-posting form (the sandbox's consent)
@@ -70,9 +79,10 @@ def test_a_new_launch_names_the_patient_in_its_first_response_when_the_ehr_is_sl
     # Now the EHR takes 3 s per request, and a new launch (another user, another
     # browser) opens the same patient.
     browser = requests.Session()
-    url = _launch_to_sidebar(sb, browser, "pat-001")
-    sb.set_knobs(latency_ms=SLOW_EHR_MS)
     try:
+        url = _launch_to_sidebar(
+            sb, browser, "pat-001", before_callback={"latency_ms": SLOW_EHR_MS}
+        )
         started = time.monotonic()
         page = browser.get(url, timeout=30)
         elapsed = time.monotonic() - started
@@ -104,9 +114,10 @@ def test_a_first_ever_launch_with_a_slow_ehr_says_the_patient_is_loading(sandbox
     The first response still comes at once, with the actions, and says it is loading."""
     app, sb = sandbox
     browser = requests.Session()
-    url = _launch_to_sidebar(sb, browser, "pat-007")
-    sb.set_knobs(latency_ms=SLOW_EHR_MS)
     try:
+        url = _launch_to_sidebar(
+            sb, browser, "pat-007", before_callback={"latency_ms": SLOW_EHR_MS}
+        )
         page = browser.get(url, timeout=30)
         timing = _timing(page)
         assert "Loading the patient from the EHR" in page.text
@@ -128,9 +139,11 @@ def test_the_identity_read_earlier_is_not_shown_once_the_ehr_refuses_the_record(
     first = _launch_to_sidebar(sb, earlier, "pat-001")
     assert "Okonkwo" in earlier.get(first + "?wait=1", timeout=30).text
     browser = requests.Session()
-    url = _launch_to_sidebar(sb, browser, "pat-001")
-    sb.set_knobs(
-        fail_next=[{"status": 403, "path_contains": "Patient/pat-001", "diagnostics": "no"}]
+    # The EHR refuses this launch the patient: the callback's early read and the page's
+    # own read again (a failed early read is asked again when the page loads).
+    refusal = {"status": 403, "path_contains": "Patient/pat-001", "diagnostics": "no"}
+    url = _launch_to_sidebar(
+        sb, browser, "pat-001", before_callback={"fail_next": [refusal, refusal]}
     )
     page = browser.get(url + "?wait=1", timeout=30)
     assert "Okonkwo" not in page.text
