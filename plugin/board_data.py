@@ -113,12 +113,13 @@ def _read_day(
     *,
     now: dt.datetime,
     keep: Callable[[Visit], bool],
-    reads: _PatientReads,
+    reads: Sequence[_PatientReads | _StoreReads],
 ) -> list[_Page]:
     """The day's Appointment pages, each mapped while the next one is in flight, and the
     Patient and Coverage searches for the patients of each page's kept rows started as soon
-    as that page is mapped: after the last page only its own new patients are still to
-    read, not the whole day's.
+    as that page is mapped, and the store's rows about them read while the next page is in
+    flight: after the last page only what that page adds is still to read, not the whole
+    day's.
 
     An EHR names the people and places of a page's visits in that page's `_include`s; one
     that sends them with a later page gets the earlier pages that looked for them mapped
@@ -142,9 +143,11 @@ def _read_day(
             for earlier in pages:
                 if earlier.missed & new:
                     earlier.map(included, now=now)
-                    reads.ask(earlier.kept())
+                    for reader in reads:
+                        reader.ask(earlier.kept())
             page.map(included, now=now)
-            reads.ask(page.kept())
+            for reader in reads:
+                reader.ask(page.kept())
             pages.append(page)
     return pages
 
@@ -230,12 +233,13 @@ def fetch_board(
     pool = ThreadPoolExecutor(max_workers=SEARCH_WORKERS)
     try:
         reads = _PatientReads(client, pool)
+        store_reads = _StoreReads(launch)
         pages = _read_day(
             client,
             params,
             now=now,
             keep=partial(_kept, location=location, practitioner=practitioner),
-            reads=reads,
+            reads=(reads, store_reads),
         )
         patients, coverage_resources, coverage_failed, unavailable = reads.results()
     finally:
@@ -263,7 +267,7 @@ def fetch_board(
         coverages.update(dict.fromkeys(coverage_failed))
 
     appointment_refs = [f"Appointment/{rid}" for a in appointments if (rid := resource_id(a))]
-    store = _store_flags(launch, patient_refs, appointment_refs)
+    store = store_reads.flags(appointment_refs)
     # Per patient, once however many visits they have: the rows' names and the MRN and
     # phone beside them come from the same mapping.
     contacts = {ref: to_contact(resource, now=now) for ref, resource in patients.items()}
@@ -287,7 +291,7 @@ def fetch_board(
     # channel a message may use).
     messageable = {ref: bool(reachable(resource, now=now)) for ref, resource in patients.items()}
     # The patient's answer to a reminder (helpdesk.messaging): "confirmed by text".
-    replies = messaging.appointment_replies(get_db(), launch.registration_id, appointment_refs)
+    replies = store_reads.replies
     out_rows = []
     for row in rows:
         data = row.to_json()
@@ -315,53 +319,86 @@ def fetch_board(
     }
 
 
-def _store_flags(
-    launch: LaunchSession, patient_refs: Sequence[str], appointment_refs: Sequence[str]
-) -> dict[str, frozenset[str]]:
-    """What the store knows about the day's patients, in four queries for the whole page:
-    open tickets (high priority apart), overdue calls, failed reminders."""
-    empty: frozenset[str] = frozenset()
-    if not patient_refs:
-        return {
-            k: empty for k in ("open_ticket", "high_priority", "overdue_call", "failed_reminder")
-        }
-    db = get_db()
-    scope = scope_of(launch)
-    tickets = db.execute(
-        select(Ticket.patient_ref, Ticket.priority).where(
-            *scope.where(Ticket.registration_id, Ticket.patient_ref),
-            Ticket.patient_ref.in_(patient_refs),
-            Ticket.status.in_(("open", "pending")),
+class _StoreReads:
+    """What the store knows about the board's patients and visits: open tickets (high
+    priority apart), overdue calls, failed reminders and the patients' replies to
+    reminders. Read a page at a time in the request thread, while the next page is in
+    flight: four queries per page of the day (each patient and visit asked about once),
+    none per row."""
+
+    def __init__(self, launch: LaunchSession) -> None:
+        self.launch = launch
+        self.scope = scope_of(launch)
+        # One moment for the whole board: a call is overdue or not whichever page it is on.
+        self.overdue_before = utcnow() - flags.CALL_GRACE
+        self.patients: set[str] = set()
+        self.appointments: set[str] = set()
+        self.open_ticket: set[str] = set()
+        self.high_priority: set[str] = set()
+        self.overdue_call: set[str] = set()
+        self.failed_reminder: set[str] = set()  # appointments of the asked patients
+        self.replies: dict[str, dict[str, Any]] = {}
+
+    def ask(self, rows: Sequence[tuple[Mapping[str, Any], Visit]]) -> None:
+        patient_refs = sorted({ref for a, _ in rows if (ref := patient_of(a))} - self.patients)
+        appointment_refs = sorted(
+            {f"Appointment/{rid}" for a, _ in rows if (rid := resource_id(a))} - self.appointments
         )
-    ).all()
-    overdue = db.scalars(
-        select(CareTask.patient_ref).where(
-            *scope.where(CareTask.registration_id, CareTask.patient_ref),
-            # fhir_mappers.context's reading of an overdue call, for the whole page at once.
-            CareTask.kind == "follow-up",
-            CareTask.status.notin_(("done", "cancelled", "failed")),
-            CareTask.due_at < utcnow() - flags.CALL_GRACE,
-            CareTask.patient_ref.in_(patient_refs),
-        )
-    )
-    wanted = set(appointment_refs)
-    failed = db.scalars(
-        select(CareTask.payload).where(
-            *scope.where(CareTask.registration_id, CareTask.patient_ref),
-            CareTask.kind == "reminder",
-            CareTask.status == "failed",
-            CareTask.patient_ref.in_(patient_refs),
-        )
-    )
-    return {
-        "open_ticket": frozenset(ref for ref, _ in tickets if ref),
-        "high_priority": frozenset(
+        self.patients.update(patient_refs)
+        self.appointments.update(appointment_refs)
+        db = get_db()
+        if patient_refs:
+            self._patients(db, patient_refs)
+        if appointment_refs:
+            # The patient's answer to a reminder (helpdesk.messaging): "confirmed by text".
+            self.replies.update(
+                messaging.appointment_replies(db, self.launch.registration_id, appointment_refs)
+            )
+
+    def _patients(self, db: Any, patient_refs: Sequence[str]) -> None:
+        scope = self.scope
+        tickets = db.execute(
+            select(Ticket.patient_ref, Ticket.priority).where(
+                *scope.where(Ticket.registration_id, Ticket.patient_ref),
+                Ticket.patient_ref.in_(patient_refs),
+                Ticket.status.in_(("open", "pending")),
+            )
+        ).all()
+        self.open_ticket.update(ref for ref, _ in tickets if ref)
+        self.high_priority.update(
             ref for ref, priority in tickets if ref and priority in flags.HIGH_PRIORITIES
-        ),
-        "overdue_call": frozenset(ref for ref in overdue if ref),
-        "failed_reminder": frozenset(
+        )
+        self.overdue_call.update(
             ref
-            for payload in failed
-            if (ref := str((payload or {}).get("appointment_ref", ""))) in wanted
-        ),
-    }
+            for ref in db.scalars(
+                select(CareTask.patient_ref).where(
+                    *scope.where(CareTask.registration_id, CareTask.patient_ref),
+                    # fhir_mappers.context's reading of an overdue call, for a page at once.
+                    CareTask.kind == "follow-up",
+                    CareTask.status.notin_(("done", "cancelled", "failed")),
+                    CareTask.due_at < self.overdue_before,
+                    CareTask.patient_ref.in_(patient_refs),
+                )
+            )
+            if ref
+        )
+        self.failed_reminder.update(
+            str((payload or {}).get("appointment_ref", ""))
+            for payload in db.scalars(
+                select(CareTask.payload).where(
+                    *scope.where(CareTask.registration_id, CareTask.patient_ref),
+                    CareTask.kind == "reminder",
+                    CareTask.status == "failed",
+                    CareTask.patient_ref.in_(patient_refs),
+                )
+            )
+        )
+
+    def flags(self, appointment_refs: Sequence[str]) -> dict[str, frozenset[str]]:
+        """The board's flag sets; failed reminders of the visits on the board only."""
+        return {
+            "open_ticket": frozenset(self.open_ticket),
+            "high_priority": frozenset(self.high_priority),
+            "overdue_call": frozenset(self.overdue_call),
+            "failed_reminder": frozenset(self.failed_reminder & set(appointment_refs)),
+        }

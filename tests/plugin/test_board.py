@@ -428,3 +428,91 @@ def test_an_include_sent_with_a_later_page_names_the_earlier_pages_visits(
         assert row["location"] == "Denver Highlands"
         assert row["location_tz"] == "America/Denver" and row["location_start"]
     assert [c["name"] for c in board["locations"]] == ["Denver Highlands"]
+
+
+def test_the_stores_flags_are_read_a_page_at_a_time_while_the_next_page_is_in_flight(
+    make_app,
+) -> None:  # type: ignore[no-untyped-def]
+    """Issue 16 §5: open tickets, overdue calls and failed reminders come from the store
+    for the patients of each page while the next page is on its way (four queries a page,
+    none per row), and still land on every visit they belong to, whichever page it is on."""
+    from sqlalchemy import event, select
+
+    from helpdesk.db import get_store
+    from helpdesk.models import CareTask, EhrRegistration, Ticket
+
+    app = make_app()
+    with serve(app) as url, running_sandbox() as sb:
+        connect(app, sb, url, client_id=CLIENT_ID)
+        sb.generate_appointments(_today(), 250)
+        b = _launch(sb)
+        links = re.findall(r'appointment=([^&"]+)&amp;patient=([^&"]+)"', b.get(date=_today()).text)
+        visits: dict[str, list[str]] = {}
+        for appointment, patient in links:
+            visits.setdefault(patient.replace("%2F", "/"), []).append(appointment)
+        many = sorted((p for p in visits if len(visits[p]) >= 3), key=lambda p: -len(visits[p]))
+        urgent, overdue, failed = many[:3]
+        now = dt.datetime.now(dt.UTC)
+        with get_store(app).session() as db:
+            reg = db.scalars(select(EhrRegistration.id)).one()
+            db.add(
+                Ticket(
+                    registration_id=reg,
+                    patient_ref=urgent,
+                    subject="Billing question",
+                    category="billing",
+                    priority="urgent",
+                )
+            )
+            db.add(
+                CareTask(
+                    registration_id=reg,
+                    patient_ref=overdue,
+                    kind="follow-up",
+                    due_at=now - dt.timedelta(days=1),
+                )
+            )
+            for appointment in visits[failed]:
+                db.add(
+                    CareTask(
+                        registration_id=reg,
+                        patient_ref=failed,
+                        kind="reminder",
+                        status="failed",
+                        payload={"appointment_ref": f"Appointment/{appointment}"},
+                    )
+                )
+            db.commit()
+
+        asked: list[float] = []  # when the board asked the store about tickets
+
+        def statement(conn, cursor, sql, *args) -> None:  # type: ignore[no-untyped-def]
+            if re.search(r"\bFROM ticket\b", sql):
+                asked.append(time.monotonic())
+
+        engine = get_store(app).engine
+        event.listen(engine, "before_cursor_execute", statement)
+        sb.set_knobs(latency_ms=40)
+        sb.clear_requests()
+        try:
+            page = b.get(date=_today()).text
+        finally:
+            event.remove(engine, "before_cursor_execute", statement)
+            sb.set_knobs(latency_ms=0)
+        pages = [r for r in sb.requests() if r["path"] == "/fhir/Appointment"]
+
+    assert 2 <= len(asked) <= len(pages)
+    assert min(asked) < max(r["end"] for r in pages)
+    by_visit = {
+        found[1]: row
+        for row in rows(page)
+        if (found := re.search(r'appointment=([^&"]+)&amp;', row))
+    }
+    for patient, appointments in visits.items():
+        for appointment in appointments:
+            row = by_visit[appointment]
+            assert ("Open high-priority ticket" in row) == (patient == urgent)
+            assert ("Overdue call" in row) == (patient == overdue)
+            # Nobody calls about a cancelled visit: its failed reminder is not shown.
+            live = "bd-row-cancelled" not in row.split(">", 1)[0]
+            assert ("Reminder failed" in row) == (patient == failed and live)
