@@ -6,7 +6,10 @@
   search and a create;
 - the store statements of a write-back job, on one connection checkout per job, with the
   outcome committed without waiting for PostgreSQL's WAL flush;
-- the EHR client reads the environment's proxy settings once per host, not per request.
+- the EHR client reads the environment's proxy settings once per host, not per request;
+- a write-back validates no QuestionnaireResponse with fhir.resources at run time (what
+  that checked is proven for every answer the form accepts, in
+  tests/survey/test_writeback_resource.py).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 import requests
+from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
 from rq.job import Job
 from sqlalchemy import event
 
@@ -66,6 +70,13 @@ def _writebacks(app, reg_id: int, count: int) -> list[int]:  # type: ignore[no-u
     return ids
 
 
+def _queued(make_app, pg_url: str, sandbox: SandboxHandle, count: int):  # type: ignore[no-untyped-def]
+    """An app on PostgreSQL with a backend-services EHR and ``count`` write-backs queued."""
+    app = make_app(DATABASE_URL=pg_url, SECRET_KEY=SECRET, **JOB_CONFIG)
+    reg_id = register_backend_ehr(app, sandbox)
+    return app, reg_id, _writebacks(app, reg_id, count)
+
+
 def _work(app) -> None:  # type: ignore[no-untyped-def]
     """Drain the queues with the production worker class, in this process."""
     state = get_queue_state(app)
@@ -93,9 +104,7 @@ def test_the_worker_runs_its_jobs_in_one_process(job_app) -> None:
 def test_a_first_write_back_is_one_ehr_request_on_one_connection_each(
     make_app, pg_url, sandbox
 ) -> None:
-    app = make_app(DATABASE_URL=pg_url, SECRET_KEY=SECRET, **JOB_CONFIG)
-    reg_id = register_backend_ehr(app, sandbox)
-    ids = _writebacks(app, reg_id, 5)
+    app, reg_id, ids = _queued(make_app, pg_url, sandbox, 5)
     store = get_store(app)
     store.engine.dispose()
     opened: list[object] = []
@@ -135,12 +144,45 @@ def test_a_first_write_back_is_one_ehr_request_on_one_connection_each(
     assert [pools[key].num_connections for key in pools.keys()] == [1]
 
 
+class _CountingValidator:
+    """Stands in for a model's pydantic validator, counting what it validates (every
+    strict path goes through it: ``model_validate``, the constructor, JSON)."""
+
+    def __init__(self, real: object) -> None:
+        self.real = real
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> object:
+        attr = getattr(self.real, name)
+        if not name.startswith("validate") or not callable(attr):
+            return attr
+
+        def counted(*args: object, **kwargs: object) -> object:
+            self.calls.append(name)
+            return attr(*args, **kwargs)
+
+        return counted
+
+
+def test_a_write_back_validates_no_resource_strictly(
+    make_app, pg_url, sandbox, monkeypatch
+) -> None:
+    app, reg_id, ids = _queued(make_app, pg_url, sandbox, 3)
+    counting = _CountingValidator(QuestionnaireResponse.__pydantic_validator__)
+    monkeypatch.setattr(QuestionnaireResponse, "__pydantic_validator__", counting)
+    sandbox.clear_requests()
+    _work(app)
+    assert _statuses(app, ids) == {"done"}
+    assert len([r for r in sandbox.requests() if r["method"] == "POST"]) >= 3
+    # The resource is built from answers the form accepted (proven valid R4B for every
+    # one of them); the EHR's own 4xx still fails a job whose resource it refuses.
+    assert counting.calls == []
+
+
 def test_the_ehr_client_reads_proxy_settings_once_per_host(
     make_app, pg_url, sandbox, monkeypatch
 ) -> None:
-    app = make_app(DATABASE_URL=pg_url, SECRET_KEY=SECRET, **JOB_CONFIG)
-    reg_id = register_backend_ehr(app, sandbox)
-    ids = _writebacks(app, reg_id, 5)
+    app, reg_id, ids = _queued(make_app, pg_url, sandbox, 5)
     lookups: list[str] = []
     real = ehr.get_environ_proxies
 
