@@ -21,7 +21,7 @@ from rq.callbacks import Callback
 from rq.job import Job, JobStatus
 from rq.rate_limit import RateLimit
 from rq.registry import StartedJobRegistry
-from sqlalchemy import Table, select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from helpdesk.db import get_store
@@ -93,15 +93,15 @@ def finish_attempt(
     """Close the task's running attempt row with ``outcome`` (done, retry, failed,
     abandoned, ...). Core, not ORM-enabled: no attempt object is in the session to keep in
     step."""
-    attempts = _ATTEMPTS.c
     session.execute(
-        update(_ATTEMPTS)
-        .where(
-            attempts.task_id == task.id,
-            attempts.attempt == task.attempts,
-            attempts.outcome == "running",
-        )
-        .values(outcome=outcome, error=error, finished_at=now)
+        _FINISH_ATTEMPT,
+        {
+            "of_task": task.id,
+            "of_attempt": task.attempts,
+            "new_outcome": outcome,
+            "new_error": error,
+            "new_finished_at": now,
+        },
     )
 
 
@@ -139,6 +139,22 @@ def prepare(tasks: Iterable[CareTask], *, app: Flask) -> list[_Pending]:
 
 
 _ATTEMPTS = cast(Table, TaskAttempt.__table__)
+# Built once per process, not per job: building a statement (and its cache key) cost a
+# job more than running it (issue 16). Every job binds its own values, under names unlike
+# the columns' (SQLAlchemy keeps those for the SET clause).
+_FINISH_ATTEMPT = (
+    update(_ATTEMPTS)
+    .where(
+        _ATTEMPTS.c.task_id == bindparam("of_task"),
+        _ATTEMPTS.c.attempt == bindparam("of_attempt"),
+        _ATTEMPTS.c.outcome == "running",
+    )
+    .values(
+        outcome=bindparam("new_outcome"),
+        error=bindparam("new_error"),
+        finished_at=bindparam("new_finished_at", type_=_ATTEMPTS.c.finished_at.type),
+    )
+)
 
 
 def pending_inserted(task_id: int, *, registration_id: int, kind: str, app: Flask) -> _Pending:

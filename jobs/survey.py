@@ -24,7 +24,7 @@ from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 from flask import Flask
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, joinedload
 
 from fhir_mappers import survey as mapper
@@ -347,6 +347,17 @@ def _id_from(body: Mapping[str, Any]) -> str | None:
     return None
 
 
+# Built once per process, not per job (as jobs.tasks' claim): the answer, its invitation
+# and the registration with its signing keys.
+_ANSWER = (
+    select(SurveyResponse, SurveyInvite, EhrRegistration)
+    .join(SurveyInvite, SurveyInvite.id == SurveyResponse.invite_id)
+    .join(EhrRegistration, EhrRegistration.id == SurveyInvite.registration_id)
+    .options(joinedload(EhrRegistration.signing_keys))
+    .where(SurveyResponse.id == bindparam("response_id"))
+)
+
+
 @handler(WRITEBACK_KIND)
 def write_back(task: CareTask, ctx: Any) -> None:
     """What follows a survey answer: service recovery for a low score, then the
@@ -355,13 +366,7 @@ def write_back(task: CareTask, ctx: Any) -> None:
     # The answer, its invitation and the registration with its signing keys (what the
     # FHIR client needs, found by ``ctx.registration`` in the session) in one query.
     found = (
-        session.execute(
-            select(SurveyResponse, SurveyInvite, EhrRegistration)
-            .join(SurveyInvite, SurveyInvite.id == SurveyResponse.invite_id)
-            .join(EhrRegistration, EhrRegistration.id == SurveyInvite.registration_id)
-            .options(joinedload(EhrRegistration.signing_keys))
-            .where(SurveyResponse.id == int(task.payload["response_id"]))
-        )
+        session.execute(_ANSWER, {"response_id": int(task.payload["response_id"])})
         .unique()
         .one_or_none()
     )

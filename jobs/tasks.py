@@ -34,7 +34,7 @@ from flask import Flask, current_app, has_app_context
 from rq import Retry, get_current_job
 from rq.exceptions import AbandonedJobError
 from rq.job import Job
-from sqlalchemy import Table, insert, text, update
+from sqlalchemy import Table, Update, bindparam, insert, text, update
 from sqlalchemy.orm import Session
 
 from helpdesk.db import get_store
@@ -69,6 +69,36 @@ class Registered:
 HANDLERS: dict[str, Registered] = {}
 # The attempts table, for Core statements (run_task keeps no attempt objects).
 _ATTEMPTS = cast(Table, TaskAttempt.__table__)
+
+
+def _claim_statement(named_job: bool) -> Update:
+    """``_claim``'s UPDATE, for a job that names itself (RQ's) or none (run in-process)."""
+    # Parameter names unlike the columns': SQLAlchemy keeps those for the SET clause.
+    now = bindparam("claim_now", type_=CareTask.__table__.c.started_at.type)
+    return (
+        update(CareTask)
+        .where(
+            CareTask.id == bindparam("claim_task"),
+            CareTask.status.in_(("queued", "scheduled")),
+            (CareTask.job_id == bindparam("claim_job")) if named_job else CareTask.job_id.is_(None),
+        )
+        .values(
+            status="running",
+            attempts=CareTask.attempts + 1,
+            started_at=now,
+            updated_at=now,
+            last_error=None,
+        )
+        .returning(CareTask)
+        .execution_options(synchronize_session=False)
+    )
+
+
+# Built once per process, not per job: building these statements (and their cache keys)
+# cost a job more than running them (issue 16). Every job binds its own values.
+_CLAIM = {named: _claim_statement(named) for named in (True, False)}
+_NEW_ATTEMPT = insert(_ATTEMPTS)
+_NO_WAL_WAIT = text("SET LOCAL synchronous_commit TO OFF")
 
 
 def handler(kind: str, *, on_final_failure: FailureHook | None = None) -> Callable[[H], H]:
@@ -148,22 +178,8 @@ def _claim(session: Session, task_id: int, job_id: str | None) -> CareTask | Non
     the row runs it. RQ cannot promise that: it knows jobs, not tasks.
     """
     now = utcnow()
-    task = session.scalars(
-        update(CareTask)
-        .where(
-            CareTask.id == task_id,
-            CareTask.status.in_(("queued", "scheduled")),
-            (CareTask.job_id == job_id) if job_id else CareTask.job_id.is_(None),
-        )
-        .values(
-            status="running",
-            attempts=CareTask.attempts + 1,
-            started_at=now,
-            updated_at=now,
-            last_error=None,
-        )
-        .returning(CareTask)
-        .execution_options(synchronize_session=False)
+    task: CareTask | None = session.scalars(
+        _CLAIM[bool(job_id)], {"claim_task": task_id, "claim_job": job_id, "claim_now": now}
     ).one_or_none()
     if task is None:
         session.rollback()
@@ -171,9 +187,8 @@ def _claim(session: Session, task_id: int, job_id: str | None) -> CareTask | Non
     # A Core INSERT: nothing reads the attempt back as an object (the outcome is written
     # by task and attempt number), so the ORM's unit of work is not needed for it.
     session.execute(
-        insert(_ATTEMPTS).values(
-            task_id=task.id, attempt=task.attempts, job_id=job_id, started_at=now
-        )
+        _NEW_ATTEMPT,
+        {"task_id": task.id, "attempt": task.attempts, "job_id": job_id, "started_at": now},
     )
     # The session keeps its objects across the commit (expire_on_commit=False), so the
     # handler works on this same row without reading it again.
@@ -219,7 +234,7 @@ def _commit_without_waiting_for_disk(session: Session) -> None:
     from a repeat, is committed with the flush, as are commits inside handlers.
     """
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SET LOCAL synchronous_commit TO OFF"))
+        session.execute(_NO_WAL_WAIT)
     session.commit()
 
 

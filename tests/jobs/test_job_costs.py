@@ -7,6 +7,7 @@
 - the store statements of a write-back job, on one connection checkout per job, with the
   outcome committed without waiting for PostgreSQL's WAL flush;
 - the EHR client reads the environment's proxy settings once per host, not per request;
+- no SQL statement is built per job: each is built once per process and bound anew;
 - a write-back validates no QuestionnaireResponse with fhir.resources at run time (what
   that checked is proven for every answer the form accepts, in
   tests/survey/test_writeback_resource.py).
@@ -142,6 +143,32 @@ def test_a_first_write_back_is_one_ehr_request_on_one_connection_each(
     pools = http.get_adapter(sandbox.fhir_base).poolmanager.pools
     # One HTTP connection to the EHR, kept alive from job to job.
     assert [pools[key].num_connections for key in pools.keys()] == [1]
+
+
+def test_a_write_back_job_builds_no_sql_statement(make_app, pg_url, sandbox) -> None:
+    app, reg_id, ids = _queued(make_app, pg_url, sandbox, 1)
+    executed: list[object] = []
+
+    def record(state) -> None:  # type: ignore[no-untyped-def]
+        executed.append(state.statement)
+
+    sessions = get_store(app).sessions
+    event.listen(sessions, "do_orm_execute", record)
+    try:
+        _work(app)  # the first job of a process: what it runs, every later one re-uses
+        first = list(executed)
+        more = _writebacks(app, reg_id, 3)
+        executed.clear()
+        _work(app)
+    finally:
+        event.remove(sessions, "do_orm_execute", record)
+    assert _statuses(app, ids + more) == {"done"}
+    # Claim, attempt, the answer's query, the attempt's outcome, no wait for the WAL.
+    assert len(executed) == 3 * 5
+    # The very statement objects of the first job, bound to new values: none built anew
+    # (building one, and computing the cache key SQLAlchemy finds its compiled form by,
+    # cost a job more than running it).
+    assert all(any(s is f for f in first) for s in executed), executed
 
 
 class _CountingValidator:
