@@ -316,6 +316,31 @@ def _answer(item: FormItem, value: str | int | bool) -> dict[str, Any]:
     return {"valueString": value}
 
 
+@dataclass(frozen=True)
+class ResponseForms:
+    """What a QuestionnaireResponse takes from its Questionnaire, for answers in one
+    language: the form the patient answered, the item texts in the Questionnaire's own
+    language (what the care team reads in the chart), the canonical it answers, and the
+    language it declares (None when none was asked for)."""
+
+    form: SurveyForm
+    original: SurveyForm
+    canonical: str
+    language: str | None
+
+
+def response_forms(questionnaire: Mapping[str, Any], language: str | None) -> ResponseForms:
+    """``ResponseForms`` of ``questionnaire`` for answers in ``language``: the same for
+    every answer, so a caller with one Questionnaire may keep them."""
+    form = to_form(questionnaire, language)
+    return ResponseForms(
+        form=form,
+        original=to_form(questionnaire, None),
+        canonical=canonical(questionnaire),
+        language=form.language if language else None,
+    )
+
+
 def to_questionnaire_response(
     answers: Mapping[str, str | int | bool],
     *,
@@ -333,13 +358,33 @@ def to_questionnaire_response(
     idempotent: a retry searches for it, and conditional create matches on it.
     Items follow the Questionnaire's order; each answer has the type the item declares.
     """
+    return questionnaire_response(
+        answers,
+        response_forms(questionnaire, language),
+        identifier_system=identifier_system,
+        invite_id=invite_id,
+        patient_ref=patient_ref,
+        authored=authored,
+        encounter_ref=encounter_ref,
+    )
+
+
+def questionnaire_response(
+    answers: Mapping[str, str | int | bool],
+    forms: ResponseForms,
+    *,
+    identifier_system: str,
+    invite_id: str,
+    patient_ref: str,
+    authored: dt.datetime,
+    encounter_ref: str | None = None,
+) -> dict[str, Any]:
+    """``to_questionnaire_response`` with the Questionnaire read already (``forms``)."""
     if not invite_id:
         raise ValueError("invite_id is required")
     if not patient_ref:
         raise ValueError("patient_ref is required")
-    form = to_form(questionnaire, language)
-    # Item texts in the Questionnaire's own language: what the care team reads in the chart.
-    original = to_form(questionnaire, None)
+    form, original = forms.form, forms.original
     items: list[dict[str, Any]] = []
     for item in form.items:
         if item.link_id not in answers:
@@ -358,7 +403,7 @@ def to_questionnaire_response(
     resource: dict[str, Any] = {
         "resourceType": "QuestionnaireResponse",
         "identifier": {"system": identifier_system, "value": invite_id},
-        "questionnaire": canonical(questionnaire),
+        "questionnaire": forms.canonical,
         "status": "completed",
         "subject": subject,
         "authored": _iso(authored),
@@ -367,8 +412,8 @@ def to_questionnaire_response(
         "source": dict(subject),
         "item": items,
     }
-    if language:
-        resource["language"] = form.language
+    if forms.language:
+        resource["language"] = forms.language
     if encounter_ref:
         resource["encounter"] = {"reference": encounter_ref}
     return resource

@@ -11,7 +11,7 @@ import hashlib
 import json
 import secrets
 from collections.abc import Mapping
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple, TypedDict, cast
 
@@ -461,17 +461,23 @@ def build_questionnaire_response(
     resource. An EHR that refuses it anyway answers 4xx, which fails the job loudly with
     the EHR's OperationOutcome on the row.
     """
-    resource = mapper.to_questionnaire_response(
+    return mapper.questionnaire_response(
         response.answers,
-        questionnaire=questionnaire(),
+        response_forms(invite.language),
         identifier_system=identifier_system,
         invite_id=invite.id,
         patient_ref=invite.patient_ref,
         encounter_ref=invite.encounter_ref,
         authored=response.submitted_at,
-        language=invite.language,
     )
-    return resource
+
+
+@lru_cache(maxsize=16)
+def response_forms(language: str | None) -> mapper.ResponseForms:
+    """What every QuestionnaireResponse in ``language`` takes from CareDesk's
+    Questionnaire, read once per process and language (reading it twice per write-back
+    job was a twentieth of the job's instructions)."""
+    return mapper.response_forms(questionnaire(), language)
 
 
 # --- what the sidebar and the exports show ------------------------------------------------

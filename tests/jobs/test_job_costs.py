@@ -10,7 +10,8 @@
 - no SQL statement is built per job: each is built once per process and bound anew;
 - a write-back validates no QuestionnaireResponse with fhir.resources at run time (what
   that checked is proven for every answer the form accepts, in
-  tests/survey/test_writeback_resource.py).
+  tests/survey/test_writeback_resource.py), and reads CareDesk's Questionnaire into
+  forms once per process and language, not twice per job.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
 from rq.job import Job
 from sqlalchemy import event
 
+from fhir_mappers import survey as survey_mapper
 from helpdesk import ehr
 from helpdesk import surveys as domain
 from helpdesk.db import get_store
@@ -197,6 +199,15 @@ def test_a_write_back_validates_no_resource_strictly(
     app, reg_id, ids = _queued(make_app, pg_url, sandbox, 3)
     counting = _CountingValidator(QuestionnaireResponse.__pydantic_validator__)
     monkeypatch.setattr(QuestionnaireResponse, "__pydantic_validator__", counting)
+    forms: list[object] = []
+    real_to_form = survey_mapper.to_form
+
+    def to_form(questionnaire, language):  # type: ignore[no-untyped-def]
+        forms.append(language)
+        return real_to_form(questionnaire, language)
+
+    monkeypatch.setattr(survey_mapper, "to_form", to_form)
+    domain.response_forms.cache_clear()
     sandbox.clear_requests()
     _work(app)
     assert _statuses(app, ids) == {"done"}
@@ -204,6 +215,9 @@ def test_a_write_back_validates_no_resource_strictly(
     # The resource is built from answers the form accepted (proven valid R4B for every
     # one of them); the EHR's own 4xx still fails a job whose resource it refuses.
     assert counting.calls == []
+    # The Questionnaire is read into forms by the first job only (the form the patient
+    # answered and the original texts), not twice per job.
+    assert forms == ["en", None]
 
 
 def test_the_ehr_client_reads_proxy_settings_once_per_host(
