@@ -167,6 +167,30 @@ def make_app(
 
 
 @pytest.fixture
+def connected_ehr(make_app: Callable[..., Flask]) -> Iterator[Callable[..., tuple[Flask, Any]]]:
+    """``connected_ehr(client_id, app=None, **connect_options)``: the app (``make_app()``
+    unless given) served over real HTTP on loopback, an in-process sandbox EHR, each
+    registered with the other (``tests.ehr.connect``); returns ``(app, sandbox)``. Both
+    stop when the test ends."""
+    from contextlib import ExitStack
+
+    from sandbox.testing import running_sandbox
+    from tests.ehr import connect
+    from tests.live import serve
+
+    with ExitStack() as stack:
+
+        def start(client_id: str, *, app: Flask | None = None, **options: Any) -> tuple[Flask, Any]:
+            app = app if app is not None else make_app()
+            url = stack.enter_context(serve(app))
+            sb = stack.enter_context(running_sandbox())
+            connect(app, sb, url, client_id=client_id, **options)
+            return app, sb
+
+        yield start
+
+
+@pytest.fixture
 def app(make_app: Callable[..., Flask]) -> Flask:
     return make_app()
 

@@ -8,10 +8,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from sandbox.testing import running_sandbox
 from tests.browser.pages import assert_accessible
-from tests.ehr import connect
-from tests.live import serve
 
 CLIENT_ID = "caredesk-browser"
 CLINICIAN = "prac-clinician-lee"
@@ -19,11 +16,9 @@ SCHEDULER = "prac-scheduler-ortiz"
 
 
 @pytest.fixture
-def ehr(make_app) -> Iterator[tuple[str, object]]:
-    app = make_app()
-    with serve(app) as url, running_sandbox() as sb:
-        connect(app, sb, url, client_id=CLIENT_ID)
-        yield sb.base_url, sb
+def ehr(connected_ehr) -> Iterator[tuple[str, object]]:  # type: ignore[no-untyped-def]
+    _, sb = connected_ehr(CLIENT_ID)
+    yield sb.base_url, sb
 
 
 def _open(chromium, base: str, **params: str):  # type: ignore[no-untyped-def]

@@ -15,21 +15,15 @@ from sqlalchemy import select
 
 from helpdesk.db import get_store
 from helpdesk.models import CareTask, LaunchSession, Ticket
-from sandbox.testing import running_sandbox
 from tests.browser.pages import assert_accessible, frame_url, open_in_ehr, shoot_widths
-from tests.ehr import connect
-from tests.live import serve
 
 CLIENT_ID = "caredesk-sidebar-states"
 CLINICIAN = "prac-clinician-lee"
 
 
 @pytest.fixture
-def env(make_app) -> Iterator[tuple[Any, Any]]:  # type: ignore[no-untyped-def]
-    app = make_app()
-    with serve(app) as url, running_sandbox() as sb:
-        connect(app, sb, url, client_id=CLIENT_ID)
-        yield app, sb
+def env(connected_ehr) -> Iterator[tuple[Any, Any]]:  # type: ignore[no-untyped-def]
+    yield connected_ehr(CLIENT_ID)
 
 
 def _past_visits(sb: Any, patient: str, count: int) -> None:

@@ -44,11 +44,9 @@ class Board:
 
 
 @pytest.fixture
-def board(make_app) -> Iterator[Board]:  # type: ignore[no-untyped-def]
-    app = make_app()
-    with serve(app) as url, running_sandbox() as sb:
-        connect(app, sb, url, client_id=CLIENT_ID)
-        yield _launch(sb)
+def board(connected_ehr) -> Iterator[Board]:  # type: ignore[no-untyped-def]
+    _, sb = connected_ehr(CLIENT_ID)
+    yield _launch(sb)
 
 
 def _launch(sb: Any) -> Board:

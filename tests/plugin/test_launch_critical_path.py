@@ -17,20 +17,15 @@ from sqlalchemy import event, select
 from helpdesk.db import get_store
 from helpdesk.ehr import DbTokenStore
 from helpdesk.models import AuditEvent
-from sandbox.testing import SandboxHandle, running_sandbox
-from tests.ehr import connect
-from tests.live import serve
+from sandbox.testing import SandboxHandle
 
 CLIENT_ID = "caredesk-critical-path"
 SIDEBAR_READS = ("/fhir/Patient/pat-001", "/fhir/Appointment", "/fhir/Coverage")
 
 
 @pytest.fixture
-def ehr(make_app) -> Iterator[tuple[Any, SandboxHandle]]:  # type: ignore[no-untyped-def]
-    app = make_app()
-    with serve(app) as url, running_sandbox() as sb:
-        connect(app, sb, url, client_id=CLIENT_ID)
-        yield app, sb
+def ehr(connected_ehr) -> Iterator[tuple[Any, SandboxHandle]]:  # type: ignore[no-untyped-def]
+    yield connected_ehr(CLIENT_ID)
 
 
 def _to_the_sidebar_redirect(

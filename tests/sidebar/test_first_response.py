@@ -16,20 +16,13 @@ from urllib.parse import urljoin
 import pytest
 import requests
 
-from sandbox.testing import running_sandbox
-from tests.ehr import connect
-from tests.live import serve
-
 CLIENT_ID = "caredesk-first-response"
 SLOW_EHR_MS = 3000
 
 
 @pytest.fixture
-def sandbox(make_app) -> Iterator[tuple]:  # type: ignore[type-arg]
-    app = make_app()
-    with serve(app) as url, running_sandbox() as sb:
-        connect(app, sb, url, client_id=CLIENT_ID)
-        yield app, sb
+def sandbox(connected_ehr) -> Iterator[tuple]:  # type: ignore[type-arg]
+    yield connected_ehr(CLIENT_ID)
 
 
 def _launch_to_sidebar(  # type: ignore[no-untyped-def]

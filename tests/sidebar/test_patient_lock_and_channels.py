@@ -35,11 +35,8 @@ def _launch(sb: Any, patient: str) -> tuple[requests.Session, requests.Response]
 
 
 @pytest.fixture
-def env(make_app) -> Iterator[tuple[Any, Any]]:  # type: ignore[no-untyped-def]
-    app = make_app()
-    with serve(app) as url, running_sandbox() as sb:
-        connect(app, sb, url, client_id=CLIENT_ID)
-        yield app, sb
+def env(connected_ehr) -> Iterator[tuple[Any, Any]]:  # type: ignore[no-untyped-def]
+    yield connected_ehr(CLIENT_ID)
 
 
 def _count(app: Any, model: Any) -> int:
