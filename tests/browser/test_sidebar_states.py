@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import select
@@ -51,6 +52,30 @@ def _past_visits(sb: Any, patient: str, count: int) -> None:
         )
 
 
+def _visit_in_progress(sb: Any, patient: str) -> None:
+    """A booked visit running now in Chicago (the viewer's zone), started on today's date:
+    the fixture's visit today (10:00-10:30) is over by late morning, and a test run later in
+    the day would find no visit today."""
+    chicago = ZoneInfo("America/Chicago")
+    now = dt.datetime.now(chicago)
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    start = max(midnight, now - dt.timedelta(minutes=5))
+    sb.put_resource(
+        {
+            "resourceType": "Appointment",
+            "id": f"appt-{patient}-in-progress",
+            "status": "booked",
+            "serviceType": [{"text": "Follow-up visit"}],
+            "start": start.isoformat(timespec="seconds"),
+            "end": (now + dt.timedelta(hours=1)).isoformat(timespec="seconds"),
+            "participant": [
+                {"actor": {"reference": f"Patient/{patient}"}, "status": "accepted"},
+                {"actor": {"reference": "Location/loc-chicago-main"}, "status": "accepted"},
+            ],
+        }
+    )
+
+
 def _open(chromium: Any, sb: Any, patient: str) -> tuple[Any, Any, Any]:
     page, frame, frame_el = open_in_ehr(
         chromium, sb.base_url, user=CLINICIAN, patient=patient, client=CLIENT_ID
@@ -79,6 +104,7 @@ def test_first_screen_holds_identity_alerts_and_actions_with_many_visits(
 ) -> None:
     app, sb = env
     _past_visits(sb, "pat-001", 12)
+    _visit_in_progress(sb, "pat-001")
     page, frame, frame_el = _open(chromium, sb, "pat-001")
     page.set_viewport_size({"width": 1280, "height": 800 + 120})
     box = frame_el.bounding_box()
