@@ -385,7 +385,12 @@ def callback() -> BaseResponse:
         # that work and a second request for the page's sections on a launch's critical
         # path (issue 16 §4). Started after the commit: a 401 on them refreshes from the
         # stored grant as any page's reads do; failed reads are asked again by the page.
-        ctx.start_patient(launch, str(launch.patient_ref), token_set=tokens)
+        try:
+            ctx.start_patient(launch, str(launch.patient_ref), token_set=tokens)
+        except (SmartError, AppError) as exc:
+            # An optimisation never fails a launch: the sidebar meets the same refusal
+            # itself and says it in words.
+            log.info("early patient reads not started: %s", type(exc).__name__)
     return redirect(url_for("sidebar.home", launch_id=launch.id), code=303)
 
 

@@ -111,6 +111,23 @@ def test_a_failed_early_read_is_read_again_by_the_sidebar(ehr) -> None:  # type:
     assert patient_reads == [503, 200]
 
 
+def test_a_launch_whose_early_reads_cannot_start_still_reaches_the_sidebar(  # type: ignore[no-untyped-def]
+    ehr, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The early reads are an optimisation: what stops them (here, no usable grant) is the
+    sidebar's to say, not a failed sign-in."""
+    from plugin import context
+    from smart_launch.errors import NeedsAuthorization
+
+    def refuse(*_args: Any, **_kwargs: Any) -> Any:
+        raise NeedsAuthorization("no usable grant")
+
+    _app, sb = ehr
+    monkeypatch.setattr(context, "start_patient", refuse)
+    sidebar_url = _to_the_sidebar_redirect(sb, requests.Session())
+    assert "/l/" in sidebar_url
+
+
 def test_launch_and_callback_read_each_row_they_need_once(ehr) -> None:  # type: ignore[no-untyped-def]
     """The rate limiter's key (the EHR registration of an iss, the launch of a state) and
     the view share one read; the callback does not read its launch row again after
