@@ -342,7 +342,7 @@ def callback() -> BaseResponse:
             code=code,
             code_verifier=get_vault().decrypt(launch.code_verifier_enc or b""),
             http=ehr.clients().http(int(reg.id)),
-            scope_requested=launch.scope_requested,
+            scope_requested=launch.scope_requested or scopes_for(reg, conf),
         )
     except SmartError:
         _fail(launch)

@@ -62,7 +62,7 @@ def normalize_iss(url: str) -> str:
     return urlunsplit((scheme, netloc, path, parts.query, ""))
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, kw_only=True)
 class Registration:
     """One registered EHR. ``iss`` is the FHIR base the EHR sends on launch (compare with
     :meth:`matches_iss`: a trailing slash or an upper-case host still match).
@@ -77,12 +77,14 @@ class Registration:
 
     id: str
     iss: str
+    # Who the client is, and what it proves that with.
     client_id: str
     client_type: ClientType
-    scopes: str
-    redirect_uri: str | None = None
     client_secret: str | None = None
     signing_keys: tuple[SigningKey, ...] = ()
+    # What it asks for, and where the browser comes back.
+    scopes: str
+    redirect_uri: str | None = None
     backend_client_id: str | None = None
     backend_scopes: str | None = None
     frame_origins: tuple[str, ...] = field(default=())

@@ -123,7 +123,7 @@ def check_browser(expected_key: str | None, secret: str | None) -> None:
         )
 
 
-@dataclass(frozen=True, repr=False)
+@dataclass(frozen=True, repr=False, kw_only=True)
 class PendingLaunch:
     """What the server keeps between the authorize redirect and the callback.
 
@@ -131,15 +131,17 @@ class PendingLaunch:
     cookie secret); ``None`` only for launches stored before binding existed.
     """
 
+    # What the authorize redirect carried.
     state: str
     """The OAuth ``state`` sent with the authorize redirect; the callback must return it."""
     code_verifier: str
     """The PKCE verifier (S256): only its challenge left the server."""
+    launch: str | None = None
+    """The EHR's ``launch`` parameter (an EHR launch); ``None`` for a standalone launch."""
+    # Whose launch it is, and when it started.
     registration_id: str
     scope_requested: str
     created_at: datetime
-    launch: str | None = None
-    """The EHR's ``launch`` parameter (an EHR launch); ``None`` for a standalone launch."""
     browser_key: str | None = None
 
     @classmethod
@@ -370,8 +372,8 @@ def verify_id_token(
     id_token: str,
     conf: SmartConfiguration,
     *,
-    client_id: str,
     http: requests.Session,
+    client_id: str,
     now: datetime | None = None,
     jwks_cache: JwksCache | None = None,
     nonce: str | None = None,
@@ -429,20 +431,20 @@ def exchange_code(
     reg: Registration,
     conf: SmartConfiguration,
     *,
+    http: requests.Session,
     code: str,
     code_verifier: str,
-    http: requests.Session,
-    scope_requested: str | None = None,
-    now: datetime | None = None,
+    scope_requested: str,
     nonce: str | None = None,
 ) -> TokenSet:
     """Trade the authorization code for tokens, authenticating as the registration says.
 
-    The id_token, when present, must verify (``nonce``: the one the authorize request
-    sent, if any). The result's ``scope_granted`` may be narrower than asked: the app
+    ``scope_requested`` is what the authorize request asked for (``PendingLaunch``
+    keeps it). The id_token, when present, must verify (``nonce``: the one the authorize
+    request sent, if any). The result's ``scope_granted`` may be narrower than asked: the app
     runs with it and ``TokenSet.missing_scopes()`` says what is absent.
     """
-    now = now or datetime.now(UTC)
+    now = datetime.now(UTC)
     form = {
         "grant_type": "authorization_code",
         "code": code,
@@ -455,7 +457,7 @@ def exchange_code(
         reg,
         conf,
         http=http,
-        scope_requested=scope_requested or scopes_for(reg, conf),
+        scope_requested=scope_requested,
         now=now,
         nonce=nonce,
     )

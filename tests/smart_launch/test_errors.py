@@ -140,6 +140,7 @@ def test_token_endpoint_errors_say_whose_fault(
             conf_for(fake.base_url),
             code="c",
             code_verifier="v" * 43,
+            scope_requested="launch openid",
             http=http,
         )
     exc = info.value
@@ -161,6 +162,7 @@ def test_invalid_grant_means_launch_again(fake: FakeServer, http: requests.Sessi
             conf_for(fake.base_url),
             code="c",
             code_verifier="v" * 43,
+            scope_requested="launch openid",
             http=http,
         )
     assert isinstance(info.value, GrantRejected)
@@ -170,7 +172,14 @@ def test_invalid_grant_means_launch_again(fake: FakeServer, http: requests.Sessi
 def test_unreachable_token_endpoint_is_the_network(http: requests.Session) -> None:
     base = f"http://127.0.0.1:{closed_port()}"
     with pytest.raises(EhrUnreachable) as info:
-        exchange_code(reg_for(base), conf_for(base), code="c", code_verifier="v" * 43, http=http)
+        exchange_code(
+            reg_for(base),
+            conf_for(base),
+            code="c",
+            code_verifier="v" * 43,
+            http=http,
+            scope_requested="launch openid",
+        )
     assert (info.value.party, info.value.temporary, info.value.error) == ("network", True, None)
 
 
@@ -192,6 +201,7 @@ def test_token_endpoint_that_never_answers_is_the_network(
                 conf_for(fake.base_url),
                 code="c",
                 code_verifier="v" * 43,
+                scope_requested="launch openid",
                 http=http,
             )
     finally:
