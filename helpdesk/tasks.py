@@ -148,29 +148,13 @@ def queued_task_values(
     return values
 
 
-def insert_task(
-    session: Session,
-    *,
-    registration_id: int,
-    kind: str,
-    patient_ref: str | None,
-    payload: Mapping[str, Any],
-    dedupe_key: str,
-) -> int:
+def insert_task(session: Session, **fields: Unpack[TaskFields]) -> int:
     """``new_task`` for a row with a key that cannot exist yet (it names a row made in the
     same transaction), due now, without the ORM's unit of work: one INSERT, then the job id
     of its first attempt (``job_id_for``), in the caller's transaction; returns the row id.
     After the commit, ``jobs.outbox.enqueue_inserted`` enqueues that job. The unique index
     still guards the key."""
-    values = _task_values(
-        TaskFields(
-            registration_id=registration_id,
-            kind=kind,
-            patient_ref=patient_ref,
-            payload=payload,
-            dedupe_key=dedupe_key,
-        )
-    )
+    values = _task_values(fields)
     conn = session.connection()
     task_id = int(conn.execute(_INSERT_TASK, values).scalar_one())
     conn.execute(
