@@ -19,16 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-from flask import (
-    Blueprint,
-    Response,
-    current_app,
-    make_response,
-    redirect,
-    render_template,
-    request,
-    url_for,
-)
+from flask import Blueprint, current_app, make_response, redirect, render_template, request, url_for
 from marshmallow import ValidationError
 from werkzeug.wrappers import Response as BaseResponse
 
@@ -561,7 +552,7 @@ def change_channel(launch_id: str, task_id: int) -> BaseResponse | tuple[str, in
 
 
 @bp.get("/l/<launch_id>/part/<name>")
-def part(launch_id: str, name: str) -> Response | tuple[str, int]:
+def part(launch_id: str, name: str) -> BaseResponse | tuple[str, int]:
     """A section of the page, for the page's script to put in place once the EHR has
     answered: ``identity`` waits for the Patient only, ``sections`` for everything."""
     launch = current_launch(launch_id)
@@ -608,7 +599,7 @@ STYLE_KEYS = {
 
 
 @bp.get("/l/<launch_id>/style.css")
-def ehr_style(launch_id: str) -> Response:
+def ehr_style(launch_id: str) -> BaseResponse:
     """The EHR's smart_style_url as CSS variables (CSP allows only same-origin styles).
 
     Fetched only from the registered EHR's own origin, and every value is checked against
