@@ -39,7 +39,8 @@ def test_latency_knob_delays_a_read_by_about_that_much(clients: list[dict]) -> N
 
 
 def test_latency_knob_changes_at_runtime(sb: SandboxHandle, token: str) -> None:
-    assert _timed_read(sb, token) < 0.09
+    # The fastest of three: one read on a loaded 2-core machine can take 0.1 s by itself.
+    assert min(_timed_read(sb, token) for _ in range(3)) < 0.09
     sb.set_knobs(latency_ms=150)
     assert _timed_read(sb, token) >= 0.150
 
