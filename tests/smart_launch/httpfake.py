@@ -11,6 +11,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import requests
+
+from smart_launch.config import Registration
+from smart_launch.discovery import SmartConfiguration
+from smart_launch.launch import exchange_code
+from smart_launch.tokens import TokenSet
+
 
 @dataclass
 class Request:
@@ -108,3 +115,13 @@ class FakeServer:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(timeout=5)
+
+
+def exchange_any_code(
+    reg: Registration, conf: SmartConfiguration, http: requests.Session
+) -> TokenSet:
+    """``exchange_code`` with a made-up code and verifier, as a test against a fake token
+    endpoint sends them (what the endpoint answers is the test's)."""
+    return exchange_code(
+        reg, conf, http=http, code="c", code_verifier="v" * 43, scope_requested="launch openid"
+    )

@@ -30,8 +30,8 @@ from smart_launch.errors import (
 )
 from smart_launch.fhir import FhirClient
 from smart_launch.keys import generate_signing_key
-from smart_launch.launch import exchange_code, parse_callback
-from tests.smart_launch.httpfake import FakeServer, Request, Response
+from smart_launch.launch import parse_callback
+from tests.smart_launch.httpfake import FakeServer, Request, Response, exchange_any_code
 
 
 def conf_for(base: str) -> SmartConfiguration:
@@ -135,14 +135,7 @@ def test_token_endpoint_errors_say_whose_fault(
 ) -> None:
     fake.route("POST", "/auth/token", Response(status, body))
     with pytest.raises(AuthFailed) as info:
-        exchange_code(
-            reg_for(fake.base_url),
-            conf_for(fake.base_url),
-            code="c",
-            code_verifier="v" * 43,
-            scope_requested="launch openid",
-            http=http,
-        )
+        exchange_any_code(reg_for(fake.base_url), conf_for(fake.base_url), http)
     exc = info.value
     assert type(exc) is cls
     assert (exc.party, exc.error, exc.ehr_text, exc.status) == (party, error, ehr_text, status)
@@ -157,14 +150,7 @@ def test_token_endpoint_errors_say_whose_fault(
 def test_invalid_grant_means_launch_again(fake: FakeServer, http: requests.Session) -> None:
     fake.route("POST", "/auth/token", Response(400, {"error": "invalid_grant"}))
     with pytest.raises(NeedsAuthorization) as info:
-        exchange_code(
-            reg_for(fake.base_url),
-            conf_for(fake.base_url),
-            code="c",
-            code_verifier="v" * 43,
-            scope_requested="launch openid",
-            http=http,
-        )
+        exchange_any_code(reg_for(fake.base_url), conf_for(fake.base_url), http)
     assert isinstance(info.value, GrantRejected)
     assert "Launch CareDesk again" in info.value.summary
 
@@ -172,14 +158,7 @@ def test_invalid_grant_means_launch_again(fake: FakeServer, http: requests.Sessi
 def test_unreachable_token_endpoint_is_the_network(http: requests.Session) -> None:
     base = f"http://127.0.0.1:{closed_port()}"
     with pytest.raises(EhrUnreachable) as info:
-        exchange_code(
-            reg_for(base),
-            conf_for(base),
-            code="c",
-            code_verifier="v" * 43,
-            http=http,
-            scope_requested="launch openid",
-        )
+        exchange_any_code(reg_for(base), conf_for(base), http)
     assert (info.value.party, info.value.temporary, info.value.error) == ("network", True, None)
 
 
@@ -196,14 +175,7 @@ def test_token_endpoint_that_never_answers_is_the_network(
     monkeypatch.setattr("smart_launch._token_endpoint.TOKEN_TIMEOUT", 0.2)
     try:
         with pytest.raises(EhrUnreachable, match="did not answer in time") as info:
-            exchange_code(
-                reg_for(fake.base_url),
-                conf_for(fake.base_url),
-                code="c",
-                code_verifier="v" * 43,
-                scope_requested="launch openid",
-                http=http,
-            )
+            exchange_any_code(reg_for(fake.base_url), conf_for(fake.base_url), http)
     finally:
         release.set()
     assert info.value.party == "network"

@@ -25,11 +25,11 @@ from smart_launch.errors import (
     NeedsAuthorization,
 )
 from smart_launch.keys import generate_signing_key
-from smart_launch.launch import JwksCache, exchange_code, refresh, verify_id_token
+from smart_launch.launch import JwksCache, refresh, verify_id_token
 from smart_launch.refresh import Grant, refresh_serialized
 from smart_launch.tokens import TokenSet
 from tests.conftest import REDIS_URL
-from tests.smart_launch.httpfake import FakeServer, Request, Response
+from tests.smart_launch.httpfake import FakeServer, Request, Response, exchange_any_code
 
 
 @pytest.fixture
@@ -188,14 +188,7 @@ def test_token_error_carries_oauth_error_description(
         Response(400, {"error": "invalid_grant", "error_description": "Code was already used"}),
     )
     with pytest.raises(GrantRejected) as info:
-        exchange_code(
-            reg_for(fake),
-            conf_for(fake),
-            code="c",
-            code_verifier="v" * 43,
-            http=http,
-            scope_requested="launch openid",
-        )
+        exchange_any_code(reg_for(fake), conf_for(fake), http)
     assert info.value.error == "invalid_grant"
     assert info.value.ehr_text == "Code was already used"
     assert info.value.party == "ehr"
@@ -218,14 +211,7 @@ def test_code_exchange_authenticates_per_client_type(
         reg_for(fake, "confidential-asymmetric", signing_keys=(key,)),
     ]
     for reg in regs:
-        ts = exchange_code(
-            reg,
-            conf_for(fake),
-            code="c",
-            code_verifier="v" * 43,
-            http=http,
-            scope_requested="launch openid",
-        )
+        ts = exchange_any_code(reg, conf_for(fake), http)
         assert ts.access_token == "a"
     public, symmetric, asymmetric = fake.hits("/oauth2/token")
     assert public.form()["client_id"] == "caredesk" and "authorization" not in public.headers
@@ -352,14 +338,7 @@ def test_code_exchange_without_redirect_uri_is_refused_before_any_request(
         id="r1", iss=f"{fake.base_url}/fhir", client_id="c", client_type="public", scopes="x"
     )
     with pytest.raises(ConfigurationError, match="no redirect URI"):
-        exchange_code(
-            reg,
-            conf_for(fake),
-            code="c",
-            code_verifier="v" * 43,
-            http=http,
-            scope_requested="launch openid",
-        )
+        exchange_any_code(reg, conf_for(fake), http)
     assert fake.requests == []
 
 
