@@ -99,6 +99,42 @@ class PatientParts:
         return self.patient.done() and self.rest.done()
 
 
+@dataclass(frozen=True, kw_only=True)
+class StoreRows:
+    """The help desk's own rows about a patient that the context shows, read while the
+    EHR's reads are in flight (``store_rows``) instead of after they arrive. ``stamp``:
+    the patient's change stamps, read before the rows (a write in between renews them,
+    so a context built from these rows is not cached under the new stamps)."""
+
+    stamp: tuple[str, str] | None
+    tickets: list[dict[str, Any]]
+    tasks: list[dict[str, Any]]
+    surveys: list[dict[str, Any]]
+    invites: dict[str, dict[str, Any]]
+
+
+def store_rows(launch: LaunchSession, patient_ref: str) -> StoreRows:
+    """What ``fetch_context`` reads from the store (but the messaging summary, which
+    needs the EHR's visits), for a caller about to wait for the EHR: the page reads its
+    rows during that wait, so only the mapping is left once the EHR answers."""
+    scope = scope_of(launch)
+    scope.check(patient_ref)
+    stamp = stamps.read(_redis(), launch.registration_id, patient_ref)
+    return _read_rows(launch, patient_ref, scope, stamp)
+
+
+def _read_rows(
+    launch: LaunchSession, patient_ref: str, scope: Any, stamp: tuple[str, str] | None
+) -> StoreRows:
+    return StoreRows(
+        stamp=stamp,
+        tickets=_ticket_rows(scope, patient_ref),
+        tasks=task_rows(launch, patient_ref),
+        surveys=_surveys(launch, patient_ref),
+        invites=survey_invites(launch, patient_ref),
+    )
+
+
 def invalidate(launch_id: str, patient_ref: str | None = None) -> None:
     """Forget cached context after a change (a new ticket or task shows at once)."""
     with _cache_lock:
@@ -430,9 +466,11 @@ def fetch_context(
     patient_ref: str | None = None,
     use_cache: bool = True,
     parts: PatientParts | None = None,
+    store: StoreRows | None = None,
 ) -> dict[str, Any]:
     """A patient's help-desk context as JSON (see ``fhir_mappers.context``): the launch's
-    patient, or ``patient_ref`` when a scheduler opens one from the board."""
+    patient, or ``patient_ref`` when a scheduler opens one from the board. ``store``: the
+    patient's rows when the caller read them already (``store_rows``)."""
 
     patient_ref = patient_ref or launch.patient_ref
     if not patient_ref or not patient_ref.startswith("Patient/"):
@@ -442,17 +480,17 @@ def fetch_context(
     parts = parts or start_patient(launch, patient_ref, use_cache=use_cache)
     key = f"{launch.id}:{patient_ref}"
     # Read before the rows (a write in between renews it: the next request rebuilds).
-    stamp = (
-        stamps.read(_redis(), launch.registration_id, patient_ref)
-        if parts.done() and not _failed(parts)
-        else None
-    )
+    ok = parts.done() and not _failed(parts)
+    if store is not None:
+        stamp = store.stamp if ok else None
+    else:
+        stamp = stamps.read(_redis(), launch.registration_id, patient_ref) if ok else None
     if stamp is not None:
         with _cache_lock:
             hit = _built.get(key)
         if hit is not None and hit[0] is parts and hit[1] == stamp:
             return dict(hit[2])
-    context = _build_context(launch, patient_ref, scope, parts)
+    context = _build_context(launch, patient_ref, scope, parts, store)
     if stamp is not None:
         with _cache_lock:
             _built[key] = (parts, stamp, context)
@@ -464,8 +502,27 @@ def _redis() -> Any:
     return found.connection if found is not None else None
 
 
+def _ticket_rows(scope: Any, patient_ref: str) -> list[dict[str, Any]]:
+    return [
+        columns(t, "id", "subject", "status", "priority", "category", "due_at")
+        for t in get_db().scalars(
+            select(Ticket)
+            .where(
+                *scope.where(Ticket.registration_id, Ticket.patient_ref),
+                Ticket.patient_ref == patient_ref,
+                Ticket.status.in_(("open", "pending")),
+            )
+            .order_by(Ticket.id.desc())
+        )
+    ]
+
+
 def _build_context(
-    launch: LaunchSession, patient_ref: str, scope: Any, parts: PatientParts
+    launch: LaunchSession,
+    patient_ref: str,
+    scope: Any,
+    parts: PatientParts,
+    store: StoreRows | None = None,
 ) -> dict[str, Any]:
     from fhir_mappers.context import build_context
 
@@ -492,18 +549,8 @@ def _build_context(
     unavailable.update(rest["unavailable"])
     now = utcnow().astimezone(ZoneInfo(viewer_tz()))
     db = get_db()
-    tickets = [
-        columns(t, "id", "subject", "status", "priority", "category", "due_at")
-        for t in db.scalars(
-            select(Ticket)
-            .where(
-                *scope.where(Ticket.registration_id, Ticket.patient_ref),
-                Ticket.patient_ref == patient_ref,
-                Ticket.status.in_(("open", "pending")),
-            )
-            .order_by(Ticket.id.desc())
-        )
-    ]
+    if store is None:
+        store = _read_rows(launch, patient_ref, scope, None)
     context = build_context(
         patient=patient,
         appointments=rest["appointments"],
@@ -511,15 +558,15 @@ def _build_context(
         coverages=rest["coverages"],
         now=now,
         viewer_tz=viewer_tz(),
-        tickets=tickets,
-        tasks=task_rows(launch, patient_ref),
-        surveys=_surveys(launch, patient_ref),
+        tickets=store.tickets,
+        tasks=store.tasks,
+        surveys=store.surveys,
         unavailable=unavailable,
     ).to_json()
     context["more_visits_in_ehr"] = rest["more_visits"]
     context["missing_scopes"] = (launch.context or {}).get("missing_scopes") or []
     context["patient_ref"] = patient_ref
-    context["survey_invites"] = survey_invites(launch, patient_ref)
+    context["survey_invites"] = store.invites
     # Two-way messaging (helpdesk.messaging): the patient's STOPs and reminder answers.
     context["messaging"] = messaging.summary(
         db,

@@ -147,10 +147,18 @@ def _page(
         parts = ctx.start_patient(launch, patient_ref, use_cache=not refresh)
         wait = request.args.get("wait") == "1" or form is not None
         deadline = ctx.WAIT_SECONDS if wait else FIRST_PAINT_SECONDS
+        # The store's rows are read while the EHR answers, so once it has answered only
+        # the mapping is left (a page whose reads are done reads them in fetch_context,
+        # where a cached context needs none).
+        store = None if parts.done() else ctx.store_rows(launch, patient_ref)
         waited = time.perf_counter()
         ready = _wait(parts, deadline)
         waited = time.perf_counter() - waited
-        c = ctx.fetch_context(launch, patient_ref=patient_ref, parts=parts) if ready else None
+        c = (
+            ctx.fetch_context(launch, patient_ref=patient_ref, parts=parts, store=store)
+            if ready
+            else None
+        )
         identity_ready = parts.patient.done()
         patient_res = ctx.wait_patient(parts, 0) if identity_ready else None
     except NeedsAuthorization as exc:
@@ -164,7 +172,9 @@ def _page(
     )
     html = render_template(
         "sidebar.html",
-        **_model(launch, patient_ref, c=c, parts=parts, patient_res=patient_res, form=form),
+        **_model(
+            launch, patient_ref, c=c, parts=parts, patient_res=patient_res, form=form, store=store
+        ),
     )
     response = make_response(html, status)
     # What the page cost before its first byte, as the server measured it: time spent
@@ -194,6 +204,7 @@ def _model(
     parts: ctx.PatientParts,
     patient_res: dict[str, Any] | None,
     form: Form | None,
+    store: ctx.StoreRows | None = None,
 ) -> dict[str, Any]:
     """Everything sidebar.html and its fragments need."""
     from fhir_mappers.patient import to_contact
@@ -219,7 +230,10 @@ def _model(
     tickets = list_tickets(
         db, launch, TicketFilters(status=ACTIVE_STATUSES, patient=patient_ref)
     ).items
-    tasks = c["tasks"] if c is not None else ctx.task_rows(launch, patient_ref)
+    if c is not None:
+        tasks = c["tasks"]
+    else:
+        tasks = store.tasks if store is not None else ctx.task_rows(launch, patient_ref)
     visits_for_survey = []
     invites = c.get("survey_invites", {}) if c is not None else {}
     if c is not None:

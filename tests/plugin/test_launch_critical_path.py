@@ -164,3 +164,41 @@ def test_launch_and_callback_read_each_row_they_need_once(ehr) -> None:  # type:
         "SELECT ehr_registration",
         "SELECT signing_key",
     ], callback
+
+
+def test_the_page_reads_its_store_rows_while_the_ehr_reads_are_in_flight(ehr) -> None:  # type: ignore[no-untyped-def]
+    """The context's store rows (tickets, tasks and their calls, surveys and their
+    invitations) are read while the page waits for the EHR, so once the EHR has answered
+    the context reads none of them again. (The page's ticket list and the messaging rows,
+    which need the EHR's visits, are still read after it.)"""
+    from plugin import context
+
+    app, sb = ehr
+    browser = requests.Session()
+    sb.set_knobs(latency_ms=400)
+    try:
+        sidebar_url = _to_the_sidebar_redirect(sb, browser)
+        launch_id = sidebar_url.split("/l/", 1)[1].split("/", 1)[0]
+        parts = context._cache[f"{launch_id}:Patient/pat-001"]
+        assert not parts.done()  # the callback's reads are still at the EHR
+        while_reading: list[str] = []
+        after_reading: list[str] = []
+
+        def statement(conn, cursor, sql, params, ctx, executemany) -> None:  # type: ignore[no-untyped-def]
+            table = re.search(r"\bFROM\s+(\w+)", sql)
+            if sql.startswith("SELECT") and table:
+                (after_reading if parts.done() else while_reading).append(table.group(1))
+
+        engine = get_store(app).engine
+        event.listen(engine, "before_cursor_execute", statement)
+        try:
+            page = browser.get(sidebar_url, params={"wait": "1"}, timeout=30)
+        finally:
+            event.remove(engine, "before_cursor_execute", statement)
+    finally:
+        sb.set_knobs(latency_ms=0)
+    assert page.status_code == 200
+    assert 'data-loading="1"' not in page.text  # the whole page
+    for table in ("care_task", "call_attempt", "survey_invite", "survey_response"):
+        assert table not in after_reading, (table, while_reading, after_reading)
+    assert {"ticket", "care_task", "survey_response", "survey_invite"} <= set(while_reading)
