@@ -112,6 +112,27 @@ def test_a_cached_context_reads_no_store_rows_and_writes_its_audit_row(
     assert got.sql == ["SELECT launch_session", "INSERT audit_event"]
 
 
+def test_a_cached_context_writes_its_audit_row_without_the_orms_unit_of_work(
+    sidebar: Sidebar, counts: Counts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The audit row of every read is one INSERT, committed before the answer, without an
+    ORM object and a flush of the session (helpdesk.audit.audit)."""
+    from sqlalchemy.orm import Session
+
+    flushes: list[int] = []
+    real_flush = Session.flush
+
+    def flush(self: Session, objects: Any = None) -> None:
+        if self.new or self.dirty or self.deleted:
+            flushes.append(len(self.new))
+        real_flush(self, objects)
+
+    monkeypatch.setattr(Session, "flush", flush)
+    got = _one(sidebar, counts, f"/api/l/{sidebar.launch_id}/context")
+    assert got.sql == ["SELECT launch_session", "INSERT audit_event"]
+    assert flushes == []
+
+
 def test_rate_limit_headers_cost_no_redis_read_on_a_request_that_passes(
     sidebar: Sidebar, counts: Counts
 ) -> None:
