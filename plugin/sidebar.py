@@ -15,6 +15,7 @@ import datetime as dt
 import logging
 import re
 import time
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -150,12 +151,17 @@ def _page(
         # The store's rows are read while the EHR answers, so once it has answered only
         # the mapping is left (a page whose reads are done reads them in fetch_context,
         # where a cached context needs none).
-        store = None if parts.done() else ctx.store_rows(launch, patient_ref)
+        early = None if parts.done() else _Early.read(launch, patient_ref)
         waited = time.perf_counter()
         ready = _wait(parts, deadline)
         waited = time.perf_counter() - waited
         c = (
-            ctx.fetch_context(launch, patient_ref=patient_ref, parts=parts, store=store)
+            ctx.fetch_context(
+                launch,
+                patient_ref=patient_ref,
+                parts=parts,
+                store=early.store if early is not None else None,
+            )
             if ready
             else None
         )
@@ -173,7 +179,7 @@ def _page(
     html = render_template(
         "sidebar.html",
         **_model(
-            launch, patient_ref, c=c, parts=parts, patient_res=patient_res, form=form, store=store
+            launch, patient_ref, c=c, parts=parts, patient_res=patient_res, form=form, early=early
         ),
     )
     response = make_response(html, status)
@@ -187,6 +193,31 @@ def _page(
         f"ehr;dur={ehr_ms:.1f}, cpu;dur={cpu_ms:.1f}, total;dur={total_ms:.1f}"
     )
     return response
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Early:
+    """What the page shows from the store, read while it waits for the EHR: the
+    context's rows (``ctx.store_rows``), the open tickets and the channels a STOP closed."""
+
+    store: ctx.StoreRows
+    tickets: list[Ticket]
+    stopped: dict[str, str]
+
+    @classmethod
+    def read(cls, launch: LaunchSession, patient_ref: str) -> _Early:
+        return cls(
+            store=ctx.store_rows(launch, patient_ref),
+            tickets=_open_tickets(launch, patient_ref),
+            stopped=messaging.stopped_channels(
+                get_db(), launch.registration_id, patient_ref, viewer_zone()
+            ),
+        )
+
+
+def _open_tickets(launch: LaunchSession, patient_ref: str) -> list[Ticket]:
+    filters = TicketFilters(status=ACTIVE_STATUSES, patient=patient_ref)
+    return list(list_tickets(get_db(), launch, filters).items)
 
 
 def _wait(parts: ctx.PatientParts, seconds: float) -> bool:
@@ -204,7 +235,7 @@ def _model(
     parts: ctx.PatientParts,
     patient_res: dict[str, Any] | None,
     form: Form | None,
-    store: ctx.StoreRows | None = None,
+    early: _Early | None = None,
 ) -> dict[str, Any]:
     """Everything sidebar.html and its fragments need."""
     from fhir_mappers.patient import to_contact
@@ -226,14 +257,11 @@ def _model(
         if known is not None:
             contact = _jsonable(to_contact(known[0], now=now.astimezone(tz)))
             identity_as_of = known[1]
-    db = get_db()
-    tickets = list_tickets(
-        db, launch, TicketFilters(status=ACTIVE_STATUSES, patient=patient_ref)
-    ).items
+    tickets = early.tickets if early is not None else _open_tickets(launch, patient_ref)
     if c is not None:
         tasks = c["tasks"]
     else:
-        tasks = store.tasks if store is not None else ctx.task_rows(launch, patient_ref)
+        tasks = early.store.tasks if early is not None else ctx.task_rows(launch, patient_ref)
     visits_for_survey = []
     invites = c.get("survey_invites", {}) if c is not None else {}
     if c is not None:
@@ -279,7 +307,9 @@ def _model(
         "channels": task_svc.channel_options(
             patient_res,
             now=now,
-            stopped=messaging.stopped_channels(get_db(), launch.registration_id, patient_ref, tz),
+            stopped=early.stopped
+            if early is not None
+            else messaging.stopped_channels(get_db(), launch.registration_id, patient_ref, tz),
         )
         if (patient_res is not None or parts.patient.done())
         else None,
