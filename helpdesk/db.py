@@ -77,6 +77,10 @@ def _ping_if_idle(dbapi_connection, record, _proxy) -> None:  # type: ignore[no-
             cursor.execute("SELECT 1")
         finally:
             cursor.close()
+        # The ping's transaction ends here: the connection is handed out idle, as an
+        # unpinged one is (a job's claim switches it to autocommit, which psycopg refuses
+        # inside a transaction).
+        dbapi_connection.rollback()
     except Exception as exc:  # noqa: BLE001 - any failure: the pool makes a new connection
         raise DisconnectionError("the pooled connection did not answer a ping") from exc
 

@@ -28,7 +28,7 @@ from typing import Any, cast
 
 import redis
 from flask import Flask
-from sqlalchemy import event, inspect
+from sqlalchemy import Table, event, inspect
 from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
 
 from helpdesk.kv import EXTENSION as KV_EXTENSION
@@ -119,6 +119,17 @@ def _touched(obj: object) -> list[str]:
         if not history.has_changes() and not history.unchanged:
             into.add(getattr(obj, name, None))
     return [key(reg, ref) for reg in regs for ref in refs if ref]
+
+
+def note(session: Session, *rows: object, tables: Iterable[Table] = ()) -> None:
+    """What a flush of ``rows`` (and a bulk statement on ``tables``) would have noted, for
+    a write made without one (a Core statement for rows the session holds, as
+    ``jobs.tasks`` writes a job's claim and outcome): the stamps move after the commit."""
+    pending: set[str] = session.info.setdefault(_PENDING, set())
+    for row in rows:
+        pending.update(_touched(row))
+    if any(table.name in TRACKED_TABLES for table in tables):
+        pending.add(ALL)
 
 
 def install(sessions: sessionmaker[Session], conn: redis.Redis) -> None:

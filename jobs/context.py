@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from flask import Flask
-from sqlalchemy import select
+from sqlalchemy import Update, select
 from sqlalchemy.orm import Session, joinedload
 
 from fhir_mappers import contact
@@ -68,6 +68,16 @@ class JobContext:
     now: datetime
     _registration: EhrRegistration | None = field(default=None, init=False)
     _fhir: FhirClient | None = field(default=None, init=False)
+    # The handler's own UPDATEs that go with the task's outcome (``write_with_outcome``).
+    with_outcome: list[tuple[Update, dict[str, Any]]] = field(default_factory=list, init=False)
+
+    def write_with_outcome(self, statement: Update, params: dict[str, Any]) -> None:
+        """Write ``statement`` (an UPDATE of the handler's own rows, built once per
+        process, its parameters named unlike any column) with the task's outcome when the
+        handler returns: in the same commit, and on PostgreSQL in the same statement
+        (``jobs.tasks``). Not written when the handler raises. Instead of changing those
+        rows' objects in the session, which the commit would flush one UPDATE each."""
+        self.with_outcome.append((statement, params))
 
     @property
     def registration(self) -> EhrRegistration:

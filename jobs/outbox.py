@@ -94,7 +94,7 @@ def finish_attempt(
     abandoned, ...). Core, not ORM-enabled: no attempt object is in the session to keep in
     step."""
     session.execute(
-        _FINISH_ATTEMPT,
+        FINISH_ATTEMPT,
         {
             "of_task": task.id,
             "of_attempt": task.attempts,
@@ -142,7 +142,7 @@ _ATTEMPTS = cast(Table, TaskAttempt.__table__)
 # Built once per process, not per job: building a statement (and its cache key) cost a
 # job more than running it (issue 16). Every job binds its own values, under names unlike
 # the columns' (SQLAlchemy keeps those for the SET clause).
-_FINISH_ATTEMPT = (
+FINISH_ATTEMPT = (
     update(_ATTEMPTS)
     .where(
         _ATTEMPTS.c.task_id == bindparam("of_task"),

@@ -24,7 +24,7 @@ from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 from flask import Flask
-from sqlalchemy import bindparam, select
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session, joinedload
 
 from fhir_mappers import survey as mapper
@@ -358,6 +358,20 @@ _ANSWER = (
 )
 
 
+_RESPONSES = cast(Table, SurveyResponse.__table__)
+# The answer written back: its row's UPDATE, which goes with the task's outcome.
+_WRITTEN = (
+    update(_RESPONSES)
+    .where(_RESPONSES.c.id == bindparam("written_response"))
+    .values(
+        writeback_status="written",
+        fhir_id=bindparam("written_fhir_id"),
+        written_at=bindparam("written_when", type_=_RESPONSES.c.written_at.type),
+        writeback_error=None,
+    )
+)
+
+
 @handler(WRITEBACK_KIND)
 def write_back(task: CareTask, ctx: Any) -> None:
     """What follows a survey answer: service recovery for a low score, then the
@@ -417,10 +431,11 @@ def write_back(task: CareTask, ctx: Any) -> None:
         # that is already committed).
         session.commit()
         raise
-    response.writeback_status = "written"
-    response.fhir_id = fhir_id
-    response.written_at = ctx.now
-    response.writeback_error = None
+    # Written with the task's outcome (one statement on PostgreSQL), not flushed apart.
+    ctx.write_with_outcome(
+        _WRITTEN,
+        {"written_response": response.id, "written_fhir_id": fhir_id, "written_when": ctx.now},
+    )
     task.fhir_refs = {
         **(task.fhir_refs or {}),
         "QuestionnaireResponse": f"QuestionnaireResponse/{fhir_id}" if fhir_id else None,

@@ -27,16 +27,32 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
 
 from flask import Flask, current_app, has_app_context
 from rq import Retry, get_current_job
 from rq.exceptions import AbandonedJobError
 from rq.job import Job
-from sqlalchemy import Table, Update, bindparam, insert, text, update
-from sqlalchemy.orm import Session
+from sqlalchemy import (
+    Select,
+    Table,
+    Update,
+    bindparam,
+    func,
+    insert,
+    inspect,
+    literal,
+    literal_column,
+    select,
+    text,
+    true,
+    update,
+)
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session, aliased
 
+from helpdesk import stamps
 from helpdesk.db import get_store
 from helpdesk.models import CareTask, TaskAttempt
 from helpdesk.tasks import GAVE_UP
@@ -44,7 +60,7 @@ from helpdesk.timeutil import utcnow
 from jobs.context import JobContext
 from jobs.errors import TaskError, TemporaryTaskError
 from jobs.outbound import OutboundError, TemporaryOutboundError
-from jobs.outbox import dispatch, finish_attempt
+from jobs.outbox import FINISH_ATTEMPT, dispatch, finish_attempt
 from smart_launch.errors import (
     DiscoveryError,
     FatalFhirError,
@@ -67,36 +83,66 @@ class Registered:
 
 
 HANDLERS: dict[str, Registered] = {}
-# The attempts table, for Core statements (run_task keeps no attempt objects).
+# The tables, for Core statements (run_task keeps no attempt objects).
 _ATTEMPTS = cast(Table, TaskAttempt.__table__)
+_TASKS = cast(Table, CareTask.__table__)
+
+
+def _claimed(statement: Update, named_job: bool) -> Update:
+    """The claim's WHERE and SET on ``statement`` (an UPDATE of the task table), for a job
+    that names itself (RQ's) or none (run in-process)."""
+    # Parameter names unlike the columns': SQLAlchemy keeps those for the SET clause.
+    now = bindparam("claim_now", type_=_TASKS.c.started_at.type)
+    job = _TASKS.c.job_id
+    return statement.where(
+        _TASKS.c.id == bindparam("claim_task"),
+        _TASKS.c.status.in_(("queued", "scheduled")),
+        (job == bindparam("claim_job")) if named_job else job.is_(None),
+    ).values(
+        status="running",
+        attempts=_TASKS.c.attempts + 1,
+        started_at=now,
+        updated_at=now,
+        last_error=None,
+    )
 
 
 def _claim_statement(named_job: bool) -> Update:
-    """``_claim``'s UPDATE, for a job that names itself (RQ's) or none (run in-process)."""
-    # Parameter names unlike the columns': SQLAlchemy keeps those for the SET clause.
-    now = bindparam("claim_now", type_=CareTask.__table__.c.started_at.type)
+    """``_claim``'s UPDATE .. RETURNING the task (then the attempt's INSERT)."""
     return (
-        update(CareTask)
-        .where(
-            CareTask.id == bindparam("claim_task"),
-            CareTask.status.in_(("queued", "scheduled")),
-            (CareTask.job_id == bindparam("claim_job")) if named_job else CareTask.job_id.is_(None),
-        )
-        .values(
-            status="running",
-            attempts=CareTask.attempts + 1,
-            started_at=now,
-            updated_at=now,
-            last_error=None,
-        )
+        _claimed(update(CareTask), named_job)
         .returning(CareTask)
         .execution_options(synchronize_session=False)
     )
 
 
+def _claim_with_attempt(named_job: bool) -> Select[CareTask]:
+    """PostgreSQL: the claim and its attempt row as one statement (data-modifying CTEs),
+    the claimed row loaded as the task. Run outside a transaction it commits by itself:
+    one round trip to the store instead of BEGIN, UPDATE, INSERT and COMMIT."""
+    claimed = _claimed(update(_TASKS), named_job).returning(*_TASKS.c).cte("claimed")
+    attempt = (
+        insert(_ATTEMPTS)
+        .from_select(
+            ["task_id", "attempt", "job_id", "started_at", "outcome"],
+            select(
+                claimed.c.id,
+                claimed.c.attempts,
+                claimed.c.job_id,
+                claimed.c.started_at,
+                literal("running", _ATTEMPTS.c.outcome.type),
+            ),
+            include_defaults=False,
+        )
+        .cte("attempt")
+    )
+    return select(aliased(CareTask, claimed)).add_cte(attempt)
+
+
 # Built once per process, not per job: building these statements (and their cache keys)
 # cost a job more than running them (issue 16). Every job binds its own values.
 _CLAIM = {named: _claim_statement(named) for named in (True, False)}
+_CLAIM_WITH_ATTEMPT = {named: _claim_with_attempt(named) for named in (True, False)}
 _NEW_ATTEMPT = insert(_ATTEMPTS)
 _NO_WAL_WAIT = text("SET LOCAL synchronous_commit TO OFF")
 
@@ -158,29 +204,49 @@ def run_task(task_id: int) -> Retry | None:
     # One connection for the whole job: the claim's transaction and the work's take turns
     # on it, instead of a pool checkout (and its liveness ping) for each.
     with store.engine.connect() as connection:
+        one_statement = connection.dialect.name == "postgresql"
+        if one_statement:
+            # The claim is one statement that commits by itself: no BEGIN, no COMMIT.
+            connection.execution_options(isolation_level="AUTOCOMMIT")
         session = store.sessions(bind=connection)
         try:
-            task = _claim(session, task_id, job_id)
+            task = _claim(session, task_id, job_id, one_statement=one_statement)
             if task is None:
                 log.info("task %s: job %s skipped (task not waiting for this job)", task_id, job_id)
                 return None
+            if one_statement:
+                # The handler's work is transactional again, as everywhere else.
+                connection.execution_options(isolation_level=connection.default_isolation_level)
             return _run_claimed(app, session, task, job)
         finally:
             session.close()
 
 
-def _claim(session: Session, task_id: int, job_id: str | None) -> CareTask | None:
+def _claim(
+    session: Session, task_id: int, job_id: str | None, *, one_statement: bool
+) -> CareTask | None:
     """Mark the task running for this job and record the attempt, committed before any
     work: a worker that dies from here on leaves a ``running`` row the sweeper recovers.
 
     One conditional UPDATE, so of two jobs for one task (a stale attempt, or one
     re-enqueued by the sweeper while the original was still about) only the job named on
     the row runs it. RQ cannot promise that: it knows jobs, not tasks.
+
+    ``one_statement`` (PostgreSQL, the session's connection in autocommit): the UPDATE and
+    the attempt's INSERT as one statement, which commits (waiting for the WAL flush, as
+    every claim does) when it ends.
     """
     now = utcnow()
-    task: CareTask | None = session.scalars(
-        _CLAIM[bool(job_id)], {"claim_task": task_id, "claim_job": job_id, "claim_now": now}
-    ).one_or_none()
+    params = {"claim_task": task_id, "claim_job": job_id, "claim_now": now}
+    task: CareTask | None
+    if one_statement:
+        task = session.scalars(_CLAIM_WITH_ATTEMPT[bool(job_id)], params).one_or_none()
+        if task is not None:
+            # The claim changed this patient's task: their change stamp moves.
+            stamps.note(session, task)
+        session.commit()
+        return task
+    task = cast(CareTask | None, session.scalars(_CLAIM[bool(job_id)], params).one_or_none())
     if task is None:
         session.rollback()
         return None
@@ -216,8 +282,11 @@ def _run_claimed(app: Flask, session: Session, task: CareTask, job: Job | None) 
     if task.status in ("done", "cancelled"):
         task.finished_at = now
     task.updated_at = now
-    finish_attempt(session, task, "done", None, now)
-    _commit_without_waiting_for_disk(session)
+    if not _write_outcome_in_one_statement(session, task, ctx.with_outcome, now):
+        for statement, params in ctx.with_outcome:
+            session.execute(statement, params)
+        finish_attempt(session, task, "done", None, now)
+        _commit_without_waiting_for_disk(session)
     return None
 
 
@@ -236,6 +305,82 @@ def _commit_without_waiting_for_disk(session: Session) -> None:
     if session.get_bind().dialect.name == "postgresql":
         session.execute(_NO_WAL_WAIT)
     session.commit()
+
+
+# The task's attributes, and those that are its table's columns (by attribute name): a
+# handler (or run_task) may have changed any of them on the row it was given.
+_TASK_ATTRIBUTES = frozenset(inspect(CareTask).attrs.keys())
+_TASK_COLUMNS = {attr.key: attr.columns[0].key for attr in inspect(CareTask).column_attrs}
+# What a run that ended well writes, by (the task's changed columns, the handler's own
+# statements): built once per process per combination, like every statement of a job.
+_OUTCOMES: dict[tuple[tuple[str, ...], tuple[Update, ...]], Update] = {}
+# In the outcome statement's RETURNING: this transaction commits without waiting for the
+# WAL flush (``_commit_without_waiting_for_disk`` says why that is safe), as SET LOCAL.
+_NO_WAL_WAIT_FOR_THIS = func.set_config(
+    literal_column("'synchronous_commit'"), literal_column("'off'"), true()
+)
+
+
+def _outcome_statement(changed: tuple[str, ...], extra: tuple[Update, ...]) -> Update:
+    """The task's changed columns, its attempt closed, and the handler's own statements,
+    as one PostgreSQL statement (data-modifying CTEs) that also turns off the wait for the
+    WAL flush of the commit that follows."""
+    return (
+        update(_TASKS)
+        .where(_TASKS.c.id == bindparam("done_task"))
+        .values({name: bindparam(f"done_{name}", type_=_TASKS.c[name].type) for name in changed})
+        .add_cte(
+            FINISH_ATTEMPT.cte("attempt"),
+            *(s.cte(f"handler_{i}") for i, s in enumerate(extra)),
+        )
+        .returning(_NO_WAL_WAIT_FOR_THIS)
+    )
+
+
+def _write_outcome_in_one_statement(
+    session: Session,
+    task: CareTask,
+    extra: list[tuple[Update, dict[str, Any]]],
+    now: datetime,
+) -> bool:
+    """On PostgreSQL, when the handler changed no row of the session but the task (its
+    own rows it writes with ``ctx.write_with_outcome``): the outcome as one statement
+    and the commit, two round trips instead of one per row, the attempt's UPDATE, a SET
+    and the commit. False (nothing done) otherwise: the caller flushes as usual."""
+    connection: Connection = session.connection()
+    if connection.dialect.name != "postgresql" or session.new or session.deleted:
+        return False
+    if any(obj is not task for obj in session.dirty):
+        return False
+    modified = _TASK_ATTRIBUTES.difference(inspect(task).unmodified)
+    if not modified.issubset(_TASK_COLUMNS):
+        return False  # not a plain column (none is today): the flush knows how to write it
+    changed = tuple(sorted(_TASK_COLUMNS[key] for key in modified))
+    statements = tuple(statement for statement, _ in extra)
+    outcome = _OUTCOMES.get((changed, statements))
+    if outcome is None:
+        outcome = _OUTCOMES.setdefault(
+            (changed, statements), _outcome_statement(changed, statements)
+        )
+    params: dict[str, Any] = {
+        "done_task": task.id,
+        "of_task": task.id,
+        "of_attempt": task.attempts,
+        "new_outcome": "done",
+        "new_error": None,
+        "new_finished_at": now,
+    }
+    for key in modified:
+        params[f"done_{_TASK_COLUMNS[key]}"] = getattr(task, key)
+    for _, values in extra:
+        params.update(values)
+    connection.execute(outcome, params)
+    # What a flush of these rows would have noted for the change stamps.
+    stamps.note(session, task, tables=[cast(Table, s.table) for s in statements])
+    # Written above: the commit must not flush the task's changes a second time.
+    session.expunge(task)
+    session.commit()
+    return True
 
 
 def _message(exc: BaseException) -> str:

@@ -45,6 +45,13 @@ def job_app(make_app):  # type: ignore[no-untyped-def]
     return make_app(SECRET_KEY=SECRET, **JOB_CONFIG)
 
 
+@pytest.fixture
+def job_app_each_store(make_app, store_url: str):  # type: ignore[no-untyped-def]
+    """``job_app`` on SQLite and on PostgreSQL, for the fault tests: a job's claim and
+    outcome are one statement each on PostgreSQL, several on SQLite (``jobs.tasks``)."""
+    return make_app(SECRET_KEY=SECRET, DATABASE_URL=store_url, **JOB_CONFIG)
+
+
 def register_backend(
     app, sb: SandboxHandle, *, allow_writes: bool = True, capabilities=None
 ) -> int:  # type: ignore[no-untyped-def]

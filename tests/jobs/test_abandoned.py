@@ -7,12 +7,19 @@ from __future__ import annotations
 import os
 import signal
 
+import pytest
 import redis
 from rq import Worker
 from rq.job import Job
 
 from tests.jobs.conftest import load_task, register_backend, service_requests, wait_for, worker
 from tests.jobs.test_faults import _attempts, _children, _referral
+
+
+@pytest.fixture
+def job_app(job_app_each_store):  # type: ignore[no-untyped-def]
+    """On SQLite and on PostgreSQL."""
+    return job_app_each_store
 
 
 def test_a_sigkilled_workers_task_runs_again_on_another_worker_without_a_sweep(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 
+import pytest
 import redis
 from sqlalchemy import select
 
@@ -20,6 +21,13 @@ from tests.jobs.conftest import (
     wait_for,
     worker,
 )
+
+
+@pytest.fixture
+def job_app(job_app_each_store):  # type: ignore[no-untyped-def]
+    """Every fault here on SQLite and on PostgreSQL."""
+    return job_app_each_store
+
 
 REFERRAL = {
     "reason": "knee pain",

@@ -47,11 +47,12 @@ def survey_redis_url() -> Iterator[str]:
         conn.close()
 
 
-@pytest.fixture
-def survey_app(make_app, survey_redis_url: str):  # type: ignore[no-untyped-def]
+def make_survey_app(make_app, redis_url: str, **config: Any):  # type: ignore[no-untyped-def]
+    """The survey tests' app: its own queue on ``redis_url``; ``config`` adds settings
+    (``DATABASE_URL``: another store than the test's SQLite)."""
     queue = f"survey-test-{secrets.token_hex(4)}"
     app = make_app(
-        REDIS_URL=survey_redis_url,
+        REDIS_URL=redis_url,
         QUEUES=queue,
         TASK_QUEUE=queue,
         SURVEY_PUBLIC_URL="http://127.0.0.1:9",
@@ -59,9 +60,15 @@ def survey_app(make_app, survey_redis_url: str):  # type: ignore[no-untyped-def]
         TASK_LEASE_SECONDS=2,
         RETRY_BASE_SECONDS=1,
         TASK_SWEEP_GRACE_SECONDS=0,
+        **config,
     )
     register_survey(app)
     return app
+
+
+@pytest.fixture
+def survey_app(make_app, survey_redis_url: str):  # type: ignore[no-untyped-def]
+    return make_survey_app(make_app, survey_redis_url)
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from sandbox.testing import SandboxHandle, running_sandbox
 from smart_launch.fhir import FhirClient
 from tests.survey.conftest import (
     make_invite,
+    make_survey_app,
     questionnaire_responses,
     register_backend_ehr,
     work,
@@ -25,6 +26,13 @@ from tests.survey.conftest import (
 
 SYSTEM = "https://caredesk.example/fhir/sid/survey-invitation"
 ANSWERS = {"csat": "2", "nps": 4, "comment": "Long wait", "contact-ok": True}
+
+
+@pytest.fixture
+def survey_app(make_app, survey_redis_url: str, store_url: str):  # type: ignore[no-untyped-def]
+    """Every test here on SQLite and on PostgreSQL: a job's claim and outcome are one
+    statement each on PostgreSQL, several on SQLite (``jobs.tasks``)."""
+    return make_survey_app(make_app, survey_redis_url, DATABASE_URL=store_url)
 
 
 @pytest.fixture
