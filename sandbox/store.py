@@ -455,6 +455,10 @@ class FhirStore:
         self._seq = 0
         self.generation = 0
         self._cache: OrderedDict[tuple[Any, ...], list[str]] = OrderedDict()
+        # (type, token parameter) -> "system|code" -> ids: a search for whole tokens
+        # (an identifier, as a conditional create's If-None-Exist) looks its candidates
+        # up instead of reading every resource of the type, as a real server's index does.
+        self._tokens: dict[tuple[str, str], dict[str, set[str]]] = {}
 
     # -- writes
 
@@ -479,16 +483,36 @@ class FhirStore:
                 keys[name] = [sys.intern(v) for v in values]
         data = json.dumps(resource, separators=(",", ":"), ensure_ascii=False).encode()
         with self._lock:
-            self._seq += 1
-            self._types.setdefault(rtype, {})[rid] = Record(
-                self._seq, data, keys, span, tuple(compartment_patients(resource))
-            )
+            of_type = self._types.setdefault(rtype, {})
+            old = of_type.get(rid)
+            if old is not None:
+                self._index(rtype, rid, old.keys, add=False)
+                seq = old.seq  # a new version keeps its place in the insertion order
+            else:
+                self._seq += 1
+                seq = self._seq
+            of_type[rid] = Record(seq, data, keys, span, tuple(compartment_patients(resource)))
+            self._index(rtype, rid, keys, add=True)
             self.generation += 1
             self._cache.clear()
+
+    def _index(self, rtype: str, rid: str, keys: Mapping[str, list[str]], *, add: bool) -> None:
+        params = params_of(rtype)
+        for name, values in keys.items():
+            param = params[name]
+            if param.kind != "token" or param.normalize is not None:
+                continue
+            index = self._tokens.setdefault((rtype, name), {})
+            for value in values:
+                if add:
+                    index.setdefault(value, set()).add(rid)
+                elif value in index:
+                    index[value].discard(rid)
 
     def clear(self) -> None:
         with self._lock:
             self._types.clear()
+            self._tokens.clear()
             self.generation += 1
             self._cache.clear()
 
@@ -537,7 +561,13 @@ class FhirStore:
             if cached is not None:
                 self._cache.move_to_end(cache_key)
                 return cached
-            records = list(self._types.get(rtype, {}).items())
+            of_type = self._types.get(rtype, {})
+            candidates = self._indexed(rtype, criteria)
+            if candidates is None:
+                records = list(of_type.items())
+            else:
+                found = [(rid, of_type[rid]) for rid in candidates if rid in of_type]
+                records = sorted(found, key=lambda item: item[1].seq)
         matchers = [self._matcher(rtype, c, canonical) for c in criteria]
         ids = [
             rid
@@ -551,6 +581,27 @@ class FhirStore:
                 while len(self._cache) > 64:
                     self._cache.popitem(last=False)
         return ids
+
+    def _indexed(self, rtype: str, criteria: Sequence[Criterion]) -> set[str] | None:
+        """The ids that can match a criterion on whole tokens (``system|code``, no
+        modifier), the fewest of them when several can; None when no criterion can be
+        looked up (every resource of the type is a candidate). The caller still applies
+        every criterion to the candidates."""
+        best: set[str] | None = None
+        params = params_of(rtype)
+        for crit in criteria:
+            param = params[crit.name]
+            if param.kind != "token" or param.normalize is not None or crit.modifier:
+                continue
+            if not all(v.partition("|")[1] and v.partition("|")[2] for v in crit.values):
+                continue
+            index = self._tokens.get((rtype, crit.name), {})
+            ids: set[str] = set()
+            for value in crit.values:
+                ids |= index.get(value, set())
+            if best is None or len(ids) < len(best):
+                best = ids
+        return best
 
     def _matcher(self, rtype: str, crit: Criterion, canonical: bool) -> Callable[[Record], bool]:
         param = params_of(rtype)[crit.name]
