@@ -60,6 +60,11 @@ def appointments_of_patients(
             yield appt, patient
 
 
+# Built once per process: building the loader option cost a write-back job more than
+# looking the registration up in its session (issue 16).
+_WITH_SIGNING_KEYS = (joinedload(EhrRegistration.signing_keys),)
+
+
 @dataclass
 class JobContext:
     app: Flask
@@ -82,11 +87,10 @@ class JobContext:
     @property
     def registration(self) -> EhrRegistration:
         if self._registration is None:
-            # With its signing keys in the same query: the FHIR client needs them.
+            # With its signing keys in the same query: the FHIR client needs them. (A
+            # handler that loaded the row already finds it in the session, queried nothing.)
             reg = self.session.get(
-                EhrRegistration,
-                self.task.registration_id,
-                options=[joinedload(EhrRegistration.signing_keys)],
+                EhrRegistration, self.task.registration_id, options=_WITH_SIGNING_KEYS
             )
             if reg is None:
                 from jobs.errors import TaskError

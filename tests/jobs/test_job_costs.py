@@ -268,3 +268,31 @@ def test_the_ehr_client_honours_proxy_settings_as_requests_does(monkeypatch, url
         assert ours.merge_environment_settings(url, {}, None, None, None) == (
             plain.merge_environment_settings(url, {}, None, None, None)
         )
+
+
+def test_a_write_back_parses_no_scope_and_builds_no_loader_option(
+    make_app, pg_url, sandbox, monkeypatch
+) -> None:
+    from jobs import context
+    from smart_launch import scopes
+
+    app, reg_id, ids = _queued(make_app, pg_url, sandbox, 1)
+    _work(app)  # the first job of a process: its token, its registration's scopes
+    more = _writebacks(app, reg_id, 3)
+    parsed: list[str] = []
+    real_parse = scopes.parse_resource_scope
+
+    def parse(scope: str):  # type: ignore[no-untyped-def]
+        parsed.append(scope)
+        return real_parse(scope)
+
+    def no_option(*args: object) -> object:
+        raise AssertionError("a loader option built per job")
+
+    monkeypatch.setattr(scopes, "parse_resource_scope", parse)
+    monkeypatch.setattr(context, "joinedload", no_option)
+    _work(app)
+    assert _statuses(app, ids + more) == {"done"}
+    # The backend token's cache key is the registration's scopes translated for the EHR:
+    # translated once per process (smart_launch.scopes.translate), not twice per job.
+    assert parsed == []
