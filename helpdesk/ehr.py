@@ -24,7 +24,7 @@ from helpdesk.db import get_store
 from helpdesk.kv import get_redis
 from helpdesk.models import EhrRegistration, LaunchSession
 from smart_launch.backend import BackendTokenCache, backend_token
-from smart_launch.config import Registration, SigningKey
+from smart_launch.config import Alg, Registration, SigningKey
 from smart_launch.discovery import DiscoveryCache, SmartConfiguration, discover
 from smart_launch.errors import NeedsAuthorization, NoBackendClient
 from smart_launch.fhir import FhirClient
@@ -132,6 +132,24 @@ def redirect_uri(app: Flask | None = None) -> str:
     return url_for("launch.callback", _external=True)
 
 
+class _SealedKey(SigningKey):
+    """A registration's signing key as the store keeps it: decrypted each time it signs
+    (a token request), so a job whose backend token is cached decrypts no private key at
+    all (one decryption per job before, issue 16), and no decrypted key outlives its
+    signature. ``private_pem`` is left empty: ``pem()`` is how a key is read."""
+
+    _sealed: bytes
+    _vault: Vault
+
+    def __init__(self, kid: str, alg: Alg, sealed: bytes, vault: Vault) -> None:
+        super().__init__(kid=kid, alg=alg, private_pem="")
+        object.__setattr__(self, "_sealed", sealed)
+        object.__setattr__(self, "_vault", vault)
+
+    def pem(self) -> str:
+        return self._vault.decrypt(self._sealed)
+
+
 def to_registration(
     row: EhrRegistration,
     *,
@@ -143,7 +161,7 @@ def to_registration(
     a browser to the EHR and back) has a redirect URI; jobs and the CLI never redirect."""
     vault = vault or get_vault(app)
     keys = tuple(
-        SigningKey(kid=k.kid, alg=k.alg, private_pem=vault.decrypt(k.private_key_enc))  # type: ignore[arg-type]
+        _SealedKey(k.kid, k.alg, k.private_key_enc, vault)  # type: ignore[arg-type]
         for k in sorted(row.signing_keys, key=lambda k: (k.retired_at is not None, -k.id))
     )
     return Registration(

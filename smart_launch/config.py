@@ -23,12 +23,17 @@ class SigningKey:
     alg: Alg
     private_pem: str
 
+    def pem(self) -> str:
+        """The PEM text, read when the key signs (a store's subclass keeps it sealed until
+        then: ``helpdesk.ehr``)."""
+        return self.private_pem
+
     def private_key(self) -> RSAKey | ECKey:
         params: dict[str, Any] = {"kid": self.kid, "alg": self.alg, "use": "sig"}
         if self.alg == "RS384":
-            return RSAKey.import_key(self.private_pem, parameters=params)  # type: ignore[arg-type]
+            return RSAKey.import_key(self.pem(), parameters=params)  # type: ignore[arg-type]
         if self.alg == "ES384":
-            return ECKey.import_key(self.private_pem, parameters=params)  # type: ignore[arg-type]
+            return ECKey.import_key(self.pem(), parameters=params)  # type: ignore[arg-type]
         raise ValueError(f"unsupported signing algorithm {self.alg!r}")
 
     def public_jwk(self) -> dict[str, Any]:

@@ -296,3 +296,27 @@ def test_a_write_back_parses_no_scope_and_builds_no_loader_option(
     # The backend token's cache key is the registration's scopes translated for the EHR:
     # translated once per process (smart_launch.scopes.translate), not twice per job.
     assert parsed == []
+
+
+def test_a_write_back_with_its_token_cached_decrypts_no_private_key(
+    make_app, pg_url, sandbox, monkeypatch
+) -> None:
+    from helpdesk.crypto import Vault
+
+    app, reg_id, ids = _queued(make_app, pg_url, sandbox, 1)
+    decrypted: list[bytes] = []
+    real = Vault.decrypt
+
+    def decrypt(self: Vault, token: bytes) -> str:
+        decrypted.append(token)
+        return real(self, token)
+
+    monkeypatch.setattr(Vault, "decrypt", decrypt)
+    _work(app)  # the first job fetches the backend token: it signs, so it decrypts the key
+    assert len(decrypted) == 1
+    more = _writebacks(app, reg_id, 3)
+    decrypted.clear()
+    _work(app)
+    assert _statuses(app, ids + more) == {"done"}
+    # The token is cached: the signing key stays sealed (it was decrypted once per job).
+    assert decrypted == []
