@@ -4,9 +4,9 @@ someone has to act on it."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from fhir_mappers import issues
@@ -14,11 +14,9 @@ from fhir_mappers.fhirutil import (
     Ref,
     ResourceIndex,
     concept_text,
-    get_dict,
     get_int,
     get_list,
     get_str,
-    in_zone,
     patient_key,
     read_datetime,
     reference_of,
@@ -114,21 +112,17 @@ def _ended_at(
     return start
 
 
-class _Actor(NamedTuple):
-    kind: str  # resource type (from the reference, the target, or a guess)
-    name: str | None  # None for a Patient: the context's own patient is not named here
-    ref: str | None
-    target: Mapping[str, Any] | None
-    status: str | None  # the participant's status
+# What a reference string leads to, the same on every visit of a page: (the parsed
+# reference, None when it is not a FHIR reference; the contained or included target, if
+# any; the target's type, else the reference's; the target's own name, not the
+# reference's display; `Type/id` of a reference that is not contained). A plain tuple:
+# each participant of each visit unpacks one.
+_Resolved = tuple[Ref | None, Mapping[str, Any] | None, str | None, str | None, str | None]
+_NOTHING: _Resolved = (None, None, None, None, None)
 
-
-class _Resolved(NamedTuple):
-    """What a reference string leads to: the same on every visit of a page."""
-
-    ref: Ref | None  # None: not a FHIR reference
-    target: Mapping[str, Any] | None  # the contained or included resource, if any
-    kind: str | None  # the target's type, else the reference's
-    name: str | None  # the target's own name (not the reference's display)
+# The practitioner or the location of a visit: (name, `Type/id` of a reference that is not
+# contained, the target resource when it was found).
+_Role = tuple[str | None, str | None, Mapping[str, Any] | None]
 
 
 def _resolve_actor(
@@ -138,61 +132,68 @@ def _resolve_actor(
     memo: dict[tuple[str, str], Any] | None,
 ) -> _Resolved:
     """Parse, look up and name the target of an actor that has a reference; with a page's
-    memo, kept under ("actor", the reference as sent) for `_actors` to find next time (a
+    memo, kept under ("actor", the reference as sent) for `_cast` to find next time (a
     contained `#id` belongs to its appointment and is resolved each time)."""
     sent = actor.get("reference")
-    key = ("actor", sent) if memo is not None and type(sent) is str else None
     ref = reference_of(actor)
     if ref is None:
         return _NOTHING
     target = resolve(ref, included, container=resource)
     kind = get_str(target, "resourceType") or ref.type
     name = resource_name(target, included) if target is not None and kind != "Patient" else None
-    found = _Resolved(ref, target, kind, name)
-    if key is not None and memo is not None and not ref.contained:
-        memo[key] = found
+    if ref.contained:
+        return ref, target, kind, name, None
+    found = ref, target, kind, name, ref.key
+    if memo is not None and type(sent) is str:
+        memo["actor", sent] = found
     return found
 
 
-def _actors(
-    resource: Mapping[str, Any],
-    included: Included,
-    warn: Callable[..., None],
-) -> list[_Actor]:
-    """Resolve each participant's actor: contained or included resource, else display.
+def _cast(
+    resource: Mapping[str, Any], included: Included, warn: issues.Warnings
+) -> tuple[_Role | None, _Role | None, bool]:
+    """Who and where, in one pass over the participants: the practitioner, the location,
+    and whether a patient participant still has to answer (`needs-action`).
 
-    A page of visits names the same patient, practitioners and places again and again: with
-    a ResourceIndex, each reference is parsed, looked up and named once per page.
+    Each actor is its contained or included resource, else its display. A display-only
+    actor has no type: only when no actor is known to be a clinician is such an actor
+    taken as the clinician (locations and patients are rarely display-only). The first
+    actor of each kind counts. A page of visits names the same patient, practitioners and
+    places again and again: with a ResourceIndex, each reference is parsed, looked up and
+    named once per page.
     """
-    out: list[_Actor] = []
     memo = included.memo if isinstance(included, ResourceIndex) else None
+    practitioner: _Role | None = None
+    location: _Role | None = None
+    unknown: _Role | None = None
+    needs_action = False
     for i, part in enumerate(get_list(resource, "participant")):
-        actor = get_dict(part, "actor")
-        if actor is None:
+        actor = part.get("actor")
+        if type(actor) is not dict and not isinstance(actor, Mapping):
             continue
         sent = actor.get("reference")
-        cached = memo.get(("actor", sent)) if memo is not None and type(sent) is str else None
-        if isinstance(cached, _Resolved):
+        found = memo.get(("actor", sent)) if memo is not None and type(sent) is str else None
+        if found is not None:
             # Seen on this page: parsed, so `sent` is a non-blank reference string.
             raw: str | None = sent
-            found = cached
         else:
             raw = get_str(actor, "reference")
             found = _NOTHING if raw is None else _resolve_actor(actor, resource, included, memo)
-        ref, target = found.ref, found.target
+        ref, target, kind, name, key = found
         if raw is not None and ref is None:
             warn(
                 f"participant[{i}].actor",
                 "reference is not a FHIR reference",
                 issues.BAD_REFERENCE,
             )
-        kind = found.kind or get_str(actor, "type") or "Unknown"
-        key = ref.key if ref is not None and not ref.contained else None
+        kind = kind or get_str(actor, "type") or "Unknown"
         if kind == "Patient":
             # The context's own patient: known by reference, its name is not needed here.
-            out.append(_Actor(kind, None, key, target, get_str(part, "status")))
+            if not needs_action:
+                status = part.get("status")
+                needs_action = isinstance(status, str) and status.strip() == "needs-action"
             continue
-        name = found.name or get_str(actor, "display")
+        name = name or get_str(actor, "display")
         if name is None:
             warn(
                 f"participant[{i}].actor",
@@ -207,11 +208,17 @@ def _actors(
                 "actor has a display but no reference",
                 issues.DISPLAY_ONLY_REFERENCE,
             )
-        out.append(_Actor(kind, name, key, target, get_str(part, "status")))
-    return out
+        if kind in ("Practitioner", "PractitionerRole"):
+            if practitioner is None:
+                practitioner = (name, key, target)
+        elif kind in ("Location", "HealthcareService"):
+            if location is None:
+                location = (name, key, target)
+        elif kind == "Unknown" and unknown is None:
+            unknown = (name, key, target)
+    return practitioner or unknown, location, needs_action
 
 
-_NOTHING = _Resolved(None, None, None, None)
 _MISSING = object()
 
 
@@ -269,7 +276,21 @@ def to_visits(
     """`to_visit` for each of a page of appointments, in order; `now` and `viewer_tz` are
     checked, and the viewer's day worked out, once for the page."""
     viewer = _viewer_zone(now, viewer_tz)
-    today = now.astimezone(viewer).date()
+    return read_visits(
+        appointments, now=now, viewer=viewer, today=now.astimezone(viewer).date(), included=included
+    )
+
+
+def read_visits(
+    appointments: Iterable[Mapping[str, Any]],
+    *,
+    now: dt.datetime,
+    viewer: ZoneInfo,
+    today: dt.date,
+    included: Mapping[str, Mapping[str, Any]],
+) -> list[Visit]:
+    """`to_visits` for a caller that has checked `now` (aware) and the viewer's zone
+    already, and knows the viewer's day (`today`)."""
     return [
         _visit(resource, now=now, viewer=viewer, today=today, included=included)
         for resource in appointments
@@ -292,133 +313,155 @@ def _visit(
     today: dt.date,
     included: Mapping[str, Mapping[str, Any]],
 ) -> Visit:
-    """`to_visit` once `now` and the viewer's zone are known good; `today` is the viewer's."""
+    """`to_visit` once `now` and the viewer's zone are known good; `today` is the viewer's.
+
+    Read in one pass, without a call per field where the JSON has the usual shape: a
+    page maps every appointment of a patient or of a day (issue 16 §2).
+    """
     warn = issues.Warnings("Appointment", resource, once=True)
     resource = warn.readable(resource)
+    get = resource.get
 
-    # A display-only actor has no type. Only when no actor is known to be a clinician is
-    # such an actor taken as the clinician: locations and patients are rarely display-only.
-    practitioner = location = unknown = None
-    patient_statuses: list[str | None] = []
-    for actor in _actors(resource, included, warn):
-        kind = actor.kind
-        if kind == "Patient":
-            patient_statuses.append(actor.status)
-        elif kind in ("Practitioner", "PractitionerRole"):
-            practitioner = practitioner or actor
-        elif kind in ("Location", "HealthcareService"):
-            location = location or actor
-        elif kind == "Unknown":
-            unknown = unknown or actor
-    practitioner = practitioner or unknown
+    clinician, place, needs_action = _cast(resource, included, warn)
 
     happens_in = viewer
-    if location is not None and location.target is not None:
+    if place is not None and place[2] is not None:
         memo = included.memo if isinstance(included, ResourceIndex) else None
-        if memo is not None and location.ref is not None:
-            found = memo.get(("zone", location.ref), _MISSING)
+        if memo is not None and place[1] is not None:
+            found = memo.get(("zone", place[1]), _MISSING)
             if found is _MISSING:
-                found = memo[("zone", location.ref)] = location_zone(location.target)
+                found = memo[("zone", place[1])] = location_zone(place[2])
         else:
-            found = location_zone(location.target)
+            found = location_zone(place[2])
         happens_in = found or viewer
-    zone_name = happens_in.key
+    time_zone = happens_in.key
 
-    def when(field: str) -> tuple[dt.datetime | None, dt.datetime | None]:
-        """The instant in `field` on the viewer's clock and on the location's; a value
-        without an offset is read in the zone the visit happens in."""
-        raw = resource.get(field)
-        if raw is None:
-            return None, None
-        parsed, assumed = read_datetime(raw, happens_in)
-        if parsed is None:
-            warn(field, "not a readable dateTime", issues.BAD_VALUE)
-            return None, None
-        if assumed:
-            # Wall-clock time from an interface that dropped the offset: the location's
-            # zone is the best guess, and it is only a guess.
-            warn(
-                field,
-                f"time has no timezone offset; taken as {zone_name}",
-                issues.NO_TIMEZONE,
-                f"The appointment's {field_words(field)} has no time zone; read as "
-                f"{zone_words(zone_name)} time.",
-            )
-        shown = in_zone(parsed, viewer)
-        local = shown if happens_in is viewer else in_zone(parsed, happens_in)
-        if shown is None or local is None:
-            warn(
-                field,
-                "dateTime is outside the years a calendar can show",
-                issues.BAD_VALUE,
-                f"The appointment's {field_words(field)} is outside the years a calendar can "
-                "show (near year 1 or 9999); it is left out.",
-            )
-            return None, None
-        return shown, local
-
-    (start, local_start), (end, local_end) = when("start"), when("end")
-    status = get_str(resource, "status")
+    start = local_start = end = local_end = None
+    if (raw := get("start")) is not None:
+        start, local_start = _when(raw, "start", viewer, happens_in, warn)
+    if (raw := get("end")) is not None:
+        end, local_end = _when(raw, "end", viewer, happens_in, warn)
+    status = get("status")
+    status = (status.strip() or None) if isinstance(status, str) else None
     if status is None:
         warn("status", "no status", issues.MISSING)
     if start is None and status not in _NO_TIME_NEEDED and "start" not in resource:
         warn("start", "no start time", issues.MISSING)
 
-    # Name the location's zone only where its clock reads differently from the viewer's.
-    elsewhere = (
-        zone_name != viewer.key
-        and start is not None
-        and local_start is not None
-        and start.utcoffset() != local_start.utcoffset()
-    )
-    over = _ended_at(start, end, status, get_int(resource, "minutesDuration"))
     is_today = start is not None and start.date() == today
     if start is None:
         timing = "unknown"
-    elif (over is not None and over <= now) or status in _OVER_ONCE_STARTED:
-        # A visit that ended this morning is over: timing follows its end, not its date.
+    elif status in _OVER_ONCE_STARTED:
         # One the EHR already calls fulfilled or a no-show is over even if its start reads
         # later than now (a clock or data-entry slip): it is never offered as upcoming.
         timing = "past"
-    elif is_today:
-        timing = "today"
     else:
-        timing = "upcoming"
-
+        # A visit that ended this morning is over: timing follows its end, not its date.
+        over = end
+        if over is None or over < start:  # no usable end: the duration's, else the start
+            over = _ended_at(start, None, status, get_int(resource, "minutesDuration")) or start
+        if over <= now:
+            timing = "past"
+        elif is_today:
+            timing = "today"
+        else:
+            timing = "upcoming"
     needs_confirmation = (
         timing != "past"
         and status not in _SETTLED
-        and (status in ("proposed", "pending") or "needs-action" in patient_statuses)
+        and (status in ("proposed", "pending") or needs_action)
     )
-    service = next(
-        (t for c in get_list(resource, "serviceType") if (t := concept_text(c))), None
-    ) or concept_text(next(iter(get_list(resource, "serviceCategory")), None))
+
+    # Name the location's zone only where its clock reads differently from the viewer's.
+    location_tz = location_tz_abbr = location_start = location_end = None
+    if (
+        time_zone != viewer.key
+        and start is not None
+        and local_start is not None
+        and start.utcoffset() != local_start.utcoffset()
+    ):
+        location_tz, location_tz_abbr = time_zone, _abbr(local_start)
+        location_start, location_end = local_start, local_end
+
+    service = None
+    for concept in get_list(resource, "serviceType"):
+        service = concept_text(concept)
+        if service is not None:
+            break
+    else:
+        categories = get_list(resource, "serviceCategory")
+        service = concept_text(categories[0]) if categories else None
+    description = get("description")
+    description = (description.strip() or None) if isinstance(description, str) else None
+    practitioner, practitioner_ref = (clinician[0], clinician[1]) if clinician else (None, None)
+    location, location_ref = (place[0], place[1]) if place else (None, None)
+    cancellation_reason = concept_text(get("cancelationReason")) if status == "cancelled" else None
+    appointment_id = warn.resource_id
+    status_text = (STATUS_TEXT.get(status) or f"Status {status}") if status else "Status unknown"
+    tz_abbr = _abbr(start)
+    appointment_type = concept_text(get("appointmentType"))
+    warnings = tuple(warn.found)
+    # Positional, each argument the local of its field's name (a test checks the order):
+    # keyword arguments cost a microsecond more per record, on every visit of a page.
     return Visit(
-        appointment_id=warn.resource_id,
-        status=status,
-        status_text=STATUS_TEXT.get(
-            status or "", f"Status {status}" if status else "Status unknown"
-        ),
-        start=start,
-        end=end,
-        time_zone=zone_name,
-        timing=timing,
-        is_today=is_today,
-        tz_abbr=_abbr(start),
-        location_tz=zone_name if elsewhere else None,
-        location_start=local_start if elsewhere else None,
-        location_end=local_end if elsewhere else None,
-        location_tz_abbr=_abbr(local_start) if elsewhere else None,
-        needs_confirmation=needs_confirmation,
-        service=service,
-        appointment_type=concept_text(get_dict(resource, "appointmentType")),
-        description=get_str(resource, "description"),
-        practitioner=practitioner.name if practitioner else None,
-        practitioner_ref=practitioner.ref if practitioner else None,
-        location=location.name if location else None,
-        location_ref=location.ref if location else None,
-        cancellation_reason=concept_text(get_dict(resource, "cancelationReason"))
-        if status == "cancelled"
-        else None,
-        warnings=tuple(warn.found),
+        appointment_id,
+        status,
+        status_text,
+        start,
+        end,
+        time_zone,
+        timing,
+        is_today,
+        tz_abbr,
+        location_tz,
+        location_start,
+        location_end,
+        location_tz_abbr,
+        needs_confirmation,
+        service,
+        appointment_type,
+        description,
+        practitioner,
+        practitioner_ref,
+        location,
+        location_ref,
+        cancellation_reason,
+        warnings,
     )
+
+
+def _when(
+    raw: object, field: str, viewer: ZoneInfo, happens_in: ZoneInfo, warn: issues.Warnings
+) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """The instant in `field` on the viewer's clock and on the location's; a value
+    without an offset is read in the zone the visit happens in."""
+    parsed, assumed = read_datetime(raw, happens_in)
+    if parsed is None:
+        warn(field, "not a readable dateTime", issues.BAD_VALUE)
+        return None, None
+    if assumed:
+        # Wall-clock time from an interface that dropped the offset: the location's
+        # zone is the best guess, and it is only a guess.
+        zone_name = happens_in.key
+        warn(
+            field,
+            f"time has no timezone offset; taken as {zone_name}",
+            issues.NO_TIMEZONE,
+            f"The appointment's {field_words(field)} has no time zone; read as "
+            f"{zone_words(zone_name)} time.",
+        )
+    try:
+        shown = parsed.astimezone(viewer)
+        local = shown if happens_in is viewer else parsed.astimezone(happens_in)
+    except (OverflowError, ValueError):
+        # `0001-01-01T00:30:00+14:00` is a valid FHIR instant whose UTC time is in year
+        # 0, which Python cannot represent (see `fhirutil.in_zone`).
+        warn(
+            field,
+            "dateTime is outside the years a calendar can show",
+            issues.BAD_VALUE,
+            f"The appointment's {field_words(field)} is outside the years a calendar can "
+            "show (near year 1 or 9999); it is left out.",
+        )
+        return None, None
+    return shown, local

@@ -93,7 +93,7 @@ def restrictions_of(patient: object) -> tuple[str, ...]:
 
 def is_deceased(patient: object) -> bool:
     """`deceasedBoolean: true` or any `deceasedDateTime`."""
-    if not isinstance(patient, Mapping):
+    if type(patient) is not dict and not isinstance(patient, Mapping):
         return False
     return (
         patient.get("deceasedBoolean") is True or get_str(patient, "deceasedDateTime") is not None
@@ -115,8 +115,11 @@ def blocked_by(restrictions: Iterable[str]) -> frozenset[str]:
     """What a set of restriction codes blocks (see `blocked`)."""
     out: set[str] = set()
     for code in restrictions:
-        out |= _BLOCKS.get(_SYNONYMS.get(code, code), frozenset())
-    return frozenset(out)
+        out |= _BLOCKS.get(_SYNONYMS.get(code, code), _NONE)
+    return frozenset(out) if out else _NONE
+
+
+_NONE: frozenset[str] = frozenset()
 
 
 def may_sms(patient: object) -> bool:
@@ -145,8 +148,11 @@ def may_survey(patient: object) -> bool:
 
 
 def _language_code(communication: Mapping[str, Any]) -> str | None:
-    pairs = codes(get_dict(communication, "language"))
-    return next((c for s, c in pairs if s == BCP47), pairs[0][1] if pairs else None)
+    pairs = codes(communication.get("language"))
+    for system, code in pairs:
+        if system == BCP47:
+            return code
+    return pairs[0][1] if pairs else None
 
 
 def patient_languages(patient: object) -> tuple[str, ...]:
@@ -165,7 +171,10 @@ def patient_languages(patient: object) -> tuple[str, ...]:
 def preferred_communication(patient: object) -> Mapping[str, Any] | None:
     """The `Patient.communication` marked `preferred`, else the first one; None if none."""
     comms = get_list(patient, "communication")
-    return next((c for c in comms if c.get("preferred") is True), comms[0] if comms else None)
+    for comm in comms:
+        if comm.get("preferred") is True:
+            return comm
+    return comms[0] if comms else None
 
 
 def language_code(communication: Mapping[str, Any] | None) -> str | None:
@@ -206,13 +215,14 @@ def match_language(wanted: Sequence[str] | str | None, available: Sequence[str])
     for want in wants:
         if not isinstance(want, str) or not want.strip():
             continue
-        exact = next((a for a in offered if a.strip().lower() == want.strip().lower()), None)
-        if exact is not None:
-            return exact
+        key = want.strip().lower()
+        for exact in offered:
+            if exact.strip().lower() == key:
+                return exact
         base = base_language(want)
-        loose = next((a for a in offered if base_language(a) == base), None)
-        if loose is not None:
-            return loose
+        for loose in offered:
+            if base_language(loose) == base:
+                return loose
     return None
 
 
@@ -306,21 +316,39 @@ def is_current(element: Mapping[str, Any], now: dt.datetime) -> bool:
     return end is None or end > now
 
 
-def current_telecoms(patient: object, now: dt.datetime) -> list[Mapping[str, Any]]:
+# A usable contact point with its fields read once: (the point, `system`, `value`, `use`,
+# `rank`); `system` and `use` stripped, None when absent; `rank` None unless an integer.
+ContactPoint = tuple[Mapping[str, Any], str | None, str, str | None, int | None]
+
+
+def contact_points(patient: object, now: dt.datetime) -> list[ContactPoint]:
     """The patient's usable contact points, best first: with a value, not `old`, period not
-    ended; by `rank` (1 is best; unranked after ranked), then in the EHR's order."""
-    current = [
-        (i, cp)
-        for i, cp in enumerate(get_list(patient, "telecom"))
-        if get_str(cp, "value") and get_str(cp, "use") != "old" and is_current(cp, now)
-    ]
-    current.sort(key=lambda item: (_rank(item[1]), item[0]))
-    return [cp for _, cp in current]
+    ended; by `rank` (1 is best; unranked after ranked), then in the EHR's order.
+
+    One pass that reads each field of a point once: the Patient mapper reads every point
+    of every patient of a page (issue 16 §2).
+    """
+    current: list[tuple[int, int, ContactPoint]] = []
+    ranked = False
+    for i, cp in enumerate(get_list(patient, "telecom")):
+        value = get_str(cp, "value")
+        if not value:
+            continue
+        use = get_str(cp, "use")
+        if use == "old" or (cp.get("period") is not None and not is_current(cp, now)):
+            continue
+        rank = get_int(cp, "rank")
+        order = rank if rank is not None and rank > 0 else 1_000_000
+        ranked = ranked or order != 1_000_000
+        current.append((order, i, (cp, get_str(cp, "system"), value, use, rank)))
+    if ranked:
+        current.sort()  # by (rank, position): no two positions tie
+    return [found for _, _, found in current]
 
 
-def _rank(point: Mapping[str, Any]) -> int:
-    rank = get_int(point, "rank")
-    return rank if rank is not None and rank > 0 else 1_000_000
+def current_telecoms(patient: object, now: dt.datetime) -> list[Mapping[str, Any]]:
+    """`contact_points`, as the points themselves."""
+    return [found[0] for found in contact_points(patient, now)]
 
 
 def channel_for(point: Mapping[str, Any], blocked_channels: frozenset[str]) -> str | None:
@@ -329,8 +357,12 @@ def channel_for(point: Mapping[str, Any], blocked_channels: frozenset[str]) -> s
     A mobile number is taken as textable: that is what reminders use first. If texting is
     refused, the same number can still be called.
     """
-    system = get_str(point, "system")
-    if system == "sms" or (system == "phone" and get_str(point, "use") == "mobile"):
+    return channel_of(get_str(point, "system"), get_str(point, "use"), blocked_channels)
+
+
+def channel_of(system: str | None, use: str | None, blocked_channels: frozenset[str]) -> str | None:
+    """`channel_for` on a point's `system` and `use`, already read."""
+    if system == "sms" or (system == "phone" and use == "mobile"):
         if "sms" not in blocked_channels:
             return "sms"
         return "phone" if system == "phone" and "phone" not in blocked_channels else None

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fhir_mappers import flags
-from fhir_mappers.appointment import Visit, patients_of, to_visits
+from fhir_mappers.appointment import Visit, patients_of, read_visits
 from fhir_mappers.contact import blocked_by, needs_interpreter
 from fhir_mappers.coverage import Insurance, beneficiary_of, to_insurance
 from fhir_mappers.fhirutil import (
@@ -101,13 +101,31 @@ def _overdue_call(task: Mapping[str, Any], now: dt.datetime) -> bool:
     return flags.call_overdue(parse_datetime(task.get("due_at"), dt.UTC), now)
 
 
-def _no_show_to_rebook(visits: Sequence[Visit]) -> bool:
-    """The latest visit that has taken place was a no-show, and nothing is booked since."""
-    real = [v for v in visits if v.status not in flags.NOT_A_VISIT and v.start is not None]
-    if any(v.timing in ("today", "upcoming") for v in real):
-        return False
-    past = [v for v in real if v.timing == "past"]
-    return bool(past) and past[-1].status == "noshow"
+def _visit_flags(visits: Sequence[Visit]) -> list[str]:
+    """The flags a patient's visits raise, in one pass over them (sorted by start):
+    unconfirmed, visit today, and a no-show to rebook (the latest visit that has taken
+    place was a no-show, and nothing is booked since). Cancelled visits count for none."""
+    found: list[str] = []
+    unconfirmed = today = booked = False
+    last_past: Visit | None = None
+    for visit in visits:
+        if visit.status in flags.NOT_A_VISIT:
+            continue
+        timing = visit.timing  # "unknown" exactly when there is no start
+        unconfirmed = unconfirmed or visit.needs_confirmation
+        if timing == "today":
+            today = booked = True
+        elif timing == "upcoming":
+            booked = True
+        elif timing == "past":
+            last_past = visit
+    if unconfirmed:
+        found.append(flags.UNCONFIRMED)
+    if not booked and last_past is not None and last_past.status == "noshow":
+        found.append(flags.NO_SHOW)
+    if today:
+        found.append(flags.VISIT_TODAY)
+    return found
 
 
 def patient_flags(
@@ -150,22 +168,18 @@ def _flags(
     found = patient_flags(
         contact=contact, insurance_state=insurance.state, clinic_languages=clinic_languages
     )
-    live = [v for v in visits if v.status not in flags.NOT_A_VISIT]
-    if any(v.needs_confirmation for v in live):
-        found.append(flags.UNCONFIRMED)
-    if _no_show_to_rebook(visits):
-        found.append(flags.NO_SHOW)
-    if any(v.timing == "today" for v in live):
-        found.append(flags.VISIT_TODAY)
-    if any(t.get("kind") == "reminder" and t.get("status") == "failed" for t in tasks):
-        found.append(flags.REMINDER_FAILED)
-    open_tickets = [t for t in tickets if _open(t)]
-    if any(str(t.get("priority", "")).lower() in flags.HIGH_PRIORITIES for t in open_tickets):
-        found.append(flags.HIGH_PRIORITY_TICKET)
-    elif open_tickets:
-        found.append(flags.OPEN_TICKET)
-    if any(_overdue_call(t, now) for t in tasks):
-        found.append(flags.OVERDUE_CALL)
+    found += _visit_flags(visits)
+    if tasks:
+        if any(t.get("kind") == "reminder" and t.get("status") == "failed" for t in tasks):
+            found.append(flags.REMINDER_FAILED)
+        if any(_overdue_call(t, now) for t in tasks):
+            found.append(flags.OVERDUE_CALL)
+    if tickets:
+        open_tickets = [t for t in tickets if _open(t)]
+        if any(str(t.get("priority", "")).lower() in flags.HIGH_PRIORITIES for t in open_tickets):
+            found.append(flags.HIGH_PRIORITY_TICKET)
+        elif open_tickets:
+            found.append(flags.OPEN_TICKET)
     return flags.ordered(found)
 
 
@@ -199,85 +213,104 @@ def build_context(
         raise ValueError("viewer_tz is not a known time zone")
     now_local = now.astimezone(viewer)
     missing = dict(unavailable or {})
-    warnings: list[DataWarning] = []
 
-    seen: set[tuple[str, str | None, str, str]] = set()
-
-    def extend(found: Sequence[DataWarning]) -> None:
-        # The mappers and the validator often see the same problem; keep the first (the
-        # mapper's, whose message says what was assumed).
-        for warning in found:
-            key = (warning.resource_type, warning.resource_id, warning.field, warning.code)
-            if key not in seen:
-                seen.add(key)
-                warnings.append(warning)
-
-    resources: list[Mapping[str, Any]] = []
     contact: Contact | None = None
     if patient is not None:
-        resources.append(patient)
         contact = to_contact(patient, now=now_local)
     elif "patient" not in missing:
         missing["patient"] = "no Patient resource"
 
     included_by_key = index_resources(included)
-    resources.extend(appointments)
-    visits = to_visits(appointments, now=now, viewer_tz=viewer_tz, included=included_by_key)
-    visits.sort(
-        key=lambda v: (
-            v.start is None,
-            v.start.timestamp() if v.start else 0.0,
-            v.appointment_id or "",
-        )
+    by_start = read_visits(
+        appointments, now=now, viewer=viewer, today=now_local.date(), included=included_by_key
     )
+    # By start, unknown times last; the instants are compared, not the clock readings (an
+    # hour repeats when the clocks go back). Each visit's key is worked out once, and only
+    # when there are two visits to put in order.
+    keyed = [(False, 0.0, "", 0, v) for v in by_start]
+    if len(by_start) > 1:
+        keyed = [
+            (v.start is None, v.start.timestamp() if v.start else 0.0, v.appointment_id or "", i, v)
+            for i, v in enumerate(by_start)
+        ]
+        keyed.sort()  # the position settles a tie: two visits are never compared
+        by_start = [v for *_, v in keyed]
 
     if coverages is None:
         missing.setdefault("coverage", "not fetched")
         insurance = to_insurance([], now=now_local, expiring_days=expiring_days)
         insurance = dataclasses.replace(insurance, state="unknown")
     else:
-        resources.extend(coverages)
         insurance = to_insurance(
             coverages, now=now_local, expiring_days=expiring_days, included=included_by_key
         )
 
-    if contact is not None:
-        extend(contact.warnings)
-    for visit in visits:
-        extend(visit.warnings)
-    for policy in insurance.policies:
-        extend(policy.warnings)
+    # The mappers and the validator often see the same problem; keep the first (the
+    # mapper's, whose message says what was assumed).
+    found: list[Sequence[DataWarning]] = [contact.warnings] if contact is not None else []
+    found += [visit.warnings for visit in by_start if visit.warnings]
+    found += [policy.warnings for policy in insurance.policies if policy.warnings]
     if validate:
-        for res in [*resources, *included]:
-            extend(validation_warnings(res))
+        checked = [patient] if patient is not None else []
+        checked += [*appointments, *(coverages or ()), *included]
+        found += [validation_warnings(res) for res in checked]
+    kept: list[DataWarning] = []
+    seen: set[tuple[str, str | None, str, str]] = set()
+    for some in found:
+        for warning in some:
+            key = (warning.resource_type, warning.resource_id, warning.field, warning.code)
+            if key not in seen:
+                seen.add(key)
+                kept.append(warning)
 
-    ticket_rows = _store_rows(tickets)
-    task_rows = _store_rows(tasks)
-    codes = _flags(contact, visits, insurance, ticket_rows, task_rows, now, clinic_languages)
-    shown = [v for v in visits if v.status != "entered-in-error"]
+    ticket_rows = _store_rows(tickets) if tickets else ()
+    task_rows = _store_rows(tasks) if tasks else ()
+    codes = _flags(contact, by_start, insurance, ticket_rows, task_rows, now, clinic_languages)
+    shown: list[Visit] = []
+    past: list[tuple[float, str, Visit]] = []
+    for _, stamp, appointment_id, _, v in keyed:
+        if v.status == "entered-in-error":
+            continue
+        if v.timing in ("today", "upcoming"):
+            shown.append(v)
+        elif v.timing == "past":
+            past.append((stamp, appointment_id, v))
+    if len(past) > 1:
+        # Newest first; visits that tie keep their order by start (the sort is stable).
+        past.sort(key=lambda r: (r[0], r[1]), reverse=True)
+
+    patient_id = contact.patient_id if contact else None
+    generated_at = now
+    viewer_tz = viewer.key
+    visits = tuple(by_start)
+    upcoming = tuple(shown)
+    recent = tuple([r[2] for r in past])
+    tickets = ticket_rows
+    tasks = task_rows
+    surveys = _store_rows(surveys) if surveys else ()
+    alerts = flags.describe(codes)
+    needs_call = flags.needs_call(codes)
+    unavailable = dict(sorted(missing.items())) if missing else {}
+    warnings = tuple(kept)
+    # Positional, each argument the local of its field's name, `codes` for `flags` (a test
+    # checks the order): keyword arguments cost a microsecond more per context.
     return HelpdeskContext(
-        patient_id=contact.patient_id if contact else None,
-        generated_at=now,
-        viewer_tz=viewer.key,
-        contact=contact,
-        visits=tuple(visits),
-        insurance=insurance,
-        tickets=ticket_rows,
-        tasks=task_rows,
-        surveys=_store_rows(surveys),
-        flags=codes,
-        alerts=flags.describe(codes),
-        needs_call=flags.needs_call(codes),
-        upcoming=tuple(v for v in shown if v.timing in ("today", "upcoming")),
-        recent=tuple(
-            sorted(
-                (v for v in shown if v.timing == "past"),
-                key=lambda v: (v.start.timestamp() if v.start else 0.0, v.appointment_id or ""),
-                reverse=True,
-            )
-        ),
-        unavailable=dict(sorted(missing.items())),
-        warnings=tuple(warnings),
+        patient_id,
+        generated_at,
+        viewer_tz,
+        contact,
+        visits,
+        upcoming,
+        recent,
+        insurance,
+        tickets,
+        tasks,
+        surveys,
+        codes,
+        alerts,
+        needs_call,
+        unavailable,
+        warnings,
     )
 
 

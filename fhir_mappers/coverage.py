@@ -98,19 +98,19 @@ def to_policy(
     if end_raw and end_bounds is None:
         warn("period.end", "not a readable date", issues.BAD_VALUE)
     # A partial period means its widest reading: from the first day, through the last.
-    start = start_bounds[0] if start_bounds else None
-    end = end_bounds[1] if end_bounds else None
-    days_left = (end - today).days if end else None
+    period_start = start_bounds[0] if start_bounds else None
+    period_end = end_bounds[1] if end_bounds else None
+    days_left = (period_end - today).days if period_end else None
 
     if status is None:
         warn("status", "no status", issues.MISSING)
     if status == "cancelled":
         state = "cancelled"
-    elif end is not None and end < today:
+    elif period_end is not None and period_end < today:
         state = "expired"
     elif status != "active":
         state = "unknown"  # draft, or missing
-    elif start is not None and start > today:
+    elif period_start is not None and period_start > today:
         warn(
             "period.start",
             "coverage starts in the future",
@@ -123,7 +123,7 @@ def to_policy(
     else:
         state = "active"
 
-    payor_name: str | None = None
+    payor: str | None = None
     payor_ref: str | None = None
     payors = get_list(resource, "payor")
     if not payors:
@@ -140,11 +140,11 @@ def to_policy(
             warn("payor[0]", "reference is not a FHIR reference", issues.BAD_REFERENCE)
         # The reference parsed above, not again: `name_of` with the target it points at.
         target = resolve(ref, included or {}, container=resource) if ref is not None else None
-        payor_name = name_of(first, target, included or {})
+        payor = name_of(first, target, included or {})
         payor_ref = ref.key if ref and not ref.contained else None
-        if ref is None and payor_name:
+        if ref is None and payor:
             warn("payor[0]", "payor has a display but no reference", issues.DISPLAY_ONLY_REFERENCE)
-        elif payor_name is None:
+        elif payor is None:
             warn(
                 "payor[0]",
                 "payor has no name",
@@ -154,31 +154,49 @@ def to_policy(
             )
 
     classes = _class_values(resource)
-    plan_name, plan_value = classes.get("plan", (None, None))
+    plan_name, plan_id = classes.get("plan", (None, None))
     group_name, group_value = classes.get("group", (None, None))
-    member = _member_id(resource)
-    if member is None:
+    member_id = _member_id(resource)
+    if member_id is None:
         warn(
             "subscriberId",
             "no member id (subscriberId or MB identifier)",
             issues.MISSING,
             "The coverage record has no member id (subscriberId or an identifier of type MB).",
         )
+    coverage_id = warn.resource_id
+    plan = plan_name or plan_id
+    group = group_value or group_name
+    order = get_int(resource, "order")
+    warnings = tuple(warn.found)
+    # Positional, each argument the local of its field's name (a test checks the order):
+    # keyword arguments cost a microsecond more per record.
     return Policy(
-        coverage_id=warn.resource_id,
-        state=state,
-        status=status,
-        payor=payor_name,
-        payor_ref=payor_ref,
-        plan=plan_name or plan_value,
-        plan_id=plan_value,
-        group=group_value or group_name,
-        member_id=member,
-        order=get_int(resource, "order"),
-        period_start=start,
-        period_end=end,
-        days_left=days_left,
-        warnings=tuple(warn.found),
+        coverage_id,
+        state,
+        status,
+        payor,
+        payor_ref,
+        plan,
+        plan_id,
+        group,
+        member_id,
+        order,
+        period_start,
+        period_end,
+        days_left,
+        warnings,
+    )
+
+
+def _policy_order(policy: Policy) -> tuple[int, int, int]:
+    """Usable first, by `order` (1 = primary; no order after any order), then the rest by
+    how recently they ended."""
+    usable = policy.state in _USABLE
+    return (
+        0 if usable else 1,
+        policy.order if policy.order is not None else 1_000_000,
+        0 if usable or policy.period_end is None else -policy.period_end.toordinal(),
     )
 
 
@@ -203,28 +221,22 @@ def to_insurance(
     policies = [
         to_policy(c, today=today, expiring_days=expiring_days, included=included)
         for c in coverages
-        if isinstance(c, Mapping) and get_str(c, "status") != "entered-in-error"
+        if (type(c) is dict or isinstance(c, Mapping))
+        and get_str(c, "status") != "entered-in-error"
     ]
-    indexed = list(enumerate(policies))
-    # Usable first, by `order` (1 = primary; no order after any order), then the rest by
-    # how recently they ended.
-    indexed.sort(
-        key=lambda item: (
-            0 if item[1].state in _USABLE else 1,
-            item[1].order if item[1].order is not None else 1_000_000,
-            -(item[1].period_end.toordinal() if item[1].period_end else 0)
-            if item[1].state not in _USABLE
-            else 0,
-            item[0],
-        )
-    )
-    ordered = tuple(p for _, p in indexed)
-    primary = next((p for p in ordered if p.state in _USABLE), None)
-    if not ordered:
+    if len(policies) > 1:
+        policies.sort(key=_policy_order)  # stable: policies that tie keep the EHR's order
+    primary = None
+    for policy in policies:
+        if policy.state in _USABLE:
+            primary = policy
+            break
+    if not policies:
         state = "none"
     elif primary is not None:
         state = primary.state
     else:
-        present = {p.state for p in ordered}
+        present = {p.state for p in policies}
         state = next(s for s in ("expired", "cancelled", "unknown") if s in present)
-    return Insurance(state=state, primary=primary, policies=ordered, expiring_days=expiring_days)
+    ordered = tuple(policies)
+    return Insurance(state, primary, ordered, expiring_days)

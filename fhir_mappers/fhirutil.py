@@ -151,8 +151,10 @@ def index_resources(resources: Iterable[object]) -> ResourceIndex:
     """`Type/id` -> resource for the resources that have both; the first one wins."""
     found = ResourceIndex()
     for res in resources:
+        if type(res) is not dict and not isinstance(res, Mapping):
+            continue
         rtype, rid = get_str(res, "resourceType"), get_str(res, "id")
-        if rtype and rid and isinstance(res, Mapping):
+        if rtype and rid:
             found.setdefault(f"{rtype}/{rid}", res)
     return found
 
@@ -348,12 +350,19 @@ def get_dict(obj: object, key: str) -> Mapping[str, Any] | None:
 
 
 def get_list(obj: object, key: str) -> list[Mapping[str, Any]]:
-    """The dict items of a list field (an object where a list belongs counts as one item)."""
+    """The dict items of a list field (an object where a list belongs counts as one item).
+
+    A list whose items are all objects, the usual case, comes back itself, not copied:
+    read it, do not change it.
+    """
     if type(obj) is not dict and (obj is None or not isinstance(obj, Mapping)):
         return []
     value = obj.get(key)
     if type(value) is list:
-        return [v for v in value if type(v) is dict or isinstance(v, Mapping)]
+        for item in value:
+            if type(item) is not dict:
+                return [v for v in value if type(v) is dict or isinstance(v, Mapping)]
+        return value
     if value is None:
         return []
     if isinstance(value, Mapping):
@@ -421,17 +430,21 @@ def concept_text(concept: object) -> str | None:
     """The words for a CodeableConcept: its text, else the first coding display, else code."""
     if type(concept) is not dict and (concept is None or not isinstance(concept, Mapping)):
         return None
-    text = get_str(concept, "text")
-    if text:
+    text = concept.get("text")
+    if isinstance(text, str) and (text := text.strip()):
         return text
-    codings = get_list(concept, "coding") if "coding" in concept else [concept]
+    if "coding" not in concept:
+        codings: Any = (concept,)  # a Coding itself
+    else:
+        codings = concept["coding"]
+        if type(codings) is not list:
+            codings = get_list(concept, "coding")
+    # get_str is None for an item that is not an object, as if get_list had dropped it.
     for coding in codings:
-        display = get_str(coding, "display")
-        if display:
+        if display := get_str(coding, "display"):
             return display
     for coding in codings:
-        code = get_str(coding, "code")
-        if code:
+        if code := get_str(coding, "code"):
             return code
     return None
 

@@ -97,17 +97,17 @@ def coverage_flag(state: str | None) -> str | None:
 
 def ordered(codes: Iterable[str]) -> tuple[str, ...]:
     """Codes once each, most urgent first; codes outside the vocabulary are dropped."""
-    present = set(codes)
-    return tuple(code for code in ORDER if code in present)
+    present = RANK.keys() & codes
+    return tuple(sorted(present, key=RANK.__getitem__)) if present else ()
 
 
 def needs_call(codes: Iterable[str]) -> bool:
     """Does any of these flags mean somebody should phone the patient?"""
-    return any(code in NEEDS_CALL for code in codes)
+    return not NEEDS_CALL.isdisjoint(codes)
 
 
 def describe(codes: Iterable[str]) -> tuple[Flag, ...]:
-    return tuple(BY_CODE[code] for code in ordered(codes))
+    return tuple(map(BY_CODE.__getitem__, ordered(codes)))
 
 
 def call_overdue(due_at: dt.datetime | None, now: dt.datetime) -> bool:

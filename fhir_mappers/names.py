@@ -76,9 +76,11 @@ def resource_name(resource: object, included: Included) -> str | None:
     A PractitionerRole names no one itself: its practitioner does (often `_include`d
     beside it), else the practitioner reference's display, else the role's code.
     """
+    if type(resource) is not dict and not isinstance(resource, Mapping):
+        return None
     rtype = get_str(resource, "resourceType")
     if rtype in ("Practitioner", "Patient", "RelatedPerson"):
-        return human_name(resource.get("name") if isinstance(resource, Mapping) else None)
+        return human_name(resource.get("name"))
     if rtype == "PractitionerRole":
         practitioner = get_dict(resource, "practitioner")
         target = target_of(practitioner, included, container=resource)
@@ -90,8 +92,6 @@ def resource_name(resource: object, included: Included) -> str | None:
             or get_str(practitioner, "display")
             or concept_text(next(iter(get_list(resource, "code")), None))
         )
-    if not isinstance(resource, Mapping):
-        return None
     aliases = get_str_list(resource, "alias")
     return get_str(resource, "name") or (aliases[0] if aliases else None)
 

@@ -115,8 +115,9 @@ def test_a_contained_actor_is_resolved_in_its_own_appointment() -> None:
 def test_a_page_of_visits_checks_the_viewer_zone_once(monkeypatch: pytest.MonkeyPatch) -> None:
     looked_up: list[str] = []
     _count(monkeypatch, appointment, "zone", looked_up)
+    _count(monkeypatch, context, "zone", looked_up)
     visits = _context().visits
-    assert looked_up == ["zone"]  # not once per visit
+    assert looked_up == ["zone"]  # not once per visit, nor again for the visits
     assert [v.timing for v in visits] == ["upcoming"] * 5
 
 
@@ -175,7 +176,7 @@ def test_a_patient_reads_its_language_and_contact_channels_once(
     communications: list[str] = []
     channels: list[str] = []
     _count(monkeypatch, patient, "preferred_communication", communications)
-    _count(monkeypatch, patient, "channel_for", channels)
+    _count(monkeypatch, patient, "channel_of", channels)
     found = patient.to_contact(resource, now=NOW)
     assert len(communications) == 1
     assert len(channels) == 3  # once per contact point
