@@ -112,5 +112,7 @@ def describe(codes: Iterable[str]) -> tuple[Flag, ...]:
 
 def call_overdue(due_at: dt.datetime | None, now: dt.datetime) -> bool:
     """A call (an open follow-up) due at ``due_at`` is overdue at ``now``: the one reading
-    the sidebar's alert, its task sentence and the board's flag share."""
-    return due_at is not None and due_at + CALL_GRACE < now
+    the sidebar's alert, its task sentence and the board's flag share. The grace comes off
+    ``now``, not onto ``due_at``: a due time near year 9999 is later than any now, not an
+    OverflowError."""
+    return due_at is not None and due_at < now - CALL_GRACE
