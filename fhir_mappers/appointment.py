@@ -260,10 +260,8 @@ def to_visit(
     `viewer_tz` must be a valid IANA zone name (it is CareDesk configuration, not EHR
     data): ValueError otherwise.
     """
-    viewer = _viewer_zone(now, viewer_tz)
-    return _visit(
-        resource, now=now, viewer=viewer, today=now.astimezone(viewer).date(), included=included
-    )
+    [visit] = to_visits((resource,), now=now, viewer_tz=viewer_tz, included=included)
+    return visit
 
 
 def to_visits(
