@@ -5,13 +5,16 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+# The mappers' hot modules compiled by mypyc (scripts/build_native.py); fhir_mappers uses
+# the build only while it matches the sources, so an edit is never served stale.
+NATIVE := $(VENV)/caredesk-native/manifest.json
 PORT ?= 5000
 PYTEST_ARGS ?=
 # pytest-xdist processes: one more than the 2 cores, as the suite mostly waits on
 # sandboxes, workers and Chromium (0 runs in one process, e.g. to debug with -x --pdb).
 PYTEST_WORKERS ?= 3
 
-.PHONY: help demo test lint typecheck pytest services browser bench bench-quick clean migration
+.PHONY: help demo test lint typecheck pytest native services browser bench bench-quick clean migration
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -23,7 +26,12 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $@
 
-demo: $(INSTALLED) ## Run CareDesk + the sandbox EHR on loopback (PORT=5000, sandbox PORT+1)
+$(NATIVE): $(INSTALLED) scripts/build_native.py $(wildcard fhir_mappers/*.py)
+	$(BIN)/python scripts/build_native.py $(VENV)/caredesk-native
+
+native: $(NATIVE) ## Compile the mappers' hot modules with mypyc (about a minute; demo, test and bench do it)
+
+demo: $(INSTALLED) $(NATIVE) ## Run CareDesk + the sandbox EHR on loopback (PORT=5000, sandbox PORT+1)
 	$(BIN)/caredesk demo --port $(PORT)
 
 test: $(INSTALLED) services browser lint typecheck pytest ## Lint, type-check and run every test
@@ -41,8 +49,8 @@ typecheck: $(INSTALLED) ## mypy --strict on every product package
 # test modules again (collecting took 7.2-8.2 s of CPU per process instead of 3.1-3.2),
 # and every process the tests start (~90 `caredesk` commands and workers) compiles the
 # product's modules again.
-pytest: $(INSTALLED)
-	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -v -n $(PYTEST_WORKERS) --durations=25 --cov --cov-report=term $(PYTEST_ARGS)
+pytest: $(INSTALLED) $(NATIVE)
+	PYTHONDONTWRITEBYTECODE= CAREDESK_NATIVE_MAPPERS=0 $(BIN)/pytest -v -n $(PYTEST_WORKERS) --durations=25 --cov --cov-report=term $(PYTEST_ARGS)
 
 services: ## Make sure PostgreSQL, Redis and the test IMAP server (dovecot) answer; start them if needed
 	@bash scripts/ensure-services.sh
@@ -50,10 +58,10 @@ services: ## Make sure PostgreSQL, Redis and the test IMAP server (dovecot) answ
 browser: ## Make sure Debian's Chromium is installed for the browser tests
 	@bash scripts/ensure-chromium.sh
 
-bench: $(INSTALLED) services ## Benchmarks (not tests): prints a table, writes bench/results.json
+bench: $(INSTALLED) $(NATIVE) services ## Benchmarks (not tests): prints a table, writes bench/results.json
 	$(BIN)/python -m bench
 
-bench-quick: $(INSTALLED) services ## A reduced benchmark run (< 2 minutes)
+bench-quick: $(INSTALLED) $(NATIVE) services ## A reduced benchmark run (< 2 minutes)
 	$(BIN)/python -m bench --quick
 
 clean: ## Remove the venv and local state

@@ -149,6 +149,7 @@ def run(*, quick: bool) -> Outcome:
     import pydantic
     from fhir.resources.R4B import get_fhir_model_class
 
+    import fhir_mappers
     from fhir_mappers.context import build_context
 
     target = 2_000 if quick else 10_000
@@ -208,6 +209,7 @@ def run(*, quick: bool) -> Outcome:
         "resources": total,
         "bundles": len(blobs),
         "bytes": sum(len(b) for b in blobs),
+        "native_mappers": fhir_mappers.NATIVE,
         "rounds": rounds,
         "slice_bundles": SLICE,
         "resources_failing_strict_validation": invalid,
@@ -232,6 +234,8 @@ def run(*, quick: bool) -> Outcome:
             note += f"; {rate[key] / rate['model_validate']:.2f}x model_validate's rate"
         if key == "model_validate":
             note += f"; {invalid} of {total:,} fail strict validation"
+        elif key != "json_loads":
+            note += "; mypyc build" if fhir_mappers.NATIVE else "; as Python (no current build)"
         out.rows.append(
             Row(
                 "2 mapping",
@@ -250,7 +254,8 @@ def run(*, quick: bool) -> Outcome:
             "ms",
             seconds["json_loads"][-1] * 1000,
             "json.loads of the same bytes",
-            note=f"{total:,} resources",
+            note=f"{total:,} resources"
+            + ("; mypyc build" if fhir_mappers.NATIVE else "; as Python"),
         ),
         Figure(
             "mapping.warnings",
@@ -258,7 +263,8 @@ def run(*, quick: bool) -> Outcome:
             "res/s",
             rate["model_validate"],
             "R4B model_validate alone",
-            note=f"{total:,} resources",
+            note=f"{total:,} resources"
+            + ("; mypyc build" if fhir_mappers.NATIVE else "; as Python"),
         ),
     ]
     return out

@@ -32,6 +32,7 @@ from fhir_mappers.fhirutil import (
     get_str_list,
     parse_datetime,
 )
+from fhir_mappers.records import quick_init
 
 CONTACT_RESTRICTION_URL = "https://caredesk.example/fhir/StructureDefinition/contact-restriction"
 INTERPRETER_REQUIRED_URL = "http://hl7.org/fhir/StructureDefinition/patient-interpreterRequired"
@@ -393,6 +394,7 @@ def reachable_by_phone(patient: object, now: dt.datetime) -> bool:
     return False
 
 
+@quick_init
 @dataclass(frozen=True)
 class Reachable:
     channel: str  # sms | email

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from fhir_mappers.records import quick_init
+
 Resource = Mapping[str, Any]
 
 # FHIR ids are [A-Za-z0-9-.]{1,64}; Epic sends longer ones, so the length is not checked
@@ -50,6 +52,7 @@ _DATETIME = re.compile(
 )
 
 
+@quick_init
 @dataclass(frozen=True)
 class Ref:
     """A parsed reference. `type` is None only for contained and urn references."""
@@ -70,7 +73,7 @@ class Ref:
         return f"{self.type}/{self.id}"
 
 
-def parse_reference(ref: str, base: str | None = None) -> Ref:
+def parse_reference(ref: object, base: str | None = None) -> Ref:
     """Parse a Reference.reference string; raise ValueError if it is not one.
 
     Conditional references (`Patient?identifier=...`) only make sense inside a transaction

@@ -15,6 +15,8 @@ import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from fhir_mappers.records import quick_init
+
 DECEASED = "deceased"
 NO_SHOW = "no-show"
 UNCONFIRMED = "unconfirmed"
@@ -36,6 +38,7 @@ OPEN_TICKET = "open-ticket"
 VISIT_TODAY = "visit-today"
 
 
+@quick_init
 @dataclass(frozen=True)
 class Flag:
     code: str
