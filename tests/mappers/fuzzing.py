@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from fhir_mappers import contact, flags, names
@@ -456,6 +457,19 @@ def cases() -> st.SearchStrategy[dict[str, Any]]:
 
 # Packages whose source constants Hypothesis may draw from while generating cases.
 CONSTANTS_FROM = ("fhir_mappers", "fixtures")
+
+
+def seeded(count: int) -> settings:
+    """The sample's settings: the same `count` cases on every run and machine (a red CI run
+    is reproducible), nothing written under the checkout, no deadline (a huge generated
+    string takes long on a busy machine, which is fine)."""
+    return settings(
+        max_examples=count,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
 
 
 @contextmanager

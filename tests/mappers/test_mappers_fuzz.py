@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fuzzing import cases, constants_of_the_mappers, drive
-from hypothesis import HealthCheck, given, settings
+from fuzzing import cases, constants_of_the_mappers, drive, seeded
+from hypothesis import given
 
 CORPUS = Path(__file__).resolve().parent / "fuzz_corpus"
 FUZZ_EXAMPLES = int(os.environ.get("CAREDESK_FUZZ_EXAMPLES", "600"))
@@ -38,13 +38,7 @@ def same_sample() -> Iterator[None]:
         yield
 
 
-@settings(
-    max_examples=FUZZ_EXAMPLES,
-    derandomize=True,  # the same cases on every run: a red CI run is reproducible
-    database=None,  # nothing written under the checkout
-    deadline=None,  # a huge generated string takes long on a busy machine, which is fine
-    suppress_health_check=list(HealthCheck),
-)
+@seeded(FUZZ_EXAMPLES)
 @given(cases())
 def test_no_generated_case_makes_a_mapper_raise(same_sample: None, case: dict[str, Any]) -> None:
     assert drive(case) >= 20 * len(case["resources"])  # every entry point ran
@@ -54,13 +48,7 @@ def _fingerprint(count: int) -> str:
     """A digest of the first ``count`` cases the sample's settings generate."""
     digest = hashlib.sha256()
 
-    @settings(
-        max_examples=count,
-        derandomize=True,
-        database=None,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-    )
+    @seeded(count)
     @given(cases())
     def sample(case: dict[str, Any]) -> None:
         digest.update(json.dumps(case, sort_keys=True, default=repr).encode("utf-8", "replace"))

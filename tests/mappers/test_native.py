@@ -46,18 +46,12 @@ def _guarded(func: Any, *args: Any, **kwargs: Any) -> str:
 def sample_cases(sample: int = SAMPLE) -> list[dict[str, Any]]:
     """The fuzzer's first `sample` seeded cases, generated here (with the native build the
     mappers' modules have no source for Hypothesis to draw constants from)."""
-    from fuzzing import cases, constants_of_the_mappers
-    from hypothesis import HealthCheck, given, settings
+    from fuzzing import cases, constants_of_the_mappers, seeded
+    from hypothesis import given
 
     drawn: list[dict[str, Any]] = []
 
-    @settings(
-        max_examples=sample,
-        derandomize=True,
-        database=None,
-        deadline=None,
-        suppress_health_check=list(HealthCheck),
-    )
+    @seeded(sample)
     @given(cases())
     def generated(case: dict[str, Any]) -> None:
         drawn.append(case)
