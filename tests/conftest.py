@@ -22,7 +22,10 @@ from sqlalchemy import create_engine, text
 # The mappers run as Python in the suite, and in every process it starts: coverage and the
 # call-count tests see their lines and calls. tests/mappers/test_native.py starts the
 # native build (scripts/build_native.py) on purpose and compares the two.
-os.environ["CAREDESK_NATIVE_MAPPERS"] = "0"
+# `CAREDESK_NATIVE_MAPPERS=1 pytest tests/plugin tests/browser ...` runs the app's tests
+# on the build instead (the call-count tests of tests/mappers then fail: they count
+# Python calls).
+os.environ.setdefault("CAREDESK_NATIVE_MAPPERS", "0")
 
 PG_BASE = os.environ.get("CAREDESK_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 

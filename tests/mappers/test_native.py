@@ -40,7 +40,9 @@ def _guarded(func: Any, *args: Any, **kwargs: Any) -> str:
         kept = pickle.loads(pickle.dumps(result)) == result == copy.deepcopy(result)
     except Exception as exc:  # noqa: BLE001
         kept = f"copying raised {type(exc).__name__}"
-    return f"{result!r} copies: {kept}"
+    # A context's JSON (the API's answer) is built by compiled code too.
+    shown = json.dumps(result.to_json(), sort_keys=True) if hasattr(result, "to_json") else ""
+    return f"{result!r} copies: {kept} {shown}"
 
 
 def sample_cases(sample: int = SAMPLE) -> list[dict[str, Any]]:
