@@ -31,7 +31,9 @@ $(NATIVE): $(INSTALLED) scripts/build_native.py $(wildcard fhir_mappers/*.py)
 
 native: $(NATIVE) ## Compile the mappers' hot modules with mypyc (about a minute; demo, test and bench do it)
 
-demo: $(INSTALLED) $(NATIVE) ## Run CareDesk + the sandbox EHR on loopback (PORT=5000, sandbox PORT+1)
+# The demo does not need the build: without a C compiler it runs the mappers as Python.
+demo: $(INSTALLED) ## Run CareDesk + the sandbox EHR on loopback (PORT=5000, sandbox PORT+1)
+	@$(MAKE) --no-print-directory --silent native || echo "The native mappers did not build (is a C compiler installed?): the demo runs them as Python." >&2
 	$(BIN)/caredesk demo --port $(PORT)
 
 test: $(INSTALLED) services browser lint typecheck pytest ## Lint, type-check and run every test

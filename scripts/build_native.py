@@ -92,6 +92,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         sys.stderr.write("usage: python scripts/build_native.py DEST\n")
         return 2
+    sys.stderr.write("Compiling the mappers with mypyc (about a minute on 2 cores)...\n")
     build(Path(argv[0]).resolve())
     return 0
 
