@@ -27,7 +27,7 @@ from smart_launch.backend import BackendTokenCache, backend_token
 from smart_launch.config import Alg, Registration, SigningKey
 from smart_launch.discovery import DiscoveryCache, SmartConfiguration, discover
 from smart_launch.errors import NeedsAuthorization, NoBackendClient
-from smart_launch.fhir import FhirClient
+from smart_launch.fhir import OWN_CREDENTIALS, FhirClient
 from smart_launch.refresh import Grant, token_callbacks
 from smart_launch.tokens import TokenSet
 
@@ -38,7 +38,7 @@ _merge = cast(Callable[[Any, Any], Any], merge_setting)
 
 class _EhrSession(requests.Session):
     """A ``requests.Session`` that reads the proxy settings of the environment once per
-    host instead of on every request.
+    host instead of on every request, and never consults ``~/.netrc`` (``OWN_CREDENTIALS``).
 
     requests looks up ``*_proxy``/``no_proxy`` for each request, scanning the whole process
     environment several times: a quarter of the client's own cost of a FHIR request in a
@@ -49,6 +49,9 @@ class _EhrSession(requests.Session):
 
     def __init__(self) -> None:
         super().__init__()
+        # The session's default auth: requests uses it when a request names none, and
+        # looks up ~/.netrc only when neither does.
+        self.auth = OWN_CREDENTIALS
         self._env_proxies: dict[tuple[str, str, str | None], dict[str, str]] = {}
 
     def merge_environment_settings(  # type: ignore[override]

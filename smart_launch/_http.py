@@ -10,8 +10,31 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+import requests.auth
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class _OwnCredentials(requests.auth.AuthBase):
+    """The ``auth`` of a request that carries its own credentials (a bearer token, a
+    client assertion): requests is to add none.
+
+    Without an ``auth``, requests looks up ``~/.netrc`` for the host on every request (two
+    file-system look-ups and the home directory's expansion: a write-back job's one EHR
+    request paid them every time, issue 16) and, when the file names that host, replaces
+    the request's ``Authorization`` header with Basic credentials from it: a login of the
+    machine's user sent to the EHR instead of the token. With any ``auth`` it does neither
+    (nor does it read credentials from the URL).
+    """
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        return request
+
+    def __repr__(self) -> str:
+        return "OWN_CREDENTIALS"
+
+
+OWN_CREDENTIALS = _OwnCredentials()
 
 
 def cache_ttl(

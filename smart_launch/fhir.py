@@ -19,6 +19,7 @@ from urllib.parse import urlencode, urljoin
 
 import requests
 
+from ._http import OWN_CREDENTIALS as OWN_CREDENTIALS  # the EHR sessions' default too
 from ._http import is_under, json_or_none, outcome_text, parse_retry_after
 from .errors import FatalFhirError, FhirError, FhirUnreachable, TemporaryFhirError, UnsafeUrl
 
@@ -177,6 +178,8 @@ class FhirClient:
                     url,
                     json=json_body,
                     headers=headers,
+                    # The token is in ``headers``: no netrc look-up, on any session.
+                    auth=OWN_CREDENTIALS,
                     timeout=self.timeout,
                     allow_redirects=False,
                 )

@@ -6,7 +6,8 @@
   search and a create;
 - the store statements of a write-back job, on one connection checkout per job, with the
   outcome committed without waiting for PostgreSQL's WAL flush;
-- the EHR client reads the environment's proxy settings once per host, not per request;
+- the EHR client reads the environment's proxy settings once per host, not per request,
+  and never looks up ~/.netrc (nor lets a netrc entry replace CareDesk's credentials);
 - no SQL statement is built per job: each is built once per process and bound anew;
 - a write-back validates no QuestionnaireResponse with fhir.resources at run time (what
   that checked is proven for every answer the form accepts, in
@@ -251,6 +252,45 @@ def test_the_ehr_client_reads_proxy_settings_once_per_host(
     assert len([r for r in sandbox.requests() if r["method"] == "POST"]) >= 5
     # requests would look them up for each of the five creates (and the token request).
     assert len(lookups) == 1
+
+
+def test_a_write_back_job_looks_up_no_netrc(make_app, pg_url, sandbox, monkeypatch) -> None:
+    app, reg_id, ids = _queued(make_app, pg_url, sandbox, 3)
+    lookups: list[str] = []
+    real = requests.sessions.get_netrc_auth
+
+    def counted(url: str, raise_errors: bool = False) -> tuple[str, str] | None:
+        lookups.append(url)
+        return real(url, raise_errors)
+
+    sandbox.clear_requests()
+    monkeypatch.setattr(requests.sessions, "get_netrc_auth", counted)
+    _work(app)
+    during = list(lookups)  # not the test's own requests to the sandbox's admin API
+    assert _statuses(app, ids) == {"done"}
+    assert len([r for r in sandbox.requests() if r["method"] == "POST"]) >= 3
+    # requests would look it up for each create, and for the first job's discovery and
+    # token request: each request to the EHR carries its own credentials.
+    assert during == []
+
+
+def test_a_netrc_entry_never_replaces_the_ehr_sessions_credentials(tmp_path, monkeypatch) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine ehr.example.org login someone password pw\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+
+    def request() -> requests.Request:
+        # As the token endpoint's client assertion or a token request would go: no auth.
+        return requests.Request(
+            "GET", "https://ehr.example.org/fhir/Patient/1", headers={"Authorization": "Bearer t"}
+        )
+
+    # What requests does by itself: the login from the file instead of the token.
+    plain = requests.Session().prepare_request(request())
+    assert plain.headers["Authorization"].startswith("Basic ")
+    ours = ehr.EhrClients().http(1).prepare_request(request())
+    assert ours.headers["Authorization"] == "Bearer t"
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,8 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -35,6 +37,33 @@ def test_read_sends_bearer_and_returns_resource(fake: FakeServer, http: requests
     fake.route("GET", "/fhir/Patient/p1", Response(200, {"resourceType": "Patient", "id": "p1"}))
     assert client(fake, http).read("Patient", "p1")["id"] == "p1"
     assert fake.hits("/fhir/Patient/p1")[0].headers["authorization"] == "Bearer tok-1"
+
+
+def test_a_netrc_entry_for_the_ehr_neither_replaces_the_token_nor_is_looked_up(
+    fake: FakeServer, http: requests.Session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    netrc = tmp_path / "netrc"
+    netrc.write_text(f"machine {urlsplit(fake.base_url).hostname} login someone password pw\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    lookups: list[str] = []
+    real = requests.sessions.get_netrc_auth
+
+    def counted(url: str, raise_errors: bool = False) -> tuple[str, str] | None:
+        lookups.append(url)
+        return real(url, raise_errors)
+
+    monkeypatch.setattr(requests.sessions, "get_netrc_auth", counted)
+    fake.route("GET", "/fhir/Patient/p1", Response(200, {"resourceType": "Patient", "id": "p1"}))
+    fake.route("GET", "/fhir/metadata", Response(200, {"resourceType": "CapabilityStatement"}))
+    fhir = client(fake, http)  # a plain requests.Session, as the reader fuzzing's
+    fhir.read("Patient", "p1")
+    fhir.capabilities()
+    # requests by itself would send the file's login as Basic credentials instead of the
+    # token (and with /metadata, where no token goes); it looked the file up each time.
+    assert fake.hits("/fhir/Patient/p1")[0].headers["authorization"] == "Bearer tok-1"
+    assert "authorization" not in fake.hits("/fhir/metadata")[0].headers
+    assert lookups == []
 
 
 def test_search_all_follows_relative_and_absolute_next_links(
