@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 
 from flask import Flask
 from sqlalchemy import Table, bindparam, select, update
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy.orm import Session, joinedload, load_only
 
 from fhir_mappers import survey as mapper
 from fhir_mappers.appointment import patients_of
@@ -42,15 +42,16 @@ from fhir_mappers.fhirutil import (
 )
 from fhir_mappers.names import resource_name
 from helpdesk import i18n
-from helpdesk.models import CareTask, EhrRegistration, SurveyInvite, SurveyResponse
+from helpdesk.models import CareTask, EhrRegistration, SigningKey, SurveyInvite, SurveyResponse
 from helpdesk.survey_policy import (
     SEND_SLACK,
     SURVEY_OPT_OUT_CODES,
+    WRITE_BACK_FEATURE,
+    blocker_of,
     fatigued,
     in_sample,
     parse_quiet_hours,
     send_time,
-    writeback_blocker,
 )
 from helpdesk.surveys import (
     INVITE_KIND,
@@ -348,14 +349,62 @@ def _id_from(body: Mapping[str, Any]) -> str | None:
 
 
 # Built once per process, not per job (as jobs.tasks' claim): the answer, its invitation
-# and the registration with its signing keys.
+# and the registration with its signing keys, each with only the columns the write-back
+# reads (the answer and the resource it makes, service recovery, the FHIR client), and of
+# the registration's check report only its write-back entry. All of them was 61 columns,
+# among them the whole report and every key's public JWK as JSON decoded on every job
+# (issue 16). A column left out is still read if some path asks for it, in a query of its
+# own (tests/jobs/test_job_costs.py counts the queries of a job).
 _ANSWER = (
-    select(SurveyResponse, SurveyInvite, EhrRegistration)
+    select(
+        SurveyResponse,
+        SurveyInvite,
+        EhrRegistration,
+        EhrRegistration.capabilities[("features", WRITE_BACK_FEATURE)].label("write_back"),
+    )
     .join(SurveyInvite, SurveyInvite.id == SurveyResponse.invite_id)
     .join(EhrRegistration, EhrRegistration.id == SurveyInvite.registration_id)
-    .options(joinedload(EhrRegistration.signing_keys))
+    .options(
+        load_only(
+            SurveyResponse.answers,
+            SurveyResponse.csat,
+            SurveyResponse.nps,
+            SurveyResponse.contact_ok,
+            SurveyResponse.submitted_at,
+            SurveyResponse.writeback_status,
+            SurveyResponse.fhir_id,
+        ),
+        load_only(
+            SurveyInvite.registration_id,
+            SurveyInvite.patient_ref,
+            SurveyInvite.encounter_ref,
+            SurveyInvite.language,
+            SurveyInvite.visit_at,
+            SurveyInvite.clinic_name,
+            SurveyInvite.practitioner_name,
+        ),
+        # What helpdesk.ehr.to_registration reads, and allow_writes.
+        load_only(
+            EhrRegistration.iss,
+            EhrRegistration.client_id,
+            EhrRegistration.client_type,
+            EhrRegistration.scopes,
+            EhrRegistration.client_secret_enc,
+            EhrRegistration.backend_client_id,
+            EhrRegistration.backend_scopes,
+            EhrRegistration.frame_origins,
+            EhrRegistration.allow_writes,
+        ),
+        joinedload(EhrRegistration.signing_keys).load_only(
+            SigningKey.kid, SigningKey.alg, SigningKey.private_key_enc, SigningKey.retired_at
+        ),
+    )
     .where(SurveyResponse.id == bindparam("response_id"))
 )
+
+
+def _by_answer(row: Any) -> object:
+    return row[0]
 
 
 _RESPONSES = cast(Table, SurveyResponse.__table__)
@@ -381,12 +430,14 @@ def write_back(task: CareTask, ctx: Any) -> None:
     # FHIR client needs, found by ``ctx.registration`` in the session) in one query.
     found = (
         session.execute(_ANSWER, {"response_id": int(task.payload["response_id"])})
-        .unique()
+        # Unique by the answer (the keys' joined rows repeat it): the report's entry is
+        # JSON, which Python cannot hash.
+        .unique(_by_answer)
         .one_or_none()
     )
     if found is None:
         raise FatalFhirError("The survey response no longer exists.")
-    response, invite, _registration = found
+    response, invite, registration, write_back_entry = found
     # Recovery first, committed before the EHR is asked anything: an EHR that is down,
     # slow or refusing neither delays the ticket nor, on a retry, opens it twice.
     opened = open_recovery(session, invite, response, sla=sla_hours(ctx.app.config))
@@ -396,7 +447,8 @@ def write_back(task: CareTask, ctx: Any) -> None:
         outbox.enqueue(pending, app=ctx.app)
     if response.writeback_status == "written" and response.fhir_id:
         return
-    blocker = writeback_blocker(ctx.registration)
+    # survey_policy.writeback_blocker's answer, from the registration's one entry.
+    blocker = blocker_of(registration.allow_writes, write_back_entry)
     if blocker:
         _not_supported(response, task, blocker)
         return

@@ -9,6 +9,8 @@
 - the EHR client reads the environment's proxy settings once per host, not per request,
   and never looks up ~/.netrc (nor lets a netrc entry replace CareDesk's credentials);
 - no SQL statement is built per job: each is built once per process and bound anew;
+- the answer's query reads only the columns the write-back needs: not the registration's
+  check report (only its write-back entry) nor the signing keys' public JWKs;
 - a write-back validates no QuestionnaireResponse with fhir.resources at run time (what
   that checked is proven for every answer the form accepts, in
   tests/survey/test_writeback_resource.py), and reads CareDesk's Questionnaire into
@@ -31,8 +33,9 @@ from helpdesk import ehr
 from helpdesk import surveys as domain
 from helpdesk.db import get_store
 from helpdesk.ehr import clients
-from helpdesk.models import CareTask, SurveyResponse
+from helpdesk.models import CareTask, EhrRegistration, SigningKey, SurveyResponse
 from helpdesk.tasks import new_task as create_task
+from helpdesk.timeutil import utcnow
 from jobs import outbox
 from jobs.queue import get_queue, get_queue_state
 from jobs.worker import EmbeddedWorker
@@ -360,3 +363,45 @@ def test_a_write_back_with_its_token_cached_decrypts_no_private_key(
     assert _statuses(app, ids + more) == {"done"}
     # The token is cached: the signing key stays sealed (it was decrypted once per job).
     assert decrypted == []
+
+
+def test_the_answer_query_reads_neither_the_check_report_nor_the_public_keys(
+    make_app, pg_url, sandbox
+) -> None:
+    app, reg_id, ids = _queued(make_app, pg_url, sandbox, 2)
+    with app.app_context(), get_store(app).session() as session:
+        # A check report that says nothing of the write-back, as a real one would.
+        reg = session.get(EhrRegistration, reg_id)
+        reg.capabilities = {"lines": [{"name": f"line {i}", "status": "ok"} for i in range(50)]}
+        # And a rotated key beside the one it signs with: the keys' rows repeat the answer.
+        key = reg.signing_keys[0]
+        reg.signing_keys.append(
+            SigningKey(
+                kid=key.kid + "-old",
+                alg=key.alg,
+                private_key_enc=key.private_key_enc,
+                public_jwk=key.public_jwk,
+                retired_at=utcnow(),
+            )
+        )
+        session.commit()
+    columns: list[list[str]] = []
+
+    def record(conn, cursor, statement, *rest) -> None:  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith("SELECT") and "survey_response" in statement:
+            columns.append([d.name for d in cursor.description])
+
+    engine = get_store(app).engine
+    event.listen(engine, "after_cursor_execute", record)
+    try:
+        _work(app)
+    finally:
+        event.remove(engine, "after_cursor_execute", record)
+    assert _statuses(app, ids) == {"done"}
+    assert len(columns) == 2, columns  # one query per job: nothing left out was read later
+    for names in columns:
+        # Neither decoded per job: the write-back needs one entry of the report (there
+        # "write_back") and signs with the private keys.
+        assert "capabilities" not in names and "public_jwk" not in names, names
+        assert "write_back" in names
+        assert len(names) <= 32, names  # of 61
