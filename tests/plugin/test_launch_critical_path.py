@@ -174,7 +174,9 @@ def test_the_page_reads_its_store_rows_while_the_ehr_reads_are_in_flight(ehr) ->
 
     app, sb = ehr
     browser = requests.Session()
-    sb.set_knobs(latency_ms=400)
+    # Long enough that the page's own early reads finish inside it on a loaded CI machine
+    # (at 400 ms the race was lost once with both cores busy).
+    sb.set_knobs(latency_ms=1200)
     try:
         sidebar_url = _to_the_sidebar_redirect(sb, browser)
         launch_id = sidebar_url.split("/l/", 1)[1].split("/", 1)[0]
