@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections.abc import Mapping
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -98,6 +99,13 @@ def writeback_blocker(reg: EhrRegistration) -> str | None:
     recorded as not supported)."""
     features = (reg.capabilities or {}).get("features") or {}
     return blocker_of(reg.allow_writes, features.get(WRITE_BACK_FEATURE))
+
+
+def write_back_entry(capabilities: Any) -> Any:
+    """The write-back entry of a check report, as a column expression over a
+    registration's ``capabilities`` column (the table's or the model's): a query that
+    needs only ``blocker_of``'s answer selects this, not the whole report."""
+    return capabilities[("features", WRITE_BACK_FEATURE)].label("write_back")
 
 
 def blocker_of(allow_writes: bool, feature: object) -> str | None:

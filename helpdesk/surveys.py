@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 from fhir_mappers import survey as mapper
 from helpdesk.access import PatientScope
 from helpdesk.models import CareTask, EhrRegistration, SurveyInvite, SurveyResponse, Ticket
-from helpdesk.survey_policy import WRITE_BACK_FEATURE, blocker_of
+from helpdesk.survey_policy import blocker_of, write_back_entry
 from helpdesk.tasks import insert_task, job_id_sql, new_task, queued_task_values
 from helpdesk.tickets import DEFAULT_SLA_HOURS, open_ticket
 
@@ -148,7 +148,7 @@ _BY_TOKEN = (
         _invite.c.clinic_name,
         _registration.c.allow_writes,
         # Only the write-back entry of the check report, not the whole report.
-        _registration.c.capabilities[("features", WRITE_BACK_FEATURE)].label("write_back"),
+        write_back_entry(_registration.c.capabilities),
     )
     .outerjoin(_registration, _registration.c.id == _invite.c.registration_id)
     .where(_invite.c.token_hash == bindparam("token_hash"))

@@ -46,12 +46,12 @@ from helpdesk.models import CareTask, EhrRegistration, SigningKey, SurveyInvite,
 from helpdesk.survey_policy import (
     SEND_SLACK,
     SURVEY_OPT_OUT_CODES,
-    WRITE_BACK_FEATURE,
     blocker_of,
     fatigued,
     in_sample,
     parse_quiet_hours,
     send_time,
+    write_back_entry,
 )
 from helpdesk.surveys import (
     INVITE_KIND,
@@ -360,7 +360,7 @@ _ANSWER = (
         SurveyResponse,
         SurveyInvite,
         EhrRegistration,
-        EhrRegistration.capabilities[("features", WRITE_BACK_FEATURE)].label("write_back"),
+        write_back_entry(EhrRegistration.capabilities),
     )
     .join(SurveyInvite, SurveyInvite.id == SurveyResponse.invite_id)
     .join(EhrRegistration, EhrRegistration.id == SurveyInvite.registration_id)
