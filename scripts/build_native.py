@@ -80,7 +80,9 @@ def build(dest: Path) -> None:
             for name in MODULES:
                 [built] = (work / PACKAGE).glob(f"{name}.*.so")
                 shutil.copy2(built, staged / PACKAGE / built.name)
-            (staged / MANIFEST).write_text(json.dumps(source_digests(), indent=2) + "\n")
+            # The digests of the copy that was compiled, not of the checkout now: a module
+            # edited during the build must not pass for the build's source.
+            (staged / MANIFEST).write_text(json.dumps(source_digests(work), indent=2) + "\n")
             if dest.exists():
                 shutil.rmtree(dest)
             staged.rename(dest)
