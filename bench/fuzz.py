@@ -40,7 +40,7 @@ from bench.common import Outcome, Row
 CORPUS = Path(__file__).resolve().parent.parent / "tests" / "mappers" / "fuzz_corpus"
 FULL_EXAMPLES = 10_000
 # A sample for `make bench-quick`, which has two minutes for every section.
-QUICK_EXAMPLES = 100
+QUICK_EXAMPLES = 60
 SECTION = "9 fuzz"
 
 

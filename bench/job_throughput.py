@@ -286,7 +286,7 @@ def run(*, quick: bool) -> Outcome:
     from helpdesk import migrate
     from sandbox.testing import running_sandbox
 
-    count = 200 if quick else 2_000
+    count = 100 if quick else 2_000
     # At the measured cost of a write-back job, 2,000 of them through one worker take
     # minutes each: four such drains do not fit in the run's 10 minutes. So the queue
     # holds all `count` jobs and the workers run for this window; throughput is what
@@ -294,7 +294,7 @@ def run(*, quick: bool) -> Outcome:
     # A quick run measures the one-worker rounds the targets table reads, with a window
     # long enough for a worker to start (imports, discovery) on a busy machine: with 6 s
     # and two worker counts, nothing ran in the window there ("not measured").
-    window = 12.0 if quick else 45.0
+    window = 10.0 if quick else 45.0
     worker_counts = (1,) if quick else (1, 2)
     latencies = (0, 20)
     timeout = 600.0

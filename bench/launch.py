@@ -85,7 +85,9 @@ def _caredesk(sb: Any, latency_ms: float, samples: int) -> dict[str, Any]:
 def run(*, quick: bool) -> Outcome:
     from sandbox.testing import running_sandbox
 
-    latencies = [50, 100]
+    # The targets read L = 100; a quick run (two minutes for every section) measures only
+    # that latency, a full run both.
+    latencies = [100] if quick else [50, 100]
     samples = 3 if quick else 7
     out = Outcome()
     out.data = {"samples": samples, "by_latency_ms": {}}

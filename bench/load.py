@@ -198,7 +198,7 @@ def run(*, quick: bool) -> Outcome:
 
     n_sessions = 16
     rounds = 1 if quick else 2
-    slice_s = 3.0 if quick else 5.0
+    slice_s = 2.0 if quick else 5.0
     threads = int(os.environ.get("CAREDESK_WEB_THREADS", "4"))
     out = Outcome()
     data: dict[str, Any] = {
