@@ -168,10 +168,14 @@ def _cast(
     unknown: _Role | None = None
     needs_action = False
     for i, part in enumerate(get_list(resource, "participant")):
-        actor = part.get("actor")
-        if type(actor) is not dict and not isinstance(actor, Mapping):
+        # Each `.get` in a `type(x) is dict` branch of its own: see fhirutil's getters.
+        actor = part.get("actor") if type(part) is dict else part.get("actor")
+        if type(actor) is dict:
+            sent = actor.get("reference")
+        elif isinstance(actor, Mapping):
+            sent = actor.get("reference")
+        else:
             continue
-        sent = actor.get("reference")
         found = memo.get(("actor", sent)) if memo is not None and type(sent) is str else None
         if found is not None:
             # Seen on this page: parsed, so `sent` is a non-blank reference string.

@@ -234,7 +234,7 @@ def build_context(
             for i, v in enumerate(by_start)
         ]
         keyed.sort()  # the position settles a tie: two visits are never compared
-        by_start = [v for *_, v in keyed]
+        by_start = [k[4] for k in keyed]  # not `*_, v`: a list per visit for the `*_`
 
     if coverages is None:
         missing.setdefault("coverage", "not fetched")
