@@ -86,17 +86,22 @@ def _parse(blob: bytes) -> dict[str, Any]:
 
 
 def _split(bundle: dict[str, Any]) -> dict[str, Any]:
+    """The bench's stand-in for the searches that hand `build_context` its parts (timed
+    with the mapping): no temporary dict per entry, one type lookup per resource."""
     patient = None
     appointments: list[dict[str, Any]] = []
     included: list[dict[str, Any]] = []
     coverages: list[dict[str, Any]] = []
     for entry in bundle.get("entry") or []:
         res = entry["resource"]
-        if entry.get("search", {}).get("mode") == "include":
+        search = entry.get("search")
+        if search is not None and search.get("mode") == "include":
             included.append(res)
-        elif res["resourceType"] == "Patient":
+            continue
+        kind = res["resourceType"]
+        if kind == "Patient":
             patient = res
-        elif res["resourceType"] == "Appointment":
+        elif kind == "Appointment":
             appointments.append(res)
         else:
             coverages.append(res)

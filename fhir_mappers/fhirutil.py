@@ -17,7 +17,7 @@ import datetime as dt
 import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -62,15 +62,20 @@ class Ref:
     contained: bool = False
     url: str | None = None  # the server base of an absolute reference, or the urn itself
     version: str | None = None
+    # `Type/id`, the key the `included` mappings use; `#id` for contained. Worked out once,
+    # here: every actor of every visit reads it. (A `cached_property` did this before, but
+    # the mypyc build turns one into a plain property, built again on each read.) Not an
+    # argument: whatever is passed, `replace` included, is set again from the rest.
+    key: str = field(default="", compare=False, repr=False)
 
-    @functools.cached_property
-    def key(self) -> str:
-        """`Type/id`, the key the `included` mappings use; `#id` for contained."""
+    def __post_init__(self) -> None:
         if self.contained:
-            return f"#{self.id}"
-        if self.type is None:
-            return self.url or self.id
-        return f"{self.type}/{self.id}"
+            key = f"#{self.id}"
+        elif self.type is None:
+            key = self.url or self.id
+        else:
+            key = f"{self.type}/{self.id}"
+        object.__setattr__(self, "key", key)
 
 
 def parse_reference(ref: object, base: str | None = None) -> Ref:
@@ -313,7 +318,10 @@ def parse_date(value: object) -> dt.date | None:
 
 def require_aware(now: dt.datetime) -> dt.datetime:
     """Refuse a naive `now`: every comparison in the mappers is between aware datetimes."""
-    if now.tzinfo is None or now.utcoffset() is None:
+    tz = now.tzinfo
+    if type(tz) is ZoneInfo or type(tz) is dt.timezone:
+        return now  # always an offset: no need to look one up (a search of the zone's rules)
+    if tz is None or now.utcoffset() is None:
         raise ValueError("now must be timezone-aware")
     return now
 

@@ -14,12 +14,22 @@ import pickle
 import sys
 from collections.abc import Callable
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
-from fhir_mappers import appointment, contact, context, coverage, fhirutil, issues, patient
+from fhir_mappers import (
+    appointment,
+    contact,
+    context,
+    coverage,
+    fhirutil,
+    flags,
+    issues,
+    patient,
+)
 from fhir_mappers.context import build_context
-from fhir_mappers.fhirutil import index_resources
+from fhir_mappers.fhirutil import index_resources, require_aware
 from fhir_mappers.records import quick_init
 
 NOW = dt.datetime.fromisoformat("2026-11-30T22:13:00-06:00")
@@ -330,3 +340,52 @@ def test_records_built_positionally_name_each_field(module: str, record: str) ->
         assert not call.keywords
         names = [arg.id if isinstance(arg, ast.Name) else ast.dump(arg) for arg in call.args]
         assert names == [aliases.get(f, f) for f in fields]
+
+
+def test_an_aware_now_in_a_zone_is_taken_without_looking_up_its_offset() -> None:
+    """`require_aware` runs two or three times per context: a ZoneInfo or a fixed offset
+    always has an offset, so it is not searched for (a search of the zone's rules, a
+    tenth of an empty context's time in the build). Any other tzinfo is still asked."""
+    asked = 0
+
+    class Counting(dt.datetime):
+        def utcoffset(self) -> dt.timedelta | None:
+            nonlocal asked
+            asked += 1
+            return super().utcoffset()
+
+    for tz in (ZoneInfo("America/Chicago"), dt.timezone(dt.timedelta(hours=-6)), dt.UTC):
+        require_aware(Counting(2026, 11, 30, 9, 0, tzinfo=tz))
+    assert asked == 0
+
+    class Odd(dt.tzinfo):
+        def utcoffset(self, when: dt.datetime | None) -> dt.timedelta | None:
+            return None
+
+    with pytest.raises(ValueError, match="aware"):
+        require_aware(Counting(2026, 11, 30, 9, 0, tzinfo=Odd()))
+    assert asked == 1
+    with pytest.raises(ValueError, match="aware"):
+        require_aware(dt.datetime(2026, 11, 30, 9, 0))
+
+
+def test_flags_are_ordered_by_the_vocabulary_without_a_sort(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`ordered` walks the vocabulary instead of sorting by rank (every context orders
+    its flags twice): same answer, unknown codes dropped, repeats once."""
+    codes = [flags.VISIT_TODAY, "made-up", flags.DECEASED, flags.VISIT_TODAY, flags.NO_SHOW]
+    sorts = 0
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal sorts
+        sorts += 1
+        return sorted(*args, **kwargs)
+
+    monkeypatch.setattr(flags, "sorted", counting, raising=False)
+    found = flags.ordered(codes)
+    described = flags.describe(codes)
+    assert found == (flags.DECEASED, flags.NO_SHOW, flags.VISIT_TODAY)
+    assert [f.code for f in described] == list(found)
+    assert flags.ordered([]) == ()
+    assert sorts == 0

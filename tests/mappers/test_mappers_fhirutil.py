@@ -248,3 +248,22 @@ def test_identifier_of_type_reads_the_first_usable_v2_0203_identifier(
     resource: object, expected: str | None
 ) -> None:
     assert identifier_of_type(resource, "MR") == expected
+
+
+def test_a_references_key_is_worked_out_once_and_follows_replace() -> None:
+    """`Ref.key` is stored when the Ref is made (the build turned the cached_property
+    it was into a property built on every read); it is no argument, no part of equality
+    or repr, and `replace` works it out again."""
+    import copy
+    import dataclasses
+    import pickle
+
+    ref = parse_reference("Practitioner/p1")
+    assert vars(ref)["key"] == ref.key == "Practitioner/p1"
+    assert dataclasses.replace(ref, id="p2").key == "Practitioner/p2"
+    assert Ref("Patient", "1", key="Wrong/9").key == "Patient/1"
+    assert Ref(None, "c1", contained=True).key == "#c1"
+    assert Ref(None, "urn:uuid:1", url="urn:uuid:1").key == "urn:uuid:1"
+    assert "key" not in repr(ref)
+    assert ref == Ref("Practitioner", "p1") and hash(ref) == hash(Ref("Practitioner", "p1"))
+    assert pickle.loads(pickle.dumps(ref)).key == copy.deepcopy(ref).key == ref.key
