@@ -358,8 +358,14 @@ def test_an_aware_now_in_a_zone_is_taken_without_looking_up_its_offset() -> None
         require_aware(Counting(2026, 11, 30, 9, 0, tzinfo=tz))
     assert asked == 0
 
-    class Odd(dt.tzinfo):
+    class Odd(dt.tzinfo):  # a tzinfo that knows no offset: the datetime is naive
         def utcoffset(self, when: dt.datetime | None) -> dt.timedelta | None:
+            return None
+
+        def dst(self, when: dt.datetime | None) -> dt.timedelta | None:
+            return None
+
+        def tzname(self, when: dt.datetime | None) -> str | None:
             return None
 
     with pytest.raises(ValueError, match="aware"):
