@@ -437,7 +437,7 @@ def write_back(task: CareTask, ctx: Any) -> None:
     )
     if found is None:
         raise FatalFhirError("The survey response no longer exists.")
-    response, invite, registration, write_back_entry = found
+    response, invite, registration, write_back_feature = found
     # Recovery first, committed before the EHR is asked anything: an EHR that is down,
     # slow or refusing neither delays the ticket nor, on a retry, opens it twice.
     opened = open_recovery(session, invite, response, sla=sla_hours(ctx.app.config))
@@ -448,7 +448,7 @@ def write_back(task: CareTask, ctx: Any) -> None:
     if response.writeback_status == "written" and response.fhir_id:
         return
     # survey_policy.writeback_blocker's answer, from the registration's one entry.
-    blocker = blocker_of(registration.allow_writes, write_back_entry)
+    blocker = blocker_of(registration.allow_writes, write_back_feature)
     if blocker:
         _not_supported(response, task, blocker)
         return
