@@ -24,7 +24,7 @@ import json
 import re
 import secrets
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypedDict
@@ -340,10 +340,14 @@ CHANNEL_WORDS = {"sms": "texts", "whatsapp": "WhatsApp messages", "email": "emai
 
 def opt_out_reason(row: ContactOptOut, zone: Any = None) -> str:
     """Why a send was refused, in words staff read on the task, the ticket or the page."""
-    when = row.opted_out_at.astimezone(zone) if zone else row.opted_out_at
-    what = CHANNEL_WORDS.get(row.channel, row.channel)
+    return _reason(row.channel, row.keyword, row.opted_out_at, zone)
+
+
+def _reason(channel: str, keyword: str, at: datetime, zone: Any) -> str:
+    when = at.astimezone(zone) if zone else at
+    what = CHANNEL_WORDS.get(channel, channel)
     return (
-        f"The patient replied {row.keyword} on {when:%b %-d, %Y}: CareDesk sends them no "
+        f"The patient replied {keyword} on {when:%b %-d, %Y}: CareDesk sends them no "
         f"{what} until they reply START."
     )
 
@@ -639,8 +643,27 @@ def stopped_channels(
 ) -> dict[str, str]:
     """The follow-up channels a STOP closes for the patient, with the reason: what the
     sidebar disables (the send path refuses them anyway)."""
+    rows = opt_outs_of(session, registration_id, patient_ref)
+    return _stopped([(r.channel, r.keyword, r.opted_out_at) for r in rows], zone)
+
+
+def stopped_in_summary(summary: Mapping[str, Any], zone: Any = None) -> dict[str, str]:
+    """``stopped_channels`` from a ``summary`` already read (the sidebar's cached context
+    holds one), without reading the store again."""
+    standing = []
+    for item in summary.get("opt_outs") or ():
+        try:
+            # ``summary`` wrote it with isoformat(): the row's own value comes back.
+            at = datetime.fromisoformat(str(item.get("since")))
+        except ValueError:
+            continue
+        standing.append((str(item.get("channel")), str(item.get("keyword")), at))
+    return _stopped(standing, zone)
+
+
+def _stopped(standing: Sequence[tuple[str, str, datetime]], zone: Any) -> dict[str, str]:
     out: dict[str, str] = {}
-    for row in opt_outs_of(session, registration_id, patient_ref):
-        if row.channel in ("sms", "email"):
-            out.setdefault(row.channel, opt_out_reason(row, zone))
+    for channel, keyword, at in standing:
+        if channel in ("sms", "email"):
+            out.setdefault(channel, _reason(channel, keyword, at, zone))
     return out

@@ -502,6 +502,13 @@ def _redis() -> Any:
     return found.connection if found is not None else None
 
 
+def ticket_rows(launch: LaunchSession, patient_ref: str) -> list[dict[str, Any]]:
+    """The patient's open tickets, newest first, as JSON rows (the context's ``tickets``)."""
+    scope = scope_of(launch)
+    scope.check(patient_ref)
+    return _ticket_rows(scope, patient_ref)
+
+
 def _ticket_rows(scope: Any, patient_ref: str) -> list[dict[str, Any]]:
     return [
         columns(t, "id", "subject", "status", "priority", "category", "due_at")

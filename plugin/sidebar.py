@@ -15,6 +15,7 @@ import datetime as dt
 import logging
 import re
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,7 +33,7 @@ from helpdesk.audit import audit
 from helpdesk.db import get_db
 from helpdesk.errors import AppError
 from helpdesk.models import CareTask, LaunchSession, SurveyInvite, Ticket
-from helpdesk.tickets import ACTIVE_STATUSES, TicketFilters, create_ticket, list_tickets, sla_hours
+from helpdesk.tickets import ACTIVE_STATUSES, TicketFilters, create_ticket, sla_hours
 from helpdesk.timeutil import utcnow
 from plugin import context as ctx
 from plugin.csrf import check_csrf
@@ -169,19 +170,11 @@ def _page(
         patient_res = ctx.wait_patient(parts, 0) if identity_ready else None
     except NeedsAuthorization as exc:
         return _ended(launch, exc)
-    audit(
-        "read",
-        launch=launch,
-        patient_ref=patient_ref,
-        entity=patient_ref,
-        detail={"view": "sidebar"},
+    model = _model(
+        launch, patient_ref, c=c, parts=parts, patient_res=patient_res, form=form, early=early
     )
-    html = render_template(
-        "sidebar.html",
-        **_model(
-            launch, patient_ref, c=c, parts=parts, patient_res=patient_res, form=form, early=early
-        ),
-    )
+    _audit_view(launch, patient_ref, model)
+    html = render_template("sidebar.html", **model)
     response = make_response(html, status)
     # What the page cost before its first byte, as the server measured it: time spent
     # waiting for the EHR, this thread's CPU, and the whole (which a busy machine also
@@ -198,26 +191,68 @@ def _page(
 @dataclass(frozen=True, kw_only=True)
 class _Early:
     """What the page shows from the store, read while it waits for the EHR: the
-    context's rows (``ctx.store_rows``), the open tickets and the channels a STOP closed."""
+    context's rows (``ctx.store_rows``: the open tickets among them) and the channels a
+    STOP closed."""
 
     store: ctx.StoreRows
-    tickets: list[Ticket]
     stopped: dict[str, str]
 
     @classmethod
     def read(cls, launch: LaunchSession, patient_ref: str) -> _Early:
         return cls(
             store=ctx.store_rows(launch, patient_ref),
-            tickets=_open_tickets(launch, patient_ref),
             stopped=messaging.stopped_channels(
                 get_db(), launch.registration_id, patient_ref, viewer_zone()
             ),
         )
 
 
-def _open_tickets(launch: LaunchSession, patient_ref: str) -> list[Ticket]:
-    filters = TicketFilters(status=ACTIVE_STATUSES, patient=patient_ref)
-    return list(list_tickets(get_db(), launch, filters).items)
+@dataclass(frozen=True, slots=True)
+class TicketLine:
+    """An open ticket as the page lists it (id, subject, status, priority, due time)."""
+
+    id: int
+    subject: str
+    status: str
+    priority: str
+    due_at: dt.datetime | None
+
+
+# As many as the ticket list's first page (``TicketFilters.per_page``).
+TICKETS_SHOWN = TicketFilters().per_page
+_LAST = dt.datetime.max.replace(tzinfo=dt.UTC)
+
+
+def ticket_lines(rows: Sequence[Mapping[str, Any]]) -> list[TicketLine]:
+    """The patient's open tickets from the context's rows (``ctx.store_rows``, which the
+    page has read or holds cached), in the ticket list's order: due soonest first, then
+    newest. The page neither counts nor lists them in the store again."""
+    lines = [
+        TicketLine(
+            id=int(r["id"]),
+            subject=str(r.get("subject") or ""),
+            status=str(r.get("status") or ""),
+            priority=str(r.get("priority") or ""),
+            due_at=parse_datetime(r.get("due_at"), dt.UTC),
+        )
+        for r in rows
+        if r.get("status") in ACTIVE_STATUSES
+    ]
+    lines.sort(key=lambda t: (t.due_at is None, t.due_at or _LAST, -t.id))
+    return lines[:TICKETS_SHOWN]
+
+
+def _audit_view(
+    launch: LaunchSession, patient_ref: str, model: Mapping[str, Any], **detail: Any
+) -> None:
+    """One audit row per sidebar response: the patient, and the tickets it listed."""
+    audit(
+        "read",
+        launch=launch,
+        patient_ref=patient_ref,
+        entity=patient_ref,
+        detail={"view": "sidebar", **detail, "tickets": [t.id for t in model["tickets"]]},
+    )
 
 
 def _wait(parts: ctx.PatientParts, seconds: float) -> bool:
@@ -257,7 +292,13 @@ def _model(
         if known is not None:
             contact = _jsonable(to_contact(known[0], now=now.astimezone(tz)))
             identity_as_of = known[1]
-    tickets = early.tickets if early is not None else _open_tickets(launch, patient_ref)
+    if c is not None:
+        ticket_rows = c["tickets"]
+    elif early is not None:
+        ticket_rows = early.store.tickets
+    else:
+        ticket_rows = ctx.ticket_rows(launch, patient_ref)
+    tickets = ticket_lines(ticket_rows)
     if c is not None:
         tasks = c["tasks"]
     else:
@@ -307,9 +348,7 @@ def _model(
         "channels": task_svc.channel_options(
             patient_res,
             now=now,
-            stopped=early.stopped
-            if early is not None
-            else messaging.stopped_channels(get_db(), launch.registration_id, patient_ref, tz),
+            stopped=_stopped(launch, patient_ref, c, early, tz),
         )
         if (patient_res is not None or parts.patient.done())
         else None,
@@ -328,6 +367,22 @@ def _model(
         "is_past": lambda value: (m := parse_datetime(value, dt.UTC)) is not None and m <= now,
         "task_sentence": lambda task: task_sentence(task, now=now, tz=tz),
     }
+
+
+def _stopped(
+    launch: LaunchSession,
+    patient_ref: str,
+    c: dict[str, Any] | None,
+    early: _Early | None,
+    tz: Any,
+) -> dict[str, str]:
+    """The channels a STOP closed: from the context's messaging part when the page has
+    one (cached with it), else read."""
+    if c is not None and c.get("messaging") is not None:
+        return messaging.stopped_in_summary(c["messaging"], tz)
+    if early is not None:
+        return early.stopped
+    return messaging.stopped_channels(get_db(), launch.registration_id, patient_ref, tz)
 
 
 def _confirmation(
@@ -617,6 +672,7 @@ def part(launch_id: str, name: str) -> BaseResponse | tuple[str, int]:
         response.headers["X-CareDesk-Ended"] = "1"
         return response
     model = _model(launch, patient_ref, c=c, parts=parts, patient_res=patient_res, form=None)
+    _audit_view(launch, patient_ref, model, part=name)
     template = "sidebar/_identity.html" if name == "identity" else "sidebar/_sections.html"
     response = make_response(render_template(template, **model))
     response.headers["Cache-Control"] = "no-store"

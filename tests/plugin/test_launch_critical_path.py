@@ -93,7 +93,7 @@ def test_the_sidebar_reads_start_in_the_callback_before_the_browser_asks(  # typ
         ).all()
     # The reads are on record from the launch on; the page's view is recorded as before.
     assert actions[0] == ("launch", "Patient/pat-001", {"patient_reads": "started"})
-    assert ("read", "Patient/pat-001", {"view": "sidebar"}) in actions
+    assert ("read", "Patient/pat-001", {"view": "sidebar", "tickets": []}) in actions
 
 
 def test_a_failed_early_read_is_read_again_by_the_sidebar(ehr) -> None:  # type: ignore[no-untyped-def]

@@ -112,6 +112,42 @@ def test_a_cached_context_reads_no_store_rows_and_writes_its_audit_row(
     assert got.sql == ["SELECT launch_session", "INSERT audit_event"]
 
 
+def test_a_cached_sidebar_page_reads_no_store_rows_and_writes_one_audit_row(
+    sidebar: Sidebar, counts: Counts
+) -> None:
+    """The page's open tickets and the channels a STOP closed come from the cached context,
+    as its tasks do: no count and page of the ticket list (with an audit row of its own)
+    and no read of the STOPs; the page's one audit row names the tickets it listed."""
+    got = _one(sidebar, counts, f"/l/{sidebar.launch_id}/")
+    assert got.sql == ["SELECT launch_session", "INSERT audit_event"]
+
+
+def test_the_sidebar_pages_one_audit_row_names_the_tickets_it_listed(sidebar: Sidebar) -> None:
+    """What the ticket list's own audit row said (which tickets were shown) is on the
+    page's row, so "who saw ticket 7" is still answered; no separate ticket.list row."""
+    from sqlalchemy import select
+
+    from helpdesk.models import AuditEvent, EhrRegistration, Ticket
+
+    with get_store(sidebar.app).session() as session:
+        registration = session.scalars(select(EhrRegistration)).one()
+        ticket = Ticket(
+            registration_id=registration.id,
+            patient_ref="Patient/pat-001",
+            subject="Billing question",
+            category="billing",
+        )
+        session.add(ticket)
+        session.commit()
+        ticket_id = ticket.id
+    page = sidebar.client().get(f"/l/{sidebar.launch_id}/")
+    assert page.status_code == 200 and f"#{ticket_id} Billing question" in page.text
+    with get_store(sidebar.app).session() as session:
+        rows = session.scalars(select(AuditEvent).order_by(AuditEvent.id)).all()
+    assert rows[-1].action == "read" and rows[-1].detail["tickets"] == [ticket_id]
+    assert not [r for r in rows if r.action == "ticket.list"]
+
+
 def test_a_cached_context_writes_its_audit_row_without_the_orms_unit_of_work(
     sidebar: Sidebar, counts: Counts, monkeypatch: pytest.MonkeyPatch
 ) -> None:

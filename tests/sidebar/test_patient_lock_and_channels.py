@@ -158,3 +158,40 @@ def test_referral_picks_the_practitioner_from_a_name_search(env) -> None:
     with get_store(app).session() as session:
         [task] = session.scalars(select(CareTask)).all()
         assert task.payload["target"]["practitioner"] == "Practitioner/prac-clinician-okafor"
+
+
+def test_a_stop_closes_the_text_channel_on_the_next_cached_page_and_start_reopens_it(
+    env,
+) -> None:
+    """The page takes the closed channels from its cached context (issue 16 §3): a STOP
+    committed anywhere renews the patient's change stamp, so the next page, not asked to
+    refresh, already says why texting is off; lifting it opens the channel again."""
+    from helpdesk.models import ContactOptOut, EhrRegistration
+    from helpdesk.timeutil import utcnow
+
+    app, sb = env
+    browser, page = _launch(sb, "pat-001")
+    base = page.url.split("?")[0]
+    assert not re.search(r'value="sms" disabled', page.text)
+    assert not re.search(r'value="sms" disabled', browser.get(base, timeout=30).text)
+    with get_store(app).session() as session:
+        registration = session.scalars(select(EhrRegistration)).one()
+        session.add(
+            ContactOptOut(
+                registration_id=registration.id,
+                channel="sms",
+                address_key="test-address",
+                patient_ref="Patient/pat-001",
+                keyword="STOP",
+                opted_out_at=utcnow(),
+            )
+        )
+        session.commit()
+    stopped = browser.get(base, timeout=30).text
+    assert re.search(r'value="sms" disabled', stopped)
+    assert "not possible: the patient replied STOP on" in stopped
+    with get_store(app).session() as session:
+        for row in session.scalars(select(ContactOptOut)):
+            row.lifted_at = utcnow()
+        session.commit()
+    assert not re.search(r'value="sms" disabled', browser.get(base, timeout=30).text)
