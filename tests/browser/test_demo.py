@@ -64,6 +64,8 @@ def test_demo_launches_caredesk_in_the_ehr_sidebar(tmp_path, chromium, screensho
         page.goto(ehr_url)
         page.get_by_role("link", name=re.compile("Ana Lee")).first.click()
         patients = page.locator("a", has_text="Okonkwo")
+        # The click navigates; count() does not wait for the next page, wait_for does.
+        patients.first.wait_for(timeout=20_000)
         assert patients.count() >= 1  # the EHR page lists patients
         patients.first.click()
         frame = page.frame_locator("#app-frame")
