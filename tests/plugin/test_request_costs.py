@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -128,6 +129,7 @@ def test_the_sidebar_pages_one_audit_row_names_the_tickets_it_listed(sidebar: Si
     from sqlalchemy import select
 
     from helpdesk.models import AuditEvent, EhrRegistration, Ticket
+    from helpdesk.timeutil import utcnow
 
     with get_store(sidebar.app).session() as session:
         registration = session.scalars(select(EhrRegistration)).one()
@@ -136,12 +138,14 @@ def test_the_sidebar_pages_one_audit_row_names_the_tickets_it_listed(sidebar: Si
             patient_ref="Patient/pat-001",
             subject="Billing question",
             category="billing",
+            due_at=utcnow() - timedelta(hours=1),
         )
         session.add(ticket)
         session.commit()
         ticket_id = ticket.id
     page = sidebar.client().get(f"/l/{sidebar.launch_id}/")
     assert page.status_code == 200 and f"#{ticket_id} Billing question" in page.text
+    assert "overdue since" in page.text  # its due time read back from the context's row
     with get_store(sidebar.app).session() as session:
         rows = session.scalars(select(AuditEvent).order_by(AuditEvent.id)).all()
     assert rows[-1].action == "read" and rows[-1].detail["tickets"] == [ticket_id]
