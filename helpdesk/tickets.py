@@ -223,6 +223,11 @@ def get_ticket(db: Session, launch: LaunchSession, ticket_id: int) -> Ticket:
     return ticket
 
 
+# Most urgent work first: due soonest, then newest; id makes paging stable. The ticket
+# list and the sidebar's open tickets (the context's rows) read in this order.
+MOST_URGENT_FIRST = (Ticket.due_at.is_(None), Ticket.due_at, Ticket.id.desc())
+
+
 def list_tickets(db: Session, launch: LaunchSession, filters: TicketFilters) -> TicketPage:
     scope = scope_of(launch)
     where = scope.where(Ticket.registration_id, Ticket.patient_ref)
@@ -241,8 +246,7 @@ def list_tickets(db: Session, launch: LaunchSession, filters: TicketFilters) -> 
     items = db.scalars(
         select(Ticket)
         .where(*where)
-        # Most urgent work first: due soonest, then newest; id makes paging stable.
-        .order_by(Ticket.due_at.is_(None), Ticket.due_at, Ticket.id.desc())
+        .order_by(*MOST_URGENT_FIRST)
         .limit(per_page)
         .offset((page - 1) * per_page)
     ).all()

@@ -36,6 +36,7 @@ from helpdesk.db import get_db
 from helpdesk.kv import EXTENSION as KV_EXTENSION
 from helpdesk.models import CallAttempt, CareTask, LaunchSession, SurveyInvite, Ticket
 from helpdesk.surveys import latest_for_patient
+from helpdesk.tickets import ACTIVE_STATUSES, MOST_URGENT_FIRST
 from helpdesk.timeutil import utcnow
 from plugin.rowjson import columns
 from smart_launch.errors import FhirError, NeedsAuthorization, SmartError
@@ -503,7 +504,8 @@ def _redis() -> Any:
 
 
 def ticket_rows(launch: LaunchSession, patient_ref: str) -> list[dict[str, Any]]:
-    """The patient's open tickets, newest first, as JSON rows (the context's ``tickets``)."""
+    """The patient's open tickets, most urgent first (``MOST_URGENT_FIRST``, as the ticket
+    list), as JSON rows (the context's ``tickets``)."""
     scope = scope_of(launch)
     scope.check(patient_ref)
     return _ticket_rows(scope, patient_ref)
@@ -517,9 +519,9 @@ def _ticket_rows(scope: Any, patient_ref: str) -> list[dict[str, Any]]:
             .where(
                 *scope.where(Ticket.registration_id, Ticket.patient_ref),
                 Ticket.patient_ref == patient_ref,
-                Ticket.status.in_(("open", "pending")),
+                Ticket.status.in_(ACTIVE_STATUSES),
             )
-            .order_by(Ticket.id.desc())
+            .order_by(*MOST_URGENT_FIRST)
         )
     ]
 

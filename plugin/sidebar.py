@@ -33,7 +33,7 @@ from helpdesk.audit import audit
 from helpdesk.db import get_db
 from helpdesk.errors import AppError
 from helpdesk.models import CareTask, LaunchSession, SurveyInvite, Ticket
-from helpdesk.tickets import ACTIVE_STATUSES, TicketFilters, create_ticket, sla_hours
+from helpdesk.tickets import TicketFilters, create_ticket, sla_hours
 from helpdesk.timeutil import utcnow
 from plugin import context as ctx
 from plugin.csrf import check_csrf
@@ -220,14 +220,14 @@ class TicketLine:
 
 # As many as the ticket list's first page (``TicketFilters.per_page``).
 TICKETS_SHOWN = TicketFilters().per_page
-_LAST = dt.datetime.max.replace(tzinfo=dt.UTC)
 
 
 def ticket_lines(rows: Sequence[Mapping[str, Any]]) -> list[TicketLine]:
     """The patient's open tickets from the context's rows (``ctx.store_rows``, which the
-    page has read or holds cached), in the ticket list's order: due soonest first, then
-    newest. The page neither counts nor lists them in the store again."""
-    lines = [
+    page has read or holds cached: open ones, most urgent first, as the ticket list
+    orders them), the list's first page of them. The page neither counts nor lists them
+    in the store again."""
+    return [
         TicketLine(
             id=int(r["id"]),
             subject=str(r.get("subject") or ""),
@@ -235,11 +235,8 @@ def ticket_lines(rows: Sequence[Mapping[str, Any]]) -> list[TicketLine]:
             priority=str(r.get("priority") or ""),
             due_at=parse_datetime(r.get("due_at"), dt.UTC),
         )
-        for r in rows
-        if r.get("status") in ACTIVE_STATUSES
+        for r in rows[:TICKETS_SHOWN]
     ]
-    lines.sort(key=lambda t: (t.due_at is None, t.due_at or _LAST, -t.id))
-    return lines[:TICKETS_SHOWN]
 
 
 def _audit_view(

@@ -152,6 +152,45 @@ def test_the_sidebar_pages_one_audit_row_names_the_tickets_it_listed(sidebar: Si
     assert not [r for r in rows if r.action == "ticket.list"]
 
 
+def test_the_sidebar_lists_open_tickets_in_the_ticket_lists_order(sidebar: Sidebar) -> None:
+    """The page's tickets come from the context's rows, which the store reads in the ticket
+    list's order (``helpdesk.tickets.MOST_URGENT_FIRST``): due soonest, undated last,
+    newest first among equals; closed ones are not listed."""
+    from sqlalchemy import select
+
+    from helpdesk.models import EhrRegistration, Ticket
+    from helpdesk.timeutil import utcnow
+
+    now = utcnow()
+    dues = [None, now + timedelta(days=2), now + timedelta(hours=1), None, now + timedelta(days=2)]
+    with get_store(sidebar.app).session() as session:
+        registration = session.scalars(select(EhrRegistration)).one()
+        tickets = [
+            Ticket(
+                registration_id=registration.id,
+                patient_ref="Patient/pat-001",
+                subject=f"Question {i}",
+                category="billing",
+                due_at=due,
+            )
+            for i, due in enumerate(dues)
+        ]
+        closed = Ticket(
+            registration_id=registration.id,
+            patient_ref="Patient/pat-001",
+            subject="Closed one",
+            category="billing",
+            status="closed",
+        )
+        session.add_all([*tickets, closed])
+        session.commit()
+        ids = [t.id for t in tickets]
+    page = sidebar.client().get(f"/l/{sidebar.launch_id}/").text
+    shown = [int(i) for i in re.findall(r">#(\d+) Question", page)]
+    assert shown == [ids[2], ids[4], ids[1], ids[3], ids[0]]
+    assert "Closed one" not in page
+
+
 def test_a_cached_context_writes_its_audit_row_without_the_orms_unit_of_work(
     sidebar: Sidebar, counts: Counts, monkeypatch: pytest.MonkeyPatch
 ) -> None:
