@@ -14,6 +14,10 @@ keep-alive connection (as a browser keeps one), request as fast as they are answ
 - ``/l/<id>/``: the sidebar page the clinician gets, cached (warmed the same way);
 - ``/l/<id>/?refresh=1``: the sidebar page, uncached (three FHIR reads per page).
 
+- ablations (diagnostic): ``/api/l/<id>/context`` again, cached, without its audit row,
+  its rate limits, its launch read or some of them together (``bench.loadapp``), to show
+  what each per-request cost is worth; no target is read from them.
+
 A page sent before the EHR answered (``data-loading="1"``) is completed as its script
 does (the identity and sections parts), and counted as one page.
 
@@ -71,6 +75,21 @@ LABELS = {
     "sidebar_cached": "GET /l/<id>/ sidebar page, cached",
     "sidebar_uncached": "GET /l/<id>/?refresh=1 sidebar page, uncached",
 }
+# Diagnostic modes: the cached context API without some of its per-request costs
+# (``bench.loadapp``'s ablations, named in a header; never a product setting). They bound
+# what making each part cheaper could gain; no target is read from them.
+ABLATIONS = {
+    "ablate_audit": "audit",
+    "ablate_limits": "limits",
+    "ablate_launch_read": "launch-read",
+    "ablate_audit_limits": "audit,limits",
+    "ablate_all": "audit,limits,launch-read",
+}
+for _mode, _parts in ABLATIONS.items():
+    MODES[_mode] = MODES["api_context_cached"]
+    LABELS[_mode] = "ablation: GET /api/l/<id>/context, cached, without " + _parts.replace(
+        ",", " + "
+    )
 _PART_URL = re.compile(rb'data-(?:parts|identity)-url="([^"]+)"')
 
 
@@ -99,9 +118,11 @@ class _Client:
     """One browser's keep-alive connection: GETs with its cookie; a page still loading is
     completed with its parts (on the same connection, one after the other)."""
 
-    def __init__(self, port: int, cookie: str) -> None:
+    def __init__(self, port: int, cookie: str, ablate: str = "") -> None:
         self.port = port
         self.headers = {"Cookie": f"caredesk_browser={cookie}", "Accept": "text/html"}
+        if ablate:
+            self.headers["X-Bench-Ablate"] = ablate
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         self.incomplete = 0  # pages sent before the EHR answered
 
@@ -255,7 +276,8 @@ def run(*, quick: bool) -> Outcome:
                 for _ in range(rounds):
                     for mode, (pattern, warm) in MODES.items():
                         # A new connection per slice, warmed on the worker it landed on.
-                        clients = [(_Client(port, cookie), lid) for cookie, lid in launches]
+                        ablate = ABLATIONS.get(mode, "")
+                        clients = [(_Client(port, cookie, ablate), lid) for cookie, lid in launches]
                         try:
                             if warm:
                                 for client, lid in clients:
