@@ -63,6 +63,8 @@ from bench.common import (
 )
 
 WORKERS = 2
+# Connections opened again, at most, to find a worker that has less than its share.
+BALANCE_TRIES = 20
 MODES = {
     "noop": ("/bench/noop", None),
     "api_context_cached": ("/api/l/{lid}/context", "/api/l/{lid}/context?refresh=1"),
@@ -125,15 +127,20 @@ class _Client:
             self.headers["X-Bench-Ablate"] = ablate
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         self.incomplete = 0  # pages sent before the EHR answered
+        self.worker: str | None = None  # the gunicorn worker that answered last
+        self.reconnects = 0
 
     def get(self, path: str) -> tuple[int, bytes]:
         for attempt in (1, 2):
             try:
                 self.conn.request("GET", path, headers=self.headers)
                 resp = self.conn.getresponse()
-                return resp.status, resp.read()
+                body = resp.read()
+                self.worker = resp.getheader("X-Bench-Worker") or self.worker
+                return resp.status, body
             except (http.client.HTTPException, ConnectionError):
                 # The server closed an idle keep-alive connection: open another once.
+                self.reconnects += 1
                 self.conn.close()
                 self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
                 if attempt == 2:
@@ -153,6 +160,37 @@ class _Client:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def _connect(port: int, launches: list[tuple[str, str]], ablate: str) -> list[tuple[_Client, str]]:
+    """One keep-alive connection per session, spread evenly over the gunicorn workers.
+
+    A worker keeps every connection it accepted, and which one accepts is a race: left
+    to it, 16 connections split 13/3 or 16/0 as often as 8/8 (seen in this section's
+    runs), and a slice then measured one worker, with the other core idle, whatever the
+    route cost. Each connection asks the no-op route which worker it reached
+    (``X-Bench-Worker``) and is opened again while that worker has its share."""
+    share = -(-len(launches) // WORKERS)
+    held: Counter[str | None] = Counter()
+    clients: list[tuple[_Client, str]] = []
+    for cookie, lid in launches:
+        for attempt in range(BALANCE_TRIES):
+            client = _Client(port, cookie, ablate)
+            client.get("/bench/noop")
+            if held[client.worker] < share or attempt == BALANCE_TRIES - 1:
+                break
+            client.close()
+        held[client.worker] += 1
+        clients.append((client, lid))
+    return clients
+
+
+def _split(clients: list[tuple[_Client, str]]) -> list[int]:
+    """Connections per worker, most first (each connection asks the no-op route again, so
+    a connection the server closed while the others were made is counted where it is)."""
+    for client, _ in clients:
+        client.get("/bench/noop")
+    return sorted(Counter(c.worker for c, _ in clients).values(), reverse=True)
 
 
 def _hammer(
@@ -235,7 +273,16 @@ def run(*, quick: bool) -> Outcome:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     samples: dict[str, dict[str, Any]] = {
-        m: {"lat": [], "errors": Counter(), "wall": 0.0, "fhir": 0, "incomplete": 0} for m in MODES
+        m: {
+            "lat": [],
+            "errors": Counter(),
+            "wall": 0.0,
+            "fhir": 0,
+            "incomplete": 0,
+            "splits": [],
+            "reconnects": 0,
+        }
+        for m in MODES
     }
     with (
         postgres_store() as db_url,
@@ -276,17 +323,19 @@ def run(*, quick: bool) -> Outcome:
                 for _ in range(rounds):
                     for mode, (pattern, warm) in MODES.items():
                         # A new connection per slice, warmed on the worker it landed on.
-                        ablate = ABLATIONS.get(mode, "")
-                        clients = [(_Client(port, cookie, ablate), lid) for cookie, lid in launches]
+                        clients = _connect(port, launches, ABLATIONS.get(mode, ""))
                         try:
                             if warm:
                                 for client, lid in clients:
                                     client.page(warm.format(lid=lid))
                                     client.page(pattern.format(lid=lid))
+                            got = samples[mode]
+                            got["splits"].append(_split(clients))
+                            moved = sum(c.reconnects for c, _ in clients)
                             targets = [(c, pattern.format(lid=lid)) for c, lid in clients]
                             fhir_before = sb.stats()["fhir_requests"]
                             lat, errors, wall, incomplete = _hammer(targets, slice_s)
-                            got = samples[mode]
+                            got["reconnects"] += sum(c.reconnects for c, _ in clients) - moved
                             got["fhir"] += sb.stats()["fhir_requests"] - fhir_before
                             got["lat"].extend(lat)
                             got["errors"].update(errors)
@@ -311,6 +360,9 @@ def run(*, quick: bool) -> Outcome:
             "ok": len(lat),
             "errors": sum(errors.values()),
             "error_statuses": {str(k): v for k, v in sorted(errors.items())},
+            # Connections per worker at the start of each slice; reconnects during them.
+            "connections_per_worker": got["splits"],
+            "reconnects": got["reconnects"],
         }
         if lat:
             data["modes"][mode].update(
@@ -352,6 +404,10 @@ def _rows(out: Outcome, n_sessions: int) -> None:
         )
         if m["pages_completed_by_parts"]:
             note += f"; {m['pages_completed_by_parts']:,} pages completed by their parts"
+        splits = ", ".join("/".join(map(str, s)) for s in m["connections_per_worker"])
+        note += f"; connections per worker {splits}"
+        if m["reconnects"]:
+            note += f" ({m['reconnects']} reopened during the slices)"
         has_floor = mode != "noop" and floor.get("ok")
         out.rows.append(
             Row(

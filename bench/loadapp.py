@@ -5,6 +5,8 @@ The no-op route is registered on the same app, so it passes the same WSGI stack,
 same before/after-request hooks (request id, transport check, security headers, no-store)
 and the same gunicorn settings and access log as the routes measured beside it; what it
 lacks is exactly the work of a CareDesk view. It exists only here, never in the product.
+Every answer names the worker process that gave it (``X-Bench-Worker``), so section 5 can
+spread its connections evenly over the workers.
 
 Ablations (diagnostic, never a product setting): a request whose ``X-Bench-Ablate``
 header names some of the parts below is served without them, so section 5 can show, in
@@ -23,10 +25,11 @@ figures bound what making a part cheaper could gain; they are no configuration.
 
 from __future__ import annotations
 
+import os
 from types import ModuleType
 from typing import Any
 
-from flask import request
+from flask import Response, request
 
 import plugin.api
 import plugin.launch
@@ -36,12 +39,19 @@ from plugin import create_app
 app = create_app()
 
 HEADER = "X-Bench-Ablate"
-PARTS = frozenset({"audit", "limits", "launch-read"})
 
 
 @app.get("/bench/noop")
 def noop() -> str:
     return "ok"
+
+
+@app.after_request
+def _worker(response: Response) -> Response:
+    """Which gunicorn worker answered: section 5 spreads its keep-alive connections evenly
+    over the workers with it (``bench.load._connect``)."""
+    response.headers["X-Bench-Worker"] = str(os.getpid())
+    return response
 
 
 def _ablated(part: str) -> bool:
