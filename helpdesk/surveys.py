@@ -34,6 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from fhir_mappers import survey as mapper
+from helpdesk import stamps
 from helpdesk.access import PatientScope
 from helpdesk.models import CareTask, EhrRegistration, SurveyInvite, SurveyResponse, Ticket
 from helpdesk.survey_policy import blocker_of, write_back_entry
@@ -321,6 +322,9 @@ def record_answer(
         "writeback_error": blocker,
     }
     conn = session.connection()
+    # Core statements, which the session's flush does not see: the patient's change stamp
+    # moves with the commit (``_answer_noted``), so a sidebar showing their invitation
+    # shows the answer.
     if conn.dialect.name == "postgresql":
         params = {"now": now, "invite_id": invite.id, **_prefixed("response", response)}
         if with_task:
@@ -334,10 +338,12 @@ def record_answer(
         row = conn.execute(statement, params).first()
         if row is None:
             raise NotAnswerable(invite.id)
+        _answer_noted(session, invite)
         return Answered(int(row.id), None if row.task_id is None else int(row.task_id))
     claimed = conn.execute(_CLAIM, {"invite_id": invite.id, "now": now})
     if claimed.rowcount != 1:
         raise NotAnswerable(invite.id)
+    _answer_noted(session, invite)
     response_id = int(conn.execute(_INSERT_RESPONSE, response).scalar_one())
     if not with_task:
         return Answered(response_id, None)
@@ -350,6 +356,10 @@ def record_answer(
         dedupe_key=writeback_key(response_id),
     )
     return Answered(response_id, task_id)
+
+
+def _answer_noted(session: Session, invite: LinkInvite) -> None:
+    stamps.note(session, patients=[(invite.registration_id, invite.patient_ref)])
 
 
 class Recovery(NamedTuple):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from flask import Flask
 from sqlalchemy import Update, select
@@ -65,6 +65,14 @@ def appointments_of_patients(
 _WITH_SIGNING_KEYS = (joinedload(EhrRegistration.signing_keys),)
 
 
+class Written(NamedTuple):
+    """A handler's UPDATE that goes with the task's outcome (``write_with_outcome``)."""
+
+    statement: Update
+    params: dict[str, Any]
+    about: tuple[int, str | None] | None
+
+
 @dataclass
 class JobContext:
     app: Flask
@@ -74,15 +82,25 @@ class JobContext:
     _registration: EhrRegistration | None = field(default=None, init=False)
     _fhir: FhirClient | None = field(default=None, init=False)
     # The handler's own UPDATEs that go with the task's outcome (``write_with_outcome``).
-    with_outcome: list[tuple[Update, dict[str, Any]]] = field(default_factory=list, init=False)
+    with_outcome: list[Written] = field(default_factory=list, init=False)
 
-    def write_with_outcome(self, statement: Update, params: dict[str, Any]) -> None:
+    def write_with_outcome(
+        self,
+        statement: Update,
+        params: dict[str, Any],
+        *,
+        about: tuple[int, str | None] | None = None,
+    ) -> None:
         """Write ``statement`` (an UPDATE of the handler's own rows, built once per
         process, its parameters named unlike any column) with the task's outcome when the
         handler returns: in the same commit, and on PostgreSQL in the same statement
         (``jobs.tasks``). Not written when the handler raises. Instead of changing those
-        rows' objects in the session, which the commit would flush one UPDATE each."""
-        self.with_outcome.append((statement, params))
+        rows' objects in the session, which the commit would flush one UPDATE each.
+
+        ``about``: the (registration, patient) whose rows the statement changes, so that
+        patient's change stamp moves (``helpdesk.stamps``); without it, a statement on a
+        table whose rows name no patient moves everyone's."""
+        self.with_outcome.append(Written(statement, params, about))
 
     @property
     def registration(self) -> EhrRegistration:

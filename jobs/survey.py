@@ -41,7 +41,7 @@ from fhir_mappers.fhirutil import (
     zone,
 )
 from fhir_mappers.names import resource_name
-from helpdesk import i18n
+from helpdesk import i18n, stamps
 from helpdesk.models import CareTask, EhrRegistration, SigningKey, SurveyInvite, SurveyResponse
 from helpdesk.survey_policy import (
     SEND_SLACK,
@@ -438,6 +438,9 @@ def write_back(task: CareTask, ctx: Any) -> None:
     if found is None:
         raise FatalFhirError("The survey response no longer exists.")
     response, invite, registration, write_back_feature = found
+    # The answer names no patient; its invitation does: a flush of the answer (a failed
+    # or refused write) moves their change stamp, not everyone's.
+    stamps.owned(session, response, invite.registration_id, invite.patient_ref)
     # Recovery first, committed before the EHR is asked anything: an EHR that is down,
     # slow or refusing neither delays the ticket nor, on a retry, opens it twice.
     opened = open_recovery(session, invite, response, sla=sla_hours(ctx.app.config))
@@ -487,6 +490,8 @@ def write_back(task: CareTask, ctx: Any) -> None:
     ctx.write_with_outcome(
         _WRITTEN,
         {"written_response": response.id, "written_fhir_id": fhir_id, "written_when": ctx.now},
+        # The answer's row names no patient; its invitation does: only their stamp moves.
+        about=(invite.registration_id, invite.patient_ref),
     )
     task.fhir_refs = {
         **(task.fhir_refs or {}),

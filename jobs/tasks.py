@@ -57,7 +57,7 @@ from helpdesk.db import get_store
 from helpdesk.models import CareTask, TaskAttempt
 from helpdesk.tasks import GAVE_UP
 from helpdesk.timeutil import utcnow
-from jobs.context import JobContext
+from jobs.context import JobContext, Written
 from jobs.errors import TaskError, TemporaryTaskError
 from jobs.outbound import OutboundError, TemporaryOutboundError
 from jobs.outbox import FINISH_ATTEMPT, dispatch, finish_attempt
@@ -246,10 +246,14 @@ def _claim(
             stamps.note(session, task)
         session.commit()
         return task
-    task = cast(CareTask | None, session.scalars(_CLAIM[bool(job_id)], params).one_or_none())
+    claim = session.scalars(
+        _CLAIM[bool(job_id)], params, execution_options={stamps.NOTED: True}
+    ).one_or_none()
+    task = cast(CareTask | None, claim)
     if task is None:
         session.rollback()
         return None
+    stamps.note(session, task)  # this patient's task changed, not everyone's
     # A Core INSERT: nothing reads the attempt back as an object (the outcome is written
     # by task and attempt number), so the ORM's unit of work is not needed for it.
     session.execute(
@@ -283,8 +287,10 @@ def _run_claimed(app: Flask, session: Session, task: CareTask, job: Job | None) 
         task.finished_at = now
     task.updated_at = now
     if not _write_outcome_in_one_statement(session, task, ctx.with_outcome, now):
-        for statement, params in ctx.with_outcome:
-            session.execute(statement, params)
+        for written in ctx.with_outcome:
+            # On the connection, as in the one statement: the stamps are noted for it.
+            session.connection().execute(written.statement, written.params)
+        _note_written(session, ctx.with_outcome)
         finish_attempt(session, task, "done", None, now)
         _commit_without_waiting_for_disk(session)
     return None
@@ -340,7 +346,7 @@ def _outcome_statement(changed: tuple[str, ...], extra: tuple[Update, ...]) -> U
 def _write_outcome_in_one_statement(
     session: Session,
     task: CareTask,
-    extra: list[tuple[Update, dict[str, Any]]],
+    extra: list[Written],
     now: datetime,
 ) -> bool:
     """On PostgreSQL, when the handler changed no row of the session but the task (its
@@ -356,7 +362,7 @@ def _write_outcome_in_one_statement(
     if not modified.issubset(_TASK_COLUMNS):
         return False  # not a plain column (none is today): the flush knows how to write it
     changed = tuple(sorted(_TASK_COLUMNS[key] for key in modified))
-    statements = tuple(statement for statement, _ in extra)
+    statements = tuple(written.statement for written in extra)
     outcome = _OUTCOMES.get((changed, statements))
     if outcome is None:
         outcome = _OUTCOMES.setdefault(
@@ -372,15 +378,26 @@ def _write_outcome_in_one_statement(
     }
     for key in modified:
         params[f"done_{_TASK_COLUMNS[key]}"] = getattr(task, key)
-    for _, values in extra:
-        params.update(values)
+    for written in extra:
+        params.update(written.params)
     connection.execute(outcome, params)
     # What a flush of these rows would have noted for the change stamps.
-    stamps.note(session, task, tables=[cast(Table, s.table) for s in statements])
+    stamps.note(session, task)
+    _note_written(session, extra)
     # Written above: the commit must not flush the task's changes a second time.
     session.expunge(task)
     session.commit()
     return True
+
+
+def _note_written(session: Session, extra: list[Written]) -> None:
+    """The change stamps of the handler's own UPDATEs: their patients' where the handler
+    named them (``about``), everyone's for a table whose rows name no patient otherwise."""
+    stamps.note(
+        session,
+        tables=[cast(Table, w.statement.table) for w in extra if w.about is None],
+        patients=[w.about for w in extra if w.about is not None],
+    )
 
 
 def _message(exc: BaseException) -> str:

@@ -271,3 +271,19 @@ def test_a_follow_up_that_fails_again_opens_no_second_ticket(store) -> None:
         open_failure_ticket(db, store, db.get(CareTask, task_id))
     with get_store(store).session() as db:
         assert len(db.scalars(select(Ticket)).all()) == 2  # the first one was resolved
+
+
+def test_a_logged_call_moves_its_patients_change_stamp_not_everyones(store, monkeypatch) -> None:
+    """A call's row names no patient, but its task, which the session holds, does: the
+    commit moves that patient's stamp only, so every other patient's cached sidebar stays
+    valid (it moved the stamp of everyone, issue 16 §3)."""
+    from helpdesk import stamps
+
+    task_id = _follow_up(store)
+    renewed: list[set[str]] = []
+    monkeypatch.setattr(stamps, "renew", lambda _conn, keys: renewed.append(set(keys)))
+    with get_store(store).session() as db:
+        launch = _launch(db, "chart-a")
+        log_call(db, launch, task_id, outcome="no-answer", next_due=utcnow() + timedelta(hours=3))
+        patient = stamps.key(launch.registration_id, "Patient/p1")
+    assert renewed == [{patient}]

@@ -88,7 +88,8 @@ def test_an_answer_is_one_transaction_of_two_statements_and_six_redis_round_trip
     # write-back's job: RQ's queue set, the job, its per-EHR slot.
     limits = [s for s in redis_sends if b"LIMITS:LIMITER" in s]
     assert len(limits) == 3, redis_sends
-    assert len(redis_sends) <= 6, redis_sends
+    # And the patient's change stamp, renewed after the commit (one pipeline).
+    assert len(redis_sends) <= 7, redis_sends
 
     with get_store(app).session() as s:
         response = s.scalars(
@@ -153,3 +154,21 @@ def test_the_thank_you_page_is_rendered_once_per_app_and_language(pg_survey_app)
     assert pages[0].get_data() == pages[1].get_data()
     assert "Thank you" in pages[1].get_data(as_text=True)
     assert rendered == ["survey/message.html"]
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_an_answer_moves_its_patients_change_stamp_not_everyones(
+    request: pytest.FixtureRequest, store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer is written by Core statements, which the session's flush never saw: it
+    moved no stamp, so the clinician's cached sidebar kept showing the invitation as
+    unanswered. Now it moves the invitation's patient's stamp, and only theirs."""
+    from helpdesk import stamps
+
+    app = request.getfixturevalue("pg_survey_app" if store == "postgresql" else "survey_app")
+    reg_id = add_registration(app, "https://ehr.example/fhir")
+    token, invite_id = make_invite(app, reg_id, patient_ref="Patient/pat-002")
+    renewed: list[set[str]] = []
+    monkeypatch.setattr(stamps, "renew", lambda _conn, keys: renewed.append(set(keys)))
+    assert _post(app, token, invite_id).status_code == 200
+    assert renewed == [{stamps.key(reg_id, "Patient/pat-002")}]

@@ -200,3 +200,28 @@ def test_latest_for_patient_summarizes_the_last_answer(survey_app, sandbox) -> N
     assert latest is not None
     assert (latest["csat"], latest["nps"], latest["comment"]) == (2, 4, "Long wait")
     assert latest["needs_recovery"] is True and latest["writeback_status"] == "written"
+
+
+@pytest.mark.parametrize(
+    ("sandbox", "outcome"),
+    [("smart", "written"), ("oracle", "not-supported")],
+    indirect=["sandbox"],
+)
+def test_a_write_back_moves_its_patients_change_stamp_not_everyones(
+    survey_app, sandbox, outcome, monkeypatch
+) -> None:
+    """The answer's row names no patient, but its invitation does: the job's claim and its
+    outcome (the answer marked written by a Core UPDATE, or refused by the ORM's flush)
+    move that patient's stamp only, so a write-back leaves every other patient's cached
+    sidebar valid (each one moved everyone's, issue 16 §3)."""
+    from helpdesk import stamps
+
+    reg_id = register_backend_ehr(survey_app, sandbox)
+    _, response_id = _answered(survey_app, reg_id)
+    renewed: list[set[str]] = []
+    monkeypatch.setattr(stamps, "renew", lambda _conn, keys: renewed.append(set(keys)))
+    task_id = _write_back(survey_app, reg_id, response_id)
+    assert _state(survey_app, task_id, response_id)[:2] == ("done", outcome)
+    # The task queued, dispatched, claimed and done: every commit about the one patient.
+    patient = stamps.key(reg_id, "Patient/pat-001")
+    assert len(renewed) >= 3 and all(keys == {patient} for keys in renewed), renewed
