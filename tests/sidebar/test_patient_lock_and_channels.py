@@ -195,3 +195,31 @@ def test_a_stop_closes_the_text_channel_on_the_next_cached_page_and_start_reopen
             row.lifted_at = utcnow()
         session.commit()
     assert not re.search(r'value="sms" disabled', browser.get(base, timeout=30).text)
+
+
+def test_a_survey_answer_shows_on_the_clinicians_next_cached_page(env) -> None:
+    """The patient answers on their phone while the clinician has the chart open: the next
+    page, not asked to refresh, says the survey was answered and shows the answer (the
+    answer moved no change stamp, so the cached page said "Invited" for up to 30 s)."""
+    from helpdesk.models import EhrRegistration
+    from plugin.survey import csrf_token
+    from tests.survey.conftest import make_invite
+
+    app, sb = env
+    browser, page = _launch(sb, "pat-001")
+    base = page.url.split("?")[0]
+    with get_store(app).session() as session:
+        registration_id = session.scalars(select(EhrRegistration.id)).one()
+    token, invite_id = make_invite(app, registration_id)
+    invited = browser.get(base, timeout=30).text
+    assert "Invited" in invited and "Last survey answer" not in invited
+    assert "Invited" in browser.get(base, timeout=30).text  # cached, still true
+    with app.app_context():
+        csrf = csrf_token(invite_id)
+    origin = base.split("/l/", 1)[0]
+    answers = {"csat": "2", "nps": "6", "comment": "Long wait", "contact-ok": "yes"}
+    thanks = requests.post(f"{origin}/s/{token}", data={"csrf": csrf, **answers}, timeout=30)
+    assert thanks.status_code == 200 and "Thank you" in thanks.text
+    answered = browser.get(base, timeout=30).text
+    assert "Answered" in answered and "Invited" not in answered
+    assert "Last survey answer" in answered
