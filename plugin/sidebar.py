@@ -259,22 +259,20 @@ def _wait(parts: ctx.PatientParts, seconds: float) -> bool:
     return parts.done()
 
 
-def _model(
+def _identity_model(
     launch: LaunchSession,
     patient_ref: str,
     *,
     c: dict[str, Any] | None,
     parts: ctx.PatientParts,
     patient_res: dict[str, Any] | None,
-    form: Form | None,
-    early: _Early | None = None,
+    now: dt.datetime,
+    tz: Any,
 ) -> dict[str, Any]:
-    """Everything sidebar.html and its fragments need."""
-    from fhir_mappers.patient import to_contact
-
-    tz = viewer_zone()
-    now = utcnow()
+    """What sidebar/_identity.html needs (the identity part's whole model: it reads no
+    store rows and shows no tickets, tasks or channels)."""
     from fhir_mappers.context import _jsonable
+    from fhir_mappers.patient import to_contact
 
     contact: dict[str, Any] | None = None
     identity_as_of: dt.datetime | None = None
@@ -289,6 +287,38 @@ def _model(
         if known is not None:
             contact = _jsonable(to_contact(known[0], now=now.astimezone(tz)))
             identity_as_of = known[1]
+    from_board = patient_ref != launch.patient_ref
+    return {
+        "launch": launch,
+        "contact": contact,
+        "identity_error": ctx.patient_error(parts),
+        "identity_loading": not parts.patient.done(),
+        "identity_as_of": identity_as_of,
+        "wait_url": _page_url(launch, patient_ref, wait="1"),
+        "retry_url": _page_url(launch, patient_ref, refresh="1", wait="1"),
+        "compact_identity": not from_board
+        and (launch.context or {}).get("need_patient_banner") is False,
+        "tickets": [],
+        "when": lambda value: when_words(value, now=now, tz=tz),
+    }
+
+
+def _model(
+    launch: LaunchSession,
+    patient_ref: str,
+    *,
+    c: dict[str, Any] | None,
+    parts: ctx.PatientParts,
+    patient_res: dict[str, Any] | None,
+    form: Form | None,
+    early: _Early | None = None,
+) -> dict[str, Any]:
+    """Everything sidebar.html and its fragments need."""
+    tz = viewer_zone()
+    now = utcnow()
+    identity = _identity_model(
+        launch, patient_ref, c=c, parts=parts, patient_res=patient_res, now=now, tz=tz
+    )
     if c is not None:
         ticket_rows = c["tickets"]
     elif early is not None:
@@ -323,23 +353,15 @@ def _model(
     if practitioner_query:
         open_action = "referral"
     return {
-        "launch": launch,
+        **identity,
         "c": c,
-        "contact": contact,
-        "identity_error": ctx.patient_error(parts),
-        "identity_loading": not parts.patient.done(),
-        "identity_as_of": identity_as_of,
         "tickets": tickets,
         "tasks": tasks,
         "patient_ref": patient_ref,
         "here": _page_url(launch, patient_ref),
         "page_url": _page_url(launch, patient_ref),
-        "wait_url": _page_url(launch, patient_ref, wait="1"),
-        "retry_url": _page_url(launch, patient_ref, refresh="1", wait="1"),
         "patient_param": patient_ref if from_board else "",
         "surveyable": visits_for_survey,
-        "compact_identity": not from_board
-        and (launch.context or {}).get("need_patient_banner") is False,
         "from_board": from_board,
         "has_style": bool((launch.context or {}).get("smart_style_url")),
         "channels": task_svc.channel_options(
@@ -359,7 +381,6 @@ def _model(
         "me": launch.fhir_user,
         "now": now,
         "tz": tz,
-        "when": lambda value: when_words(value, now=now, tz=tz),
         "day": lambda value: date_words(value, now=now, tz=tz) or str(value),
         "is_past": lambda value: (m := parse_datetime(value, dt.UTC)) is not None and m <= now,
         "task_sentence": lambda task: task_sentence(task, now=now, tz=tz),
@@ -668,7 +689,18 @@ def part(launch_id: str, name: str) -> BaseResponse | tuple[str, int]:
         response = make_response(html, status)
         response.headers["X-CareDesk-Ended"] = "1"
         return response
-    model = _model(launch, patient_ref, c=c, parts=parts, patient_res=patient_res, form=None)
+    if name == "identity":
+        model = _identity_model(
+            launch,
+            patient_ref,
+            c=None,
+            parts=parts,
+            patient_res=patient_res,
+            now=utcnow(),
+            tz=viewer_zone(),
+        )
+    else:
+        model = _model(launch, patient_ref, c=c, parts=parts, patient_res=patient_res, form=None)
     _audit_view(launch, patient_ref, model, part=name)
     template = "sidebar/_identity.html" if name == "identity" else "sidebar/_sections.html"
     response = make_response(render_template(template, **model))

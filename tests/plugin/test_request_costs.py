@@ -405,3 +405,29 @@ def test_a_callback_commits_the_claim_then_the_launch_with_its_audit_row(
     assert len(commits) == 2
     with get_store(app).session() as db:
         assert db.scalars(select(AuditEvent.action)).all() == ["launch"]
+
+
+def test_the_identity_part_reads_no_rows_it_does_not_show(sidebar: Sidebar, counts: Counts) -> None:
+    """The identity part (name, date of birth, MRN: what a page sent before the EHR
+    answered fetches first) shows no tickets, tasks or channels: it reads none of them,
+    and its audit row names no ticket it did not list."""
+    from sqlalchemy import select
+
+    from helpdesk.models import AuditEvent, EhrRegistration, Ticket
+
+    with get_store(sidebar.app).session() as session:
+        registration = session.scalars(select(EhrRegistration)).one()
+        session.add(
+            Ticket(
+                registration_id=registration.id,
+                patient_ref="Patient/pat-001",
+                subject="Billing question",
+                category="billing",
+            )
+        )
+        session.commit()
+    got = _one(sidebar, counts, f"/l/{sidebar.launch_id}/part/identity")
+    assert got.sql == ["SELECT launch_session", "INSERT audit_event"]
+    with get_store(sidebar.app).session() as session:
+        row = session.scalars(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(1)).one()
+    assert row.detail == {"view": "sidebar", "part": "identity", "tickets": []}
