@@ -78,7 +78,10 @@ def with_appcontext(func: F) -> F:
 
 
 def main() -> None:
-    """Console entry point: a configuration error is one clear line, not a traceback."""
+    """Console entry point: a configuration error, a store without CareDesk's tables and a
+    store that does not answer are each one clear line, not a traceback."""
+    from sqlalchemy.exc import DBAPIError
+
     from helpdesk.errors import ConfigError
 
     try:
@@ -86,6 +89,40 @@ def main() -> None:
     except ConfigError as exc:
         click.echo(f"Error: {exc}", err=True)
         raise SystemExit(2) from None
+    except DBAPIError as exc:
+        said = store_problem(exc)
+        if said is None:
+            raise
+        click.echo(f"Error: {said}", err=True)
+        raise SystemExit(2) from None
+
+
+# SQLSTATE 42P01 (PostgreSQL: undefined table); SQLite says it in words.
+_NO_TABLE = "42P01"
+
+
+def store_problem(exc: Exception) -> str | None:
+    """What an integrator should do about a store error, in one line; None for any other
+    error (it keeps its traceback). The URL is never printed (it may hold a password)."""
+    from sqlalchemy.exc import DBAPIError
+
+    if not isinstance(exc, DBAPIError):
+        return None
+    orig = exc.orig
+    text = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    if getattr(orig, "sqlstate", None) == _NO_TABLE or "no such table" in text:
+        return (
+            "the store (CAREDESK_DATABASE_URL) has no CareDesk tables yet, or an older "
+            f"schema ({text}). Run `caredesk db upgrade` first."
+        )
+    if exc.connection_invalidated or _connect_failure(text):
+        return f"cannot reach the store (CAREDESK_DATABASE_URL): {text}"
+    return None
+
+
+def _connect_failure(text: str) -> bool:
+    words = ("connection refused", "could not connect", "connection failed", "unable to open")
+    return any(w in text.lower() for w in words)
 
 
 # --- db ---------------------------------------------------------------------------------

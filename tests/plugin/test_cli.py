@@ -127,3 +127,43 @@ def test_gunicorn_takes_every_web_setting_from_the_documented_settings(monkeypat
         8,
         "10.0.0.5",
     )
+
+
+def _caredesk(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAREDESK_")}
+    env.update(
+        CAREDESK_ENV="test",
+        CAREDESK_SECRET_KEY="cli-test-" + "0123456789abcdef" * 3,
+        CAREDESK_DATABASE_URL=database_url,
+    )
+    code = "import sys; from plugin.cli import main; sys.argv = ['caredesk', *sys.argv[1:]]; main()"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120, env=env
+    )
+
+
+def test_a_store_without_tables_says_to_migrate_it_instead_of_a_traceback(tmp_path) -> None:
+    """An integrator's first `caredesk ehr list` before `caredesk db upgrade` printed 40
+    lines of SQLAlchemy traceback ending in "no such table"; now one line says what to do."""
+    proc = _caredesk(f"sqlite:///{tmp_path / 'new.db'}", "ehr", "list")
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "has no CareDesk tables yet" in proc.stderr and "caredesk db upgrade" in proc.stderr
+
+
+def test_a_store_that_does_not_answer_is_one_line_without_its_url() -> None:
+    proc = _caredesk("postgresql+psycopg://postgres:s3cret@127.0.0.1:1/test", "ehr", "list")
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "cannot reach the store" in proc.stderr
+    assert "s3cret" not in proc.stderr
+
+
+def test_any_other_store_error_keeps_its_traceback() -> None:
+    from sqlalchemy.exc import IntegrityError
+
+    from plugin.cli import store_problem
+
+    duplicate = IntegrityError("INSERT ...", {}, Exception("UNIQUE constraint failed: x.y"))
+    assert store_problem(duplicate) is None
