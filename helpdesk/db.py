@@ -6,14 +6,44 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 from flask import Flask, current_app, g
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 EXTENSION = "caredesk.db"
+# SQLSTATE 42P01: PostgreSQL's undefined table (SQLite says "no such table" in words).
+_NO_TABLE = "42P01"
+_CANNOT_CONNECT = ("connection refused", "could not connect", "connection failed", "unable to open")
+
+
+class StoreProblem(NamedTuple):
+    """A store that is not ready, as the operator must hear it: ``not_migrated`` (no
+    CareDesk tables, or an older schema: ``caredesk db upgrade``) or ``unreachable``;
+    ``detail`` is the database's own first line (never the URL, which may hold a
+    password)."""
+
+    kind: str
+    detail: str
+
+
+def store_problem(exc: BaseException) -> StoreProblem | None:
+    """What is wrong with the store, when ``exc`` says it is not ready; None for any other
+    error (a bug keeps its traceback)."""
+    if not isinstance(exc, DBAPIError):
+        return None
+    orig = exc.orig
+    words = str(orig).strip()
+    detail = words.splitlines()[0] if words else type(orig).__name__
+    if getattr(orig, "sqlstate", None) == _NO_TABLE or "no such table" in detail:
+        return StoreProblem("not_migrated", detail)
+    lowered = detail.lower()
+    if exc.connection_invalidated or any(w in lowered for w in _CANNOT_CONNECT):
+        return StoreProblem("unreachable", detail)
+    return None
 
 
 class Store:
@@ -41,6 +71,18 @@ class Store:
     def ping(self) -> None:
         with self.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
+
+    def revision(self) -> str | None:
+        """The schema revision Alembic recorded in the store; None when it has no
+        CareDesk tables (never migrated)."""
+        try:
+            with self.engine.connect() as conn:
+                return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        except DBAPIError as exc:
+            problem = store_problem(exc)
+            if problem is not None and problem.kind == "not_migrated":
+                return None
+            raise
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -82,6 +82,7 @@ def main() -> None:
     store that does not answer are each one clear line, not a traceback."""
     from sqlalchemy.exc import DBAPIError
 
+    from helpdesk.db import store_problem
     from helpdesk.errors import ConfigError
 
     try:
@@ -90,39 +91,18 @@ def main() -> None:
         click.echo(f"Error: {exc}", err=True)
         raise SystemExit(2) from None
     except DBAPIError as exc:
-        said = store_problem(exc)
-        if said is None:
+        problem = store_problem(exc)
+        if problem is None:
             raise
+        if problem.kind == "not_migrated":
+            said = (
+                "the store (CAREDESK_DATABASE_URL) has no CareDesk tables yet, or an older "
+                f"schema ({problem.detail}). Run `caredesk db upgrade` first."
+            )
+        else:
+            said = f"cannot reach the store (CAREDESK_DATABASE_URL): {problem.detail}"
         click.echo(f"Error: {said}", err=True)
         raise SystemExit(2) from None
-
-
-# SQLSTATE 42P01 (PostgreSQL: undefined table); SQLite says it in words.
-_NO_TABLE = "42P01"
-
-
-def store_problem(exc: Exception) -> str | None:
-    """What an integrator should do about a store error, in one line; None for any other
-    error (it keeps its traceback). The URL is never printed (it may hold a password)."""
-    from sqlalchemy.exc import DBAPIError
-
-    if not isinstance(exc, DBAPIError):
-        return None
-    orig = exc.orig
-    text = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
-    if getattr(orig, "sqlstate", None) == _NO_TABLE or "no such table" in text:
-        return (
-            "the store (CAREDESK_DATABASE_URL) has no CareDesk tables yet, or an older "
-            f"schema ({text}). Run `caredesk db upgrade` first."
-        )
-    if exc.connection_invalidated or _connect_failure(text):
-        return f"cannot reach the store (CAREDESK_DATABASE_URL): {text}"
-    return None
-
-
-def _connect_failure(text: str) -> bool:
-    words = ("connection refused", "could not connect", "connection failed", "unable to open")
-    return any(w in text.lower() for w in words)
 
 
 # --- db ---------------------------------------------------------------------------------

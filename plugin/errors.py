@@ -11,8 +11,10 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, render_template, request
 from marshmallow import ValidationError
+from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
+from helpdesk.db import store_problem
 from helpdesk.errors import AppError
 from helpdesk.logctx import current_request_id
 from smart_launch.errors import (
@@ -26,6 +28,14 @@ from smart_launch.errors import (
 )
 
 log = logging.getLogger("caredesk.errors")
+
+# Patients see these too (the survey page): what to do, not how; the log line and
+# /healthz tell the operator to run `caredesk db upgrade`.
+_NOT_MIGRATED = (
+    "CareDesk is not set up yet: its database needs an upgrade by the people who run it. "
+    "Try again later."
+)
+_UNAVAILABLE = "CareDesk cannot reach its store right now. Try again in a minute."
 
 
 def wants_json() -> bool:
@@ -176,6 +186,17 @@ def register(app: Flask) -> None:
             if name.lower() != "content-type":
                 response.headers[name] = value
         return response
+
+    @app.errorhandler(DBAPIError)
+    def _store_error(exc: DBAPIError) -> Response:
+        problem = store_problem(exc)
+        if problem is None:
+            return _unhandled(exc)
+        # The database's first line only (no statement, no parameters, never the URL).
+        log.error("store not ready (%s): %s", problem.kind, problem.detail)
+        if problem.kind == "not_migrated":
+            return error_response(503, "store_not_migrated", _NOT_MIGRATED)
+        return error_response(503, "store_unavailable", _UNAVAILABLE)
 
     @app.errorhandler(Exception)
     def _unhandled(exc: Exception) -> Response:

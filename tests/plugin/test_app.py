@@ -267,7 +267,8 @@ def test_healthz_reports_store_and_queue_backends(client) -> None:
     assert response.status_code == 200
     body = response.get_json()
     assert body["status"] == "ok"
-    assert body["store"] == {"backend": "sqlite", "ok": True}
+    assert body["store"]["backend"] == "sqlite" and body["store"]["ok"] is True
+    assert body["store"]["schema"]["says"] == "at head"
     assert body["queue"]["backend"] == "redis" and body["queue"]["ok"] is True
 
 
@@ -279,3 +280,79 @@ def test_healthz_is_503_when_the_queue_is_down(sqlite_url) -> None:
     assert response.status_code == 503
     assert response.get_json()["queue"]["ok"] is False
     app.extensions["caredesk.db"].engine.dispose()
+
+
+def _unmigrated_app(tmp_path: Path):  # type: ignore[no-untyped-def]
+    return create_app(
+        {
+            "ENV": "test",
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'never-migrated.db'}",
+            "REDIS_URL": "",
+        }
+    )
+
+
+def test_a_store_never_migrated_is_503_on_healthz_and_says_what_to_run(tmp_path) -> None:
+    """A store that answers but has no CareDesk tables failed every request but /healthz,
+    which said "ok": a deploy that forgot `caredesk db upgrade` looked healthy."""
+    app = _unmigrated_app(tmp_path)
+    try:
+        response = app.test_client().get("/healthz")
+        assert response.status_code == 503
+        store = response.get_json()["store"]
+        assert store["ok"] is False and store["schema"]["revision"] is None
+        assert "caredesk db upgrade" in store["schema"]["says"]
+    finally:
+        dispose(app)
+
+
+@pytest.mark.parametrize(
+    ("path", "html"),
+    [
+        ("/launch?iss=https://ehr.example/fhir&launch=abc", True),
+        ("/api/l/abc/context", False),
+        ("/s/some-survey-link-token", True),
+    ],
+)
+def test_a_request_on_a_store_never_migrated_is_503_saying_so_not_500(
+    tmp_path, path: str, html: bool, caplog
+) -> None:
+    app = _unmigrated_app(tmp_path)
+    try:
+        with caplog.at_level(logging.ERROR, logger="caredesk.errors"):
+            response = app.test_client().get(path)
+        assert response.status_code == 503
+        if html:
+            assert "needs an upgrade" in response.get_data(as_text=True)
+        else:
+            assert response.get_json()["error"]["code"] == "store_not_migrated"
+        assert any("store not ready (not_migrated)" in r.getMessage() for r in caplog.records)
+    finally:
+        dispose(app)
+
+
+@pytest.mark.parametrize(
+    ("recorded", "known", "ok", "says"),
+    [
+        ("0001", ("0001", {"0001"}), True, "at head"),
+        ("0001", ("0002", {"0001", "0002"}), False, "behind"),
+        ("0003", ("0002", {"0001", "0002"}), True, "newer than this code"),
+    ],
+)
+def test_healthz_says_whether_the_schema_is_this_codes(
+    app, monkeypatch, recorded: str, known: tuple[str, set[str]], ok: bool, says: str
+) -> None:
+    """Behind: 503 (this code needs a migration). Newer: still 200, so the old processes
+    of a rolling deploy keep serving once the new code has migrated the store."""
+    from sqlalchemy import text
+
+    from helpdesk import migrate
+    from helpdesk.db import get_store
+
+    with get_store(app).engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": recorded})
+    monkeypatch.setattr(migrate, "known_revisions", lambda: (known[0], frozenset(known[1])))
+    response = app.test_client().get("/healthz")
+    assert response.status_code == (200 if ok else 503)
+    schema = response.get_json()["store"]["schema"]
+    assert schema["ok"] is ok and schema["says"].startswith(says)

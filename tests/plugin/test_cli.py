@@ -163,7 +163,7 @@ def test_a_store_that_does_not_answer_is_one_line_without_its_url() -> None:
 def test_any_other_store_error_keeps_its_traceback() -> None:
     from sqlalchemy.exc import IntegrityError
 
-    from plugin.cli import store_problem
+    from helpdesk.db import store_problem
 
     duplicate = IntegrityError("INSERT ...", {}, Exception("UNIQUE constraint failed: x.y"))
     assert store_problem(duplicate) is None
