@@ -70,7 +70,7 @@ class Written(NamedTuple):
 
     statement: Update
     params: dict[str, Any]
-    about: tuple[int, str | None] | None
+    rows: tuple[object, ...]
 
 
 @dataclass
@@ -89,7 +89,7 @@ class JobContext:
         statement: Update,
         params: dict[str, Any],
         *,
-        about: tuple[int, str | None] | None = None,
+        rows: tuple[object, ...] = (),
     ) -> None:
         """Write ``statement`` (an UPDATE of the handler's own rows, built once per
         process, its parameters named unlike any column) with the task's outcome when the
@@ -97,10 +97,11 @@ class JobContext:
         (``jobs.tasks``). Not written when the handler raises. Instead of changing those
         rows' objects in the session, which the commit would flush one UPDATE each.
 
-        ``about``: the (registration, patient) whose rows the statement changes, so that
-        patient's change stamp moves (``helpdesk.stamps``); without it, a statement on a
-        table whose rows name no patient moves everyone's."""
-        self.with_outcome.append(Written(statement, params, about))
+        ``rows``: the session's objects of the rows the statement changes, so the change
+        stamps move as a flush of them would (``helpdesk.stamps.note``: an answer's, by
+        its invitation, moves its patient's); without them, a statement on a table whose
+        rows name no patient moves everyone's."""
+        self.with_outcome.append(Written(statement, params, rows))
 
     @property
     def registration(self) -> EhrRegistration:

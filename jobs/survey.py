@@ -490,8 +490,8 @@ def write_back(task: CareTask, ctx: Any) -> None:
     ctx.write_with_outcome(
         _WRITTEN,
         {"written_response": response.id, "written_fhir_id": fhir_id, "written_when": ctx.now},
-        # The answer's row names no patient; its invitation does: only their stamp moves.
-        about=(invite.registration_id, invite.patient_ref),
+        # Its patient's stamp moves (the answer is ``stamps.owned`` by its invitation's).
+        rows=(response,),
     )
     task.fhir_refs = {
         **(task.fhir_refs or {}),

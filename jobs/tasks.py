@@ -391,12 +391,13 @@ def _write_outcome_in_one_statement(
 
 
 def _note_written(session: Session, extra: list[Written]) -> None:
-    """The change stamps of the handler's own UPDATEs: their patients' where the handler
-    named them (``about``), everyone's for a table whose rows name no patient otherwise."""
+    """The change stamps of the handler's own UPDATEs: as a flush of the rows they name
+    would move them (``rows``), everyone's for a table whose rows name no patient when
+    the handler named none."""
     stamps.note(
         session,
-        tables=[cast(Table, w.statement.table) for w in extra if w.about is None],
-        patients=[w.about for w in extra if w.about is not None],
+        *(row for w in extra for row in w.rows),
+        tables=[cast(Table, w.statement.table) for w in extra if not w.rows],
     )
 
 

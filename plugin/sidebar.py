@@ -173,7 +173,7 @@ def _page(
     model = _model(
         launch, patient_ref, c=c, parts=parts, patient_res=patient_res, form=form, early=early
     )
-    _audit_view(launch, patient_ref, model)
+    _audit_view(launch, patient_ref, model["tickets"])
     html = render_template("sidebar.html", **model)
     response = make_response(html, status)
     # What the page cost before its first byte, as the server measured it: time spent
@@ -240,7 +240,7 @@ def ticket_lines(rows: Sequence[Mapping[str, Any]]) -> list[TicketLine]:
 
 
 def _audit_view(
-    launch: LaunchSession, patient_ref: str, model: Mapping[str, Any], **detail: Any
+    launch: LaunchSession, patient_ref: str, tickets: Sequence[TicketLine], **detail: Any
 ) -> None:
     """One audit row per sidebar response: the patient, and the tickets it listed."""
     audit(
@@ -248,7 +248,7 @@ def _audit_view(
         launch=launch,
         patient_ref=patient_ref,
         entity=patient_ref,
-        detail={"view": "sidebar", **detail, "tickets": [t.id for t in model["tickets"]]},
+        detail={"view": "sidebar", **detail, "tickets": [t.id for t in tickets]},
     )
 
 
@@ -298,7 +298,6 @@ def _identity_model(
         "retry_url": _page_url(launch, patient_ref, refresh="1", wait="1"),
         "compact_identity": not from_board
         and (launch.context or {}).get("need_patient_banner") is False,
-        "tickets": [],
         "when": lambda value: when_words(value, now=now, tz=tz),
     }
 
@@ -701,7 +700,9 @@ def part(launch_id: str, name: str) -> BaseResponse | tuple[str, int]:
         )
     else:
         model = _model(launch, patient_ref, c=c, parts=parts, patient_res=patient_res, form=None)
-    _audit_view(launch, patient_ref, model, part=name)
+    # The identity part lists no tickets (and reads none).
+    tickets = () if name == "identity" else model["tickets"]
+    _audit_view(launch, patient_ref, tickets, part=name)
     template = "sidebar/_identity.html" if name == "identity" else "sidebar/_sections.html"
     response = make_response(render_template(template, **model))
     response.headers["Cache-Control"] = "no-store"
