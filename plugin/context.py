@@ -258,7 +258,10 @@ def start_patient(
     key = f"{launch.id}:{patient_ref}"
     with _cache_lock:
         found = _cache.get(key) if use_cache else None
-    if found is not None and not (retry_failed and found.done() and _failed(found)):
+    # Each part on its own: a Patient read that failed is asked again even while the
+    # visits are still on their way (and those are kept, not asked twice).
+    again_patient, again_rest = _failed_parts(found) if found is not None else (True, True)
+    if found is not None and not (retry_failed and (again_patient or again_rest)):
         return found
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     try:
@@ -295,9 +298,15 @@ def start_patient(
         return resource
 
     parts = PatientParts(
-        patient=_pool.submit(in_app(read_patient)),
-        rest=_pool.submit(
-            in_app(partial(_read_rest, client, launch.registration_id, patient_id, now))
+        patient=(
+            _pool.submit(in_app(read_patient)) if found is None or again_patient else found.patient
+        ),
+        rest=(
+            _pool.submit(
+                in_app(partial(_read_rest, client, launch.registration_id, patient_id, now))
+            )
+            if found is None or again_rest
+            else found.rest
         ),
     )
     with _cache_lock:
@@ -305,11 +314,19 @@ def start_patient(
     return parts
 
 
+def _failed_parts(parts: PatientParts) -> tuple[bool, bool]:
+    """Which of the reads (the Patient, the rest) finished with a failure: those are not
+    kept, the next page load asks again. One still on its way has not failed."""
+    patient = parts.patient.done() and parts.patient.exception() is not None
+    rest = parts.rest.done() and (
+        parts.rest.exception() is not None or bool(parts.rest.result().get("unavailable"))
+    )
+    return patient, rest
+
+
 def _failed(parts: PatientParts) -> bool:
     """A finished read that failed is not kept: the next page load asks again."""
-    if parts.patient.exception() is not None or parts.rest.exception() is not None:
-        return True
-    return bool(parts.rest.result().get("unavailable"))
+    return any(_failed_parts(parts))
 
 
 def _read_rest(

@@ -6,8 +6,9 @@ and the browser here stops at each redirect so the test decides when the next on
 from __future__ import annotations
 
 import re
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from sqlalchemy import event, select
 from helpdesk.db import get_store
 from helpdesk.ehr import DbTokenStore
 from helpdesk.models import AuditEvent
+from plugin import context
 from sandbox.testing import SandboxHandle
 
 CLIENT_ID = "caredesk-critical-path"
@@ -96,6 +98,25 @@ def test_the_sidebar_reads_start_in_the_callback_before_the_browser_asks(  # typ
     assert ("read", "Patient/pat-001", {"view": "sidebar", "tickets": []}) in actions
 
 
+def _parts_of(sidebar_url: str) -> context.PatientParts:
+    """The launch's reads as CareDesk holds them (this process runs the app)."""
+    launch_id = re.search(r"/l/([^/?]+)", sidebar_url)
+    assert launch_id is not None
+    with context._cache_lock:  # noqa: SLF001
+        parts = context._cache.get(f"{launch_id.group(1)}:Patient/pat-001")  # noqa: SLF001
+    assert parts is not None
+    return parts
+
+
+def _wait_until(finished: Callable[[], bool]) -> None:
+    """The sandbox logs a request before its answer reaches CareDesk: a test that acts on
+    what CareDesk made of an answer waits for CareDesk's read itself to finish."""
+    give_up = time.monotonic() + 10
+    while not finished() and time.monotonic() < give_up:
+        time.sleep(0.01)
+    assert finished()
+
+
 def test_a_failed_early_read_is_read_again_by_the_sidebar(ehr) -> None:  # type: ignore[no-untyped-def]
     _app, sb = ehr
     sb.set_knobs(fail_next=[{"status": 503, "path_contains": "/Patient/pat-001"}])
@@ -104,6 +125,7 @@ def test_a_failed_early_read_is_read_again_by_the_sidebar(ehr) -> None:  # type:
     sidebar_url = _to_the_sidebar_redirect(sb, browser)
     early = _wait_for_reads(sb, len(SIDEBAR_READS))
     assert [r["status"] for r in early if r["path"] == "/fhir/Patient/pat-001"] == [503]
+    _wait_until(_parts_of(sidebar_url).done)
     page = browser.get(sidebar_url, params={"wait": "1"}, timeout=30)
     assert page.status_code == 200
     assert "Okonkwo" in page.text
@@ -111,12 +133,47 @@ def test_a_failed_early_read_is_read_again_by_the_sidebar(ehr) -> None:  # type:
     assert patient_reads == [503, 200]
 
 
+def test_a_failed_patient_read_is_asked_again_while_the_visits_are_on_their_way(  # type: ignore[no-untyped-def]
+    ehr, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Patient read failed, the visits and coverage are still in flight: the next
+    page load asks for the Patient again at once and keeps the reads in flight (it does
+    not wait for them to finish only to ask for them twice)."""
+    _app, sb = ehr
+    release = threading.Event()
+    real_read_rest = context._read_rest  # noqa: SLF001
+
+    def slow_read_rest(*args: Any) -> dict[str, Any]:
+        release.wait(10)
+        return real_read_rest(*args)
+
+    monkeypatch.setattr(context, "_read_rest", slow_read_rest)
+    sb.set_knobs(fail_next=[{"status": 503, "path_contains": "/Patient/pat-001"}])
+    browser = requests.Session()
+    sb.clear_requests()
+    sidebar_url = _to_the_sidebar_redirect(sb, browser)
+    _wait_until(_parts_of(sidebar_url).patient.done)
+    assert not _parts_of(sidebar_url).rest.done()
+    first = browser.get(sidebar_url, timeout=30)  # a first paint: it does not wait
+    assert first.status_code == 200
+    _wait_until(_parts_of(sidebar_url).patient.done)
+    patient_reads = [r["status"] for r in sb.requests() if r["path"] == "/fhir/Patient/pat-001"]
+    assert patient_reads == [503, 200]
+    release.set()
+    page = browser.get(sidebar_url, params={"wait": "1"}, timeout=30)
+    assert "Okonkwo" in page.text
+    assert "Annual physical" in page.text
+    paths = [r["path"] for r in sb.requests()]
+    assert paths.count("/fhir/Appointment") == 1
+    assert paths.count("/fhir/Coverage") == 1
+    assert paths.count("/fhir/Patient/pat-001") == 2
+
+
 def test_a_launch_whose_early_reads_cannot_start_still_reaches_the_sidebar(  # type: ignore[no-untyped-def]
     ehr, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The early reads are an optimisation: what stops them (here, no usable grant) is the
     sidebar's to say, not a failed sign-in."""
-    from plugin import context
     from smart_launch.errors import NeedsAuthorization
 
     def refuse(*_args: Any, **_kwargs: Any) -> Any:
@@ -170,7 +227,6 @@ def test_the_page_reads_its_store_rows_while_the_ehr_reads_are_in_flight(ehr) ->
     """The page's store rows (tickets, tasks and their calls, surveys and their
     invitations, the channels a STOP closed) are read while it waits for the EHR; once the
     EHR has answered, only the messaging rows of the visits it returned are left."""
-    from plugin import context
 
     app, sb = ehr
     browser = requests.Session()
