@@ -81,7 +81,7 @@ def _launch_row_unless_ablated(launch_id: str) -> Any:
     return _kept[launch_id]
 
 
-_audit = _replace(plugin.api, "audit_read", _audit_unless_ablated)
+_audit = _replace(plugin.api, "audit", _audit_unless_ablated)
 _launch_row = _replace(plugin.launch, "launch_row", _launch_row_unless_ablated)
 _replace(plugin.ratelimit, "launch_row", _launch_row_unless_ablated)
 app.extensions["caredesk.limiter"].request_filter(lambda: _ablated("limits"))

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import threading
-import weakref
 from collections.abc import Sequence
-from concurrent.futures import Future
-from typing import Any, NamedTuple, Protocol, TypedDict, Unpack, cast
+from typing import Any, Protocol, TypedDict, Unpack, cast
 
 from sqlalchemy import Table, insert
-from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from helpdesk.db import Store, get_db, get_store
+from helpdesk.db import get_db
 from helpdesk.logctx import current_request_id
 from helpdesk.models import AuditEvent, LaunchSession
 
@@ -68,117 +63,6 @@ def audit(action: str, **row: Unpack[Audited]) -> None:
     db.commit()
 
 
-def audit_read(action: str, **row: Unpack[Audited]) -> None:
-    """A read of patient data that changed nothing: its audit row is committed before
-    this returns, as ``audit``'s is, but on PostgreSQL together with the rows of the
-    reads other threads of this process are recording at the same moment: one INSERT and
-    one commit (one WAL flush) for all of them instead of one each (group commit).
-
-    Only for a request that wrote nothing: the request's own transaction ends here (a
-    read-only one, which PostgreSQL commits without a flush) and the audit row is not in
-    it. A change and its audit row commit together through ``audit`` or ``record``."""
-    audit_reads(action, [row])
-
-
-def audit_reads(action: str, rows: Sequence[Audited]) -> None:
-    """``audit_read`` for several rows (a list that showed several patients): one
-    INSERT, committed before this returns."""
-    if not rows:
-        return
-    db = get_db()
-    columns = [_columns(action, row) for row in rows]
-    store = get_store()
-    if store.backend != "postgresql":
-        # SQLite has one writer at a time: a second connection would only wait for it.
-        db.execute(_INSERT, columns)
-        db.commit()
-        return
-    db.commit()
-    _group_commit(store).commit(columns)
-
-
-# How long a request waits for its audit row's commit before it fails (the store is then
-# far slower than any page can wait for).
-GROUP_COMMIT_WAIT_SECONDS = 30.0
-# The writer thread ends after this long without rows (a process that serves no reads
-# keeps no thread); the next read starts one.
-_WRITER_IDLE_SECONDS = 1.0
-# Callers per batch (a board's read is one caller with a row per patient).
-_MAX_BATCH = 64
-
-
-class _GroupCommit:
-    """A store's audit rows of reads, committed by one thread in batches: each caller
-    waits until the batch holding its rows has committed, and a batch that fails is
-    written caller by caller so that only the caller of a bad row sees the error."""
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self._ready = threading.Condition()
-        self._pending: list[_Waiting] = []
-        self._writing = False
-
-    def commit(self, rows: list[dict[str, Any]]) -> None:
-        waiting = _Waiting(rows, Future())
-        with self._ready:
-            self._pending.append(waiting)
-            if self._writing:
-                self._ready.notify()
-            else:
-                self._writing = True
-                threading.Thread(target=self._write, name="caredesk-audit", daemon=True).start()
-        waiting.done.result(timeout=GROUP_COMMIT_WAIT_SECONDS)
-
-    def _write(self) -> None:
-        while True:
-            with self._ready:
-                if not self._pending:
-                    self._ready.wait(_WRITER_IDLE_SECONDS)
-                if not self._pending:
-                    self._writing = False
-                    return
-                batch = self._pending[:_MAX_BATCH]
-                del self._pending[:_MAX_BATCH]
-            self._insert(batch)
-
-    def _insert(self, batch: list[_Waiting]) -> None:
-        try:
-            with self._engine.begin() as conn:
-                conn.execute(_INSERT, [row for waiting in batch for row in waiting.rows])
-        except Exception as exc:  # noqa: BLE001 - each caller's rows alone say whose it was
-            if len(batch) == 1:
-                batch[0].done.set_exception(exc)
-                return
-            for waiting in batch:
-                self._insert([waiting])
-            return
-        for waiting in batch:
-            waiting.done.set_result(None)
-
-
-class _Waiting(NamedTuple):
-    rows: list[dict[str, Any]]
-    done: Future[None]
-
-
-# Per store (a test process holds several; one that is gone takes its writer with it).
-_writers: weakref.WeakKeyDictionary[Store, _GroupCommit] = weakref.WeakKeyDictionary()
-_writers_lock = threading.Lock()
-
-
-# A forked child (a gunicorn worker, RQ's scheduler) has none of its parent's threads:
-# it starts its own writers, never waiting on a parent's batch.
-os.register_at_fork(after_in_child=_writers.clear)
-
-
-def _group_commit(store: Store) -> _GroupCommit:
-    with _writers_lock:
-        writer = _writers.get(store)
-        if writer is None:
-            writer = _writers[store] = _GroupCommit(store.engine)
-        return writer
-
-
 class _Row(Protocol):
     @property
     def id(self) -> int: ...
@@ -212,15 +96,11 @@ def audit_row(
 def audit_shown(action: str, *, launch: LaunchSession, entity: str, rows: Sequence[_Row]) -> None:
     """A list was shown: one audit row per patient in it, naming the rows of that patient,
     so "who looked at patient X" is one indexed query."""
-    audit_reads(
-        action,
-        [
-            {
-                "launch": launch,
-                "patient_ref": ref,
-                "entity": entity,
-                "detail": {"ids": [r.id for r in rows if r.patient_ref == ref]},
-            }
-            for ref in sorted({r.patient_ref for r in rows if r.patient_ref})
-        ],
-    )
+    for ref in sorted({r.patient_ref for r in rows if r.patient_ref}):
+        audit(
+            action,
+            launch=launch,
+            patient_ref=ref,
+            entity=entity,
+            detail={"ids": [r.id for r in rows if r.patient_ref == ref]},
+        )

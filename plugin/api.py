@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import date, datetime
 from typing import Any, NoReturn, TypeVar
 
@@ -29,7 +29,7 @@ from webargs.flaskparser import FlaskParser, is_json_request
 from helpdesk import tasks as task_svc
 from helpdesk import tickets as svc
 from helpdesk.access import patient_for
-from helpdesk.audit import audit_read, audit_reads
+from helpdesk.audit import audit
 from helpdesk.db import get_db
 from helpdesk.errors import AppError
 from helpdesk.models import CareTask, Ticket
@@ -334,7 +334,7 @@ def context(query: dict[str, Any], launch_id: str) -> Response:
         )
     fetch = ctx.fetch_context
     data = fetch(launch, use_cache=False) if query["refresh"] else fetch(launch)
-    audit_read("context.read", launch=launch, entity=launch.patient_ref)
+    audit("context.read", launch=launch, entity=launch.patient_ref)
     return jsonify(data)
 
 
@@ -354,17 +354,12 @@ def board(query: dict[str, Any], launch_id: str) -> Response:
     if "sort" in query:
         kwargs["sort"] = query["sort"]
     data = board_data.fetch_board(launch, **kwargs)
-    refs: Sequence[str | None] = sorted(
-        {str(r["patient_ref"]) for r in data.get("rows") or () if r.get("patient_ref")}
-    )
+    refs = sorted({str(r["patient_ref"]) for r in data.get("rows") or () if r.get("patient_ref")})
     detail = {"date": day.isoformat()}
-    audit_reads(
-        "board.read",
-        [
-            {"launch": launch, "patient_ref": ref, "entity": "Appointment", "detail": detail}
-            for ref in refs or [None]  # a day without patients is a read too
-        ],
-    )
+    if not refs:
+        audit("board.read", launch=launch, patient_ref=None, entity="Appointment", detail=detail)
+    for ref in refs:
+        audit("board.read", launch=launch, patient_ref=ref, entity="Appointment", detail=detail)
     return jsonify(data)
 
 

@@ -29,7 +29,7 @@ from fhir_mappers.fhirutil import parse_datetime
 from helpdesk import duephrase, ehr, messaging
 from helpdesk import tasks as task_svc
 from helpdesk.access import NoPatient, OtherPatient, scope_of
-from helpdesk.audit import audit, audit_read
+from helpdesk.audit import audit
 from helpdesk.db import get_db
 from helpdesk.errors import AppError
 from helpdesk.models import CareTask, LaunchSession, SurveyInvite, Ticket
@@ -243,7 +243,7 @@ def _audit_view(
     launch: LaunchSession, patient_ref: str, tickets: Sequence[TicketLine], **detail: Any
 ) -> None:
     """One audit row per sidebar response: the patient, and the tickets it listed."""
-    audit_read(
+    audit(
         "read",
         launch=launch,
         patient_ref=patient_ref,
