@@ -32,7 +32,7 @@ from fhir_mappers.contact import blocked, current_telecoms, is_deceased, may_sur
 from fhir_mappers.fhirutil import get_str
 from helpdesk import duephrase, messaging
 from helpdesk.access import get_visible, patient_for, scope_of
-from helpdesk.audit import audit, audit_row, audit_shown
+from helpdesk.audit import audit_many, audit_row, audit_shown
 from helpdesk.errors import AppError
 from helpdesk.models import CallAttempt, CareTask, LaunchSession, OutboundMessage
 from helpdesk.timeutil import as_utc, utcnow
@@ -248,8 +248,13 @@ def outbound_messages(
     messages = db.scalars(
         select(OutboundMessage).where(*where).order_by(OutboundMessage.id.desc()).limit(limit)
     ).all()
-    for ref in sorted({m.patient_ref for m in messages if m.patient_ref}):
-        audit("message.list", launch=launch, patient_ref=ref, entity="OutboundMessage")
+    audit_many(
+        "message.list",
+        [
+            {"launch": launch, "patient_ref": ref, "entity": "OutboundMessage"}
+            for ref in sorted({m.patient_ref for m in messages if m.patient_ref})
+        ],
+    )
     return messages
 
 

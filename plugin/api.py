@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from typing import Any, NoReturn, TypeVar
 
@@ -29,7 +29,7 @@ from webargs.flaskparser import FlaskParser, is_json_request
 from helpdesk import tasks as task_svc
 from helpdesk import tickets as svc
 from helpdesk.access import patient_for
-from helpdesk.audit import audit
+from helpdesk.audit import audit, audit_many
 from helpdesk.db import get_db
 from helpdesk.errors import AppError
 from helpdesk.models import CareTask, Ticket
@@ -354,12 +354,17 @@ def board(query: dict[str, Any], launch_id: str) -> Response:
     if "sort" in query:
         kwargs["sort"] = query["sort"]
     data = board_data.fetch_board(launch, **kwargs)
-    refs = sorted({str(r["patient_ref"]) for r in data.get("rows") or () if r.get("patient_ref")})
+    refs: Sequence[str | None] = sorted(
+        {str(r["patient_ref"]) for r in data.get("rows") or () if r.get("patient_ref")}
+    )
     detail = {"date": day.isoformat()}
-    if not refs:
-        audit("board.read", launch=launch, patient_ref=None, entity="Appointment", detail=detail)
-    for ref in refs:
-        audit("board.read", launch=launch, patient_ref=ref, entity="Appointment", detail=detail)
+    audit_many(
+        "board.read",
+        [
+            {"launch": launch, "patient_ref": ref, "entity": "Appointment", "detail": detail}
+            for ref in refs or [None]  # a day without patients is a read too
+        ],
+    )
     return jsonify(data)
 
 

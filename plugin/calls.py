@@ -21,7 +21,7 @@ from fhir_mappers.fhirutil import get_str
 from fhir_mappers.patient import to_contact
 from helpdesk import duephrase
 from helpdesk import tasks as task_svc
-from helpdesk.audit import audit
+from helpdesk.audit import audit_many
 from helpdesk.db import get_db
 from helpdesk.models import CallAttempt, CareTask, LaunchSession
 from helpdesk.timeutil import utcnow
@@ -111,8 +111,18 @@ def _render(
                 "last_attempt": len(calls[task.id]) + 1 >= task_svc.CALL_ATTEMPTS,
             }
         )
-    for ref in sorted({t.patient_ref for t in tasks if t.patient_ref}):
-        audit("read", launch=launch, patient_ref=ref, entity="CareTask", detail={"view": "calls"})
+    audit_many(
+        "read",
+        [
+            {
+                "launch": launch,
+                "patient_ref": ref,
+                "entity": "CareTask",
+                "detail": {"view": "calls"},
+            }
+            for ref in sorted({t.patient_ref for t in tasks if t.patient_ref})
+        ],
+    )
     own_contact = to_contact(own, now=local_now) if own else None
     html = render_template(
         "calls.html",

@@ -8,7 +8,9 @@ from datetime import UTC, date, datetime
 
 import pytest
 import time_machine
+from sqlalchemy import event
 
+from helpdesk.db import get_store
 from plugin import board_data
 from plugin import context as ctx
 from smart_launch.errors import FatalFhirError
@@ -129,3 +131,33 @@ def test_context_refresh_bypasses_the_cache(env, a, fake_context) -> None:
     assert a.get("/context?refresh=true").status_code == 200
     assert [c[2] for c in calls] == [{}, {"use_cache": False}]
     assert a.get("/context?refresh=maybe").status_code == 422
+
+
+def test_a_board_of_many_patients_audits_them_in_one_insert_and_one_commit(
+    env, a, fake_context
+) -> None:
+    """A row per patient, written together: one statement and one commit, not one each
+    (300 patients were 300 INSERTs and 300 commits)."""
+    module, _ = fake_context
+    rows = [{"patient_ref": f"Patient/p{n}"} for n in range(300)]
+    module.fetch_board = lambda launch, **kw: {"date": "2026-05-04", "rows": rows}
+    engine = get_store(env.app).engine
+    seen: list[str] = []
+
+    def note(_conn, _cursor, statement, *_rest) -> None:  # type: ignore[no-untyped-def]
+        if statement.startswith("INSERT INTO audit_event"):
+            seen.append("insert")
+
+    def committed(_conn) -> None:  # type: ignore[no-untyped-def]
+        seen.append("commit")
+
+    event.listen(engine, "before_cursor_execute", note)
+    event.listen(engine, "commit", committed)
+    try:
+        assert a.get("/board", params={"date": "2026-05-04"}).status_code == 200
+    finally:
+        event.remove(engine, "before_cursor_execute", note)
+        event.remove(engine, "commit", committed)
+    assert seen.count("insert") == 1
+    assert seen[seen.index("insert") + 1] == "commit"
+    assert len(env.audit_events("board.read")) == 300
