@@ -24,6 +24,7 @@ from rq.registry import StartedJobRegistry
 from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
+from helpdesk import stamps
 from helpdesk.db import get_store
 from helpdesk.models import CareTask, TaskAttempt
 from helpdesk.tasks import job_id_for
@@ -307,10 +308,12 @@ def abandon(session: Session, app: Flask, task: CareTask, now: datetime) -> str 
             CareTask.job_id == task.job_id if task.job_id else CareTask.job_id.is_(None),
         )
         .values(**values)
-        .execution_options(synchronize_session=False)
+        # This task's patient's change stamp moves (noted below), not everyone's.
+        .execution_options(synchronize_session=False, **{stamps.NOTED: True})
     ).rowcount  # type: ignore[attr-defined]
     if not changed:
         return None
+    stamps.note(session, task)
     finish_attempt(session, task, "abandoned", ABANDONED, now)
     session.refresh(task)
     if status == "failed":

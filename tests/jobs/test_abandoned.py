@@ -12,6 +12,7 @@ import redis
 from rq import Worker
 from rq.job import Job
 
+from helpdesk.db import get_store
 from tests.jobs.conftest import load_task, register_backend, service_requests, wait_for, worker
 from tests.jobs.test_faults import _attempts, _children, _referral
 
@@ -54,3 +55,46 @@ def test_a_sigkilled_workers_task_runs_again_on_another_worker_without_a_sweep(
     assert task.attempts == 2
     assert [a.outcome for a in _attempts(job_app, task_id)] == ["abandoned", "done"]
     assert service_requests(sandbox, task_id)["total"] == 1
+
+
+def test_an_abandoned_task_moves_its_patients_change_stamp_not_everyones(  # type: ignore[no-untyped-def]
+    make_app, store_url: str, monkeypatch
+) -> None:
+    """abandon() is a compare-and-set UPDATE of one task: its commit moves that task's
+    patient's stamp only (it moved the stamp of everyone, so every cached sidebar of every
+    patient was rebuilt after a worker died)."""
+    from helpdesk import registry, stamps
+    from helpdesk.crypto import get_vault
+    from helpdesk.models import CareTask, TaskAttempt
+    from helpdesk.timeutil import utcnow
+    from jobs.outbox import abandon
+
+    app = make_app(DATABASE_URL=store_url)
+    with app.app_context(), get_store(app).session() as session:
+        reg = registry.upsert(
+            session,
+            get_vault(app),
+            slug="ehr-a",
+            iss="https://ehr.example/fhir/",
+            client_id="cd",
+            frame_origins=["https://ehr.example"],
+        )
+        task = CareTask(
+            registration_id=reg.id,
+            patient_ref="Patient/p1",
+            kind="referral",
+            status="running",
+            attempts=1,
+            job_id="task-1-a1",
+        )
+        session.add(task)
+        session.flush()
+        session.add(TaskAttempt(task_id=task.id, attempt=1, job_id="task-1-a1"))
+        task_id, reg_id = task.id, reg.id
+    renewed: list[set[str]] = []
+    monkeypatch.setattr(stamps, "renew", lambda _conn, keys: renewed.append(set(keys)))
+    with app.app_context(), get_store(app).session() as session:
+        task = session.get(CareTask, task_id)
+        assert task is not None
+        assert abandon(session, app, task, utcnow()) == "queued"
+    assert renewed == [{stamps.key(reg_id, "Patient/p1")}]
