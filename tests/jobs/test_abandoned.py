@@ -63,24 +63,17 @@ def test_an_abandoned_task_moves_its_patients_change_stamp_not_everyones(  # typ
     """abandon() is a compare-and-set UPDATE of one task: its commit moves that task's
     patient's stamp only (it moved the stamp of everyone, so every cached sidebar of every
     patient was rebuilt after a worker died)."""
-    from helpdesk import registry, stamps
-    from helpdesk.crypto import get_vault
+    from helpdesk import stamps
     from helpdesk.models import CareTask, TaskAttempt
     from helpdesk.timeutil import utcnow
     from jobs.outbox import abandon
+    from tests.survey.conftest import add_registration
 
     app = make_app(DATABASE_URL=store_url)
-    with app.app_context(), get_store(app).session() as session:
-        reg = registry.upsert(
-            session,
-            get_vault(app),
-            slug="ehr-a",
-            iss="https://ehr.example/fhir/",
-            client_id="cd",
-            frame_origins=["https://ehr.example"],
-        )
+    reg_id = add_registration(app, "https://ehr.example/fhir/")
+    with get_store(app).session() as session:
         task = CareTask(
-            registration_id=reg.id,
+            registration_id=reg_id,
             patient_ref="Patient/p1",
             kind="referral",
             status="running",
@@ -90,7 +83,7 @@ def test_an_abandoned_task_moves_its_patients_change_stamp_not_everyones(  # typ
         session.add(task)
         session.flush()
         session.add(TaskAttempt(task_id=task.id, attempt=1, job_id="task-1-a1"))
-        task_id, reg_id = task.id, reg.id
+        task_id = task.id
     renewed: list[set[str]] = []
     monkeypatch.setattr(stamps, "renew", lambda _conn, keys: renewed.append(set(keys)))
     with app.app_context(), get_store(app).session() as session:
