@@ -16,7 +16,10 @@ keep-alive connection (as a browser keeps one), request as fast as they are answ
 
 - ablations (diagnostic): ``/api/l/<id>/context`` again, cached, without its audit row,
   its rate limits, its launch read or some of them together (``bench.loadapp``), to show
-  what each per-request cost is worth; no target is read from them.
+  what each per-request cost is worth; then without the limits and the launch read but
+  with the audit row committed as the product writes it, as the leanest INSERT there is,
+  and as that INSERT without waiting for the WAL flush: what the audit guarantee alone
+  leaves of the rate. No target is read from them.
 
 A page sent before the EHR answered (``data-loading="1"``) is completed as its script
 does (the identity and sections parts), and counted as one page.
@@ -86,11 +89,23 @@ ABLATIONS = {
     "ablate_launch_read": "launch-read",
     "ablate_audit_limits": "audit,limits",
     "ablate_all": "audit,limits,launch-read",
+    # Issue 16's question: with the launch read and the limits free, what does the audit
+    # row committed before each answer cost, as the product writes it and at its leanest?
+    "ablate_limits_launch_read": "limits,launch-read",
+    "ablate_lean_audit": "limits,launch-read,lean-audit",
+    "ablate_lean_audit_no_wal_wait": "limits,launch-read,lean-audit,no-wal-wait",
+}
+_ABLATION_LABELS = {
+    "ablate_lean_audit": "without limits + launch-read, the audit row as one autocommit INSERT",
+    "ablate_lean_audit_no_wal_wait": (
+        "without limits + launch-read, the audit row as one autocommit INSERT without the WAL"
+        " flush wait"
+    ),
 }
 for _mode, _parts in ABLATIONS.items():
     MODES[_mode] = MODES["api_context_cached"]
-    LABELS[_mode] = "ablation: GET /api/l/<id>/context, cached, without " + _parts.replace(
-        ",", " + "
+    LABELS[_mode] = "ablation: GET /api/l/<id>/context, cached, " + _ABLATION_LABELS.get(
+        _mode, "without " + _parts.replace(",", " + ")
     )
 _PART_URL = re.compile(rb'data-(?:parts|identity)-url="([^"]+)"')
 

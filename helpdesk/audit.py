@@ -30,12 +30,13 @@ def record(session: Session, action: str, **row: Unpack[Audited]) -> AuditEvent:
 
     The actor is the launch's user, or ``actor`` for work no person did (a job, a survey
     answer)."""
-    event = AuditEvent(**_columns(action, row))
+    event = AuditEvent(**columns(action, row))
     session.add(event)
     return event
 
 
-def _columns(action: str, row: Audited) -> dict[str, Any]:
+def columns(action: str, row: Audited) -> dict[str, Any]:
+    """The audit row's columns, by name, for ``action`` and what ``row`` says."""
     launch = row.get("launch")
     request_id = current_request_id()
     return {
@@ -67,7 +68,7 @@ def audit_many(action: str, rows: Sequence[Audited]) -> None:
     if not rows:
         return
     db = get_db()
-    db.execute(_INSERT, [_columns(action, row) for row in rows])
+    db.execute(_INSERT, [columns(action, row) for row in rows])
     db.commit()
 
 
