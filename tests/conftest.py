@@ -1,18 +1,23 @@
 """Shared fixtures: the real PostgreSQL and Redis, and per-test apps (flaskr style).
 
 PostgreSQL isolation: each test gets its own schema (search_path), dropped afterwards.
-Redis isolation: tests use database 13 and flush it before and after each test that asks.
+Redis isolation: tests use database 13 and flush it before and after each test that asks;
+each pytest-xdist process its own pair of databases, all of them locked by the session
+for as long as it runs, so a second test session on the same machine stops at once
+instead of flushing this one's jobs.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import secrets
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 import redis
@@ -30,12 +35,11 @@ os.environ.setdefault("CAREDESK_NATIVE_MAPPERS", "0")
 PG_BASE = os.environ.get("CAREDESK_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
-def _redis_for_this_worker(url: str) -> str:
+def _redis_for_worker(url: str, worker: str) -> str:
     """pytest-xdist runs `make test` in several processes: each gets its own pair of
     Redis databases (the test's and, one below it, the survey tests'), counting down from
     the configured one (13/12 for gw0, 10/9 for gw1, 7/6 for gw2, ...; the bench keeps 11),
     so one flushdb never hits another's keys."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     if not worker.startswith("gw"):
         return url
     base, db = url.rsplit("/", 1)
@@ -45,10 +49,83 @@ def _redis_for_this_worker(url: str) -> str:
     return f"{base}/{index}"
 
 
-REDIS_URL = _redis_for_this_worker(
-    os.environ.get("CAREDESK_TEST_REDIS", "redis://127.0.0.1:6379/13")
+def _survey_url(url: str) -> str:
+    """The survey tests' database: the one below the test's."""
+    base, db = url.rsplit("/", 1)
+    return f"{base}/{int(db) - 1}"
+
+
+REDIS_URL = _redis_for_worker(
+    os.environ.get("CAREDESK_TEST_REDIS", "redis://127.0.0.1:6379/13"),
+    os.environ.get("PYTEST_XDIST_WORKER", ""),
 )
-SURVEY_REDIS_URL = REDIS_URL.rsplit("/", 1)[0] + "/" + str(int(REDIS_URL.rsplit("/", 1)[1]) - 1)
+SURVEY_REDIS_URL = _survey_url(REDIS_URL)
+
+
+class RedisInUse(RuntimeError):
+    """Another test session on this machine holds one of this session's Redis databases."""
+
+
+def redis_lock_path(url: str) -> Path:
+    """The lock file of the Redis database at ``url`` (one per database and machine)."""
+    name = re.sub(r"[^A-Za-z0-9]+", "_", url.split("://", 1)[-1])
+    return Path(tempfile.gettempdir()) / f"caredesk-tests-redis-{name}.lock"
+
+
+def claim_redis_database(url: str) -> IO[str]:
+    """Lock the Redis database at ``url`` for this process, for as long as it runs (the
+    returned file must stay open). Two `make test` sessions on one machine pick the same
+    databases (by xdist worker number) and flush them around their tests, so each would
+    wipe the other's jobs, and tests fail far from the cause (a sweeper "timing out" on a
+    job whose keys were flushed). With the lock, the second session stops at once and says
+    why. An advisory ``flock``: the kernel drops it when the process ends, however it ends.
+    """
+    handle = redis_lock_path(url).open("a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise RedisInUse(
+            f"Redis database {url} is in use by another test session on this machine "
+            f"(process {holder}). Run one test session at a time, or point this one at "
+            "other databases with CAREDESK_TEST_REDIS (its number and the ones below it)."
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The session's Redis databases are its own while it runs: the process that starts
+    the session (xdist's controller, or the only process) locks every database its test
+    processes will use, so a second session on this machine stops before any test, with
+    the reason, instead of flushing this one's jobs."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # a test process of a session whose controller holds its databases
+    processes = int(getattr(config.option, "numprocesses", None) or 0)
+    base = os.environ.get("CAREDESK_TEST_REDIS", "redis://127.0.0.1:6379/13")
+    urls = []
+    for worker in [f"gw{i}" for i in range(processes)] or [""]:
+        test_url = _redis_for_worker(base, worker)
+        urls += [test_url, _survey_url(test_url)]
+    try:
+        held = [claim_redis_database(url) for url in urls]
+    except RedisInUse as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[_HELD_REDIS] = held
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for handle in config.stash.get(_HELD_REDIS, []):
+        handle.close()
+
+
+_HELD_REDIS = pytest.StashKey[list[IO[str]]]()
+
 
 STORE_BACKENDS: set[str] = set()
 STORE_ID = re.compile(r"[\[-](sqlite|postgresql)(?=[\]-])")

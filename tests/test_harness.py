@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import time
 
+import pytest
 from flask import Flask
 
+from tests.conftest import RedisInUse, claim_redis_database, redis_lock_path
 from tests.live import serve
 
 
@@ -91,3 +94,20 @@ def test_make_app_keeps_a_store_the_test_already_made(make_app, migrated_sqlite_
     with get_store(app).engine.connect() as conn:
         notes = conn.execute(text("SELECT note FROM written_by_a_command")).scalars().all()
     assert notes == ["kept"]
+
+
+def test_a_redis_database_held_by_a_test_session_cannot_be_taken_by_another() -> None:
+    """Two test sessions on one machine would flush each other's Redis databases (the
+    same ones, by xdist worker number): the second is stopped at its start, named why.
+    flock locks belong to an open file, so a second open in this process stands in for
+    another session's process."""
+    url = f"redis://127.0.0.1:6379/harness-{os.getpid()}-{time.monotonic_ns()}"
+    first = claim_redis_database(url)
+    try:
+        with pytest.raises(RedisInUse, match=rf"in use by another test session .*{os.getpid()}"):
+            claim_redis_database(url)
+    finally:
+        first.close()
+    # Released with its file (as when a session's process ends): the next session may.
+    claim_redis_database(url).close()
+    redis_lock_path(url).unlink()
