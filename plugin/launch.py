@@ -436,10 +436,15 @@ def launch_row(launch_id: str) -> LaunchSession | None:
     return _once("launch_row", launch_id, lambda: get_db().get(LaunchSession, launch_id))
 
 
+def held_here(launch: LaunchSession | None) -> bool:
+    """Whether ``launch`` is active and this browser holds it (its cookie's secret)."""
+    return launch is not None and launch.status == "active" and _owns(launch.browser_hash)
+
+
 def current_launch(launch_id: str) -> LaunchSession:
     """The active launch named in the URL, if this browser owns it; else 401."""
     launch = launch_row(launch_id)
-    if launch is None or launch.status != "active" or not _owns(launch.browser_hash):
+    if launch is None or not held_here(launch):
         raise AppError(
             "This CareDesk session has ended or belongs to another browser. "
             "Launch CareDesk again from the EHR.",

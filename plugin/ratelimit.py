@@ -15,7 +15,11 @@ What is limited, and why:
   (after its signature is checked, but counted before).
 - launch-id lookups (every ``/l/<id>/...``, ``/api/l/<id>/...`` and ``/reports?launch=``
   route): a request whose launch id is unknown, or not this browser's, counts against
-  the address (guessing ids); all requests count against the launch's registration.
+  the address (guessing ids); all requests count against the launch's registration. A
+  request that names a live launch this browser holds is no guess: the misses limit
+  neither counts nor checks it, so a clinician's sidebar request costs one Redis round
+  trip for its limits, not two (issue 16), while every guess is counted and refused as
+  before.
 
 Behind a reverse proxy every client has the proxy's address unless
 ``CAREDESK_PROXY_FIX`` says how many proxies to trust: then one patient's limit is the
@@ -36,7 +40,13 @@ from typing import cast
 from flask import Blueprint, Flask, Response, current_app, request
 from flask_limiter import Limiter
 
-from plugin.launch import launch_by_state, launch_row, registration_by_iss, registration_by_key
+from plugin.launch import (
+    held_here,
+    launch_by_state,
+    launch_row,
+    registration_by_iss,
+    registration_by_key,
+)
 
 log = logging.getLogger("caredesk.ratelimit")
 _proxy_warned = threading.Event()
@@ -106,6 +116,13 @@ def _inbound_registration() -> str:
     return f"inbound:{hashlib.sha256(slug.encode()).hexdigest()[:24]}"
 
 
+def _held_session() -> bool:
+    """The request names a live launch of this browser's (the row the EHR limit's key
+    reads too, once per request): not a guess at a launch id."""
+    launch_id = launch_id_of_request()
+    return held_here(launch_row(launch_id[:64]) if launch_id else None)
+
+
 def _session_missed(response: Response) -> bool:
     """Deduct a launch-id lookup from the address only when it found no session of this
     browser: guesses are slowed, a clinician's busy sidebar is not."""
@@ -159,6 +176,7 @@ def init_app(app: Flask) -> None:
         _per_minute("RATE_SESSION_MISSES_PER_ADDRESS"),
         scope="session-miss",
         deduct_when=_session_missed,
+        exempt_when=_held_session,
     )
     per_ehr = limiter.shared_limit(
         _per_minute("RATE_SESSION_PER_EHR"), scope="session-ehr", key_func=_session_registration

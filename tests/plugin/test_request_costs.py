@@ -215,11 +215,39 @@ def test_a_cached_context_writes_its_audit_row_without_the_orms_unit_of_work(
 def test_rate_limit_headers_cost_no_redis_read_on_a_request_that_passes(
     sidebar: Sidebar, counts: Counts
 ) -> None:
-    """Two limits per launch route (misses per address: tested; requests per EHR: hit),
-    one Redis call each (no X-RateLimit headers: their read is made for a 429's
-    Retry-After only). The third call is the patient's change stamps (one MGET)."""
+    """Two limits per launch route (misses per address; requests per EHR), one Redis call
+    each at most (no X-RateLimit headers: their read is made for a 429's Retry-After
+    only). A request of a session this browser holds is no guess, so only the EHR's is
+    counted; the other call is the patient's change stamps (one MGET)."""
     got = _one(sidebar, counts, f"/api/l/{sidebar.launch_id}/context")
-    assert got.redis == ["EVALSHA", "EVALSHA", "MGET"], got.redis
+    assert got.redis == ["EVALSHA", "MGET"], got.redis
+
+
+def test_a_held_session_keeps_working_from_an_address_out_of_guesses(sidebar: Sidebar) -> None:
+    """The misses limit slows guessing at launch ids; a clinician's own live session is no
+    guess, so it is neither counted nor refused when the address (a clinic's one NAT) has
+    used up its guesses, while the guesses themselves are refused as before."""
+    sidebar.app.config["RATE_SESSION_MISSES_PER_ADDRESS"] = 2
+    client = sidebar.client()
+    assert client.get(f"/api/l/{sidebar.launch_id}/context").status_code == 200
+    guesses = [client.get("/api/l/nobody/context").status_code for _ in range(3)]
+    assert guesses == [401, 401, 429]
+    assert client.get(f"/api/l/{sidebar.launch_id}/context").status_code == 200
+    assert client.get(f"/l/{sidebar.launch_id}/").status_code == 200
+
+
+@pytest.mark.parametrize("cookie", [None, "not-this-browsers-secret"])
+def test_a_launch_id_without_its_browsers_cookie_is_still_a_guess(
+    sidebar: Sidebar, cookie: str | None
+) -> None:
+    """Only the browser holding the launch is exempt: the real id from another browser (no
+    cookie, or someone else's) is counted as a miss and refused after the limit."""
+    sidebar.app.config["RATE_SESSION_MISSES_PER_ADDRESS"] = 2
+    stranger = sidebar.app.test_client()
+    if cookie is not None:
+        stranger.set_cookie("caredesk_browser", cookie)
+    codes = [stranger.get(f"/api/l/{sidebar.launch_id}/context").status_code for _ in range(3)]
+    assert codes == [401, 401, 429]
 
 
 def test_a_refused_request_still_says_when_to_retry(make_app) -> None:  # type: ignore[no-untyped-def]
