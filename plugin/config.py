@@ -212,7 +212,8 @@ SETTINGS: tuple[Setting, ...] = (
         "RATE_SESSION_MISSES_PER_ADDRESS",
         30,
         "Requests naming an unknown launch id (or another browser's) allowed per client "
-        "address per minute: guessing launch ids stays slow.",
+        "address per minute: guessing launch ids stays slow. A browser's own live session "
+        "is neither counted nor refused by it.",
     ),
     Setting(
         "RATE_SESSION_PER_EHR",
