@@ -55,10 +55,9 @@ def _survey_url(url: str) -> str:
     return f"{base}/{int(db) - 1}"
 
 
-REDIS_URL = _redis_for_worker(
-    os.environ.get("CAREDESK_TEST_REDIS", "redis://127.0.0.1:6379/13"),
-    os.environ.get("PYTEST_XDIST_WORKER", ""),
-)
+# The configured database (gw0's); the other processes' count down from it.
+TEST_REDIS = os.environ.get("CAREDESK_TEST_REDIS", "redis://127.0.0.1:6379/13")
+REDIS_URL = _redis_for_worker(TEST_REDIS, os.environ.get("PYTEST_XDIST_WORKER", ""))
 SURVEY_REDIS_URL = _survey_url(REDIS_URL)
 
 
@@ -99,6 +98,10 @@ def claim_redis_database(url: str) -> IO[str]:
     return handle
 
 
+# The lock files a session holds (``pytest_configure``), closed at its end.
+_HELD_REDIS = pytest.StashKey[list[IO[str]]]()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """The session's Redis databases are its own while it runs: the process that starts
     the session (xdist's controller, or the only process) locks every database its test
@@ -107,10 +110,9 @@ def pytest_configure(config: pytest.Config) -> None:
     if os.environ.get("PYTEST_XDIST_WORKER"):
         return  # a test process of a session whose controller holds its databases
     processes = int(getattr(config.option, "numprocesses", None) or 0)
-    base = os.environ.get("CAREDESK_TEST_REDIS", "redis://127.0.0.1:6379/13")
     urls = []
     for worker in [f"gw{i}" for i in range(processes)] or [""]:
-        test_url = _redis_for_worker(base, worker)
+        test_url = _redis_for_worker(TEST_REDIS, worker)
         urls += [test_url, _survey_url(test_url)]
     try:
         held = [claim_redis_database(url) for url in urls]
@@ -122,9 +124,6 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     for handle in config.stash.get(_HELD_REDIS, []):
         handle.close()
-
-
-_HELD_REDIS = pytest.StashKey[list[IO[str]]]()
 
 
 STORE_BACKENDS: set[str] = set()
